@@ -1,0 +1,138 @@
+"""Loading models and tokenizers: HF folders and GGUF files, with sensible device and dtype.
+
+Never sets ``trust_remote_code``: a model folder is data, not code we agreed to run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """``requested`` wins ("cpu", "cuda", "cuda:1"); otherwise CUDA when present, else CPU."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
+    """bf16 on CUDA (where the hardware supports it), float32 on CPU (bf16 matmuls are slow there)."""
+    if requested:
+        try:
+            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[requested]
+        except KeyError:
+            raise ValueError(f"dtype {requested!r} is not one of float32, bfloat16, float16") from None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def setup_cpu_threads() -> None:
+    """Threads on small VMs stall for seconds while spinning; passive waiting avoids that.
+
+    OMP_WAIT_POLICY must be set before the OpenMP runtime starts, so this only helps when called
+    before torch does any parallel work; the Makefile and CLI also export it.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+        torch.set_flush_denormal(True)
+    except Exception:  # not every CPU supports it; it is only a speed-up
+        pass
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model lives: an HF folder, or a GGUF file (converted once to a cached HF folder)."""
+
+    path: str
+    gguf_file: str | None = None
+
+
+def _check_folder(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"model folder {path} does not exist; build or install the model first")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ValueError(f"{path} is not a Hugging Face model folder (no config.json in it)")
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    if tok.pad_token_id is None:
+        # Generation batches need a pad id; eos is the conventional stand-in for decoder-only models.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str | Path, *, device: str | torch.device | None = None,
+                   dtype: str | torch.dtype | None = None, eval_mode: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    _check_folder(path)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    dt = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dev, dtype)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
+    model.to(dev)
+    if eval_mode:
+        model.eval()
+    return model
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """Convert a GGUF file to a float32 HF folder once; later calls return the cached folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path, out_dir = Path(gguf_path), Path(out_dir)
+    if (out_dir / "config.json").exists() and any(out_dir.glob("*.safetensors")):
+        return out_dir
+    if not gguf_path.exists():
+        raise FileNotFoundError(f"GGUF file {gguf_path} does not exist")
+    kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
+    # A GGUF-loaded model carries its dequantising quantizer; it must go before save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out_dir)  # atomic: a crash mid-save never leaves a folder that looks complete
+    return out_dir
+
+
+def vocab_of(tokenizer) -> dict[str, int]:
+    return dict(tokenizer.get_vocab())
+
+
+def check_same_vocab(tok_a, tok_b, *, names: tuple[str, str] = ("weak aligned", "weak base")) -> None:
+    """Contrastive decoding compares logits id by id, so both weak models must map tokens to ids alike."""
+    va, vb = vocab_of(tok_a), vocab_of(tok_b)
+    if va == vb:
+        return
+    by_id_a = {i: t for t, i in va.items()}
+    by_id_b = {i: t for t, i in vb.items()}
+    for i in sorted(set(by_id_a) | set(by_id_b)):
+        ta, tb = by_id_a.get(i), by_id_b.get(i)
+        if ta != tb:
+            raise ValueError(
+                f"the {names[0]} and {names[1]} models do not share a vocabulary: token id {i} is "
+                f"{ta!r} in the {names[0]} tokenizer and {tb!r} in the {names[1]} one. Contrastive "
+                "decoding needs a weak pair from the same family (same tokenizer); pick another pair."
+            )
+
+
+def vocab_fingerprint(tokenizer) -> str:
+    """A short stable hash of the token -> id map, for quick compatibility checks in the web app."""
+    import hashlib
+    import json
+
+    items = sorted(vocab_of(tokenizer).items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]

@@ -1,0 +1,109 @@
+"""The small protocol through which ml stages report progress and are cancelled.
+
+The web app passes an implementation that writes JobEvent rows and streams them; the CLI passes a
+tqdm-backed one; tests pass ``RecordingReporter``. Stages must call ``should_stop()`` between units
+of work (batches, training steps) and return early, keeping what they wrote, when it says True.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    def progress(self, stage: str, done: int, total: int) -> None: ...
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None: ...
+
+    def sample(self, data: dict[str, Any]) -> None: ...
+
+    def log(self, msg: str) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+
+class NullReporter:
+    """Reports nothing and never asks to stop."""
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        pass
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def sample(self, data: dict[str, Any]) -> None:
+        pass
+
+    def log(self, msg: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return False
+
+
+class RecordingReporter(NullReporter):
+    """Keeps every call in memory; ``stop_after`` makes should_stop() true after N progress calls."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.stop_after = stop_after
+        self._progress_calls = 0
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self._progress_calls += 1
+        self.events.append(("progress", (stage, done, total)))
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        self.events.append(("metric", (name, value, step)))
+
+    def sample(self, data: dict[str, Any]) -> None:
+        self.events.append(("sample", data))
+
+    def log(self, msg: str) -> None:
+        self.events.append(("log", msg))
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and self._progress_calls >= self.stop_after
+
+    def of(self, kind: str) -> list[Any]:
+        return [payload for k, payload in self.events if k == kind]
+
+
+class ConsoleReporter(NullReporter):
+    """CLI reporter: one tqdm bar per stage, logs and metrics on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self._bars: dict[str, Any] = {}
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        from tqdm import tqdm
+
+        bar = self._bars.get(stage)
+        if bar is None:
+            bar = self._bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, leave=True)
+        if total and bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+        if total and done >= total:
+            bar.close()
+            self._bars.pop(stage, None)
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        if not self.quiet:
+            at = f" @ {step}" if step is not None else ""
+            print(f"[{time.strftime('%H:%M:%S')}] {name} = {value:.4g}{at}", file=sys.stderr)
+
+    def log(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)
+
+
+def or_null(reporter: Reporter | None) -> Reporter:
+    return reporter if reporter is not None else NullReporter()
