@@ -1,0 +1,3 @@
+"""ConG pipeline stages. Each stage is a function ``stage(config, reporter=None) -> dict`` with a
+config dataclass; it writes under ``config.output_dir``, leaves ``DONE.json`` (its summary) when
+finished, returns that summary at once when rerun, and resumes partial work after a crash."""
