@@ -1,0 +1,284 @@
+"""What the training stages share: text formatting, tokenising (prompt, response) pairs, batched
+sampling, TrainingArguments defaults, LoRA, checkpoint resume and the final model save.
+
+One formatting rule everywhere (generation, scoring, training), so a model is trained on exactly the
+token sequence it would see at inference:
+- with a chat template (and ``use_chat_template``): the prompt is one user turn rendered with
+  ``add_generation_prompt=True``; the response is the assistant text, then the tokenizer's eos.
+- without one (tiny word-level tokenizers, plain base models): prompt tokens, then the tokens of
+  ``" " + response`` (so "prompt + space + response"), then eos.
+Prompt and response are tokenised separately and concatenated, never re-tokenised jointly, so the
+boundary between them is exact (BPE merges across it cannot move tokens from one side to the other).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ml.modeling import pick_device, pick_dtype
+
+# ----------------------------------------------------------------------------------------------
+# Text and tokens
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
+    if use_chat_template and has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+    return prompt
+
+
+def _chat(tokenizer, use_chat_template: bool) -> bool:
+    return bool(use_chat_template and has_chat_template(tokenizer))
+
+
+def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> list[int]:
+    text = format_prompt(tokenizer, prompt, use_chat_template)
+    # A rendered chat template already carries its special tokens (bos included), so add none.
+    return list(tokenizer(text, add_special_tokens=not _chat(tokenizer, use_chat_template))["input_ids"])
+
+
+def encode_response(tokenizer, response: str, use_chat_template: bool = True, add_eos: bool = True) -> list[int]:
+    text = response if _chat(tokenizer, use_chat_template) else " " + response
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if add_eos and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def encode_pair(tokenizer, prompt: str, response: str, *, use_chat_template: bool = True,
+                max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(prompt_ids, response_ids) with eos; over ``max_length`` the prompt loses its start and the
+    response its end (the response keeps at least one token, so every pair still carries a signal)."""
+    p = encode_prompt(tokenizer, prompt, use_chat_template)
+    r = encode_response(tokenizer, response, use_chat_template)
+    if max_length and len(p) + len(r) > max_length:
+        keep_p = min(len(p), max(1, max_length // 2), max_length - 1)
+        if len(p) + len(r) - (len(p) - keep_p) > max_length:
+            p = p[len(p) - keep_p:]
+        r = r[: max(1, max_length - len(p))]
+    return p, r
+
+
+def decode_response(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched sampling (weak_align's k samples per prompt, self_sample, evaluate)
+
+
+@torch.no_grad()
+def sample_batch(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.8,
+                 top_p: float = 0.95, max_new_tokens: int = 64, use_chat_template: bool = True,
+                 seed: int | None = None, do_sample: bool = True) -> list[list[str]]:
+    """n sampled responses for each prompt (one ``generate`` call, left padding). Seeded per call so
+    a resumed run regenerates the same batch."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    rows = [encode_prompt(tokenizer, p, use_chat_template) for p in prompts]
+    rows = [r for r in rows for _ in range(n)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(r) for r in rows)
+    # Left padding keeps every prompt's last token at the same position, which generate() needs.
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad,
+                              eos_token_id=tokenizer.eos_token_id)
+    if do_sample:
+        kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kw.update(do_sample=False)
+    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
+    texts = [decode_response(tokenizer, seq[width:].tolist()) for seq in out]
+    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Config shared by the training stages
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Settings every training stage has. Stage configs add their own (data, beta, ...)."""
+
+    model: str = field(metadata={"help": "HF folder of the model to train (the strong model, or pi_pre)."})
+    output_dir: str = field(metadata={"help": "Stage folder: checkpoints/, model/ and DONE.json go here."})
+    learning_rate: float = _help("Peak learning rate.", 1e-5)
+    num_train_epochs: float = _help("Epochs over the data (ignored when max_steps > 0).", 1.0)
+    max_steps: int = _help("Stop after this many optimizer steps; -1 = use num_train_epochs.", -1)
+    per_device_train_batch_size: int = _help("Examples per step per device.", 4)
+    gradient_accumulation_steps: int = _help("Steps accumulated per optimizer update.", 1)
+    lr_scheduler_type: str = _help("Learning-rate schedule (HF name: cosine, linear, constant...).", "cosine")
+    warmup_ratio: float = _help("Fraction of steps spent warming the learning rate up.", 0.1)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    max_length: int = _help("Longest prompt+response in tokens; longer pairs are truncated.", 512)
+    save_steps: int = _help("Checkpoint every N steps (kept: the latest one) so a crash resumes.", 50)
+    logging_steps: int = _help("Report the loss every N steps.", 1)
+    seed: int = _help("Random seed (data order, dropout, sampling).", 0)
+    lora_r: int = _help("LoRA rank; 0 = full fine-tune. LoRA weights are merged into model/ at the end.", 0)
+    lora_alpha: int = _help("LoRA scaling alpha (used when lora_r > 0).", 16)
+    lora_dropout: float = _help("LoRA dropout (used when lora_r > 0).", 0.0)
+    lora_target_modules: str = _help("LoRA target modules: 'all-linear' or comma-separated names.", "all-linear")
+    use_chat_template: bool = _help("Format prompts with the tokenizer's chat template when it has one.", True)
+    gradient_checkpointing: bool = _help("Trade compute for memory (useful for big models on GPU).", False)
+    device: str | None = _help("'cpu', 'cuda', 'cuda:1'; None = CUDA when present.", None)
+    dtype: str | None = _help("Weights dtype: float32/bfloat16/float16; None = bf16 on CUDA, fp32 on CPU.", None)
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model is empty: give the HF folder of the model to train")
+        if not self.output_dir:
+            raise ValueError("output_dir is empty: give a folder for the stage's outputs")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0 (got {self.learning_rate})")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError(f"max_steps must be -1 (use epochs) or a positive count (got {self.max_steps})")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise ValueError("num_train_epochs must be > 0 when max_steps is -1")
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
+                     "logging_steps", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r must be >= 0, 0 meaning full fine-tune (got {self.lora_r})")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+def training_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """TrainingArguments values every stage uses: local only, checkpoints for resume, right precision."""
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(device, cfg.dtype)
+    on_cuda = device.type == "cuda"
+    return dict(
+        output_dir=str(Path(cfg.output_dir) / "checkpoints"),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 here is a ratio of total steps
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=1,  # only the latest checkpoint is needed to resume
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        push_to_hub=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=on_cuda,
+        use_cpu=not on_cuda,
+        # Mixed precision only on CUDA; on CPU bf16 autocast is slow and fp16 unsupported.
+        bf16=on_cuda and dtype == torch.bfloat16,
+        fp16=on_cuda and dtype == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def load_for_training(cfg: TrainConfig):
+    """(model, tokenizer) on the configured device; LoRA-wrapped when lora_r > 0."""
+    from ml.modeling import load_causal_lm, load_tokenizer
+
+    device = pick_device(cfg.device)
+    # Train in fp32 master weights on CPU; on CUDA the Trainer's bf16 autocast handles speed, and
+    # full-precision weights keep small learning rates (6e-7) from vanishing in bf16 rounding.
+    model = load_causal_lm(cfg.model, device=device, dtype=cfg.dtype or "float32", eval_mode=False)
+    tok = load_tokenizer(cfg.model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        targets: Any = cfg.lora_target_modules
+        if targets != "all-linear":
+            targets = [t.strip() for t in targets.split(",") if t.strip()]
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=targets,
+                                                 task_type="CAUSAL_LM"))
+    return model, tok
+
+
+def last_checkpoint(cfg: TrainConfig) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = Path(cfg.output_dir) / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def save_final(model, tokenizer, output_dir: str | Path) -> Path:
+    """Write output_dir/model as a plain HF folder (LoRA merged), atomically."""
+    final = Path(output_dir) / "model"
+    tmp = Path(output_dir) / "model.partial"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    return final
+
+
+def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict[str, Any] | None = None) -> dict:
+    """Train (resuming from the latest checkpoint), then save model/ and DONE.json; or report a stop."""
+    from ml.io import mark_done
+
+    t0 = time.time()
+    resume = last_checkpoint(cfg)
+    if resume:
+        callback.reporter.log(f"{stage}: resuming from {resume}")
+    result = trainer.train(resume_from_checkpoint=resume)
+    state = trainer.state
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
+    summary: dict[str, Any] = {
+        "stage": stage,
+        "steps": int(state.global_step),
+        "max_steps": int(state.max_steps),
+        "final_loss": float(losses[-1]) if losses else None,
+        "train_loss": float(result.training_loss) if result.training_loss is not None
+        and not math.isnan(result.training_loss) else None,
+        "resumed_from": resume,
+        "seconds": round(time.time() - t0, 3),
+        **(extra or {}),
+    }
+    if callback.stopped:
+        # The callback asked the Trainer to checkpoint the step it stopped at; a rerun resumes there.
+        return {**summary, "stopped": True}
+    path = save_final(trainer.model, trainer.processing_class, cfg.output_dir)
+    summary["model_dir"] = str(path)
+    return mark_done(cfg.output_dir, summary)

@@ -1,0 +1,50 @@
+"""Bridge from the HF Trainer to our Reporter: progress per step, loss metrics, log lines, cancel.
+
+Cancel is cooperative: ``reporter.should_stop()`` is read after every optimizer step; when it says
+True we ask the Trainer to save a checkpoint of that step and stop, so a rerun resumes from it.
+"""
+
+from __future__ import annotations
+
+from transformers import TrainerCallback
+
+from ml.reporter import Reporter, or_null
+
+# Keys in the Trainer's log dict worth forwarding as metrics (others: epoch bookkeeping, flops...).
+_METRIC_KEYS = ("loss", "train_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins",
+                "rewards/chosen", "rewards/rejected", "wspo_loss", "aux_weight", "weak_ce", "self_ce")
+
+
+class ReporterCallback(TrainerCallback):
+    def __init__(self, reporter: Reporter | None, stage: str) -> None:
+        self.reporter = or_null(reporter)
+        self.stage = stage
+        self.stopped = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.reporter.progress(self.stage, int(state.global_step), int(state.max_steps))
+        self._check_stop(control)
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.reporter.progress(self.stage, int(state.global_step), int(state.max_steps))
+        self._check_stop(control)
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key, value in (logs or {}).items():
+            if key in _METRIC_KEYS and isinstance(value, (int, float)):
+                self.reporter.metric(f"{self.stage}/{key}", float(value), int(state.global_step))
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        how = "stopped" if self.stopped else "finished"
+        self.reporter.log(f"{self.stage}: training {how} at step {state.global_step}/{state.max_steps}")
+        return control
+
+    def _check_stop(self, control) -> None:
+        if not self.stopped and self.reporter.should_stop():
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_save = True  # checkpoint this step so the rerun loses nothing
+            self.reporter.log(f"{self.stage}: stop requested; saving a checkpoint and stopping")

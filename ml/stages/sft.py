@@ -1,0 +1,67 @@
+"""SFT of the strong model on (prompt, response) pairs: ConG-S on CD samples, WeakSFT on plain ones.
+
+TRL's SFTTrainer with completion-only loss: the loss covers the response tokens (and eos) only.
+We hand it pre-tokenised rows (input_ids + completion_mask) built by ``_train.encode_pair`` so the
+training sequence is token-for-token what generation and scoring use.
+Reference hyperparameters (CONG.md): lr 1e-5, 2 epochs, cosine, warmup 0.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ml.io import read_jsonl, stage_done
+from ml.reporter import Reporter, or_null
+from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
+from ml.stages.callbacks import ReporterCallback
+
+STAGE = "sft"
+
+
+@dataclass(kw_only=True)
+class SFTStageConfig(TrainConfig):
+    data: str = field(default="", metadata={
+        "help": "JSONL with 'prompt' and 'response' (e.g. a cd_generate/plain_generate samples.jsonl)."})
+    response_field: str = field(default="response", metadata={"help": "Field holding the response text."})
+    max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows (None = all)."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference 1e-5)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (reference 2)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ValueError("data is empty: give a JSONL file of prompt/response pairs")
+
+
+def load_pairs(path: str | Path, response_field: str = "response", limit: int | None = None) -> list[dict]:
+    rows = read_jsonl(path, required=("prompt", response_field))
+    # An empty response teaches nothing but "stop now"; drop it rather than bias towards silence.
+    rows = [r for r in rows if str(r[response_field]).strip()]
+    return rows[:limit] if limit else rows
+
+
+def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict:
+    done = stage_done(config.output_dir)
+    if done is not None:
+        return done
+    reporter = or_null(reporter)
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    pairs = load_pairs(config.data, config.response_field, config.max_examples)
+    if not pairs:
+        raise ValueError(f"{config.data} has no usable prompt/response pairs")
+    model, tok = load_for_training(config)
+    rows = []
+    for r in pairs:
+        p, c = encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
+                           use_chat_template=config.use_chat_template, max_length=config.max_length)
+        rows.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+    dataset = Dataset.from_list(rows)
+    args = SFTConfig(**training_kwargs(config), completion_only_loss=True, max_length=config.max_length,
+                     dataset_num_proc=None, packing=False)
+    callback = ReporterCallback(reporter, STAGE)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
+                         callbacks=[callback])
+    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows)})
