@@ -1,0 +1,56 @@
+# congweb — every target works from a fresh clone: it creates .venv and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export OMP_WAIT_POLICY ?= PASSIVE
+export PYTHONUNBUFFERED := 1
+
+.PHONY: install demo test test-services serve web worker bench stop clean help
+
+help:
+	@echo "make demo   - build the toy world, start everything, run one ConG job, keep the dashboard up"
+	@echo "make test   - the whole test suite (embedded SQLite + embedded Redis)"
+	@echo "make serve  - web + worker + embedded Redis in the foreground (PORT=$(PORT))"
+	@echo "make web | make worker | make bench | make install | make stop"
+
+# The stamp re-runs pip only when a requirements file changed: `make install` is fast when nothing did.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m congweb.launcher demo --port $(PORT) $(if $(DEMO_EXIT),--exit,)
+
+serve: install
+	$(PY) -m congweb.launcher serve --port $(PORT)
+
+web: install
+	$(PY) manage.py migrate --noinput
+	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) congweb.asgi:application
+
+worker: install
+	$(VENV)/bin/celery -A congweb worker -Q gpu,default --concurrency 1 --loglevel INFO
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The database- and broker-touching tests, meant to run with DATABASE_URL/REDIS_URL pointing at real
+# services (.ci/run does this against the machine's PostgreSQL and Redis).
+test-services: install
+	$(PY) -m pytest -m services $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/cd_throughput.py
+	@test ! -f bench/api_load.py || $(PY) bench/api_load.py
+
+stop:
+	-$(PY) -c "from congweb.embedded_redis import stop; print('stopped' if stop('var/redis/redis.sock') else 'not running')"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

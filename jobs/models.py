@@ -1,0 +1,1 @@
+"""Jobs app models (filled in by the web-app issue)."""

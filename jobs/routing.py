@@ -1,0 +1,3 @@
+"""Websocket routes (the job event stream lands here)."""
+
+websocket_urlpatterns: list = []
