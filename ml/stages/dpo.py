@@ -1,0 +1,175 @@
+"""DPO with TRL's DPOTrainer: ConG's last stage (and, via ``train_dpo``, weak alignment).
+
+ConG (CONG.md step 5): chosen = the CD response, rejected = the SFT'd strong model's own sample;
+reference beta 0.5, lr 6e-7, 1 epoch, sigmoid loss. Reference log-probs are precomputed once (TRL's
+``precompute_ref_log_probs``), so no second copy of the strong model sits in memory while training.
+
+``filter_by_implicit_reward`` (off by default = the paper's recipe) keeps only pairs whose chosen
+response has a higher implicit reward log pi_post/pi_pre (summed over tokens) than the rejected one
+under the weak pair: a cheap way to drop pairs where the CD sample is not actually better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.io import read_jsonl, stage_done, write_jsonl
+from ml.reporter import Reporter, or_null
+from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
+from ml.stages.callbacks import ReporterCallback
+
+STAGE = "dpo"
+
+
+@dataclass(kw_only=True)
+class DPOStageConfig(TrainConfig):
+    data: str = field(default="", metadata={
+        "help": "Preference JSONL with 'prompt', 'chosen', 'rejected'. Or leave empty and give chosen_data "
+                "and rejected_data."})
+    chosen_data: str = field(default="", metadata={
+        "help": "JSONL of chosen responses ('prompt', 'response'; e.g. CD samples), joined with rejected_data "
+                "by 'index' when both have it, else by line order."})
+    rejected_data: str = field(default="", metadata={
+        "help": "JSONL of rejected responses ('prompt', 'response'; e.g. the strong model's own samples)."})
+    beta: float = field(default=0.5, metadata={"help": "DPO beta (reference 0.5 for ConG's DPO)."})
+    loss_type: str = field(default="sigmoid", metadata={"help": "TRL DPO loss type (reference: sigmoid)."})
+    learning_rate: float = field(default=6e-7, metadata={"help": "Peak learning rate (reference 6e-7)."})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (reference 1)."})
+    precompute_ref_log_probs: bool = field(default=True, metadata={
+        "help": "Compute reference log-probs once before training instead of keeping a reference model."})
+    filter_by_implicit_reward: bool = field(default=False, metadata={
+        "help": "Keep only pairs whose chosen has a higher implicit reward than rejected under the weak pair "
+                "(needs weak_aligned and weak_base). Off = the paper's recipe."})
+    weak_aligned: str = field(default="", metadata={"help": "pi_post folder (only for the implicit-reward filter)."})
+    weak_base: str = field(default="", metadata={"help": "pi_pre folder (only for the implicit-reward filter)."})
+    score_batch_size: int = field(default=8, metadata={"help": "Batch size for the filter's reward scoring."})
+    max_examples: int | None = field(default=None, metadata={"help": "Use only the first N pairs (None = all)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data and not (self.chosen_data and self.rejected_data):
+            raise ValueError("give data (a prompt/chosen/rejected JSONL) or both chosen_data and rejected_data")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0 (got {self.beta})")
+        if self.filter_by_implicit_reward and not (self.weak_aligned and self.weak_base):
+            raise ValueError("filter_by_implicit_reward needs weak_aligned and weak_base (the weak pair's folders)")
+
+
+def join_pairs(chosen_rows: list[dict], rejected_rows: list[dict], field_name: str = "response") -> list[dict]:
+    """Preference rows from two sample files for the same prompts (by 'index' if both carry it)."""
+    if all("index" in r for r in chosen_rows) and all("index" in r for r in rejected_rows):
+        by_index = {r["index"]: r for r in rejected_rows}
+        matched = [(c, by_index[c["index"]]) for c in chosen_rows if c["index"] in by_index]
+    else:
+        matched = list(zip(chosen_rows, rejected_rows))
+    out = []
+    for c, r in matched:
+        if str(c["prompt"]) != str(r["prompt"]):
+            raise ValueError(f"chosen and rejected rows disagree on the prompt: {c['prompt']!r} vs {r['prompt']!r}")
+        row = {"prompt": c["prompt"], "chosen": c[field_name], "rejected": r[field_name]}
+        if "index" in c:
+            row["index"] = c["index"]
+        out.append(row)
+    return out
+
+
+def filter_pairs(rows: list[dict], chosen_rewards: list[float], rejected_rewards: list[float]) -> list[dict]:
+    """Keep pairs where chosen's implicit reward beats rejected's (ties are dropped: no preference)."""
+    if not len(rows) == len(chosen_rewards) == len(rejected_rewards):
+        raise ValueError("one reward per pair is needed for chosen and for rejected")
+    return [{**r, "chosen_implicit": c, "rejected_implicit": j}
+            for r, c, j in zip(rows, chosen_rewards, rejected_rewards) if c > j]
+
+
+def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]) -> list[float]:
+    from ml.modeling import load_causal_lm, load_tokenizer
+    from ml.scoring import implicit_rewards
+
+    aligned = load_causal_lm(cfg.weak_aligned, device=cfg.device)
+    base = load_causal_lm(cfg.weak_base, device=cfg.device)
+    tok = load_tokenizer(cfg.weak_aligned)
+    scores = implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=prompts, responses=responses,
+                              batch_size=cfg.score_batch_size, use_chat_template=cfg.use_chat_template)
+    return [float(s["sum"]) for s in scores]
+
+
+def load_preferences(cfg: DPOStageConfig) -> list[dict]:
+    if cfg.data:
+        rows = read_jsonl(cfg.data, required=("prompt", "chosen", "rejected"))
+    else:
+        rows = join_pairs(read_jsonl(cfg.chosen_data, required=("prompt", "response")),
+                          read_jsonl(cfg.rejected_data, required=("prompt", "response")))
+    # Identical or empty responses carry no preference signal.
+    rows = [r for r in rows if str(r["chosen"]).strip() and str(r["rejected"]).strip()
+            and str(r["chosen"]).strip() != str(r["rejected"]).strip()]
+    return rows[: cfg.max_examples] if cfg.max_examples else rows
+
+
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class _DPOTrainer(DPOTrainer):
+        """DPOTrainer that accepts rows already tokenised as prompt_ids/chosen_ids/rejected_ids.
+
+        TRL re-tokenises prompt+completion jointly; we tokenise the two sides separately (see
+        ``_train``) so DPO trains on the very tokens generation and scoring use.
+        """
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    return _DPOTrainer
+
+
+def train_dpo(cfg: DPOStageConfig, rows: list[dict], reporter: Reporter | None, *, stage: str,
+              extra: dict[str, Any] | None = None) -> dict:
+    """DPO on preference rows; shared by ``dpo`` and ``weak_align``."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    if not rows:
+        raise ValueError(f"{stage}: no preference pairs to train on")
+    model, tok = load_for_training(cfg)
+    data = []
+    for r in rows:
+        p, c = encode_pair(tok, str(r["prompt"]), str(r["chosen"]), use_chat_template=cfg.use_chat_template,
+                           max_length=cfg.max_length)
+        _, j = encode_pair(tok, str(r["prompt"]), str(r["rejected"]), use_chat_template=cfg.use_chat_template,
+                           max_length=cfg.max_length)
+        data.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": j})
+    args = DPOConfig(**training_kwargs(cfg), beta=cfg.beta, loss_type=[cfg.loss_type],
+                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+                     dataset_num_proc=None)
+    callback = ReporterCallback(reporter, stage)
+    trainer = _trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(data),
+                               processing_class=tok, callbacks=[callback])
+    return run_training(trainer, cfg, callback, stage=stage, extra={"n_pairs": len(data), **(extra or {})})
+
+
+def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict:
+    done = stage_done(config.output_dir)
+    if done is not None:
+        return done
+    reporter = or_null(reporter)
+    out = Path(config.output_dir)
+    pairs_path = out / "pairs.jsonl"
+    extra: dict[str, Any] = {}
+    if pairs_path.exists():  # resume: the (possibly filtered) pairs were settled on the first run
+        rows = read_jsonl(pairs_path)
+    else:
+        rows = load_preferences(config)
+        extra["n_pairs_before_filter"] = len(rows)
+        if config.filter_by_implicit_reward:
+            reporter.log(f"{STAGE}: scoring {len(rows)} pairs under the weak pair for the implicit-reward filter")
+            prompts = [str(r["prompt"]) for r in rows]
+            chosen = _implicit_sums(config, prompts, [str(r["chosen"]) for r in rows])
+            rejected = _implicit_sums(config, prompts, [str(r["rejected"]) for r in rows])
+            rows = filter_pairs(rows, chosen, rejected)
+            reporter.log(f"{STAGE}: kept {len(rows)} of {extra['n_pairs_before_filter']} pairs")
+        write_jsonl(pairs_path, rows)
+    extra["filtered"] = config.filter_by_implicit_reward
+    return train_dpo(config, rows, reporter, stage=STAGE, extra=extra)
