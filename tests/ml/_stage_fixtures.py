@@ -42,3 +42,18 @@ def write_prefs(path: Path) -> str:
     rows = [{"prompt": p, "chosen": "good good a", "rejected": "bad bad b"} for p in PROMPTS]
     write_jsonl(path, rows)
     return str(path)
+
+
+def count_a(prompt: str, response: str) -> float:
+    """Test gold reward: how many times the word 'a' appears in the response."""
+    return float(response.split().count("a"))
+
+
+def _register_test_gold() -> None:
+    from ml.gold import GoldReward, register
+
+    register("test:count_a", lambda: GoldReward(name="test:count_a", score=count_a,
+                                                valid=lambda p, r: len(r.split()) > 0))
+
+
+_register_test_gold()

@@ -1,0 +1,151 @@
+"""Weak alignment: DPO of pi_pre into pi_post (CONG.md steps 1-2).
+
+Preferences come from a JSONL (``prompt``, ``chosen``, ``rejected``) or are made here the reference
+way: sample k responses per prompt from pi_pre (k=5, temperature 0.8, top-p 0.95), score them with a
+gold reward, chosen = best, rejected = worst; prompts whose samples all tie are skipped (no signal).
+Labelled pairs are appended to output_dir/preferences.jsonl batch by batch, so sampling resumes.
+Training: DPO, reference beta 0.1, sigmoid loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.gold import GoldReward, get_gold
+from ml.io import append_jsonl, read_prompts, repair_jsonl, stage_done
+from ml.reporter import Reporter, or_null
+from ml.stages._train import sample_batch
+from ml.stages.dpo import DPOStageConfig, train_dpo
+
+STAGE = "weak_align"
+
+
+@dataclass(kw_only=True)
+class WeakAlignConfig(DPOStageConfig):
+    prompts: str = field(default="", metadata={
+        "help": "Prompt JSONL ('prompt') to sample and label with the gold reward (when data is not given)."})
+    gold: str | Callable[[str, str], float] | None = field(default=None, metadata={
+        "help": "Gold reward that labels the samples: a registered name such as 'toy:review', or a callable "
+                "(prompt, response) -> float."})
+    k: int = field(default=5, metadata={"help": "Samples per prompt (reference 5)."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (reference 0.8)."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p (reference 0.95)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
+    sample_batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    beta: float = field(default=0.1, metadata={"help": "DPO beta (reference 0.1 for weak alignment)."})
+    learning_rate: float = field(default=5e-7, metadata={"help": "Peak learning rate."})
+
+    def __post_init__(self) -> None:
+        # Either a preference file, or prompts + gold to make one; chosen/rejected files are not used here.
+        if not self.data and not self.prompts:
+            raise ValueError("give data (a prompt/chosen/rejected JSONL) or prompts plus gold to label samples")
+        if not self.data and self.gold is None:
+            raise ValueError("sampling preferences needs gold: a registered gold name or a callable")
+        if self.k < 2:
+            raise ValueError(f"k must be >= 2 to have a best and a worst sample (got {self.k})")
+        if not self.data:
+            self.data = "<sampled>"  # satisfies DPOStageConfig's check; replaced by preferences.jsonl
+        super().__post_init__()
+        if self.data == "<sampled>":
+            self.data = ""
+
+
+def resolve_gold(gold: str | Callable[[str, str], float] | GoldReward) -> GoldReward:
+    if isinstance(gold, GoldReward):
+        return gold
+    if isinstance(gold, str):
+        return get_gold(gold)
+    if callable(gold):
+        return GoldReward(name=getattr(gold, "__name__", "custom"), score=gold)
+    raise ValueError(f"gold must be a registered name or a callable, not {type(gold).__name__}")
+
+
+def best_worst(prompt: str, responses: list[str], gold: GoldReward) -> dict[str, Any] | None:
+    """The preference row for one prompt, or None when every sample scores the same."""
+    scored = [(gold(prompt, r), r) for r in responses]
+    hi = max(scored, key=lambda s: s[0])
+    lo = min(scored, key=lambda s: s[0])
+    if hi[0] == lo[0]:
+        return None
+    return {"prompt": prompt, "chosen": hi[1], "rejected": lo[1], "chosen_gold": hi[0], "rejected_gold": lo[0]}
+
+
+def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path, bool]:
+    """Sample, score and append pairs to preferences.jsonl; returns (path, finished)."""
+    from ml.io import write_json
+    from ml.modeling import load_causal_lm, load_tokenizer
+
+    out = Path(config.output_dir)
+    path = out / "preferences.jsonl"
+    progress_path = out / "labelled.json"  # how many prompts are done (ties leave no row, so count apart)
+    prompts = read_prompts(config.prompts, config.max_prompts)
+    repair_jsonl(path)
+    done = 0
+    if progress_path.exists():
+        from ml.io import read_json
+
+        done = int(read_json(progress_path)["prompts_done"])
+    if done >= len(prompts):
+        return path, True
+    gold = resolve_gold(config.gold)
+    model = load_causal_lm(config.model, device=config.device)
+    tok = load_tokenizer(config.model)
+    bs = config.sample_batch_size
+    while done < len(prompts):
+        if reporter.should_stop():
+            return path, False
+        batch = prompts[done:done + bs]
+        samples = sample_batch(model, tok, batch, n=config.k, temperature=config.temperature, top_p=config.top_p,
+                               max_new_tokens=config.max_new_tokens, use_chat_template=config.use_chat_template,
+                               seed=config.seed + done)
+        rows = [row for p, rs in zip(batch, samples) if (row := best_worst(p, rs, gold)) is not None]
+        append_jsonl(path, rows)
+        done += len(batch)
+        # Written after the rows: a crash between the two re-labels this batch, and the duplicate
+        # rows are dropped on load (see _dedupe).
+        write_json(progress_path, {"prompts_done": done})
+        reporter.progress(f"{STAGE}/label", done, len(prompts))
+    return path, True
+
+
+def _dedupe(rows: list[dict]) -> list[dict]:
+    seen, out = set(), []
+    for r in rows:
+        if r["prompt"] not in seen:
+            seen.add(r["prompt"])
+            out.append(r)
+    return out
+
+
+def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dict:
+    done = stage_done(config.output_dir)
+    if done is not None:
+        return done
+    reporter = or_null(reporter)
+    from ml.io import read_jsonl
+
+    extra: dict[str, Any] = {}
+    if config.data:
+        rows = read_jsonl(config.data, required=("prompt", "chosen", "rejected"))
+        extra["preferences"] = config.data
+    else:
+        path, finished = label_preferences(config, reporter)
+        if not finished:
+            return {"stage": STAGE, "stopped": True, "preferences": str(path)}
+        rows = _dedupe(read_jsonl(path))
+        extra["preferences"] = str(path)
+        if rows:
+            extra["mean_chosen_gold"] = sum(r["chosen_gold"] for r in rows) / len(rows)
+            extra["mean_rejected_gold"] = sum(r["rejected_gold"] for r in rows) / len(rows)
+    rows = [r for r in rows if str(r["chosen"]).strip() != str(r["rejected"]).strip()]
+    if config.max_examples:
+        rows = rows[: config.max_examples]
+    if not rows:
+        raise ValueError("weak_align: no preference pairs (every prompt's samples tied under the gold reward?); "
+                         "raise k or temperature, or give more prompts")
+    out = train_dpo(config, rows, reporter, stage=STAGE, extra=extra)
+    return out
