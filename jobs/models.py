@@ -1,1 +1,171 @@
-"""Jobs app models (filled in by the web-app issue)."""
+"""The jobs app's data: models and datasets users register, jobs and what they produce.
+
+Rules (who may do what, which transitions are legal) live in ``jobs/services.py``; these classes only
+describe the rows. Field names are a contract with the pages, the admin and the REST API: keep them.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class ModelEntry(models.Model):
+    """A Hugging Face model folder under one of settings.MODEL_ROOTS."""
+
+    class Kind(models.TextChoices):
+        WEAK = "weak", "weak"
+        STRONG = "strong", "strong"
+        ANY = "any", "any"
+
+    name = models.CharField(max_length=200, unique=True)
+    path = models.CharField(max_length=1000, help_text="Resolved absolute path of the HF folder.")
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ANY)
+    family = models.CharField(max_length=100, blank=True, default="")
+    vocab_fingerprint = models.CharField(max_length=64, blank=True, default="",
+                                         help_text="Hash of the tokenizer's token->id map (ml.modeling).")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="model_entries", help_text="Empty = shared with everyone.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Dataset(models.Model):
+    """A validated JSONL file stored under VAR_DIR/datasets/."""
+
+    class Kind(models.TextChoices):
+        PROMPTS = "prompts", "prompts"
+        PREFERENCES = "preferences", "preferences"
+
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROMPTS)
+    path = models.CharField(max_length=1000, help_text="Where the validated file is stored.")
+    row_count = models.PositiveIntegerField(default=0)
+    gold = models.CharField(max_length=100, blank=True, default="",
+                            help_text="Registered gold reward for these prompts, e.g. 'toy:review'.")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="datasets", help_text="Empty = shared with everyone.")
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "id"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Job(models.Model):
+    class Kind(models.TextChoices):
+        CONG = "cong", "ConG pipeline"
+        CD_GENERATE = "cd_generate", "contrastive decoding"
+        ALPHA_SWEEP = "alpha_sweep", "alpha sweep"
+        WEAK_ALIGN = "weak_align", "weak alignment"
+        TRAIN = "train", "train strong model"
+        EVALUATE = "evaluate", "evaluate"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        CANCELLING = "cancelling", "cancelling"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+    ACTIVE = (Status.QUEUED, Status.RUNNING, Status.CANCELLING)
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    config = models.JSONField(default=dict, help_text="Full, validated configuration of the job.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    stage = models.CharField(max_length=50, blank=True, default="")
+    progress = models.FloatField(default=0.0, help_text="0..1 within the current stage.")
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    error = models.TextField(blank=True, default="")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    results = models.JSONField(null=True, blank=True)
+    partial = models.BooleanField(default=False, help_text="Stopped before the end; artifacts are partial.")
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"job {self.pk} ({self.kind}, {self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class JobEvent(models.Model):
+    class Type(models.TextChoices):
+        PROGRESS = "progress", "progress"
+        METRIC = "metric", "metric"
+        SAMPLE = "sample", "sample"
+        LOG = "log", "log"
+        STATUS = "status", "status"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=20, choices=Type.choices)
+    data = models.JSONField(default=dict)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_unique_seq")]
+
+    def as_message(self) -> dict:
+        return {"seq": self.seq, "type": self.type, "data": self.data,
+                "created": self.created.isoformat() if self.created else None}
+
+
+class GeneratedPair(models.Model):
+    class Review(models.TextChoices):
+        PENDING = "pending", "pending"
+        APPROVED = "approved", "approved"
+        REJECTED = "rejected", "rejected"
+        EDITED = "edited", "edited"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="pairs")
+    prompt_index = models.PositiveIntegerField()
+    prompt = models.TextField()
+    chosen = models.TextField(help_text="The contrastive-decoding response.")
+    rejected = models.TextField(null=True, blank=True)
+    plain = models.TextField(null=True, blank=True, help_text="Plain pi_post sample, when made.")
+    implicit_reward = models.FloatField(null=True, blank=True)
+    gold_reward = models.FloatField(null=True, blank=True)
+    alpha = models.FloatField(null=True, blank=True)
+    review_status = models.CharField(max_length=20, choices=Review.choices, default=Review.PENDING,
+                                     db_index=True)
+    edited_text = models.TextField(blank=True, default="")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                 related_name="reviewed_pairs")
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["job", "prompt_index"]
+        constraints = [models.UniqueConstraint(fields=["job", "prompt_index"], name="pair_unique_prompt")]
+
+
+class Artifact(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
+    stage = models.CharField(max_length=50)
+    kind = models.CharField(max_length=50, help_text="e.g. samples, model, results, preferences")
+    path = models.CharField(max_length=1000)
+    partial = models.BooleanField(default=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "id"]
+        constraints = [models.UniqueConstraint(fields=["job", "stage", "kind"], name="artifact_unique_kind")]
