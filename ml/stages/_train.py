@@ -5,10 +5,11 @@ One formatting rule everywhere (generation, scoring, training), so a model is tr
 token sequence it would see at inference:
 - with a chat template (and ``use_chat_template``): the prompt is one user turn rendered with
   ``add_generation_prompt=True``; the response is the assistant text, then the tokenizer's eos.
-- without one (tiny word-level tokenizers, plain base models): prompt tokens, then the tokens of
-  ``" " + response`` (so "prompt + space + response"), then eos.
+- without one (tiny word-level tokenizers, plain base models): prompt tokens (tokenizer defaults),
+  then the response's tokens (no special tokens), then eos.
 Prompt and response are tokenised separately and concatenated, never re-tokenised jointly, so the
 boundary between them is exact (BPE merges across it cannot move tokens from one side to the other).
+The encoders are ml.contrastive's, so CD generation, implicit-reward scoring and training agree.
 """
 
 from __future__ import annotations
@@ -39,19 +40,17 @@ def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str
     return prompt
 
 
-def _chat(tokenizer, use_chat_template: bool) -> bool:
-    return bool(use_chat_template and has_chat_template(tokenizer))
-
-
 def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> list[int]:
-    text = format_prompt(tokenizer, prompt, use_chat_template)
-    # A rendered chat template already carries its special tokens (bos included), so add none.
-    return list(tokenizer(text, add_special_tokens=not _chat(tokenizer, use_chat_template))["input_ids"])
+    # Delegates to contrastive decoding's encoder so training and generation agree token for token.
+    from ml.contrastive import encode_prompt as _encode_prompt
+
+    return _encode_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
 
 
 def encode_response(tokenizer, response: str, use_chat_template: bool = True, add_eos: bool = True) -> list[int]:
-    text = response if _chat(tokenizer, use_chat_template) else " " + response
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from ml.contrastive import encode_response as _encode_response
+
+    ids = _encode_response(tokenizer, response)
     if add_eos and tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     return ids
