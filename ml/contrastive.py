@@ -1,0 +1,458 @@
+"""Contrastive decoding (CD) between an aligned weak model pi_post and its base pi_pre, batched.
+
+The score at each step follows the ConG reference code (see shared/CONG.md):
+
+    lp_post = log_softmax(logits_aligned), lp_pre = log_softmax(logits_base)
+    V       = {v : lp_post[v] >= max(lp_post) + log(relative_top)}
+    score_v = lp_post[v] - (1 - alpha) * lp_pre[v]  for v in V, -inf elsewhere
+
+then transformers' own repetition-penalty / temperature / top-p processors and sampling (or argmax).
+
+Where the reference decodes one prompt at a time, this module decodes a batch: prompts are sorted by
+length (less padding), LEFT padded, and fed with explicit position ids (GPT-2 style absolute positions
+would otherwise count the pads). Each model keeps its own KV cache. Rows that reach EOS are dropped
+from the batch (their cache rows too) once enough of them have finished, so finished rows stop costing
+compute. Refilling freed rows with new prompts (continuous batching) would need ragged per-row cache
+lengths, which DynamicCache does not have; sorting by prompt length plus dropping finished rows gets
+most of that benefit with far less machinery.
+
+Token accounting: ``Generation.token_ids`` holds the generated ids up to and INCLUDING the EOS that
+ended the row (so a training step that appends EOS sees the same sequence); ``Generation.text`` is the
+decoded text without special tokens, truncated at the first stop string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ml.modeling import check_same_vocab
+from ml.reporter import Reporter, or_null
+
+STAGE = "cd_generate"
+
+
+@dataclass
+class CDConfig:
+    """Contrastive-decoding settings; defaults are the ConG reference runs' values."""
+
+    alpha: float = field(default=0.4, metadata={
+        "help": "Weight of pi_post in the score: 1 = plain sampling from pi_post, 0 = pure log ratio "
+                "log pi_post - log pi_pre (the paper sweeps 0.0..1.0)."})
+    relative_top: float = field(default=0.1, metadata={
+        "help": "Plausibility cut: keep tokens whose pi_post probability is at least relative_top times "
+                "the most likely token's. In (0, 1]."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0); unused when greedy."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass in (0, 1]; unused when greedy."})
+    repetition_penalty: float = field(default=1.2, metadata={
+        "help": "transformers' repetition penalty applied to the CD scores (1.0 = off); it divides positive "
+                "and multiplies negative scores, so it works on log-ratio scores too."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per prompt."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample (True) or take the argmax (False)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampling generator (independent of global RNG)."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
+    stop_strings: list[str] = field(default_factory=list, metadata={
+        "help": "Text is cut at the first of these strings (and token_ids to the tokens that produced it)."})
+    use_chat_template: bool = field(default=True, metadata={
+        "help": "Wrap each prompt as a user message with the tokenizer's chat template, when it has one."})
+    ignore_eos: bool = field(default=False, metadata={
+        "help": "Keep generating after EOS up to max_new_tokens (benchmarks: fixed token counts)."})
+    max_prompt_tokens: int | None = field(default=None, metadata={
+        "help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop_strings, str):
+            raise ValueError("stop_strings must be a list of strings, e.g. ['\\n\\n'], not a single string")
+        self.stop_strings = list(self.stop_strings)
+        checks = [
+            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
+            (0.0 < self.relative_top <= 1.0, f"relative_top must be in (0, 1], got {self.relative_top}"),
+            (self.temperature > 0.0, f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}"),
+            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
+            (self.repetition_penalty > 0.0, f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}"),
+            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}"),
+            (isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be an integer >= 1, got {self.batch_size}"),
+            (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
+            (all(isinstance(s, str) and s for s in self.stop_strings),
+             f"stop_strings must be non-empty strings, got {self.stop_strings!r}"),
+            (self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+             f"max_prompt_tokens must be None or >= 1, got {self.max_prompt_tokens}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"CDConfig: {msg}")
+
+
+@dataclass(frozen=True)
+class ImplicitReward:
+    """log pi_post - log pi_pre of the generated tokens (full softmax, temperature 1), summed and averaged."""
+
+    sum: float
+    mean: float
+    n_tokens: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"sum": self.sum, "mean": self.mean, "n_tokens": self.n_tokens}
+
+
+@dataclass
+class Generation:
+    index: int                      # position of the prompt in the input list
+    prompt: str
+    text: str
+    token_ids: list[int]            # generated ids, EOS included when it ended the row, no padding
+    implicit_reward: ImplicitReward
+    token_log_ratios: list[float]   # per generated token: log pi_post - log pi_pre
+    finish_reason: str              # "eos", "length" or "stop_string"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The score
+
+
+def _cd_step(logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: float, log_rt: float):
+    """Scores plus both log-softmaxes (the latter give the implicit reward for free)."""
+    lp_post = torch.log_softmax(logits_aligned.float(), dim=-1)
+    lp_pre = torch.log_softmax(logits_base.float(), dim=-1)
+    threshold = lp_post.max(dim=-1, keepdim=True).values + log_rt
+    if alpha == 1.0:
+        score = lp_post
+    else:
+        # A base log-prob of exactly -inf would turn the score into +inf (and sampling into NaN); a huge
+        # finite floor keeps such a token the favourite without breaking softmax.
+        score = lp_post - (1.0 - alpha) * lp_pre.clamp_min(-1e4)
+    # The argmax of lp_post always passes (log_rt <= 0), so V is never empty.
+    score = score.masked_fill(lp_post < threshold, float("-inf"))
+    return score, lp_post, lp_pre
+
+
+def cd_scores(logits_aligned: torch.Tensor, logits_base: torch.Tensor, *, alpha: float,
+              relative_top: float) -> torch.Tensor:
+    """Per-step CD scores, shape like the logits ([..., vocab]); -inf outside the plausible set."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if not 0.0 < relative_top <= 1.0:
+        raise ValueError(f"relative_top must be in (0, 1], got {relative_top}")
+    if logits_aligned.shape != logits_base.shape:
+        raise ValueError(f"logits shapes differ: {tuple(logits_aligned.shape)} vs {tuple(logits_base.shape)}")
+    return _cd_step(logits_aligned, logits_base, alpha, math.log(relative_top))[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompts and checks shared with scoring
+
+
+def encode_prompt(tokenizer, prompt: str, *, use_chat_template: bool) -> list[int]:
+    """Prompt ids exactly as generation sees them; scoring uses the same function, then appends the
+    separately tokenized response, so rewards and generations agree on the prompt/response boundary."""
+    if use_chat_template and getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has its specials
+    else:
+        ids = list(tokenizer(prompt)["input_ids"])
+    if not ids:
+        # An empty prompt still needs one position to predict from; BOS is what it means.
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        if start is None:
+            raise ValueError("empty prompt and the tokenizer has neither a BOS nor an EOS token to start from")
+        ids = [int(start)]
+    return ids
+
+
+def encode_response(tokenizer, response: str) -> list[int]:
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"])
+
+
+def model_vocab_size(model) -> int:
+    return int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+        else int(model.config.vocab_size)
+
+
+def check_weak_pair(aligned, base, tokenizer, base_tokenizer=None) -> None:
+    """CD compares logits id by id: same token->id map and same output size, or a clear ValueError."""
+    if base_tokenizer is not None:
+        check_same_vocab(tokenizer, base_tokenizer)
+    va, vb = model_vocab_size(aligned), model_vocab_size(base)
+    if va != vb:
+        raise ValueError(
+            f"the weak aligned model has {va} output tokens and the weak base model {vb}; contrastive "
+            "decoding needs both from the same family with the same vocabulary; pick another pair")
+    if len(tokenizer) > va:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the models only {va} outputs; "
+                         "use the tokenizer that belongs to these models")
+    da, db = next(aligned.parameters()).device, next(base.parameters()).device
+    if da != db:
+        raise ValueError(f"the weak models are on different devices ({da} and {db}); load both on one")
+
+
+def eos_ids_of(model, tokenizer) -> list[int]:
+    """EOS ids from the tokenizer and the generation config (chat models often have several)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(i) for i in gen_eos)
+    return sorted(ids)
+
+
+def context_limit(model) -> int | None:
+    cfg = model.config
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def batch_seed(seed: int, batch_no: int) -> int:
+    """A per-batch seed: batch k of a run is reproducible on its own (e.g. when a stage resumes)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{batch_no}".encode()).digest()[:8], "little") >> 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The decode loop
+
+
+class _Stepper:
+    """Runs one model forward with its own KV cache; resolves kwarg names once (not per step)."""
+
+    def __init__(self, model) -> None:
+        from transformers import DynamicCache
+
+        self.model = model
+        self._cache_cls = DynamicCache
+        params = inspect.signature(model.forward).parameters
+        # transformers 5.2x renamed past_key_values -> cache; accept either spelling.
+        self.cache_kw = "cache" if "cache" in params else "past_key_values"
+        self.extra: dict[str, Any] = {"use_cache": True}
+        if "logits_to_keep" in params:
+            self.extra["logits_to_keep"] = 1  # only the last position's logits are needed
+        self.cache = None
+
+    def prefill(self, ids, mask, pos) -> torch.Tensor:
+        self.cache = self._cache_cls(config=self.model.config)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                         **{self.cache_kw: self.cache}, **self.extra)
+        return out.logits[:, -1, :]
+
+    def step(self, tok, mask, pos) -> torch.Tensor:
+        out = self.model(input_ids=tok, attention_mask=mask, position_ids=pos,
+                         **{self.cache_kw: self.cache}, **self.extra)
+        return out.logits[:, -1, :]
+
+    def keep_rows(self, rows: torch.Tensor) -> None:
+        self.cache.batch_select_indices(rows)
+
+
+class _Processors:
+    """transformers' own processors, built once per call."""
+
+    def __init__(self, config: CDConfig) -> None:
+        from transformers.generation.logits_process import (
+            RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper)
+
+        self.rep = (RepetitionPenaltyLogitsProcessor(penalty=float(config.repetition_penalty))
+                    if config.repetition_penalty != 1.0 else None)
+        self.warpers = []
+        if config.do_sample:
+            if config.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(float(config.temperature)))
+            if config.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(float(config.top_p), min_tokens_to_keep=1))
+
+
+@dataclass
+class _Row:
+    index: int
+    prompt: str
+    ids: list[int]
+
+
+def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors, config: CDConfig,
+                  eos: torch.Tensor, pad_id: int, vocab: int, device: torch.device,
+                  generator: torch.Generator | None) -> dict[int, tuple[list[int], list[float]]]:
+    """Decode one batch; returns {row position in ``rows``: (generated ids, per-token log ratios)}
+    with ids cut after the first EOS (unless ignore_eos)."""
+    B, T = len(rows), config.max_new_tokens
+    P = max(len(r.ids) for r in rows)
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, P), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r.ids):] = torch.tensor(r.ids, dtype=torch.long)
+        mask[i, P - len(r.ids):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens count from 0
+
+    # Pre-allocated buffers, sliced per step (no per-step torch.cat).
+    attn = torch.ones((B, P + T), dtype=torch.long, device=device)
+    attn[:, :P] = mask
+    # The repetition penalty sees prompt + generated ids like HF generate does, but pads are mapped to
+    # `vocab`, an id the processor drops, so padding never penalises a real token.
+    seen = torch.full((B, P + T), vocab, dtype=torch.long, device=device)
+    seen[:, :P] = ids.masked_fill(mask == 0, vocab)
+    gen = torch.empty((B, T), dtype=torch.long, device=device)
+    ratios = torch.empty((B, T), dtype=torch.float32, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    row_of = torch.arange(B, device=device)  # current batch row -> position in `rows`
+    next_pos = pos[:, -1] + 1
+
+    log_rt = math.log(config.relative_top)
+    check_every = 1 if device.type == "cpu" else 8  # on GPUs a check is a sync; do it less often
+    results: dict[int, tuple[list[int], list[float]]] = {}
+
+    def finish(sel: torch.Tensor, steps: int) -> None:
+        toks = gen[sel, :steps].tolist()
+        lrs = ratios[sel, :steps].tolist()
+        for r, t, l in zip(row_of[sel].tolist(), toks, lrs):
+            results[r] = (t, l)
+
+    with torch.inference_mode():
+        la = a.prefill(ids, mask, pos)
+        lb = b.prefill(ids, mask, pos)
+        steps = 0
+        for t in range(T):
+            score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
+            if procs.rep is not None:
+                score = procs.rep(seen[:, :P + t], score)
+            if config.do_sample:
+                for w in procs.warpers:
+                    score = w(seen[:, :P + t], score)
+                tok = torch.multinomial(torch.softmax(score, dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                tok = score.argmax(dim=-1)
+            tk = tok.unsqueeze(1)
+            ratios[:, t] = (lp_post.gather(1, tk) - lp_pre.gather(1, tk)).squeeze(1)
+            gen[:, t] = tok
+            seen[:, P + t] = tok
+            steps = t + 1
+            if steps == T:
+                break
+            if not config.ignore_eos:
+                done |= torch.isin(tok, eos)
+                if steps % check_every == 0:
+                    n_done = int(done.sum())
+                    if n_done == done.numel():
+                        break
+                    # Drop finished rows once a quarter of the batch is done: the index copies of both
+                    # caches cost about one step, so doing it for every single finished row would not pay.
+                    if n_done and n_done * 4 >= done.numel():
+                        finish(done, steps)
+                        keep = (~done).nonzero().squeeze(1)
+                        a.keep_rows(keep)
+                        b.keep_rows(keep)
+                        attn, seen, gen, ratios = attn[keep], seen[keep], gen[keep], ratios[keep]
+                        next_pos, row_of, tok = next_pos[keep], row_of[keep], tok[keep]
+                        done = done[keep]
+                        tk = tok.unsqueeze(1)
+            cur = attn[:, :P + t + 1]
+            npos = next_pos.unsqueeze(1)
+            la = a.step(tk, cur, npos)
+            lb = b.step(tk, cur, npos)
+            next_pos = next_pos + 1
+        finish(torch.ones_like(done), steps)
+
+    eos_set = set(eos.tolist())
+    out: dict[int, tuple[list[int], list[float]]] = {}
+    for r, (toks, lrs) in results.items():
+        if not config.ignore_eos:
+            for j, tid in enumerate(toks):
+                if tid in eos_set:
+                    toks, lrs = toks[:j + 1], lrs[:j + 1]
+                    break
+        out[r] = (toks, lrs)
+    return out
+
+
+def _finalize(row: _Row, toks: list[int], lrs: list[float], tokenizer, config: CDConfig,
+              eos_set: set[int]) -> Generation:
+    if toks and toks[-1] in eos_set and not config.ignore_eos:
+        reason = "eos"
+    else:
+        reason = "length"
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    if config.stop_strings and any(s in text for s in config.stop_strings):
+        # Cut the ids to the shortest prefix whose text holds a stop string, so ids, text and the reward
+        # describe the same response.
+        for k in range(1, len(toks) + 1):
+            piece = tokenizer.decode(toks[:k], skip_special_tokens=True)
+            hits = [piece.find(s) for s in config.stop_strings if s in piece]
+            if hits:
+                toks, lrs, text, reason = toks[:k], lrs[:k], piece[:min(hits)], "stop_string"
+                break
+    n = len(toks)
+    total = float(sum(lrs))
+    return Generation(index=row.index, prompt=row.prompt, text=text, token_ids=list(toks),
+                      implicit_reward=ImplicitReward(sum=total, mean=total / n if n else 0.0, n_tokens=n),
+                      token_log_ratios=[float(x) for x in lrs], finish_reason=reason)
+
+
+def prepare_rows(tokenizer, prompts: list[str], config: CDConfig, limit: int | None = None) -> list[_Row]:
+    rows = []
+    for i, p in enumerate(prompts):
+        ids = encode_prompt(tokenizer, p, use_chat_template=config.use_chat_template)
+        if config.max_prompt_tokens is not None:
+            ids = ids[-config.max_prompt_tokens:]
+        if limit is not None and len(ids) + config.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt {i} has {len(ids)} tokens; with max_new_tokens={config.max_new_tokens} that exceeds "
+                f"the model's context of {limit} positions; lower max_new_tokens or set max_prompt_tokens")
+        rows.append(_Row(index=i, prompt=p, ids=ids))
+    return rows
+
+
+def contrastive_generate(*, aligned, base, tokenizer, prompts: list[str], config: CDConfig,
+                         reporter: Reporter | None = None, base_tokenizer=None) -> list[Generation]:
+    """CD generations for ``prompts`` in input order (only the finished ones if should_stop() fired).
+
+    aligned is pi_post, base is pi_pre. ``base_tokenizer``, when given, is checked to share the
+    tokenizer's vocabulary. Batch k samples from its own generator seeded by (config.seed, k), so the
+    same prompts, config and models give the same output whatever else uses torch's global RNG.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, not one string")
+    rep = or_null(reporter)
+    check_weak_pair(aligned, base, tokenizer, base_tokenizer)
+    device = next(aligned.parameters()).device
+    vocab = model_vocab_size(aligned)
+    rows = prepare_rows(tokenizer, list(prompts), config,
+                        limit=min([x for x in (context_limit(aligned), context_limit(base)) if x] or [None]))
+    eos_list = eos_ids_of(aligned, tokenizer)
+    if not eos_list and not config.ignore_eos:
+        raise ValueError("the tokenizer has no EOS token; set ignore_eos=True to generate fixed lengths")
+    eos = torch.tensor(eos_list or [-1], dtype=torch.long, device=device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_list or [0])[0]
+    a, b, procs = _Stepper(aligned), _Stepper(base), _Processors(config)
+
+    # Longest first: batches of similar length waste little on padding, and memory peaks show up early.
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
+    batches = [[rows[i] for i in order[s:s + config.batch_size]]
+               for s in range(0, len(order), config.batch_size)]
+    out: list[Generation] = []
+    done_count = 0
+    for k, batch in enumerate(batches):
+        gen = None
+        if config.do_sample:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(batch_seed(config.seed, k))
+        decoded = _decode_batch(batch, a, b, procs, config, eos, int(pad_id), vocab, device, gen)
+        for j, row in enumerate(batch):
+            toks, lrs = decoded[j]
+            out.append(_finalize(row, toks, lrs, tokenizer, config, set(eos_list)))
+        done_count += len(batch)
+        rep.progress(STAGE, done_count, len(rows))
+        if done_count < len(rows) and rep.should_stop():
+            rep.log(f"{STAGE}: stopped after {done_count} of {len(rows)} prompts")
+            break
+    out.sort(key=lambda g: g.index)
+    return out
