@@ -1,0 +1,174 @@
+"""Evaluate a method: responses on held-out prompts, scored by the gold reward.
+
+Input is a model folder (we sample ``n_samples`` seeded responses per prompt) or an existing samples
+JSONL (``prompt``, ``response``; e.g. pi_post's plain samples). Output: output_dir/samples.jsonl (one
+row per response with its gold score and validity) and output_dir/metrics.json (= DONE.json):
+mean gold with a 95% interval, valid rate, paired win rate against a reference method's samples
+(same prompt and sample number; ties count half), and, when a weak pair is given, the implicit reward
+log pi_post(y|x) - log pi_pre(y|x) of the responses (sum over tokens, and per token).
+Generation appends per batch, so a stopped or crashed evaluation resumes where it was.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.gold import GoldReward
+from ml.io import append_jsonl, mark_done, read_jsonl, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
+from ml.reporter import Reporter, or_null
+from ml.stats import mean_ci, win_rate
+
+STAGE = "evaluate"
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    output_dir: str = field(metadata={"help": "Folder for samples.jsonl, metrics.json and DONE.json."})
+    gold: str | Callable[[str, str], float] | GoldReward = field(metadata={
+        "help": "Gold reward: a registered name such as 'toy:review', or a callable (prompt, response) -> float."})
+    model: str = field(default="", metadata={"help": "HF folder of the model to sample from (or give samples)."})
+    samples: str = field(default="", metadata={
+        "help": "Existing JSONL of 'prompt'/'response' rows to score instead of sampling a model."})
+    prompts: str = field(default="", metadata={"help": "Held-out prompt JSONL ('prompt'); needed with model."})
+    name: str = field(default="", metadata={"help": "Method name shown in reports (defaults to the folder name)."})
+    n_samples: int = field(default=1, metadata={"help": "Responses per prompt."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample (True) or greedy decode (False)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
+    reference: str = field(default="", metadata={
+        "help": "samples.jsonl of a reference method (e.g. another evaluate run) for the paired win rate."})
+    reference_name: str = field(default="reference", metadata={
+        "help": "Name of the reference method; the metric is called win_rate_vs_<reference_name>."})
+    weak_aligned: str = field(default="", metadata={"help": "pi_post folder, for implicit-reward statistics."})
+    weak_base: str = field(default="", metadata={"help": "pi_pre folder, for implicit-reward statistics."})
+    ci_method: str = field(default="t", metadata={"help": "95% interval: 't' (Student-t) or 'bootstrap'."})
+    use_chat_template: bool = field(default=True, metadata={
+        "help": "Format prompts with the tokenizer's chat template when it has one."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'...; None = CUDA when present."})
+
+    def __post_init__(self) -> None:
+        if bool(self.model) == bool(self.samples):
+            raise ValueError("give exactly one of model (to sample from) or samples (a JSONL to score)")
+        if self.model and not self.prompts:
+            raise ValueError("sampling a model needs prompts (a held-out prompt JSONL)")
+        if self.n_samples < 1 or self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError("n_samples, batch_size and max_new_tokens must all be >= 1")
+        if self.ci_method not in ("t", "bootstrap"):
+            raise ValueError(f"ci_method must be 't' or 'bootstrap', not {self.ci_method!r}")
+        if bool(self.weak_aligned) != bool(self.weak_base):
+            raise ValueError("implicit-reward statistics need both weak_aligned and weak_base (or neither)")
+        if not self.name:
+            self.name = Path(self.output_dir).name
+
+
+def _key(row: dict) -> tuple[str, int]:
+    return (str(row["prompt"]), int(row.get("sample", 0)))
+
+
+def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
+    """Append sampled responses to path; returns False when stopped."""
+    from ml.modeling import load_causal_lm, load_tokenizer
+    from ml.stages._train import sample_batch
+
+    prompts = read_prompts(config.prompts, config.max_prompts)
+    have = repair_jsonl(path)
+    done = len({r["index"] for r in have})
+    if done >= len(prompts):
+        return True
+    model = load_causal_lm(config.model, device=config.device)
+    tok = load_tokenizer(config.model)
+    bs = config.batch_size
+    # Restart at a batch boundary so every batch is generated whole, from its own seed.
+    done = (done // bs) * bs
+    if done < len({r["index"] for r in have}):
+        write_jsonl(path, [r for r in have if r["index"] < done])
+    while done < len(prompts):
+        if reporter.should_stop():
+            return False
+        batch = prompts[done:done + bs]
+        outs = sample_batch(model, tok, batch, n=config.n_samples, temperature=config.temperature,
+                            top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                            use_chat_template=config.use_chat_template, seed=config.seed + done,
+                            do_sample=config.do_sample)
+        append_jsonl(path, [{"index": done + i, "sample": j, "prompt": p, "response": r}
+                            for i, (p, rs) in enumerate(zip(batch, outs)) for j, r in enumerate(rs)])
+        done += len(batch)
+        reporter.progress(f"{STAGE}/{config.name}", done, len(prompts))
+    return True
+
+
+def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
+    from ml.modeling import load_causal_lm, load_tokenizer
+    from ml.scoring import implicit_rewards
+
+    aligned = load_causal_lm(config.weak_aligned, device=config.device)
+    base = load_causal_lm(config.weak_base, device=config.device)
+    tok = load_tokenizer(config.weak_aligned)
+    return implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=[r["prompt"] for r in rows],
+                            responses=[r["response"] for r in rows], batch_size=config.batch_size,
+                            use_chat_template=config.use_chat_template)
+
+
+def score_rows(rows: list[dict], gold: GoldReward) -> list[dict]:
+    return [{**r, "gold": gold(str(r["prompt"]), str(r["response"])),
+             "valid": gold.is_valid(str(r["prompt"]), str(r["response"]))} for r in rows]
+
+
+def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
+    done = stage_done(config.output_dir)
+    if done is not None:
+        return done
+    reporter = or_null(reporter)
+    from ml.stages.weak_align import resolve_gold
+
+    t0 = time.time()
+    out = Path(config.output_dir)
+    raw = out / "generated.jsonl"
+    if config.model:
+        if not _generate(config, raw, reporter):
+            return {"stage": STAGE, "name": config.name, "stopped": True}
+        rows = read_jsonl(raw)
+    else:
+        rows = read_jsonl(config.samples, required=("prompt", "response"))
+        rows = [{"index": r.get("index", i), "sample": r.get("sample", 0), "prompt": r["prompt"],
+                 "response": r["response"]} for i, r in enumerate(rows)]
+        if config.max_prompts:
+            keep = sorted({r["index"] for r in rows})[: config.max_prompts]
+            rows = [r for r in rows if r["index"] in set(keep)]
+    gold = resolve_gold(config.gold)
+    rows = score_rows(rows, gold)
+    metrics: dict[str, Any] = {"stage": STAGE, "name": config.name, "gold_name": gold.name}
+    g = mean_ci([r["gold"] for r in rows], method=config.ci_method, seed=config.seed)
+    metrics.update(gold_mean=g.mean, gold_ci=[g.lo, g.hi], n=g.n,
+                   valid_rate=(sum(r["valid"] for r in rows) / len(rows)) if rows else float("nan"),
+                   mean_words=(sum(len(str(r["response"]).split()) for r in rows) / len(rows)) if rows else 0.0)
+    if config.weak_aligned:
+        reporter.log(f"{STAGE}/{config.name}: scoring implicit rewards under the weak pair")
+        imp = _implicit(config, rows)
+        for r, s in zip(rows, imp):
+            r["implicit_sum"], r["implicit_mean"] = float(s["sum"]), float(s["mean"])
+        ci = mean_ci([r["implicit_sum"] for r in rows], method=config.ci_method, seed=config.seed)
+        metrics.update(implicit_mean=ci.mean, implicit_ci=[ci.lo, ci.hi],
+                       implicit_per_token_mean=sum(r["implicit_mean"] for r in rows) / len(rows))
+    if config.reference:
+        ref = read_jsonl(config.reference, required=("prompt", "response"))
+        ref_scores = {_key(r): (r["gold"] if "gold" in r else gold(str(r["prompt"]), str(r["response"])))
+                      for r in ref}
+        w = win_rate({_key(r): r["gold"] for r in rows}, ref_scores)
+        metrics[f"win_rate_vs_{config.reference_name}"] = w["win_rate"]
+        metrics["win_detail"] = {**w, "reference": config.reference_name}
+    write_jsonl(out / "samples.jsonl", rows)
+    for r in rows[:3]:
+        reporter.sample({"stage": STAGE, "method": config.name, **r})
+    metrics["seconds"] = round(time.time() - t0, 3)
+    write_json(out / "metrics.json", metrics)
+    reporter.metric(f"{config.name}/gold_mean", g.mean)
+    return mark_done(out, metrics)
