@@ -89,6 +89,9 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     error = models.TextField(blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    task_id = models.CharField(max_length=100, blank=True, default="",
+                               help_text="Celery task id of the attempt that holds the job.")
+    worker = models.CharField(max_length=200, blank=True, default="", help_text="host:pid running it.")
     cancel_requested = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     started = models.DateTimeField(null=True, blank=True)
