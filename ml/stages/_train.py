@@ -281,3 +281,37 @@ def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict
     path = save_final(trainer.model, trainer.processing_class, cfg.output_dir)
     summary["model_dir"] = str(path)
     return mark_done(cfg.output_dir, summary)
+
+
+def sample_to_jsonl(*, model_dir: str, prompts: list[str], path: Path, reporter, progress_name: str,
+                    n: int = 1, temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
+                    max_new_tokens: int = 64, batch_size: int = 8, seed: int = 0,
+                    use_chat_template: bool = True, device: str | None = None) -> bool:
+    """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response"}), batch by
+    batch; resumes after the last whole batch. Returns False when the reporter asked to stop."""
+    from ml.io import append_jsonl, repair_jsonl, write_jsonl
+    from ml.modeling import load_causal_lm, load_tokenizer
+
+    have = repair_jsonl(path)
+    done = len({r["index"] for r in have})
+    if done >= len(prompts):
+        return True
+    # Restart at a batch boundary so every batch is generated whole, from its own seed.
+    restart = (done // batch_size) * batch_size
+    if restart < done:
+        write_jsonl(path, [r for r in have if r["index"] < restart])
+    done = restart
+    model = load_causal_lm(model_dir, device=device)
+    tok = load_tokenizer(model_dir)
+    while done < len(prompts):
+        if reporter.should_stop():
+            return False
+        batch = prompts[done:done + batch_size]
+        outs = sample_batch(model, tok, batch, n=n, temperature=temperature, top_p=top_p,
+                            max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
+                            seed=seed + done, do_sample=do_sample)
+        append_jsonl(path, [{"index": done + i, "sample": j, "prompt": p, "response": r}
+                            for i, (p, rs) in enumerate(zip(batch, outs)) for j, r in enumerate(rs)])
+        done += len(batch)
+        reporter.progress(progress_name, done, len(prompts))
+    return True

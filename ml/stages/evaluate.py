@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.gold import GoldReward
-from ml.io import append_jsonl, mark_done, read_jsonl, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
+from ml.io import mark_done, read_jsonl, read_prompts, stage_done, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci, win_rate
 
@@ -75,34 +75,14 @@ def _key(row: dict) -> tuple[str, int]:
 
 def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
     """Append sampled responses to path; returns False when stopped."""
-    from ml.modeling import load_causal_lm, load_tokenizer
-    from ml.stages._train import sample_batch
+    from ml.stages._train import sample_to_jsonl
 
-    prompts = read_prompts(config.prompts, config.max_prompts)
-    have = repair_jsonl(path)
-    done = len({r["index"] for r in have})
-    if done >= len(prompts):
-        return True
-    model = load_causal_lm(config.model, device=config.device)
-    tok = load_tokenizer(config.model)
-    bs = config.batch_size
-    # Restart at a batch boundary so every batch is generated whole, from its own seed.
-    done = (done // bs) * bs
-    if done < len({r["index"] for r in have}):
-        write_jsonl(path, [r for r in have if r["index"] < done])
-    while done < len(prompts):
-        if reporter.should_stop():
-            return False
-        batch = prompts[done:done + bs]
-        outs = sample_batch(model, tok, batch, n=config.n_samples, temperature=config.temperature,
-                            top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                            use_chat_template=config.use_chat_template, seed=config.seed + done,
-                            do_sample=config.do_sample)
-        append_jsonl(path, [{"index": done + i, "sample": j, "prompt": p, "response": r}
-                            for i, (p, rs) in enumerate(zip(batch, outs)) for j, r in enumerate(rs)])
-        done += len(batch)
-        reporter.progress(f"{STAGE}/{config.name}", done, len(prompts))
-    return True
+    return sample_to_jsonl(model_dir=config.model, prompts=read_prompts(config.prompts, config.max_prompts),
+                           path=path, reporter=reporter, progress_name=f"{STAGE}/{config.name}",
+                           n=config.n_samples, temperature=config.temperature, top_p=config.top_p,
+                           do_sample=config.do_sample, max_new_tokens=config.max_new_tokens,
+                           batch_size=config.batch_size, seed=config.seed,
+                           use_chat_template=config.use_chat_template, device=config.device)
 
 
 def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
