@@ -315,3 +315,51 @@ def sample_to_jsonl(*, model_dir: str, prompts: list[str], path: Path, reporter,
         done += len(batch)
         reporter.progress(progress_name, done, len(prompts))
     return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probs and padding for the custom-loss trainers (WSPO, AuxConf)
+
+
+@torch.no_grad()
+def token_logprobs(model, seqs: list[list[int]], *, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
+    """For each sequence, [0.0, log p(s1|s0), log p(s2|s0 s1), ...] (same length as the sequence).
+
+    Right padding with an attention mask: positions before a row's pads are computed exactly as
+    without padding (causal attention), so no position ids are needed."""
+    device = next(model.parameters()).device
+    out: list[list[float]] = []
+    for i in range(0, len(seqs), batch_size):
+        chunk = seqs[i:i + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for j, s in enumerate(chunk):
+            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[j, :len(s)] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
+        for j, s in enumerate(chunk):
+            out.append([0.0] + lp[j, :len(s) - 1].tolist())
+    return out
+
+
+def pad_collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad list-valued features: input_ids with pad_id, everything else with 0."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    for key in features[0]:
+        vals = [f[key] for f in features]
+        is_float = any(isinstance(x, float) for v in vals for x in v)
+        fill = pad_id if key == "input_ids" else 0
+        t = torch.full((len(vals), width), fill, dtype=torch.float32 if is_float else torch.long)
+        for i, v in enumerate(vals):
+            t[i, :len(v)] = torch.tensor(v, dtype=t.dtype)
+        batch[key] = t
+    return batch
+
+
+def shifted_token_logps(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] log p(token_t | tokens_<t) with position 0 set to 0 (no prediction for it)."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml.io import read_jsonl
+from ml.modeling import load_causal_lm, load_tokenizer
+from ml.stages.wspo import WSPOConfig, map_token_values, weak_targets, wspo, wspo_loss
+from tests.ml._stage_fixtures import WORDS, save_tiny, write_pairs
+
+
+def test_loss_zero_when_strong_ratio_matches_target_and_positive_otherwise():
+    policy = torch.tensor([[0.0, -1.0, -2.0, -0.5]])
+    ref = torch.tensor([[0.0, -1.5, -1.0, -0.5]])
+    mask = torch.tensor([[0.0, 1.0, 1.0, 0.0]])
+    beta = 0.1
+    target = beta * (policy - ref)
+    assert wspo_loss(policy, ref, target, mask, beta).item() == pytest.approx(0.0, abs=1e-12)
+    off = target + torch.tensor([[5.0, 0.2, 0.0, 5.0]])  # masked positions must not count
+    assert wspo_loss(policy, ref, off, mask, beta).item() == pytest.approx(0.2**2 / 2)
+
+
+def test_map_token_values_identity_and_conservation():
+    text = "ab cd"
+    offs = [(0, 2), (3, 5)]
+    assert map_token_values(text, offs, [1.0, 2.0], offs) == [1.0, 2.0]
+    # Source per character, destination per word (space goes to the next word): totals conserved.
+    chars = [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+    out = map_token_values(text, chars, [1.0, 1.0, 0.5, 2.0, 2.0], offs)
+    assert out == pytest.approx([2.0, 4.5])
+    # Coarse to fine: a word's value spreads evenly over its characters.
+    assert map_token_values(text, offs, [1.0, 2.0], chars) == pytest.approx([0.5, 0.5, 0.0, 1.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("w")
+    return {"aligned": save_tiny(root / "post", seed=6), "base": save_tiny(root / "pre", seed=7),
+            "strong": save_tiny(root / "strong", seed=8, n_embd=48)}
+
+
+def test_wspo_trains_and_caches_targets(models, tmp_path):
+    cfg = WSPOConfig(model=models["strong"], output_dir=str(tmp_path / "wspo"), data=write_pairs(tmp_path / "d.jsonl"),
+                     weak_aligned=models["aligned"], weak_base=models["base"], max_steps=2,
+                     per_device_train_batch_size=2, learning_rate=1e-3)
+    out = wspo(cfg)
+    assert out["steps"] == 2 and out["final_loss"] is not None and out["final_loss"] > 0
+    cached = read_jsonl(tmp_path / "wspo" / "wspo_data.jsonl")
+    assert all(len(d["target"]) == len(d["input_ids"]) - d["prompt_len"] == len(d["ref"]) for d in cached)
+    load_causal_lm(tmp_path / "wspo" / "model", device="cpu")
+    assert wspo(cfg) == out
+
+
+def test_different_tokenizer_maps_to_same_targets_when_splits_agree(models, tmp_path):
+    """A strong tokenizer with other ids (fingerprint differs) but the same word splits: the character
+    mapping must reproduce the exact per-token targets."""
+    from ml.tiny import tiny_gpt2, word_tokenizer
+
+    other = word_tokenizer(list(reversed(WORDS)))
+    path = tmp_path / "strong2"
+    tiny_gpt2(len(other), n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(str(path))
+    other.save_pretrained(str(path))
+    rows = [{"prompt": "tell me", "response": "good a b the cat"}]
+    kw = dict(output_dir=str(tmp_path / "x"), data="unused", weak_aligned=models["aligned"],
+              weak_base=models["base"])
+    same = weak_targets(WSPOConfig(model=models["strong"], **kw), rows, load_tokenizer(models["strong"]))
+    mapped = weak_targets(WSPOConfig(model=str(path), **kw), rows, load_tokenizer(path))
+    assert mapped[0]["target"] == pytest.approx(same[0]["target"], abs=1e-5)
+    assert mapped[0]["input_ids"] != same[0]["input_ids"]  # really another tokenisation
