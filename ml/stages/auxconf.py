@@ -1,0 +1,128 @@
+"""AuxConf baseline: Burns et al.'s auxiliary confidence loss, adapted to generation.
+
+Burns et al. ("Weak-to-strong generalization", 2023) mix, for classification, the cross-entropy on
+the weak labels with a cross-entropy on the strong model's own hardened predictions, so the strong
+model can disagree with weak labels it is confident are wrong. For generation we apply it per token
+of the weak responses, teacher-forced on the weak sample:
+
+    loss = (1 - w) * CE(logits, weak token)  +  w * CE(logits, argmax(logits).detach())
+
+averaged over response tokens. The "hardened" target is the strong model's own top token at that
+position (the hard-threshold variant; argmax, no gradient through it). w ramps linearly from 0 to
+``aux_weight`` over the first ``warmup_fraction`` of the optimizer steps (as in Burns et al.: the
+model first learns from the weak labels, then is allowed to trust itself), then stays there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ml.io import stage_done
+from ml.reporter import Reporter, or_null
+from ml.stages._train import TrainConfig, encode_pair, load_for_training, pad_collate, run_training, training_kwargs
+from ml.stages.callbacks import ReporterCallback
+from ml.stages.sft import load_pairs
+
+STAGE = "auxconf"
+
+
+@dataclass(kw_only=True)
+class AuxConfConfig(TrainConfig):
+    data: str = field(default="", metadata={"help": "JSONL of weak samples: 'prompt' and 'response'."})
+    response_field: str = field(default="response", metadata={"help": "Field holding the response text."})
+    aux_weight: float = field(default=0.5, metadata={
+        "help": "Final weight w of the self-prediction term, in [0, 1] (Burns et al. used 0.5-0.75)."})
+    warmup_fraction: float = field(default=0.2, metadata={
+        "help": "Fraction of training over which w ramps linearly from 0 to aux_weight."})
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (as for SFT)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (as for SFT)."})
+    max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows (None = all)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.data:
+            raise ValueError("data is empty: give a JSONL of weak prompt/response samples")
+        if not 0.0 <= self.aux_weight <= 1.0:
+            raise ValueError(f"aux_weight must be in [0, 1] (got {self.aux_weight})")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction must be in [0, 1] (got {self.warmup_fraction})")
+
+
+def aux_weight_at(step: int, max_steps: int, aux_weight: float, warmup_fraction: float) -> float:
+    if warmup_fraction <= 0 or max_steps <= 0:
+        return aux_weight
+    return aux_weight * min(1.0, step / (warmup_fraction * max_steps))
+
+
+def auxconf_loss(logits: torch.Tensor, labels: torch.Tensor, w: float) -> tuple[torch.Tensor, dict]:
+    """logits [B, L, V] predicting labels [B, L] (already shifted; -100 = ignore)."""
+    logits = logits.float()
+    mask = labels != -100
+    flat = logits[mask]
+    weak_ce = torch.nn.functional.cross_entropy(flat, labels[mask])
+    hard = flat.detach().argmax(dim=-1)
+    self_ce = torch.nn.functional.cross_entropy(flat, hard)
+    return (1.0 - w) * weak_ce + w * self_ce, {"weak_ce": weak_ce.item(), "self_ce": self_ce.item()}
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class AuxConfTrainer(Trainer):
+        aux_weight: float = 0.5
+        warmup_fraction: float = 0.2
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            labels = inputs["labels"][:, 1:]
+            w = aux_weight_at(self.state.global_step, self.state.max_steps, self.aux_weight, self.warmup_fraction)
+            loss, parts = auxconf_loss(out.logits[:, :-1], labels, w)
+            self._aux_last = {"aux_weight": w, **parts}
+            return (loss, out) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and getattr(self, "_aux_last", None):
+                logs = {**logs, **self._aux_last}
+            return super().log(logs, *args, **kwargs)
+
+    return AuxConfTrainer
+
+
+def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
+    done = stage_done(config.output_dir)
+    if done is not None:
+        return done
+    reporter = or_null(reporter)
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    pairs = load_pairs(config.data, config.response_field, config.max_examples)
+    if not pairs:
+        raise ValueError(f"{config.data} has no usable prompt/response pairs")
+    model, tok = load_for_training(config)
+    feats = []
+    for r in pairs:
+        p, c = encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
+                           use_chat_template=config.use_chat_template, max_length=config.max_length)
+        # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
+        feats.append({"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)),
+                      "labels": [-100] * len(p) + c})
+    pad = tok.pad_token_id or 0
+
+    def collate(f):
+        batch = pad_collate([{k: v for k, v in x.items() if k != "labels"} for x in f], pad)
+        width = batch["input_ids"].shape[1]
+        labels = torch.full((len(f), width), -100, dtype=torch.long)
+        for i, x in enumerate(f):
+            labels[i, :len(x["labels"])] = torch.tensor(x["labels"], dtype=torch.long)
+        batch["labels"] = labels
+        return batch
+
+    cls = _trainer_class()
+    cls.aux_weight, cls.warmup_fraction = config.aux_weight, config.warmup_fraction
+    callback = ReporterCallback(reporter, STAGE)
+    trainer = cls(model=model, args=TrainingArguments(**training_kwargs(config)), train_dataset=Dataset.from_list(feats),
+                  data_collator=collate, processing_class=tok, callbacks=[callback])
+    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats)})
