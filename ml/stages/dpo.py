@@ -91,7 +91,8 @@ def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]
     base = load_causal_lm(cfg.weak_base, device=cfg.device)
     tok = load_tokenizer(cfg.weak_aligned)
     scores = implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=prompts, responses=responses,
-                              batch_size=cfg.score_batch_size, use_chat_template=cfg.use_chat_template)
+                              batch_size=cfg.score_batch_size, use_chat_template=cfg.use_chat_template,
+                              append_eos=True)
     return [float(s["sum"]) for s in scores]
 
 

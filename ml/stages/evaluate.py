@@ -94,7 +94,7 @@ def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
     tok = load_tokenizer(config.weak_aligned)
     return implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=[r["prompt"] for r in rows],
                             responses=[r["response"] for r in rows], batch_size=config.batch_size,
-                            use_chat_template=config.use_chat_template)
+                            use_chat_template=config.use_chat_template, append_eos=True)
 
 
 def score_rows(rows: list[dict], gold: GoldReward) -> list[dict]:

@@ -53,3 +53,29 @@ def test_filter_keeps_only_pairs_where_chosen_wins():
 def test_filter_needs_weak_pair(tmp_path):
     with pytest.raises(ValueError, match="weak_aligned"):
         DPOStageConfig(model="m", output_dir=str(tmp_path), data="d", filter_by_implicit_reward=True)
+
+
+def test_dpo_filter_keeps_pairs_where_chosen_has_higher_implicit_reward(base, tmp_path, tiny_pair_dirs, tiny_pair):
+    from ml.scoring import implicit_rewards
+
+    prompts = ["the cat", "one two", "tell me about the dog", "the"]
+    chosen = ["sat on the mat", "three", "was very happy", "big red cat"]
+    rejected = ["ran under the log", "two one", "the the the", "a"]
+    write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "chosen": c, "rejected": r}
+                                       for p, c, r in zip(prompts, chosen, rejected)])
+    kw = dict(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=prompts,
+              append_eos=True)
+    rc = [s["sum"] for s in implicit_rewards(responses=chosen, **kw)]
+    rr = [s["sum"] for s in implicit_rewards(responses=rejected, **kw)]
+    expected = [p for p, a, b in zip(prompts, rc, rr) if a > b]
+    cfg = DPOStageConfig(model=base, output_dir=str(tmp_path / "dpo"), data=str(tmp_path / "p.jsonl"),
+                         filter_by_implicit_reward=True, weak_aligned=tiny_pair_dirs["aligned"],
+                         weak_base=tiny_pair_dirs["base"], max_steps=1, per_device_train_batch_size=2)
+    if not expected:
+        with pytest.raises(ValueError, match="no preference pairs"):
+            dpo(cfg)
+        return
+    out = dpo(cfg)
+    kept = read_jsonl(tmp_path / "dpo" / "pairs.jsonl")
+    assert [r["prompt"] for r in kept] == expected
+    assert out["n_pairs"] == len(expected) and out["n_pairs_before_filter"] == len(prompts)

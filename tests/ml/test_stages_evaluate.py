@@ -54,3 +54,17 @@ def test_config_errors(tmp_path):
         EvaluateConfig(output_dir=str(tmp_path), gold="x")
     with pytest.raises(ValueError, match="prompts"):
         EvaluateConfig(output_dir=str(tmp_path), gold="x", model="m")
+
+
+def test_implicit_reward_statistics_under_a_weak_pair(tmp_path, tiny_pair_dirs, tiny_pair):
+    from ml.scoring import implicit_rewards
+
+    rows = [{"prompt": "the cat", "response": "sat on the mat"}, {"prompt": "one two", "response": "three"}]
+    write_jsonl(tmp_path / "s.jsonl", rows)
+    out = evaluate(EvaluateConfig(output_dir=str(tmp_path / "ev"), gold=count_a, samples=str(tmp_path / "s.jsonl"),
+                                  weak_aligned=tiny_pair_dirs["aligned"], weak_base=tiny_pair_dirs["base"]))
+    expect = implicit_rewards(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
+                              prompts=[r["prompt"] for r in rows], responses=[r["response"] for r in rows],
+                              append_eos=True)
+    assert out["implicit_mean"] == pytest.approx(sum(e["sum"] for e in expect) / 2, abs=1e-4)
+    assert out["implicit_ci"][0] <= out["implicit_mean"] <= out["implicit_ci"][1]
