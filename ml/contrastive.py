@@ -374,22 +374,27 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
     return out
 
 
+def decode_response(tokenizer, toks: list[int], stop_strings: list[str]) -> tuple[list[int], str, bool]:
+    """(ids, text, stopped): text without special tokens; with a stop string in it, the ids are cut to the
+    shortest prefix whose text holds one and the text just before it, so ids, text and any per-token
+    reward describe the same response."""
+    text = tokenizer.decode(toks, skip_special_tokens=True)
+    if not stop_strings or not any(s in text for s in stop_strings):
+        return list(toks), text, False
+    for k in range(1, len(toks) + 1):
+        piece = tokenizer.decode(toks[:k], skip_special_tokens=True)
+        hits = [piece.find(s) for s in stop_strings if s in piece]
+        if hits:
+            return list(toks[:k]), piece[:min(hits)], True
+    return list(toks), text, False  # not reached: the full text holds a stop string
+
+
 def _finalize(row: _Row, toks: list[int], lrs: list[float], tokenizer, config: CDConfig,
               eos_set: set[int]) -> Generation:
-    if toks and toks[-1] in eos_set and not config.ignore_eos:
-        reason = "eos"
-    else:
-        reason = "length"
-    text = tokenizer.decode(toks, skip_special_tokens=True)
-    if config.stop_strings and any(s in text for s in config.stop_strings):
-        # Cut the ids to the shortest prefix whose text holds a stop string, so ids, text and the reward
-        # describe the same response.
-        for k in range(1, len(toks) + 1):
-            piece = tokenizer.decode(toks[:k], skip_special_tokens=True)
-            hits = [piece.find(s) for s in config.stop_strings if s in piece]
-            if hits:
-                toks, lrs, text, reason = toks[:k], lrs[:k], piece[:min(hits)], "stop_string"
-                break
+    reason = "eos" if toks and toks[-1] in eos_set and not config.ignore_eos else "length"
+    toks, text, stopped = decode_response(tokenizer, toks, config.stop_strings)
+    if stopped:
+        reason, lrs = "stop_string", lrs[:len(toks)]
     n = len(toks)
     total = float(sum(lrs))
     return Generation(index=row.index, prompt=row.prompt, text=text, token_ids=list(toks),
