@@ -1,0 +1,63 @@
+"""Reads: what a user may see. Users see their own jobs and shared (owner-less) models and datasets;
+staff see everything. Views, consumers and pages call these instead of building querysets."""
+
+from __future__ import annotations
+
+from django.db.models import Q, QuerySet
+
+from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+
+
+def jobs_visible(*, user) -> QuerySet[Job]:
+    qs = Job.objects.select_related("owner")
+    if user is None or not user.is_authenticated:
+        return qs.none()
+    return qs if user.is_staff else qs.filter(owner=user)
+
+
+def job_list(*, user, status: str | None = None, kind: str | None = None) -> QuerySet[Job]:
+    qs = jobs_visible(user=user)
+    if status:
+        qs = qs.filter(status__in=status.split(","))
+    if kind:
+        qs = qs.filter(kind__in=kind.split(","))
+    return qs.order_by("-created", "-id")
+
+
+def job_get(*, user, job_id) -> Job | None:
+    """The job if this user may see it; None otherwise (callers answer 404 either way)."""
+    try:
+        return jobs_visible(user=user).filter(pk=int(job_id)).first()
+    except (TypeError, ValueError):
+        return None
+
+
+def job_events(*, job: Job, after: int = 0, limit: int | None = None) -> QuerySet[JobEvent]:
+    qs = JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")
+    return qs[:limit] if limit else qs
+
+
+def job_pairs(*, job: Job, review_status: str | None = None, min_reward: float | None = None,
+              search: str | None = None) -> QuerySet[GeneratedPair]:
+    qs = GeneratedPair.objects.filter(job=job)
+    if review_status:
+        qs = qs.filter(review_status__in=review_status.split(","))
+    if min_reward is not None:
+        qs = qs.filter(implicit_reward__gte=min_reward)
+    if search:
+        qs = qs.filter(Q(prompt__icontains=search) | Q(chosen__icontains=search))
+    return qs.order_by("prompt_index")
+
+
+def models_visible(*, user) -> QuerySet[ModelEntry]:
+    qs = ModelEntry.objects.all()
+    if user is not None and user.is_staff:
+        return qs
+    return qs.filter(Q(owner__isnull=True) | Q(owner=user))
+
+
+def datasets_visible(*, user) -> QuerySet[Dataset]:
+    qs = Dataset.objects.all()
+    if user is not None and user.is_staff:
+        return qs
+    return qs.filter(Q(owner__isnull=True) | Q(owner=user))

@@ -1,0 +1,114 @@
+"""Checks on what users hand us: model folder paths and uploaded JSONL datasets.
+
+Every failure raises django.core.exceptions.ValidationError keyed by the field it is about, with a
+message a person can act on; the API turns those into 400 responses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+MAX_LINE_BYTES = 1024 * 1024  # one JSONL row may not exceed 1 MB
+REQUIRED_FIELDS = {"prompts": ("prompt",), "preferences": ("prompt", "chosen", "rejected")}
+
+
+def model_roots() -> list[Path]:
+    return [Path(p).resolve() for p in getattr(settings, "MODEL_ROOTS", [])]
+
+
+def resolve_model_path(raw: str, *, field: str = "path") -> Path:
+    """The resolved folder for ``raw`` if it is an HF model folder inside a model root.
+
+    ``..`` components are refused outright (even when they would land inside a root), and the path is
+    resolved (following every symlink) before the containment check, so a symlink inside a root that
+    points outside it is refused too.
+    """
+    roots = model_roots()
+    if not raw or not str(raw).strip():
+        raise ValidationError({field: ["give the path of a Hugging Face model folder"]})
+    p = Path(str(raw).strip())
+    if ".." in p.parts:
+        raise ValidationError({field: ["'..' is not allowed in model paths; give the folder's real path"]})
+    if not p.is_absolute():
+        raise ValidationError({field: [f"give an absolute path under one of the model roots: "
+                                       f"{', '.join(map(str, roots))}"]})
+    resolved = p.resolve()
+    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        why = " (it is a symlink that points outside them)" if resolved != p else ""
+        raise ValidationError({field: [f"{p} is not under a model root{why}; allowed roots: "
+                                       f"{', '.join(map(str, roots)) or '(none configured: set MODEL_ROOTS)'}"]})
+    if not resolved.is_dir():
+        raise ValidationError({field: [f"{p} is not a folder"]})
+    if not (resolved / "config.json").is_file():
+        raise ValidationError({field: [f"{p} is not a Hugging Face model folder (no config.json)"]})
+    return resolved
+
+
+def _lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """Split a byte stream into lines without holding more than one (bounded) line in memory."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n")
+            if nl < 0:
+                break
+            yield buf[:nl]
+            buf = buf[nl + 1:]
+        if len(buf) > limit:
+            yield buf  # an over-long line: the caller refuses it by length
+            return
+    if buf:
+        yield buf
+
+
+def validate_jsonl(chunks: Iterable[bytes], *, kind: str, max_bytes: int | None = None,
+                   field: str = "file") -> tuple[bytes, int]:
+    """Validate an uploaded JSONL and return (normalised bytes, row count).
+
+    Rules: total size <= UPLOAD_MAX_BYTES, each line <= 1 MB, UTF-8, a JSON object per line, the
+    kind's required fields present as non-empty strings, at least one row. Blank lines are dropped.
+    """
+    if kind not in REQUIRED_FIELDS:
+        raise ValidationError({"kind": [f"unknown dataset kind {kind!r}; use one of {', '.join(REQUIRED_FIELDS)}"]})
+    max_bytes = max_bytes if max_bytes is not None else getattr(settings, "UPLOAD_MAX_BYTES", 50 * 1024 * 1024)
+    required = REQUIRED_FIELDS[kind]
+    total = 0
+    out: list[bytes] = []
+
+    def counted(it: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal total
+        for c in it:
+            total += len(c)
+            if total > max_bytes:
+                raise ValidationError({field: [f"file is larger than the upload limit of {max_bytes} bytes"]})
+            yield c
+
+    for n, raw in enumerate(_lines(counted(chunks), MAX_LINE_BYTES), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            raise ValidationError({field: [f"line {n} is longer than {MAX_LINE_BYTES} bytes (1 MB per row at most)"]})
+        if not raw.strip():
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValidationError({field: [f"line {n} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8"]})
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValidationError({field: [f"line {n} is not valid JSON ({exc.msg} at column {exc.colno})"]})
+        if not isinstance(row, dict):
+            raise ValidationError({field: [f"line {n} must be a JSON object like {{\"prompt\": \"...\"}}"]})
+        missing = [k for k in required if not isinstance(row.get(k), str) or not row.get(k).strip()]
+        if missing:
+            raise ValidationError({field: [f"line {n} is missing field(s) {', '.join(missing)} "
+                                           f"(non-empty strings required for a {kind} dataset)"]})
+        out.append(json.dumps(row, ensure_ascii=False).encode("utf-8"))
+    if not out:
+        raise ValidationError({field: ["the file is empty: a dataset needs at least one JSON line"]})
+    return b"\n".join(out) + b"\n", len(out)
