@@ -1,0 +1,284 @@
+"""The whole ConG experiment in one call: weak alignment (optional), data generation, every requested
+method's training, and evaluation of each method with the gold reward.
+
+Stages run in this order, each under output_dir/<stage>/ (every stage is idempotent, so a rerun after a
+crash or a stop skips what finished and resumes the one in progress):
+
+    weak_align      pi_pre -> pi_post by DPO on gold-labelled pi_pre samples   (only if weak_aligned is unset)
+    cd_generate     CD samples of (pi_post, pi_pre) on the training prompts     (cong_s, cong)
+    sft_cong_s      SFT of the strong model on CD samples = ConG-S               (cong_s, cong)
+    self_sample     ConG-S's own responses on the training prompts               (cong)
+    dpo_cong        DPO: chosen = CD sample, rejected = own sample = ConG         (cong)
+    plain_generate  plain pi_post samples on the training prompts                (weak_sft, wspo, auxconf)
+    sft_weak        SFT of the strong model on plain samples = WeakSFT           (weak_sft)
+    wspo            WSPO baseline on the plain samples                           (wspo)
+    auxconf         AuxConf baseline on the plain samples                        (auxconf)
+    eval/<method>   held-out prompts, gold reward, win rate vs WeakSFT           (every method)
+
+Results: output_dir/results.json and output_dir/results.md (a table).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ml.io import read_json, write_json
+from ml.reporter import Reporter, or_null
+
+METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
+LABELS = {"strong_base": "Strong (untrained)", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
+          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "Weak aligned (pi_post)"}
+_PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
+_STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    weak_base: str = field(metadata={"help": "pi_pre: the weak base model's folder."})
+    strong: str = field(metadata={"help": "The strong model's folder (trained by every method)."})
+    train_prompts: str = field(metadata={"help": "Prompt JSONL for weak alignment, generation and training."})
+    eval_prompts: str = field(metadata={"help": "Held-out prompt JSONL for evaluation."})
+    gold: str = field(metadata={"help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."})
+    output_dir: str = field(metadata={"help": "Run folder; each stage gets a subfolder."})
+    weak_aligned: str = field(default="", metadata={
+        "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples."})
+    alpha: float = field(default=0.4, metadata={"help": "CD weight of pi_post (reference 0.4)."})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
+        "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)}."})
+    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
+    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
+    max_eval_prompts: int | None = field(default=None, metadata={"help": "Use only the first N eval prompts."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated response (all stages)."})
+    train_max_steps: int = field(default=-1, metadata={
+        "help": "Cap every training stage at this many steps (-1 = epochs as configured); for smoke runs."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
+    use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'...; None = CUDA when present."})
+    # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
+    weak_align: dict = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
+    generate: dict = field(default_factory=dict, metadata={
+        "help": "CDConfig overrides for cd_generate and plain_generate (temperature, top_p, batch_size, ...)."})
+    sft: dict = field(default_factory=dict, metadata={"help": "SFTStageConfig overrides (ConG-S and WeakSFT)."})
+    self_sample: dict = field(default_factory=dict, metadata={"help": "SelfSampleConfig overrides."})
+    dpo: dict = field(default_factory=dict, metadata={"help": "DPOStageConfig overrides (ConG's DPO)."})
+    wspo: dict = field(default_factory=dict, metadata={"help": "WSPOConfig overrides."})
+    auxconf: dict = field(default_factory=dict, metadata={"help": "AuxConfConfig overrides."})
+    evaluate: dict = field(default_factory=dict, metadata={"help": "EvaluateConfig overrides (n_samples, ...)."})
+
+    def __post_init__(self) -> None:
+        for name in ("weak_base", "strong", "train_prompts", "eval_prompts", "gold", "output_dir"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is required")
+        if isinstance(self.methods, str):
+            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        for name in _STAGE_FIELDS:
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a mapping of that stage's settings")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> "PipelineConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown pipeline setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        if base_dir is not None:
+            for k in _PATH_FIELDS:
+                if data.get(k) and not Path(str(data[k])).is_absolute():
+                    data[k] = str((Path(base_dir) / str(data[k])).resolve())
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+        """Load a YAML config; relative paths in it are relative to the YAML file's folder."""
+        import yaml
+
+        path = Path(path)
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: the top level must be a mapping of settings")
+        return cls.from_dict(data, base_dir=path.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stopped(Exception):
+    def __init__(self, stage: str, summary: dict) -> None:
+        super().__init__(stage)
+        self.stage, self.summary = stage, summary
+
+
+class _Runner:
+    def __init__(self, config: PipelineConfig, reporter: Reporter) -> None:
+        self.c = config
+        self.r = reporter
+        self.out = Path(config.output_dir)
+        self.timings_path = self.out / "timings.json"
+        self.timings: dict[str, Any] = read_json(self.timings_path) if self.timings_path.exists() else {}
+
+    def dir(self, name: str) -> str:
+        return str(self.out / name)
+
+    def stage(self, name: str, fn, cfg) -> dict:
+        from ml.io import stage_done
+
+        cached = stage_done(cfg.output_dir) is not None
+        if not cached:
+            self.r.log(f"pipeline: stage {name}")
+        t0 = time.time()
+        summary = fn(cfg, self.r)
+        if summary.get("stopped"):
+            raise _Stopped(name, summary)
+        if not cached or name not in self.timings:
+            self.timings[name] = {"seconds": round(time.time() - t0, 3)}
+            write_json(self.timings_path, self.timings)
+        return summary
+
+    def train_kw(self, overrides: dict) -> dict:
+        kw: dict[str, Any] = {"seed": self.c.seed, "device": self.c.device, "use_chat_template": self.c.use_chat_template}
+        if self.c.train_max_steps > 0:
+            kw["max_steps"] = self.c.train_max_steps
+        return {**kw, **overrides}
+
+    def strong_kw(self, overrides: dict) -> dict:
+        return self.train_kw({"lora_r": self.c.lora_r, **overrides})
+
+    def decoding(self, **extra) -> dict:
+        return {"seed": self.c.seed, "max_new_tokens": self.c.max_new_tokens,
+                "use_chat_template": self.c.use_chat_template, **self.c.generate, **extra}
+
+
+def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
+    """Run (or resume) the pipeline; returns the results dict (also in output_dir/results.json), or
+    {"stopped": True, "stage": ...} when the reporter asked to stop."""
+    from ml.stages.auxconf import AuxConfConfig, auxconf
+    from ml.stages.dpo import DPOStageConfig, dpo
+    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.generate import CDGenerateConfig, PlainGenerateConfig, cd_generate, plain_generate
+    from ml.stages.self_sample import SelfSampleConfig, self_sample
+    from ml.stages.sft import SFTStageConfig, sft
+    from ml.stages.weak_align import WeakAlignConfig, weak_align
+    from ml.stages.wspo import WSPOConfig, wspo
+
+    c = config
+    rep = or_null(reporter)
+    R = _Runner(c, rep)
+    R.out.mkdir(parents=True, exist_ok=True)
+    write_json(R.out / "config.json", c.to_dict())
+    methods = set(c.methods)
+    models: dict[str, str] = {}
+    t_start = time.time()
+    try:
+        weak_aligned = c.weak_aligned
+        if not weak_aligned:
+            wa = WeakAlignConfig(**R.train_kw({"model": c.weak_base, "output_dir": R.dir("weak_align"),
+                                               "prompts": c.train_prompts, "gold": c.gold, "max_prompts": c.max_prompts,
+                                               "max_new_tokens": c.max_new_tokens, **c.weak_align}))
+            weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
+        common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
+
+        if methods & {"cong_s", "cong"}:
+            cd_cfg = CDGenerateConfig(aligned=weak_aligned, base=c.weak_base, output_dir=R.dir("cd_generate"),
+                                      cd=R.decoding(alpha=c.alpha), **common)
+            cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
+            s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"),
+                                              "data": cd_samples, **c.sft}))
+            models["cong_s"] = R.stage("sft_cong_s", sft, s)["model_dir"]
+            if "cong" in methods:
+                ss = SelfSampleConfig(**{"model": models["cong_s"], "prompts": c.train_prompts,
+                                         "output_dir": R.dir("self_sample"), "max_prompts": c.max_prompts,
+                                         "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
+                                         "use_chat_template": c.use_chat_template, **c.self_sample})
+                own = R.stage("self_sample", self_sample, ss)["samples"]
+                d = DPOStageConfig(**R.strong_kw({"model": models["cong_s"], "output_dir": R.dir("dpo_cong"),
+                                                  "chosen_data": cd_samples, "rejected_data": own,
+                                                  "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}))
+                models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
+
+        if methods & {"weak_sft", "wspo", "auxconf"}:
+            pg = PlainGenerateConfig(model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"),
+                                     sampling=R.decoding(), **common)
+            plain = R.stage("plain_generate", plain_generate, pg)["samples"]
+            if "weak_sft" in methods:
+                s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"),
+                                                  "data": plain, **c.sft}))
+                models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
+            if "wspo" in methods:
+                w = WSPOConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("wspo"), "data": plain,
+                                              "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.wspo}))
+                models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
+            if "auxconf" in methods:
+                a = AuxConfConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain,
+                                                 **c.auxconf}))
+                models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
+        models["strong_base"] = c.strong
+        models["weak_post"] = weak_aligned
+
+        # Evaluate WeakSFT first: the others' win rates are measured against its samples.
+        order = sorted(c.methods, key=lambda m: (m != "weak_sft", METHODS.index(m)))
+        reference = str(R.out / "eval" / "weak_sft" / "samples.jsonl") if "weak_sft" in methods else ""
+        metrics: dict[str, dict] = {}
+        for m in order:
+            ev = EvaluateConfig(**{"output_dir": R.dir(f"eval/{m}"), "gold": c.gold, "model": models[m],
+                                   "prompts": c.eval_prompts, "name": m, "max_prompts": c.max_eval_prompts,
+                                   "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
+                                   "use_chat_template": c.use_chat_template, "weak_aligned": weak_aligned,
+                                   "weak_base": c.weak_base,
+                                   "reference": reference if m != "weak_sft" else "",
+                                   "reference_name": "weak_sft", **c.evaluate})
+            metrics[m] = R.stage(f"eval/{m}", evaluate, ev)
+    except _Stopped as stop:
+        rep.log(f"pipeline: stopped during {stop.stage}; rerun to resume")
+        return {"stopped": True, "stage": stop.stage, "summary": stop.summary}
+
+    results = {
+        "config": c.to_dict(),
+        "weak_aligned": weak_aligned,
+        "methods": {m: _method_row(m, metrics[m], models[m]) for m in c.methods},
+        "stages": R.timings,
+        "seconds": round(time.time() - t_start, 3),
+    }
+    write_json(R.out / "results.json", results)
+    (R.out / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    rep.log(f"pipeline: results in {R.out / 'results.md'}")
+    return results
+
+
+def _method_row(name: str, m: dict, model: str) -> dict:
+    row = {"label": LABELS[name], "gold_mean": m["gold_mean"], "gold_ci": m["gold_ci"], "valid_rate": m["valid_rate"],
+           "implicit_mean": m.get("implicit_mean"), "n": m["n"], "model": model}
+    row["win_rate_vs_weak_sft"] = 0.5 if name == "weak_sft" else m.get("win_rate_vs_weak_sft")
+    return row
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def results_markdown(results: dict) -> str:
+    cfg = results["config"]
+    lines = [f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}", "",
+             "| Method | Gold mean | 95% CI | Valid | Implicit reward | Win vs WeakSFT | n |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for name, r in results["methods"].items():
+        lo, hi = r["gold_ci"]
+        lines.append(f"| {r['label']} | {_fmt(r['gold_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['valid_rate'], 2)} "
+                     f"| {_fmt(r['implicit_mean'])} | {_fmt(r['win_rate_vs_weak_sft'], 2)} | {r['n']} |")
+    lines += ["", "Implicit reward: log pi_post(y|x) - log pi_pre(y|x) summed over response tokens, under the weak "
+              "pair. Win rate: paired by prompt and sample against WeakSFT, ties count half.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from ml.io import read_json
+from ml.pipeline import METHODS, PipelineConfig, run
+from ml.reporter import RecordingReporter
+from tests.ml._stage_fixtures import save_tiny, write_prompts
+
+FAST = {"per_device_train_batch_size": 2, "learning_rate": 1e-3}
+
+
+def tiny_config(tmp_path, **kw) -> dict:
+    models = tmp_path / "models"
+    cfg = {
+        "weak_base": save_tiny(models / "pre", seed=11),
+        "strong": save_tiny(models / "strong", seed=12, n_embd=48),
+        "train_prompts": write_prompts(tmp_path / "train.jsonl"),
+        "eval_prompts": write_prompts(tmp_path / "eval.jsonl", ["tell me about the cat", "please tell me"]),
+        "gold": "test:count_a",
+        "output_dir": str(tmp_path / "run"),
+        "max_new_tokens": 6,
+        "train_max_steps": 1,
+        "weak_align": {"k": 3, **FAST},
+        "generate": {"batch_size": 4},
+        "sft": FAST, "dpo": FAST, "wspo": FAST, "auxconf": FAST,
+        "evaluate": {"n_samples": 2, "batch_size": 4},
+    }
+    cfg.update(kw)
+    return cfg
+
+
+def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
+    rep = RecordingReporter()
+    res = run(PipelineConfig.from_dict(tiny_config(tmp_path)), rep)
+    assert set(res["methods"]) == set(METHODS)
+    for name, row in res["methods"].items():
+        lo, hi = row["gold_ci"]
+        assert lo <= row["gold_mean"] <= hi and row["n"] == 4, name
+        assert row["implicit_mean"] is not None
+        assert 0.0 <= row["win_rate_vs_weak_sft"] <= 1.0
+    assert res["methods"]["weak_sft"]["win_rate_vs_weak_sft"] == 0.5
+    out = tmp_path / "run"
+    assert read_json(out / "results.json")["methods"].keys() == res["methods"].keys()
+    assert "| ConG |" in (out / "results.md").read_text()
+    for stage in ("weak_align", "cd_generate", "sft_cong_s", "self_sample", "dpo_cong", "plain_generate",
+                  "sft_weak", "wspo", "auxconf", "eval/cong"):
+        assert (out / stage / "DONE.json").exists(), stage
+        assert stage in res["stages"]
+    # A rerun resumes from DONE markers: same numbers, nothing retrained.
+    again = run(PipelineConfig.from_dict(tiny_config(tmp_path)))
+    assert again["methods"] == res["methods"]
+
+
+def test_stop_then_resume_and_subset_of_methods(tmp_path, tiny_pair_dirs):
+    cfg = tiny_config(tmp_path, weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"],
+                      methods=["cong_s", "weak_sft"])
+    stopped = run(PipelineConfig.from_dict(cfg), RecordingReporter(stop_after=1))
+    assert stopped["stopped"] is True and stopped["stage"] == "cd_generate"
+    assert not (tmp_path / "run" / "results.json").exists()
+    res = run(PipelineConfig.from_dict(cfg))
+    assert set(res["methods"]) == {"cong_s", "weak_sft"}
+    assert not (tmp_path / "run" / "weak_align").exists()  # pi_post was given
+    assert not (tmp_path / "run" / "wspo").exists()
+
+
+def test_yaml_paths_are_relative_to_the_file(tmp_path):
+    cfg = tiny_config(tmp_path)
+    cfg["output_dir"] = "run"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    loaded = PipelineConfig.from_yaml(tmp_path / "c.yaml")
+    assert loaded.output_dir == str((tmp_path / "run").resolve())
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        PipelineConfig.from_dict(tiny_config(tmp_path, methods=["magic"]))
+    with pytest.raises(ValueError, match="unknown pipeline setting"):
+        PipelineConfig.from_dict(tiny_config(tmp_path, typo=1))
