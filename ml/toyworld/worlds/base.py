@@ -67,6 +67,7 @@ class Recipe:
     n_train_prompts: int = 400
     n_heldout_prompts: int = 200
     n_positions: int = 64
+    max_new_tokens: int = 40
 
     def scaled(self, **kw) -> "Recipe":
         return replace(self, **kw)
