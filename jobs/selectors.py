@@ -61,3 +61,30 @@ def datasets_visible(*, user) -> QuerySet[Dataset]:
     if user is not None and user.is_staff:
         return qs
     return qs.filter(Q(owner__isnull=True) | Q(owner=user))
+
+
+def presets(*, user) -> list[dict]:
+    """Ready-made job requests built from the registered toy worlds (shared models named toy-*)."""
+    out: list[dict] = []
+    models = {m.name: m for m in models_visible(user=user).filter(name__startswith="toy-")}
+    datasets = {d.name: d for d in datasets_visible(user=user).filter(name__startswith="toy-", owner__isnull=True)}
+    for name, m in sorted(models.items()):
+        if not name.endswith("-weak-base"):
+            continue
+        tag = name[: -len("-weak-base")]
+        wa, strong = models.get(f"{tag}-weak-aligned"), models.get(f"{tag}-strong-base")
+        train, heldout = datasets.get(f"{tag}-train"), datasets.get(f"{tag}-heldout")
+        if wa is None or train is None:
+            continue
+        base = {"weak_base": m.pk, "weak_aligned": wa.pk, "prompts": train.pk}
+        out.append({"name": f"{tag}: contrastive decoding", "request": {"kind": "cd_generate", **base, "alpha": 0.4,
+                                                                        "params": {"max_prompts": 64}}})
+        out.append({"name": f"{tag}: alpha sweep", "request": {"kind": "alpha_sweep", **base,
+                                                               "params": {"max_prompts": 64}}})
+        if strong is not None:
+            out.append({"name": f"{tag}: full ConG pipeline", "request": {
+                "kind": "cong", **base, "strong": strong.pk, "alpha": 0.4, "methods": ["cong_s", "cong", "weak_sft"]}})
+        if heldout is not None and strong is not None:
+            out.append({"name": f"{tag}: evaluate strong base", "request": {
+                "kind": "evaluate", "strong": strong.pk, "prompts": heldout.pk}})
+    return out

@@ -1,0 +1,109 @@
+"""REST representations. Serializers shape input and output only; rules live in jobs.services."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.services import CONG_METHODS, TRAIN_METHODS
+
+
+class ModelEntrySerializer(serializers.ModelSerializer):
+    shared = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ModelEntry
+        fields = ["id", "name", "path", "kind", "family", "vocab_fingerprint", "shared", "created"]
+        read_only_fields = ["vocab_fingerprint", "shared", "created"]
+
+    def get_shared(self, obj) -> bool:
+        return obj.owner_id is None
+
+
+class ModelRegisterSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    path = serializers.CharField(max_length=1000, help_text="Absolute path of an HF folder under MODEL_ROOTS.")
+    kind = serializers.ChoiceField(choices=ModelEntry.Kind.choices, default=ModelEntry.Kind.ANY)
+    family = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    shared = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "kind", "row_count", "gold", "shared", "created"]
+
+    def get_shared(self, obj) -> bool:
+        return obj.owner_id is None
+
+
+class DatasetUploadSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    kind = serializers.ChoiceField(choices=Dataset.Kind.choices, default=Dataset.Kind.PROMPTS)
+    gold = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    file = serializers.FileField(help_text="JSONL, UTF-8, one object per line with 'prompt' "
+                                           "(preferences: prompt/chosen/rejected).")
+
+
+class JobCreateSerializer(serializers.Serializer):
+    """Loose types on purpose: jobs.services.job_create checks values and answers with field messages."""
+
+    kind = serializers.CharField(help_text=f"One of {', '.join(Job.Kind.values)}.")
+    weak_base = serializers.JSONField(required=False, allow_null=True, help_text="Model id (pi_pre).")
+    weak_aligned = serializers.JSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
+    strong = serializers.JSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
+    prompts = serializers.JSONField(required=False, allow_null=True, help_text="Dataset id.")
+    alpha = serializers.JSONField(required=False, allow_null=True, help_text="CD alpha in [0, 1] (default 0.4).")
+    method = serializers.CharField(required=False, allow_null=True, allow_blank=True,
+                                   help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}.")
+    methods = serializers.JSONField(required=False, allow_null=True,
+                                    help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}.")
+    params = serializers.JSONField(required=False, allow_null=True,
+                                   help_text="Stage settings, e.g. {\"max_prompts\": 100, \"batch_size\": 8}.")
+
+
+class JobSerializer(serializers.ModelSerializer):
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    pair_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Job
+        fields = ["id", "owner", "kind", "status", "stage", "progress", "attempts", "max_attempts", "error",
+                  "cancel_requested", "partial", "created", "started", "finished", "heartbeat_at", "config",
+                  "pair_count"]
+        read_only_fields = fields
+
+    def get_pair_count(self, obj) -> int:
+        return obj.pairs.count()
+
+
+class JobEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobEvent
+        fields = ["seq", "type", "data", "created"]
+
+
+class GeneratedPairSerializer(serializers.ModelSerializer):
+    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None)
+
+    class Meta:
+        model = GeneratedPair
+        fields = ["id", "prompt_index", "prompt", "chosen", "rejected", "plain", "implicit_reward", "gold_reward",
+                  "alpha", "review_status", "edited_text", "reviewer", "reviewed_at"]
+
+
+class PairReviewSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["approve", "reject", "edit"])
+    edited_text = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Artifact
+        fields = ["stage", "kind", "path", "partial", "created"]
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)

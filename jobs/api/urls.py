@@ -1,0 +1,21 @@
+from django.urls import path
+
+from jobs.api import views
+
+app_name = "api"
+
+urlpatterns = [
+    path("auth/token/", views.TokenView.as_view(), name="token"),
+    path("models/", views.ModelListView.as_view(), name="models"),
+    path("datasets/", views.DatasetListView.as_view(), name="datasets"),
+    path("presets/", views.PresetListView.as_view(), name="presets"),
+    path("jobs/", views.JobListView.as_view(), name="jobs"),
+    path("jobs/<int:pk>/", views.JobDetailView.as_view(), name="job-detail"),
+    path("jobs/<int:pk>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),
+    path("jobs/<int:pk>/retry/", views.JobRetryView.as_view(), name="job-retry"),
+    path("jobs/<int:pk>/events/", views.JobEventsView.as_view(), name="job-events"),
+    path("jobs/<int:pk>/pairs/", views.JobPairsView.as_view(), name="job-pairs"),
+    path("jobs/<int:pk>/pairs/export/", views.PairsExportView.as_view(), name="job-pairs-export"),
+    path("jobs/<int:pk>/pairs/<int:pair_id>/review/", views.PairReviewView.as_view(), name="pair-review"),
+    path("jobs/<int:pk>/results/", views.JobResultsView.as_view(), name="job-results"),
+]

@@ -1,0 +1,196 @@
+"""REST views: parse, call a selector or service, serialize. No rules here (see jobs.services).
+
+Objects a user may not see answer 404, exactly like objects that do not exist, so ids leak nothing.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, StreamingHttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.settings import api_settings
+from rest_framework.views import APIView
+
+from jobs import selectors, services
+from jobs.api import serializers as s
+from jobs.models import GeneratedPair
+
+
+class ServiceAPIView(APIView):
+    """Turns a service's django ValidationError into DRF's 400 with the same field messages."""
+
+    def handle_exception(self, exc):
+        if isinstance(exc, DjangoValidationError):
+            detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+            exc = ValidationError(detail)
+        return super().handle_exception(exc)
+
+    def paginate(self, request, qs, serializer_class):
+        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        page = paginator.paginate_queryset(qs, request, view=self)
+        return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+    def get_job(self, request, pk):
+        job = selectors.job_get(user=request.user, job_id=pk)
+        if job is None:
+            raise Http404("no such job")
+        return job
+
+
+class TokenView(ServiceAPIView):
+    permission_classes = [AllowAny]
+    authentication_classes = []
+
+    @extend_schema(request=s.TokenRequestSerializer, responses={200: {"type": "object",
+                   "properties": {"token": {"type": "string"}}}})
+    def post(self, request):
+        ser = s.TokenRequestSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        user = authenticate(request, username=ser.validated_data["username"], password=ser.validated_data["password"])
+        if user is None or not user.is_active:
+            raise ValidationError({"detail": ["wrong username or password"]})
+        token, _ = Token.objects.get_or_create(user=user)
+        return Response({"token": token.key})
+
+
+class ModelListView(ServiceAPIView):
+    @extend_schema(responses=s.ModelEntrySerializer(many=True))
+    def get(self, request):
+        return self.paginate(request, selectors.models_visible(user=request.user), s.ModelEntrySerializer)
+
+    @extend_schema(request=s.ModelRegisterSerializer, responses={201: s.ModelEntrySerializer})
+    def post(self, request):
+        ser = s.ModelRegisterSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        m = services.model_register(owner=request.user, **ser.validated_data)
+        return Response(s.ModelEntrySerializer(m).data, status=status.HTTP_201_CREATED)
+
+
+class DatasetListView(ServiceAPIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(responses=s.DatasetSerializer(many=True))
+    def get(self, request):
+        return self.paginate(request, selectors.datasets_visible(user=request.user), s.DatasetSerializer)
+
+    @extend_schema(request={"multipart/form-data": s.DatasetUploadSerializer}, responses={201: s.DatasetSerializer})
+    def post(self, request):
+        ser = s.DatasetUploadSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        d = ser.validated_data
+        ds = services.dataset_create(name=d["name"], kind=d["kind"], gold=d.get("gold", ""),
+                                     chunks=d["file"].chunks(), owner=request.user)
+        return Response(s.DatasetSerializer(ds).data, status=status.HTTP_201_CREATED)
+
+
+class JobListView(ServiceAPIView):
+    parser_classes = [JSONParser, FormParser, MultiPartParser]
+
+    @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses"),
+                               OpenApiParameter("kind", str, description="comma-separated kinds")],
+                   responses=s.JobSerializer(many=True))
+    def get(self, request):
+        qs = selectors.job_list(user=request.user, status=request.query_params.get("status"),
+                                kind=request.query_params.get("kind"))
+        return self.paginate(request, qs, s.JobSerializer)
+
+    @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer})
+    def post(self, request):
+        ser = s.JobCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        job = services.job_create(user=request.user, **ser.validated_data)
+        return Response(s.JobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+
+class JobDetailView(ServiceAPIView):
+    @extend_schema(responses=s.JobSerializer)
+    def get(self, request, pk):
+        return Response(s.JobSerializer(self.get_job(request, pk)).data)
+
+
+class JobCancelView(ServiceAPIView):
+    @extend_schema(request=None, responses=s.JobSerializer)
+    def post(self, request, pk):
+        job = services.job_cancel(job=self.get_job(request, pk), user=request.user)
+        return Response(s.JobSerializer(job).data)
+
+
+class JobRetryView(ServiceAPIView):
+    @extend_schema(request=None, responses=s.JobSerializer)
+    def post(self, request, pk):
+        job = services.job_retry(job=self.get_job(request, pk), user=request.user)
+        return Response(s.JobSerializer(job).data)
+
+
+class JobEventsView(ServiceAPIView):
+    @extend_schema(parameters=[OpenApiParameter("after", int, description="only events with seq > after"),
+                               OpenApiParameter("limit", int, description="at most this many (default 1000)")],
+                   responses=s.JobEventSerializer(many=True))
+    def get(self, request, pk):
+        job = self.get_job(request, pk)
+        try:
+            after = int(request.query_params.get("after", 0))
+            limit = min(max(int(request.query_params.get("limit", 1000)), 1), 5000)
+        except ValueError:
+            raise ValidationError({"after": ["after and limit must be integers"]}) from None
+        events = selectors.job_events(job=job, after=after, limit=limit)
+        return Response(s.JobEventSerializer(events, many=True).data)
+
+
+class JobPairsView(ServiceAPIView):
+    @extend_schema(parameters=[OpenApiParameter("review_status", str), OpenApiParameter("min_reward", float),
+                               OpenApiParameter("search", str)],
+                   responses=s.GeneratedPairSerializer(many=True))
+    def get(self, request, pk):
+        job = self.get_job(request, pk)
+        q = request.query_params
+        try:
+            min_reward = float(q["min_reward"]) if q.get("min_reward") not in (None, "") else None
+        except ValueError:
+            raise ValidationError({"min_reward": ["min_reward must be a number"]}) from None
+        qs = selectors.job_pairs(job=job, review_status=q.get("review_status"), min_reward=min_reward,
+                                 search=q.get("search"))
+        return self.paginate(request, qs, s.GeneratedPairSerializer)
+
+
+class PairReviewView(ServiceAPIView):
+    @extend_schema(request=s.PairReviewSerializer, responses=s.GeneratedPairSerializer)
+    def post(self, request, pk, pair_id):
+        job = self.get_job(request, pk)
+        pair = GeneratedPair.objects.filter(job=job, pk=pair_id).first()
+        if pair is None:
+            raise Http404("no such pair")
+        ser = s.PairReviewSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        pair = services.pair_review(pair=pair, user=request.user, **ser.validated_data)
+        return Response(s.GeneratedPairSerializer(pair).data)
+
+
+class PairsExportView(ServiceAPIView):
+    @extend_schema(responses={(200, "application/jsonl"): str})
+    def get(self, request, pk):
+        job = self.get_job(request, pk)
+        resp = StreamingHttpResponse(services.pairs_export(job=job), content_type="application/jsonl")
+        resp["Content-Disposition"] = f'attachment; filename="job-{job.pk}-pairs.jsonl"'
+        return resp
+
+
+class JobResultsView(ServiceAPIView):
+    @extend_schema(responses={200: {"type": "object"}})
+    def get(self, request, pk):
+        job = self.get_job(request, pk)
+        return Response({"id": job.pk, "status": job.status, "partial": job.partial, "results": job.results,
+                         "artifacts": s.ArtifactSerializer(job.artifacts.all(), many=True).data})
+
+
+class PresetListView(ServiceAPIView):
+    @extend_schema(responses={200: {"type": "array", "items": {"type": "object"}}})
+    def get(self, request):
+        return Response(selectors.presets(user=request.user))

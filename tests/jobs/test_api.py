@@ -1,0 +1,238 @@
+"""REST API: auth, ownership (others' jobs are 404), validation 400s that create nothing, schema."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+from rest_framework.test import APIClient
+
+from jobs import services
+from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+
+from .conftest import make_prompts, save_tiny_model
+
+pytestmark = pytest.mark.django_db
+
+
+def _client(user=None) -> APIClient:
+    c = APIClient()
+    if user is not None:
+        c.force_authenticate(user)
+    return c
+
+
+def _state():
+    return (Job.objects.count(), JobEvent.objects.count(), ModelEntry.objects.count(), Dataset.objects.count())
+
+
+def _upload(c, payload: bytes, **extra):
+    f = io.BytesIO(payload)
+    f.name = "prompts.jsonl"
+    return c.post("/api/v1/datasets/", {"name": "up", "file": f, **extra}, format="multipart")
+
+
+@pytest.fixture
+def job_body(weak_pair, prompts_ds):
+    wb, wa = weak_pair
+    return {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
+            "alpha": 0.4, "params": {"max_prompts": 2}}
+
+
+def test_token_auth_flow(user):
+    c = APIClient()
+    assert c.get("/api/v1/jobs/").status_code in (401, 403)
+    bad = c.post("/api/v1/auth/token/", {"username": "alice", "password": "nope"}, format="json")
+    assert bad.status_code == 400
+    res = c.post("/api/v1/auth/token/", {"username": "alice", "password": "pw-alice-123"}, format="json")
+    assert res.status_code == 200
+    c.credentials(HTTP_AUTHORIZATION=f"Token {res.json()['token']}")
+    assert c.get("/api/v1/jobs/").status_code == 200
+
+
+def test_create_list_detail_and_filters(user, job_body):
+    c = _client(user)
+    res = c.post("/api/v1/jobs/", job_body, format="json")
+    assert res.status_code == 201, res.json()
+    job = res.json()
+    assert job["status"] == "queued" and job["config"]["params"] == {"max_prompts": 2}
+    listing = c.get("/api/v1/jobs/?status=queued&kind=cd_generate").json()
+    assert listing["count"] == 1 and listing["results"][0]["id"] == job["id"]
+    assert c.get("/api/v1/jobs/?status=running").json()["count"] == 0
+    assert c.get(f"/api/v1/jobs/{job['id']}/").json()["kind"] == "cd_generate"
+    events = c.get(f"/api/v1/jobs/{job['id']}/events/?after=0").json()
+    assert [e["seq"] for e in events] == [1] and events[0]["data"]["status"] == "queued"
+    assert c.get(f"/api/v1/jobs/{job['id']}/events/?after=1").json() == []
+
+
+def test_other_users_jobs_are_404_and_staff_sees_all(user, other_user, staff_user, job_body):
+    job_id = _client(user).post("/api/v1/jobs/", job_body, format="json").json()["id"]
+    bob = _client(other_user)
+    for path in ("", "events/", "pairs/", "pairs/export/", "results/"):
+        assert bob.get(f"/api/v1/jobs/{job_id}/{path}").status_code == 404, path
+    assert bob.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 404
+    assert bob.post(f"/api/v1/jobs/{job_id}/retry/").status_code == 404
+    assert bob.get("/api/v1/jobs/").json()["count"] == 0
+    assert Job.objects.get(pk=job_id).status == "queued"  # bob's cancel did nothing
+    staff = _client(staff_user)
+    assert staff.get(f"/api/v1/jobs/{job_id}/").status_code == 200
+    assert staff.get("/api/v1/jobs/").json()["count"] == 1
+    # bob cannot use alice's models either
+    res = bob.post("/api/v1/jobs/", job_body, format="json")
+    assert res.status_code == 400 and "no model" in res.json()["weak_base"][0]
+
+
+@pytest.mark.parametrize("change,field,needle", [
+    ({"alpha": 1.01}, "alpha", "between 0 and 1"),
+    ({"alpha": -1}, "alpha", "between 0 and 1"),
+    ({"alpha": "lots"}, "alpha", "number"),
+    ({"alpha": [0.4]}, "alpha", "number"),
+    ({"weak_aligned": 424242}, "weak_aligned", "no model"),
+    ({"kind": "teleport"}, "kind", "unknown job kind"),
+    ({"kind": "train", "strong": None, "method": "yolo"}, "method", "sft"),
+    ({"kind": "cong", "methods": ["cong", "magic"]}, "methods", "magic"),
+    ({"params": {"max_prompts": -3}}, "params", "max_prompts"),
+])
+def test_job_validation_400_creates_nothing(user, job_body, change, field, needle):
+    before = _state()
+    res = _client(user).post("/api/v1/jobs/", {**job_body, **change}, format="json")
+    assert res.status_code == 400
+    assert needle in " ".join(res.json()[field]), res.json()
+    assert _state() == before
+
+
+def test_vocab_mismatch_400_names_both(user, model_root, prompts_ds):
+    c = _client(user)
+    a = c.post("/api/v1/models/", {"name": "pre-X", "path": str(model_root / "weak_base"), "kind": "weak"}, format="json")
+    b = c.post("/api/v1/models/", {"name": "post-Y", "path": str(model_root / "other_vocab"), "kind": "weak"},
+               format="json")
+    assert a.status_code == b.status_code == 201
+    before = _state()
+    res = c.post("/api/v1/jobs/", {"kind": "cd_generate", "weak_base": a.json()["id"], "weak_aligned": b.json()["id"],
+                                   "prompts": prompts_ds.pk}, format="json")
+    assert res.status_code == 400
+    msg = res.json()["weak_aligned"][0]
+    assert "pre-X" in msg and "post-Y" in msg
+    assert _state() == before
+
+
+def test_empty_dataset_400(user, job_body, prompts_ds):
+    Dataset.objects.filter(pk=prompts_ds.pk).update(row_count=0)
+    res = _client(user).post("/api/v1/jobs/", job_body, format="json")
+    assert res.status_code == 400 and "empty" in res.json()["prompts"][0]
+
+
+def test_cancel_finished_and_retry_running_are_400(user, job_body):
+    c = _client(user)
+    job_id = c.post("/api/v1/jobs/", job_body, format="json").json()["id"]
+    services.job_claim(job_id=job_id, task_id="t")
+    res = c.post(f"/api/v1/jobs/{job_id}/retry/")
+    assert res.status_code == 400 and "only failed or cancelled" in res.json()["status"][0]
+    services.job_finish(job_id=job_id, results={"ok": 1}, task_id="t")
+    res = c.post(f"/api/v1/jobs/{job_id}/cancel/")
+    assert res.status_code == 400 and "already finished" in res.json()["status"][0]
+    assert c.get(f"/api/v1/jobs/{job_id}/results/").json()["results"] == {"ok": 1}
+    assert Job.objects.get(pk=job_id).status == "succeeded"
+
+
+def test_cancel_then_retry(user, job_body):
+    c = _client(user)
+    job_id = c.post("/api/v1/jobs/", job_body, format="json").json()["id"]
+    assert c.post(f"/api/v1/jobs/{job_id}/cancel/").json()["status"] == "cancelled"
+    assert c.post(f"/api/v1/jobs/{job_id}/retry/").json()["status"] == "queued"
+
+
+# --- models ---------------------------------------------------------------------------------------------------
+def test_model_register_and_path_checks(user, model_root, tmp_path):
+    c = _client(user)
+    ok = c.post("/api/v1/models/", {"name": "m1", "path": str(model_root / "weak_base")}, format="json")
+    assert ok.status_code == 201 and len(ok.json()["vocab_fingerprint"]) == 16
+    outside = save_tiny_model(tmp_path / "elsewhere")
+    link = model_root / "api_link"
+    if not link.exists():
+        os.symlink(outside, link)
+    before = _state()
+    for bad in (f"{model_root}/../elsewhere", str(outside), str(link), "/etc", "weak_base"):
+        res = c.post("/api/v1/models/", {"name": "bad", "path": bad}, format="json")
+        assert res.status_code == 400 and "path" in res.json(), bad
+    assert _state() == before
+    assert [m["name"] for m in c.get("/api/v1/models/").json()["results"]] == ["m1"]
+
+
+# --- datasets --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("payload,needle", [
+    (b"", "empty"),
+    (b'{"prompt": "\xff\xfe"}\n', "UTF-8"),
+    (b'{"question": "where is prompt"}\n', "missing field"),
+    (b'{"prompt": "' + b"y" * (10 * 1024 * 1024) + b'"}\n', "1 MB"),
+    (b"not json\n", "not valid JSON"),
+])
+def test_dataset_upload_rejects_bad_files(user, model_root, payload, needle):
+    before = _state()
+    res = _upload(_client(user), payload)
+    assert res.status_code == 400
+    assert needle in " ".join(res.json()["file"]), res.json()
+    assert _state() == before
+
+
+def test_dataset_upload_over_size_limit(user, model_root, settings):
+    settings.UPLOAD_MAX_BYTES = 50
+    res = _upload(_client(user), make_prompts(20))
+    assert res.status_code == 400 and "upload limit" in res.json()["file"][0]
+    assert not Dataset.objects.exists()
+
+
+def test_dataset_upload_ok_and_preferences(user, model_root):
+    c = _client(user)
+    res = _upload(c, make_prompts(5), gold="toy:review")
+    assert res.status_code == 201 and res.json()["row_count"] == 5 and res.json()["gold"] == "toy:review"
+    prefs = b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n'
+    res = _upload(c, prefs, kind="preferences")
+    assert res.status_code == 201 and res.json()["kind"] == "preferences"
+    assert c.get("/api/v1/datasets/").json()["count"] == 2
+
+
+# --- pairs --------------------------------------------------------------------------------------------------------
+def test_pairs_list_review_export(user, other_user, job_body):
+    c = _client(user)
+    job_id = c.post("/api/v1/jobs/", job_body, format="json").json()["id"]
+    for i in range(3):
+        services.pair_store(job_id=job_id, row={"index": i, "prompt": f"p{i}", "response": f"r{i}",
+                                                "implicit_reward_mean": float(i)})
+    page = c.get(f"/api/v1/jobs/{job_id}/pairs/?min_reward=1").json()
+    assert [p["prompt_index"] for p in page["results"]] == [1, 2]
+    pair_id = page["results"][0]["id"]
+    assert _client(other_user).post(f"/api/v1/jobs/{job_id}/pairs/{pair_id}/review/", {"action": "reject"},
+                                    format="json").status_code == 404
+    res = c.post(f"/api/v1/jobs/{job_id}/pairs/{pair_id}/review/", {"action": "reject"}, format="json")
+    assert res.status_code == 200 and res.json()["review_status"] == "rejected"
+    assert c.get(f"/api/v1/jobs/{job_id}/pairs/?review_status=rejected").json()["count"] == 1
+    res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/")
+    assert res.status_code == 200 and res["Content-Type"] == "application/jsonl"
+    rows = [json.loads(line) for line in b"".join(res.streaming_content).decode().splitlines()]
+    assert [r["prompt"] for r in rows] == ["p0", "p2"]
+    assert GeneratedPair.objects.filter(job_id=job_id).count() == 3
+
+
+def test_schema_and_docs(user):
+    c = _client(user)
+    res = c.get("/api/v1/schema/")
+    assert res.status_code == 200
+    body = res.content.decode()
+    for p in ("/api/v1/jobs/", "/api/v1/jobs/{id}/cancel/", "/api/v1/datasets/", "/api/v1/auth/token/"):
+        assert p in body
+    assert c.get("/api/v1/docs/").status_code == 200
+
+
+def test_presets_from_shared_toy_models(user, model_root):
+    wb = services.model_register(name="toy-review-s0-tiny-weak-base", path=str(model_root / "weak_base"))
+    wa = services.model_register(name="toy-review-s0-tiny-weak-aligned", path=str(model_root / "weak_aligned"))
+    ds = services.dataset_create(name="toy-review-s0-tiny-train", chunks=[make_prompts(3)], gold="toy:review")
+    presets = _client(user).get("/api/v1/presets/").json()
+    cd = next(p for p in presets if p["request"]["kind"] == "cd_generate")
+    assert cd["request"]["weak_base"] == wb.pk and cd["request"]["weak_aligned"] == wa.pk
+    res = _client(user).post("/api/v1/jobs/", cd["request"], format="json")
+    assert res.status_code == 201, res.json()
+    assert res.json()["config"]["prompts"]["id"] == ds.pk
