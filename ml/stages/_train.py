@@ -257,6 +257,12 @@ def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict
     """Train (resuming from the latest checkpoint), then save model/ and DONE.json; or report a stop."""
     from ml.io import mark_done
 
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    # Our ReporterCallback reports progress and losses; the Trainer's own printers would write raw
+    # log dicts to stdout (where the CLI prints JSON).
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
     t0 = time.time()
     resume = last_checkpoint(cfg)
     if resume:

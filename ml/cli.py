@@ -1,0 +1,294 @@
+"""``python -m ml``: the ML core from a terminal (no web app needed).
+
+Subcommands are registered from modules: each has ``add_parser(subparsers)`` that adds its parser and
+sets ``func`` (a callable taking the parsed args and returning an exit code). The built-in ones live
+here; other packages plug in by being listed in ``PLUGINS`` (skipped when not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Modules that add subcommands when importable (toy worlds, offline model installs).
+PLUGINS = ["ml.toyworld.cli", "ml.offline.cli"]
+
+DESCRIPTION = """\
+congweb's ML core: Contrastive Weak-to-Strong Generalization (ConG) from the command line.
+
+A weak model before alignment (pi_pre, "base") and after it (pi_post, "aligned") define an implicit
+reward log pi_post/pi_pre. Contrastive decoding (CD) samples responses that score high on it; ConG
+trains a strong model on those samples. See docs/ML.md for file formats and a walk-through."""
+
+EPILOG = """\
+examples:
+  python -m ml generate --aligned models/post --base models/pre --prompts prompts.jsonl --out runs/cd
+  python -m ml run configs/toy.yaml            # the whole experiment, resumable; prints a results table
+  python -m ml score --input runs/cd/samples.jsonl --gold toy:review --aligned models/post --base models/pre
+  python -m ml stage sft --config sft.yaml     # one stage on its own
+  python -m ml golds                           # list the gold rewards you can name
+
+Every command that writes a folder can be rerun: finished stages are skipped, unfinished ones resume."""
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+def _reporter(args):
+    from ml.reporter import ConsoleReporter
+
+    return ConsoleReporter(quiet=getattr(args, "quiet", False))
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="contrastive-decoding samples for a prompt file",
+                       description="Sample one CD response per prompt from the weak pair (pi_post, pi_pre) into "
+                                   "OUT/samples.jsonl. Resumes if interrupted; a finished folder is returned as is.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--aligned", required=True, help="pi_post: the aligned weak model's folder")
+    p.add_argument("--base", required=True, help="pi_pre: the weak base model's folder (same tokenizer)")
+    p.add_argument("--prompts", required=True, help="JSONL file, one {\"prompt\": ...} per line")
+    p.add_argument("--out", required=True, help="output folder (samples.jsonl, DONE.json)")
+    p.add_argument("--alpha", type=float, default=0.4, help="1 = plain pi_post sampling, 0 = pure log-ratio")
+    p.add_argument("--relative-top", type=float, default=0.1, help="plausibility cut relative to pi_post's top token")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--repetition-penalty", type=float, default=1.2)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    p.add_argument("--samples-per-prompt", type=int, default=1)
+    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts raw even if a chat template exists")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    from ml.contrastive import CDConfig
+    from ml.stages.generate import CDGenerateConfig, cd_generate
+
+    cd = CDConfig(alpha=args.alpha, relative_top=args.relative_top, temperature=args.temperature, top_p=args.top_p,
+                  repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
+                  batch_size=args.batch_size, do_sample=not args.greedy, seed=args.seed,
+                  use_chat_template=not args.no_chat_template)
+    cfg = CDGenerateConfig(aligned=args.aligned, base=args.base, prompts=args.prompts, output_dir=args.out,
+                           max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt,
+                           device=args.device, cd=cd)
+    summary = cd_generate(cfg, _reporter(args))
+    _print_json(summary)
+    return 3 if summary.get("stopped") else 0
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run (or resume) the whole ConG experiment from a YAML config",
+                       description="Weak alignment (if needed), CD and plain generation, ConG-S, ConG, WeakSFT, "
+                                   "WSPO, AuxConf, then evaluation of every method with the gold reward. Writes "
+                                   "OUTPUT_DIR/results.json and results.md. Paths in the YAML are relative to it. "
+                                   "See docs/ML.md for every setting.")
+    p.add_argument("config", help="pipeline YAML file")
+    p.add_argument("--output-dir", default=None, help="override output_dir from the config")
+    p.add_argument("--device", default=None, help="override device (cpu, cuda)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from dataclasses import replace
+
+    from ml.pipeline import PipelineConfig, results_markdown, run
+
+    cfg = PipelineConfig.from_yaml(args.config)
+    if args.output_dir:
+        cfg = replace(cfg, output_dir=str(Path(args.output_dir).resolve()))
+    if args.device:
+        cfg = replace(cfg, device=args.device)
+    res = run(cfg, _reporter(args))
+    if res.get("stopped"):
+        print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
+        return 3
+    print(results_markdown(res))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- score
+
+def _add_score(sub) -> None:
+    p = sub.add_parser("score", help="gold and/or implicit reward of prompt/response pairs",
+                       description="Score a JSONL of {\"prompt\", \"response\"} rows with a gold reward (--gold) "
+                                   "and/or the implicit reward log pi_post - log pi_pre (--aligned and --base). "
+                                   "Prints mean and 95%% interval; --out writes every row with its scores.")
+    p.add_argument("--input", required=True, help="JSONL with prompt and response fields")
+    p.add_argument("--response-field", default="response", help="field holding the response (e.g. chosen)")
+    p.add_argument("--gold", default=None, help="registered gold reward name (see: python -m ml golds)")
+    p.add_argument("--aligned", default=None, help="pi_post folder (for the implicit reward)")
+    p.add_argument("--base", default=None, help="pi_pre folder (for the implicit reward)")
+    p.add_argument("--append-eos", action="store_true", help="include the EOS token in the implicit reward")
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="write scored rows to this JSONL")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from ml.io import read_jsonl, write_jsonl
+    from ml.stats import mean_ci
+
+    if not args.gold and not (args.aligned and args.base):
+        print("score: give --gold NAME and/or both --aligned and --base", file=sys.stderr)
+        return 2
+    if bool(args.aligned) != bool(args.base):
+        print("score: the implicit reward needs both --aligned and --base", file=sys.stderr)
+        return 2
+    rows = read_jsonl(args.input, required=("prompt", args.response_field))
+    prompts = [str(r["prompt"]) for r in rows]
+    responses = [str(r[args.response_field]) for r in rows]
+    summary: dict[str, Any] = {"n": len(rows)}
+    if args.gold:
+        from ml.gold import get_gold
+
+        gold = get_gold(args.gold)
+        for r, p, y in zip(rows, prompts, responses):
+            r["gold"], r["valid"] = gold(p, y), gold.is_valid(p, y)
+        summary["gold"] = mean_ci([r["gold"] for r in rows]).as_dict()
+        summary["valid_rate"] = sum(r["valid"] for r in rows) / len(rows) if rows else None
+    if args.aligned:
+        from ml.modeling import load_causal_lm, load_tokenizer
+        from ml.scoring import implicit_rewards
+
+        scores = implicit_rewards(aligned=load_causal_lm(args.aligned, device=args.device),
+                                  base=load_causal_lm(args.base, device=args.device),
+                                  tokenizer=load_tokenizer(args.aligned), prompts=prompts, responses=responses,
+                                  batch_size=args.batch_size, use_chat_template=not args.no_chat_template,
+                                  append_eos=args.append_eos, base_tokenizer=load_tokenizer(args.base))
+        for r, s in zip(rows, scores):
+            r["implicit_sum"], r["implicit_mean"] = s["sum"], s["mean"]
+        summary["implicit_sum"] = mean_ci([r["implicit_sum"] for r in rows]).as_dict()
+        summary["implicit_per_token"] = mean_ci([r["implicit_mean"] for r in rows]).as_dict()
+    if args.out:
+        write_jsonl(args.out, rows)
+        summary["out"] = args.out
+    _print_json(summary)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- stage
+
+def _stage_table() -> dict[str, tuple[str, str, str]]:
+    """stage name -> (module, config class, function)."""
+    return {
+        "weak_align": ("ml.stages.weak_align", "WeakAlignConfig", "weak_align"),
+        "cd_generate": ("ml.stages.generate", "CDGenerateConfig", "cd_generate"),
+        "plain_generate": ("ml.stages.generate", "PlainGenerateConfig", "plain_generate"),
+        "sft": ("ml.stages.sft", "SFTStageConfig", "sft"),
+        "self_sample": ("ml.stages.self_sample", "SelfSampleConfig", "self_sample"),
+        "dpo": ("ml.stages.dpo", "DPOStageConfig", "dpo"),
+        "wspo": ("ml.stages.wspo", "WSPOConfig", "wspo"),
+        "auxconf": ("ml.stages.auxconf", "AuxConfConfig", "auxconf"),
+        "evaluate": ("ml.stages.evaluate", "EvaluateConfig", "evaluate"),
+    }
+
+
+def _add_stage(sub) -> None:
+    names = list(_stage_table())
+    p = sub.add_parser("stage", help="run one pipeline stage from a YAML of its settings",
+                       description="Run a single stage. The YAML holds that stage's config fields (e.g. for sft: "
+                                   "model, output_dir, data, learning_rate, max_steps ...); see docs/ML.md. "
+                                   "Relative paths are relative to the YAML file.")
+    p.add_argument("name", choices=names, help="stage to run")
+    p.add_argument("--config", required=True, help="YAML file with the stage's settings")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_stage)
+
+
+_STAGE_PATH_KEYS = ("model", "output_dir", "data", "chosen_data", "rejected_data", "prompts", "samples", "reference",
+                    "weak_aligned", "weak_base", "aligned", "base")
+
+
+def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = None):
+    """Build stage ``name``'s config from a plain dict (paths made relative to base_dir)."""
+    module, cls_name, _ = _stage_table()[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    data = dict(data)
+    if base_dir is not None:
+        for k in _STAGE_PATH_KEYS:
+            v = data.get(k)
+            if isinstance(v, str) and v and not Path(v).is_absolute() and (":" not in v or k != "model"):
+                data[k] = str((Path(base_dir) / v).resolve())
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(data)
+    try:
+        return cls(**data)
+    except TypeError as exc:  # unknown or missing field: say which, as ValueError like the rest
+        raise ValueError(f"{cls_name}: {exc}") from None
+
+
+def _cmd_stage(args) -> int:
+    import yaml
+
+    path = Path(args.config)
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    cfg = stage_config(args.name, data, base_dir=path.parent)
+    module, _, fn_name = _stage_table()[args.name]
+    summary = getattr(importlib.import_module(module), fn_name)(cfg, _reporter(args))
+    _print_json(summary)
+    return 3 if summary.get("stopped") else 0
+
+
+# ---------------------------------------------------------------------------------------------- golds
+
+def _add_golds(sub) -> None:
+    p = sub.add_parser("golds", help="list the gold rewards that configs can name")
+    p.set_defaults(func=lambda args: (print("\n".join(__import__("ml.gold", fromlist=["x"]).known_golds())), 0)[1])
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds]
+
+
+def _load_plugins(sub) -> None:
+    for name in PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+                continue  # that package is not installed: no subcommand, no fuss
+            raise
+        module.add_parser(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ml", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in BUILTINS:
+        add(sub)
+    _load_plugins(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        # Config and input mistakes: one clear line, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
