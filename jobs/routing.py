@@ -1,3 +1,9 @@
-"""Websocket routes (the job event stream lands here)."""
+"""Websocket routes: the job event stream (see jobs.consumers)."""
 
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from jobs.consumers import JobEventsConsumer
+
+websocket_urlpatterns = [
+    path("ws/jobs/<int:job_id>/", JobEventsConsumer.as_asgi()),
+]

@@ -1,0 +1,56 @@
+"""Live job events over a websocket: ws://HOST/ws/jobs/<id>/?after=SEQ
+
+On connect: anonymous users are closed with 4401, users who may not see the job with 4404. Then the
+socket joins the group ``job-<id>`` FIRST and replays stored events with seq > after SECOND, so no
+event falls in the gap between the two (one may arrive twice; clients dedupe by seq).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from jobs import selectors
+from jobs.progress import group_name
+
+REPLAY_LIMIT = 5000
+
+
+class JobEventsConsumer(AsyncJsonWebsocketConsumer):
+    group: str | None = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        job_id = self.scope["url_route"]["kwargs"]["job_id"]
+        job = await database_sync_to_async(selectors.job_get)(user=user, job_id=job_id)
+        if job is None:
+            await self.close(code=4404)
+            return
+        try:
+            after = int(parse_qs(self.scope.get("query_string", b"").decode()).get("after", ["0"])[0])
+        except ValueError:
+            after = 0
+        self.group = group_name(job.pk)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        for message in await self._replay(job, after):
+            await self.send_json(message)
+
+    @database_sync_to_async
+    def _replay(self, job, after: int) -> list[dict]:
+        return [e.as_message() for e in selectors.job_events(job=job, after=after, limit=REPLAY_LIMIT)]
+
+    async def disconnect(self, code) -> None:
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive_json(self, content, **kwargs) -> None:
+        pass  # the stream is one-way; actions go through the REST API
+
+    async def job_event(self, message) -> None:
+        await self.send_json(message["event"])

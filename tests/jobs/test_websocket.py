@@ -1,0 +1,133 @@
+"""The live event stream: auth on connect, ownership, replay after=SEQ, and events written by the
+ProgressReporter reaching the socket through a real Redis channel layer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import AnonymousUser
+
+from jobs.models import Job, JobEvent
+from jobs.progress import ProgressReporter
+from jobs.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)  # database_sync_to_async closes connections
+
+
+def _app(user):
+    router = URLRouter(websocket_urlpatterns)
+
+    async def app(scope, receive, send):  # stands in for AuthMiddlewareStack: the user is given
+        return await router({**scope, "user": user}, receive, send)
+
+    return app
+
+
+@pytest.fixture
+def channel_layer(redis_url, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [redis_url]}}}
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture
+def job(user):
+    return Job.objects.create(owner=user, kind="cd_generate", config={})
+
+
+def _connect(user, path):
+    async def go():
+        comm = WebsocketCommunicator(_app(user), path)
+        connected, code = await comm.connect(timeout=5)
+        await comm.disconnect()
+        return connected, code
+
+    return async_to_sync(go)()
+
+
+def test_anonymous_is_rejected(channel_layer, job):
+    assert _connect(AnonymousUser(), f"/ws/jobs/{job.pk}/") == (False, 4401)
+
+
+def test_other_user_is_rejected(channel_layer, job, other_user):
+    assert _connect(other_user, f"/ws/jobs/{job.pk}/") == (False, 4404)
+    assert _connect(other_user, "/ws/jobs/999999/") == (False, 4404)
+
+
+def test_owner_gets_replay_then_live_events(channel_layer, job, user, staff_user):
+    rep = ProgressReporter(job.pk, max_rate=1000)
+    rep.log("before connect 1")
+    rep.log("before connect 2")
+
+    async def go():
+        comm = WebsocketCommunicator(_app(user), f"/ws/jobs/{job.pk}/?after=1")
+        connected, _ = await comm.connect(timeout=5)
+        assert connected
+        replay = await comm.receive_json_from(timeout=5)
+        assert replay["seq"] == 2 and replay["data"]["message"] == "before connect 2"
+        await sync_to_async(rep.progress)("cd_generate", 3, 10)
+        await sync_to_async(rep.metric)("implicit_reward", 0.5, 3)
+        await sync_to_async(rep.sample)({"index": 0, "response": "good movie", "token_ids": [1, 2]})
+        live = [await comm.receive_json_from(timeout=5) for _ in range(3)]
+        assert [e["seq"] for e in live] == [3, 4, 5]
+        assert live[0]["type"] == "progress" and live[0]["data"]["done"] == 3
+        assert live[1]["data"] == {"name": "implicit_reward", "value": 0.5, "step": 3}
+        assert live[2]["type"] == "sample" and "token_ids" not in live[2]["data"]
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+        # staff may watch anyone's job
+        staff = WebsocketCommunicator(_app(staff_user), f"/ws/jobs/{job.pk}/")
+        assert (await staff.connect(timeout=5))[0]
+        first = await staff.receive_json_from(timeout=5)
+        assert first["seq"] == 1
+        await staff.disconnect()
+
+    async_to_sync(go)()
+    job.refresh_from_db()
+    assert job.stage == "cd_generate" and job.progress == pytest.approx(0.3)
+
+
+def test_progress_is_throttled_but_last_always_written(job):
+    rep = ProgressReporter(job.pk, max_rate=5)
+    for i in range(1, 101):
+        rep.progress("cd_generate", i, 100)
+    events = list(JobEvent.objects.filter(job=job, type="progress").values_list("data", flat=True))
+    assert 1 <= len(events) <= 5
+    assert events[-1]["done"] == 100
+    rep.progress("sft", 1, 10)
+    rep.progress("sft", 2, 10)  # held back by the throttle ...
+    rep.close()  # ... and flushed on close
+    last = JobEvent.objects.filter(job=job).order_by("-seq").first()
+    assert last.data["stage"] == "sft" and last.data["done"] == 2
+
+
+def test_group_send_failure_does_not_fail_the_report(job, settings):
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    try:
+        ProgressReporter(job.pk).log("still recorded")
+    finally:
+        channel_layers.backends.clear()
+    assert JobEvent.objects.get(job=job).data == {"message": "still recorded"}
+
+
+def test_should_stop_reads_cancel_flag_at_most_every_interval(job):
+    rep = ProgressReporter(job.pk, stop_check_interval=0.2)
+    assert rep.should_stop() is False
+    Job.objects.filter(pk=job.pk).update(cancel_requested=True)
+    assert rep.should_stop() is False  # cached for the interval: no query storm from tight loops
+    import time
+
+    time.sleep(0.25)
+    assert rep.should_stop() is True
