@@ -62,3 +62,12 @@ def test_bad_config_says_what_to_change(tmp_path):
         SFTStageConfig(model="x", output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="lora_r"):
         SFTStageConfig(model="x", output_dir=str(tmp_path), data="d", lora_r=-1)
+
+
+def test_sft_with_lora_writes_a_merged_plain_model(base, tmp_path):
+    out = sft(cfg(base, tmp_path, lora_r=4, lora_target_modules="c_attn,c_fc"))
+    assert out["steps"] == 3
+    model_dir = tmp_path / "sft" / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    model = load_causal_lm(model_dir, device="cpu")
+    assert not hasattr(model, "peft_config")
