@@ -95,7 +95,7 @@ def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporte
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
         manifest = read_json(manifest_path)
-        if manifest.get("version") == MANIFEST_VERSION and manifest.get("recipe") == _jsonable(asdict(recipe)):
+        if manifest.get("version") == MANIFEST_VERSION and manifest.get("recipe") == _build_recipe(recipe):
             return manifest
         reporter.log(f"toyworld: {manifest_path} was made by another recipe or version; rebuilding")
         manifest_path.unlink()
@@ -144,13 +144,20 @@ def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporte
         "prompts": {"train": prompt_paths["train"], "heldout": prompt_paths["heldout"],
                     "weak": prompt_paths["weak"]},
         "generation": {"max_new_tokens": recipe.max_new_tokens, "use_chat_template": False},
-        "recipe": _jsonable(asdict(recipe)),
+        "recipe": _build_recipe(recipe),
         "summaries": summaries,
         "built_seconds": round(time.time() - t0, 1),
     }
     write_json(manifest_path, manifest)
     reporter.log(f"toyworld: built {world} seed {seed} ({size}) in {manifest['built_seconds']} s -> {root}")
     return manifest
+
+
+def _build_recipe(recipe: Recipe) -> dict:
+    """The part of the recipe that shapes the built models (the strong-stage overrides do not)."""
+    d = _jsonable(asdict(recipe))
+    d.pop("stages", None)
+    return d
 
 
 def _jsonable(obj: Any) -> Any:

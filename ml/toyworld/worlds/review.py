@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import random
 
-from .base import ModelRecipe, Recipe, WeakAlignRecipe, World, tiny_recipe, words
+from .base import ModelRecipe, Recipe, WeakAlignRecipe, World, strong_stage_overrides, tiny_recipe, words
 
 TOPICS: dict[str, tuple[list[str], list[str]]] = {
     # topic: (subjects, nouns)
@@ -170,6 +170,7 @@ class ReviewWorld(World):
             weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=1e-4,
                                        steps=60, batch_size=32),
             corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=48,
+            stages=strong_stage_overrides(max_length=48),
         )
 
 

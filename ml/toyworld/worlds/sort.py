@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from .base import ModelRecipe, Recipe, WeakAlignRecipe, World, tiny_recipe, words
+from .base import ModelRecipe, Recipe, WeakAlignRecipe, World, strong_stage_overrides, tiny_recipe, words
 
 DIGITS = [str(d) for d in range(10)]
 STYLE = "ok"
@@ -97,7 +97,8 @@ class SortWorld(World):
             strong=ModelRecipe(n_layer=4, n_embd=128, n_head=4, steps=500, batch_size=64, lr=2e-3),
             weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=1e-4,
                                        steps=60, batch_size=32),
-            corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=24, max_new_tokens=12,
+            corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=24,
+            stages=strong_stage_overrides(max_length=24), max_new_tokens=12,
         )
 
 

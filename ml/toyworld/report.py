@@ -1,0 +1,416 @@
+"""The toy-world report: everything the paper compares, per world, over seeds.
+
+Per world and seed (each piece cached under OUT/runs/<world>/seed<S>/, so a rerun resumes):
+  build       weak base, weak aligned, strong base, prompts (ml.toyworld.build; cached in the data dir)
+  sweep       on held-out prompts: pi_pre samples, plain pi_post samples and CD samples at each alpha;
+              gold, validity, implicit reward; implicit-vs-gold Pearson on plain pi_post samples
+  pipeline    ml.pipeline.run: strong base, WeakSFT, WSPO, AuxConf, ConG-S, ConG, pi_post on held-out
+              prompts (the paper's recipe, with learning rates scaled for tiny models)
+  cong_filtered  ConG's DPO again with the implicit-reward pair filter (a measured option shown
+              beside the paper's recipe, never instead of it), evaluated the same way
+Then means and 95% intervals over seeds (Student-t; with one seed, the interval is over samples and
+says so), DIR/report.json, DIR/REPORT.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ml.io import read_json, read_prompts, write_json
+from ml.reporter import Reporter, or_null
+from ml.stats import mean_ci
+
+from .build import build
+from .diagnose import verdict
+from .worlds import WORLDS, get_world
+
+STRONG_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
+EXTRA_METHODS = ("cong_filtered",)
+LABELS = {"strong_base": "Strong base", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
+          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "pi_post (weak aligned)",
+          "cong_filtered": "ConG + implicit-reward DPO filter (option)"}
+
+
+@dataclass(kw_only=True)
+class ReportConfig:
+    out: str = field(metadata={"help": "Folder for report.json, REPORT.md, plots and per-run files."})
+    seeds: int = field(default=3, metadata={"help": "Seeds 0..N-1 (each builds its own models)."})
+    worlds: list[str] = field(default_factory=lambda: list(WORLDS), metadata={"help": "Worlds to run."})
+    data_dir: str | None = field(default=None, metadata={"help": "Where builds are cached (default: env "
+                                                                 "CONGWEB_DATA_DIR or ./var/data)."})
+    size: str = field(default="default", metadata={"help": "'default' or 'tiny' (tests only)."})
+    alphas: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                                metadata={"help": "CD alphas of the sweep."})
+    n_samples: int = field(default=3, metadata={"help": "Samples per held-out prompt in the sweep."})
+    cd_alpha: float = field(default=0.4, metadata={"help": "CD alpha of ConG's training data (reference 0.4)."})
+    filtered: bool = field(default=True, metadata={"help": "Also run ConG with the implicit-reward DPO filter."})
+    strong: bool = field(default=True, metadata={"help": "Run the strong-model table (the pipeline)."})
+    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'; None = CUDA when present."})
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise ValueError("seeds must be >= 1")
+        bad = [w for w in self.worlds if w not in WORLDS]
+        if bad or not self.worlds:
+            raise ValueError(f"unknown world(s) {bad}; choose from {', '.join(WORLDS)}")
+        if any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError("alphas must lie in [0, 1]")
+        if self.cd_alpha not in self.alphas:
+            raise ValueError(f"cd_alpha {self.cd_alpha} must be one of the sweep's alphas {self.alphas}")
+        if self.n_samples < 1:
+            raise ValueError("n_samples must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------------
+# One world, one seed
+
+
+def _load_pair(m: dict, device: str | None):
+    from ml.modeling import load_causal_lm, load_tokenizer
+
+    aligned = load_causal_lm(m["models"]["weak_aligned"], device=device)
+    base = load_causal_lm(m["models"]["weak_base"], device=device)
+    return aligned, base, load_tokenizer(m["models"]["weak_aligned"])
+
+
+def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Reporter) -> dict:
+    from ml.gold import get_gold
+    from ml.io import write_jsonl
+
+    from .sweep import run_sweep
+
+    path = run_dir / "sweep.json"
+    if path.exists():
+        return read_json(path)
+    aligned, base, tok = _load_pair(m, cfg.device)
+    s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
+                  gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
+                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, keep_rows=True)
+    if s.get("stopped"):
+        return s
+    rows = s.pop("rows")
+    # Kept for the implicit-vs-gold scatter plot: plain pi_post samples and CD at ConG's alpha.
+    write_jsonl(run_dir / "sweep_samples.jsonl",
+                [{"set": k, **{f: r[f] for f in ("prompt", "response", "gold", "valid", "implicit")}}
+                 for k in ("pre", "plain_post", f"cd_{cfg.cd_alpha:g}") for r in rows[k]])
+    write_json(path, s)
+    return s
+
+
+def _pipeline(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Reporter) -> dict:
+    from ml.pipeline import PipelineConfig, run
+
+    recipe = get_world(m["world"]).recipe(m["size"])
+    st = recipe.stages
+    pc = PipelineConfig(
+        weak_base=m["models"]["weak_base"], weak_aligned=m["models"]["weak_aligned"],
+        strong=m["models"]["strong_base"], train_prompts=m["prompts"]["train"],
+        eval_prompts=m["prompts"]["heldout"], gold=m["gold"], output_dir=str(run_dir / "pipeline"),
+        alpha=cfg.cd_alpha, methods=list(STRONG_METHODS), seed=seed,
+        max_new_tokens=m["generation"]["max_new_tokens"], use_chat_template=False, device=cfg.device,
+        **{k: dict(v) for k, v in st.items()},
+    )
+    return run(pc, reporter)
+
+
+def _cong_filtered(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Reporter) -> dict:
+    """ConG's DPO with filter_by_implicit_reward=True, from the same ConG-S model and the same pairs."""
+    from ml.stages.dpo import DPOStageConfig, dpo
+    from ml.stages.evaluate import EvaluateConfig, evaluate
+
+    pipe = run_dir / "pipeline"
+    st = get_world(m["world"]).recipe(m["size"]).stages
+    d = DPOStageConfig(model=str(pipe / "sft_cong_s" / "model"), output_dir=str(run_dir / "dpo_cong_filtered"),
+                       chosen_data=str(pipe / "cd_generate" / "samples.jsonl"),
+                       rejected_data=str(pipe / "self_sample" / "samples.jsonl"),
+                       filter_by_implicit_reward=True, weak_aligned=m["models"]["weak_aligned"],
+                       weak_base=m["models"]["weak_base"], seed=seed, device=cfg.device, use_chat_template=False,
+                       score_batch_size=64, **st["dpo"])
+    s = dpo(d, reporter)
+    if s.get("stopped"):
+        return s
+    ev = EvaluateConfig(output_dir=str(run_dir / "eval_cong_filtered"), gold=m["gold"], model=s["model_dir"],
+                        prompts=m["prompts"]["heldout"], name="cong_filtered",
+                        max_new_tokens=m["generation"]["max_new_tokens"], seed=seed, device=cfg.device,
+                        use_chat_template=False, weak_aligned=m["models"]["weak_aligned"],
+                        weak_base=m["models"]["weak_base"], **st["evaluate"])
+    out = evaluate(ev, reporter)
+    out["n_pairs_kept"] = s.get("n_pairs")
+    return out
+
+
+def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict:
+    """Build, sweep, pipeline and filtered ConG for one world and seed; cached in seed.json."""
+    rep = or_null(reporter)
+    run_dir = Path(cfg.out) / "runs" / world / f"seed{seed}"
+    done_path = run_dir / "seed.json"
+    if done_path.exists():
+        return read_json(done_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t: dict[str, float] = {}
+    t0 = time.time()
+    m = build(world, seed, cfg.data_dir, reporter=rep, size=cfg.size, device=cfg.device)
+    if m.get("stopped"):
+        return m
+    t["build"] = time.time() - t0
+    t0 = time.time()
+    sweep = _sweep(cfg, m, seed, run_dir, rep)
+    if sweep.get("stopped"):
+        return {"stopped": True}
+    t["sweep"] = time.time() - t0
+    out: dict[str, Any] = {"world": world, "seed": seed, "manifest": m["root"], "sweep": sweep, "strong": {}}
+    if cfg.strong:
+        t0 = time.time()
+        res = _pipeline(cfg, m, seed, run_dir, rep)
+        if res.get("stopped"):
+            return {"stopped": True}
+        for name, row in res["methods"].items():
+            out["strong"][name] = {k: row.get(k) for k in ("gold_mean", "gold_ci", "valid_rate", "implicit_mean", "n",
+                                                           "win_rate_vs_weak_sft")}
+        t["pipeline"] = time.time() - t0
+        if cfg.filtered:
+            t0 = time.time()
+            f = _cong_filtered(cfg, m, seed, run_dir, rep)
+            if f.get("stopped"):
+                return {"stopped": True}
+            out["strong"]["cong_filtered"] = {"gold_mean": f["gold_mean"], "gold_ci": f["gold_ci"],
+                                              "valid_rate": f["valid_rate"], "implicit_mean": f.get("implicit_mean"),
+                                              "n": f["n"], "n_pairs_kept": f.get("n_pairs_kept")}
+            t["cong_filtered"] = time.time() - t0
+        out["cd_chosen_win_rate"] = _chosen_win_rate(m, run_dir)
+    out["seconds"] = {k: round(v, 1) for k, v in t.items()}
+    write_json(done_path, out)
+    return out
+
+
+def _chosen_win_rate(m: dict, run_dir: Path) -> float | None:
+    """Share of ConG's DPO pairs where the CD 'chosen' beats the strong model's own sample by gold."""
+    from ml.gold import get_gold
+    from ml.io import read_jsonl
+
+    pipe = run_dir / "pipeline"
+    cd, own = pipe / "cd_generate" / "samples.jsonl", pipe / "self_sample" / "samples.jsonl"
+    if not (cd.exists() and own.exists()):
+        return None
+    g = get_gold(m["gold"])
+    own_by = {(r["prompt"]): r["response"] for r in read_jsonl(own)}
+    scores = []
+    for r in read_jsonl(cd):
+        if r["prompt"] in own_by:
+            a, b = g(r["prompt"], r["response"]), g(r["prompt"], own_by[r["prompt"]])
+            scores.append(1.0 if a > b else 0.5 if a == b else 0.0)
+    return sum(scores) / len(scores) if scores else None
+
+
+# ------------------------------------------------------------------------------------------------
+# Aggregation over seeds
+
+
+def _over_seeds(values: list[float], fallback_ci: list[float] | None = None) -> tuple[float, list[float], str]:
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if len(vals) >= 2:
+        s = mean_ci(vals)
+        return s.mean, [s.lo, s.hi], "seeds"
+    if len(vals) == 1:
+        return vals[0], list(fallback_ci or [vals[0], vals[0]]), "samples"
+    return float("nan"), [float("nan"), float("nan")], "none"
+
+
+def _agg(rows: list[dict]) -> dict:
+    mean, ci, over = _over_seeds([r["gold_mean"] for r in rows], rows[0]["gold_ci"] if len(rows) == 1 else None)
+    imp = [r.get("implicit_mean") for r in rows if r.get("implicit_mean") is not None]
+    return {"gold_mean": mean, "gold_ci": ci, "ci_over": over,
+            "valid_rate": sum(r["valid_rate"] for r in rows) / len(rows),
+            "implicit_mean": sum(imp) / len(imp) if imp else None,
+            "per_seed": [r["gold_mean"] for r in rows]}
+
+
+def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any]:
+    w: dict[str, Any] = {"description": get_world(world).description, "seeds": [s["seed"] for s in seeds]}
+    w["pre"] = _agg([s["sweep"]["pre"] for s in seeds])
+    w["plain_post"] = _agg([s["sweep"]["plain_post"] for s in seeds])
+    w["alpha_sweep"] = []
+    for i, a in enumerate(cfg.alphas):
+        w["alpha_sweep"].append({"alpha": a, **_agg([s["sweep"]["cd"][i] for s in seeds])})
+    r_mean, r_ci, r_over = _over_seeds([s["sweep"]["implicit_gold_pearson"] for s in seeds])
+    w["implicit_gold_pearson"] = r_mean
+    w["implicit_gold_pearson_ci"] = r_ci
+    w["implicit_gold_pearson_per_seed"] = [s["sweep"]["implicit_gold_pearson"] for s in seeds]
+    if seeds[0]["strong"]:
+        w["strong"] = {k: _agg([s["strong"][k] for s in seeds]) for k in (*STRONG_METHODS, *EXTRA_METHODS)
+                       if all(k in s["strong"] for s in seeds)}
+        cw = [s.get("cd_chosen_win_rate") for s in seeds if s.get("cd_chosen_win_rate") is not None]
+        w["cong_dpo_chosen_win_rate"] = sum(cw) / len(cw) if cw else None
+    else:
+        w["strong"] = {}
+    # The verdict the pre-flight diagnostic gives on the pooled sweep, and per seed.
+    # Over seeds the intervals are Student-t over per-seed means, so this verdict is the conservative one.
+    w["verdict"] = verdict({"plain_post": w["plain_post"], "cd": w["alpha_sweep"], "implicit_gold_pearson": r_mean},
+                           cfg.cd_alpha)
+    w["verdict_per_seed"] = [verdict(s["sweep"], cfg.cd_alpha)["verdict"] for s in seeds]
+    w["seconds_per_seed"] = [s.get("seconds", {}) for s in seeds]
+    return w
+
+
+def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "") -> dict[str, Any]:
+    rep = or_null(reporter)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    result: dict[str, Any] = {"config": asdict(cfg), "command": command, "worlds": {}}
+    for world in cfg.worlds:
+        seeds = []
+        for seed in range(cfg.seeds):
+            rep.log(f"toyworld report: {world} seed {seed}")
+            s = run_seed(cfg, world, seed, rep)
+            if s.get("stopped"):
+                return {"stopped": True, "world": world, "seed": seed}
+            seeds.append(s)
+        result["worlds"][world] = aggregate(world, seeds, cfg)
+    result["seconds"] = round(time.time() - t0, 1)
+    write_json(out / "report.json", result)
+    plots = make_plots(result, out)
+    (out / "REPORT.md").write_text(markdown(result, plots), encoding="utf-8")
+    rep.log(f"toyworld report: {out / 'REPORT.md'}")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Output
+
+
+def _f(x: Any, d: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:+.{d}f}" if isinstance(x, float) else str(x)
+
+
+def _ci(c: list[float]) -> str:
+    return f"[{_f(c[0])}, {_f(c[1])}]"
+
+
+def markdown(result: dict, plots: dict[str, list[str]] | None = None) -> str:
+    cfg = result["config"]
+    lines = ["# Toy-world report", ""]
+    if result.get("command"):
+        lines += ["Made by:", "", f"    {result['command']}", ""]
+    lines += [f"Seeds: {cfg['seeds']}; sweep: {cfg['n_samples']} samples per held-out prompt; ConG trains on CD at "
+              f"alpha {cfg['cd_alpha']}. Intervals are 95% Student-t over seeds (with one seed: over samples). "
+              "Gold rewards are the worlds' programmatic judges; implicit reward = sum over response tokens of "
+              "log pi_post - log pi_pre.", ""]
+    for name, w in result["worlds"].items():
+        lines += [f"## {name}", "", f"_{w['description']}_", ""]
+        lines += ["### Weak pair: alpha sweep on held-out prompts", "",
+                  "| Samples | Gold mean | 95% CI | Valid | Implicit reward |", "|---|---:|---|---:|---:|"]
+        for label, row in (("pi_pre", w["pre"]), ("plain pi_post", w["plain_post"])):
+            lines.append(f"| {label} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | "
+                         f"{_f(row['implicit_mean'], 2)} |")
+        for row in w["alpha_sweep"]:
+            lines.append(f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
+                         f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |")
+        lines += ["", f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
+                      f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
+                      f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).", "",
+                  f"Pre-flight verdict: **{w['verdict']['verdict']}** — {w['verdict']['message']} "
+                  f"(per seed: {', '.join(w['verdict_per_seed'])})", ""]
+        if w.get("strong"):
+            lines += ["### Strong model on held-out prompts", "",
+                      "| Method | Gold mean | 95% CI | Valid | per seed |", "|---|---:|---|---:|---|"]
+            for k, row in w["strong"].items():
+                lines.append(f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
+                             f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |")
+            if w.get("cong_dpo_chosen_win_rate") is not None:
+                lines += ["", f"In ConG's DPO pairs the CD 'chosen' response beat the ConG-S model's own sample by "
+                              f"gold in {w['cong_dpo_chosen_win_rate']:.0%} of pairs (ties half)."]
+            lines.append("")
+        for p in (plots or {}).get(name, []):
+            lines += [f"![{Path(p).stem}]({p})", ""]
+        secs = w.get("seconds_per_seed") or []
+        if secs:
+            lines += ["Seconds per seed: " + "; ".join(
+                ", ".join(f"{k} {v:.0f}" for k, v in s.items()) for s in secs), ""]
+    lines += [f"Total wall time: {result.get('seconds', 0):.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
+    """PNG plots per world; returns {world: [relative paths]}. Skipped (empty) without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    from ml.io import read_jsonl
+
+    made: dict[str, list[str]] = {}
+    for name, w in result["worlds"].items():
+        files = []
+        # 1. gold and implicit reward vs alpha
+        fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+        xs = [r["alpha"] for r in w["alpha_sweep"]]
+        for i, (key, title) in enumerate((("gold", "gold reward"), ("implicit", "implicit reward"))):
+            if key == "gold":
+                ys = [r["gold_mean"] for r in w["alpha_sweep"]]
+                lo = [r["gold_ci"][0] for r in w["alpha_sweep"]]
+                hi = [r["gold_ci"][1] for r in w["alpha_sweep"]]
+                ax[i].fill_between(xs, lo, hi, alpha=0.2)
+                ax[i].axhline(w["plain_post"]["gold_mean"], color="C1", ls="--", label="plain pi_post")
+                ax[i].axhline(w["pre"]["gold_mean"], color="C2", ls=":", label="pi_pre")
+            else:
+                ys = [r["implicit_mean"] for r in w["alpha_sweep"]]
+                ax[i].axhline(w["plain_post"]["implicit_mean"], color="C1", ls="--", label="plain pi_post")
+                ax[i].axhline(w["pre"]["implicit_mean"], color="C2", ls=":", label="pi_pre")
+            ax[i].plot(xs, ys, "o-", label="CD")
+            ax[i].set_xlabel("alpha")
+            ax[i].set_title(f"{name}: {title}")
+            ax[i].legend(fontsize=7)
+        fig.tight_layout()
+        files.append(_save(fig, out / f"{name}_alpha.png", out))
+        plt.close(fig)
+        # 2. implicit vs gold scatter (seed 0 samples)
+        samples = Path(result["config"]["out"]) / "runs" / name / f"seed{w['seeds'][0]}" / "sweep_samples.jsonl"
+        if samples.exists():
+            rows = read_jsonl(samples)
+            fig, ax = plt.subplots(figsize=(4.5, 3.6))
+            for k, (setname, color) in enumerate((("plain_post", "C1"), (f"cd_{result['config']['cd_alpha']:g}", "C0"))):
+                pts = [(r["implicit"], r["gold"]) for r in rows if r["set"] == setname]
+                if pts:
+                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.4, color=color,
+                               label=setname.replace("_", " "))
+            ax.set_xlabel("implicit reward (sum log pi_post/pi_pre)")
+            ax.set_ylabel("gold reward")
+            ax.set_title(f"{name}: implicit vs gold (seed {w['seeds'][0]})")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            files.append(_save(fig, out / f"{name}_scatter.png", out))
+            plt.close(fig)
+        # 3. strong-model bars
+        if w.get("strong"):
+            keys = list(w["strong"])
+            fig, ax = plt.subplots(figsize=(8, 3.4))
+            means = [w["strong"][k]["gold_mean"] for k in keys]
+            err = [[m - w["strong"][k]["gold_ci"][0] for k, m in zip(keys, means)],
+                   [w["strong"][k]["gold_ci"][1] - m for k, m in zip(keys, means)]]
+            ax.bar(range(len(keys)), means, yerr=err, capsize=3,
+                   color=["C0" if k.startswith("cong") else "C7" for k in keys])
+            ax.set_xticks(range(len(keys)), [LABELS.get(k, k).split(" (")[0] for k in keys], rotation=20,
+                          fontsize=7)
+            ax.set_ylabel("gold reward")
+            ax.set_title(f"{name}: strong model on held-out prompts")
+            ax.axhline(0, color="k", lw=0.5)
+            fig.tight_layout()
+            files.append(_save(fig, out / f"{name}_strong.png", out))
+            plt.close(fig)
+        made[name] = files
+    return made
+
+
+def _save(fig, path: Path, root: Path) -> str:
+    fig.savefig(path, dpi=110)
+    return str(path.relative_to(root))

@@ -1,0 +1,21 @@
+"""The toyworld subcommands are registered in ``python -m ml`` and parse."""
+
+from ml.cli import build_parser
+
+
+def test_toyworld_subcommands_parse():
+    p = build_parser()
+    a = p.parse_args(["toyworld", "build", "--world", "sort", "--seed", "2", "--size", "tiny"])
+    assert a.world == ["sort"] and a.seed == 2 and callable(a.func)
+    a = p.parse_args(["toyworld", "report", "--seeds", "1", "--out", "x", "--worlds", "review", "sort"])
+    assert a.worlds == ["review", "sort"] and a.seeds == 1
+    a = p.parse_args(["toyworld", "diagnose", "--world", "review"])
+    assert a.world == "review" and a.n == 2
+
+
+def test_build_cli_tiny(tmp_path, capsys):
+    from ml.cli import main
+
+    assert main(["toyworld", "build", "--world", "sort", "--size", "tiny", "--data-dir", str(tmp_path),
+                 "--quiet"]) == 0
+    assert "manifest.json" in capsys.readouterr().out

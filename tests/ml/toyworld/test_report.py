@@ -1,0 +1,68 @@
+"""The report end to end on the tiny build (numbers meaningless; shape and files checked), and the
+pre-flight verdict logic on hand-made sweeps."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from ml.toyworld.diagnose import LOWERS, NO_GAIN, RAISES, preflight, verdict
+from ml.toyworld.report import STRONG_METHODS, ReportConfig, report
+
+
+def _sweep(plain, cd04, half=0.02, r=0.4):
+    row = lambda g: {"gold_mean": g, "gold_ci": [g - half, g + half], "n": 600, "valid_rate": 1.0}
+    return {"plain_post": row(plain), "cd": [{"alpha": 0.0, **row(cd04)}, {"alpha": 0.4, **row(cd04)},
+                                             {"alpha": 1.0, **row(plain)}],
+            "implicit_gold_pearson": r}
+
+
+def test_verdicts():
+    v = verdict(_sweep(-0.10, 0.05))
+    assert v["verdict"] == RAISES and v["message"].startswith("CD raises gold reward here")
+    v = verdict(_sweep(1.09, 0.96, r=-0.9))
+    assert v["verdict"] == LOWERS and "shortcut" in v["message"] and "negative correlation" in v["message"]
+    v = verdict(_sweep(0.23, 0.22, r=0.67))
+    assert v["verdict"] == NO_GAIN and v["message"].startswith("CD does not raise gold reward here")
+    assert v["gold_gain"] == pytest.approx(-0.01)
+    with pytest.raises(ValueError, match="alpha"):
+        verdict(_sweep(0, 0), decision_alpha=0.2)
+
+
+def test_preflight_on_tiny_pair(tiny_review):
+    from ml.io import read_prompts
+    from ml.modeling import load_causal_lm, load_tokenizer
+
+    m = tiny_review
+    aligned = load_causal_lm(m["models"]["weak_aligned"], device="cpu")
+    base = load_causal_lm(m["models"]["weak_base"], device="cpu")
+    out = preflight(aligned, base, load_tokenizer(m["models"]["weak_aligned"]),
+                    read_prompts(m["prompts"]["heldout"], 6), "toy:review", alphas=(0.0, 1.0), n=2,
+                    max_new_tokens=12)
+    assert out["verdict"] in (RAISES, NO_GAIN, LOWERS)
+    assert [c["alpha"] for c in out["sweep"]["cd"]] == [0.0, 0.4, 1.0]  # decision alpha added
+    assert out["sweep"]["plain_post"]["n"] == 12
+
+
+def test_report_tiny_end_to_end(tiny_review, tmp_path):
+    data_dir = Path(tiny_review["root"]).parents[2]
+    cfg = ReportConfig(out=str(tmp_path / "rep"), seeds=1, worlds=["review"], data_dir=str(data_dir),
+                       size="tiny", alphas=[0.0, 0.4, 1.0], n_samples=1)
+    res = report(cfg, command="test")
+    on_disk = json.loads((tmp_path / "rep" / "report.json").read_text())
+    w = on_disk["worlds"]["review"]
+    assert [r["alpha"] for r in w["alpha_sweep"]] == [0.0, 0.4, 1.0]
+    for row in [*w["alpha_sweep"], w["plain_post"], w["pre"]]:
+        assert {"gold_mean", "gold_ci", "implicit_mean", "valid_rate"} <= set(row)
+        assert math.isfinite(row["gold_mean"])
+    assert set(STRONG_METHODS) | {"cong_filtered"} == set(w["strong"])
+    for row in w["strong"].values():
+        assert {"gold_mean", "gold_ci", "valid_rate"} <= set(row)
+    assert isinstance(w["implicit_gold_pearson"], float)
+    assert w["verdict"]["verdict"] in (RAISES, NO_GAIN, LOWERS)
+    md = (tmp_path / "rep" / "REPORT.md").read_text()
+    assert "## review" in md and "ConG-S" in md
+    for png in ("review_alpha.png", "review_scatter.png", "review_strong.png"):
+        assert (tmp_path / "rep" / png).stat().st_size > 1000
+    assert res["worlds"]["review"]["strong"]["cong"]["gold_mean"] == w["strong"]["cong"]["gold_mean"]
