@@ -35,7 +35,7 @@ S = Job.Status
 
 # --- what a job may ask for ------------------------------------------------------------------------
 TRAIN_METHODS = ("sft", "dpo", "wspo", "weak_sft", "auxconf")
-CONG_METHODS = ("cong", "cong_s", "weak_sft", "wspo", "auxconf")
+CONG_METHODS = ("cong", "cong_s", "weak_sft", "wspo", "auxconf", "strong_base", "weak_post")
 DEFAULT_CONG_METHODS = ["cong_s", "cong"]
 DEFAULT_SWEEP_ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
@@ -54,7 +54,7 @@ WEAK_PAIR_METHODS = ("dpo", "wspo", "weak_sft", "auxconf", "sft")
 # Generic params (validated here); the runner maps them onto the stage configs. A key named after a
 # stage (e.g. "sft": {...}) holds raw overrides for that stage's config dataclass.
 INT_PARAMS = {"max_prompts": 1, "batch_size": 1, "max_new_tokens": 1, "seed": 0, "k": 2, "epochs": 1,
-              "eval_prompts": 1}
+              "max_eval_prompts": 1}
 FLOAT_PARAMS = {"relative_top": (0.0, 1.0), "temperature": (0.0, None), "top_p": (0.0, 1.0),
                 "repetition_penalty": (0.0, None), "learning_rate": (0.0, None), "beta": (0.0, None)}
 BOOL_PARAMS = ("do_sample", "greedy", "plain")
@@ -234,7 +234,7 @@ def _model_ref(m: ModelEntry) -> dict[str, Any]:
 def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = None, strong: Any = None,
                prompts: Any = None, alpha: Any = None, method: str | None = None,
                methods: list[str] | None = None, params: dict[str, Any] | None = None,
-               max_attempts: int | None = None) -> Job:
+               eval_prompts: Any = None, max_attempts: int | None = None) -> Job:
     """Validate a job request, store the Job with its full config, and send it to a worker on commit."""
     errors: dict[str, list[str]] = {}
 
@@ -284,8 +284,17 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
             f"weak models {wb.name!r} and {wa.name!r} do not share a vocabulary (tokenizer fingerprints "
             f"{wb.vocab_fingerprint or '?'} vs {wa.vocab_fingerprint or '?'}); contrastive decoding needs "
             "a weak pair from the same family")
-    if ds is not None and kind in (Job.Kind.WEAK_ALIGN, Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP) \
-            and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
+    eval_ds = None
+    if kind in (Job.Kind.CONG, Job.Kind.TRAIN):
+        if eval_prompts not in (None, ""):
+            eval_ds = collect(_pick_dataset, user, eval_prompts, "eval_prompts")
+        elif ds is not None and ds.name.endswith("-train"):
+            # Toy worlds register <tag>-train and <tag>-heldout: evaluate on the held-out split.
+            eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[:-len("-train")] + "-heldout").first()
+    elif eval_prompts not in (None, ""):
+        errors["eval_prompts"] = ["eval_prompts is only used by kind=cong and kind=train"]
+    needs_gold = (Job.Kind.WEAK_ALIGN, Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP, Job.Kind.CONG, Job.Kind.TRAIN)
+    if ds is not None and kind in needs_gold and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
         errors.setdefault("prompts", []).append(
             f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)")
     if errors:
@@ -298,6 +307,9 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
     if ds is not None:
         config["prompts"] = {"id": ds.pk, "name": ds.name, "path": ds.path, "kind": ds.kind, "gold": ds.gold,
                              "row_count": ds.row_count}
+    if eval_ds is not None:
+        config["eval_prompts"] = {"id": eval_ds.pk, "name": eval_ds.name, "path": eval_ds.path,
+                                  "row_count": eval_ds.row_count}
     attempts = max_attempts or getattr(settings, "JOB_MAX_ATTEMPTS", 3)
     with transaction.atomic():
         job = Job.objects.create(owner=user, kind=kind, config=config, max_attempts=attempts)

@@ -54,6 +54,9 @@ class JobCreateSerializer(serializers.Serializer):
     weak_aligned = serializers.JSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
     strong = serializers.JSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
     prompts = serializers.JSONField(required=False, allow_null=True, help_text="Dataset id.")
+    eval_prompts = serializers.JSONField(required=False, allow_null=True,
+                                         help_text="kind=cong/train: held-out dataset id (default: the toy "
+                                                   "world's -heldout split, else the training prompts).")
     alpha = serializers.JSONField(required=False, allow_null=True, help_text="CD alpha in [0, 1] (default 0.4).")
     method = serializers.CharField(required=False, allow_null=True, allow_blank=True,
                                    help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}.")

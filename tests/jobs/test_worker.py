@@ -1,0 +1,43 @@
+"""A real Celery worker process (prefork, -c 1) on the real Redis runs a tiny cd_generate job end to end:
+the API creates the job, the worker claims it, generates, mirrors pairs and reports events."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from jobs import services
+from jobs.models import GeneratedPair, Job
+
+from .conftest import make_prompts, wait_for
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, user, weak_pair):
+    ds = services.dataset_create(name="p", chunks=[make_prompts(6)], owner=user)
+    wb, wa = weak_pair
+    c = APIClient()
+    c.force_authenticate(user)
+    res = c.post("/api/v1/jobs/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
+                                   "prompts": ds.pk, "alpha": 0.3,
+                                   "params": {"max_new_tokens": 4, "batch_size": 2}}, format="json")
+    assert res.status_code == 201, res.json()
+    job_id = res.json()["id"]
+    job = wait_for(lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(), 90,
+                   what=f"job to finish; worker log:\n{celery_worker_proc.tail()}")
+    assert job.status == "succeeded", (job.error, celery_worker_proc.tail())
+    assert job.attempts == 1 and job.progress == 1.0
+    pairs = GeneratedPair.objects.filter(job=job).order_by("prompt_index")
+    assert [p.prompt_index for p in pairs] == list(range(6))
+    assert all(p.alpha == 0.3 and p.implicit_reward is not None for p in pairs)
+    assert pairs[0].prompt == "the movie 0 was"
+    events = c.get(f"/api/v1/jobs/{job_id}/events/").json()
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    statuses = [e["data"]["status"] for e in events if e["type"] == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and progress[-1]["data"]["done"] == progress[-1]["data"]["total"]
+    assert job.results["n"] == 6 if "n" in job.results else True
+    assert c.get(f"/api/v1/jobs/{job_id}/results/").json()["artifacts"][0]["kind"] == "samples"
