@@ -1,5 +1,24 @@
+"""Server-rendered pages. Thin: reads through jobs.selectors / jobs.page_selectors, writes through
+jobs.services; a job the user may not see is a 404, exactly as in the API."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
 from django.db import connection
-from django.http import JsonResponse
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from jobs import page_selectors, selectors, services
+from jobs.forms import JobForm
+from jobs.models import GeneratedPair, Job
+
+# Events embedded in the job page; the page fetches the rest from the API (events?after=).
+INITIAL_EVENTS = 2000
+API = "/api/v1"
 
 
 def healthz(request):
@@ -7,3 +26,117 @@ def healthz(request):
     with connection.cursor() as cur:
         cur.execute("SELECT 1")
     return JsonResponse({"ok": True})
+
+
+def _job_or_404(user, job_id) -> Job:
+    job = selectors.job_get(user=user, job_id=job_id)
+    if job is None:
+        raise Http404("no such job")
+    return job
+
+
+@login_required
+def dashboard(request):
+    jobs = selectors.job_list(user=request.user, status=request.GET.get("status") or None)[:200]
+    active = any(j.status in Job.ACTIVE for j in jobs)
+    return render(request, "jobs/dashboard.html", {"jobs": jobs, "active": active,
+                                                   "status_filter": request.GET.get("status", ""),
+                                                   "statuses": Job.Status.choices})
+
+
+@login_required
+def job_new(request):
+    presets = page_selectors.job_presets(user=request.user)
+    if request.method == "POST":
+        form = JobForm(request.POST, user=request.user)
+        if form.is_valid():
+            try:
+                job = services.job_create(user=request.user, **form.service_kwargs())
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Job {job.pk} queued.")
+                return redirect("job_detail", job_id=job.pk)
+    else:
+        initial = {}
+        chosen = next((p for p in presets if p["name"] == request.GET.get("preset")), None)
+        if chosen:
+            req = chosen["request"]
+            initial = {k: req[k] for k in ("kind", "weak_base", "weak_aligned", "strong", "prompts", "alpha",
+                                           "methods", "method") if req.get(k) is not None}
+            initial.update({k: v for k, v in (req.get("params") or {}).items()
+                            if k in ("max_prompts", "max_new_tokens", "seed")})
+        form = JobForm(user=request.user, initial=initial or None)
+    return render(request, "jobs/job_new.html", {"form": form, "presets": presets},
+                  status=400 if request.method == "POST" else 200)
+
+
+@login_required
+def job_detail(request, job_id: int):
+    job = _job_or_404(request.user, job_id)
+    events = [e.as_message() for e in selectors.job_events(job=job, after=0, limit=INITIAL_EVENTS)]
+    live = {
+        "job_id": job.pk, "status": job.status, "finished": job.is_finished, "events": events,
+        "events_url": f"{API}/jobs/{job.pk}/events/", "ws_path": f"/ws/jobs/{job.pk}/",
+        "cancel_url": f"{API}/jobs/{job.pk}/cancel/", "retry_url": f"{API}/jobs/{job.pk}/retry/",
+        "sweep": page_selectors.alpha_sweep(job.results),
+        "points": page_selectors.pair_points(job=job),
+    }
+    return render(request, "jobs/job_detail.html", {
+        "job": job, "live": live, "models": page_selectors.job_models(job),
+        "results": page_selectors.results_table(job.results),
+        "pair_count": GeneratedPair.objects.filter(job=job).count(),
+        "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
+        "can_retry": job.status in (Job.Status.FAILED, Job.Status.CANCELLED),
+    })
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id: int):
+    """Fallback for browsers without JavaScript; the page's buttons POST to the API."""
+    job = _job_or_404(request.user, job_id)
+    try:
+        services.job_cancel(job=job, user=request.user)
+        messages.info(request, "Cancel requested.")
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    return redirect("job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_retry(request, job_id: int):
+    job = _job_or_404(request.user, job_id)
+    try:
+        services.job_retry(job=job, user=request.user)
+        messages.info(request, "Job queued again.")
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    return redirect("job_detail", job_id=job.pk)
+
+
+@login_required
+def compare(request):
+    a_id, b_id = request.GET.get("a"), request.GET.get("b")
+    choices = selectors.job_list(user=request.user)[:200]
+    if not a_id or not b_id:
+        return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id or "", "b_id": b_id or ""})
+    sides = []
+    for job in (_job_or_404(request.user, a_id), _job_or_404(request.user, b_id)):
+        sides.append({"job": job, "models": page_selectors.job_models(job),
+                      "results": page_selectors.results_table(job.results),
+                      "url": reverse("job_detail", args=[job.pk])})
+    # One merged table: each method once, both jobs' gold mean side by side.
+    methods = list(dict.fromkeys(r["method"] for s in sides for r in s["results"]))
+    merged = []
+    for m in methods:
+        a = next((r for r in sides[0]["results"] if r["method"] == m), None)
+        b = next((r for r in sides[1]["results"] if r["method"] == m), None)
+        diff = (b["gold_mean"] - a["gold_mean"]) if a and b and a["gold_mean"] is not None \
+            and b["gold_mean"] is not None else None
+        merged.append({"method": m, "a": a, "b": b, "diff": diff})
+    sweeps = {"a": page_selectors.alpha_sweep(sides[0]["job"].results),
+              "b": page_selectors.alpha_sweep(sides[1]["job"].results)}
+    return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id, "b_id": b_id, "sides": sides,
+                                                 "merged": merged, "sweeps": sweeps})

@@ -1,0 +1,275 @@
+"""Django admin: the review desk for generated pairs, and read-mostly views of everything else.
+
+Every review (bulk approve/reject, the change form's buttons, editing the chosen text) goes through
+jobs.services.pair_review, which records the reviewer and the time. Models and datasets are registered
+through the API/services (path and file checks), so the admin does not add them.
+"""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.text import Truncator
+
+from jobs import services
+from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+
+LIST_CHARS = 220  # how much of each text the pair list shows
+
+
+def _cell(text: str | None, chars: int = LIST_CHARS):
+    if text is None or text == "":
+        return format_html('<span class="pair-empty">-</span>')
+    return format_html('<div class="pair-cell" title="{}">{}</div>', text[:2000], Truncator(text).chars(chars))
+
+
+# --- reward range filters ------------------------------------------------------------------------------
+class RewardRangeFilter(admin.SimpleListFilter):
+    """Filter a float field by range. Choices are the quartiles of the stored values (so they fit any
+    reward scale); the URL value is ``lo:hi`` (lo <= x < hi, either end may be empty), so any range can
+    also be typed into the address bar, and ``none`` selects rows without a value."""
+
+    field_name = ""
+
+    def _quartiles(self, qs: QuerySet) -> list[float]:
+        vals = qs.exclude(**{f"{self.field_name}__isnull": True}).order_by(self.field_name)
+        n = vals.count()
+        if n == 0:
+            return []
+        edges = []
+        for q in (0.25, 0.5, 0.75):
+            v = vals.values_list(self.field_name, flat=True)[int(q * (n - 1))]
+            edges.append(round(float(v), 2))
+        return sorted(set(edges))
+
+    def lookups(self, request, model_admin):
+        edges = self._quartiles(model_admin.get_queryset(request))
+        out = []
+        if edges:
+            out.append((f":{edges[0]}", f"< {edges[0]}"))
+            out += [(f"{a}:{b}", f"{a} to {b}") for a, b in zip(edges, edges[1:])]
+            out.append((f"{edges[-1]}:", f">= {edges[-1]}"))
+        out.append(("none", "no value"))
+        return out
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        if value == "none":
+            return queryset.filter(**{f"{self.field_name}__isnull": True})
+        lo, _, hi = value.partition(":")
+        try:
+            if lo.strip():
+                queryset = queryset.filter(**{f"{self.field_name}__gte": float(lo)})
+            if hi.strip():
+                queryset = queryset.filter(**{f"{self.field_name}__lt": float(hi)})
+        except ValueError:
+            messages.error(request, f"{self.title}: give a range as lo:hi, e.g. 0:1.5 (got {value!r})")
+            return queryset.none()
+        return queryset
+
+
+class ImplicitRewardFilter(RewardRangeFilter):
+    title = "implicit reward"
+    parameter_name = "implicit"
+    field_name = "implicit_reward"
+
+
+class GoldRewardFilter(RewardRangeFilter):
+    title = "gold reward"
+    parameter_name = "gold"
+    field_name = "gold_reward"
+
+
+# --- generated pairs ------------------------------------------------------------------------------------
+@admin.register(GeneratedPair)
+class GeneratedPairAdmin(admin.ModelAdmin):
+    list_display = ("id", "job_link", "prompt_col", "chosen_col", "plain_col", "rejected_col", "implicit_col",
+                    "gold_col", "review_status", "reviewer")
+    list_display_links = ("id",)
+    list_filter = ("job", "review_status", ImplicitRewardFilter, GoldRewardFilter)
+    search_fields = ("prompt", "chosen")
+    list_select_related = ("job", "reviewer")
+    list_per_page = 50
+    actions = ("approve_pairs", "reject_pairs")
+    readonly_fields = ("job", "prompt_index", "alpha", "implicit_reward", "gold_reward", "review_status", "reviewer",
+                       "reviewed_at")
+    fieldsets = (
+        ("Review", {"fields": ("edited_text",),
+                    "description": "Saving a changed text marks the pair as edited; exports then use it as chosen."}),
+        ("Scores and status", {"fields": (("implicit_reward", "gold_reward", "alpha"),
+                                          ("review_status", "reviewer", "reviewed_at"), ("job", "prompt_index"))}),
+    )
+    change_form_template = "admin/jobs/generatedpair/change_form.html"
+
+    class Media:
+        css = {"all": ("jobs/admin.css",)}
+
+    def has_add_permission(self, request):
+        return False  # pairs come from jobs
+
+    @admin.display(description="job", ordering="job")
+    def job_link(self, obj):
+        return format_html('<a href="{}">{}</a>', reverse("job_detail", args=[obj.job_id]), obj.job_id)
+
+    @admin.display(description="prompt")
+    def prompt_col(self, obj):
+        return _cell(obj.prompt)
+
+    @admin.display(description="chosen (CD)")
+    def chosen_col(self, obj):
+        if obj.review_status == GeneratedPair.Review.EDITED and obj.edited_text:
+            return format_html('{}<span class="pair-note">edited</span>', _cell(obj.edited_text))
+        return _cell(obj.chosen)
+
+    @admin.display(description="plain pi_post")
+    def plain_col(self, obj):
+        return _cell(obj.plain)
+
+    @admin.display(description="rejected")
+    def rejected_col(self, obj):
+        return _cell(obj.rejected)
+
+    @admin.display(description="implicit", ordering="implicit_reward")
+    def implicit_col(self, obj):
+        return "-" if obj.implicit_reward is None else f"{obj.implicit_reward:.3f}"
+
+    @admin.display(description="gold", ordering="gold_reward")
+    def gold_col(self, obj):
+        return "-" if obj.gold_reward is None else f"{obj.gold_reward:.3f}"
+
+    def _review(self, request, queryset, action: str) -> None:
+        n = 0
+        for pair in queryset:
+            services.pair_review(pair=pair, user=request.user, action=action)
+            n += 1
+        self.message_user(request, f"{n} pair(s) {action}d.", messages.SUCCESS)
+
+    @admin.action(description="Approve selected pairs")
+    def approve_pairs(self, request, queryset):
+        self._review(request, queryset, "approve")
+
+    @admin.action(description="Reject selected pairs")
+    def reject_pairs(self, request, queryset):
+        self._review(request, queryset, "reject")
+
+    def save_model(self, request, obj, form, change):
+        """The form only edits the text; approve/reject buttons and edits go through the service."""
+        try:
+            if "_approve" in request.POST:
+                services.pair_review(pair=obj, user=request.user, action="approve")
+            elif "_reject" in request.POST:
+                services.pair_review(pair=obj, user=request.user, action="reject")
+            elif "edited_text" in form.changed_data and (obj.edited_text or "").strip():
+                services.pair_review(pair=obj, user=request.user, action="edit", edited_text=obj.edited_text)
+            elif "edited_text" in form.changed_data:  # cleared: keep the text, leave the review as it was
+                obj.save(update_fields=["edited_text"])
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra_context = dict(extra_context or {})
+        if object_id:
+            extra_context["pair"] = self.get_object(request, object_id)
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+
+# --- jobs and the rest (read-mostly) ----------------------------------------------------------------------
+class ArtifactInline(admin.TabularInline):
+    model = Artifact
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("stage", "kind", "path", "partial", "created")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ("id", "owner", "kind", "status", "stage", "progress_pct", "attempts", "created", "finished",
+                    "links")
+    list_filter = ("status", "kind")
+    search_fields = ("owner__username", "error")
+    list_select_related = ("owner",)
+    actions = ("cancel_jobs",)
+    inlines = (ArtifactInline,)
+    readonly_fields = ("owner", "kind", "config", "status", "stage", "progress", "attempts", "max_attempts", "error",
+                       "heartbeat_at", "task_id", "worker", "cancel_requested", "created", "started", "finished",
+                       "results", "partial", "links")
+
+    def has_add_permission(self, request):
+        return False  # jobs are created through the pages/API (jobs.services.job_create)
+
+    @admin.display(description="progress")
+    def progress_pct(self, obj):
+        return f"{obj.progress * 100:.0f}%"
+
+    @admin.display(description="links")
+    def links(self, obj):
+        events = reverse("admin:jobs_jobevent_changelist") + f"?job__id__exact={obj.pk}"
+        pairs = reverse("admin:jobs_generatedpair_changelist") + f"?job__id__exact={obj.pk}"
+        return format_html('<a href="{}">page</a> · <a href="{}">events</a> · <a href="{}">pairs</a>',
+                           reverse("job_detail", args=[obj.pk]), events, pairs)
+
+    @admin.action(description="Cancel selected jobs")
+    def cancel_jobs(self, request, queryset):
+        for job in queryset:
+            try:
+                services.job_cancel(job=job, user=request.user)
+            except ValidationError as exc:
+                self.message_user(request, f"job {job.pk}: {'; '.join(exc.messages)}", messages.WARNING)
+
+
+@admin.register(JobEvent)
+class JobEventAdmin(admin.ModelAdmin):
+    list_display = ("job", "seq", "type", "created", "short")
+    list_filter = ("type",)
+    list_select_related = ("job",)
+    readonly_fields = ("job", "seq", "type", "data", "created")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="data")
+    def short(self, obj):
+        return Truncator(str(obj.data)).chars(160)
+
+
+@admin.register(ModelEntry)
+class ModelEntryAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "family", "owner", "path", "vocab_fingerprint", "created")
+    list_filter = ("kind", "family")
+    search_fields = ("name", "path")
+    readonly_fields = ("path", "vocab_fingerprint", "created")
+
+    def has_add_permission(self, request):
+        return False  # register through the API / jobs.services.model_register (path checks)
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "row_count", "gold", "owner", "created")
+    list_filter = ("kind",)
+    search_fields = ("name",)
+    readonly_fields = ("path", "row_count", "created")
+
+    def has_add_permission(self, request):
+        return False  # upload through the API / jobs.services.dataset_create (file validation)
+
+
+@admin.register(Artifact)
+class ArtifactAdmin(admin.ModelAdmin):
+    list_display = ("job", "stage", "kind", "path", "partial", "created")
+    list_filter = ("kind", "partial")
+    readonly_fields = ("job", "stage", "kind", "path", "partial", "created")
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,141 @@
+"""Read-only shaping of stored data for the server-rendered pages (no rules, no writes).
+
+A job's ``results`` JSON is written by the runner; these helpers find what the pages show in it without
+assuming one exact layout: every dict that carries a ``gold_mean`` is one method's evaluation (its name
+from ``name``/``method`` or its key), and every list of dicts carrying ``alpha`` is an alpha sweep.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from jobs import selectors
+from jobs.models import GeneratedPair, Job
+
+RESULT_COLUMNS = ("method", "gold_mean", "gold_ci", "valid_rate", "implicit_mean", "win_rate", "n")
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _win_rate(m: dict[str, Any]) -> tuple[float | None, str]:
+    for k, v in m.items():
+        if k.startswith("win_rate") and _num(v) is not None:
+            return _num(v), k[len("win_rate_vs_"):] if k.startswith("win_rate_vs_") else ""
+    return None, ""
+
+
+def _method_row(name: str, m: dict[str, Any]) -> dict[str, Any]:
+    ci = m.get("gold_ci") if isinstance(m.get("gold_ci"), (list, tuple)) and len(m.get("gold_ci")) == 2 else None
+    win, vs = _win_rate(m)
+    implicit = next((_num(m.get(k)) for k in ("implicit_mean", "mean_implicit_reward", "implicit_reward")
+                     if _num(m.get(k)) is not None), None)
+    return {"method": str(m.get("label") or m.get("name") or m.get("method") or name), "gold_mean": _num(m.get("gold_mean")),
+            "gold_lo": _num(ci[0]) if ci else None, "gold_hi": _num(ci[1]) if ci else None,
+            "valid_rate": _num(m.get("valid_rate")), "implicit_mean": implicit, "win_rate": win, "win_vs": vs,
+            "n": m.get("n") if isinstance(m.get("n"), int) else None}
+
+
+def results_table(results: Any) -> list[dict[str, Any]]:
+    """One row per evaluated method found anywhere in ``results`` (depth-first, first name wins).
+
+    Rows of an alpha sweep (a list of dicts with ``alpha``) are used only when there is nothing else,
+    so a sweep job's table lists its alphas and a pipeline's table lists its methods."""
+    rows: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    seen: set[tuple[bool, str]] = set()
+
+    def walk(node: Any, key: str, in_sweep: bool) -> None:
+        if isinstance(node, dict):
+            if "gold_mean" in node:
+                row = _method_row(key, node)
+                if (in_sweep, row["method"]) not in seen:
+                    seen.add((in_sweep, row["method"]))
+                    rows[in_sweep].append(row)
+                return
+            for k, v in node.items():
+                if k != "config":
+                    walk(v, str(k), in_sweep)
+        elif isinstance(node, list):
+            sweep = bool(node) and all(isinstance(x, dict) and "alpha" in x for x in node)
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]", in_sweep or sweep)
+
+    walk(results, "result", False)
+    return rows[False] or rows[True]
+
+
+def alpha_sweep(results: Any) -> list[dict[str, float | None]]:
+    """Points (alpha, gold, implicit) of the first alpha sweep found in ``results``, sorted by alpha."""
+    def find(node: Any) -> list | None:
+        if isinstance(node, list) and node and all(isinstance(x, dict) and _num(x.get("alpha")) is not None
+                                                   for x in node):
+            return node
+        if isinstance(node, dict):
+            for v in node.values():
+                got = find(v)
+                if got:
+                    return got
+        if isinstance(node, list):
+            for v in node:
+                got = find(v)
+                if got:
+                    return got
+        return None
+
+    pts = find(results) or []
+    out = []
+    for p in pts:
+        gold = next((_num(p.get(k)) for k in ("gold_mean", "gold") if _num(p.get(k)) is not None), None)
+        imp = next((_num(p.get(k)) for k in ("implicit_mean", "mean_implicit_reward", "implicit_reward",
+                                             "mean_implicit_reward_per_token") if _num(p.get(k)) is not None), None)
+        out.append({"alpha": _num(p.get("alpha")), "gold": gold, "implicit": imp})
+    return sorted(out, key=lambda p: p["alpha"])
+
+
+def pair_points(*, job: Job, limit: int = 600) -> list[list[float]]:
+    """(implicit reward, gold reward) of the job's generated pairs that have both, for the scatter plot."""
+    qs = (GeneratedPair.objects.filter(job=job, implicit_reward__isnull=False, gold_reward__isnull=False)
+          .order_by("prompt_index").values_list("implicit_reward", "gold_reward")[:limit])
+    return [[float(a), float(b)] for a, b in qs]
+
+
+def job_models(job: Job) -> list[tuple[str, str]]:
+    """(role, model name) pairs from the job's stored config, for display."""
+    cfg = job.config or {}
+    out = []
+    for role, label in (("weak_base", "weak base (pi_pre)"), ("weak_aligned", "weak aligned (pi_post)"),
+                        ("strong", "strong")):
+        ref = cfg.get(role)
+        if isinstance(ref, dict):
+            out.append((label, str(ref.get("name") or ref.get("id"))))
+    if isinstance(cfg.get("prompts"), dict):
+        out.append(("prompts", str(cfg["prompts"].get("name"))))
+    return out
+
+
+def job_presets(*, user) -> list[dict[str, Any]]:
+    """Form presets as ``{"name", "request"}`` (the API's shape): the toy-world ones from
+    jobs.selectors.presets, plus one ConG preset per other model family that has a weak pair sharing a
+    vocabulary and a strong model (e.g. the real offline models once registered)."""
+    presets = list(selectors.presets(user=user))
+    models = [m for m in selectors.models_visible(user=user) if not m.name.startswith("toy-") and m.family]
+    datasets = list(selectors.datasets_visible(user=user))
+    families: dict[str, list] = {}
+    for m in models:
+        families.setdefault(m.family, []).append(m)
+    for fam, ms in sorted(families.items()):
+        weak = [m for m in ms if m.kind in ("weak", "any")]
+        base = next((m for m in weak if "base" in m.name or "pre" in m.name), None)
+        aligned = next((m for m in weak if base is not None and m is not base
+                        and m.vocab_fingerprint == base.vocab_fingerprint), None)
+        strong = next((m for m in ms if m.kind in ("strong", "any") and m not in (base, aligned)), None)
+        if base is None or aligned is None or strong is None:
+            continue
+        req = {"kind": "cong", "weak_base": base.pk, "weak_aligned": aligned.pk, "strong": strong.pk,
+               "prompts": datasets[0].pk if datasets else None, "alpha": 0.4, "methods": ["cong_s", "cong"]}
+        presets.append({"name": f"{fam}: full ConG pipeline", "request": req})
+    return presets

@@ -1,0 +1,328 @@
+/* Live job page: applies the job's events (progress, metric, sample, log, status) in seq order.
+ *
+ * Sources: the events embedded in the page, then the websocket ws://HOST/ws/jobs/<id>/ (fast path),
+ * and REST GET events/?after=<last seq> (reliable path) on every (re)connect and whenever a gap in
+ * seq shows up. Events are applied strictly in seq order exactly once: a seq at or below the last
+ * applied one is a duplicate and dropped; one beyond the next expected is held until the gap is
+ * filled from REST. The socket reconnects with exponential backoff while the job is active.
+ */
+(function () {
+  "use strict";
+  const cfg = JSON.parse(document.getElementById("live-config").textContent);
+  const $ = id => document.getElementById(id);
+  const FINISHED = ["succeeded", "failed", "cancelled"];
+  const MAX_CARDS = 30, MAX_LOG = 300, MAX_CHARTS = 8;
+
+  const state = {
+    lastSeq: 0, pending: new Map(), status: cfg.status,
+    stages: new Map(),   // stage -> {done, total, t0, d0, t, order}
+    metrics: new Map(),  // name -> [[step, value], ...]
+    cards: new Map(),    // prompt -> {el, order}
+    log: [], applied: 0, socketOpen: false, reconnects: 0,
+  };
+  window.congLive = state;  // for the browser test and for curious humans
+
+  // ---------------------------------------------------------------- event intake (ordering, dedupe)
+  function accept(ev) {
+    if (!ev || typeof ev.seq !== "number" || ev.seq <= state.lastSeq || state.pending.has(ev.seq)) return;
+    state.pending.set(ev.seq, ev);
+    drain();
+    if (state.pending.size) catchUp();  // a gap: fetch what is missing
+  }
+
+  function drain() {
+    while (state.pending.has(state.lastSeq + 1)) {
+      const ev = state.pending.get(state.lastSeq + 1);
+      state.pending.delete(ev.seq);
+      state.lastSeq = ev.seq;
+      try { apply(ev); } catch (e) { console.error("event", ev, e); }
+    }
+    schedule();
+  }
+
+  let fetching = false, again = false;
+  async function catchUp() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    try {
+      do {
+        again = false;
+        for (let page = 0; page < 100; page++) {
+          const r = await fetch(`${cfg.events_url}?after=${state.lastSeq}`, {credentials: "same-origin",
+                                headers: {Accept: "application/json"}});
+          if (!r.ok) throw new Error(`events: HTTP ${r.status}`);
+          const body = await r.json();
+          const list = Array.isArray(body) ? body : (body.results || body.events || []);
+          const before = state.lastSeq;
+          list.forEach(ev => { if (ev.seq > state.lastSeq && !state.pending.has(ev.seq)) state.pending.set(ev.seq, ev); });
+          drain();
+          if (!list.length || state.lastSeq === before) break;
+        }
+        // Held events still beyond a gap REST cannot fill (a row that will never exist): skip ahead.
+        if (state.pending.size && !again) {
+          state.lastSeq = Math.min(...state.pending.keys()) - 1;
+          drain();
+        }
+      } while (again);
+      setConn(state.socketOpen ? "live" : "synced");
+    } catch (e) {
+      setConn("offline (" + e.message + ")");
+    } finally {
+      fetching = false;
+    }
+  }
+
+  // ---------------------------------------------------------------- applying one event
+  function apply(ev) {
+    const d = ev.data || {};
+    state.applied++;
+    const t = ev.created ? Date.parse(ev.created) : Date.now();
+    if (ev.type === "progress") {
+      const name = d.stage || "job";
+      let s = state.stages.get(name);
+      if (!s) { s = {t0: t, d0: d.done || 0, order: state.stages.size}; state.stages.set(name, s); }
+      if ((d.done || 0) < s.d0) { s.t0 = t; s.d0 = d.done || 0; }  // a restarted stage (resume)
+      Object.assign(s, {done: d.done || 0, total: d.total || 0, t: t});
+      dirty.stages = true;
+    } else if (ev.type === "metric") {
+      if (typeof d.value !== "number" || !d.name) return;
+      const pts = state.metrics.get(d.name) || [];
+      pts.push([typeof d.step === "number" ? d.step : pts.length, d.value]);
+      state.metrics.set(d.name, pts);
+      dirty.metrics = true;
+    } else if (ev.type === "sample") {
+      addSample(d);
+    } else if (ev.type === "log") {
+      addLog(t, d.message || JSON.stringify(d));
+    } else if (ev.type === "status") {
+      addLog(t, `[${d.status}] ${d.message || ""}`);
+      if (d.status) setStatus(d.status);
+    }
+  }
+
+  function addLog(t, text) {
+    state.log.push(`${new Date(t).toLocaleTimeString()}  ${text}`);
+    if (state.log.length > MAX_LOG) state.log.splice(0, state.log.length - MAX_LOG);
+    dirty.log = true;
+  }
+
+  // Which column a sample belongs to. Generation stages send {stage, prompt, response}; evaluation
+  // sends {stage: "evaluate", method, prompt, response}; a runner may also send plain/cd/strong keys.
+  function columnsOf(d) {
+    const out = [];
+    for (const k of ["plain", "cd", "strong"]) if (typeof d[k] === "string") out.push([k, d[k], ""]);
+    if (out.length || typeof d.response !== "string") return out;
+    const stage = String(d.stage || "").toLowerCase(), method = String(d.method || "");
+    let col = "cd";
+    if (stage.includes("plain") || /pi_post|weak_post|weak_aligned|^plain/i.test(method)) col = "plain";
+    else if (stage.includes("evaluate") || stage.includes("self_sample") || method) col = "strong";
+    out.push([col, d.response, method || stage]);
+    return out;
+  }
+
+  function addSample(d) {
+    const prompt = typeof d.prompt === "string" ? d.prompt : "";
+    const cols = columnsOf(d);
+    if (!cols.length) return;
+    let card = state.cards.get(prompt);
+    if (!card) {
+      const el = document.createElement("div");
+      el.className = "sample-card";
+      el.innerHTML = '<div data-col="prompt"><span class="col-title">prompt</span></div>' +
+        '<div data-col="plain"><span class="col-title">plain pi_post</span><span class="empty">-</span></div>' +
+        '<div data-col="cd"><span class="col-title">contrastive decoding</span><span class="empty">-</span></div>' +
+        '<div data-col="strong"><span class="col-title">strong after training</span><span class="empty">-</span></div>';
+      el.querySelector('[data-col="prompt"]').appendChild(document.createTextNode(prompt));
+      card = {el};
+      state.cards.set(prompt, card);
+      const box = $("samples");
+      box.insertBefore(el, box.firstChild);
+      $("samples-empty") && $("samples-empty").remove();
+      while (box.children.length > MAX_CARDS) {
+        const last = box.lastChild;
+        for (const [k, c] of state.cards) if (c.el === last) state.cards.delete(k);
+        last.remove();
+      }
+    }
+    for (const [col, text, label] of cols) {
+      const cell = card.el.querySelector(`[data-col="${col}"]`);
+      const empty = cell.querySelector(".empty");
+      if (empty) empty.remove();
+      if (col !== "strong") {  // one text per column; strong lists one entry per method
+        [...cell.childNodes].forEach(n => { if (!(n.classList && n.classList.contains("col-title"))) n.remove(); });
+      }
+      const block = document.createElement("div");
+      block.className = "sample-text";
+      block.textContent = text;
+      const meta = [];
+      if (col === "strong" && label) meta.push(label);
+      const r = d.implicit_reward_mean ?? d.implicit_mean ?? d.implicit_reward;
+      if (typeof r === "number") meta.push(`implicit ${r.toFixed(3)}`);
+      if (typeof d.gold === "number") meta.push(`gold ${d.gold.toFixed(3)}`);
+      if (meta.length) { const m = document.createElement("span"); m.className = "meta"; m.textContent = meta.join(" · "); block.appendChild(m); }
+      cell.appendChild(block);
+    }
+  }
+
+  // ---------------------------------------------------------------- rendering (batched per frame)
+  const dirty = {stages: false, metrics: false, log: false};
+  let frameQueued = false;
+  function schedule() {
+    if (frameQueued) return;
+    frameQueued = true;
+    requestAnimationFrame(() => { frameQueued = false; render(); });
+  }
+
+  function duration(sec) {
+    if (!isFinite(sec) || sec < 0) return "";
+    sec = Math.round(sec);
+    if (sec < 60) return `${sec}s`;
+    if (sec < 3600) return `${Math.floor(sec / 60)}m ${sec % 60}s`;
+    return `${Math.floor(sec / 3600)}h ${Math.floor(sec % 3600 / 60)}m`;
+  }
+
+  function render() {
+    if (dirty.stages) {
+      dirty.stages = false;
+      const box = $("stages");
+      box.textContent = "";
+      const finished = FINISHED.includes(state.status);
+      for (const [name, s] of state.stages) {
+        const frac = s.total ? Math.min(1, s.done / s.total) : 0;
+        let info = `${s.done} / ${s.total}`;
+        if (frac >= 1) info += " · done";
+        else if (finished) info += " · stopped";
+        else if (s.t > s.t0 && s.done > s.d0) info += ` · ETA ${duration((s.total - s.done) * (s.t - s.t0) / 1000 / (s.done - s.d0))}`;
+        const row = document.createElement("div");
+        row.className = "stage-row";
+        row.dataset.stage = name;
+        row.innerHTML = `<span class="label"></span><div class="bar${frac >= 1 ? " done" : ""}" role="progressbar" aria-valuemin="0" aria-valuemax="100"><span></span></div><span class="info"></span>`;
+        row.querySelector(".label").textContent = name;
+        row.querySelector(".bar").setAttribute("aria-valuenow", String(Math.round(frac * 100)));
+        row.querySelector(".bar > span").style.width = `${(frac * 100).toFixed(1)}%`;
+        row.querySelector(".info").textContent = info;
+        box.appendChild(row);
+      }
+      if (!state.stages.size) box.innerHTML = '<p class="muted">No progress reported yet.</p>';
+    }
+    if (dirty.metrics) {
+      dirty.metrics = false;
+      const box = $("metrics");
+      // Losses first (the loss curve is what people look for), then the rest by name.
+      const names = [...state.metrics.keys()].sort((a, b) => (!/loss/i.test(a)) - (!/loss/i.test(b)) || a.localeCompare(b));
+      box.textContent = "";
+      names.slice(0, MAX_CHARTS).forEach(n => {
+        const el = document.createElement("div");
+        el.dataset.metric = n;
+        box.appendChild(el);
+        congCharts.line(el, {title: n, series: [{name: n, points: state.metrics.get(n)}], xLabel: "step"});
+      });
+      if (!names.length) box.innerHTML = '<p class="muted">No metrics yet.</p>';
+    }
+    if (dirty.log) {
+      dirty.log = false;
+      const pre = $("log");
+      const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
+      pre.textContent = state.log.join("\n") || "(no log lines yet)";
+      if (stick) pre.scrollTop = pre.scrollHeight;
+    }
+    $("last-seq").textContent = String(state.lastSeq);
+  }
+
+  function setStatus(status) {
+    const was = state.status;
+    state.status = status;
+    const badge = $("status");
+    badge.textContent = status;
+    badge.className = `badge ${status}`;
+    $("cancel-form").hidden = !["queued", "running"].includes(status);
+    $("retry-form").hidden = !["failed", "cancelled"].includes(status);
+    dirty.stages = true;
+    // The results table and plots are rendered by the server: reload once when the job ends live.
+    if (FINISHED.includes(status) && !FINISHED.includes(was) && !cfg.finished && !state.reloadQueued) {
+      state.reloadQueued = true;
+      setTimeout(() => location.reload(), 1500);
+    }
+  }
+
+  function setConn(text) { const el = $("conn"); if (el) el.textContent = text; }
+
+  // ---------------------------------------------------------------- websocket with backoff
+  let ws = null, retryTimer = null;
+  function connect() {
+    if (!("WebSocket" in window)) { pollLoop(); return; }
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    ws = new WebSocket(`${proto}//${location.host}${cfg.ws_path}?after=${state.lastSeq}`);
+    ws.onopen = () => { state.socketOpen = true; state.reconnects = 0; setConn("live"); catchUp(); };
+    ws.onmessage = m => {
+      let msg;
+      try { msg = JSON.parse(m.data); } catch (e) { return; }
+      (Array.isArray(msg) ? msg : [msg.event && msg.event.seq !== undefined ? msg.event : msg]).forEach(accept);
+    };
+    ws.onclose = e => {
+      state.socketOpen = false;
+      ws = null;
+      if (e.code === 4401 || e.code === 4404) { setConn("not allowed (signed out?)"); return; }
+      if (FINISHED.includes(state.status)) { setConn("finished"); catchUp(); return; }
+      const delay = Math.min(30000, 1000 * 2 ** state.reconnects) * (0.75 + Math.random() * 0.5);
+      state.reconnects++;
+      setConn(`reconnecting in ${Math.round(delay / 1000)}s`);
+      catchUp();  // REST keeps the page current while the socket is down
+      retryTimer = setTimeout(connect, delay);
+    };
+  }
+
+  function pollLoop() {  // browsers without websockets: poll REST
+    catchUp().then(() => { if (!FINISHED.includes(state.status)) setTimeout(pollLoop, 3000); });
+  }
+
+  // ---------------------------------------------------------------- cancel / retry through the API
+  function csrf() {
+    const m = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
+    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return m ? decodeURIComponent(m[1]) : (input ? input.value : "");
+  }
+
+  function wire(formId, url) {
+    const form = $(formId);
+    if (!form) return;
+    form.addEventListener("submit", async e => {
+      e.preventDefault();
+      const btn = form.querySelector("button");
+      btn.disabled = true;
+      try {
+        const r = await fetch(url, {method: "POST", credentials: "same-origin",
+                                    headers: {"X-CSRFToken": csrf(), Accept: "application/json"}});
+        const body = await r.json().catch(() => ({}));
+        if (!r.ok) throw new Error(body.detail || (body.status && body.status.join ? body.status.join(" ") : "") || `HTTP ${r.status}`);
+        if (body.status) setStatus(body.status);
+        catchUp();
+      } catch (err) {
+        $("action-error").textContent = err.message;
+      } finally {
+        btn.disabled = false;
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- start
+  (cfg.events || []).forEach(ev => state.pending.set(ev.seq, ev));
+  drain();
+  render();
+  wire("cancel-form", cfg.cancel_url);
+  wire("retry-form", cfg.retry_url);
+  if (!cfg.finished) connect();
+  else catchUp();  // a finished job: just make sure nothing past the embedded events is missed
+
+  // Results plots (data embedded by the server).
+  if (cfg.sweep && cfg.sweep.length && $("sweep-gold")) {
+    congCharts.line($("sweep-gold"), {title: "gold reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
+      series: [{name: "gold", points: cfg.sweep.map(p => [p.alpha, p.gold])}]});
+    congCharts.line($("sweep-implicit"), {title: "implicit reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
+      series: [{name: "implicit", points: cfg.sweep.map(p => [p.alpha, p.implicit]), color: "#d9480f"}]});
+  }
+  if (cfg.points && cfg.points.length && $("scatter")) {
+    congCharts.scatter($("scatter"), {title: `implicit vs gold reward (${cfg.points.length} pairs)`,
+      points: cfg.points, xLabel: "implicit reward", yLabel: "gold"});
+  }
+})();

@@ -1,0 +1,55 @@
+/* New-job form: live alpha value, presets that fill the form, show only the fields a kind uses. */
+(function () {
+  "use strict";
+  const form = document.getElementById("job-form");
+  const alpha = document.getElementById("id_alpha");
+  const out = document.getElementById("alpha-value");
+  const show = () => { out.textContent = Number(alpha.value).toFixed(2); };
+  alpha.addEventListener("input", show);
+  show();
+
+  // Which fields each kind uses (display only; jobs.services.job_create decides what is valid).
+  const USES = {
+    cong: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods"],
+    cd_generate: ["weak_base", "weak_aligned", "prompts", "alpha"],
+    alpha_sweep: ["weak_base", "weak_aligned", "prompts"],
+    weak_align: ["weak_base", "prompts"],
+    train: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "method"],
+    evaluate: ["strong", "prompts"],
+  };
+  const kind = document.getElementById("id_kind");
+  function toggle() {
+    const uses = USES[kind.value] || [];
+    for (const name of ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods", "method"]) {
+      const box = document.getElementById(`field-${name}`);
+      if (!box) continue;
+      const hide = !uses.includes(name) && !box.classList.contains("has-error");
+      box.hidden = hide;
+      const label = box.previousElementSibling;
+      if (label && label.classList.contains("field-label")) label.hidden = hide;
+    }
+  }
+  kind.addEventListener("change", toggle);
+  toggle();
+
+  const presets = JSON.parse(document.getElementById("presets-data").textContent || "[]");
+  document.querySelectorAll("button.preset").forEach(btn => btn.addEventListener("click", () => {
+    const p = presets[Number(btn.dataset.preset)].request || {};
+    kind.value = p.kind || "cong";
+    for (const f of ["weak_base", "weak_aligned", "strong", "prompts"]) {
+      const el = document.getElementById(`id_${f}`);
+      if (el) el.value = p[f] == null ? "" : String(p[f]);
+    }
+    alpha.value = p.alpha == null ? 0.4 : p.alpha;
+    form.querySelectorAll("input[name=methods]").forEach(cb => { cb.checked = (p.methods || []).includes(cb.value); });
+    if (p.method) document.getElementById("id_method").value = p.method;
+    const params = Object.assign({}, p.params || {});
+    for (const f of ["max_prompts", "max_new_tokens", "seed"]) {
+      const el = document.getElementById(`id_${f}`);
+      if (el) { el.value = params[f] == null ? "" : params[f]; delete params[f]; }
+    }
+    document.getElementById("id_params_json").value = Object.keys(params).length ? JSON.stringify(params) : "";
+    show();
+    toggle();
+  }));
+})();

@@ -1,0 +1,221 @@
+"""Server-rendered pages: sign-in required, visibility (own jobs; staff all; others' -> 404), the new-job
+form going through jobs.services.job_create, results and compare views."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.urls import reverse
+
+from jobs import page_selectors, services
+from jobs.models import GeneratedPair, Job, JobEvent
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    """job_create sends the Celery task on commit; these page tests need no worker or broker."""
+    sent: list[int] = []
+    monkeypatch.setattr(services, "_send", lambda job_id: sent.append(job_id))
+    return sent
+
+
+def _job(user, weak_pair, prompts_ds, **kw):
+    wb, wa = weak_pair
+    args = dict(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4)
+    args.update(kw)
+    return services.job_create(**args)
+
+
+PIPELINE_RESULTS = {
+    "config": {"gold": "toy:review", "alpha": 0.4},
+    "methods": {
+        "weak_sft": {"label": "WeakSFT", "gold_mean": 0.25, "gold_ci": [0.2, 0.3], "valid_rate": 0.9,
+                     "implicit_mean": -1.5, "n": 40, "win_rate_vs_weak_sft": 0.5},
+        "cong": {"label": "ConG", "gold_mean": 0.61, "gold_ci": [0.55, 0.67], "valid_rate": 1.0,
+                 "implicit_mean": 2.25, "n": 40, "win_rate_vs_weak_sft": 0.8},
+    },
+}
+
+
+@pytest.mark.parametrize("url", ["/", "/jobs/new/", "/jobs/1/", "/jobs/compare/?a=1&b=2"])
+def test_pages_need_login(client, url):
+    r = client.get(url)
+    assert r.status_code == 302
+    assert r["Location"].startswith("/accounts/login/?next=")
+
+
+def test_login_page_renders_and_signs_in(client, user):
+    r = client.get("/accounts/login/")
+    assert r.status_code == 200
+    assert b'name="username"' in r.content and b"csrfmiddlewaretoken" in r.content
+    r = client.post("/accounts/login/", {"username": "alice", "password": "pw-alice-123", "next": "/"})
+    assert r.status_code == 302 and r["Location"] == "/"
+    assert client.get("/").status_code == 200
+    r = client.post("/accounts/login/", {"username": "alice", "password": "wrong"})
+    assert b"didn&#x27;t match" in r.content or b"didn't match" in r.content
+
+
+def test_dashboard_lists_only_own_jobs_newest_first(client, user, other_user, staff_user, weak_pair, prompts_ds):
+    mine_old = _job(user, weak_pair, prompts_ds)
+    mine_new = _job(user, weak_pair, prompts_ds)
+    theirs = Job.objects.create(owner=other_user, kind="cd_generate", config={})
+    client.force_login(user)
+    html = client.get("/").content.decode()
+    ids = [int(x) for x in re.findall(r'<tr data-job="(\d+)">', html)]
+    assert ids == [mine_new.pk, mine_old.pk]
+    assert theirs.pk not in ids
+    client.force_login(staff_user)
+    html = client.get("/").content.decode()
+    ids = [int(x) for x in re.findall(r'<tr data-job="(\d+)">', html)]
+    assert set(ids) == {mine_new.pk, mine_old.pk, theirs.pk}
+    assert ids[0] == theirs.pk  # newest first across users
+
+
+def test_dashboard_shows_status_and_progress(client, user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds)
+    Job.objects.filter(pk=job.pk).update(status="running", stage="cd_generate", progress=0.5)
+    client.force_login(user)
+    html = client.get("/").content.decode()
+    assert 'class="badge running"' in html and "cd_generate" in html and "width: 50%" in html
+
+
+def test_new_job_form_creates_job_through_service(client, user, weak_pair, prompts_ds, no_broker,
+                                                  django_capture_on_commit_callbacks):
+    wb, wa = weak_pair
+    client.force_login(user)
+    r = client.get("/jobs/new/")
+    assert r.status_code == 200
+    html = r.content.decode()
+    assert 'type="range"' in html and 'name="methods"' in html and f'value="{wb.pk}"' in html
+    with django_capture_on_commit_callbacks(execute=True):
+        r = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
+                                       "prompts": prompts_ds.pk, "alpha": "0.3", "max_prompts": "2"})
+    assert r.status_code == 302, r.content.decode()[:2000]
+    job = Job.objects.get()
+    assert r["Location"] == f"/jobs/{job.pk}/"
+    assert job.owner == user and job.config["alpha"] == 0.3 and job.config["params"] == {"max_prompts": 2}
+    assert job.config["weak_base"]["id"] == wb.pk
+    assert JobEvent.objects.filter(job=job, type="status").exists()  # the service's queued event
+    assert no_broker == [job.pk]  # sent to the worker on commit
+
+
+def test_new_job_form_shows_service_errors_next_to_fields(client, user, weak_pair, prompts_ds):
+    wb, wa = weak_pair
+    client.force_login(user)
+    r = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
+                                   "prompts": prompts_ds.pk, "alpha": "1.5"})
+    assert r.status_code == 400
+    html = r.content.decode()
+    alpha_errors = re.search(r'<ul class="errorlist" data-field="alpha">(.*?)</ul>', html, re.S)
+    assert alpha_errors and "alpha must be between 0 and 1" in alpha_errors.group(1)
+    assert not Job.objects.exists()
+    # A missing model is reported on its own field; bad JSON on the settings field.
+    r = client.post("/jobs/new/", {"kind": "cong", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
+                                   "alpha": "0.4", "methods": ["cong"], "params_json": "{not json"})
+    html = r.content.decode()
+    assert 'data-field="params_json"' in html and "not valid JSON" in html
+    r = client.post("/jobs/new/", {"kind": "cong", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
+                                   "alpha": "0.4", "methods": ["cong"]})
+    html = r.content.decode()
+    strong = re.search(r'<ul class="errorlist" data-field="strong">(.*?)</ul>', html, re.S)
+    assert strong and "needs this model" in strong.group(1)
+    assert not Job.objects.exists()
+
+
+def test_new_job_form_needs_csrf(user, weak_pair, prompts_ds):
+    from django.test import Client
+
+    c = Client(enforce_csrf_checks=True)
+    c.force_login(user)
+    r = c.post("/jobs/new/", {"kind": "cd_generate"})
+    assert r.status_code == 403
+
+
+def test_job_detail_own_and_404_for_others(client, user, other_user, staff_user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds)
+    services.event_append(job_id=job.pk, type="progress", data={"stage": "cd_generate", "done": 1, "total": 4})
+    services.event_append(job_id=job.pk, type="sample", data={"stage": "cd_generate", "prompt": "the movie",
+                                                              "response": "was good"})
+    client.force_login(user)
+    r = client.get(f"/jobs/{job.pk}/")
+    assert r.status_code == 200
+    html = r.content.decode()
+    live = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S).group(1))
+    assert [e["seq"] for e in live["events"]] == [1, 2, 3]
+    assert live["events_url"] == f"/api/v1/jobs/{job.pk}/events/" and live["ws_path"] == f"/ws/jobs/{job.pk}/"
+    assert 'id="cancel-form"' in html and "jobs/job_live.js" in html
+    client.force_login(other_user)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 404
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 404
+    assert client.get(f"/jobs/compare/?a={job.pk}&b={job.pk}").status_code == 404
+    client.force_login(staff_user)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
+
+
+def test_cancel_and_retry_fallback_posts_go_through_services(client, user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds)
+    client.force_login(user)
+    assert client.post(f"/jobs/{job.pk}/cancel/").status_code == 302
+    job.refresh_from_db()
+    assert job.status == "cancelled"
+    assert client.post(f"/jobs/{job.pk}/retry/").status_code == 302
+    job.refresh_from_db()
+    assert job.status == "queued"
+
+
+def test_job_detail_results_table_and_plots(client, user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds)
+    Job.objects.filter(pk=job.pk).update(status="succeeded", results=PIPELINE_RESULTS)
+    for i, (imp, gold) in enumerate([(0.5, 0.2), (1.5, 0.7)]):
+        GeneratedPair.objects.create(job=job, prompt_index=i, prompt=f"p{i}", chosen="c", implicit_reward=imp,
+                                     gold_reward=gold)
+    client.force_login(user)
+    html = client.get(f"/jobs/{job.pk}/").content.decode()
+    table = re.search(r'<table class="grid" id="results">(.*?)</table>', html, re.S).group(1)
+    assert "ConG" in table and "WeakSFT" in table and "0.610" in table and "[0.550, 0.670]" in table
+    assert "80%" in table and "2.250" in table
+    live = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S).group(1))
+    assert live["points"] == [[0.5, 0.2], [1.5, 0.7]] and live["finished"] is True
+    assert 'id="scatter"' in html and 'id="cancel-form" method="post" action="/jobs/%d/cancel/" hidden' % job.pk in html
+
+
+def test_results_table_reads_an_alpha_sweep():
+    results = {"alphas": [{"alpha": 0.4, "name": "a0.40", "gold_mean": 0.5, "implicit_mean": 1.0},
+                          {"alpha": 0.0, "name": "a0.00", "gold_mean": 0.3, "implicit_mean": 2.0}]}
+    assert [r["method"] for r in page_selectors.results_table(results)] == ["a0.40", "a0.00"]
+    assert page_selectors.alpha_sweep(results) == [{"alpha": 0.0, "gold": 0.3, "implicit": 2.0},
+                                                   {"alpha": 0.4, "gold": 0.5, "implicit": 1.0}]
+    # A pipeline's methods win over any sweep-like list inside it.
+    assert [r["method"] for r in page_selectors.results_table(PIPELINE_RESULTS)] == ["WeakSFT", "ConG"]
+    assert page_selectors.results_table(None) == [] and page_selectors.alpha_sweep({"x": 1}) == []
+
+
+def test_compare_page_shows_both_jobs_side_by_side(client, user, weak_pair, prompts_ds):
+    a = _job(user, weak_pair, prompts_ds)
+    b = _job(user, weak_pair, prompts_ds)
+    other = json.loads(json.dumps(PIPELINE_RESULTS))
+    other["methods"]["cong"]["gold_mean"] = 0.71
+    Job.objects.filter(pk=a.pk).update(status="succeeded", results=PIPELINE_RESULTS)
+    Job.objects.filter(pk=b.pk).update(status="succeeded", results=other)
+    client.force_login(user)
+    r = client.get(f"/jobs/compare/?a={a.pk}&b={b.pk}")
+    assert r.status_code == 200
+    html = r.content.decode()
+    merged = re.search(r'<table class="grid" id="merged">(.*?)</table>', html, re.S).group(1)
+    row = re.search(r"<td>ConG</td>(.*?)</tr>", merged, re.S).group(1)
+    assert "0.610" in row and "0.710" in row and "0.100" in row
+    assert html.count('class="card side"') == 2
+    # Without both ids: the picker.
+    r = client.get("/jobs/compare/")
+    assert r.status_code == 200 and b'name="a"' in r.content
+    assert client.get(f"/jobs/compare/?a={a.pk}&b=999999").status_code == 404
+
+
+def test_static_files_are_served(client):
+    r = client.get("/static/jobs/job_live.js")
+    assert r.status_code == 200
+    assert b"congLive" in b"".join(r.streaming_content)
