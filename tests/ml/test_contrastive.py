@@ -98,7 +98,7 @@ def test_cd_scores_rejects_bad_arguments():
 
 def test_prompt_lengths_span_one_to_eight(tiny_pair):
     lengths = sorted(len(tiny_pair.tokenizer(p)["input_ids"]) for p in PROMPTS)
-    assert lengths[0] == 1 and lengths[-1] == 8 and 3 not in {lengths.count(n) for n in lengths}
+    assert lengths == [1, 2, 3, 5, 7, 8]
 
 
 @pytest.mark.parametrize("alpha,rep", [(0.4, 1.2), (0.0, 1.0), (0.7, 1.5)])
@@ -140,8 +140,7 @@ def test_early_eos_rows_are_dropped_and_still_match_reference(tiny_pair):
 def test_alpha_one_equals_models_own_greedy_generate(tiny_pair):
     tok, model = tiny_pair.tokenizer, tiny_pair.aligned
     gens = contrastive_generate(aligned=model, base=tiny_pair.base, tokenizer=tok, prompts=PROMPTS,
-                                config=greedy(alpha=1.0, repetition_penalty=1.0, max_new_tokens=10,
-                                              relative_top=1e-9))
+                                config=greedy(alpha=1.0, repetition_penalty=1.0, max_new_tokens=10))
     for g, prompt in zip(gens, PROMPTS):
         x = torch.tensor([tok(prompt)["input_ids"]])
         with torch.no_grad():
