@@ -254,3 +254,19 @@ def test_too_long_prompt_raises_clearly(tiny_pair):
                                 prompts=[PROMPTS[-1]], config=greedy(max_new_tokens=120, max_prompt_tokens=8,
                                                                       ignore_eos=True))
     assert len(gens[0].token_ids) == 120
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_greedy_and_samples_reproducibly(tiny_pair):
+    aligned, base = copy.deepcopy(tiny_pair.aligned).cuda(), copy.deepcopy(tiny_pair.base).cuda()
+    aligned.generation_config.eos_token_id = [2, 9]  # rows finish early: exercises the GPU drop path
+    cpu_aligned = copy.deepcopy(tiny_pair.aligned)
+    cpu_aligned.generation_config.eos_token_id = [2, 9]
+    kw = dict(tokenizer=tiny_pair.tokenizer, prompts=PROMPTS)
+    on_gpu = contrastive_generate(aligned=aligned, base=base, config=greedy(max_new_tokens=12), **kw)
+    on_cpu = contrastive_generate(aligned=cpu_aligned, base=tiny_pair.base, config=greedy(max_new_tokens=12), **kw)
+    assert [g.token_ids for g in on_gpu] == [g.token_ids for g in on_cpu]
+    sampled = CDConfig(do_sample=True, seed=4, max_new_tokens=12, batch_size=4, use_chat_template=False)
+    first = contrastive_generate(aligned=aligned, base=base, config=sampled, **kw)
+    again = contrastive_generate(aligned=aligned, base=base, config=sampled, **kw)
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
