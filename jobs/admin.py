@@ -17,7 +17,7 @@ from django.utils.text import Truncator
 from jobs import services
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
 
-LIST_CHARS = 220  # how much of each text the pair list shows
+LIST_CHARS = 160  # how much of each text the pair list shows
 
 
 def _cell(text: str | None, chars: int = LIST_CHARS):
@@ -42,16 +42,16 @@ class RewardRangeFilter(admin.SimpleListFilter):
         edges = []
         for q in (0.25, 0.5, 0.75):
             v = vals.values_list(self.field_name, flat=True)[int(q * (n - 1))]
-            edges.append(round(float(v), 2))
+            edges.append(float(f"{float(v):.3g}"))  # 3 significant digits: readable on any scale
         return sorted(set(edges))
 
     def lookups(self, request, model_admin):
         edges = self._quartiles(model_admin.get_queryset(request))
         out = []
         if edges:
-            out.append((f":{edges[0]}", f"< {edges[0]}"))
-            out += [(f"{a}:{b}", f"{a} to {b}") for a, b in zip(edges, edges[1:])]
-            out.append((f"{edges[-1]}:", f">= {edges[-1]}"))
+            out.append((f":{edges[0]:g}", f"< {edges[0]:g}"))
+            out += [(f"{a:g}:{b:g}", f"{a:g} to {b:g}") for a, b in zip(edges, edges[1:])]
+            out.append((f"{edges[-1]:g}:", f">= {edges[-1]:g}"))
         out.append(("none", "no value"))
         return out
 

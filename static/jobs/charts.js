@@ -16,10 +16,11 @@
     return n;
   }
 
-  function fmt(v) {
-    const a = Math.abs(v);
-    if (a !== 0 && (a >= 1e4 || a < 1e-2)) return v.toExponential(1);
-    return a >= 100 ? v.toFixed(0) : a >= 10 ? v.toFixed(1) : v.toFixed(2);
+  // Tick label with just enough decimals to tell neighbouring ticks (step apart) from each other.
+  function fmt(v, step) {
+    if (Math.abs(v) >= 1e5) return v.toExponential(1);
+    const decimals = Math.min(6, Math.max(0, Math.ceil(-Math.log10(step || 1)) + (step < 1 ? 1 : 0)));
+    return (Math.abs(v) < step / 1e3 ? 0 : v).toFixed(decimals);
   }
 
   function extent(vals) {
@@ -38,8 +39,8 @@
     for (let i = 0; i <= 4; i++) {
       const yv = y0 + (y1 - y0) * i / 4, xv = x0 + (x1 - x0) * i / 4;
       node("line", {x1: M.l, x2: W - M.r, y1: py(yv), y2: py(yv), stroke: "#eef0f4"}, svg);
-      node("text", {x: M.l - 4, y: py(yv) + 3, "text-anchor": "end"}, svg, fmt(yv));
-      node("text", {x: px(xv), y: H - M.b + 12, "text-anchor": "middle"}, svg, fmt(xv));
+      node("text", {x: M.l - 4, y: py(yv) + 3, "text-anchor": "end"}, svg, fmt(yv, (y1 - y0) / 4));
+      node("text", {x: px(xv), y: H - M.b + 12, "text-anchor": "middle"}, svg, fmt(xv, (x1 - x0) / 4));
     }
     node("rect", {x: M.l, y: M.t, width: W - M.l - M.r, height: H - M.t - M.b, fill: "none", stroke: "#c9ced8"}, svg);
     if (opts.xLabel) node("text", {x: (M.l + W - M.r) / 2, y: H - 4, "text-anchor": "middle"}, svg, opts.xLabel);

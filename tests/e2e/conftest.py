@@ -1,0 +1,158 @@
+"""A real stack for browser tests: daphne (HTTP + websockets) on a free port, a Celery worker process,
+Redis (the suite's ``redis_url``), the test database as a file all three processes share, and the
+tiny toy world registered as shared models. Headless Chromium is Debian's /usr/bin/chromium driven by
+Playwright's Python package (never a downloaded browser)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.jobs.conftest import WorkerProc, db_url_for_worker, point_celery_at
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+def pytest_configure(config):
+    # Subprocesses must open the same test database: with SQLite it has to be a file (as in tests/jobs).
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("sqlite3") and not db.get("TEST", {}).get("NAME"):
+        import tempfile
+
+        db.setdefault("TEST", {})["NAME"] = str(Path(tempfile.gettempdir()) / f"congweb-test-{os.getpid()}.sqlite3")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def toy_world_dir(tmp_path_factory) -> Path:
+    """The tiny review world (seconds to build), under a folder that serves as the model root."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ml.toyworld.build import build
+
+    root = tmp_path_factory.mktemp("e2e_models")
+    manifest = build("review", seed=0, data_dir=root, size="tiny")
+    assert not manifest.get("stopped"), manifest
+    return root
+
+
+class Stack:
+    def __init__(self, base_url: str, manifest: dict, worker: WorkerProc, web_log: Path, registered: dict) -> None:
+        self.base_url, self.manifest, self.worker, self.web_log, self.registered = (
+            base_url, manifest, worker, web_log, registered)
+
+    def web_tail(self, n: int = 4000) -> str:
+        return self.web_log.read_bytes()[-n:].decode(errors="replace")
+
+
+@pytest.fixture
+def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
+    from congweb.redis_urls import celery_url
+    from jobs import services
+    from ml.io import read_json
+
+    manifest = read_json(next(toy_world_dir.rglob("manifest.json")))
+    var = tmp_path / "var"
+    settings.MODEL_ROOTS = [toy_world_dir.resolve()]
+    settings.VAR_DIR = var
+    settings.RUNS_DIR = var / "runs"
+    registered = services.toyworld_register(manifest=manifest)
+
+    settings.CELERY_BROKER_URL = celery_url(redis_url)
+    point_celery_at(redis_url)
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(redis_url).delete("gpu", "default", "unacked", "unacked_index")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
+    env.update({
+        "DJANGO_SETTINGS_MODULE": "congweb.settings", "DATABASE_URL": db_url_for_worker(), "REDIS_URL": redis_url,
+        "MODEL_ROOTS": str(toy_world_dir.resolve()), "VAR_DIR": str(var), "RUNS_DIR": str(var / "runs"),
+        "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING",
+        "DEBUG": "true",
+    })
+    worker = WorkerProc(env, tmp_path / "worker.log")
+    worker.start()
+
+    port = free_port()
+    web_log = tmp_path / "web.log"
+    log = open(web_log, "ab")
+    web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                            "congweb.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if web.poll() is not None:
+                raise RuntimeError(f"daphne exited:\n{web_log.read_text(errors='replace')[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"daphne not up in 60s:\n{web_log.read_text(errors='replace')[-4000:]}")
+            time.sleep(0.3)
+        yield Stack(base, manifest, worker, web_log, registered)
+    finally:
+        if web.poll() is None:
+            os.killpg(web.pid, 15)
+            try:
+                web.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(web.pid, 9)
+                web.wait(timeout=10)
+        log.close()
+        worker.stop()
+
+
+@pytest.fixture
+def browser_page(tmp_path):
+    """A fresh headless Chromium page (Debian's binary); a trace of console errors is kept on the page."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (CI's .ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.console_errors = []  # type: ignore[attr-defined]
+        # Console errors and failed requests (by URL: the console only says "Failed to load resource").
+        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
+                and page.console_errors.append(m.text))
+        page.on("response", lambda r: r.status >= 400 and page.console_errors.append(f"HTTP {r.status} {r.url}"))
+        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        try:
+            yield page
+        finally:
+            context.close()
+            browser.close()
+
+
+def save_screenshot(page, tmp_path: Path, name: str) -> Path:
+    """Into the test's output dir, and a copy under var/e2e/ for humans."""
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    keep = ROOT / "var" / "e2e"
+    keep.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, keep / path.name)
+    return path
