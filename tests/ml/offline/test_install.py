@@ -67,10 +67,11 @@ def test_minimal_chat_template_hook(tmp_path, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(str(folder))
     assert add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE) is True
     assert add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE) is False  # idempotent
+    assert add_chat_template(folder, "{{ 'old' }}") is True and add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE)
     tok = load_tokenizer(folder)
     text = tok.apply_chat_template([{"role": "user", "content": " tell me "}], tokenize=False,
                                    add_generation_prompt=True)
-    assert text == f"{tok.bos_token}User: tell me\nAssistant:\n"
+    assert text == f"{tok.bos_token}Question: tell me\n\nAnswer:\n"
     ids = encode_prompt(tok, "tell me", use_chat_template=True)
     assert ids == list(tok(text, add_special_tokens=False)["input_ids"])
     p, r = encode_pair(tok, "tell me", "a story", use_chat_template=True)
