@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = pytest.mark.realmodels
+pytestmark = [pytest.mark.realmodels, pytest.mark.slow]
 
 
 def _greedy(folder, prompt: str, n: int = 16) -> str:
