@@ -103,6 +103,19 @@ def pair_points(*, job: Job, limit: int = 600) -> list[list[float]]:
     return [[float(a), float(b)] for a, b in qs]
 
 
+def scatter(*, job: Job) -> dict[str, Any]:
+    """Implicit vs gold reward: per generated pair when pairs carry both; else one point per alpha of a
+    sweep; else one point per evaluated method. ``{"unit": ..., "points": [[implicit, gold, label]]}``."""
+    pts = pair_points(job=job)
+    if pts:
+        return {"unit": "pairs", "points": [[a, b, ""] for a, b in pts]}
+    sweep = [p for p in alpha_sweep(job.results) if p["gold"] is not None and p["implicit"] is not None]
+    if sweep:
+        return {"unit": "alphas", "points": [[p["implicit"], p["gold"], f"alpha {p['alpha']:g}"] for p in sweep]}
+    rows = [r for r in results_table(job.results) if r["gold_mean"] is not None and r["implicit_mean"] is not None]
+    return {"unit": "methods", "points": [[r["implicit_mean"], r["gold_mean"], r["method"]] for r in rows]}
+
+
 def job_models(job: Job) -> list[tuple[str, str]]:
     """(role, model name) pairs from the job's stored config, for display."""
     cfg = job.config or {}

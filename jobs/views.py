@@ -80,7 +80,7 @@ def job_detail(request, job_id: int):
         "events_url": f"{API}/jobs/{job.pk}/events/", "ws_path": f"/ws/jobs/{job.pk}/",
         "cancel_url": f"{API}/jobs/{job.pk}/cancel/", "retry_url": f"{API}/jobs/{job.pk}/retry/",
         "sweep": page_selectors.alpha_sweep(job.results),
-        "points": page_selectors.pair_points(job=job),
+        "scatter": page_selectors.scatter(job=job),
     }
     return render(request, "jobs/job_detail.html", {
         "job": job, "live": live, "models": page_selectors.job_models(job),

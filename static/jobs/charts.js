@@ -77,7 +77,15 @@
     const pts = (opts.points || []).filter(p => isFinite(p[0]) && isFinite(p[1]));
     if (!pts.length) { node("text", {x: W / 2, y: H / 2, "text-anchor": "middle"}, svg, "no data"); return; }
     const {px, py} = frame(svg, pts.map(p => p[0]), pts.map(p => p[1]), opts);
-    pts.forEach(p => node("circle", {cx: px(p[0]), cy: py(p[1]), r: 2.5, fill: "#2f6fdf", "fill-opacity": 0.55}, svg));
+    pts.forEach(p => {
+      const c = node("circle", {cx: px(p[0]), cy: py(p[1]), r: p[2] ? 3.5 : 2.5, fill: "#2f6fdf", "fill-opacity": 0.6}, svg);
+      if (p[2]) {  // labelled points (alphas, methods): a label beside each and a tooltip
+        node("title", {}, c, `${p[2]}: implicit ${p[0].toFixed(3)}, gold ${p[1].toFixed(3)}`);
+        const right = px(p[0]) > W - 70;  // near the right edge: put the label on the left
+        if (pts.length <= 12) node("text", {x: px(p[0]) + (right ? -5 : 5), y: py(p[1]) - 4,
+                                            "text-anchor": right ? "end" : "start"}, svg, p[2]);
+      }
+    });
   }
 
   window.congCharts = {line, scatter};

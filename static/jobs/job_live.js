@@ -249,6 +249,7 @@
 
   // ---------------------------------------------------------------- websocket with backoff
   let ws = null, retryTimer = null;
+  state.dropSocket = () => { if (ws) ws.close(); };  // lets the browser test cut the fast path
   function connect() {
     if (!("WebSocket" in window)) { pollLoop(); return; }
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
@@ -321,8 +322,9 @@
     congCharts.line($("sweep-implicit"), {title: "implicit reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
       series: [{name: "implicit", points: cfg.sweep.map(p => [p.alpha, p.implicit]), color: "#d9480f"}]});
   }
-  if (cfg.points && cfg.points.length && $("scatter")) {
-    congCharts.scatter($("scatter"), {title: `implicit vs gold reward (${cfg.points.length} pairs)`,
-      points: cfg.points, xLabel: "implicit reward", yLabel: "gold"});
+  const sc = cfg.scatter || {};
+  if (sc.points && sc.points.length && $("scatter")) {
+    congCharts.scatter($("scatter"), {title: `implicit vs gold reward (${sc.points.length} ${sc.unit})`,
+      points: sc.points, xLabel: "implicit reward", yLabel: "gold"});
   }
 })();

@@ -25,6 +25,8 @@
       if (!box) continue;
       const hide = !uses.includes(name) && !box.classList.contains("has-error");
       box.hidden = hide;
+      // A hidden field is not sent: the service then sees only what this kind uses.
+      box.querySelectorAll("input, select, textarea").forEach(el => { el.disabled = hide; });
       const label = box.previousElementSibling;
       if (label && label.classList.contains("field-label")) label.hidden = hide;
     }

@@ -54,16 +54,17 @@ def toy_world_dir(tmp_path_factory) -> Path:
 
 
 class Stack:
-    def __init__(self, base_url: str, manifest: dict, worker: WorkerProc, web_log: Path, registered: dict) -> None:
-        self.base_url, self.manifest, self.worker, self.web_log, self.registered = (
-            base_url, manifest, worker, web_log, registered)
+    def __init__(self, base_url: str, manifest: dict, web_log: Path, registered: dict) -> None:
+        self.base_url, self.manifest, self.web_log, self.registered = base_url, manifest, web_log, registered
+        self.worker: WorkerProc | None = None
 
     def web_tail(self, n: int = 4000) -> str:
         return self.web_log.read_bytes()[-n:].decode(errors="replace")
 
 
 @pytest.fixture
-def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
+def stack_env(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
+    """Settings and subprocess environment for one stack; the tiny toy world registered (shared)."""
     from congweb.redis_urls import celery_url
     from jobs import services
     from ml.io import read_json
@@ -74,7 +75,6 @@ def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
     settings.VAR_DIR = var
     settings.RUNS_DIR = var / "runs"
     registered = services.toyworld_register(manifest=manifest)
-
     settings.CELERY_BROKER_URL = celery_url(redis_url)
     point_celery_at(redis_url)
     import redis as redis_lib
@@ -87,9 +87,13 @@ def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
         "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING",
         "DEBUG": "true",
     })
-    worker = WorkerProc(env, tmp_path / "worker.log")
-    worker.start()
+    return env, manifest, registered
 
+
+@pytest.fixture
+def web_stack(stack_env, tmp_path):
+    """daphne serving congweb.asgi on a free loopback port (HTTP + websockets), no worker."""
+    env, manifest, registered = stack_env
     port = free_port()
     web_log = tmp_path / "web.log"
     log = open(web_log, "ab")
@@ -111,7 +115,7 @@ def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"daphne not up in 60s:\n{web_log.read_text(errors='replace')[-4000:]}")
             time.sleep(0.3)
-        yield Stack(base, manifest, worker, web_log, registered)
+        yield Stack(base, manifest, web_log, registered)
     finally:
         if web.poll() is None:
             os.killpg(web.pid, 15)
@@ -121,6 +125,18 @@ def live_stack(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
                 os.killpg(web.pid, 9)
                 web.wait(timeout=10)
         log.close()
+
+
+@pytest.fixture
+def live_stack(stack_env, web_stack, tmp_path):
+    """web_stack plus a real Celery worker process on the same database and Redis."""
+    env = stack_env[0]
+    worker = WorkerProc(env, tmp_path / "worker.log")
+    worker.start()
+    web_stack.worker = worker
+    try:
+        yield web_stack
+    finally:
         worker.stop()
 
 

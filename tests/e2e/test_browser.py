@@ -104,3 +104,108 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_
     assert target.review_status == "rejected" and target.reviewer.username == "ada"
     assert page.console_errors == [], page.console_errors
     assert time.monotonic() - t0 < 150
+
+
+def _login(page, base: str, username: str, password: str) -> None:
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")
+
+
+def test_live_page_misses_nothing_across_a_dropped_socket(web_stack, browser_page, tmp_path, django_user_model,
+                                                          monkeypatch, settings, redis_url):
+    """Events written while the socket is down still show up, each exactly once, in seq order."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from jobs.models import Job
+    from jobs.progress import notify
+    from jobs.services import event_append
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [redis_url]}}}
+    user = django_user_model.objects.create_user(username="bo", password=PASSWORD)
+    job = Job.objects.create(owner=user, kind="cd_generate", config={}, status="running", stage="cd_generate")
+
+    def emit(type_, data):
+        notify(job.pk, event_append(job_id=job.pk, type=type_, data=data))
+
+    emit("log", {"message": "line 1 before the page"})
+    page, base = browser_page, web_stack.base_url
+    _login(page, base, "bo", PASSWORD)
+    page.goto(f"{base}/jobs/{job.pk}/")
+    page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=20_000)
+    for i in range(2, 6):
+        emit("log", {"message": f"line {i} live"})
+        emit("progress", {"stage": "cd_generate", "done": i, "total": 10})
+    page.wait_for_function("() => window.congLive.lastSeq === 9", timeout=20_000)
+
+    page.evaluate("window.congLive.dropSocket()")
+    page.wait_for_function("() => !window.congLive.socketOpen", timeout=10_000)
+    for i in range(6, 11):  # written while the page has no socket
+        emit("log", {"message": f"line {i} while down"})
+        emit("progress", {"stage": "cd_generate", "done": i, "total": 10})
+    emit("sample", {"stage": "cd_generate", "prompt": "review hotel :", "response": "it was great"})
+    page.wait_for_function("() => window.congLive.lastSeq === 20 && window.congLive.socketOpen", timeout=30_000)
+
+    log = page.locator("#log").inner_text()
+    lines = [ln.split("  ", 1)[1] for ln in log.splitlines() if "line " in ln]
+    assert lines == ["line 1 before the page"] + [f"line {i} live" for i in range(2, 6)] + \
+        [f"line {i} while down" for i in range(6, 11)]
+    assert page.locator('.stage-row[data-stage="cd_generate"] .bar').get_attribute("aria-valuenow") == "100"
+    assert page.locator("#samples .sample-card").count() == 1
+
+    # A reload starts from the embedded events and catches up the rest: still each once.
+    emit("log", {"message": "line 11 after reload"})
+    page.reload()
+    page.wait_for_function("() => window.congLive.lastSeq === 21", timeout=20_000)
+    assert page.locator("#log").inner_text().count("line ") == 11
+
+    # Cancel posts to the REST API with the session and the CSRF token; the status event follows.
+    page.click("#cancel-form button")
+    page.wait_for_function("() => document.getElementById('status').textContent === 'cancelling'", timeout=10_000)
+    page.wait_for_function("() => document.getElementById('log').textContent.includes('cancel requested')",
+                           timeout=10_000)
+    job.refresh_from_db()
+    assert job.status == "cancelling" and job.cancel_requested
+    assert page.locator("#cancel-form").is_hidden()
+    assert page.console_errors == [], page.console_errors
+
+
+def test_results_and_compare_pages_draw_tables_and_plots(web_stack, browser_page, tmp_path, django_user_model,
+                                                         monkeypatch):
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from jobs.models import Job
+
+    user = django_user_model.objects.create_user(username="cy", password=PASSWORD)
+    methods = {name: {"label": label, "gold_mean": g, "gold_ci": [g - 0.05, g + 0.05], "valid_rate": v,
+                      "implicit_mean": imp, "n": 16, "win_rate_vs_weak_sft": w}
+               for name, label, g, v, imp, w in [("weak_sft", "WeakSFT", 0.31, 0.94, -0.4, 0.5),
+                                                 ("cong_s", "ConG-S", 0.44, 1.0, 0.9, 0.66),
+                                                 ("cong", "ConG", 0.52, 1.0, 1.4, 0.75)]}
+    a = Job.objects.create(owner=user, kind="cong", status="succeeded", config={"alpha": 0.4, "methods": list(methods)},
+                           results={"methods": methods})
+    sweep = [{"alpha": x, "name": f"a{x:.2f}", "gold_mean": 0.2 + 0.5 * x * (1.2 - x), "implicit_mean": 3 - 2.5 * x,
+              "valid_rate": 1.0} for x in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    b = Job.objects.create(owner=user, kind="alpha_sweep", status="succeeded", config={}, results={"alphas": sweep})
+    page, base = browser_page, web_stack.base_url
+    _login(page, base, "cy", PASSWORD)
+
+    page.goto(f"{base}/jobs/{a.pk}/")
+    assert page.locator("#results tbody tr").count() == 3
+    assert page.locator("#scatter svg circle").count() == 3  # implicit vs gold, one point per method
+    save_screenshot(page, tmp_path, "6_results_pipeline")
+    page.goto(f"{base}/jobs/{b.pk}/")
+    assert page.locator("#results tbody tr").count() == 6
+    assert page.locator("#sweep-gold svg polyline").count() == 1
+    assert page.locator("#sweep-gold svg circle").count() == 6
+    assert page.locator("#sweep-implicit svg circle").count() == 6
+    save_screenshot(page, tmp_path, "7_results_sweep")
+
+    page.goto(f"{base}/jobs/compare/?a={a.pk}&b={b.pk}")
+    assert page.locator("#merged tbody tr").count() == 9  # 3 methods + 6 alphas
+    assert page.locator(".side").count() == 2
+    assert page.locator('.sweep[data-side="b"] svg polyline').count() == 2  # gold and implicit
+    assert page.locator('.sweep[data-side="a"]').count() == 0  # no sweep in job A: no empty charts
+    save_screenshot(page, tmp_path, "8_compare")
+    assert page.console_errors == [], page.console_errors

@@ -179,7 +179,8 @@ def test_job_detail_results_table_and_plots(client, user, weak_pair, prompts_ds)
     assert "ConG" in table and "WeakSFT" in table and "0.610" in table and "[0.550, 0.670]" in table
     assert "80%" in table and "2.250" in table
     live = json.loads(re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S).group(1))
-    assert live["points"] == [[0.5, 0.2], [1.5, 0.7]] and live["finished"] is True
+    assert live["scatter"] == {"unit": "pairs", "points": [[0.5, 0.2, ""], [1.5, 0.7, ""]]}
+    assert live["finished"] is True
     assert 'id="scatter"' in html and 'id="cancel-form" method="post" action="/jobs/%d/cancel/" hidden' % job.pk in html
 
 
@@ -192,6 +193,16 @@ def test_results_table_reads_an_alpha_sweep():
     # A pipeline's methods win over any sweep-like list inside it.
     assert [r["method"] for r in page_selectors.results_table(PIPELINE_RESULTS)] == ["WeakSFT", "ConG"]
     assert page_selectors.results_table(None) == [] and page_selectors.alpha_sweep({"x": 1}) == []
+
+
+def test_scatter_falls_back_from_pairs_to_sweep_to_methods(user):
+    job = Job.objects.create(owner=user, kind="alpha_sweep", config={}, status="succeeded",
+                             results={"alphas": [{"alpha": 0.0, "name": "a0.00", "gold_mean": 0.3, "implicit_mean": 2.0}]})
+    assert page_selectors.scatter(job=job) == {"unit": "alphas", "points": [[2.0, 0.3, "alpha 0"]]}
+    job.results = PIPELINE_RESULTS
+    assert page_selectors.scatter(job=job)["points"] == [[-1.5, 0.25, "WeakSFT"], [2.25, 0.61, "ConG"]]
+    GeneratedPair.objects.create(job=job, prompt_index=0, prompt="p", chosen="c", implicit_reward=1.0, gold_reward=0.5)
+    assert page_selectors.scatter(job=job) == {"unit": "pairs", "points": [[1.0, 0.5, ""]]}
 
 
 def test_compare_page_shows_both_jobs_side_by_side(client, user, weak_pair, prompts_ds):
