@@ -423,7 +423,7 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
         was = job.status
         if was in (S.RUNNING, S.CANCELLING):
             lost = f"worker {job.worker or '?'} was lost during attempt {job.attempts}"
-            job.error = job.error or lost
+            job.error = lost
             if job.cancel_requested:
                 # It was being cancelled when its worker died: finish the cancel instead of rerunning.
                 Job.objects.filter(pk=job_id, status=was).update(status=S.CANCELLED, finished=now, partial=True)

@@ -8,6 +8,21 @@ and the attempt counter on the Job row (job_claim) decides whether to run it aga
 from __future__ import annotations
 
 from celery import shared_task
+from celery.signals import worker_init
+
+
+@worker_init.connect
+def _preload_ml(**_):
+    # Import torch/transformers once in the worker's parent: each job runs in a fresh forked child
+    # (max_tasks_per_child=1), which then starts in a second instead of re-importing for ~5 s.
+    # Importing starts no threads, so forking afterwards is safe on CPU and before CUDA is touched.
+    try:
+        import ml.modeling  # noqa: F401
+        import ml.stages.generate  # noqa: F401
+        import transformers  # noqa: F401
+        from transformers import AutoModelForCausalLM  # noqa: F401
+    except Exception:  # a worker without the ml extras still serves the other queues
+        pass
 
 
 @shared_task(name="jobs.tasks.job_run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -22,3 +37,22 @@ def jobs_reap_stale_task() -> list:
     from jobs.services import jobs_reap_stale
 
     return jobs_reap_stale()
+
+
+def _reap_interval() -> float:
+    from django.conf import settings
+
+    # Half the stale window: a dead worker's job is requeued at most 1.5 windows after its last beat.
+    return max(1.0, min(60.0, getattr(settings, "JOB_STALE_AFTER_SECONDS", 120) / 2))
+
+
+try:
+    from congweb.celery import app as _app
+
+    @_app.on_after_finalize.connect
+    def _schedule_reaper(sender, **kwargs):
+        # Runs under `celery beat` (or `worker -B`); `manage.py reap_stale_jobs --loop` is the alternative.
+        sender.add_periodic_task(_reap_interval(), jobs_reap_stale_task.s(), name="reap stale jobs",
+                                 expires=_reap_interval())
+except ImportError:  # pragma: no cover
+    pass

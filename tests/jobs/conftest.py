@@ -121,10 +121,14 @@ def point_celery_at(redis_url: str) -> None:
     from congweb.celery import app
     from congweb.redis_urls import celery_url
 
-    app.close()  # drop pooled connections to any previous broker
+    app.close()  # drop pooled connections to any previous broker ...
+    app._pool = None
+    app.amqp._producer_pool = None  # ... and the producers bound to them
     app.conf.broker_url = celery_url(redis_url)
     app.conf.broker_write_url = None
     app.conf.broker_read_url = None
+    with app.connection_for_write() as conn:
+        assert conn.as_uri(include_password=True).split("?")[0].endswith(celery_url(redis_url).split("://", 1)[1].split("?")[0])
 
 
 class WorkerProc:
