@@ -302,3 +302,27 @@ def test_pair_store_never_duplicates_and_export(user, weak_pair, prompts_ds):
     assert rows == [{"prompt": "p0", "chosen": "better"}, {"prompt": "p1", "chosen": "cd1", "rejected": "pl1"}]
     with pytest.raises(ValidationError):
         services.pair_review(pair=pairs[1], user=user, action="edit", edited_text=" ")
+
+
+def test_toyworld_register_is_idempotent_and_shared(model_root, tmp_path, other_user):
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(make_prompts(5))
+    h = tmp_path / "heldout.jsonl"
+    h.write_bytes(make_prompts(3, start=100))
+    manifest = {"world": "review", "seed": 0, "size": "tiny", "gold": "toy:review",
+                "models": {"weak_base": str(model_root / "weak_base"), "weak_aligned": str(model_root / "weak_aligned"),
+                           "strong_base": str(model_root / "other_vocab")},
+                "prompts": {"train": str(p), "heldout": str(h)}}
+    first = services.toyworld_register(manifest=manifest)
+    again = services.toyworld_register(manifest=manifest)
+    assert {k: m.pk for k, m in first["models"].items()} == {k: m.pk for k, m in again["models"].items()}
+    assert ModelEntry.objects.count() == 3 and Dataset.objects.count() == 2
+    assert all(m.owner is None for m in ModelEntry.objects.all())
+    assert first["datasets"]["train"].gold == "toy:review" and first["datasets"]["heldout"].row_count == 3
+    # Anyone can build a ConG job from them; the held-out split is picked for evaluation.
+    m = first["models"]
+    job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
+                              weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk,
+                              prompts=first["datasets"]["train"].pk)
+    assert job.config["eval_prompts"]["id"] == first["datasets"]["heldout"].pk
+    assert job.config["methods"] == ["cong_s", "cong"]
