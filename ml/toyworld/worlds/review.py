@@ -166,8 +166,8 @@ class ReviewWorld(World):
             return tiny_recipe()
         return Recipe(
             weak=ModelRecipe(n_layer=2, n_embd=64, n_head=2, steps=800, batch_size=64, lr=3e-3),
-            strong=ModelRecipe(n_layer=4, n_embd=128, n_head=4, steps=500, batch_size=64, lr=2e-3),
-            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=1e-4,
+            strong=ModelRecipe(n_layer=4, n_embd=128, n_head=4, steps=400, batch_size=32, lr=3e-3),
+            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=5e-5,
                                        steps=60, batch_size=32),
             corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=48,
             stages=strong_stage_overrides(max_length=48),
