@@ -230,3 +230,27 @@ def test_static_files_are_served(client):
     r = client.get("/static/jobs/job_live.js")
     assert r.status_code == 200
     assert b"congLive" in b"".join(r.streaming_content)
+
+
+def test_new_job_presets_fill_the_form(client, user, model_root):
+    from jobs.models import Dataset, ModelEntry
+
+    from .conftest import make_prompts
+
+    wb = services.model_register(name="toy-x-s0-weak-base", path=str(model_root / "weak_base"), kind="weak")
+    wa = services.model_register(name="toy-x-s0-weak-aligned", path=str(model_root / "weak_aligned"), kind="weak")
+    st = services.model_register(name="toy-x-s0-strong-base", path=str(model_root / "other_vocab"), kind="strong")
+    ds = services.dataset_create(name="toy-x-s0-train", chunks=[make_prompts(3)], gold="toy:review")
+    assert ModelEntry.objects.filter(owner__isnull=True).count() == 3 and Dataset.objects.count() == 1
+    client.force_login(user)
+    html = client.get("/jobs/new/").content.decode()
+    presets = json.loads(re.search(r'<script id="presets-data" type="application/json">(.*?)</script>', html,
+                                   re.S).group(1))
+    names = [p["name"] for p in presets]
+    assert "toy-x-s0: full ConG pipeline" in names and 'class="btn secondary preset"' in html
+    full = next(p for p in presets if p["name"] == "toy-x-s0: full ConG pipeline")["request"]
+    assert (full["weak_base"], full["weak_aligned"], full["strong"], full["prompts"]) == (wb.pk, wa.pk, st.pk, ds.pk)
+    # Server-side prefill (links can carry ?preset=...).
+    html = client.get("/jobs/new/", {"preset": "toy-x-s0: full ConG pipeline"}).content.decode()
+    assert re.search(rf'<option value="{st.pk}" selected>', html)
+    assert re.search(r'<option value="cong" selected>', html)
