@@ -164,3 +164,17 @@ def _jsonable(obj: Any) -> Any:
     import json
 
     return json.loads(json.dumps(obj))
+
+
+def find_manifests(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every finished build under DATA_DIR/toyworld (for the web app's model and dataset lists)."""
+    base = Path(data_dir or default_data_dir()) / "toyworld"
+    out = []
+    for path in sorted(base.glob("*/seed*/manifest.json")):
+        try:
+            m = read_json(path)
+        except (OSError, ValueError):
+            continue  # a half-written or foreign file: not a finished build
+        if m.get("version") == MANIFEST_VERSION:
+            out.append(m)
+    return out

@@ -55,3 +55,11 @@ def test_default_data_dir_from_env(monkeypatch, tmp_path):
 def test_bad_size_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="size"):
         build("review", 0, tmp_path, size="huge")
+
+
+def test_find_manifests(tiny_review):
+    from ml.toyworld.build import find_manifests
+
+    data_dir = Path(tiny_review["root"]).parents[2]
+    found = find_manifests(data_dir)
+    assert [m["root"] for m in found if m["world"] == "review"] == [tiny_review["root"]]
