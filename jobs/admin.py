@@ -18,6 +18,10 @@ from jobs import services
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
 
 LIST_CHARS = 160  # how much of each text the pair list shows
+# Reviewing is reading side-by-side columns: give the page's width to them, not to the app sidebar.
+admin.site.enable_nav_sidebar = False
+admin.site.site_header = "congweb administration"
+admin.site.site_title = "congweb admin"
 
 
 def _cell(text: str | None, chars: int = LIST_CHARS):
@@ -89,7 +93,7 @@ class GoldRewardFilter(RewardRangeFilter):
 @admin.register(GeneratedPair)
 class GeneratedPairAdmin(admin.ModelAdmin):
     list_display = ("id", "job_link", "prompt_col", "chosen_col", "plain_col", "rejected_col", "implicit_col",
-                    "gold_col", "review_status", "reviewer")
+                    "gold_col", "review_col")
     list_display_links = ("id",)
     list_filter = ("job", "review_status", ImplicitRewardFilter, GoldRewardFilter)
     search_fields = ("prompt", "chosen")
@@ -141,6 +145,12 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     @admin.display(description="gold", ordering="gold_reward")
     def gold_col(self, obj):
         return "-" if obj.gold_reward is None else f"{obj.gold_reward:.3f}"
+
+    @admin.display(description="review", ordering="review_status")
+    def review_col(self, obj):
+        who = f" by {obj.reviewer.get_username()}" if obj.reviewer_id else ""
+        return format_html('<span class="pair-status {}">{}</span><span class="pair-note">{}</span>',
+                           obj.review_status, obj.review_status, who)
 
     def _review(self, request, queryset, action: str) -> None:
         n = 0

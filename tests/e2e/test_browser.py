@@ -102,6 +102,9 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_
     page.wait_for_url(re.compile(r"/admin/jobs/generatedpair/"))
     target.refresh_from_db()
     assert target.review_status == "rejected" and target.reviewer.username == "ada"
+    row = page.locator(f'#result_list tr:has(input[value="{target.pk}"])')
+    assert "rejected" in row.locator(".pair-status").inner_text() and "by ada" in row.inner_text()
+    save_screenshot(page, tmp_path, "5b_admin_after_reject")
     assert page.console_errors == [], page.console_errors
     assert time.monotonic() - t0 < 150
 
