@@ -71,8 +71,8 @@ class JobForm(forms.Form):
     def service_kwargs(self) -> dict:
         """Arguments for jobs.services.job_create from the cleaned data."""
         d = self.cleaned_data
-        params = d.get("params_json") if isinstance(d.get("params_json"), dict) else d.get("params_json") or {}
-        if isinstance(params, dict):
+        params = d.get("params_json") or {}
+        if isinstance(params, dict):  # anything else goes to the service as is, which says what is wrong
             params = dict(params)
             for key in ("max_prompts", "max_new_tokens", "seed"):
                 if d.get(key) is not None:
