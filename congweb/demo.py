@@ -20,6 +20,7 @@ DEMO_USER = os.environ.get("DEMO_USER", "demo")
 DEMO_PASSWORD = os.environ.get("DEMO_PASSWORD", "demo")
 DEMO_WORLD = os.environ.get("DEMO_WORLD", "review")
 DEMO_SEED = os.environ.get("DEMO_SEED", "0")
+DEMO_METHODS = os.environ.get("DEMO_METHODS", "strong_base,weak_post,weak_sft,wspo,cong_s,cong").split(",")
 TERMINAL = {"succeeded", "failed", "cancelled"}
 
 
@@ -147,8 +148,14 @@ def run(stack, *, exit_after: bool) -> int:
     api.token = api.call("POST", "/api/v1/auth/token/", {"username": DEMO_USER, "password": DEMO_PASSWORD})["token"]
     presets = api.call("GET", "/api/v1/presets/")
     presets = presets.get("results", presets) if isinstance(presets, dict) else presets
-    preset = next((p for p in presets if p.get("world") == DEMO_WORLD), None) or presets[0]
-    body = dict(preset["job"])
+    tag = f"toy-{DEMO_WORLD}-s{DEMO_SEED}:"
+    cong = [p for p in presets if p["name"].startswith(tag) and p["request"].get("kind") == "cong"]
+    if not cong:
+        raise SystemExit(f"no ConG preset for {tag} among {[p['name'] for p in presets]}; "
+                         "was the toy world registered?")
+    body = dict(cong[0]["request"])
+    # The demo shows the paper's whole comparison on held-out prompts, not just ConG.
+    body["methods"] = DEMO_METHODS
     say(f"submitting a ConG job over REST: POST /api/v1/jobs/ {json.dumps(body)}")
     job = api.call("POST", "/api/v1/jobs/", body)
     say(f"job {job['id']} queued; follow it in the browser at http://127.0.0.1:{stack.port}/jobs/{job['id']}/ "

@@ -65,8 +65,11 @@ class Stack:
 
     def start_web_and_worker(self) -> None:
         self.spawn("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "congweb.asgi:application")
+        # -B runs the beat scheduler inside this one local worker: it fires the stale-job reaper, so a
+        # job whose worker died is requeued or failed instead of staying "running".
         self.spawn("worker", "-m", "celery", "-A", "congweb", "worker", "-Q", "gpu,default",
-                   "--concurrency", "1", "--loglevel", "INFO", "-n", f"local-{os.getpid()}@%h")
+                   "--concurrency", "1", "--loglevel", "INFO", "-n", f"local-{os.getpid()}@%h",
+                   "-B", "-s", str(self.var_dir / "celerybeat-schedule"))
         self.wait_http(f"http://127.0.0.1:{self.port}/healthz")
 
     def wait_http(self, url: str, timeout: float = 60) -> None:

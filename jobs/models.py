@@ -48,6 +48,9 @@ class Dataset(models.Model):
     row_count = models.PositiveIntegerField(default=0)
     gold = models.CharField(max_length=100, blank=True, default="",
                             help_text="Registered gold reward for these prompts, e.g. 'toy:review'.")
+    defaults = models.JSONField(default=dict, blank=True,
+                                help_text="Job params recommended for these prompts (e.g. a toy world's "
+                                          "generation length and learning rates); a job's own params win.")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               related_name="datasets", help_text="Empty = shared with everyone.")
     created = models.DateTimeField(auto_now_add=True)
@@ -128,6 +131,9 @@ class JobEvent(models.Model):
         ordering = ["job", "seq"]
         constraints = [models.UniqueConstraint(fields=["job", "seq"], name="jobevent_unique_seq")]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} event {self.seq} ({self.type})"
+
     def as_message(self) -> dict:
         return {"seq": self.seq, "type": self.type, "data": self.data,
                 "created": self.created.isoformat() if self.created else None}
@@ -160,6 +166,9 @@ class GeneratedPair(models.Model):
         ordering = ["job", "prompt_index"]
         constraints = [models.UniqueConstraint(fields=["job", "prompt_index"], name="pair_unique_prompt")]
 
+    def __str__(self) -> str:
+        return f"job {self.job_id} pair #{self.prompt_index} ({self.review_status})"
+
 
 class Artifact(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="artifacts")
@@ -172,3 +181,6 @@ class Artifact(models.Model):
     class Meta:
         ordering = ["job", "id"]
         constraints = [models.UniqueConstraint(fields=["job", "stage", "kind"], name="artifact_unique_kind")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.stage}/{self.kind}" + (" (partial)" if self.partial else "")

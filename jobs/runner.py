@@ -63,9 +63,16 @@ class PairMirror:
     (it does once, sorted, at the end) the offset is past the new size and reading restarts at 0.
     """
 
-    def __init__(self, job_id: int, path: Path, index_offset: int = 0) -> None:
+    def __init__(self, job_id: int, path: Path, index_offset: int = 0, gold: str = "") -> None:
         self.job_id, self.path, self.index_offset = job_id, Path(path), index_offset
         self.offset = 0
+        # Score each pair with the dataset's gold reward as it is mirrored, so reviewers can filter and
+        # sort by it (generation rows carry only the implicit reward). Programmatic golds are cheap.
+        self.gold = None
+        if gold:
+            from ml.gold import get_gold
+
+            self.gold = get_gold(gold)
 
     def sync(self) -> int:
         if not self.path.exists():
@@ -98,6 +105,8 @@ class PairMirror:
         for row in rows:
             if int(row["index"]) + self.index_offset in have:
                 continue
+            if self.gold is not None and "gold" not in row:
+                row = {**row, "gold": self.gold(str(row.get("prompt", "")), str(row.get("response", "")))}
             _, created = services.pair_store(job_id=self.job_id, row=row, index_offset=self.index_offset)
             new += int(created)
         return new
@@ -134,7 +143,8 @@ def _cd_generate(job: Job, rep: ProgressReporter, mirror_to: list[PairMirror], *
             "output_dir": str(out), "max_prompts": p.get("max_prompts"),
             **_decoding(p, alpha=c["alpha"] if alpha is None else alpha), **(p.get("cd_generate") or {})}
     cfg = CDGenerateConfig.from_dict(flat)
-    mirror = PairMirror(job.pk, out / "samples.jsonl", index_offset)
+    gold = (c.get("prompts") or {}).get("gold") or ""
+    mirror = PairMirror(job.pk, out / "samples.jsonl", index_offset, gold=gold)
     mirror_to.append(mirror)
     services.artifact_record(job_id=job.pk, stage=out.name, kind="samples", path=str(out / "samples.jsonl"))
     summary = cd_generate(cfg, rep)
@@ -189,7 +199,7 @@ def _pipeline(job: Job, rep: ProgressReporter, mirrors: list[PairMirror], method
         if p.get(stage):
             data[stage] = p[stage]
     cfg = PipelineConfig.from_dict(data)
-    mirror = PairMirror(job.pk, out / "cd_generate" / "samples.jsonl")
+    mirror = PairMirror(job.pk, out / "cd_generate" / "samples.jsonl", gold=data["gold"])
     mirrors.append(mirror)
     results = run(cfg, rep)
     mirror.sync()

@@ -227,6 +227,34 @@ def _check_params(params: Any, kind: str) -> dict[str, Any]:
     return out
 
 
+def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's recommended params under the job's own: per-stage override dicts merge key by key."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    for k, v in params.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _toyworld_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The settings a toy world was built for: its models' context fits its generation length, and its
+    sub-million-parameter models need larger learning rates than the paper's (see the world recipes)."""
+    out: dict[str, Any] = {}
+    gen = manifest.get("generation") or {}
+    if gen.get("max_new_tokens"):
+        out["max_new_tokens"] = int(gen["max_new_tokens"])
+    try:
+        from ml.toyworld.worlds import get_world
+
+        stages = get_world(manifest["world"]).recipe(manifest.get("size", "default")).stages
+    except (ImportError, KeyError, ValueError):
+        return out
+    for name, overrides in stages.items():
+        key = "cd_generate" if name == "generate" else name
+        if key in STAGE_OVERRIDE_KEYS:
+            out[key] = dict(overrides)
+    return out
+
+
 def _model_ref(m: ModelEntry) -> dict[str, Any]:
     return {"id": m.pk, "name": m.name, "path": m.path, "vocab_fingerprint": m.vocab_fingerprint}
 
@@ -277,6 +305,8 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
     else:
         alpha_v = None
     params_v = collect(_check_params, params, kind)
+    if ds is not None and params_v is not None and ds.defaults:
+        params_v = merge_params(ds.defaults, params_v)
 
     wb, wa = picked.get("weak_base"), picked.get("weak_aligned")
     if wb is not None and wa is not None and wb.vocab_fingerprint != wa.vocab_fingerprint:
@@ -619,5 +649,9 @@ def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
             with open(path, "rb") as fh:
                 ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
                                     gold=gold, owner=None)
+        defaults = _toyworld_defaults(manifest)
+        if ds.defaults != defaults:
+            ds.defaults = defaults
+            ds.save(update_fields=["defaults"])
         out["datasets"][split] = ds
     return out

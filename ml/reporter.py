@@ -96,13 +96,25 @@ class ConsoleReporter(NullReporter):
             self._bars.pop(stage, None)
 
     def metric(self, name: str, value: float, step: int | None = None) -> None:
-        if not self.quiet:
-            at = f" @ {step}" if step is not None else ""
-            print(f"[{time.strftime('%H:%M:%S')}] {name} = {value:.4g}{at}", file=sys.stderr)
+        if self.quiet:
+            return
+        # Metrics of a running stage ("sft/loss" while the "sft" bar is open) ride on its bar instead
+        # of breaking it with a new line every few steps.
+        for stage, bar in self._bars.items():
+            if name.startswith(stage + "/"):
+                bar.set_postfix_str(f"{name[len(stage) + 1:]}={value:.4g}", refresh=True)
+                return
+        at = f" @ {step}" if step is not None else ""
+        self._write(f"{name} = {value:.4g}{at}")
 
     def log(self, msg: str) -> None:
         if not self.quiet:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)
+            self._write(msg)
+
+    def _write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr)
 
 
 def or_null(reporter: Reporter | None) -> Reporter:

@@ -55,6 +55,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # daphne serves no files: WhiteNoise serves /static/ from the finders in DEBUG and from
+    # STATIC_ROOT (collectstatic) in production, with far-future caching of hashed names.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -106,6 +109,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [p for p in [BASE_DIR / "static"] if p.exists()]
+WHITENOISE_USE_FINDERS = DEBUG
 
 # --- Redis: broker and channel layer ------------------------------------------------------------
 EMBEDDED_REDIS = "REDIS_URL" not in os.environ
@@ -163,6 +167,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Contrastive weak-to-strong generalization jobs: models, datasets, jobs, events, pairs.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Three models have a "kind" field with different choices: name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelKindEnum": "jobs.models.ModelEntry.Kind",
+        "DatasetKindEnum": "jobs.models.Dataset.Kind",
+        "JobKindEnum": "jobs.models.Job.Kind",
+    },
 }
 
 LOGGING = {

@@ -326,3 +326,29 @@ def test_toyworld_register_is_idempotent_and_shared(model_root, tmp_path, other_
                               prompts=first["datasets"]["train"].pk)
     assert job.config["eval_prompts"]["id"] == first["datasets"]["heldout"].pk
     assert job.config["methods"] == ["cong_s", "cong"]
+
+
+def test_toyworld_datasets_carry_the_worlds_settings_and_jobs_inherit_them(model_root, tmp_path, other_user):
+    from ml.toyworld.worlds import get_world
+
+    p = tmp_path / "train.jsonl"
+    p.write_bytes(make_prompts(5))
+    manifest = {"world": "review", "seed": 0, "size": "tiny", "gold": "toy:review",
+                "generation": {"max_new_tokens": 17},
+                "models": {"weak_base": str(model_root / "weak_base"), "weak_aligned": str(model_root / "weak_aligned"),
+                           "strong_base": str(model_root / "weak_base")},
+                "prompts": {"train": str(p)}}
+    reg = services.toyworld_register(manifest=manifest)
+    ds = reg["datasets"]["train"]
+    recipe = get_world("review").recipe("tiny").stages
+    assert ds.defaults["max_new_tokens"] == 17
+    assert ds.defaults["sft"] == recipe["sft"] and ds.defaults["cd_generate"] == recipe["generate"]
+    m = reg["models"]
+    job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
+                              weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk, prompts=ds.pk,
+                              params={"max_new_tokens": 9, "sft": {"learning_rate": 0.01}})
+    params = job.config["params"]
+    assert params["max_new_tokens"] == 9  # the job's own value wins
+    assert params["sft"]["learning_rate"] == 0.01  # ... key by key inside a stage's overrides
+    assert params["sft"]["num_train_epochs"] == recipe["sft"]["num_train_epochs"]
+    assert params["dpo"] == recipe["dpo"]
