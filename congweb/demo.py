@@ -113,7 +113,8 @@ def follow(api: Api, job_id: int) -> dict:
     return job
 
 
-def print_results(results: dict) -> None:
+def print_results(payload: dict) -> None:
+    results = payload.get("results") or payload  # GET .../results/ wraps them with the job's status
     methods = results.get("methods") or {}
     if not methods:
         print(json.dumps(results, indent=2)[:4000])
@@ -127,6 +128,7 @@ def print_results(results: dict) -> None:
         imp = m.get("implicit_mean")
         print(f"{name:<16} {gold:<28} {m.get('valid_rate', float('nan')):>7.2%} "
               f"{(f'{imp:+.3f}' if isinstance(imp, (int, float)) else '-'):>9} {m.get('n', ''):>5}")
+    print("gold reward: mean over held-out prompts x samples, 95% interval; implicit: mean log pi_post/pi_pre")
     print()
 
 
