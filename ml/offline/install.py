@@ -184,14 +184,14 @@ def verify_model(folder: Path, prompt: str = VERIFY_PROMPT, max_new_tokens: int 
                               else model.config.vocab_size)}
 
 
-def _entry(model: OfflineModel, folder: Path, gguf: Path, template_added: bool) -> dict[str, Any]:
+def _entry(model: OfflineModel, folder: Path, gguf: Path | None, template_added: bool) -> dict[str, Any]:
     from ml.modeling import load_tokenizer, vocab_fingerprint
 
     tok = load_tokenizer(folder)
     return {
         "key": model.key, "title": model.title, "path": str(folder.resolve()), "family": model.family,
         "architecture": model.architecture, "role": model.role, "instruct": model.instruct,
-        "licence": model.licence, "packages": list(model.packages), "gguf_file": str(gguf.resolve()) if str(gguf) else "",
+        "licence": model.licence, "packages": list(model.packages), "gguf_file": str(gguf.resolve()) if gguf else "",
         "chat_template": bool(getattr(tok, "chat_template", None)),
         "chat_template_source": ("congweb-minimal" if model.added_chat_template else "gguf")
         if getattr(tok, "chat_template", None) else None,
@@ -245,8 +245,9 @@ def install_offline(models_dir: str | Path | None = None, reporter: Reporter | N
                 raise InstallError(f"converting {gguf} needs the gguf package: pip install gguf==0.19.0 ({exc})") from None
             rep.log(f"install_offline: {key}: converted in {time.time() - t0:.0f}s")
         added = add_chat_template(folder, m.added_chat_template) if m.added_chat_template else False
-        if gguf is None:
-            gguf = Path(old.get("models", {}).get(key, {}).get("gguf_file") or "")
+        if gguf is None:  # converted earlier: keep the file name the earlier manifest recorded
+            prev_file = old.get("models", {}).get(key, {}).get("gguf_file") or ""
+            gguf = Path(prev_file) if prev_file else None
         entry = _entry(m, folder, gguf, added)
         prev = old.get("models", {}).get(key, {})
         if verify and (force_verify or added or "verify" not in prev or prev.get("path") != entry["path"]):

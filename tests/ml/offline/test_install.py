@@ -76,3 +76,27 @@ def test_minimal_chat_template_hook(tmp_path, tiny_tokenizer):
     assert ids == list(tok(text, add_special_tokens=False)["input_ids"])
     p, r = encode_pair(tok, "tell me", "a story", use_chat_template=True)
     assert p == ids and r[-1] == tok.eos_token_id
+
+
+def test_install_offline_flow_on_an_already_converted_tiny_model(tmp_path, monkeypatch, tiny_pair):
+    """Manifest written, template added, one greedy answer recorded; a second call reuses it all."""
+    import ml.offline.install as inst
+    from ml.offline import read_manifest
+
+    fake = OfflineModel(key="tiny_base", title="tiny", packages=("none==0",), module="ml", family="tiny",
+                        architecture="gpt2", role="strong", licence="none", instruct=False,
+                        locate=lambda pkg, scratch: (_ for _ in ()).throw(AssertionError("no conversion expected")),
+                        added_chat_template=GEMMA_MINIMAL_TEMPLATE)
+    monkeypatch.setitem(inst.MODELS, "tiny_base", fake)
+    folder = tmp_path / "offline" / "tiny_base"
+    tiny_pair.base.save_pretrained(str(folder))
+    tiny_pair.tokenizer.save_pretrained(str(folder))
+
+    m1 = install_offline(tmp_path, models=["tiny_base"], install=False)
+    e = m1["models"]["tiny_base"]
+    assert e["path"] == str(folder.resolve()) and e["role"] == "strong" and e["gguf_file"] == ""
+    assert e["chat_template"] and e["chat_template_source"] == "congweb-minimal"
+    assert e["verify"]["n_params"] > 0 and isinstance(e["verify"]["answer"], str)
+    assert read_manifest(tmp_path) == m1
+    m2 = install_offline(tmp_path, models=["tiny_base"], install=False)
+    assert m2["models"]["tiny_base"]["verify"] == e["verify"]  # not re-verified: nothing changed
