@@ -8,13 +8,15 @@
 #      when the real models are there, else one toy-world seed (python -m ml toyworld report)
 #   5. writes gpu_check.md (paste into docs/BENCHMARKS.md) plus the raw JSON to $OUT (the device tool's
 #      output folder) or bench/results/
-# Usage: bash bench/gpu_check.sh            (env: SIZE=smoke|gpu, CONGWEB_DATA_DIR, PYTHON, BUDGET_S)
+# Usage: bash bench/gpu_check.sh     env: SIZE=smoke|gpu, CONGWEB_DATA_DIR, PYTHON; for a dry run of the
+#        script itself on a CPU: DEVICE=cpu CD_PROMPTS=8 CD_TOKENS=8 CD_BATCHES=1,4 SKIP_CONG=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RES="${OUT:-bench/results}"
 mkdir -p "$RES"
 PY="${PYTHON:-python3}"
 SIZE="${SIZE:-smoke}"
+DEVICE="${DEVICE:-cuda}"
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export CONGWEB_DATA_DIR="${CONGWEB_DATA_DIR:-$PWD/var/data}"
 T0=$(date +%s)
@@ -49,21 +51,24 @@ fi
 [ -f "$OFF/smollm2_135m_instruct/config.json" ] && [ -f "$OFF/gemma3_270m_base/config.json" ] && REAL=1
 log "real models: $REAL"
 
-CD_ARGS=(--device cuda --batch-sizes 1,8,64 --prompts 64 --reference-prompts 8 --max-new-tokens 128 --repeats 2 --json)
+CD_ARGS=(--device "$DEVICE" --batch-sizes "${CD_BATCHES:-1,8,64}" --prompts "${CD_PROMPTS:-64}" --reference-prompts 8
+         --max-new-tokens "${CD_TOKENS:-128}" --repeats 2 --json)
 [ "$REAL" = 1 ] && CD_ARGS+=(--aligned "$OFF/smollm2_135m_instruct" --base "$OFF/smollm2_135m_instruct")
 log "CD throughput: ${CD_ARGS[*]}"
 timeout 240 "$PY" bench/cd_throughput.py "${CD_ARGS[@]}" > "$RES/cd_throughput.json" 2>>"$RES/gpu_check.log"
 log "CD throughput exit $?"
 
-if [ "$REAL" = 1 ]; then
-  log "ConG run: real models, preset size $SIZE (cross-family SmolLM2 -> Gemma 3 270M)"
-  timeout 300 "$PY" -m ml models run --size "$SIZE" --device cuda --output-dir /tmp/congweb-gpu-run --quiet \
+if [ -n "${SKIP_CONG:-}" ]; then
+  log "ConG run skipped (SKIP_CONG set)"
+elif [ "$REAL" = 1 ]; then
+  log "ConG run: real models, preset size $SIZE on $DEVICE (cross-family SmolLM2 -> Gemma 3 270M)"
+  timeout 300 "$PY" -m ml models run --size "$SIZE" --device "$DEVICE" --output-dir /tmp/congweb-gpu-run --quiet \
     >>"$RES/gpu_check.log" 2>&1
   log "ConG run exit $?"
   cp /tmp/congweb-gpu-run/results.json "$RES/cong_results.json" 2>/dev/null
 else
   log "ConG run: no real models here; one toy-world seed on CUDA instead"
-  timeout 300 "$PY" -m ml toyworld report --worlds review --seeds 1 --no-filtered --device cuda \
+  timeout 300 "$PY" -m ml toyworld report --worlds review --seeds 1 --no-filtered --device "$DEVICE" \
     --data-dir /tmp/congweb-toy --out /tmp/congweb-gpu-run --quiet >>"$RES/gpu_check.log" 2>&1
   log "toy-world run exit $?"
   cp /tmp/congweb-gpu-run/report.json "$RES/cong_results.json" 2>/dev/null
