@@ -61,14 +61,28 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
         else "implicit-vs-gold Pearson unavailable"
     best = max(sweep["cd"], key=lambda c: c["gold_mean"])
     delta = f"{diff:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post (95% interval {diff - half:+.3f}..{diff + half:+.3f})"
+    # CD at alpha = 1 uses CD's decoding settings (plausibility cut, repetition penalty) without the
+    # log-ratio; comparing with it separates what the log-ratio does from what those settings do.
+    ratio_effect = None
+    if 1.0 in cds and decision_alpha != 1.0:
+        d1 = cd["gold_mean"] - cds[1.0]["gold_mean"]
+        h1 = 1.96 * math.sqrt(_se(cd) ** 2 + _se(cds[1.0]) ** 2)
+        ratio_effect = (d1, d1 - h1, d1 + h1)
     if diff - half > 0:
         code = RAISES
         msg = f"CD raises gold reward here: {delta}; {r_txt}. ConG's premise holds for this weak pair."
-    elif diff + half < 0:
+    elif diff + half < 0 and (ratio_effect is None or ratio_effect[2] < 0):
         code = LOWERS
         msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. Weak alignment may have "
                "learned a shortcut: the log-ratio does not favour what the gold reward favours, so training a "
                "strong model on CD samples is not expected to beat plain weak supervision.")
+    elif diff + half < 0:
+        code = LOWERS
+        msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. The loss comes from CD's "
+               f"decoding settings, not from the log-ratio (alpha {decision_alpha:g} vs CD at alpha 1: "
+               f"{ratio_effect[0]:+.3f}, 95% interval {ratio_effect[1]:+.3f}..{ratio_effect[2]:+.3f}): the "
+               "log-ratio adds nothing here. CD beyond the log-ratio only removes pi_pre's prior and sharpens, "
+               "which helps only where that prior works against the preference.")
     else:
         code = NO_GAIN
         msg = (f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. CD beyond the log-ratio "
@@ -78,7 +92,9 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
         msg += " The negative correlation itself is a warning: pi_post's log-ratio rewards something gold does not."
     return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": diff,
             "gold_gain_ci": [diff - half, diff + half], "implicit_gold_pearson": r,
-            "best_alpha": best["alpha"], "best_alpha_gold": best["gold_mean"]}
+            "best_alpha": best["alpha"], "best_alpha_gold": best["gold_mean"],
+            "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
+            "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
 
 
 def preflight(aligned, base, tokenizer, prompts: Sequence[str],
@@ -91,7 +107,7 @@ def preflight(aligned, base, tokenizer, prompts: Sequence[str],
     ``n`` samples per prompt; 100-200 prompts x 2 samples separate a 0.05 gold difference on the toy worlds."""
     if not prompts:
         raise ValueError("preflight needs at least one prompt")
-    alphas = sorted(set(float(a) for a in alphas) | {float(decision_alpha)})
+    alphas = sorted(set(float(a) for a in alphas) | {float(decision_alpha), 1.0})
     sweep = run_sweep(aligned=aligned, base=base, tokenizer=tokenizer, prompts=list(prompts), gold=_gold(gold),
                       alphas=alphas, n=n, seed=seed, max_new_tokens=max_new_tokens, reporter=reporter)
     return {**verdict(sweep, decision_alpha), "sweep": sweep}

@@ -49,6 +49,9 @@ class ReportConfig:
     cd_alpha: float = field(default=0.4, metadata={"help": "CD alpha of ConG's training data (reference 0.4)."})
     filtered: bool = field(default=True, metadata={"help": "Also run ConG with the implicit-reward DPO filter."})
     strong: bool = field(default=True, metadata={"help": "Run the strong-model table (the pipeline)."})
+    ablate_repetition_penalty: bool = field(default=True, metadata={
+        "help": "Also sweep CD with repetition_penalty 1.0 (the reference uses 1.2), to show how much of CD's "
+                "effect is the log-ratio and how much its decoding settings."})
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'; None = CUDA when present."})
 
     def __post_init__(self) -> None:
@@ -141,6 +144,26 @@ def _cong_filtered(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporte
     out = evaluate(ev, reporter)
     out["n_pairs_kept"] = s.get("n_pairs")
     return out
+
+
+def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> dict:
+    """The CD sweep again with repetition_penalty 1.0; cached in sweep_no_rep_penalty.json."""
+    from ml.gold import get_gold
+
+    from .sweep import run_sweep
+
+    path = Path(cfg.out) / "runs" / world / f"seed{seed}" / "sweep_no_rep_penalty.json"
+    if path.exists():
+        return read_json(path)
+    m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
+    aligned, base, tok = _load_pair(m, cfg.device)
+    s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
+                  gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
+                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter,
+                  cd_overrides={"repetition_penalty": 1.0})
+    if not s.get("stopped"):
+        write_json(path, s)
+    return s
 
 
 def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict:
@@ -236,6 +259,9 @@ def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any
     w["alpha_sweep"] = []
     for i, a in enumerate(cfg.alphas):
         w["alpha_sweep"].append({"alpha": a, **_agg([s["sweep"]["cd"][i] for s in seeds])})
+    if all("ablation" in s for s in seeds):
+        w["alpha_sweep_no_repetition_penalty"] = [
+            {"alpha": a, **_agg([s["ablation"]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)]
     r_mean, r_ci, r_over = _over_seeds([s["sweep"]["implicit_gold_pearson"] for s in seeds])
     w["implicit_gold_pearson"] = r_mean
     w["implicit_gold_pearson_ci"] = r_ci
@@ -269,6 +295,11 @@ def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "
             s = run_seed(cfg, world, seed, rep)
             if s.get("stopped"):
                 return {"stopped": True, "world": world, "seed": seed}
+            if cfg.ablate_repetition_penalty:
+                ab = _ablation(cfg, world, seed, rep)
+                if ab.get("stopped"):
+                    return {"stopped": True, "world": world, "seed": seed}
+                s = {**s, "ablation": ab}
             seeds.append(s)
         result["worlds"][world] = aggregate(world, seeds, cfg)
     result["seconds"] = round(time.time() - t0, 1)
@@ -312,6 +343,12 @@ def markdown(result: dict, plots: dict[str, list[str]] | None = None) -> str:
         for row in w["alpha_sweep"]:
             lines.append(f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
                          f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |")
+        if w.get("alpha_sweep_no_repetition_penalty"):
+            lines += ["", "Ablation, CD with repetition penalty 1.0 instead of the reference 1.2 (same prompts and seeds):",
+                      "", "| Samples | Gold mean | 95% CI | Valid | Implicit reward |", "|---|---:|---|---:|---:|"]
+            for row in w["alpha_sweep_no_repetition_penalty"]:
+                lines.append(f"| CD alpha={row['alpha']:g}, no rep. penalty | {_f(row['gold_mean'])} | "
+                             f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |")
         lines += ["", f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
                       f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
                       f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).", "",
@@ -369,6 +406,9 @@ def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
             ax[i].plot(xs, ys, "o-", label="CD")
             ax[i].set_xlabel("alpha")
             ax[i].set_title(f"{name}: {title}")
+            if key == "gold" and w.get("alpha_sweep_no_repetition_penalty"):
+                ax[i].plot(xs, [r["gold_mean"] for r in w["alpha_sweep_no_repetition_penalty"]], "s--",
+                           color="C3", label="CD, repetition penalty 1.0")
             ax[i].legend(fontsize=7)
         fig.tight_layout()
         files.append(_save(fig, out / f"{name}_alpha.png", out))

@@ -63,13 +63,13 @@ def plain_samples(model, *, aligned, base, tokenizer, prompts: list[str], gold: 
 
 def cd_samples(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward, alpha: float, n: int,
                seed: int, max_new_tokens: int, reporter: Reporter | None = None,
-               batch_size: int = 64) -> list[dict]:
-    """n CD samples per prompt at ``alpha`` (reference settings otherwise), scored."""
+               batch_size: int = 64, cd_overrides: dict | None = None) -> list[dict]:
+    """n CD samples per prompt at ``alpha`` (reference settings unless ``cd_overrides`` says), scored."""
     from ml.contrastive import CDConfig, contrastive_generate
 
     flat = [p for p in prompts for _ in range(n)]
-    cfg = CDConfig(alpha=alpha, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                   use_chat_template=False)
+    cfg = CDConfig(**{"alpha": alpha, "seed": seed, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                      "use_chat_template": False, **(cd_overrides or {})})
     gens = contrastive_generate(aligned=aligned, base=base, tokenizer=tokenizer, prompts=flat, config=cfg,
                                 reporter=or_null(reporter))
     return _score(gold, [g.prompt for g in gens], [g.text for g in gens],
@@ -77,8 +77,11 @@ def cd_samples(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward
 
 
 def run_sweep(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward, alphas, n: int, seed: int,
-              max_new_tokens: int, reporter: Reporter | None = None, keep_rows: bool = False) -> dict[str, Any]:
-    """Everything the alpha sweep reports for one weak pair: pre, plain_post, cd[alpha], Pearson."""
+              max_new_tokens: int, reporter: Reporter | None = None, keep_rows: bool = False,
+              cd_overrides: dict | None = None) -> dict[str, Any]:
+    """Everything the alpha sweep reports for one weak pair: pre, plain_post, cd[alpha], Pearson.
+
+    ``cd_overrides``: CDConfig fields for the CD runs (e.g. {"repetition_penalty": 1.0} for an ablation)."""
     rep = or_null(reporter)
     pre = plain_samples(base, aligned=aligned, base=base, tokenizer=tokenizer, prompts=prompts, gold=gold, n=n,
                         seed=seed, max_new_tokens=max_new_tokens)
@@ -89,7 +92,7 @@ def run_sweep(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward,
     rows: dict[str, list[dict]] = {"pre": pre, "plain_post": post}
     for k, a in enumerate(alphas):
         cd = cd_samples(aligned=aligned, base=base, tokenizer=tokenizer, prompts=prompts, gold=gold, alpha=a, n=n,
-                        seed=seed, max_new_tokens=max_new_tokens)
+                        seed=seed, max_new_tokens=max_new_tokens, cd_overrides=cd_overrides)
         out["cd"].append({"alpha": a, **summarize(cd)})
         rows[f"cd_{a:g}"] = cd
         rep.progress("toyworld/sweep", k + 1, len(alphas))

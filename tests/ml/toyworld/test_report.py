@@ -11,10 +11,10 @@ from ml.toyworld.diagnose import LOWERS, NO_GAIN, RAISES, preflight, verdict
 from ml.toyworld.report import STRONG_METHODS, ReportConfig, report
 
 
-def _sweep(plain, cd04, half=0.02, r=0.4):
+def _sweep(plain, cd04, half=0.02, r=0.4, cd1=None):
     row = lambda g: {"gold_mean": g, "gold_ci": [g - half, g + half], "n": 600, "valid_rate": 1.0}
     return {"plain_post": row(plain), "cd": [{"alpha": 0.0, **row(cd04)}, {"alpha": 0.4, **row(cd04)},
-                                             {"alpha": 1.0, **row(plain)}],
+                                             {"alpha": 1.0, **row(plain if cd1 is None else cd1)}],
             "implicit_gold_pearson": r}
 
 
@@ -23,6 +23,10 @@ def test_verdicts():
     assert v["verdict"] == RAISES and v["message"].startswith("CD raises gold reward here")
     v = verdict(_sweep(1.09, 0.96, r=-0.9))
     assert v["verdict"] == LOWERS and "shortcut" in v["message"] and "negative correlation" in v["message"]
+    # Lower than plain pi_post, but no lower than CD at alpha 1: the decoding settings, not the log-ratio.
+    v = verdict(_sweep(-0.20, -0.28, r=0.5, cd1=-0.28))
+    assert v["verdict"] == LOWERS and "decoding settings" in v["message"] and "shortcut" not in v["message"]
+    assert v["log_ratio_effect"] == pytest.approx(0.0)
     v = verdict(_sweep(0.23, 0.22, r=0.67))
     assert v["verdict"] == NO_GAIN and v["message"].startswith("CD does not raise gold reward here")
     assert v["gold_gain"] == pytest.approx(-0.01)
@@ -38,10 +42,10 @@ def test_preflight_on_tiny_pair(tiny_review):
     aligned = load_causal_lm(m["models"]["weak_aligned"], device="cpu")
     base = load_causal_lm(m["models"]["weak_base"], device="cpu")
     out = preflight(aligned, base, load_tokenizer(m["models"]["weak_aligned"]),
-                    read_prompts(m["prompts"]["heldout"], 6), "toy:review", alphas=(0.0, 1.0), n=2,
+                    read_prompts(m["prompts"]["heldout"], 6), "toy:review", alphas=(0.0,), n=2,
                     max_new_tokens=12)
     assert out["verdict"] in (RAISES, NO_GAIN, LOWERS)
-    assert [c["alpha"] for c in out["sweep"]["cd"]] == [0.0, 0.4, 1.0]  # decision alpha added
+    assert [c["alpha"] for c in out["sweep"]["cd"]] == [0.0, 0.4, 1.0]  # decision alpha and 1 added
     assert out["sweep"]["plain_post"]["n"] == 12
 
 
@@ -53,6 +57,7 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     on_disk = json.loads((tmp_path / "rep" / "report.json").read_text())
     w = on_disk["worlds"]["review"]
     assert [r["alpha"] for r in w["alpha_sweep"]] == [0.0, 0.4, 1.0]
+    assert [r["alpha"] for r in w["alpha_sweep_no_repetition_penalty"]] == [0.0, 0.4, 1.0]
     for row in [*w["alpha_sweep"], w["plain_post"], w["pre"]]:
         assert {"gold_mean", "gold_ci", "implicit_mean", "valid_rate"} <= set(row)
         assert math.isfinite(row["gold_mean"])
