@@ -68,15 +68,25 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
         d1 = cd["gold_mean"] - cds[1.0]["gold_mean"]
         h1 = 1.96 * math.sqrt(_se(cd) ** 2 + _se(cds[1.0]) ** 2)
         ratio_effect = (d1, d1 - h1, d1 + h1)
-    if diff - half > 0:
+    code, msg = _decide(diff, diff - half, diff + half, ratio_effect, r, r_txt, delta, decision_alpha)
+    return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": diff,
+            "gold_gain_ci": [diff - half, diff + half], "implicit_gold_pearson": r,
+            "best_alpha": best["alpha"], "best_alpha_gold": best["gold_mean"],
+            "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
+            "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
+
+
+def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
+    """(code, message) from the gain over plain pi_post (diff, lo..hi) and the log-ratio effect."""
+    if lo > 0:
         code = RAISES
         msg = f"CD raises gold reward here: {delta}; {r_txt}. ConG's premise holds for this weak pair."
-    elif diff + half < 0 and (ratio_effect is None or ratio_effect[2] < 0):
+    elif hi < 0 and (ratio_effect is None or ratio_effect[2] < 0):
         code = LOWERS
         msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. Weak alignment may have "
                "learned a shortcut: the log-ratio does not favour what the gold reward favours, so training a "
                "strong model on CD samples is not expected to beat plain weak supervision.")
-    elif diff + half < 0:
+    elif hi < 0:
         code = LOWERS
         msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. The loss comes from CD's "
                f"decoding settings, not from the log-ratio (alpha {decision_alpha:g} vs CD at alpha 1: "
@@ -87,12 +97,39 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
         code = NO_GAIN
         msg = (f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. CD beyond the log-ratio "
                "only removes pi_pre's prior and sharpens, so it adds little where that prior does not work "
-               "against the preference; expect ConG to do about as well as plain weak supervision.")
+               "against the preference. By gold, ConG's CD training data would be no better than plain pi_post samples.")
     if code != RAISES and r is not None and not math.isnan(r) and r < 0:
         msg += " The negative correlation itself is a warning: pi_post's log-ratio rewards something gold does not."
-    return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": diff,
-            "gold_gain_ci": [diff - half, diff + half], "implicit_gold_pearson": r,
-            "best_alpha": best["alpha"], "best_alpha_gold": best["gold_mean"],
+    return code, msg
+
+
+def verdict_over_seeds(sweeps: list[dict[str, Any]], decision_alpha: float = 0.4) -> dict[str, Any]:
+    """The verdict for several weak pairs built alike (seeds): per-seed gains over plain pi_post, paired by
+    seed, with a Student-t 95% interval over seeds. One seed falls back to ``verdict``."""
+    from ml.stats import mean_ci
+
+    if len(sweeps) == 1:
+        return verdict(sweeps[0], decision_alpha)
+    key = round(decision_alpha, 6)
+
+    def cd_at(sw, a):
+        return next(c for c in sw["cd"] if round(float(c["alpha"]), 6) == a)["gold_mean"]
+
+    gains = mean_ci([cd_at(sw, key) - sw["plain_post"]["gold_mean"] for sw in sweeps])
+    ratio_effect = None
+    if all(any(round(float(c["alpha"]), 6) == 1.0 for c in sw["cd"]) for sw in sweeps) and key != 1.0:
+        e = mean_ci([cd_at(sw, key) - cd_at(sw, 1.0) for sw in sweeps])
+        ratio_effect = (e.mean, e.lo, e.hi)
+    rs = [sw.get("implicit_gold_pearson") for sw in sweeps]
+    rs = [x for x in rs if x is not None and not math.isnan(x)]
+    r = sum(rs) / len(rs) if rs else None
+    r_txt = (f"mean implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}" if r is not None
+             else "implicit-vs-gold Pearson unavailable")
+    delta = (f"{gains.mean:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post, mean over {len(sweeps)} seeds "
+             f"(95% interval over seeds {gains.lo:+.3f}..{gains.hi:+.3f})")
+    code, msg = _decide(gains.mean, gains.lo, gains.hi, ratio_effect, r, r_txt, delta, decision_alpha)
+    return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": gains.mean,
+            "gold_gain_ci": [gains.lo, gains.hi], "implicit_gold_pearson": r, "n_seeds": len(sweeps),
             "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
             "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
 

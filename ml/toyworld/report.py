@@ -25,7 +25,7 @@ from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci
 
 from .build import build
-from .diagnose import verdict
+from .diagnose import verdict, verdict_over_seeds
 from .worlds import WORLDS, get_world
 
 STRONG_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
@@ -274,9 +274,8 @@ def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any
     else:
         w["strong"] = {}
     # The verdict the pre-flight diagnostic gives on the pooled sweep, and per seed.
-    # Over seeds the intervals are Student-t over per-seed means, so this verdict is the conservative one.
-    w["verdict"] = verdict({"plain_post": w["plain_post"], "cd": w["alpha_sweep"], "implicit_gold_pearson": r_mean},
-                           cfg.cd_alpha)
+    # Gains paired by seed (each seed's CD vs its own plain pi_post), Student-t over seeds.
+    w["verdict"] = verdict_over_seeds([s["sweep"] for s in seeds], cfg.cd_alpha)
     w["verdict_per_seed"] = [verdict(s["sweep"], cfg.cd_alpha)["verdict"] for s in seeds]
     w["seconds_per_seed"] = [s.get("seconds", {}) for s in seeds]
     return w

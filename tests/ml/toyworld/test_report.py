@@ -71,3 +71,15 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     for png in ("review_alpha.png", "review_scatter.png", "review_strong.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
     assert res["worlds"]["review"]["strong"]["cong"]["gold_mean"] == w["strong"]["cong"]["gold_mean"]
+
+
+def test_verdict_over_seeds_pairs_gains_by_seed():
+    from ml.toyworld.diagnose import verdict_over_seeds
+
+    # Seeds differ a lot in level but CD beats plain in each by ~0.15: paired, that is a clear gain.
+    sweeps = [_sweep(p, p + g) for p, g in ((-0.6, 0.15), (-0.2, 0.16), (0.3, 0.14))]
+    v = verdict_over_seeds(sweeps)
+    assert v["verdict"] == RAISES and v["n_seeds"] == 3 and v["gold_gain"] == pytest.approx(0.15)
+    v = verdict_over_seeds([_sweep(0.9, 0.75, r=-0.5), _sweep(0.95, 0.8, r=-0.4), _sweep(0.96, 0.83, r=-0.4)])
+    assert v["verdict"] == LOWERS and "shortcut" in v["message"]
+    assert verdict_over_seeds([_sweep(0.1, 0.3)])["verdict"] == RAISES  # one seed: per-sample interval
