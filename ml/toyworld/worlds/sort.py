@@ -9,11 +9,12 @@ Gold:     fraction of positions that match the true sort, minus 1 if the output 
           well-formed permutation of the prompt's digits, plus ``style_bonus`` for the style token.
           A perfect styled answer scores 1 + style_bonus.
 
-Why this world exists: weak DPO on gold-labelled pairs picks up the one-token style bonus easily,
-but hardly moves the log-ratio at the bug position. There both the right and the buggy digit are
-plausible under pi_post, and contrastive decoding, which divides out pi_pre's prior (a prior that
-here *favours* the right digit), picks between them nearly at random. So CD is expected to lower
-gold reward here, the opposite of the review world.
+Why this world exists: pi_pre's prior is *for* the preference here (it copies the prompt's digits
+faithfully; only the order at the end is sometimes wrong), so removing that prior, which is what CD
+does beyond the log-ratio, can only cost. Weak DPO on gold-labelled pairs picks up proxies: the style
+token, and "do not write the largest digit before the second largest", which generalises into a
+log-ratio that also rewards duplicated or wrong digits. Measured (docs/RESULTS.md): CD lowers gold and
+validity here, and ConG-S/ConG land below WeakSFT, the opposite of the review world.
 """
 
 from __future__ import annotations
