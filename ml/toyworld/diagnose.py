@@ -95,9 +95,8 @@ def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
                "which helps only where that prior works against the preference.")
     else:
         code = NO_GAIN
-        msg = (f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. CD beyond the log-ratio "
-               "only removes pi_pre's prior and sharpens, so it adds little where that prior does not work "
-               "against the preference. By gold, ConG's CD training data would be no better than plain pi_post samples.")
+        msg = (f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. By gold, ConG's CD "
+               "training data would be no better than plain pi_post samples.")
     if code != RAISES and r is not None and not math.isnan(r) and r < 0:
         msg += " The negative correlation itself is a warning: pi_post's log-ratio rewards something gold does not."
     return code, msg
