@@ -228,8 +228,13 @@ def _check_params(params: Any, kind: str) -> dict[str, Any]:
 
 
 def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A dataset's recommended params under the job's own: per-stage override dicts merge key by key."""
+    """A dataset's recommended params under the job's own: per-stage override dicts merge key by key,
+    and a setting the job gives for all stages (e.g. batch_size) beats a default given for one stage."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
+    for stage_defaults in (v for v in out.values() if isinstance(v, dict)):
+        for k, v in params.items():
+            if not isinstance(v, dict):
+                stage_defaults.pop(k, None)
     for k, v in params.items():
         out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out

@@ -108,6 +108,7 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise expects it (collectstatic fills it in production)
 STATICFILES_DIRS = [p for p in [BASE_DIR / "static"] if p.exists()]
 WHITENOISE_USE_FINDERS = DEBUG
 

@@ -346,8 +346,9 @@ def test_toyworld_datasets_carry_the_worlds_settings_and_jobs_inherit_them(model
     m = reg["models"]
     job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
                               weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk, prompts=ds.pk,
-                              params={"max_new_tokens": 9, "sft": {"learning_rate": 0.01}})
+                              params={"max_new_tokens": 9, "batch_size": 1, "sft": {"learning_rate": 0.01}})
     params = job.config["params"]
+    assert params["batch_size"] == 1 and "batch_size" not in params["cd_generate"]  # job-wide beats per-stage default
     assert params["max_new_tokens"] == 9  # the job's own value wins
     assert params["sft"]["learning_rate"] == 0.01  # ... key by key inside a stage's overrides
     assert params["sft"]["num_train_epochs"] == recipe["sft"]["num_train_epochs"]
