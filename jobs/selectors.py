@@ -3,7 +3,8 @@ staff see everything. Views, consumers and pages call these instead of building 
 
 from __future__ import annotations
 
-from django.db.models import Q, QuerySet
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
+from django.db.models.functions import Coalesce
 
 from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
 
@@ -21,13 +22,20 @@ def job_list(*, user, status: str | None = None, kind: str | None = None) -> Que
         qs = qs.filter(status__in=status.split(","))
     if kind:
         qs = qs.filter(kind__in=kind.split(","))
-    return qs.order_by("-created", "-id")
+    return with_pair_count(qs).order_by("-created", "-id")
+
+
+def with_pair_count(qs: QuerySet[Job]) -> QuerySet[Job]:
+    """Annotate ``pair_count`` in the same query: a list page must not count pairs job by job."""
+    counts = (GeneratedPair.objects.filter(job=OuterRef("pk")).order_by().values("job")
+              .annotate(c=Count("*")).values("c"))
+    return qs.annotate(pair_count=Coalesce(Subquery(counts, output_field=IntegerField()), Value(0)))
 
 
 def job_get(*, user, job_id) -> Job | None:
     """The job if this user may see it; None otherwise (callers answer 404 either way)."""
     try:
-        return jobs_visible(user=user).filter(pk=int(job_id)).first()
+        return with_pair_count(jobs_visible(user=user)).filter(pk=int(job_id)).first()
     except (TypeError, ValueError):
         return None
 

@@ -78,7 +78,9 @@ class JobSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
     def get_pair_count(self, obj) -> int:
-        return obj.pairs.count()
+        # Lists come annotated (selectors.with_pair_count: one query); a single fresh job is counted.
+        n = getattr(obj, "pair_count", None)
+        return obj.pairs.count() if n is None else n
 
 
 class JobEventSerializer(serializers.ModelSerializer):

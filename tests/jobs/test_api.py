@@ -236,3 +236,20 @@ def test_presets_from_shared_toy_models(user, model_root):
     res = _client(user).post("/api/v1/jobs/", cd["request"], format="json")
     assert res.status_code == 201, res.json()
     assert res.json()["config"]["prompts"]["id"] == ds.pk
+
+
+def test_job_list_query_count_does_not_grow_with_jobs(django_assert_max_num_queries, user, weak_pair, prompts_ds):
+    from rest_framework.test import APIClient
+
+    from jobs import services
+
+    wb, wa = weak_pair
+    for _ in range(12):
+        services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
+                            prompts=prompts_ds.pk, alpha=0.4)
+    client = APIClient()
+    client.force_authenticate(user)
+    with django_assert_max_num_queries(4):  # count + page (+ auth/session bookkeeping), not one per job
+        res = client.get("/api/v1/jobs/")
+    assert res.status_code == 200 and res.json()["count"] == 12
+    assert all(j["pair_count"] == 0 for j in res.json()["results"])
