@@ -239,10 +239,6 @@ def test_presets_from_shared_toy_models(user, model_root):
 
 
 def test_job_list_query_count_does_not_grow_with_jobs(django_assert_max_num_queries, user, weak_pair, prompts_ds):
-    from rest_framework.test import APIClient
-
-    from jobs import services
-
     wb, wa = weak_pair
     for _ in range(12):
         services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
