@@ -35,6 +35,7 @@ from ml.modeling import check_same_vocab
 from ml.reporter import Reporter, or_null
 
 STAGE = "cd_generate"
+REPETITION_PENALTY_SCOPES = ("all", "generated")
 
 
 @dataclass
@@ -52,6 +53,10 @@ class CDConfig:
     repetition_penalty: float = field(default=1.2, metadata={
         "help": "transformers' repetition penalty applied to the CD scores (1.0 = off); it divides positive "
                 "and multiplies negative scores, so it works on log-ratio scores too."})
+    repetition_penalty_scope: str = field(default="all", metadata={
+        "help": "Which tokens the repetition penalty sees: 'all' = prompt and generated tokens (the reference "
+                "code's and transformers' behaviour), 'generated' = generated tokens only, so the prompt's own "
+                "words (which a reward may ask to mention) are not penalised."})
     max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per prompt."})
     do_sample: bool = field(default=True, metadata={"help": "Sample (True) or take the argmax (False)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling generator (independent of global RNG)."})
@@ -75,6 +80,9 @@ class CDConfig:
             (self.temperature > 0.0, f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}"),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
             (self.repetition_penalty > 0.0, f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}"),
+            (self.repetition_penalty_scope in REPETITION_PENALTY_SCOPES,
+             f"repetition_penalty_scope must be one of {', '.join(REPETITION_PENALTY_SCOPES)}, "
+             f"got {self.repetition_penalty_scope!r}"),
             (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
              f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}"),
             (isinstance(self.batch_size, int) and self.batch_size >= 1,
@@ -272,6 +280,27 @@ class _Processors:
                 self.warpers.append(TopPLogitsWarper(float(config.top_p), min_tokens_to_keep=1))
 
 
+class GeneratedOnlyRepetitionPenalty:
+    """transformers' RepetitionPenaltyLogitsProcessor applied to the generated ids only.
+
+    For ``model.generate`` (which hands processors prompt + generated ids): with left padding every row's
+    prompt ends at ``prompt_len`` (the padded prompt width), so ``input_ids[:, prompt_len:]`` is exactly
+    what each row generated so far. Pass it in a LogitsProcessorList, with generate's own
+    repetition_penalty left at 1.0."""
+
+    def __init__(self, penalty: float, prompt_len: int) -> None:
+        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+        self.inner = RepetitionPenaltyLogitsProcessor(penalty=float(penalty))
+        self.prompt_len = int(prompt_len)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids[:, self.prompt_len:]
+        if generated.shape[1] == 0:
+            return scores
+        return self.inner(generated, scores)
+
+
 @dataclass
 class _Row:
     index: int
@@ -307,6 +336,8 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
     row_of = torch.arange(B, device=device)  # current batch row -> position in `rows`
     next_pos = pos[:, -1] + 1
 
+    # Scope "generated": the penalty sees only the ids after the (padded) prompt; nothing at step 0.
+    rep_from = P if config.repetition_penalty_scope == "generated" else 0
     log_rt = math.log(config.relative_top)
     check_every = 1 if device.type == "cpu" else 8  # on GPUs a check is a sync; do it less often
     results: dict[int, tuple[list[int], list[float]]] = {}
@@ -323,8 +354,8 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
         steps = 0
         for t in range(T):
             score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
-            if procs.rep is not None:
-                score = procs.rep(seen[:, :P + t], score)
+            if procs.rep is not None and P + t > rep_from:
+                score = procs.rep(seen[:, rep_from:P + t], score)
             if config.do_sample:
                 for w in procs.warpers:
                     score = w(seen[:, :P + t], score)

@@ -233,6 +233,21 @@ def cd_generate(config: CDGenerateConfig, reporter: Reporter | None = None) -> d
                 chunk_fn=chunk_fn, reporter=reporter)
 
 
+def _generated_scope_processors(sp: CDConfig, prompt_len: int) -> dict[str, Any]:
+    """generate() kwargs for repetition_penalty_scope="generated": generate cannot scope its own penalty,
+    and it appends custom processors after its own warpers, so the whole chain is passed here in CD's order
+    (penalty on the generated ids only, then temperature, then top-p) and generate's own are switched off."""
+    from transformers import LogitsProcessorList
+
+    from ml.contrastive import GeneratedOnlyRepetitionPenalty, _Processors
+
+    chain = [GeneratedOnlyRepetitionPenalty(sp.repetition_penalty, prompt_len), *_Processors(sp).warpers]
+    off = dict(repetition_penalty=1.0)
+    if sp.do_sample:
+        off.update(temperature=1.0, top_p=1.0, top_k=0)
+    return {**off, "logits_processor": LogitsProcessorList(chain)}
+
+
 def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Plain samples from one model through ``model.generate`` (same processors and settings as CD)."""
     done = stage_done(config.output_dir)
@@ -268,6 +283,8 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
                                   eos_token_id=eos, repetition_penalty=sp.repetition_penalty)
         if sp.do_sample:
             kw.update(temperature=sp.temperature, top_p=sp.top_p, top_k=0)
+        if sp.repetition_penalty_scope == "generated" and sp.repetition_penalty != 1.0:
+            kw.update(_generated_scope_processors(sp, P))
         if sp.ignore_eos:
             kw["min_new_tokens"] = sp.max_new_tokens
         # generate samples from the global RNG: fork it, so this chunk is reproducible from (seed, k) and

@@ -21,9 +21,12 @@ PROMPTS = ["cat", "the dog", "a big red", "tell me about the mat",
            "one two three and then it was", "please tell me a short story about one"]
 
 
-def greedy_reference(aligned, base, tokenizer, prompt, *, alpha, relative_top, rep_penalty, max_new, eos_ids):
-    """Batch 1, no KV cache: the full sequence is re-run every step; the same formula, written out."""
+def greedy_reference(aligned, base, tokenizer, prompt, *, alpha, relative_top, rep_penalty, max_new, eos_ids,
+                     rep_scope="all"):
+    """Batch 1, no KV cache: the full sequence is re-run every step; the same formula, written out.
+    rep_scope "generated": the penalty sees only the generated ids (none at the first step)."""
     seq = list(tokenizer(prompt)["input_ids"])
+    start = len(seq) if rep_scope == "generated" else 0
     rep = RepetitionPenaltyLogitsProcessor(penalty=rep_penalty) if rep_penalty != 1.0 else None
     out = []
     with torch.no_grad():
@@ -33,8 +36,8 @@ def greedy_reference(aligned, base, tokenizer, prompt, *, alpha, relative_top, r
             lp_pre = torch.log_softmax(base(input_ids=x).logits[0, -1].float(), -1)
             keep = lp_post >= lp_post.max() + math.log(relative_top)
             score = torch.where(keep, lp_post - (1 - alpha) * lp_pre, torch.tensor(float("-inf")))
-            if rep is not None:
-                score = rep(x, score[None])[0]
+            if rep is not None and x.shape[1] > start:
+                score = rep(x[:, start:], score[None])[0]
             t = int(score.argmax())
             out.append(t)
             seq.append(t)
@@ -101,17 +104,69 @@ def test_prompt_lengths_span_one_to_eight(tiny_pair):
     assert lengths == [1, 2, 3, 5, 7, 8]
 
 
-@pytest.mark.parametrize("alpha,rep", [(0.4, 1.2), (0.0, 1.0), (0.7, 1.5)])
-def test_greedy_batched_equals_batch1_no_cache_reference(tiny_pair, alpha, rep):
-    cfg = greedy(alpha=alpha, repetition_penalty=rep, max_new_tokens=12)
+@pytest.mark.parametrize("alpha,rep,scope", [(0.4, 1.2, "all"), (0.0, 1.0, "all"), (0.7, 1.5, "all"),
+                                             (0.4, 1.2, "generated"), (0.7, 1.5, "generated")])
+def test_greedy_batched_equals_batch1_no_cache_reference(tiny_pair, alpha, rep, scope):
+    cfg = greedy(alpha=alpha, repetition_penalty=rep, max_new_tokens=12, repetition_penalty_scope=scope)
     gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
                                 prompts=PROMPTS, config=cfg)
     assert [g.index for g in gens] == list(range(len(PROMPTS)))
     for g, prompt in zip(gens, PROMPTS):
         ref = greedy_reference(tiny_pair.aligned, tiny_pair.base, tiny_pair.tokenizer, prompt, alpha=alpha,
-                               relative_top=0.1, rep_penalty=rep, max_new=12, eos_ids={2})
+                               relative_top=0.1, rep_penalty=rep, max_new=12, eos_ids={2}, rep_scope=scope)
         assert g.prompt == prompt
         assert g.token_ids == ref, f"prompt {prompt!r}"
+
+
+def test_scope_all_is_the_default_and_todays_behaviour(tiny_pair):
+    kw = dict(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=PROMPTS)
+    assert CDConfig().repetition_penalty_scope == "all"
+    default = contrastive_generate(**kw, config=greedy(max_new_tokens=12))
+    explicit = contrastive_generate(**kw, config=greedy(max_new_tokens=12, repetition_penalty_scope="all"))
+    assert [g.token_ids for g in explicit] == [g.token_ids for g in default]
+    sampled = dict(do_sample=True, seed=3, max_new_tokens=10, batch_size=4, use_chat_template=False)
+    a = contrastive_generate(**kw, config=CDConfig(**sampled))
+    b = contrastive_generate(**kw, config=CDConfig(**sampled, repetition_penalty_scope="all"))
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+
+
+def _first_step_scores(tiny_pair, prompt, alpha, relative_top):
+    x = torch.tensor([tiny_pair.tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        la = tiny_pair.aligned(input_ids=x).logits[0, -1]
+        lb = tiny_pair.base(input_ids=x).logits[0, -1]
+    return x, cd_scores(la, lb, alpha=alpha, relative_top=relative_top)
+
+
+def test_scope_generated_leaves_the_prompts_tokens_unpenalised(tiny_pair):
+    """A prompt whose best first token is one of its own words: under "all" a strong penalty pushes it
+    down, under "generated" nothing is penalised at the first step (hand check on the scores)."""
+    tok = tiny_pair.tokenizer
+    alpha, rt, pen = 1.0, 1e-3, 50.0
+    found = None
+    for w1 in TINY_WORDS:
+        for w2 in TINY_WORDS[:12]:
+            prompt = f"{w1} {w2}"
+            x, score = _first_step_scores(tiny_pair, prompt, alpha, rt)
+            best = int(score.argmax())
+            if best in x[0].tolist() and torch.isfinite(score).sum() > 1:
+                found = (prompt, x, score, best)
+                break
+        if found:
+            break
+    assert found is not None, "no prompt whose greedy first token repeats a prompt word"
+    prompt, x, score, best = found
+    penalised = RepetitionPenaltyLogitsProcessor(penalty=pen)(x, score[None].clone())[0]
+    assert int(penalised.argmax()) != best
+
+    def first(scope):
+        cfg = greedy(alpha=alpha, relative_top=rt, repetition_penalty=pen, max_new_tokens=1,
+                     repetition_penalty_scope=scope)
+        return contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok,
+                                    prompts=[prompt], config=cfg)[0].token_ids
+
+    assert first("generated") == [best]
+    assert first("all") == [int(penalised.argmax())]
 
 
 def test_early_eos_rows_are_dropped_and_still_match_reference(tiny_pair):
@@ -237,6 +292,7 @@ def test_chat_template_wraps_prompt(tiny_pair):
     (dict(alpha=1.2), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(relative_top=0.0), "relative_top"),
     (dict(relative_top=1.5), "relative_top"), (dict(temperature=0.0), "temperature"), (dict(top_p=0.0), "top_p"),
     (dict(top_p=1.1), "top_p"), (dict(repetition_penalty=0.0), "repetition_penalty"),
+    (dict(repetition_penalty_scope="prompt"), "repetition_penalty_scope must be one of all, generated"),
     (dict(max_new_tokens=0), "max_new_tokens"), (dict(batch_size=0), "batch_size"),
     (dict(stop_strings="\n"), "stop_strings"), (dict(stop_strings=[""]), "stop_strings"),
     (dict(max_prompt_tokens=0), "max_prompt_tokens"),
