@@ -18,7 +18,7 @@ PAGE_KINDS = [(Job.Kind.CONG, "ConG pipeline (weak pair -> pairs -> train strong
               (Job.Kind.WEAK_ALIGN, "Weak alignment (make pi_post from pi_pre)"),
               (Job.Kind.TRAIN, "Train the strong model with one method"),
               (Job.Kind.EVALUATE, "Evaluate a model")]
-METHOD_LABELS = {"cong": "ConG", "cong_s": "ConG-S", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
+METHOD_LABELS = {"cong": "ConG", "cong_filtered": "ConG + implicit-reward filter", "cong_s": "ConG-S", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
                  "sft": "SFT", "dpo": "DPO"}
 # Form field -> key of the service's ValidationError (same name unless listed).
 SERVICE_FIELD = {"params_json": "params"}

@@ -35,7 +35,9 @@ S = Job.Status
 
 # --- what a job may ask for ------------------------------------------------------------------------
 TRAIN_METHODS = ("sft", "dpo", "wspo", "weak_sft", "auxconf")
-CONG_METHODS = ("cong", "cong_s", "weak_sft", "wspo", "auxconf", "strong_base", "weak_post")
+# cong_filtered: ConG's DPO on only the pairs whose CD "chosen" has the higher implicit reward (an option
+# measured beside ConG, never instead of it).
+CONG_METHODS = ("cong", "cong_s", "weak_sft", "wspo", "auxconf", "strong_base", "weak_post", "cong_filtered")
 DEFAULT_CONG_METHODS = ["cong_s", "cong"]
 DEFAULT_SWEEP_ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 

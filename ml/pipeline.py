@@ -9,6 +9,8 @@ crash or a stop skips what finished and resumes the one in progress):
     sft_cong_s      SFT of the strong model on CD samples = ConG-S               (cong_s, cong)
     self_sample     ConG-S's own responses on the training prompts               (cong)
     dpo_cong        DPO: chosen = CD sample, rejected = own sample = ConG         (cong)
+    dpo_cong_filtered  the same DPO keeping only pairs whose chosen has the higher
+                    implicit reward (a measured option, never the paper's recipe) (cong_filtered)
     plain_generate  plain pi_post samples on the training prompts                (weak_sft, wspo, auxconf)
     sft_weak        SFT of the strong model on plain samples = WeakSFT           (weak_sft)
     wspo            WSPO baseline on the plain samples                           (wspo)
@@ -28,9 +30,12 @@ from typing import Any
 from ml.io import read_json, write_json
 from ml.reporter import Reporter, or_null
 
-METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
+# The paper's methods (the default) and the options this project measures beside them.
+DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
+METHODS = (*DEFAULT_METHODS, "cong_filtered")
 LABELS = {"strong_base": "Strong (untrained)", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
-          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "Weak aligned (pi_post)"}
+          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "Weak aligned (pi_post)",
+          "cong_filtered": "ConG + implicit-reward filter"}
 _PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
 _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
 
@@ -46,8 +51,9 @@ class PipelineConfig:
     weak_aligned: str = field(default="", metadata={
         "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples."})
     alpha: float = field(default=0.4, metadata={"help": "CD weight of pi_post (reference 0.4)."})
-    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={
-        "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)}."})
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={
+        "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)} (default: all but "
+                "cong_filtered, ConG's DPO on only the pairs whose chosen has the higher implicit reward)."})
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
     max_eval_prompts: int | None = field(default=None, metadata={"help": "Use only the first N eval prompts."})
@@ -188,23 +194,29 @@ def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
             weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
         common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
 
-        if methods & {"cong_s", "cong"}:
+        if methods & {"cong_s", "cong", "cong_filtered"}:
             cd_cfg = CDGenerateConfig(aligned=weak_aligned, base=c.weak_base, output_dir=R.dir("cd_generate"),
                                       cd=R.decoding(alpha=c.alpha), **common)
             cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
             s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"),
                                               "data": cd_samples, **c.sft}))
             models["cong_s"] = R.stage("sft_cong_s", sft, s)["model_dir"]
-            if "cong" in methods:
+            if methods & {"cong", "cong_filtered"}:
                 ss = SelfSampleConfig(**{"model": models["cong_s"], "prompts": c.train_prompts,
                                          "output_dir": R.dir("self_sample"), "max_prompts": c.max_prompts,
                                          "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
                                          "use_chat_template": c.use_chat_template, **c.self_sample})
                 own = R.stage("self_sample", self_sample, ss)["samples"]
-                d = DPOStageConfig(**R.strong_kw({"model": models["cong_s"], "output_dir": R.dir("dpo_cong"),
-                                                  "chosen_data": cd_samples, "rejected_data": own,
-                                                  "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}))
-                models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
+                dpo_kw = {"model": models["cong_s"], "chosen_data": cd_samples, "rejected_data": own,
+                          "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}
+                if "cong" in methods:
+                    d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong")}))
+                    models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
+                if "cong_filtered" in methods:
+                    # Same ConG-S model, same (CD chosen, own rejected) pairs; only the filter differs.
+                    d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong_filtered"),
+                                                      "filter_by_implicit_reward": True}))
+                    models["cong_filtered"] = R.stage("dpo_cong_filtered", dpo, d)["model_dir"]
 
         if methods & {"weak_sft", "wspo", "auxconf"}:
             pg = PlainGenerateConfig(model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"),

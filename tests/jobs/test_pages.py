@@ -91,6 +91,7 @@ def test_new_job_form_creates_job_through_service(client, user, weak_pair, promp
     assert r.status_code == 200
     html = r.content.decode()
     assert 'type="range"' in html and 'name="methods"' in html and f'value="{wb.pk}"' in html
+    assert 'value="cong_filtered"' in html and "ConG + implicit-reward filter" in html
     with django_capture_on_commit_callbacks(execute=True):
         r = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
                                        "prompts": prompts_ds.pk, "alpha": "0.3", "max_prompts": "2"})

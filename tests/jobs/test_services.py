@@ -151,6 +151,13 @@ def test_job_create_validation_errors_create_nothing(user, weak_pair, prompts_ds
     assert _counts() == before
 
 
+def test_cong_job_may_ask_for_filtered_cong(user, weak_pair, prompts_ds, model_root):
+    strong = services.model_register(name="s", path=str(model_root / "weak_aligned"), kind="strong", owner=user)
+    ds = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
+    job = _job(user, weak_pair, ds, kind="cong", strong=strong.pk, methods=["cong", "cong_filtered"])
+    assert job.config["methods"] == ["cong", "cong_filtered"]
+
+
 def test_job_create_unknown_kind(user, weak_pair, prompts_ds):
     with pytest.raises(ValidationError) as exc:
         _job(user, weak_pair, prompts_ds, kind="dance")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from ml.io import read_json
-from ml.pipeline import METHODS, PipelineConfig, run
+from ml.io import read_json, read_jsonl
+from ml.pipeline import DEFAULT_METHODS, METHODS, PipelineConfig, run
 from ml.reporter import RecordingReporter
 from tests.ml._stage_fixtures import save_tiny, write_prompts
 
@@ -34,7 +34,7 @@ def tiny_config(tmp_path, **kw) -> dict:
 def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
     rep = RecordingReporter()
     res = run(PipelineConfig.from_dict(tiny_config(tmp_path)), rep)
-    assert set(res["methods"]) == set(METHODS)
+    assert set(res["methods"]) == set(DEFAULT_METHODS)  # the paper's methods; cong_filtered only on request
     for name, row in res["methods"].items():
         lo, hi = row["gold_ci"]
         assert lo <= row["gold_mean"] <= hi and row["n"] == 4, name
@@ -63,6 +63,25 @@ def test_stop_then_resume_and_subset_of_methods(tmp_path, tiny_pair_dirs):
     assert set(res["methods"]) == {"cong_s", "weak_sft"}
     assert not (tmp_path / "run" / "weak_align").exists()  # pi_post was given
     assert not (tmp_path / "run" / "wspo").exists()
+
+
+def test_cong_filtered_is_an_extra_method_beside_cong(tmp_path, tiny_pair_dirs):
+    assert "cong_filtered" in METHODS and "cong_filtered" not in DEFAULT_METHODS
+    cfg = tiny_config(tmp_path, weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"],
+                      methods=["cong", "cong_filtered"])
+    res = run(PipelineConfig.from_dict(cfg))
+    assert set(res["methods"]) == {"cong", "cong_filtered"}
+    out = tmp_path / "run"
+    saved = read_json(out / "results.json")["methods"]
+    assert saved["cong_filtered"]["label"] == "ConG + implicit-reward filter"
+    assert saved["cong_filtered"]["n"] == 4 and saved["cong_filtered"]["model"] != saved["cong"]["model"]
+    plain, filtered = read_json(out / "dpo_cong" / "DONE.json"), read_json(out / "dpo_cong_filtered" / "DONE.json")
+    # Same ConG-S model and the same (CD chosen, own rejected) pairs; only the filter differs.
+    assert plain["filtered"] is False and filtered["filtered"] is True
+    assert filtered["n_pairs_before_filter"] == plain["n_pairs_before_filter"]
+    assert 1 <= filtered["n_pairs"] <= plain["n_pairs"]
+    assert all(r["chosen_implicit"] > r["rejected_implicit"] for r in read_jsonl(out / "dpo_cong_filtered" / "pairs.jsonl"))
+    assert "dpo_cong_filtered" in res["stages"] and "| ConG + implicit-reward filter |" in (out / "results.md").read_text()
 
 
 def test_yaml_paths_are_relative_to_the_file(tmp_path):

@@ -62,6 +62,10 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
         assert {"gold_mean", "gold_ci", "implicit_mean", "valid_rate"} <= set(row)
         assert math.isfinite(row["gold_mean"])
     assert set(STRONG_METHODS) | {"cong_filtered"} == set(w["strong"])
+    # Filtered ConG is the pipeline's method now: its DPO sits beside ConG's in the pipeline folder.
+    seed_run = json.loads((tmp_path / "rep" / "runs" / "review" / "seed0" / "seed.json").read_text())
+    assert seed_run["strong"]["cong_filtered"]["n_pairs_kept"] >= 1
+    assert (tmp_path / "rep" / "runs" / "review" / "seed0" / "pipeline" / "dpo_cong_filtered" / "DONE.json").exists()
     for row in w["strong"].values():
         assert {"gold_mean", "gold_ci", "valid_rate"} <= set(row)
     assert isinstance(w["implicit_gold_pearson"], float)
