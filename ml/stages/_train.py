@@ -79,11 +79,12 @@ def decode_response(tokenizer, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def sample_batch(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.8,
-                 top_p: float = 0.95, max_new_tokens: int = 64, use_chat_template: bool = True,
-                 seed: int | None = None, do_sample: bool = True) -> list[list[str]]:
-    """n sampled responses for each prompt (one ``generate`` call, left padding). Seeded per call so
-    a resumed run regenerates the same batch."""
+def sample_responses(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.8,
+                     top_p: float = 0.95, max_new_tokens: int = 64, use_chat_template: bool = True,
+                     seed: int | None = None, do_sample: bool = True) -> list[list[str]]:
+    """n sampled (or greedy) responses for each prompt, as text: one ``generate`` call, left padding,
+    no repetition penalty. Seeded per call so a resumed run regenerates the same batch. Public: the
+    stages and the pre-flight diagnostic (ml.diagnose) sample through it."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -313,7 +314,7 @@ def sample_to_jsonl(*, model_dir: str, prompts: list[str], path: Path, reporter,
         if reporter.should_stop():
             return False
         batch = prompts[done:done + batch_size]
-        outs = sample_batch(model, tok, batch, n=n, temperature=temperature, top_p=top_p,
+        outs = sample_responses(model, tok, batch, n=n, temperature=temperature, top_p=top_p,
                             max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
                             seed=seed + done, do_sample=do_sample)
         append_jsonl(path, [{"index": done + i, "sample": j, "prompt": p, "response": r}

@@ -17,7 +17,7 @@ from typing import Any
 from ml.gold import GoldReward, get_gold
 from ml.io import append_jsonl, read_prompts, repair_jsonl, stage_done
 from ml.reporter import Reporter, or_null
-from ml.stages._train import sample_batch
+from ml.stages._train import sample_responses
 from ml.stages.dpo import DPOStageConfig, train_dpo
 
 STAGE = "weak_align"
@@ -99,9 +99,9 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
         if reporter.should_stop():
             return path, False
         batch = prompts[done:done + bs]
-        samples = sample_batch(model, tok, batch, n=config.k, temperature=config.temperature, top_p=config.top_p,
-                               max_new_tokens=config.max_new_tokens, use_chat_template=config.use_chat_template,
-                               seed=config.seed + done)
+        samples = sample_responses(model, tok, batch, n=config.k, temperature=config.temperature,
+                                   top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                                   use_chat_template=config.use_chat_template, seed=config.seed + done)
         rows = [row for p, rs in zip(batch, samples) if (row := best_worst(p, rs, gold)) is not None]
         append_jsonl(path, rows)
         done += len(batch)

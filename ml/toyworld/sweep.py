@@ -45,14 +45,14 @@ def plain_samples(model, *, aligned, base, tokenizer, prompts: list[str], gold: 
                   batch_size: int = 128) -> list[dict]:
     """n plain samples per prompt from ``model`` (pi_pre or pi_post), with implicit rewards."""
     from ml.scoring import implicit_rewards
-    from ml.stages._train import sample_batch
+    from ml.stages._train import sample_responses
 
     texts: list[str] = []
     flat_prompts: list[str] = []
     for s in range(0, len(prompts), batch_size):
         batch = prompts[s:s + batch_size]
-        outs = sample_batch(model, tokenizer, batch, n=n, temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens, use_chat_template=False, seed=seed + s)
+        outs = sample_responses(model, tokenizer, batch, n=n, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens, use_chat_template=False, seed=seed + s)
         for p, rs in zip(batch, outs):
             flat_prompts += [p] * len(rs)
             texts += rs
