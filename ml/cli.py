@@ -31,6 +31,7 @@ examples:
   python -m ml score --input runs/cd/samples.jsonl --gold toy:review --aligned models/post --base models/pre
   python -m ml stage sft --config sft.yaml     # one stage on its own
   python -m ml golds                           # list the gold rewards you can name
+  python -m ml diagnose --aligned models/post --base models/pre --prompts heldout.jsonl --gold toy:review
 
 Every command that writes a folder can be rerun: finished stages are skipped, unfinished ones resume."""
 
@@ -254,9 +255,52 @@ def _add_golds(sub) -> None:
     p.set_defaults(func=lambda args: (print("\n".join(__import__("ml.gold", fromlist=["x"]).known_golds())), 0)[1])
 
 
+# ---------------------------------------------------------------------------------------------- diagnose
+
+def _add_diagnose(sub) -> None:
+    p = sub.add_parser("diagnose", help="pre-flight check of a weak pair: does CD raise gold reward here?",
+                       description="Before training anything: samples plain pi_post and CD responses on held-out "
+                                   "prompts, scores them with the gold reward and says in plain language whether CD "
+                                   "at alpha 0.4 (ConG's training data) beats plain pi_post samples.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--aligned", required=True, help="pi_post: the aligned weak model's folder")
+    p.add_argument("--base", required=True, help="pi_pre: the weak base model's folder (same tokenizer)")
+    p.add_argument("--prompts", required=True, help="held-out prompt JSONL, one {\"prompt\": ...} per line")
+    p.add_argument("--gold", required=True, help="registered gold reward name (python -m ml golds)")
+    p.add_argument("--alphas", default="0,0.4,1", help="comma-separated CD alphas (0.4 and 1 are always added)")
+    p.add_argument("--n", type=int, default=2, help="samples per prompt")
+    p.add_argument("--n-prompts", type=int, default=200, help="use the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-chat-template", action="store_true", help="feed prompts raw even if the tokenizer has one")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_cmd_diagnose)
+
+
+def _cmd_diagnose(args) -> int:
+    from ml.diagnose import preflight_dirs
+
+    try:
+        alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
+    except ValueError:
+        raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
+    out = preflight_dirs(args.aligned, args.base, args.prompts, args.gold, n_prompts=args.n_prompts,
+                         device=args.device, reporter=_reporter(args), alphas=alphas, n=args.n, seed=args.seed,
+                         max_new_tokens=args.max_new_tokens, use_chat_template=not args.no_chat_template)
+    if out.get("stopped"):
+        return 3
+    if args.json:
+        _print_json(out)
+    else:
+        print(f"{out['verdict']}: {out['message']}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
-BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds]
+BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds, _add_diagnose]
 
 
 def _load_plugins(sub) -> None:

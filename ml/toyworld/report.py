@@ -92,7 +92,8 @@ def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Repor
     aligned, base, tok = _load_pair(m, cfg.device)
     s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
                   gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
-                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, keep_rows=True)
+                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, use_chat_template=False,
+                  keep_rows=True)
     if s.get("stopped"):
         return s
     rows = s.pop("rows")
@@ -134,7 +135,7 @@ def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> d
     aligned, base, tok = _load_pair(m, cfg.device)
     s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
                   gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
-                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter,
+                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, use_chat_template=False,
                   cd_overrides={"repetition_penalty": 1.0})
     if not s.get("stopped"):
         write_json(path, s)
