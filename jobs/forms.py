@@ -15,6 +15,7 @@ from jobs.models import Job
 PAGE_KINDS = [(Job.Kind.CONG, "ConG pipeline (weak pair -> pairs -> train strong -> evaluate)"),
               (Job.Kind.CD_GENERATE, "Contrastive decoding only (make pairs)"),
               (Job.Kind.ALPHA_SWEEP, "Alpha sweep (gold and implicit reward vs alpha)"),
+              (Job.Kind.PREFLIGHT, "Pre-flight check (does CD raise gold reward for this weak pair?)"),
               (Job.Kind.WEAK_ALIGN, "Weak alignment (make pi_post from pi_pre)"),
               (Job.Kind.TRAIN, "Train the strong model with one method"),
               (Job.Kind.EVALUATE, "Evaluate a model")]

@@ -70,6 +70,7 @@ class Job(models.Model):
         WEAK_ALIGN = "weak_align", "weak alignment"
         TRAIN = "train", "train strong model"
         EVALUATE = "evaluate", "evaluate"
+        PREFLIGHT = "preflight", "pre-flight check"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"

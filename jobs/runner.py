@@ -250,6 +250,27 @@ def run_weak_align(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -
     return summary
 
 
+def run_preflight(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
+    """ml.diagnose's pre-flight check on the job's weak pair and prompts (first 200 unless max_prompts says);
+    the result, verdict code and plain-language message included, becomes job.results."""
+    from ml.diagnose import preflight_dirs
+
+    c, p = job.config, job.config.get("params") or {}
+    kw: dict[str, Any] = {"n": p.get("n_samples", 2)}
+    for k in ("max_new_tokens", "seed", "alphas"):
+        if k in p:
+            kw[k] = p[k]
+    # Only CD's own settings: plain pi_post samples keep the reference sampling, so the comparison is fair.
+    overrides = {**{k: p[k] for k in ("relative_top", "repetition_penalty") if k in p}, **(p.get("cd_generate") or {})}
+    if overrides:
+        kw["cd_overrides"] = overrides
+    out = preflight_dirs(c["weak_aligned"]["path"], c["weak_base"]["path"], c["prompts"]["path"], _gold(job),
+                         n_prompts=p.get("max_prompts") or 200, reporter=rep, **kw)
+    if not out.get("stopped"):
+        rep.log(f"pre-flight verdict: {out['verdict']}: {out['message']}")
+    return out
+
+
 KIND_RUNNERS: dict[str, Callable[[Job, ProgressReporter, list[PairMirror]], dict]] = {
     Job.Kind.CD_GENERATE: run_cd_generate,
     Job.Kind.ALPHA_SWEEP: run_alpha_sweep,
@@ -257,6 +278,7 @@ KIND_RUNNERS: dict[str, Callable[[Job, ProgressReporter, list[PairMirror]], dict
     Job.Kind.TRAIN: run_train,
     Job.Kind.EVALUATE: run_evaluate,
     Job.Kind.WEAK_ALIGN: run_weak_align,
+    Job.Kind.PREFLIGHT: run_preflight,
 }
 
 

@@ -89,6 +89,10 @@ def presets(*, user) -> list[dict]:
                                                                         "params": {"max_prompts": 64}}})
         out.append({"name": f"{tag}: alpha sweep", "request": {"kind": "alpha_sweep", **base,
                                                                "params": {"max_prompts": 64}}})
+        if heldout is not None:
+            # The check runs on held-out prompts, like the toy world's own diagnostic.
+            out.append({"name": f"{tag}: pre-flight check", "request": {
+                "kind": "preflight", "weak_base": m.pk, "weak_aligned": wa.pk, "prompts": heldout.pk}})
         if strong is not None:
             out.append({"name": f"{tag}: full ConG pipeline", "request": {
                 "kind": "cong", **base, "strong": strong.pk, "alpha": 0.4, "methods": ["cong_s", "cong", "weak_sft"]}})

@@ -49,6 +49,8 @@ KIND_NEEDS: dict[str, tuple[str, ...]] = {
     Job.Kind.WEAK_ALIGN: ("weak_base", "prompts"),
     Job.Kind.TRAIN: ("strong", "prompts"),
     Job.Kind.EVALUATE: ("strong", "prompts"),
+    # Does CD raise gold reward for this weak pair? (ml.diagnose; held-out prompts with a gold reward)
+    Job.Kind.PREFLIGHT: ("weak_base", "weak_aligned", "prompts"),
 }
 # Methods that learn from the weak pair (need weak_base + weak_aligned as well as the strong model).
 WEAK_PAIR_METHODS = ("dpo", "wspo", "weak_sft", "auxconf", "sft")
@@ -56,7 +58,7 @@ WEAK_PAIR_METHODS = ("dpo", "wspo", "weak_sft", "auxconf", "sft")
 # Generic params (validated here); the runner maps them onto the stage configs. A key named after a
 # stage (e.g. "sft": {...}) holds raw overrides for that stage's config dataclass.
 INT_PARAMS = {"max_prompts": 1, "batch_size": 1, "max_new_tokens": 1, "seed": 0, "k": 2, "epochs": 1,
-              "max_eval_prompts": 1}
+              "max_eval_prompts": 1, "n_samples": 1}
 FLOAT_PARAMS = {"relative_top": (0.0, 1.0), "temperature": (0.0, None), "top_p": (0.0, 1.0),
                 "repetition_penalty": (0.0, None), "learning_rate": (0.0, None), "beta": (0.0, None)}
 BOOL_PARAMS = ("do_sample", "greedy", "plain")
@@ -330,7 +332,8 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
             eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[:-len("-train")] + "-heldout").first()
     elif eval_prompts not in (None, ""):
         errors["eval_prompts"] = ["eval_prompts is only used by kind=cong and kind=train"]
-    needs_gold = (Job.Kind.WEAK_ALIGN, Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP, Job.Kind.CONG, Job.Kind.TRAIN)
+    needs_gold = (Job.Kind.WEAK_ALIGN, Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP, Job.Kind.CONG, Job.Kind.TRAIN,
+                  Job.Kind.PREFLIGHT)
     if ds is not None and kind in needs_gold and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
         errors.setdefault("prompts", []).append(
             f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)")

@@ -13,6 +13,7 @@
     cong: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods"],
     cd_generate: ["weak_base", "weak_aligned", "prompts", "alpha"],
     alpha_sweep: ["weak_base", "weak_aligned", "prompts"],
+    preflight: ["weak_base", "weak_aligned", "prompts"],
     weak_align: ["weak_base", "prompts"],
     train: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "method"],
     evaluate: ["strong", "prompts"],

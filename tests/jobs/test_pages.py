@@ -185,6 +185,25 @@ def test_job_detail_results_table_and_plots(client, user, weak_pair, prompts_ds)
     assert 'id="scatter"' in html and 'id="cancel-form" method="post" action="/jobs/%d/cancel/" hidden' % job.pk in html
 
 
+def test_job_detail_shows_the_preflight_verdict(client, user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds)
+    row = lambda g: {"gold_mean": g, "gold_ci": [g - 0.01, g + 0.01], "n": 4, "valid_rate": 1.0}
+    msg = "CD raises gold reward here: +0.150 gold at alpha 0.4 vs plain pi_post (95% interval +0.100..+0.200)"
+    results = {"verdict": "raises", "message": msg, "gold_gain": 0.15,
+               "sweep": {"pre": row(0.1), "plain_post": row(0.2),
+                         "cd": [{"alpha": a, **row(0.2 + 0.15 * (1 - a))} for a in (0.0, 0.4, 1.0)]}}
+    Job.objects.filter(pk=job.pk).update(kind="preflight", status="succeeded", results=results)
+    client.force_login(user)
+    html = client.get(f"/jobs/{job.pk}/").content.decode()
+    box = re.search(r'<div class="card verdict verdict-raises" id="verdict">(.*?)</div>', html, re.S).group(1)
+    assert "Pre-flight verdict: raises" in box and "CD raises gold reward here: +0.150 gold" in box
+    assert html.index('id="verdict"') < html.index("<h2>Progress</h2>")  # shown before everything else
+    assert "pre-flight check" in html  # the kind's label in the title
+    # A job without a verdict shows no box.
+    Job.objects.filter(pk=job.pk).update(kind="cd_generate", results=PIPELINE_RESULTS)
+    assert 'id="verdict"' not in client.get(f"/jobs/{job.pk}/").content.decode()
+
+
 def test_results_table_reads_an_alpha_sweep():
     results = {"alphas": [{"alpha": 0.4, "name": "a0.40", "gold_mean": 0.5, "implicit_mean": 1.0},
                           {"alpha": 0.0, "name": "a0.00", "gold_mean": 0.3, "implicit_mean": 2.0}]}
@@ -249,6 +268,13 @@ def test_new_job_presets_fill_the_form(client, user, model_root):
                                    re.S).group(1))
     names = [p["name"] for p in presets]
     assert "toy-x-s0: full ConG pipeline" in names and 'class="btn secondary preset"' in html
+    assert "toy-x-s0: pre-flight check" not in names  # needs the held-out split
+    held = services.dataset_create(name="toy-x-s0-heldout", chunks=[make_prompts(3)], gold="toy:review")
+    presets = json.loads(re.search(r'<script id="presets-data" type="application/json">(.*?)</script>',
+                                   client.get("/jobs/new/").content.decode(), re.S).group(1))
+    pf = next(p for p in presets if p["name"] == "toy-x-s0: pre-flight check")["request"]
+    assert pf == {"kind": "preflight", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": held.pk}
+    assert services.job_create(user=user, **pf).kind == "preflight"  # the preset is a valid request
     full = next(p for p in presets if p["name"] == "toy-x-s0: full ConG pipeline")["request"]
     assert (full["weak_base"], full["weak_aligned"], full["strong"], full["prompts"]) == (wb.pk, wa.pk, st.pk, ds.pk)
     # Server-side prefill (links can carry ?preset=...).

@@ -16,6 +16,17 @@ from .test_services import _job
 pytestmark = pytest.mark.django_db
 
 
+def _register_tiny_gold() -> None:
+    """A gold reward for the tiny models' word list (the toy golds want their own prompt formats)."""
+    from ml.gold import GoldReward, register
+
+    def score(prompt: str, response: str) -> float:
+        words = response.split()
+        return float(words.count("good") + words.count("great") - words.count("bad") - words.count("awful"))
+
+    register("test:positive_words", lambda: GoldReward(name="test:positive_words", score=score))
+
+
 
 def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, weak_pair, prompts_ds, tmp_path):
     job = _job(user, weak_pair, prompts_ds)
@@ -41,3 +52,28 @@ def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, wea
         assert p.gold_reward == pytest.approx(gold(r["prompt"], r["response"]))
         assert p.implicit_reward == pytest.approx(r["implicit_reward_mean"])
     assert pairs[0].gold_reward != pairs[1].gold_reward  # a real score, not a constant
+
+
+def test_preflight_runner_stores_the_verdict_in_results(user, weak_pair, model_root):
+    """The whole run_job path in-process (claim, runner, finish) on the tiny weak pair with a toy gold."""
+    from jobs import services
+    from jobs.models import Job
+    from jobs.runner import run_job
+
+    from .conftest import make_prompts
+
+    _register_tiny_gold()
+    ds = services.dataset_create(name="held", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
+    wb, wa = weak_pair
+    job = services.job_create(user=user, kind="preflight", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk,
+                              params={"max_new_tokens": 4, "n_samples": 1, "alphas": [0.0], "max_prompts": 2})
+    outcome = run_job(job_id=job.pk)
+    job.refresh_from_db()
+    assert outcome == "succeeded", job.error
+    assert job.status == Job.Status.SUCCEEDED
+    r = job.results
+    assert r["verdict"] in ("raises", "no_gain", "lowers")
+    assert r["message"].startswith(("CD raises gold reward here", "CD does not raise gold reward here"))
+    assert r["gold"] == "test:positive_words" and r["n_prompts"] == 2
+    assert [c["alpha"] for c in r["sweep"]["cd"]] == [0.0, 0.4, 1.0] and r["sweep"]["plain_post"]["n"] == 2
+    assert any("pre-flight verdict" in str(e.data) for e in job.events.filter(type="log"))

@@ -360,3 +360,25 @@ def test_toyworld_datasets_carry_the_worlds_settings_and_jobs_inherit_them(model
     assert params["sft"]["learning_rate"] == 0.01  # ... key by key inside a stage's overrides
     assert params["sft"]["num_train_epochs"] == recipe["sft"]["num_train_epochs"]
     assert params["dpo"] == recipe["dpo"]
+
+
+def test_preflight_job_validates_like_cd_generate_and_needs_a_gold(user, weak_pair, prompts_ds, model_root):
+    gold_ds = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
+    job = _job(user, weak_pair, gold_ds, kind="preflight", alpha=None, params={"n_samples": 2, "alphas": [0.0]})
+    assert job.kind == Job.Kind.PREFLIGHT and job.config["weak_base"]["path"].endswith("weak_base")
+    assert job.config["weak_aligned"]["path"].endswith("weak_aligned") and job.config["prompts"]["gold"] == "toy:review"
+    before = _counts()
+    with pytest.raises(ValidationError) as exc:  # a weak pair is needed, as for cd_generate
+        _job(user, weak_pair, gold_ds, kind="preflight", weak_aligned=None)
+    assert "weak_aligned" in exc.value.message_dict
+    other = services.model_register(name="o", path=str(model_root / "other_vocab"), owner=user)
+    with pytest.raises(ValidationError) as exc:  # ... from one vocabulary
+        _job(user, weak_pair, gold_ds, kind="preflight", weak_aligned=other.pk)
+    assert "vocabulary" in exc.value.message_dict["weak_aligned"][0]
+    with pytest.raises(ValidationError) as exc:  # unlike cd_generate, it scores with the gold reward
+        _job(user, weak_pair, prompts_ds, kind="preflight")
+    assert "no gold reward" in exc.value.message_dict["prompts"][0]
+    with pytest.raises(ValidationError) as exc:
+        _job(user, weak_pair, gold_ds, kind="preflight", params={"n_samples": 0})
+    assert "n_samples" in exc.value.message_dict["params"][0]
+    assert _counts() == (before[0], before[1], before[2] + 1, before[3])  # only the model "o" was added
