@@ -11,7 +11,7 @@ Self-alignment (``pair="self"``): the same weak pair, and SmolLM2-135M-Instruct 
 Sizes:
     smoke  a handful of prompts, 16-24 new tokens, 2 training steps: checks the wiring end to end (minutes)
     cpu    64 training / 32 held-out prompts, 64 new tokens, LoRA on the strong model: the four methods
-           (WeakSFT, WSPO, ConG-S, ConG) plus pi_post fit in about 90 minutes on 2 CPU cores
+           (WeakSFT, WSPO, ConG-S, ConG) plus pi_post: measured 41 minutes on 2 shared CPU cores
     gpu    every prompt, 256 new tokens, full fine-tuning and the reference hyperparameters (CONG.md),
            every method; minutes on one H100-class GPU
 
