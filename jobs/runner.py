@@ -247,7 +247,34 @@ def run_weak_align(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -
     summary = weak_align(WeakAlignConfig(**{**kw, **(p.get("weak_align") or {})}), rep)
     if summary.get("model_dir"):
         services.artifact_record(job_id=job.pk, stage="weak_align", kind="model", path=summary["model_dir"])
+    if summary.get("model_dir") and not summary.get("stopped"):
+        summary = {**summary, **_register_aligned(job, rep, summary["model_dir"])}
     return summary
+
+
+def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
+    """Register pi_post as a weak ModelEntry (same family as pi_pre, owned by the job's owner) so a ConG job
+    or preset can pick it. Idempotent across attempts (the name carries the job id). A folder outside
+    MODEL_ROOTS is reported, not fatal: the job's own work is done and kept."""
+    from django.core.exceptions import ValidationError
+
+    from jobs.models import ModelEntry
+
+    ref = job.config.get("weak_base") or {}
+    base = ModelEntry.objects.filter(pk=ref.get("id")).first()
+    name = f"{ref.get('name') or 'weak'}-aligned-job{job.pk}"
+    entry = ModelEntry.objects.filter(name=name).first()
+    if entry is None:
+        try:
+            entry = services.model_register(name=name, path=model_dir, kind=ModelEntry.Kind.WEAK,
+                                            family=base.family if base else "", owner=job.owner)
+        except ValidationError as exc:
+            msg = "; ".join(exc.messages)
+            rep.log(f"weak_align: pi_post not registered as a model ({msg}); add RUNS_DIR to MODEL_ROOTS "
+                    "or register the folder through the API")
+            return {"registered_model": None, "registered_model_error": msg}
+    rep.log(f"weak_align: registered pi_post as model {entry.pk} {entry.name!r}")
+    return {"registered_model": {"id": entry.pk, "name": entry.name, "path": entry.path}}
 
 
 def run_preflight(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:

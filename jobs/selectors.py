@@ -72,7 +72,57 @@ def datasets_visible(*, user) -> QuerySet[Dataset]:
 
 
 def presets(*, user) -> list[dict]:
-    """Ready-made job requests built from the registered toy worlds (shared models named toy-*)."""
+    """Ready-made job requests built from the registered toy worlds (shared models named toy-*) and the
+    real offline models (jobs.services.offline_register)."""
+    out: list[dict] = _toy_presets(user=user)
+    out.extend(offline_presets(user=user))
+    return out
+
+
+# Which real_preset size a dataset's defaults came from, by (max_prompts, max_new_tokens); a test checks
+# this against ml.offline.presets so the labels cannot drift from the presets.
+OFFLINE_SIZE_SIGNATURES = {(8, 24): "smoke", (64, 64): "cpu", (None, 256): "gpu"}
+OFFLINE_WEAK, OFFLINE_STRONG = "smollm2-135m-instruct", "gemma3-270m-base"
+OFFLINE_CONG_METHODS = ["cong_s", "cong", "weak_sft", "wspo"]
+
+
+def offline_size_label(defaults: dict | None) -> str:
+    d = defaults or {}
+    size = OFFLINE_SIZE_SIGNATURES.get((d.get("max_prompts"), d.get("max_new_tokens")))
+    return f"{size} size" if size else "custom size"
+
+
+def offline_presets(*, user) -> list[dict]:
+    """1. weak alignment of SmolLM2 (pi_pre -> pi_post) on the judge's training prompts; then, for each
+    aligned SmolLM2 this user can see (a weak_align job registers one), 2. ConG into Gemma 3 270M and
+    ConG self-alignment (strong = SmolLM2). The datasets' defaults carry the preset's stage settings, and
+    job_create evaluates on if-judge-heldout (the -train/-heldout naming), so the requests stay short."""
+    from jobs.services import OFFLINE_TRAIN
+
+    models = models_visible(user=user)
+    weak = models.filter(name=OFFLINE_WEAK).first()
+    strong = models.filter(name=OFFLINE_STRONG).first()
+    train = datasets_visible(user=user).filter(name=OFFLINE_TRAIN, owner__isnull=True).first()
+    if weak is None or train is None:
+        return []
+    size = offline_size_label(train.defaults)
+    out = [{"name": "SmolLM2 -> Gemma: 1. weak alignment (pi_pre -> pi_post)",
+            "request": {"kind": "weak_align", "weak_base": weak.pk, "prompts": train.pk}}]
+    aligned = (models.filter(kind__in=[ModelEntry.Kind.WEAK, ModelEntry.Kind.ANY], family=weak.family,
+                             vocab_fingerprint=weak.vocab_fingerprint)
+               .exclude(pk=weak.pk).exclude(name__startswith="toy-").order_by("-created", "-id"))
+    for wa in aligned:
+        base = {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "prompts": train.pk, "alpha": 0.4,
+                "methods": list(OFFLINE_CONG_METHODS)}
+        if strong is not None:
+            out.append({"name": f"SmolLM2 -> Gemma: 2. ConG ({size}), pi_post = {wa.name}",
+                        "request": {**base, "strong": strong.pk}})
+        out.append({"name": f"SmolLM2 self-alignment: ConG ({size}), pi_post = {wa.name}",
+                    "request": {**base, "strong": weak.pk}})
+    return out
+
+
+def _toy_presets(*, user) -> list[dict]:
     out: list[dict] = []
     models = {m.name: m for m in models_visible(user=user).filter(name__startswith="toy-")}
     datasets = {d.name: d for d in datasets_visible(user=user).filter(name__startswith="toy-", owner__isnull=True)}

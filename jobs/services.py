@@ -665,3 +665,79 @@ def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
             ds.save(update_fields=["defaults"])
         out["datasets"][split] = ds
     return out
+
+
+# --- the real offline models (ml.offline) -------------------------------------------------------------
+# Registered names: the manifest key with dashes (smollm2_135m_instruct -> smollm2-135m-instruct).
+OFFLINE_TRAIN, OFFLINE_HELDOUT = "if-judge-train", "if-judge-heldout"
+OFFLINE_GOLD = "if:judge"
+# The PipelineConfig stage dicts that train the strong model (they get the preset's lora_r, as
+# ml.pipeline's strong_kw does) and every training stage (they get train_max_steps as max_steps).
+_STRONG_STAGES = ("sft", "dpo", "wspo", "auxconf")
+_TRAIN_STAGES = ("weak_align", *_STRONG_STAGES)
+
+
+def offline_model_name(key: str) -> str:
+    return key.replace("_", "-")
+
+
+def offline_params(config) -> dict[str, Any]:
+    """A real-model preset (ml.offline.presets.real_preset's PipelineConfig) as web job params: what the
+    runner maps back onto the same stage configs (jobs.runner._pipeline / run_weak_align)."""
+    out: dict[str, Any] = {"max_new_tokens": int(config.max_new_tokens)}
+    for key in ("max_prompts", "max_eval_prompts"):
+        if getattr(config, key) is not None:
+            out[key] = int(getattr(config, key))
+    stages = {"cd_generate": dict(config.generate)}
+    for name in ("weak_align", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate"):
+        stages[name] = dict(getattr(config, name))
+    # The pipeline gives strong-model stages lora_r and every training stage train_max_steps; the web
+    # params have no top-level key for either, so they travel inside each stage's dict.
+    for name in _STRONG_STAGES:
+        if config.lora_r > 0:
+            stages[name].setdefault("lora_r", int(config.lora_r))
+    if config.train_max_steps > 0:
+        for name in _TRAIN_STAGES:
+            stages[name].setdefault("max_steps", int(config.train_max_steps))
+    out.update({k: v for k, v in stages.items() if v})
+    return out
+
+
+def offline_register(*, manifest: dict[str, Any], size: str = "cpu") -> dict[str, Any]:
+    """Register the installed offline models (ml.offline manifest) and the judge's prompt splits as shared
+    entries (owner None), idempotently. The datasets carry the ``size`` preset's settings as defaults, so
+    a job on them runs like ``python -m ml models run --size <size>`` unless its own params say otherwise."""
+    from ml.offline.presets import SIZES, ensure_prompts, real_preset
+
+    if size not in SIZES:
+        raise _err("size", f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    root = manifest.get("root")
+    if not root or not manifest.get("models"):
+        raise _err("manifest", "the offline manifest lists no models; run `python manage.py install_offline_models`")
+    models_dir = Path(root).parent  # the manifest lives in <models_dir>/offline/
+    out: dict[str, Any] = {"models": {}, "datasets": {}, "size": size}
+    for key, m in sorted(manifest["models"].items()):
+        name = offline_model_name(key)
+        kind = m.get("role") if m.get("role") in ModelEntry.Kind.values else ModelEntry.Kind.ANY
+        entry = ModelEntry.objects.filter(name=name).first()
+        if entry is None:
+            entry = model_register(name=name, path=str(m["path"]), kind=kind, family=m.get("family", ""), owner=None)
+        elif Path(entry.path) != Path(m["path"]).resolve():
+            # Installed again somewhere else: follow the manifest (checked like a new registration).
+            entry.path = str(resolve_model_path(str(m["path"])))
+            entry.vocab_fingerprint = _fingerprint(Path(entry.path))
+            entry.save(update_fields=["path", "vocab_fingerprint"])
+        out["models"][key] = entry
+    prompts = ensure_prompts(models_dir)
+    defaults = offline_params(real_preset(size, models_dir, check_models=False))
+    for split, name in (("train", OFFLINE_TRAIN), ("heldout", OFFLINE_HELDOUT)):
+        ds = Dataset.objects.filter(name=name, owner__isnull=True).first()
+        if ds is None:
+            with open(prompts[split], "rb") as fh:
+                ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
+                                    gold=OFFLINE_GOLD, owner=None)
+        if ds.defaults != defaults:
+            ds.defaults = defaults
+            ds.save(update_fields=["defaults"])
+        out["datasets"][split] = ds
+    return out

@@ -32,7 +32,9 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 RUNS_DIR = Path(env.str("RUNS_DIR", default=str(VAR_DIR / "runs"))).resolve()
 DATA_DIR = Path(env.str("CONGWEB_DATA_DIR", default=str(VAR_DIR / "data"))).resolve()
 # Model folders may only be registered from under these roots (path checks resolve symlinks).
-MODEL_ROOTS = [Path(p).resolve() for p in env.list("MODEL_ROOTS", default=[str(DATA_DIR), str(VAR_DIR / "models")])]
+# RUNS_DIR too: a weak_align job registers the pi_post it writes there as a model (jobs.runner).
+MODEL_ROOTS = [Path(p).resolve() for p in env.list("MODEL_ROOTS", default=[str(DATA_DIR), str(VAR_DIR / "models"),
+                                                                      str(RUNS_DIR)])]
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024

