@@ -741,3 +741,110 @@ def offline_register(*, manifest: dict[str, Any], size: str = "cpu") -> dict[str
             ds.save(update_fields=["defaults"])
         out["datasets"][split] = ds
     return out
+
+
+# Installing from the web app (the staff button): the slow install runs as a Celery task on the default
+# queue, never inside a request. Its state lives in a small JSON file beside the models
+# (<DATA_DIR>/offline/install_status.json), which the web and worker hosts share anyway (models are read
+# from the same paths everywhere), so the page can show it without a new table.
+OFFLINE_STATUS = "install_status.json"
+# A state not updated for this long is a lost message or a dead worker: allow another try. "running"
+# is updated at every step of the install (the slowest, Gemma's conversion, takes minutes).
+OFFLINE_STALE_SECONDS = {"queued": 600, "running": 1800}
+
+
+def _offline_status_path(data_dir: str | Path | None = None) -> Path:
+    return Path(data_dir or settings.DATA_DIR) / "offline" / OFFLINE_STATUS
+
+
+def offline_install_status(data_dir: str | Path | None = None) -> dict[str, Any] | None:
+    from ml.io import read_json
+
+    path = _offline_status_path(data_dir)
+    try:
+        return read_json(path) if path.exists() else None
+    except ValueError:  # torn write: report nothing rather than fail the page
+        return None
+
+
+def _offline_status_write(data_dir: str | Path | None = None, **data: Any) -> dict[str, Any]:
+    from ml.io import write_json
+
+    status = {**(offline_install_status(data_dir) or {}), **data, "updated": timezone.now().isoformat()}
+    path = _offline_status_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, status)
+    return status
+
+
+def offline_install_request(*, user, size: str = "cpu") -> dict[str, Any]:
+    """Staff only: queue the install (jobs.tasks.offline_install_task) unless one is queued or running."""
+    from ml.offline.presets import SIZES
+
+    if user is None or not user.is_staff:
+        raise _err("user", "only staff can install the offline models")
+    if size not in SIZES:
+        raise _err("size", f"size must be one of {', '.join(SIZES)}, got {size!r}")
+    cur = offline_install_status() or {}
+    if cur.get("state") in ("queued", "running"):
+        from django.utils.dateparse import parse_datetime
+
+        when = parse_datetime(cur.get("updated") or "")
+        if when is not None and (timezone.now() - when).total_seconds() < OFFLINE_STALE_SECONDS[cur["state"]]:
+            raise _err("state", f"an install is already {cur['state']} (since {cur.get('updated')})")
+    status = _offline_status_write(state="queued", size=size, message="waiting for a worker", error="",
+                                   requested_by=user.get_username())
+    from jobs.tasks import offline_install_task
+
+    try:
+        offline_install_task.delay(size)
+    except Exception as exc:
+        status = _offline_status_write(state="failed", error=f"could not reach the broker: {exc}")
+    return status
+
+
+class _StatusReporter:
+    """ml Reporter that keeps the latest message in the status file (and echoes to a console reporter)."""
+
+    def __init__(self, data_dir: Path, echo=None) -> None:
+        from ml.reporter import or_null
+
+        self.data_dir, self.echo = data_dir, or_null(echo)
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self.echo.progress(stage, done, total)
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        self.echo.metric(name, value, step)
+
+    def sample(self, data: dict[str, Any]) -> None:
+        self.echo.sample(data)
+
+    def log(self, msg: str) -> None:
+        self.echo.log(msg)
+        _offline_status_write(self.data_dir, message=str(msg)[:500])
+
+    def should_stop(self) -> bool:
+        return False
+
+
+def offline_install(*, size: str = "cpu", install: bool = True, reporter=None,
+                    data_dir: str | Path | None = None) -> dict[str, Any]:
+    """ml.offline.install_offline into DATA_DIR (or data_dir), then offline_register; records the state
+    for the page. ``install=False`` never calls pip (the packages must be there)."""
+    from ml.offline.install import install_offline
+
+    data_dir = Path(data_dir or settings.DATA_DIR)
+    _offline_status_write(data_dir, state="running", size=size, message="starting", error="",
+                          started=timezone.now().isoformat())
+    try:
+        manifest = install_offline(data_dir, _StatusReporter(data_dir, reporter), install=install)
+        out = offline_register(manifest=manifest, size=size)
+    except Exception as exc:
+        msg = "; ".join(exc.messages) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
+        _offline_status_write(data_dir, state="failed", error=msg[:2000], finished=timezone.now().isoformat())
+        raise
+    _offline_status_write(data_dir, state="done", message="installed and registered", finished=timezone.now().isoformat(),
+                          models=sorted(m.name for m in out["models"].values()),
+                          datasets=sorted(d.name for d in out["datasets"].values()))
+    return out

@@ -32,6 +32,16 @@ def job_run_task(self, job_id: int) -> str:
     return run_job(job_id=job_id, task_id=self.request.id or "")
 
 
+@shared_task(name="jobs.tasks.offline_install_task")
+def offline_install_task(size: str = "cpu") -> str:
+    # Default queue (not gpu): pip + GGUF conversion need no accelerator. Errors are recorded in the
+    # install status by the service, so there is nothing to retry here.
+    from jobs.services import offline_install
+
+    out = offline_install(size=size)
+    return ", ".join(m.name for m in out["models"].values())
+
+
 @shared_task(name="jobs.tasks.jobs_reap_stale_task")
 def jobs_reap_stale_task() -> list:
     from jobs.services import jobs_reap_stale

@@ -7,6 +7,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("jobs/new/", views.job_new, name="job_new"),
     path("jobs/compare/", views.compare, name="compare"),
+    path("models/offline/install/", views.offline_install, name="offline_install"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel_page"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry_page"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
@@ -67,8 +67,28 @@ def job_new(request):
             initial.update({k: v for k, v in (req.get("params") or {}).items()
                             if k in ("max_prompts", "max_new_tokens", "seed")})
         form = JobForm(user=request.user, initial=initial or None)
-    return render(request, "jobs/job_new.html", {"form": form, "presets": presets},
+    offline = None
+    if request.user.is_staff:  # the install button and its state (jobs.services.offline_install_request)
+        offline = {"status": services.offline_install_status(),
+                   "registered": any(p["request"].get("kind") == "weak_align" and p["name"].startswith("SmolLM2")
+                                     for p in presets)}
+    return render(request, "jobs/job_new.html", {"form": form, "presets": presets, "offline": offline},
                   status=400 if request.method == "POST" else 200)
+
+
+@login_required
+@require_POST
+def offline_install(request):
+    """Staff: queue the offline models' install + registration (a Celery task; it takes minutes)."""
+    if not request.user.is_staff:
+        raise PermissionDenied("only staff can install the offline models")
+    try:
+        services.offline_install_request(user=request.user, size=request.POST.get("size") or "cpu")
+        messages.info(request, "Installing the offline models in the background; reload this page to follow it. "
+                               "The SmolLM2 -> Gemma presets appear when it is done.")
+    except ValidationError as exc:
+        messages.error(request, "; ".join(exc.messages))
+    return redirect("job_new")
 
 
 @login_required

@@ -276,3 +276,56 @@ def test_register_the_real_installed_models(settings, tmp_path):
     assert out["models"]["smollm2_135m_instruct"].vocab_fingerprint == manifest["models"]["smollm2_135m_instruct"]["vocab_fingerprint"]
     assert out["models"]["gemma3_270m_base"].vocab_fingerprint == manifest["models"]["gemma3_270m_base"]["vocab_fingerprint"]
     assert out["datasets"]["train"].row_count + out["datasets"]["heldout"].row_count == 500
+
+
+# --- the staff install button (a Celery task on the default queue, state in a status file) -------------
+@pytest.fixture
+def sent_installs(monkeypatch):
+    from jobs import tasks
+
+    sent: list[str] = []
+    monkeypatch.setattr(tasks.offline_install_task, "delay", lambda size="cpu": sent.append(size))
+    return sent
+
+
+def test_install_button_is_staff_only_and_queues_one_task(roots, client, user, staff_user, sent_installs):
+    client.force_login(user)
+    assert 'id="offline-install-btn"' not in client.get("/jobs/new/").content.decode()
+    assert client.post("/models/offline/install/").status_code == 403 and sent_installs == []
+    with pytest.raises(Exception, match="only staff"):
+        services.offline_install_request(user=user)
+    client.force_login(staff_user)
+    html = client.get("/jobs/new/").content.decode()
+    assert 'data-state="none"' in html and "Install offline models" in html
+    r = client.post("/models/offline/install/", {"size": "cpu"}, follow=True)
+    assert sent_installs == ["cpu"] and "Installing the offline models in the background" in r.content.decode()
+    assert services.offline_install_status()["state"] == "queued"
+    html = r.content.decode()
+    assert 'data-state="queued"' in html and 'id="offline-install-btn"' not in html  # no second click
+    r = client.post("/models/offline/install/", follow=True)
+    assert sent_installs == ["cpu"] and "already queued" in r.content.decode()
+
+
+def test_offline_install_records_its_outcome(roots, offline_dir, tmp_path, capsys):
+    """install=False never calls pip: where the model packages are installed (this dev machine) the stand-in
+    folders are reused, verified and registered; where they are not (CI) it fails with pip's command to run.
+    Either way the status file says what happened."""
+    import shutil
+
+    from ml.offline.install import InstallError
+
+    data = tmp_path / "data"
+    shutil.copytree(offline_dir / "offline", data / "offline")
+    roots.MODEL_ROOTS = [data.resolve(), roots.RUNS_DIR]
+    try:
+        out = services.offline_install(install=False, data_dir=data)
+    except InstallError as exc:
+        st = services.offline_install_status(data)
+        assert st["state"] == "failed" and "is not installed" in st["error"] and str(exc)[:40] in st["error"]
+        assert ModelEntry.objects.count() == 0
+    else:
+        st = services.offline_install_status(data)
+        assert st["state"] == "done" and st["models"] == ["gemma3-270m-base", "smollm2-135m-instruct"]
+        assert st["datasets"] == ["if-judge-heldout", "if-judge-train"] and st["message"] == "installed and registered"
+        assert out["models"]["smollm2_135m_instruct"].name == "smollm2-135m-instruct"
+    assert services.offline_install_status(tmp_path / "nowhere") is None

