@@ -83,6 +83,14 @@ class JobSerializer(serializers.ModelSerializer):
         return obj.pairs.count() if n is None else n
 
 
+class JobSummarySerializer(JobSerializer):
+    """The list view's row: what a dashboard or a poller needs; the full config is on GET /jobs/{id}/."""
+
+    class Meta(JobSerializer.Meta):
+        fields = [f for f in JobSerializer.Meta.fields if f != "config"]
+        read_only_fields = fields
+
+
 class JobEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = JobEvent

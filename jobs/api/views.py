@@ -95,11 +95,12 @@ class JobListView(ServiceAPIView):
 
     @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses"),
                                OpenApiParameter("kind", str, description="comma-separated kinds")],
-                   responses=s.JobSerializer(many=True))
+                   responses=s.JobSummarySerializer(many=True))
     def get(self, request):
         qs = selectors.job_list(user=request.user, status=request.query_params.get("status"),
                                 kind=request.query_params.get("kind"))
-        return self.paginate(request, qs, s.JobSerializer)
+        # Config and results can be large JSON: a list neither loads nor sends them.
+        return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
 
     @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer})
     def post(self, request):

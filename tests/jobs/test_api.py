@@ -249,3 +249,14 @@ def test_job_list_query_count_does_not_grow_with_jobs(django_assert_max_num_quer
         res = client.get("/api/v1/jobs/")
     assert res.status_code == 200 and res.json()["count"] == 12
     assert all(j["pair_count"] == 0 for j in res.json()["results"])
+
+
+def test_job_list_rows_leave_config_to_the_detail_view(user, weak_pair, prompts_ds):
+    wb, wa = weak_pair
+    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
+                              prompts=prompts_ds.pk, alpha=0.4)
+    client = APIClient()
+    client.force_authenticate(user)
+    row = client.get("/api/v1/jobs/").json()["results"][0]
+    assert row["id"] == job.pk and row["status"] == "queued" and "config" not in row
+    assert client.get(f"/api/v1/jobs/{job.pk}/").json()["config"]["alpha"] == 0.4
