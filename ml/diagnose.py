@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ml.gold import GoldReward, get_gold
+from ml.gold import GoldReward, resolve_gold
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci
 
@@ -132,15 +132,6 @@ def run_sweep(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward,
 
 RAISES, NO_GAIN, LOWERS = "raises", "no_gain", "lowers"
 
-
-def _gold(gold: GoldReward | str | Callable[[str, str], float]) -> GoldReward:
-    if isinstance(gold, GoldReward):
-        return gold
-    if isinstance(gold, str):
-        return get_gold(gold)
-    if callable(gold):
-        return GoldReward(name=getattr(gold, "__name__", "custom"), score=gold)
-    raise ValueError("gold must be a GoldReward, a registered gold name or a callable (prompt, response) -> float")
 
 
 def _se(summary: dict) -> float:
@@ -255,7 +246,7 @@ def preflight(aligned, base, tokenizer, prompts: Sequence[str],
     if any(not 0.0 <= float(a) <= 1.0 for a in alphas):
         raise ValueError(f"alphas must lie in [0, 1], got {list(alphas)}")
     alphas = sorted(set(float(a) for a in alphas) | {float(decision_alpha), 1.0})
-    sweep = run_sweep(aligned=aligned, base=base, tokenizer=tokenizer, prompts=list(prompts), gold=_gold(gold),
+    sweep = run_sweep(aligned=aligned, base=base, tokenizer=tokenizer, prompts=list(prompts), gold=resolve_gold(gold),
                       alphas=alphas, n=n, seed=seed, max_new_tokens=max_new_tokens, reporter=reporter,
                       cd_overrides=cd_overrides, use_chat_template=use_chat_template)
     if sweep.get("stopped"):
@@ -271,7 +262,7 @@ def preflight_dirs(aligned: str, base: str, prompts: str, gold: GoldReward | str
     from ml.io import read_prompts
     from ml.modeling import check_same_vocab, load_causal_lm, load_tokenizer, pick_device
 
-    g = _gold(gold)  # an unknown gold name fails before any model is loaded
+    g = resolve_gold(gold)  # an unknown gold name fails before any model is loaded
     ps = read_prompts(prompts, n_prompts)
     if not ps:
         raise ValueError(f"{prompts} holds no prompts")

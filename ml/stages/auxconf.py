@@ -21,9 +21,9 @@ import torch
 
 from ml.io import stage_done
 from ml.reporter import Reporter, or_null
-from ml.stages._train import TrainConfig, encode_pair, load_for_training, pad_collate, run_training, training_kwargs
+from ml.stages._train import TrainConfig, pad_collate, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
-from ml.stages.sft import load_pairs
+from ml.stages.sft import load_encoded_pairs
 
 STAGE = "auxconf"
 
@@ -98,17 +98,10 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    pairs = load_pairs(config.data, config.response_field, config.max_examples)
-    if not pairs:
-        raise ValueError(f"{config.data} has no usable prompt/response pairs")
-    model, tok = load_for_training(config)
-    feats = []
-    for r in pairs:
-        p, c = encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
-                           use_chat_template=config.use_chat_template, max_length=config.max_length)
-        # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
-        feats.append({"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)),
-                      "labels": [-100] * len(p) + c})
+    model, tok, encoded = load_encoded_pairs(config)
+    # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
+    feats = [{"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c}
+             for p, c in encoded]
     pad = tok.pad_token_id or 0
 
     def collate(f):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.gold import GoldReward
+from ml.gold import GoldReward, resolve_gold
 from ml.io import mark_done, read_jsonl, read_prompts, stage_done, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci, win_rate
@@ -107,8 +107,6 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
     if done is not None:
         return done
     reporter = or_null(reporter)
-    from ml.stages.weak_align import resolve_gold
-
     t0 = time.time()
     out = Path(config.output_dir)
     raw = out / "generated.jsonl"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ml.io import read_jsonl, stage_done
 from ml.reporter import Reporter, or_null
@@ -41,6 +42,19 @@ def load_pairs(path: str | Path, response_field: str = "response", limit: int | 
     return rows[:limit] if limit else rows
 
 
+def load_encoded_pairs(config) -> tuple[Any, Any, list[tuple[list[int], list[int]]]]:
+    """The model, its tokenizer and each (prompt ids, response ids + eos) pair of ``config.data``:
+    the shared start of every stage that trains on prompt/response pairs (SFT, AuxConf)."""
+    pairs = load_pairs(config.data, config.response_field, config.max_examples)
+    if not pairs:
+        raise ValueError(f"{config.data} has no usable prompt/response pairs")
+    model, tok = load_for_training(config)
+    encoded = [encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
+                           use_chat_template=config.use_chat_template, max_length=config.max_length)
+               for r in pairs]
+    return model, tok, encoded
+
+
 def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict:
     done = stage_done(config.output_dir)
     if done is not None:
@@ -49,15 +63,8 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    pairs = load_pairs(config.data, config.response_field, config.max_examples)
-    if not pairs:
-        raise ValueError(f"{config.data} has no usable prompt/response pairs")
-    model, tok = load_for_training(config)
-    rows = []
-    for r in pairs:
-        p, c = encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
-                           use_chat_template=config.use_chat_template, max_length=config.max_length)
-        rows.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+    model, tok, encoded = load_encoded_pairs(config)
+    rows = [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in encoded]
     dataset = Dataset.from_list(rows)
     args = SFTConfig(**training_kwargs(config), completion_only_loss=True, max_length=config.max_length,
                      dataset_num_proc=None, packing=False)

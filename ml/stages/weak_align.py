@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.gold import GoldReward, get_gold
+from ml.gold import GoldReward, resolve_gold
 from ml.io import append_jsonl, read_prompts, repair_jsonl, stage_done
 from ml.reporter import Reporter, or_null
 from ml.stages._train import sample_responses
@@ -52,16 +52,6 @@ class WeakAlignConfig(DPOStageConfig):
         super().__post_init__()
         if self.data == "<sampled>":
             self.data = ""
-
-
-def resolve_gold(gold: str | Callable[[str, str], float] | GoldReward) -> GoldReward:
-    if isinstance(gold, GoldReward):
-        return gold
-    if isinstance(gold, str):
-        return get_gold(gold)
-    if callable(gold):
-        return GoldReward(name=getattr(gold, "__name__", "custom"), score=gold)
-    raise ValueError(f"gold must be a registered name or a callable, not {type(gold).__name__}")
 
 
 def best_worst(prompt: str, responses: list[str], gold: GoldReward) -> dict[str, Any] | None:
