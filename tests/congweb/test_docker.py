@@ -11,8 +11,9 @@ DOCKER = Path(__file__).resolve().parents[2] / "docker"
 def test_compose_has_every_service_and_a_shared_runs_volume():
     spec = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     services = spec["services"]
-    assert set(services) == {"web", "worker-cpu", "worker-gpu", "redis", "postgres"}
-    for name in ("web", "worker-cpu", "worker-gpu"):
+    assert set(services) == {"web", "worker-cpu", "worker-gpu", "beat", "redis", "postgres"}
+    assert services["beat"]["command"][:4] == ["celery", "-A", "congweb", "beat"]
+    for name in ("web", "worker-cpu", "worker-gpu", "beat"):
         assert "runs:/var/congweb" in services[name]["volumes"], name
         env = services[name]["environment"]
         assert env["REDIS_URL"].startswith("redis://redis") and env["DATABASE_URL"].startswith("postgres://")
