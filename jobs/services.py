@@ -71,7 +71,12 @@ def _err(field: str, msg: str) -> ValidationError:
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(float(x))
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # a JSON integer beyond float range (e.g. 10**400) is not a usable number
+        return False
 
 
 def _check_alpha(value: Any, field: str = "alpha") -> float:
