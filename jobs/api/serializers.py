@@ -98,7 +98,7 @@ class JobEventSerializer(serializers.ModelSerializer):
 
 
 class GeneratedPairSerializer(serializers.ModelSerializer):
-    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None)
+    reviewer = serializers.CharField(source="reviewer.username", read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = GeneratedPair

@@ -32,8 +32,12 @@ class ServiceAPIView(APIView):
             exc = ValidationError(detail)
         return super().handle_exception(exc)
 
+    # Set on the views that answer pages ({count, next, previous, results}), so the OpenAPI schema
+    # describes the page, not a bare array (drf-spectacular reads it from the view).
+    pagination_class = None
+
     def paginate(self, request, qs, serializer_class):
-        paginator = api_settings.DEFAULT_PAGINATION_CLASS()
+        paginator = (self.pagination_class or api_settings.DEFAULT_PAGINATION_CLASS)()
         page = paginator.paginate_queryset(qs, request, view=self)
         return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
@@ -61,6 +65,7 @@ class TokenView(ServiceAPIView):
 
 
 class ModelListView(ServiceAPIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     @extend_schema(responses=s.ModelEntrySerializer(many=True))
     def get(self, request):
         return self.paginate(request, selectors.models_visible(user=request.user), s.ModelEntrySerializer)
@@ -74,6 +79,7 @@ class ModelListView(ServiceAPIView):
 
 
 class DatasetListView(ServiceAPIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(responses=s.DatasetSerializer(many=True))
@@ -91,6 +97,7 @@ class DatasetListView(ServiceAPIView):
 
 
 class JobListView(ServiceAPIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     parser_classes = [JSONParser, FormParser, MultiPartParser]
 
     @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses"),
@@ -146,6 +153,7 @@ class JobEventsView(ServiceAPIView):
 
 
 class JobPairsView(ServiceAPIView):
+    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     @extend_schema(parameters=[OpenApiParameter("review_status", str), OpenApiParameter("min_reward", float),
                                OpenApiParameter("search", str)],
                    responses=s.GeneratedPairSerializer(many=True))

@@ -1,4 +1,5 @@
-"""Schema-driven fuzzing of the REST API with schemathesis: no input may make the server answer 5xx.
+"""Schema-driven fuzzing of the REST API with schemathesis: no input may make the server answer 5xx,
+and every documented response matches the schema.
 
 The OpenAPI schema is the app's own (drf-spectacular at /api/v1/schema/), loaded through Django's WSGI
 handler in this process, so requests run inside the test's database transaction and no server is
@@ -16,10 +17,12 @@ import time
 
 import pytest
 import schemathesis
+from schemathesis import GenerationMode
 from django.core.handlers.wsgi import WSGIHandler
 from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis.errors import Unsatisfiable
 from rest_framework.authtoken.models import Token
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from jobs import services
 from jobs.models import Job
@@ -29,6 +32,9 @@ from .conftest import point_celery_at
 pytestmark = pytest.mark.django_db
 
 MAX_EXAMPLES = 15
+# No 5xx, and every documented (2xx) response matches its schema. Undocumented 400/404 bodies are
+# not checked (status_code_conformance would flag every 404 for a random id).
+CHECKS = [not_a_server_error, response_schema_conformance]
 SCHEMA_PATH = "/api/v1/schema/"
 
 
@@ -49,6 +55,12 @@ def seeded(user, weak_pair, prompts_ds, redis_url, settings, tmp_path):
 
     settings.CELERY_BROKER_URL = celery_url(redis_url)
     point_celery_at(redis_url)
+    # Live event pushes (every job event) go to the same Redis instead of failing to connect.
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                           "CONFIG": {"hosts": [redis_url]}}}
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
     settings.DATA_DIR = tmp_path / "data"
     wb, wa = weak_pair
     job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
@@ -56,27 +68,35 @@ def seeded(user, weak_pair, prompts_ds, redis_url, settings, tmp_path):
     services.pair_store(job_id=job.pk, row={"index": 0, "prompt": "the movie was", "response": "good",
                                             "implicit_reward_mean": 0.5})
     token, _ = Token.objects.get_or_create(user=user)
-    return {"token": token.key, "job": job, "pair": job.pairs.get()}
+    yield {"token": token.key, "job": job, "pair": job.pairs.get()}
+    channel_layers.backends.clear()
 
 
-def _fuzz(operation, auth: dict, path_parameters: dict | None, failures: list) -> int:
+def _fuzz(operation, auth: dict, path_parameters: dict | None, failures: list,
+          mode: GenerationMode = GenerationMode.POSITIVE) -> int:
     """Run MAX_EXAMPLES cases of one operation; collect (not raise) server errors so every operation
     is reported in one run."""
     calls = 0
 
     @hsettings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
                suppress_health_check=list(HealthCheck))
-    @given(case=operation.as_strategy(path_parameters=path_parameters))
+    @given(case=operation.as_strategy(mode, path_parameters=path_parameters))
     def run(case):
         nonlocal calls
         calls += 1
         response = case.call(headers=auth)
         try:
-            case.validate_response(response, checks=[not_a_server_error])
-        except Exception as exc:  # a 5xx: record the request that caused it
+            case.validate_response(response, checks=CHECKS)
+        except Exception as exc:  # a 5xx or a schema mismatch: record the request that caused it
             failures.append(f"{operation.label} -> {response.status_code}\n{case.as_curl_command()}\n{exc}"[:3000])
 
-    run()
+    try:
+        run()
+    except Unsatisfiable:
+        # Negative mode on an operation with nothing to break once the ids are fixed (POST cancel/
+        # retry take no body): there is no schema-violating input to send.
+        if mode is not GenerationMode.NEGATIVE:
+            raise
     return calls
 
 
@@ -108,6 +128,9 @@ def test_no_input_makes_the_api_answer_5xx(seeded, wsgi_app):
         _fuzz(operation, auth, None, failures)  # random ids: mostly 404s, must never be 500s
         if names:  # and the objects that exist, so validation and service code is reached
             _fuzz(operation, auth, {n: real_ids[n] for n in names}, failures)
+        if operation.method.upper() == "POST" or any(True for p in operation.iter_parameters() if p.location == "query"):
+            # Inputs that break the schema (wrong types, missing fields): must be 4xx, never 5xx.
+            _fuzz(operation, auth, {n: real_ids[n] for n in names} or None, failures, GenerationMode.NEGATIVE)
     elapsed = time.monotonic() - started
     # The schema covers the whole API (13 routes, 14 operations); a silently shrunken schema would
     # make this test pass vacuously.
