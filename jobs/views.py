@@ -111,29 +111,28 @@ def job_detail(request, job_id: int):
     })
 
 
-@login_required
-@require_POST
-def job_cancel(request, job_id: int):
-    """Fallback for browsers without JavaScript; the page's buttons POST to the API."""
+def _job_action(request, job_id: int, service, done: str):
+    """POST fallbacks for browsers without JavaScript (the page's buttons POST to the API): run the
+    service, say what happened, and go back to the job page."""
     job = _job_or_404(request.user, job_id)
     try:
-        services.job_cancel(job=job, user=request.user)
-        messages.info(request, "Cancel requested.")
+        service(job=job, user=request.user)
+        messages.info(request, done)
     except ValidationError as exc:
         messages.error(request, "; ".join(exc.messages))
     return redirect("job_detail", job_id=job.pk)
+
+
+@login_required
+@require_POST
+def job_cancel(request, job_id: int):
+    return _job_action(request, job_id, services.job_cancel, "Cancel requested.")
 
 
 @login_required
 @require_POST
 def job_retry(request, job_id: int):
-    job = _job_or_404(request.user, job_id)
-    try:
-        services.job_retry(job=job, user=request.user)
-        messages.info(request, "Job queued again.")
-    except ValidationError as exc:
-        messages.error(request, "; ".join(exc.messages))
-    return redirect("job_detail", job_id=job.pk)
+    return _job_action(request, job_id, services.job_retry, "Job queued again.")
 
 
 @login_required
