@@ -77,6 +77,20 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     assert res["worlds"]["review"]["strong"]["cong"]["gold_mean"] == w["strong"]["cong"]["gold_mean"]
 
 
+def test_parallel_report_equals_the_sequential_one(tiny_review, tmp_path):
+    """jobs=2 runs world/seed units in spawned processes; the numbers must be the same as in one process."""
+    data_dir = Path(tiny_review["root"]).parents[2]
+    kw = dict(seeds=1, worlds=["review"], data_dir=str(data_dir), size="tiny", alphas=[0.0, 0.4], n_samples=1,
+              filtered=False, ablate_repetition_penalty=False)
+    seq = report(ReportConfig(out=str(tmp_path / "seq"), **kw))
+    par = report(ReportConfig(out=str(tmp_path / "par"), jobs=2, **kw))
+    assert (tmp_path / "par" / "runs" / "review" / "seed0" / "seed.json").exists()
+    for key in ("alpha_sweep", "plain_post", "pre", "strong", "implicit_gold_pearson"):
+        assert par["worlds"]["review"][key] == seq["worlds"]["review"][key], key
+    with pytest.raises(ValueError, match="jobs"):
+        ReportConfig(out=str(tmp_path / "x"), jobs=0)
+
+
 def test_verdict_over_seeds_pairs_gains_by_seed():
     from ml.toyworld.diagnose import verdict_over_seeds
 
