@@ -654,22 +654,27 @@ def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
         if entry is None:
             entry = model_register(name=name, path=str(path), kind=kind, family=f"toy-{world}", owner=None)
         out["models"][role] = entry
+    defaults = _toyworld_defaults(manifest)
     for split in ("train", "heldout"):
         path = _manifest_get(manifest, f"prompts.{split}", f"{split}_prompts", f"prompts_{split}")
         if not path:
             continue
-        name = f"{tag}-{split}"
-        ds = Dataset.objects.filter(name=name, owner__isnull=True).first()
-        if ds is None:
-            with open(path, "rb") as fh:
-                ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
-                                    gold=gold, owner=None)
-        defaults = _toyworld_defaults(manifest)
-        if ds.defaults != defaults:
-            ds.defaults = defaults
-            ds.save(update_fields=["defaults"])
-        out["datasets"][split] = ds
+        out["datasets"][split] = _shared_prompts(name=f"{tag}-{split}", path=path, gold=gold, defaults=defaults)
     return out
+
+
+def _shared_prompts(*, name: str, path: str | Path, gold: str, defaults: dict[str, Any]) -> Dataset:
+    """A shared (owner-less) prompt dataset from a file, created once; its recommended params follow the
+    latest registration (a rebuilt world or another preset size)."""
+    ds = Dataset.objects.filter(name=name, owner__isnull=True).first()
+    if ds is None:
+        with open(path, "rb") as fh:
+            ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
+                                gold=gold, owner=None)
+    if ds.defaults != defaults:
+        ds.defaults = defaults
+        ds.save(update_fields=["defaults"])
+    return ds
 
 
 # --- the real offline models (ml.offline) -------------------------------------------------------------
@@ -736,15 +741,7 @@ def offline_register(*, manifest: dict[str, Any], size: str = "cpu") -> dict[str
     prompts = ensure_prompts(models_dir)
     defaults = offline_params(real_preset(size, models_dir, check_models=False))
     for split, name in (("train", OFFLINE_TRAIN), ("heldout", OFFLINE_HELDOUT)):
-        ds = Dataset.objects.filter(name=name, owner__isnull=True).first()
-        if ds is None:
-            with open(prompts[split], "rb") as fh:
-                ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
-                                    gold=OFFLINE_GOLD, owner=None)
-        if ds.defaults != defaults:
-            ds.defaults = defaults
-            ds.save(update_fields=["defaults"])
-        out["datasets"][split] = ds
+        out["datasets"][split] = _shared_prompts(name=name, path=prompts[split], gold=OFFLINE_GOLD, defaults=defaults)
     return out
 
 
