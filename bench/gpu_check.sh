@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One short GPU check (< 10 minutes on one H100-class GPU, no internet needed):
 #   1. installs the wheels in $WHEELS (default bench/gpu_wheels, made here by bench/gpu_prepare.sh) into
-#      $SITE (default /tmp/congweb-site); a $SITE left by an earlier call on the same machine is reused
+#      $SITE (default /tmp/congweb-site); a $SITE left by an earlier call on the same machine is reused, and a
+#      wheel split in parts (gpu_prepare.sh --split) is joined once every part has arrived
 #   2. names the GPU (nvidia-smi) and the library versions
 #   3. the GPU-marked tests (pytest -m gpu on two files that need only ml/: CD on CUDA vs CPU, every
 #      pipeline stage on CUDA in bf16)
@@ -35,10 +36,31 @@ log() { echo "[gpu_check $(( $(date +%s) - T0 ))s] $*" | tee -a "$RES/gpu_check.
 # Seconds a step may take: its own cap, but never past the budget (minus 20 s kept for the report).
 left() { local l=$(( BUDGET - 20 - ($(date +%s) - T0) )); [ "$l" -lt "$1" ] && echo $(( l > 1 ? l : 1 )) || echo "$1"; }
 
-if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  log "installing $(ls "$WHEELS"/*.whl | wc -l) carried wheels from $WHEELS into $SITE"
+# A wheel too big for one transfer travels in parts over two calls on the same warm machine
+# (bench/gpu_prepare.sh --split): parts wait in $PARTS until all of them are there, then are joined and
+# checked against their sha256 before they are installed.
+PARTS=/tmp/congweb-parts
+mkdir -p "$PARTS/whl"
+cp "$WHEELS"/*.part*of* "$WHEELS"/*.sha256 "$PARTS"/ 2>/dev/null
+for first in "$PARTS"/*.part1of*; do
+  [ -e "$first" ] || break
+  base="${first%.part1of*}"; n="${first##*.part1of}"; name="$(basename "$base")"
+  got=$(ls "$base".part*of"$n" | wc -l)
+  if [ "$got" != "$n" ]; then log "$name: $got of $n parts here (another call carries the rest)"; continue; fi
+  for i in $(seq "$n"); do cat "$base.part${i}of$n"; done > "$PARTS/whl/$name"
+  if (cd "$PARTS/whl" && sha256sum --quiet -c "../$name.sha256") >>"$RES/gpu_check.log" 2>&1; then
+    log "$name: joined from $n parts, sha256 OK"; rm -f "$base".part*of"$n"
+  else
+    log "$name: joined file fails its sha256 check; not installed"; rm -f "$PARTS/whl/$name"
+  fi
+done
+TO_INSTALL=$(ls "$WHEELS"/*.whl "$PARTS"/whl/*.whl 2>/dev/null)
+if [ -n "$TO_INSTALL" ]; then
+  log "installing $(echo "$TO_INSTALL" | wc -l) carried wheels into $SITE"
+  # shellcheck disable=SC2086 # one path per line, no spaces (wheel names)
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
-    "$WHEELS"/*.whl >>"$RES/gpu_check.log" 2>&1 || log "pip install failed (see the log)"
+    $TO_INSTALL >>"$RES/gpu_check.log" 2>&1 || log "pip install failed (see the log)"
+  rm -f "$PARTS"/whl/*.whl
 fi
 [ -d "$SITE" ] && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 
