@@ -202,7 +202,7 @@ def training_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         # Mixed precision only on CUDA; on CPU bf16 autocast is slow and fp16 unsupported.
         bf16=on_cuda and dtype == torch.bfloat16,
         fp16=on_cuda and dtype == torch.float16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name; the old one warns
         remove_unused_columns=False,
         disable_tqdm=True,
     )
