@@ -40,10 +40,32 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
-def _reporter(args):
+# Shared by every subcommand, the plugins' too (ml.toyworld.cli, ml.offline.cli import them from here).
+
+def console_reporter(args):
+    """Progress and logs on the console; ``--quiet`` hides them."""
     from ml.reporter import ConsoleReporter
 
     return ConsoleReporter(quiet=getattr(args, "quiet", False))
+
+
+def setup_torch_threads() -> None:
+    """torch's CPU thread settings, imported only when a command runs (keeps ``--help`` fast)."""
+    from ml.modeling import setup_cpu_threads
+
+    setup_cpu_threads()
+
+
+def run_pipeline_and_print(cfg, args) -> int:
+    """Run (or resume) a pipeline and print its results table; exit code 3 when it was stopped."""
+    from ml.pipeline import results_markdown, run
+
+    res = run(cfg, console_reporter(args))
+    if res.get("stopped"):
+        print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
+        return 3
+    print(results_markdown(res))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- generate
@@ -85,7 +107,7 @@ def _cmd_generate(args) -> int:
     cfg = CDGenerateConfig(aligned=args.aligned, base=args.base, prompts=args.prompts, output_dir=args.out,
                            max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt,
                            device=args.device, cd=cd)
-    summary = cd_generate(cfg, _reporter(args))
+    summary = cd_generate(cfg, console_reporter(args))
     _print_json(summary)
     return 3 if summary.get("stopped") else 0
 
@@ -108,19 +130,14 @@ def _add_run(sub) -> None:
 def _cmd_run(args) -> int:
     from dataclasses import replace
 
-    from ml.pipeline import PipelineConfig, results_markdown, run
+    from ml.pipeline import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(args.config)
     if args.output_dir:
         cfg = replace(cfg, output_dir=str(Path(args.output_dir).resolve()))
     if args.device:
         cfg = replace(cfg, device=args.device)
-    res = run(cfg, _reporter(args))
-    if res.get("stopped"):
-        print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
-        return 3
-    print(results_markdown(res))
-    return 0
+    return run_pipeline_and_print(cfg, args)
 
 
 # ---------------------------------------------------------------------------------------------- score
@@ -243,7 +260,7 @@ def _cmd_stage(args) -> int:
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     cfg = stage_config(args.name, data, base_dir=path.parent)
     module, _, fn_name = _stage_table()[args.name]
-    summary = getattr(importlib.import_module(module), fn_name)(cfg, _reporter(args))
+    summary = getattr(importlib.import_module(module), fn_name)(cfg, console_reporter(args))
     _print_json(summary)
     return 3 if summary.get("stopped") else 0
 
@@ -287,7 +304,7 @@ def _cmd_diagnose(args) -> int:
     except ValueError:
         raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
     out = preflight_dirs(args.aligned, args.base, args.prompts, args.gold, n_prompts=args.n_prompts,
-                         device=args.device, reporter=_reporter(args), alphas=alphas, n=args.n, seed=args.seed,
+                         device=args.device, reporter=console_reporter(args), alphas=alphas, n=args.n, seed=args.seed,
                          max_new_tokens=args.max_new_tokens, use_chat_template=not args.no_chat_template)
     if out.get("stopped"):
         return 3

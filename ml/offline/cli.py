@@ -10,25 +10,15 @@ import argparse
 import json
 import sys
 
-
-def _reporter(args):
-    from ml.reporter import ConsoleReporter
-
-    return ConsoleReporter(quiet=getattr(args, "quiet", False))
-
-
-def _setup() -> None:
-    from ml.modeling import setup_cpu_threads
-
-    setup_cpu_threads()
+from ml.cli import console_reporter, run_pipeline_and_print, setup_torch_threads
 
 
 def _cmd_install(args) -> int:
-    _setup()
+    setup_torch_threads()
     from ml.offline.install import InstallError, install_offline
 
     try:
-        manifest = install_offline(args.models_dir, _reporter(args), install=not args.skip_install,
+        manifest = install_offline(args.models_dir, console_reporter(args), install=not args.skip_install,
                                    verify=not args.no_verify, force_verify=args.force_verify,
                                    models=args.only or None)
     except InstallError as exc:
@@ -71,19 +61,12 @@ def _cmd_preset(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    _setup()
-    from ml.pipeline import results_markdown, run
-
-    res = run(_build_preset(args), _reporter(args))
-    if res.get("stopped"):
-        print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
-        return 3
-    print(results_markdown(res))
-    return 0
+    setup_torch_threads()
+    return run_pipeline_and_print(_build_preset(args), args)
 
 
 def _cmd_claim(args) -> int:
-    _setup()
+    setup_torch_threads()
     from ml.offline.claim import ClaimConfig, measure_claim
     from ml.offline.presets import WEAK, ensure_prompts, model_path
 
@@ -95,7 +78,7 @@ def _cmd_claim(args) -> int:
         from ml.stages.weak_align import weak_align
 
         wa = weak_align_config(real_preset(args.size, args.models_dir, device=args.device))
-        res = weak_align(wa, _reporter(args))
+        res = weak_align(wa, console_reporter(args))
         if res.get("stopped"):
             return 3
         weak_aligned = res["model_dir"]
@@ -105,7 +88,7 @@ def _cmd_claim(args) -> int:
                       alphas=[float(a) for a in args.alphas.split(",")], max_prompts=args.max_prompts,
                       max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                       samples_per_prompt=args.samples_per_prompt, seed=args.seed, device=args.device)
-    res = measure_claim(cfg, _reporter(args))
+    res = measure_claim(cfg, console_reporter(args))
     if res.get("stopped"):
         return 3
     from ml.offline.claim import claim_markdown

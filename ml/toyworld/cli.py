@@ -8,26 +8,16 @@ import json
 import shlex
 import sys
 
-
-def _setup() -> None:
-    from ml.modeling import setup_cpu_threads
-
-    setup_cpu_threads()
-
-
-def _reporter(args):
-    from ml.reporter import ConsoleReporter
-
-    return ConsoleReporter(quiet=getattr(args, "quiet", False))
+from ml.cli import console_reporter, setup_torch_threads
 
 
 def _cmd_build(args) -> int:
-    _setup()
+    setup_torch_threads()
     from .build import build
 
     worlds = args.world or ["review", "review_balanced", "sort"]
     for w in worlds:
-        m = build(w, args.seed, args.data_dir, reporter=_reporter(args), size=args.size, device=args.device)
+        m = build(w, args.seed, args.data_dir, reporter=console_reporter(args), size=args.size, device=args.device)
         if m.get("stopped"):
             return 1
         print(f"{w}: {m['root']}/manifest.json")
@@ -35,7 +25,7 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    _setup()
+    setup_torch_threads()
     from .report import ReportConfig, report
 
     kw = {}
@@ -46,7 +36,7 @@ def _cmd_report(args) -> int:
     cfg = ReportConfig(out=args.out, seeds=args.seeds, data_dir=args.data_dir, size=args.size,
                        n_samples=args.n_samples, filtered=not args.no_filtered, strong=not args.no_strong,
                        device=args.device, jobs=args.jobs, **kw)
-    res = report(cfg, _reporter(args), command="python -m ml " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    res = report(cfg, console_reporter(args), command="python -m ml " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if res.get("stopped"):
         return 1
     print(f"{args.out}/REPORT.md")
@@ -54,12 +44,12 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_diagnose(args) -> int:
-    _setup()
+    setup_torch_threads()
     from .diagnose import preflight, preflight_world
 
     if args.world:
         out = preflight_world(args.world, args.seed, args.data_dir, size=args.size, n_prompts=args.n_prompts,
-                              n=args.n, reporter=_reporter(args))
+                              n=args.n, reporter=console_reporter(args))
     else:
         if not (args.aligned and args.base and args.prompts and args.gold):
             print("error: give --world, or all of --aligned, --base, --prompts and --gold", file=sys.stderr)
@@ -70,7 +60,7 @@ def _cmd_diagnose(args) -> int:
         aligned = load_causal_lm(args.aligned, device=args.device)
         base = load_causal_lm(args.base, device=args.device)
         out = preflight(aligned, base, load_tokenizer(args.aligned), read_prompts(args.prompts, args.n_prompts),
-                        args.gold, n=args.n, max_new_tokens=args.max_new_tokens, reporter=_reporter(args))
+                        args.gold, n=args.n, max_new_tokens=args.max_new_tokens, reporter=console_reporter(args))
     if out.get("stopped"):
         return 1
     if args.json:
