@@ -139,7 +139,6 @@ if [ "$RAN" = toy ] && [ "$(left 400)" -gt 120 ]; then
   cp /tmp/congweb-gpu-toy/report.json "$RES/cong_results.json" 2>/dev/null
 fi
 
-"$PY" bench/gpu_report.py --dir "$RES" --ran "$RAN" --size "$SIZE" --max-prompts "${MAX_PROMPTS:-64}" \
-  --max-eval-prompts "${MAX_EVAL_PROMPTS:-32}" --seconds "$(( $(date +%s) - T0 ))" \
+"$PY" bench/gpu_report.py --dir "$RES" --ran "$RAN" --size "$SIZE" --seconds "$(( $(date +%s) - T0 ))" \
   > "$RES/gpu_check.md" 2>>"$RES/gpu_check.log"
 cat "$RES/gpu_check.md"

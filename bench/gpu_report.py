@@ -42,12 +42,15 @@ PAIRS = {"cross": "SmolLM2-135M-Instruct pair -> Gemma 3 270M base (cross-family
          "self": "SmolLM2-135M-Instruct pair -> SmolLM2-135M-Instruct (self-alignment)"}
 
 
-def cong_section(res: dict | None, ran: str, size: str, prompts: str) -> list[str]:
+def cong_section(res: dict | None, ran: str, size: str) -> list[str]:
     if ran == "none":
         return ["", "ConG run: skipped (SKIP_CONG)."]
     if not res:
         return ["", "ConG run: no result (see gpu_check.log)."]
     if ran in PAIRS and "methods" in res:
+        cfg = res.get("config", {})  # the run's own record of its prompt caps (None = every prompt)
+        prompts = (f"{cfg.get('max_prompts') or 'all'} train / {cfg.get('max_eval_prompts') or 'all'} "
+                   "held-out prompts")
         lines = ["", f"ConG run on the real models (preset `{size}`, {prompts}; {PAIRS[ran]}; gold `if:judge` "
                      f"on held-out prompts), {res.get('seconds', 0):.0f} s in all:", "",
                  "| method | gold mean | 95% CI | implicit reward | win vs WeakSFT | n |", "|---|---:|---|---:|---:|---:|"]
@@ -74,8 +77,6 @@ def main() -> None:
     ap.add_argument("--dir", required=True)
     ap.add_argument("--ran", default="toy", help="which ConG run produced cong_results.json")
     ap.add_argument("--size", default="gpu")
-    ap.add_argument("--max-prompts", default="64")
-    ap.add_argument("--max-eval-prompts", default="32")
     ap.add_argument("--seconds", type=float, default=None)
     a = ap.parse_args()
     d = Path(a.dir)
@@ -87,8 +88,7 @@ def main() -> None:
              "(`bash bench/gpu_check.sh`).", ""]
     lines += tests_line(d)
     lines += cd_section(_load(d / "cd_throughput.json"))
-    prompts = f"{a.max_prompts} train / {a.max_eval_prompts} held-out prompts"
-    lines += cong_section(_load(d / "cong_results.json"), a.ran, a.size, prompts)
+    lines += cong_section(_load(d / "cong_results.json"), a.ran, a.size)
     print("\n".join(lines) + "\n")
 
 
