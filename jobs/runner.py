@@ -18,18 +18,12 @@ from typing import Any, Callable
 from django.conf import settings
 from django.db import connection
 
-from jobs import services
+from jobs import selectors, services
 from jobs.models import Artifact, GeneratedPair, Job
 from jobs.progress import ProgressReporter
+from ml.io import SAMPLES
 
 log = logging.getLogger(__name__)
-
-# Generic params -> CD/sampling settings (CDConfig field names).
-DECODING_KEYS = ("batch_size", "max_new_tokens", "seed", "relative_top", "temperature", "top_p",
-                 "repetition_penalty", "do_sample")
-# kind=train's method -> the pipeline method that trains it.
-TRAIN_TO_PIPELINE = {"sft": "cong_s", "dpo": "cong", "wspo": "wspo", "weak_sft": "weak_sft", "auxconf": "auxconf"}
-
 
 class Heartbeat(threading.Thread):
     """Refreshes job.heartbeat_at every JOB_HEARTBEAT_SECONDS from its own thread (and DB connection),
@@ -66,6 +60,7 @@ class PairMirror:
     def __init__(self, job_id: int, path: Path, index_offset: int = 0, gold: str = "") -> None:
         self.job_id, self.path, self.index_offset = job_id, Path(path), index_offset
         self.offset = 0
+        self.stored = self.score_errors = 0
         # Score each pair with the dataset's gold reward as it is mirrored, so reviewers can filter and
         # sort by it (generation rows carry only the implicit reward). Programmatic golds are cheap.
         self.gold = None
@@ -94,8 +89,11 @@ class PairMirror:
                 continue
             if isinstance(row, dict) and "index" in row and row.get("sample", 0) == 0:
                 rows.append(row)
+        new = self._store(rows)
+        # Only now: a store that raised is retried from the same rows at the next sync (and the job's final
+        # sync, outside the progress hook, fails the job loudly instead of "succeeding with 0 pairs").
         self.offset += end + 1
-        return self._store(rows)
+        return new
 
     def _store(self, rows: list[dict]) -> int:
         if not rows:
@@ -106,9 +104,14 @@ class PairMirror:
             if int(row["index"]) + self.index_offset in have:
                 continue
             if self.gold is not None and "gold" not in row:
-                row = {**row, "gold": self.gold(str(row.get("prompt", "")), str(row.get("response", "")))}
+                try:
+                    row = {**row, "gold": self.gold(str(row.get("prompt", "")), str(row.get("response", "")))}
+                except Exception as exc:  # a prompt the gold cannot score: keep the pair, say why
+                    row = {**row, "score_error": f"{type(exc).__name__}: {exc}"[:2000]}
             _, created = services.pair_store(job_id=self.job_id, row=row, index_offset=self.index_offset)
             new += int(created)
+            self.stored += int(created)
+            self.score_errors += int(created and bool(row.get("score_error")))
         return new
 
 
@@ -116,90 +119,67 @@ def run_dir(job: Job) -> Path:
     return Path(settings.RUNS_DIR) / str(job.pk)
 
 
-def _decoding(params: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    d = {k: params[k] for k in DECODING_KEYS if k in params}
-    if params.get("greedy"):
-        d["do_sample"] = False
-    return {**d, **extra}
-
-
 def _gold(job: Job) -> str:
-    gold = (job.config.get("prompts") or {}).get("gold") or job.config.get("gold") or ""
-    if not gold:
-        raise ValueError("this job needs a gold reward: set the prompt dataset's gold (e.g. toy:review)")
+    gold = (job.config.get("prompts") or {}).get("gold") or ""
     import ml.toyworld  # noqa: F401  (registers the toy world golds)
 
     return gold
 
 
-# --- one function per kind ----------------------------------------------------------------------------
-def _cd_generate(job: Job, rep: ProgressReporter, mirror_to: list[PairMirror], *, alpha: float | None = None,
-                 out: Path | None = None, index_offset: int = 0) -> dict:
-    from ml.stages.generate import CDGenerateConfig, cd_generate
+def _built(job: Job) -> dict[str, Any]:
+    """The configs the job's spec runs as (ml.resolve.build), with this job's files and run folder."""
+    from ml.resolve import build
 
-    c, p = job.config, job.config.get("params") or {}
-    out = out or run_dir(job) / "cd_generate"
-    flat = {"aligned": c["weak_aligned"]["path"], "base": c["weak_base"]["path"], "prompts": c["prompts"]["path"],
-            "output_dir": str(out), "max_prompts": p.get("max_prompts"),
-            **_decoding(p, alpha=c["alpha"] if alpha is None else alpha), **(p.get("cd_generate") or {})}
-    cfg = CDGenerateConfig.from_dict(flat)
-    gold = (c.get("prompts") or {}).get("gold") or ""
-    mirror = PairMirror(job.pk, out / "samples.jsonl", index_offset, gold=gold)
-    mirror_to.append(mirror)
-    services.artifact_record(job_id=job.pk, stage=out.name, kind="samples", path=str(out / "samples.jsonl"))
+    _gold(job)
+    return build(selectors.job_spec(job=job), services.job_inputs(job.config, str(run_dir(job))))
+
+
+# --- one function per kind: run what ml built, mirror pairs, record artifacts ------------------------------
+def _cd_generate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror], cfg: Any, index_offset: int = 0) -> dict:
+    from ml.stages.generate import cd_generate
+
+    out = Path(cfg.output_dir)
+    mirror = PairMirror(job.pk, out / SAMPLES, index_offset, gold=_gold(job))
+    mirrors.append(mirror)
+    services.artifact_record(job_id=job.pk, stage=out.name, kind="samples", path=str(out / SAMPLES))
     summary = cd_generate(cfg, rep)
     mirror.sync()
     return summary
 
 
 def run_cd_generate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    return _cd_generate(job, rep, mirrors)
+    return _cd_generate(job, rep, mirrors, _built(job)["cd_generate"])
 
 
 def run_alpha_sweep(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.evaluate import evaluate
 
-    p = job.config.get("params") or {}
-    alphas = p.get("alphas") or services.DEFAULT_SWEEP_ALPHAS
-    gold = _gold(job)
-    n = min(job.config["prompts"]["row_count"], p.get("max_prompts") or 10**9)
-    rows = []
-    for k, a in enumerate(alphas):
-        tag = f"a{a:.2f}"
-        s = _cd_generate(job, rep, mirrors, alpha=a, out=run_dir(job) / f"cd_generate_{tag}", index_offset=k * n)
+    runs = _built(job)["alphas"]
+    rows: list[dict] = []
+    for k, run in enumerate(runs):
+        cd = run["cd_generate"]
+        # Checked before each alpha too: a finished alpha's stage returns at once (resumed), so the stage's own
+        # between-batch check would never be reached on a long list of quick alphas.
+        if rep.should_stop():
+            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
+        n = min(job.config["prompts"]["row_count"], cd.max_prompts or job.config["prompts"]["row_count"])
+        s = _cd_generate(job, rep, mirrors, cd, index_offset=k * n)
         if s.get("stopped"):
-            return {"stopped": True, "stage": f"cd_generate_{tag}", "alphas": rows}
-        ev = EvaluateConfig(output_dir=str(run_dir(job) / f"evaluate_{tag}"), gold=gold, samples=s["samples"],
-                            name=tag, **(p.get("evaluate") or {}))
-        m = evaluate(ev, rep)
+            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
+        m = evaluate(run["evaluate"], rep)
         if m.get("stopped"):
-            return {"stopped": True, "stage": f"evaluate_{tag}", "alphas": rows}
-        rows.append({"alpha": a, **{key: v for key, v in m.items() if not isinstance(v, (list, dict))}})
+            return {"stopped": True, "stage": f"evaluate_{run['tag']}", "alphas": rows}
+        rows.append({"alpha": run["alpha"], **{key: v for key, v in m.items() if not isinstance(v, (list, dict))}})
         rep.metric("sweep_gold_mean", m.get("gold_mean", float("nan")), k)
     return {"alphas": rows}
 
 
-def _pipeline(job: Job, rep: ProgressReporter, mirrors: list[PairMirror], methods: list[str]) -> dict:
-    from ml.pipeline import PipelineConfig, run
+def _pipeline(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
+    from ml.pipeline import run
 
-    c, p = job.config, job.config.get("params") or {}
+    cfg = _built(job)["pipeline"]
     out = run_dir(job)
-    data: dict[str, Any] = {
-        "weak_base": c["weak_base"]["path"], "weak_aligned": c["weak_aligned"]["path"], "strong": c["strong"]["path"],
-        "train_prompts": c["prompts"]["path"], "eval_prompts": (c.get("eval_prompts") or c["prompts"])["path"],
-        "gold": _gold(job), "output_dir": str(out), "alpha": c.get("alpha", 0.4), "methods": methods,
-        "max_prompts": p.get("max_prompts"), "max_eval_prompts": p.get("max_eval_prompts"),
-    }
-    for k in ("seed", "max_new_tokens"):
-        if k in p:
-            data[k] = p[k]
-    data["generate"] = {**{k: v for k, v in _decoding(p).items() if k not in ("seed", "max_new_tokens")},
-                        **(p.get("cd_generate") or {})}
-    for stage in ("weak_align", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate"):
-        if p.get(stage):
-            data[stage] = p[stage]
-    cfg = PipelineConfig.from_dict(data)
-    mirror = PairMirror(job.pk, out / "cd_generate" / "samples.jsonl", gold=data["gold"])
+    mirror = PairMirror(job.pk, out / "cd_generate" / SAMPLES, gold=cfg.gold)
     mirrors.append(mirror)
     results = run(cfg, rep)
     mirror.sync()
@@ -211,40 +191,18 @@ def _pipeline(job: Job, rep: ProgressReporter, mirrors: list[PairMirror], method
     return results
 
 
-def run_cong(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    return _pipeline(job, rep, mirrors, list(job.config.get("methods") or services.DEFAULT_CONG_METHODS))
-
-
-def run_train(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    return _pipeline(job, rep, mirrors, [TRAIN_TO_PIPELINE[job.config["method"]]])
-
-
 def run_evaluate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.evaluate import evaluate
 
-    c, p = job.config, job.config.get("params") or {}
-    out = run_dir(job) / "evaluate"
-    kw = {k: p[k] for k in ("max_new_tokens", "seed", "batch_size", "temperature", "top_p", "do_sample") if k in p}
-    cfg = EvaluateConfig(output_dir=str(out), gold=_gold(job), model=c["strong"]["path"], prompts=c["prompts"]["path"],
-                         name=c["strong"]["name"], max_prompts=p.get("max_prompts"), **kw, **(p.get("evaluate") or {}))
-    services.artifact_record(job_id=job.pk, stage="evaluate", kind="samples", path=str(out / "samples.jsonl"))
+    cfg = _built(job)["evaluate"]
+    services.artifact_record(job_id=job.pk, stage="evaluate", kind="samples", path=str(Path(cfg.output_dir) / SAMPLES))
     return evaluate(cfg, rep)
 
 
 def run_weak_align(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.weak_align import WeakAlignConfig, weak_align
+    from ml.stages.weak_align import weak_align
 
-    c, p = job.config, job.config.get("params") or {}
-    out = run_dir(job) / "weak_align"
-    kw: dict[str, Any] = {"model": c["weak_base"]["path"], "output_dir": str(out), "max_prompts": p.get("max_prompts")}
-    if c["prompts"].get("kind") == "preferences":
-        kw["data"] = c["prompts"]["path"]
-    else:
-        kw.update(prompts=c["prompts"]["path"], gold=_gold(job))
-    for k in ("seed", "max_new_tokens", "k", "beta", "learning_rate"):
-        if k in p:
-            kw[k] = p[k]
-    summary = weak_align(WeakAlignConfig(**{**kw, **(p.get("weak_align") or {})}), rep)
+    summary = weak_align(_built(job)["weak_align"], rep)
     if summary.get("model_dir"):
         services.artifact_record(job_id=job.pk, stage="weak_align", kind="model", path=summary["model_dir"])
     if summary.get("model_dir") and not summary.get("stopped"):
@@ -262,12 +220,15 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
 
     ref = job.config.get("weak_base") or {}
     base = ModelEntry.objects.filter(pk=ref.get("id")).first()
-    name = f"{ref.get('name') or 'weak'}-aligned-job{job.pk}"
-    entry = ModelEntry.objects.filter(name=name).first()
+    name = f"{(ref.get('name') or 'weak')[:180]}-aligned-job{job.pk}"
+    # Found by owner and folder, never by name alone: only the owner's own entry for this job's own
+    # folder is this job's (a name could be anyone's; docs/SECURITY.md section 3). system=True: the
+    # "-aligned-job<N>" names are reserved for exactly this registration.
+    entry = ModelEntry.objects.filter(owner=job.owner, path=str(Path(model_dir).resolve())).order_by("pk").first()
     if entry is None:
         try:
             entry = services.model_register(name=name, path=model_dir, kind=ModelEntry.Kind.WEAK,
-                                            family=base.family if base else "", owner=job.owner)
+                                            family=base.family if base else "", owner=job.owner, system=True)
         except ValidationError as exc:
             msg = "; ".join(exc.messages)
             rep.log(f"weak_align: pi_post not registered as a model ({msg}); add RUNS_DIR to MODEL_ROOTS "
@@ -278,21 +239,17 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
 
 
 def run_preflight(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    """ml.diagnose's pre-flight check on the job's weak pair and prompts (first 200 unless max_prompts says);
-    the result, verdict code and plain-language message included, becomes job.results."""
+    """ml.diagnose's pre-flight check on the job's weak pair and prompts; the result, verdict code and
+    plain-language message included, becomes job.results."""
     from ml.diagnose import preflight_dirs
 
-    c, p = job.config, job.config.get("params") or {}
-    kw: dict[str, Any] = {"n": p.get("n_samples", 2)}
-    for k in ("max_new_tokens", "seed", "alphas"):
-        if k in p:
-            kw[k] = p[k]
-    # Only CD's own settings: plain pi_post samples keep the reference sampling, so the comparison is fair.
-    overrides = {**{k: p[k] for k in ("relative_top", "repetition_penalty") if k in p}, **(p.get("cd_generate") or {})}
-    if overrides:
-        kw["cd_overrides"] = overrides
-    out = preflight_dirs(c["weak_aligned"]["path"], c["weak_base"]["path"], c["prompts"]["path"], _gold(job),
-                         n_prompts=p.get("max_prompts") or 200, reporter=rep, **kw)
+    b = _built(job)
+    p = b["preflight"]
+    out = preflight_dirs(job.config["weak_aligned"]["path"], job.config["weak_base"]["path"],
+                         job.config["prompts"]["path"], _gold(job), n_prompts=p.max_prompts, reporter=rep,
+                         n=p.n_samples, seed=p.seed, max_new_tokens=p.max_new_tokens, alphas=b["alphas"],
+                         decision_alpha=b["decision_alpha"], use_chat_template=p.use_chat_template,
+                         cd_overrides=b["cd_overrides"])
     if not out.get("stopped"):
         rep.log(f"pre-flight verdict: {out['verdict']}: {out['message']}")
     return out
@@ -301,8 +258,8 @@ def run_preflight(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) ->
 KIND_RUNNERS: dict[str, Callable[[Job, ProgressReporter, list[PairMirror]], dict]] = {
     Job.Kind.CD_GENERATE: run_cd_generate,
     Job.Kind.ALPHA_SWEEP: run_alpha_sweep,
-    Job.Kind.CONG: run_cong,
-    Job.Kind.TRAIN: run_train,
+    Job.Kind.CONG: _pipeline,
+    Job.Kind.TRAIN: _pipeline,
     Job.Kind.EVALUATE: run_evaluate,
     Job.Kind.WEAK_ALIGN: run_weak_align,
     Job.Kind.PREFLIGHT: run_preflight,
@@ -322,6 +279,18 @@ def _finite(obj: Any) -> bool:
         return False
 
 
+def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
+    """How many pairs the job stored and how many its gold could not score (counted from the rows, so a
+    resumed attempt counts the first attempt's too); the unscored ones are said in the job's log."""
+    pairs = GeneratedPair.objects.filter(job_id=job.pk)
+    counts = {"stored": pairs.count(), "score_errors": pairs.exclude(score_error="").count()}
+    if counts["score_errors"]:
+        first = pairs.exclude(score_error="").order_by("prompt_index").first()
+        rep.log(f"{counts['score_errors']} of {counts['stored']} pairs could not be scored by the gold reward "
+                f"(first, prompt {first.prompt_index}: {first.score_error}); they are kept with no gold score")
+    return counts
+
+
 def run_job(*, job_id: int, task_id: str = "") -> str:
     """The body of job_run_task. Returns what happened (for the worker log); state lives in the DB."""
     from celery.exceptions import SoftTimeLimitExceeded
@@ -339,10 +308,13 @@ def run_job(*, job_id: int, task_id: str = "") -> str:
 
     rep = ProgressReporter(job.pk, on_progress=on_progress)
     try:
+        services.job_check_access(job=job)  # the owner may still use all it names (docs/SECURITY.md section 2)
         result = KIND_RUNNERS[job.kind](job, rep, mirrors)
         rep.close()
         for m in mirrors:
             m.sync()
+        if mirrors:
+            result = {**result, "pairs": _pair_counts(job, rep)}
         if result.get("stopped"):
             services.job_mark_cancelled(job_id=job.pk, results=_jsonable(result), task_id=task_id)
             return "cancelled"

@@ -40,6 +40,30 @@ def job_get(*, user, job_id) -> Job | None:
         return None
 
 
+def job_spec(*, job: Job) -> dict:
+    """The spec a job runs: stored at submit. A job stored before specs existed (and not migrated) gets one
+    resolved from its stored params the way the old runner read them: settings that do not apply to its kind
+    are left out, as they were then. ml.spec.SpecError when even that fails (the message names the key)."""
+    from django.conf import settings
+
+    from ml.resolve import resolve
+
+    c = job.config or {}
+    if c.get("spec"):
+        return c["spec"]
+    return resolve(job.kind, None, recommended=c.get("params") or {}, alpha=c.get("alpha"), method=c.get("method"),
+                   methods=c.get("methods"), limits=getattr(settings, "JOB_LIMITS", None))
+
+
+def job_spec_or_none(*, job: Job) -> dict | None:
+    from ml.spec import SpecError
+
+    try:
+        return job_spec(job=job)
+    except SpecError:
+        return None
+
+
 def job_events(*, job: Job, after: int = 0, limit: int | None = None) -> QuerySet[JobEvent]:
     qs = JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")
     return qs[:limit] if limit else qs

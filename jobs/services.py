@@ -33,13 +33,7 @@ log = logging.getLogger(__name__)
 
 S = Job.Status
 
-# --- what a job may ask for ------------------------------------------------------------------------
-TRAIN_METHODS = ("sft", "dpo", "wspo", "weak_sft", "auxconf")
-# cong_filtered: ConG's DPO on only the pairs whose CD "chosen" has the higher implicit reward (an option
-# measured beside ConG, never instead of it).
-CONG_METHODS = ("cong", "cong_s", "weak_sft", "wspo", "auxconf", "strong_base", "weak_post", "cong_filtered")
-DEFAULT_CONG_METHODS = ["cong_s", "cong"]
-DEFAULT_SWEEP_ALPHAS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+# --- what a job may ask for: the settings live in ml's registry (ml.spec); models and datasets here -------
 
 # Which model/dataset fields each kind needs (weak pair = weak_base + weak_aligned).
 KIND_NEEDS: dict[str, tuple[str, ...]] = {
@@ -52,19 +46,6 @@ KIND_NEEDS: dict[str, tuple[str, ...]] = {
     # Does CD raise gold reward for this weak pair? (ml.diagnose; held-out prompts with a gold reward)
     Job.Kind.PREFLIGHT: ("weak_base", "weak_aligned", "prompts"),
 }
-# Methods that learn from the weak pair (need weak_base + weak_aligned as well as the strong model).
-WEAK_PAIR_METHODS = ("dpo", "wspo", "weak_sft", "auxconf", "sft")
-
-# Generic params (validated here); the runner maps them onto the stage configs. A key named after a
-# stage (e.g. "sft": {...}) holds raw overrides for that stage's config dataclass.
-INT_PARAMS = {"max_prompts": 1, "batch_size": 1, "max_new_tokens": 1, "seed": 0, "k": 2, "epochs": 1,
-              "max_eval_prompts": 1, "n_samples": 1}
-FLOAT_PARAMS = {"relative_top": (0.0, 1.0), "temperature": (0.0, None), "top_p": (0.0, 1.0),
-                "repetition_penalty": (0.0, None), "learning_rate": (0.0, None), "beta": (0.0, None)}
-BOOL_PARAMS = ("do_sample", "greedy", "plain")
-STAGE_OVERRIDE_KEYS = ("weak_align", "cd_generate", "sft", "dpo", "wspo", "weak_sft", "auxconf", "cong_s",
-                       "cong", "evaluate", "self_sample")
-
 
 def _err(field: str, msg: str) -> ValidationError:
     return ValidationError({field: [msg]})
@@ -79,19 +60,6 @@ def _is_number(x: Any) -> bool:
         return False
 
 
-def _check_alpha(value: Any, field: str = "alpha") -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _err(field, f"alpha must be a number between 0 and 1, got {value!r}") from None
-    if not _is_number(value):
-        raise _err(field, f"alpha must be a number between 0 and 1, got {value!r}")
-    if not 0.0 <= float(value) <= 1.0:
-        raise _err(field, f"alpha must be between 0 and 1 (1 = plain sampling, 0 = pure log ratio), got {value}")
-    return float(value)
-
-
 # --- models ------------------------------------------------------------------------------------------
 def _fingerprint(path: Path) -> str:
     from ml.modeling import load_tokenizer, vocab_fingerprint
@@ -102,24 +70,68 @@ def _fingerprint(path: Path) -> str:
         raise _err("path", f"could not load the tokenizer in {path}: {exc}") from None
 
 
+# Model names are unique per owner; shared entries (owner None) have their own namespace. The names the
+# app registers by itself are reserved, so no user can pre-empt them (docs/SECURITY.md section 3): toy
+# worlds register "toy-<world>-s<seed>..." (toyworld_register), the offline install the ml.offline keys
+# (offline_register), a weak_align job "<weak base>-aligned-job<N>" (jobs.runner._register_aligned).
+RESERVED_MODEL_PREFIXES = ("toy-",)
+ALIGNED_NAME_MARK = "-aligned-job"
+
+
+def _offline_model_names() -> set[str]:
+    try:
+        from ml.offline.install import MODELS
+    except ImportError:  # without ml.offline there is no offline install to reserve names for
+        return set()
+    return {offline_model_name(k) for k in MODELS}
+
+
+def _reserved_model_name(name: str) -> str | None:
+    """Why a user may not take ``name`` (a message that depends on no one's private data), or None."""
+    low = name.lower()
+    head, mark, tail = low.rpartition(ALIGNED_NAME_MARK)
+    if mark and tail.isdigit():
+        return (f"names ending in '{ALIGNED_NAME_MARK}<number>' are reserved for the models weak_align jobs "
+                "register; pick another name")
+    if (low.startswith(RESERVED_MODEL_PREFIXES) or low in _offline_model_names()
+            or ModelEntry.objects.filter(owner__isnull=True, name__iexact=name).exists()):
+        return (f"{name!r} is a shared model name (names starting with {', '.join(RESERVED_MODEL_PREFIXES)} "
+                "and the offline models' names are reserved too); pick another name")
+    return None
+
+
 def model_register(*, name: str, path: str, kind: str = ModelEntry.Kind.ANY, family: str = "",
-                   owner=None) -> ModelEntry:
-    """Register an HF folder under MODEL_ROOTS; its tokenizer's vocab fingerprint is stored."""
+                   owner=None, system: bool = False) -> ModelEntry:
+    """Register an HF folder under MODEL_ROOTS; its tokenizer's vocab fingerprint is stored.
+
+    ``owner`` None registers a shared entry (the app itself: toy world, offline install). A user's entry
+    may not take a reserved or shared name (see _reserved_model_name) unless ``system`` says the app
+    registers it for that user (a weak_align job's pi_post), and may point into RUNS_DIR only inside one
+    of the owner's own jobs' folders, unless the owner is staff (jobs.validation.run_folder_allowed).
+    """
     name = (name or "").strip()
     if not name:
         raise _err("name", "give the model a name")
     if kind not in ModelEntry.Kind.values:
         raise _err("kind", f"kind must be one of {', '.join(ModelEntry.Kind.values)}")
-    if ModelEntry.objects.filter(name=name).exists():
-        raise _err("name", f"a model named {name!r} already exists; pick another name")
-    resolved = resolve_model_path(path)
+    if owner is not None and not system:
+        why = _reserved_model_name(name)
+        if why:
+            raise _err("name", why)
+    # Only the owner's own namespace (or the shared one) is looked at: another user's private name is no
+    # collision, and the answer must not tell whether it exists.
+    taken = (f"a model named {name!r} already exists among your models; pick another name" if owner is not None
+             else f"a shared model named {name!r} already exists; pick another name")
+    if ModelEntry.objects.filter(owner=owner, name=name).exists():  # owner=None filters IS NULL
+        raise _err("name", taken)
+    resolved = resolve_model_path(path, user=owner)
     fp = _fingerprint(resolved)
     try:
         with transaction.atomic():
             return ModelEntry.objects.create(name=name, path=str(resolved), kind=kind, family=family or "",
                                              vocab_fingerprint=fp, owner=owner)
-    except IntegrityError:
-        raise _err("name", f"a model named {name!r} already exists; pick another name") from None
+    except IntegrityError:  # the same name registered meanwhile in the same namespace
+        raise _err("name", taken) from None
 
 
 # --- datasets ----------------------------------------------------------------------------------------
@@ -181,9 +193,17 @@ def _pick_model(user, ident: Any, field: str) -> ModelEntry:
         pk = int(ident)
     except (TypeError, ValueError):
         raise _err(field, f"model id must be an integer, got {ident!r}") from None
+    from jobs.validation import run_folder_allowed
+
     m = _visible(ModelEntry.objects.all(), user).filter(pk=pk).first()
     if m is None:
         raise _err(field, f"no model with id {pk}")
+    # Visible is not enough: an entry registered before run folders were checked (or one staff made
+    # shared) may point into another user's job outputs. Checked before the disk, so nothing is said
+    # about what is there.
+    if not run_folder_allowed(m.path, user):
+        raise _err(field, f"model {m.name!r} is in a job runs folder that is not one of your jobs'; use a "
+                          "model from your own jobs or a shared one")
     if not (Path(m.path) / "config.json").is_file():
         raise _err(field, f"model {m.name!r} is no longer on disk at {m.path}")
     return m
@@ -204,49 +224,41 @@ def _pick_dataset(user, ident: Any, field: str = "prompts") -> Dataset:
     return d
 
 
-def _check_params(params: Any, kind: str) -> dict[str, Any]:
-    if params in (None, ""):
-        return {}
-    if not isinstance(params, dict):
-        raise _err("params", "params must be a JSON object, e.g. {\"max_prompts\": 100}")
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in INT_PARAMS:
-            if not isinstance(value, int) or isinstance(value, bool) or value < INT_PARAMS[key]:
-                raise _err("params", f"{key} must be an integer >= {INT_PARAMS[key]}, got {value!r}")
-        elif key in FLOAT_PARAMS:
-            lo, hi = FLOAT_PARAMS[key]
-            if not _is_number(value) or value <= lo or (hi is not None and value > hi):
-                bound = f"in ({lo}, {hi}]" if hi is not None else f"> {lo}"
-                raise _err("params", f"{key} must be a number {bound}, got {value!r}")
-        elif key in BOOL_PARAMS:
-            if not isinstance(value, bool):
-                raise _err("params", f"{key} must be true or false, got {value!r}")
-        elif key == "alphas":
-            if not isinstance(value, list) or not value:
-                raise _err("params", "alphas must be a non-empty list of numbers in [0, 1]")
-            value = [_check_alpha(a, "params") for a in value]
-        elif key in STAGE_OVERRIDE_KEYS:
-            if not isinstance(value, dict):
-                raise _err("params", f"{key} overrides must be an object of that stage's settings")
-        else:
-            known = sorted([*INT_PARAMS, *FLOAT_PARAMS, *BOOL_PARAMS, "alphas", *STAGE_OVERRIDE_KEYS])
-            raise _err("params", f"unknown parameter {key!r}; known: {', '.join(known)}")
-        out[key] = value
-    return out
+JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong")
+JOB_DATASET_FIELDS = ("prompts", "eval_prompts")
 
 
-def merge_params(defaults: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A dataset's recommended params under the job's own: per-stage override dicts merge key by key,
-    and a setting the job gives for all stages (e.g. batch_size) beats a default given for one stage."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in defaults.items()}
-    for stage_defaults in (v for v in out.values() if isinstance(v, dict)):
-        for k, v in params.items():
-            if not isinstance(v, dict):
-                stage_defaults.pop(k, None)
-    for k, v in params.items():
-        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+def job_check_access(*, job: Job) -> None:
+    """The worker's check, just before a job runs, that its owner may still use every model and dataset
+    its config names: each still exists, is visible to job.owner, points at the path recorded at submit,
+    and (models) is not in another user's run folder. Raises ValueError naming what to change otherwise.
+
+    job_create checked all this at submit, but a job can wait in the queue (or be retried) long after:
+    an entry may be deleted, made private, moved (offline_register follows a re-install), or a config may
+    not have come from job_create at all. See docs/SECURITY.md section 2.
+    """
+    from jobs.validation import run_folder_allowed
+
+    user, config = job.owner, job.config or {}
+    problems: list[str] = []
+    for field, qs, what in [*((f, ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
+                            *((f, Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS)]:
+        ref = config.get(field)
+        if not ref:
+            continue
+        ident = ref.get("id") if isinstance(ref, dict) else None
+        obj = _visible(qs, user).filter(pk=ident).first() if isinstance(ident, int) else None
+        if obj is None:
+            problems.append(f"{field}: {what} {ident!r} no longer exists or is not available to the job's owner")
+        elif obj.path != ref.get("path"):
+            problems.append(f"{field}: {what} {obj.name!r} now points at another file than when the job was "
+                            "submitted")
+        elif what == "model" and not run_folder_allowed(obj.path, user):
+            problems.append(f"{field}: model {obj.name!r} is in a job runs folder that is not one of the owner's "
+                            "jobs'")
+    if problems:
+        raise ValueError("this job may not use what it was submitted with (" + "; ".join(problems) + "); "
+                         "submit a new job with models and datasets you can use")
 
 
 def _toyworld_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -263,9 +275,8 @@ def _toyworld_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
     except (ImportError, KeyError, ValueError):
         return out
     for name, overrides in stages.items():
-        key = "cd_generate" if name == "generate" else name
-        if key in STAGE_OVERRIDE_KEYS:
-            out[key] = dict(overrides)
+        # Recommendations: ml.resolve keeps, per job kind, only the stages that kind runs.
+        out["cd_generate" if name == "generate" else name] = dict(overrides)
     return out
 
 
@@ -273,11 +284,55 @@ def _model_ref(m: ModelEntry) -> dict[str, Any]:
     return {"id": m.pk, "name": m.name, "path": m.path, "vocab_fingerprint": m.vocab_fingerprint}
 
 
+class JobQuotaExceeded(Exception):
+    """The user already has JOB_MAX_ACTIVE_PER_USER jobs queued or running (the API answers 429)."""
+
+
+def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
+    """ml.resolve.JobInputs from a job's stored config: the files it may use, resolved at submit."""
+    from ml.resolve import JobInputs
+
+    def path(key: str) -> str:
+        return str((config.get(key) or {}).get("path") or "")
+
+    return JobInputs(output_dir=output_dir, weak_base=path("weak_base"), weak_aligned=path("weak_aligned"),
+                     strong=path("strong"), strong_name=str((config.get("strong") or {}).get("name") or ""),
+                     prompts=path("prompts"), prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
+                     eval_prompts=path("eval_prompts"), gold=str((config.get("prompts") or {}).get("gold") or ""))
+
+
+def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: Any, recommended: Any) -> dict[str, Any]:
+    """The full spec through ml's registry (ml.resolve); its key-path errors become ValidationErrors."""
+    from ml.resolve import resolve
+    from ml.spec import SpecError
+
+    try:
+        return resolve(kind, params, alpha=alpha, method=method, methods=methods, recommended=recommended,
+                       limits=getattr(settings, "JOB_LIMITS", None))
+    except SpecError as exc:
+        raise ValidationError(exc.errors) from None
+
+
+def _check_quota(user) -> None:
+    cap = int(getattr(settings, "JOB_MAX_ACTIVE_PER_USER", 20))
+    if user is None or cap <= 0:
+        return
+    active = Job.objects.filter(owner=user, status__in=[S.QUEUED, S.RUNNING, S.CANCELLING]).count()
+    if active >= cap:
+        raise JobQuotaExceeded(f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
+                               "finish or cancel some, then submit again")
+
+
 def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = None, strong: Any = None,
                prompts: Any = None, alpha: Any = None, method: str | None = None,
                methods: list[str] | None = None, params: dict[str, Any] | None = None,
                eval_prompts: Any = None, max_attempts: int | None = None) -> Job:
-    """Validate a job request, store the Job with its full config, and send it to a worker on commit."""
+    """Validate a job request, store the Job with its request and resolved spec, and send it on commit.
+
+    Everything a worker would check is checked here: the spec is built through ml's registry and every
+    stage config it runs is constructed once with the resolved files (ml.resolve.check)."""
+    from ml.spec import WEAK_PAIR_TRAIN_METHODS
+
     errors: dict[str, list[str]] = {}
 
     def collect(fn, *a, **kw):
@@ -290,37 +345,18 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
 
     if kind not in Job.Kind.values:
         raise _err("kind", f"unknown job kind {kind!r}; use one of {', '.join(Job.Kind.values)}")
+    _check_quota(user)
     needs = list(KIND_NEEDS[kind])
-    if kind == Job.Kind.TRAIN:
-        if method not in TRAIN_METHODS:
-            errors["method"] = [f"method must be one of {', '.join(TRAIN_METHODS)} for a train job, got {method!r}"]
-        elif method in WEAK_PAIR_METHODS:
-            needs = ["weak_base", "weak_aligned", *needs]
-    elif method not in (None, ""):
-        errors["method"] = ["method is only used by kind=train; for kind=cong use methods"]
-    if kind == Job.Kind.CONG:
-        methods = list(DEFAULT_CONG_METHODS) if methods in (None, []) else methods
-        if not isinstance(methods, list) or any(m not in CONG_METHODS for m in methods):
-            errors["methods"] = [f"methods must be a list drawn from {', '.join(CONG_METHODS)}, got {methods!r}"]
-        else:
-            methods = list(dict.fromkeys(methods))
-    elif methods not in (None, []):
-        errors["methods"] = ["methods is only used by kind=cong"]
-    else:
-        methods = None
+    if kind == Job.Kind.TRAIN and method in WEAK_PAIR_TRAIN_METHODS:
+        needs = ["weak_base", "weak_aligned", *needs]
 
     picked: dict[str, Any] = {}
     for f, ident in (("weak_base", weak_base), ("weak_aligned", weak_aligned), ("strong", strong)):
         if f in needs:
             picked[f] = collect(_pick_model, user, ident, f)
     ds = collect(_pick_dataset, user, prompts, "prompts") if "prompts" in needs else None
-    if kind in (Job.Kind.CONG, Job.Kind.CD_GENERATE, Job.Kind.TRAIN) or alpha not in (None, ""):
-        alpha_v = collect(_check_alpha, 0.4 if alpha in (None, "") else alpha)
-    else:
-        alpha_v = None
-    params_v = collect(_check_params, params, kind)
-    if ds is not None and params_v is not None and ds.defaults:
-        params_v = merge_params(ds.defaults, params_v)
+    spec = collect(_resolve_spec, kind=kind, alpha=alpha, method=method, methods=methods, params=params,
+                   recommended=ds.defaults if ds is not None else None)
 
     wb, wa = picked.get("weak_base"), picked.get("weak_aligned")
     if wb is not None and wa is not None and wb.vocab_fingerprint != wa.vocab_fingerprint:
@@ -345,8 +381,8 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
     if errors:
         raise ValidationError(errors)
 
-    config: dict[str, Any] = {"kind": kind, "alpha": alpha_v, "method": method or None, "methods": methods,
-                              "params": params_v or {}}
+    config: dict[str, Any] = {"kind": kind, "alpha": spec["alpha"], "method": spec["method"],
+                              "methods": spec["methods"], "params": params or {}}
     for f, m in picked.items():
         config[f] = _model_ref(m)
     if ds is not None:
@@ -355,6 +391,8 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
     if eval_ds is not None:
         config["eval_prompts"] = {"id": eval_ds.pk, "name": eval_ds.name, "path": eval_ds.path,
                                   "row_count": eval_ds.row_count}
+    _check_buildable(spec, config)
+    config["spec"] = spec
     attempts = max_attempts or getattr(settings, "JOB_MAX_ATTEMPTS", 3)
     with transaction.atomic():
         job = Job.objects.create(owner=user, kind=kind, config=config, max_attempts=attempts)
@@ -362,6 +400,17 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
         job_id = job.pk
         transaction.on_commit(lambda: _send(job_id))
     return job
+
+
+def _check_buildable(spec: dict[str, Any], config: dict[str, Any]) -> None:
+    """Construct every config the worker will run (ml.resolve.check), with the job's real files."""
+    from ml.resolve import check
+    from ml.spec import SpecError
+
+    try:
+        check(spec, job_inputs(config, str(Path(settings.RUNS_DIR) / "pending")))
+    except SpecError as exc:
+        raise ValidationError(exc.errors) from None
 
 
 def _send(job_id: int) -> None:
@@ -430,7 +479,17 @@ def job_cancel(*, job: Job, user=None) -> Job:
 
 
 def job_retry(*, job: Job, user=None) -> Job:
-    """Put a failed or cancelled job back in the queue with a fresh attempt budget."""
+    """Put a failed or cancelled job back in the queue with a fresh attempt budget; it runs its stored spec
+    (a job from before specs gets one now, or a 400 naming the setting that no longer passes)."""
+    from jobs.selectors import job_spec
+    from ml.spec import SpecError
+
+    if not (job.config or {}).get("spec"):
+        try:
+            spec = job_spec(job=job)
+        except SpecError as exc:
+            raise ValidationError(exc.errors) from None
+        Job.objects.filter(pk=job.pk).update(config={**(job.config or {}), "spec": spec})
     with transaction.atomic():
         n = Job.objects.filter(pk=job.pk, status__in=[S.FAILED, S.CANCELLED]).update(
             status=S.QUEUED, attempts=0, error="", cancel_requested=False, finished=None, partial=False,
@@ -591,6 +650,7 @@ def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tu
                   "rejected": row.get("rejected"), "plain": row.get("plain"),
                   "implicit_reward": float(reward) if _is_number(reward) else None,
                   "gold_reward": float(row["gold"]) if _is_number(row.get("gold")) else None,
+                  "score_error": str(row.get("score_error") or ""),
                   "alpha": float(row["alpha"]) if _is_number(row.get("alpha")) else None})
 
 
@@ -650,7 +710,9 @@ def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
         if not path:
             continue
         name = f"{tag}-{role.replace('_', '-')}"
-        entry = ModelEntry.objects.filter(name=name).first()
+        # The shared namespace only: a user's entry of the same name (from before names were reserved)
+        # must never become the toy world's.
+        entry = ModelEntry.objects.filter(name=name, owner__isnull=True).first()
         if entry is None:
             entry = model_register(name=name, path=str(path), kind=kind, family=f"toy-{world}", owner=None)
         out["models"][role] = entry
@@ -729,12 +791,12 @@ def offline_register(*, manifest: dict[str, Any], size: str = "cpu") -> dict[str
     for key, m in sorted(manifest["models"].items()):
         name = offline_model_name(key)
         kind = m.get("role") if m.get("role") in ModelEntry.Kind.values else ModelEntry.Kind.ANY
-        entry = ModelEntry.objects.filter(name=name).first()
+        entry = ModelEntry.objects.filter(name=name, owner__isnull=True).first()  # shared only, as for toy worlds
         if entry is None:
             entry = model_register(name=name, path=str(m["path"]), kind=kind, family=m.get("family", ""), owner=None)
         elif Path(entry.path) != Path(m["path"]).resolve():
             # Installed again somewhere else: follow the manifest (checked like a new registration).
-            entry.path = str(resolve_model_path(str(m["path"])))
+            entry.path = str(resolve_model_path(str(m["path"]), user=None))
             entry.vocab_fingerprint = _fingerprint(Path(entry.path))
             entry.save(update_fields=["path", "vocab_fingerprint"])
         out["models"][key] = entry

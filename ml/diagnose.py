@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
@@ -226,6 +227,27 @@ def verdict_over_seeds(sweeps: list[dict[str, Any]], decision_alpha: float = 0.4
             "gold_gain_ci": [gains.lo, gains.hi], "implicit_gold_pearson": r, "n_seeds": len(sweeps),
             "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
             "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
+
+
+@dataclass(kw_only=True)
+class PreflightConfig:
+    """The pre-flight check's own settings (the alphas and CD overrides travel beside it, see ml.resolve)."""
+
+    n_samples: int = field(default=2, metadata={"help": "Samples per prompt (100-200 prompts x 2 separate a 0.05 "
+                                                        "gold difference on the toy worlds)."})
+    max_prompts: int | None = field(default=200, metadata={"help": "Use only the first N prompts (None = all)."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    use_chat_template: bool = field(default=True, metadata={
+        "help": "Format prompts with the tokenizer's chat template when it has one."})
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1:
+            raise ValueError(f"n_samples must be >= 1, got {self.n_samples}")
+        if self.max_prompts is not None and self.max_prompts < 1:
+            raise ValueError(f"max_prompts must be None or >= 1, got {self.max_prompts}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 def preflight(aligned, base, tokenizer, prompts: Sequence[str],

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 DONE_MARKER = "DONE.json"
+SAMPLES = "samples.jsonl"  # every generation/evaluation stage writes its rows here
 
 
 def read_jsonl(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ml.io import read_json, write_json
+from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
 
 # The paper's methods (the default) and the options this project measures beside them.
@@ -42,13 +42,13 @@ _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", 
 
 @dataclass(kw_only=True)
 class PipelineConfig:
-    weak_base: str = field(metadata={"help": "pi_pre: the weak base model's folder."})
-    strong: str = field(metadata={"help": "The strong model's folder (trained by every method)."})
-    train_prompts: str = field(metadata={"help": "Prompt JSONL for weak alignment, generation and training."})
-    eval_prompts: str = field(metadata={"help": "Held-out prompt JSONL for evaluation."})
-    gold: str = field(metadata={"help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."})
-    output_dir: str = field(metadata={"help": "Run folder; each stage gets a subfolder."})
-    weak_aligned: str = field(default="", metadata={
+    weak_base: str = field(metadata={"internal": True, "help": "pi_pre: the weak base model's folder."})
+    strong: str = field(metadata={"internal": True, "help": "The strong model's folder (trained by every method)."})
+    train_prompts: str = field(metadata={"internal": True, "help": "Prompt JSONL for weak alignment, generation and training."})
+    eval_prompts: str = field(metadata={"internal": True, "help": "Held-out prompt JSONL for evaluation."})
+    gold: str = field(metadata={"internal": True, "help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."})
+    output_dir: str = field(metadata={"internal": True, "help": "Run folder; each stage gets a subfolder."})
+    weak_aligned: str = field(default="", metadata={"internal": True, 
         "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples."})
     alpha: float = field(default=0.4, metadata={"help": "CD weight of pi_post (reference 0.4)."})
     methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={
@@ -62,7 +62,7 @@ class PipelineConfig:
         "help": "Cap every training stage at this many steps (-1 = epochs as configured); for smoke runs."})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'...; None = CUDA when present."})
+    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
     # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
     weak_align: dict = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
     generate: dict = field(default_factory=dict, metadata={
@@ -126,12 +126,14 @@ class _Stopped(Exception):
 
 
 class _Runner:
-    def __init__(self, config: PipelineConfig, reporter: Reporter) -> None:
+    def __init__(self, config: PipelineConfig, reporter: Reporter, dry: bool = False) -> None:
         self.c = config
         self.r = reporter
+        self.dry = dry
+        self.planned: dict[str, Any] = {}
         self.out = Path(config.output_dir)
         self.timings_path = self.out / "timings.json"
-        self.timings: dict[str, Any] = read_json(self.timings_path) if self.timings_path.exists() else {}
+        self.timings: dict[str, Any] = read_json(self.timings_path) if not dry and self.timings_path.exists() else {}
 
     def dir(self, name: str) -> str:
         return str(self.out / name)
@@ -139,6 +141,9 @@ class _Runner:
     def stage(self, name: str, fn, cfg) -> dict:
         from ml.io import stage_done
 
+        if self.dry:  # check(): every stage config was built (and validated); nothing runs
+            self.planned[name] = cfg
+            return {"model_dir": str(Path(cfg.output_dir) / "model"), "samples": str(Path(cfg.output_dir) / SAMPLES)}
         cached = stage_done(cfg.output_dir) is not None
         if not cached:
             self.r.log(f"pipeline: stage {name}")
@@ -165,91 +170,27 @@ class _Runner:
                 "use_chat_template": self.c.use_chat_template, **self.c.generate, **extra}
 
 
+def check(config: PipelineConfig) -> dict[str, Any]:
+    """Build every stage config the pipeline would run, without running or writing anything.
+
+    The same code path as run(), so a setting that would fail a stage's validation fails here, before any
+    compute is spent (the web app calls this at submit). Returns {stage name: its config}."""
+    R = _Runner(config, or_null(None), dry=True)
+    _execute(config, R)
+    return R.planned
+
+
 def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
     """Run (or resume) the pipeline; returns the results dict (also in output_dir/results.json), or
     {"stopped": True, "stage": ...} when the reporter asked to stop."""
-    from ml.stages.auxconf import AuxConfConfig, auxconf
-    from ml.stages.dpo import DPOStageConfig, dpo
-    from ml.stages.evaluate import EvaluateConfig, evaluate
-    from ml.stages.generate import CDGenerateConfig, PlainGenerateConfig, cd_generate, plain_generate
-    from ml.stages.self_sample import SelfSampleConfig, self_sample
-    from ml.stages.sft import SFTStageConfig, sft
-    from ml.stages.weak_align import WeakAlignConfig, weak_align
-    from ml.stages.wspo import WSPOConfig, wspo
-
     c = config
     rep = or_null(reporter)
     R = _Runner(c, rep)
     R.out.mkdir(parents=True, exist_ok=True)
     write_json(R.out / "config.json", c.to_dict())
-    methods = set(c.methods)
-    models: dict[str, str] = {}
     t_start = time.time()
     try:
-        weak_aligned = c.weak_aligned
-        if not weak_aligned:
-            wa = WeakAlignConfig(**R.train_kw({"model": c.weak_base, "output_dir": R.dir("weak_align"),
-                                               "prompts": c.train_prompts, "gold": c.gold, "max_prompts": c.max_prompts,
-                                               "max_new_tokens": c.max_new_tokens, **c.weak_align}))
-            weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
-        common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
-
-        if methods & {"cong_s", "cong", "cong_filtered"}:
-            cd_cfg = CDGenerateConfig(aligned=weak_aligned, base=c.weak_base, output_dir=R.dir("cd_generate"),
-                                      cd=R.decoding(alpha=c.alpha), **common)
-            cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
-            s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"),
-                                              "data": cd_samples, **c.sft}))
-            models["cong_s"] = R.stage("sft_cong_s", sft, s)["model_dir"]
-            if methods & {"cong", "cong_filtered"}:
-                ss = SelfSampleConfig(**{"model": models["cong_s"], "prompts": c.train_prompts,
-                                         "output_dir": R.dir("self_sample"), "max_prompts": c.max_prompts,
-                                         "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
-                                         "use_chat_template": c.use_chat_template, **c.self_sample})
-                own = R.stage("self_sample", self_sample, ss)["samples"]
-                dpo_kw = {"model": models["cong_s"], "chosen_data": cd_samples, "rejected_data": own,
-                          "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}
-                if "cong" in methods:
-                    d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong")}))
-                    models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
-                if "cong_filtered" in methods:
-                    # Same ConG-S model, same (CD chosen, own rejected) pairs; only the filter differs.
-                    d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong_filtered"),
-                                                      "filter_by_implicit_reward": True}))
-                    models["cong_filtered"] = R.stage("dpo_cong_filtered", dpo, d)["model_dir"]
-
-        if methods & {"weak_sft", "wspo", "auxconf"}:
-            pg = PlainGenerateConfig(model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"),
-                                     sampling=R.decoding(), **common)
-            plain = R.stage("plain_generate", plain_generate, pg)["samples"]
-            if "weak_sft" in methods:
-                s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"),
-                                                  "data": plain, **c.sft}))
-                models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
-            if "wspo" in methods:
-                w = WSPOConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("wspo"), "data": plain,
-                                              "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.wspo}))
-                models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
-            if "auxconf" in methods:
-                a = AuxConfConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain,
-                                                 **c.auxconf}))
-                models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
-        models["strong_base"] = c.strong
-        models["weak_post"] = weak_aligned
-
-        # Evaluate WeakSFT first: the others' win rates are measured against its samples.
-        order = sorted(c.methods, key=lambda m: (m != "weak_sft", METHODS.index(m)))
-        reference = str(R.out / "eval" / "weak_sft" / "samples.jsonl") if "weak_sft" in methods else ""
-        metrics: dict[str, dict] = {}
-        for m in order:
-            ev = EvaluateConfig(**{"output_dir": R.dir(f"eval/{m}"), "gold": c.gold, "model": models[m],
-                                   "prompts": c.eval_prompts, "name": m, "max_prompts": c.max_eval_prompts,
-                                   "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
-                                   "use_chat_template": c.use_chat_template, "weak_aligned": weak_aligned,
-                                   "weak_base": c.weak_base,
-                                   "reference": reference if m != "weak_sft" else "",
-                                   "reference_name": "weak_sft", **c.evaluate})
-            metrics[m] = R.stage(f"eval/{m}", evaluate, ev)
+        weak_aligned, models, metrics = _execute(c, R)
     except _Stopped as stop:
         rep.log(f"pipeline: stopped during {stop.stage}; rerun to resume")
         return {"stopped": True, "stage": stop.stage, "summary": stop.summary}
@@ -265,6 +206,86 @@ def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
     (R.out / "results.md").write_text(results_markdown(results), encoding="utf-8")
     rep.log(f"pipeline: results in {R.out / 'results.md'}")
     return results
+
+
+def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[str, dict]]:
+    """The stages in order; returns (pi_post folder, model folder per method, evaluation per method)."""
+    from ml.stages.auxconf import AuxConfConfig, auxconf
+    from ml.stages.dpo import DPOStageConfig, dpo
+    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.generate import CDGenerateConfig, PlainGenerateConfig, cd_generate, plain_generate
+    from ml.stages.self_sample import SelfSampleConfig, self_sample
+    from ml.stages.sft import SFTStageConfig, sft
+    from ml.stages.weak_align import WeakAlignConfig, weak_align
+    from ml.stages.wspo import WSPOConfig, wspo
+
+    methods = set(c.methods)
+    models: dict[str, str] = {}
+    weak_aligned = c.weak_aligned
+    if not weak_aligned:
+        wa = WeakAlignConfig(**R.train_kw({"model": c.weak_base, "output_dir": R.dir("weak_align"),
+                                           "prompts": c.train_prompts, "gold": c.gold, "max_prompts": c.max_prompts,
+                                           "max_new_tokens": c.max_new_tokens, **c.weak_align}))
+        weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
+    common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
+
+    if methods & {"cong_s", "cong", "cong_filtered"}:
+        cd_cfg = CDGenerateConfig(aligned=weak_aligned, base=c.weak_base, output_dir=R.dir("cd_generate"),
+                                  cd=R.decoding(alpha=c.alpha), **common)
+        cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
+        s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"),
+                                          "data": cd_samples, **c.sft}))
+        models["cong_s"] = R.stage("sft_cong_s", sft, s)["model_dir"]
+        if methods & {"cong", "cong_filtered"}:
+            ss = SelfSampleConfig(**{"model": models["cong_s"], "prompts": c.train_prompts,
+                                     "output_dir": R.dir("self_sample"), "max_prompts": c.max_prompts,
+                                     "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
+                                     "use_chat_template": c.use_chat_template, **c.self_sample})
+            own = R.stage("self_sample", self_sample, ss)["samples"]
+            dpo_kw = {"model": models["cong_s"], "chosen_data": cd_samples, "rejected_data": own,
+                      "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}
+            if "cong" in methods:
+                d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong")}))
+                models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
+            if "cong_filtered" in methods:
+                # Same ConG-S model, same (CD chosen, own rejected) pairs; only the filter differs.
+                d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong_filtered"),
+                                                  "filter_by_implicit_reward": True}))
+                models["cong_filtered"] = R.stage("dpo_cong_filtered", dpo, d)["model_dir"]
+
+    if methods & {"weak_sft", "wspo", "auxconf"}:
+        pg = PlainGenerateConfig(model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"),
+                                 sampling=R.decoding(), **common)
+        plain = R.stage("plain_generate", plain_generate, pg)["samples"]
+        if "weak_sft" in methods:
+            s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"),
+                                              "data": plain, **c.sft}))
+            models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
+        if "wspo" in methods:
+            w = WSPOConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("wspo"), "data": plain,
+                                          "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.wspo}))
+            models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
+        if "auxconf" in methods:
+            a = AuxConfConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain,
+                                             **c.auxconf}))
+            models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
+    models["strong_base"] = c.strong
+    models["weak_post"] = weak_aligned
+
+    # Evaluate WeakSFT first: the others' win rates are measured against its samples.
+    order = sorted(c.methods, key=lambda m: (m != "weak_sft", METHODS.index(m)))
+    reference = str(R.out / "eval" / "weak_sft" / SAMPLES) if "weak_sft" in methods else ""
+    metrics: dict[str, dict] = {}
+    for m in order:
+        ev = EvaluateConfig(**{"output_dir": R.dir(f"eval/{m}"), "gold": c.gold, "model": models[m],
+                               "prompts": c.eval_prompts, "name": m, "max_prompts": c.max_eval_prompts,
+                               "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
+                               "use_chat_template": c.use_chat_template, "weak_aligned": weak_aligned,
+                               "weak_base": c.weak_base,
+                               "reference": reference if m != "weak_sft" else "",
+                               "reference_name": "weak_sft", **c.evaluate})
+        metrics[m] = R.stage(f"eval/{m}", evaluate, ev)
+    return weak_aligned, models, metrics
 
 
 def _method_row(name: str, m: dict, model: str) -> dict:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
+from jobs.api.json_checks import CheckedJSONDecoder, UnsafeJSON, check_jsonl
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
-from jobs.services import CONG_METHODS, TRAIN_METHODS
+from ml.pipeline import METHODS as CONG_METHODS
+from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
 
 
 class ModelEntrySerializer(serializers.ModelSerializer):
@@ -45,37 +47,66 @@ class DatasetUploadSerializer(serializers.Serializer):
     file = serializers.FileField(help_text="JSONL, UTF-8, one object per line with 'prompt' "
                                            "(preferences: prompt/chosen/rejected).")
 
+    def validate_file(self, f):
+        # Rows with lone surrogates, deep nesting or huge numbers are refused here (400) rather than
+        # breaking jobs.validation's json.loads/json.dumps with a 500 (docs/SECURITY.md, finding 7).
+        from jobs.validation import MAX_LINE_BYTES
+
+        try:
+            check_jsonl(f.chunks(), line_limit=MAX_LINE_BYTES)
+        except UnsafeJSON as exc:
+            raise serializers.ValidationError(str(exc)) from None
+        return f
+
+
+class CheckedJSONField(serializers.JSONField):
+    """A JSONField whose JSON text (sent in a form field) is parsed with the checks a JSON body gets
+    (jobs.api.json_checks); DRF's would json.loads it unchecked."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("decoder", CheckedJSONDecoder)
+        super().__init__(**kwargs)
+
 
 class JobCreateSerializer(serializers.Serializer):
     """Loose types on purpose: jobs.services.job_create checks values and answers with field messages."""
 
     kind = serializers.CharField(help_text=f"One of {', '.join(Job.Kind.values)}.")
-    weak_base = serializers.JSONField(required=False, allow_null=True, help_text="Model id (pi_pre).")
-    weak_aligned = serializers.JSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
-    strong = serializers.JSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
-    prompts = serializers.JSONField(required=False, allow_null=True, help_text="Dataset id.")
-    eval_prompts = serializers.JSONField(required=False, allow_null=True,
-                                         help_text="kind=cong/train: held-out dataset id (default: the toy "
-                                                   "world's -heldout split, else the training prompts).")
-    alpha = serializers.JSONField(required=False, allow_null=True, help_text="CD alpha in [0, 1] (default 0.4).")
+    weak_base = CheckedJSONField(required=False, allow_null=True, help_text="Model id (pi_pre).")
+    weak_aligned = CheckedJSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
+    strong = CheckedJSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
+    prompts = CheckedJSONField(required=False, allow_null=True, help_text="Dataset id.")
+    eval_prompts = CheckedJSONField(required=False, allow_null=True,
+                                    help_text="kind=cong/train: held-out dataset id (default: the toy "
+                                              "world's -heldout split, else the training prompts).")
+    alpha = CheckedJSONField(required=False, allow_null=True, help_text=f"CD alpha in [0, 1] (default {DEFAULT_ALPHA}).")
     method = serializers.CharField(required=False, allow_null=True, allow_blank=True,
                                    help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}.")
-    methods = serializers.JSONField(required=False, allow_null=True,
-                                    help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}.")
-    params = serializers.JSONField(required=False, allow_null=True,
-                                   help_text="Stage settings, e.g. {\"max_prompts\": 100, \"batch_size\": 8}.")
+    methods = CheckedJSONField(required=False, allow_null=True,
+                               help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}.")
+    params = CheckedJSONField(required=False, allow_null=True,
+                              help_text="Settings: job-level knobs and per-stage objects, e.g. {\"max_prompts\": 100, "
+                                        "\"sft\": {\"num_train_epochs\": 3}}; GET /api/v1/kinds/ lists them.")
 
 
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     pair_count = serializers.SerializerMethodField()
+    spec = serializers.SerializerMethodField(help_text=(
+        "The full configuration that runs: every stage's settings with defaults filled (null for an old job whose "
+        "stored params no longer pass the checks; retry says why)."))
 
     class Meta:
         model = Job
         fields = ["id", "owner", "kind", "status", "stage", "progress", "attempts", "max_attempts", "error",
                   "cancel_requested", "partial", "created", "started", "finished", "heartbeat_at", "config",
-                  "pair_count"]
+                  "spec", "pair_count"]
         read_only_fields = fields
+
+    def get_spec(self, obj) -> dict | None:
+        from jobs.selectors import job_spec_or_none
+
+        return job_spec_or_none(job=obj)
 
     def get_pair_count(self, obj) -> int:
         # Lists come annotated (selectors.with_pair_count: one query); a single fresh job is counted.
@@ -87,7 +118,7 @@ class JobSummarySerializer(JobSerializer):
     """The list view's row: what a dashboard or a poller needs; the full config is on GET /jobs/{id}/."""
 
     class Meta(JobSerializer.Meta):
-        fields = [f for f in JobSerializer.Meta.fields if f != "config"]
+        fields = [f for f in JobSerializer.Meta.fields if f not in ("config", "spec")]
         read_only_fields = fields
 
 
@@ -103,7 +134,7 @@ class GeneratedPairSerializer(serializers.ModelSerializer):
     class Meta:
         model = GeneratedPair
         fields = ["id", "prompt_index", "prompt", "chosen", "rejected", "plain", "implicit_reward", "gold_reward",
-                  "alpha", "review_status", "edited_text", "reviewer", "reviewed_at"]
+                  "score_error", "alpha", "review_status", "edited_text", "reviewer", "reviewed_at"]
 
 
 class PairReviewSerializer(serializers.Serializer):

@@ -117,12 +117,17 @@ def _help(text: str, default: Any) -> Any:
     return field(default=default, metadata={"help": text})
 
 
+def _internal(text: str, default: Any) -> Any:
+    """A setting the caller wires (device, dtype), never taken from a web request (ml.spec)."""
+    return field(default=default, metadata={"help": text, "internal": True})
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Settings every training stage has. Stage configs add their own (data, beta, ...)."""
 
-    model: str = field(metadata={"help": "HF folder of the model to train (the strong model, or pi_pre)."})
-    output_dir: str = field(metadata={"help": "Stage folder: checkpoints/, model/ and DONE.json go here."})
+    model: str = field(metadata={"internal": True, "help": "HF folder of the model to train (the strong model, or pi_pre)."})
+    output_dir: str = field(metadata={"internal": True, "help": "Stage folder: checkpoints/, model/ and DONE.json go here."})
     learning_rate: float = _help("Peak learning rate.", 1e-5)
     num_train_epochs: float = _help("Epochs over the data (ignored when max_steps > 0).", 1.0)
     max_steps: int = _help("Stop after this many optimizer steps; -1 = use num_train_epochs.", -1)
@@ -141,8 +146,8 @@ class TrainConfig:
     lora_target_modules: str = _help("LoRA target modules: 'all-linear' or comma-separated names.", "all-linear")
     use_chat_template: bool = _help("Format prompts with the tokenizer's chat template when it has one.", True)
     gradient_checkpointing: bool = _help("Trade compute for memory (useful for big models on GPU).", False)
-    device: str | None = _help("'cpu', 'cuda', 'cuda:1'; None = CUDA when present.", None)
-    dtype: str | None = _help("Weights dtype: float32/bfloat16/float16; None = bf16 on CUDA, fp32 on CPU.", None)
+    device: str | None = _internal("'cpu', 'cuda', 'cuda:1'; None = CUDA when present.", None)
+    dtype: str | None = _internal("Weights dtype: float32/bfloat16/float16; None = bf16 on CUDA, fp32 on CPU.", None)
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -275,6 +280,9 @@ def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict
         "stage": stage,
         "steps": int(state.global_step),
         "max_steps": int(state.max_steps),
+        # What the Trainer was told and what it did: the spec's epochs are checked against these.
+        "num_train_epochs": float(state.num_train_epochs),
+        "epochs_trained": round(float(state.epoch or 0.0), 3),
         "final_loss": float(losses[-1]) if losses else None,
         "train_loss": float(result.training_loss) if result.training_loss is not None
         and not math.isnan(result.training_loss) else None,

@@ -30,8 +30,8 @@ STAGE = "auxconf"
 
 @dataclass(kw_only=True)
 class AuxConfConfig(TrainConfig):
-    data: str = field(default="", metadata={"help": "JSONL of weak samples: 'prompt' and 'response'."})
-    response_field: str = field(default="response", metadata={"help": "Field holding the response text."})
+    data: str = field(default="", metadata={"internal": True, "help": "JSONL of weak samples: 'prompt' and 'response'."})
+    response_field: str = field(default="response", metadata={"internal": True, "help": "Field holding the response text."})
     aux_weight: float = field(default=0.5, metadata={
         "help": "Final weight w of the self-prediction term, in [0, 1] (Burns et al. used 0.5-0.75)."})
     warmup_fraction: float = field(default=0.2, metadata={

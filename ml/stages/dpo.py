@@ -25,13 +25,13 @@ STAGE = "dpo"
 
 @dataclass(kw_only=True)
 class DPOStageConfig(TrainConfig):
-    data: str = field(default="", metadata={
+    data: str = field(default="", metadata={"internal": True, 
         "help": "Preference JSONL with 'prompt', 'chosen', 'rejected'. Or leave empty and give chosen_data "
                 "and rejected_data."})
-    chosen_data: str = field(default="", metadata={
+    chosen_data: str = field(default="", metadata={"internal": True, 
         "help": "JSONL of chosen responses ('prompt', 'response'; e.g. CD samples), joined with rejected_data "
                 "by 'index' when both have it, else by line order."})
-    rejected_data: str = field(default="", metadata={
+    rejected_data: str = field(default="", metadata={"internal": True, 
         "help": "JSONL of rejected responses ('prompt', 'response'; e.g. the strong model's own samples)."})
     beta: float = field(default=0.5, metadata={"help": "DPO beta (reference 0.5 for ConG's DPO)."})
     loss_type: str = field(default="sigmoid", metadata={"help": "TRL DPO loss type (reference: sigmoid)."})
@@ -42,8 +42,8 @@ class DPOStageConfig(TrainConfig):
     filter_by_implicit_reward: bool = field(default=False, metadata={
         "help": "Keep only pairs whose chosen has a higher implicit reward than rejected under the weak pair "
                 "(needs weak_aligned and weak_base). Off = the paper's recipe."})
-    weak_aligned: str = field(default="", metadata={"help": "pi_post folder (only for the implicit-reward filter)."})
-    weak_base: str = field(default="", metadata={"help": "pi_pre folder (only for the implicit-reward filter)."})
+    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder (only for the implicit-reward filter)."})
+    weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder (only for the implicit-reward filter)."})
     score_batch_size: int = field(default=8, metadata={"help": "Batch size for the filter's reward scoring."})
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N pairs (None = all)."})
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
-from ml.io import mark_done, read_jsonl, read_prompts, stage_done, write_json, write_jsonl
+from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci, win_rate
 
@@ -27,14 +27,14 @@ STAGE = "evaluate"
 
 @dataclass(kw_only=True)
 class EvaluateConfig:
-    output_dir: str = field(metadata={"help": "Folder for samples.jsonl, metrics.json and DONE.json."})
-    gold: str | Callable[[str, str], float] | GoldReward = field(metadata={
+    output_dir: str = field(metadata={"internal": True, "help": "Folder for samples.jsonl, metrics.json and DONE.json."})
+    gold: str | Callable[[str, str], float] | GoldReward = field(metadata={"internal": True, 
         "help": "Gold reward: a registered name such as 'toy:review', or a callable (prompt, response) -> float."})
-    model: str = field(default="", metadata={"help": "HF folder of the model to sample from (or give samples)."})
-    samples: str = field(default="", metadata={
+    model: str = field(default="", metadata={"internal": True, "help": "HF folder of the model to sample from (or give samples)."})
+    samples: str = field(default="", metadata={"internal": True, 
         "help": "Existing JSONL of 'prompt'/'response' rows to score instead of sampling a model."})
-    prompts: str = field(default="", metadata={"help": "Held-out prompt JSONL ('prompt'); needed with model."})
-    name: str = field(default="", metadata={"help": "Method name shown in reports (defaults to the folder name)."})
+    prompts: str = field(default="", metadata={"internal": True, "help": "Held-out prompt JSONL ('prompt'); needed with model."})
+    name: str = field(default="", metadata={"internal": True, "help": "Method name shown in reports (defaults to the folder name)."})
     n_samples: int = field(default=1, metadata={"help": "Responses per prompt."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
@@ -43,16 +43,16 @@ class EvaluateConfig:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
-    reference: str = field(default="", metadata={
+    reference: str = field(default="", metadata={"internal": True, 
         "help": "samples.jsonl of a reference method (e.g. another evaluate run) for the paired win rate."})
-    reference_name: str = field(default="reference", metadata={
+    reference_name: str = field(default="reference", metadata={"internal": True, 
         "help": "Name of the reference method; the metric is called win_rate_vs_<reference_name>."})
-    weak_aligned: str = field(default="", metadata={"help": "pi_post folder, for implicit-reward statistics."})
-    weak_base: str = field(default="", metadata={"help": "pi_pre folder, for implicit-reward statistics."})
+    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder, for implicit-reward statistics."})
+    weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder, for implicit-reward statistics."})
     ci_method: str = field(default="t", metadata={"help": "95% interval: 't' (Student-t) or 'bootstrap'."})
     use_chat_template: bool = field(default=True, metadata={
         "help": "Format prompts with the tokenizer's chat template when it has one."})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'...; None = CUDA when present."})
+    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.samples):
@@ -143,7 +143,7 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
         w = win_rate({_key(r): r["gold"] for r in rows}, ref_scores)
         metrics[f"win_rate_vs_{config.reference_name}"] = w["win_rate"]
         metrics["win_detail"] = {**w, "reference": config.reference_name}
-    write_jsonl(out / "samples.jsonl", rows)
+    write_jsonl(out / SAMPLES, rows)
     for r in rows[:3]:
         reporter.sample({"stage": STAGE, "method": config.name, **r})
     metrics["seconds"] = round(time.time() - t0, 3)

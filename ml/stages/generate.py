@@ -25,10 +25,9 @@ import torch
 
 from ml.contrastive import (CDConfig, batch_seed, check_weak_pair, context_limit, contrastive_generate, decode_response,
                             encode_prompt, eos_ids_of)
-from ml.io import append_jsonl, mark_done, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
+from ml.io import SAMPLES, append_jsonl, mark_done, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 
-SAMPLES = "samples.jsonl"
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
 
 
@@ -62,12 +61,12 @@ def _from_flat(cls, data: dict[str, Any], nested: str):
 
 @dataclass
 class _GenerateCommon:
-    prompts: str = field(default="", metadata={"help": "JSONL file with a 'prompt' field per line."})
-    output_dir: str = field(default="", metadata={"help": "Where samples.jsonl and DONE.json go."})
+    prompts: str = field(default="", metadata={"internal": True, "help": "JSONL file with a 'prompt' field per line."})
+    output_dir: str = field(default="", metadata={"internal": True, "help": "Where samples.jsonl and DONE.json go."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (None = all)."})
     samples_per_prompt: int = field(default=1, metadata={"help": "Samples per prompt (> 1 needs do_sample=True)."})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... (None = CUDA if present)."})
-    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16, float16 (None = per device)."})
+    device: str | None = field(default=None, metadata={"internal": True, "help": "cpu, cuda, cuda:1 ... (None = CUDA if present)."})
+    dtype: str | None = field(default=None, metadata={"internal": True, "help": "float32, bfloat16, float16 (None = per device)."})
     report_samples: int = field(default=2, metadata={"help": "Rows per batch sent to reporter.sample()."})
 
     def _check_common(self, decoding: CDConfig) -> None:
@@ -88,8 +87,8 @@ class _GenerateCommon:
 
 @dataclass
 class CDGenerateConfig(_GenerateCommon):
-    aligned: str = field(default="", metadata={"help": "pi_post: the aligned weak model's folder."})
-    base: str = field(default="", metadata={"help": "pi_pre: the weak base model's folder (same vocabulary)."})
+    aligned: str = field(default="", metadata={"internal": True, "help": "pi_post: the aligned weak model's folder."})
+    base: str = field(default="", metadata={"internal": True, "help": "pi_pre: the weak base model's folder (same vocabulary)."})
     cd: CDConfig = field(default_factory=CDConfig, metadata={
         "help": "Contrastive decoding settings (a CDConfig or a dict of its fields)."})
 
@@ -107,8 +106,8 @@ class CDGenerateConfig(_GenerateCommon):
 
 @dataclass
 class PlainGenerateConfig(_GenerateCommon):
-    model: str = field(default="", metadata={"help": "The model to sample from (pi_post for WeakSFT data)."})
-    base: str | None = field(default=None, metadata={
+    model: str = field(default="", metadata={"internal": True, "help": "The model to sample from (pi_post for WeakSFT data)."})
+    base: str | None = field(default=None, metadata={"internal": True, 
         "help": "Optional pi_pre folder: when given, rows also carry the implicit reward log pi_post - log pi_pre."})
     sampling: CDConfig = field(default_factory=CDConfig, metadata={
         "help": "Sampling settings (temperature, top_p, repetition_penalty, max_new_tokens, seed, batch_size, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ml.io import mark_done, read_jsonl, read_prompts, stage_done
+from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done
 from ml.reporter import Reporter, or_null
 from ml.stages._train import sample_to_jsonl
 
@@ -18,9 +18,9 @@ STAGE = "self_sample"
 
 @dataclass(kw_only=True)
 class SelfSampleConfig:
-    model: str = field(metadata={"help": "HF folder of the model to sample (the ConG-S strong model)."})
-    prompts: str = field(metadata={"help": "Prompt JSONL ('prompt'): the training prompts CD ran on."})
-    output_dir: str = field(metadata={"help": "Folder for samples.jsonl and DONE.json."})
+    model: str = field(metadata={"internal": True, "help": "HF folder of the model to sample (the ConG-S strong model)."})
+    prompts: str = field(metadata={"internal": True, "help": "Prompt JSONL ('prompt'): the training prompts CD ran on."})
+    output_dir: str = field(metadata={"internal": True, "help": "Folder for samples.jsonl and DONE.json."})
     n_samples: int = field(default=1, metadata={"help": "Responses per prompt (1 in the reference)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (reference 0.8)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
@@ -30,7 +30,7 @@ class SelfSampleConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
     use_chat_template: bool = field(default=True, metadata={
         "help": "Format prompts with the tokenizer's chat template when it has one."})
-    device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'...; None = CUDA when present."})
+    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
 
     def __post_init__(self) -> None:
         if not self.model or not self.prompts or not self.output_dir:
@@ -46,7 +46,7 @@ def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> d
     if done is not None:
         return done
     reporter = or_null(reporter)
-    path = Path(config.output_dir) / "samples.jsonl"
+    path = Path(config.output_dir) / SAMPLES
     prompts = read_prompts(config.prompts, config.max_prompts)
     finished = sample_to_jsonl(model_dir=config.model, prompts=prompts, path=path, reporter=reporter,
                                progress_name=STAGE, n=config.n_samples, temperature=config.temperature,

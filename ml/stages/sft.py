@@ -22,9 +22,9 @@ STAGE = "sft"
 
 @dataclass(kw_only=True)
 class SFTStageConfig(TrainConfig):
-    data: str = field(default="", metadata={
+    data: str = field(default="", metadata={"internal": True, 
         "help": "JSONL with 'prompt' and 'response' (e.g. a cd_generate/plain_generate samples.jsonl)."})
-    response_field: str = field(default="response", metadata={"help": "Field holding the response text."})
+    response_field: str = field(default="response", metadata={"internal": True, "help": "Field holding the response text."})
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows (None = all)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference 1e-5)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (reference 2)."})

@@ -25,9 +25,9 @@ STAGE = "weak_align"
 
 @dataclass(kw_only=True)
 class WeakAlignConfig(DPOStageConfig):
-    prompts: str = field(default="", metadata={
+    prompts: str = field(default="", metadata={"internal": True, 
         "help": "Prompt JSONL ('prompt') to sample and label with the gold reward (when data is not given)."})
-    gold: str | Callable[[str, str], float] | None = field(default=None, metadata={
+    gold: str | Callable[[str, str], float] | None = field(default=None, metadata={"internal": True, 
         "help": "Gold reward that labels the samples: a registered name such as 'toy:review', or a callable "
                 "(prompt, response) -> float."})
     k: int = field(default=5, metadata={"help": "Samples per prompt (reference 5)."})

@@ -35,11 +35,11 @@ STAGE = "wspo"
 
 @dataclass(kw_only=True)
 class WSPOConfig(TrainConfig):
-    data: str = field(default="", metadata={"help": "JSONL of the chosen responses: 'prompt' and response_field."})
-    response_field: str = field(default="response", metadata={
+    data: str = field(default="", metadata={"internal": True, "help": "JSONL of the chosen responses: 'prompt' and response_field."})
+    response_field: str = field(default="response", metadata={"internal": True, 
         "help": "Field with the response ('response' for samples files, 'chosen' for preference files)."})
-    weak_aligned: str = field(default="", metadata={"help": "pi_post folder (the weak aligned model)."})
-    weak_base: str = field(default="", metadata={"help": "pi_pre folder (the weak base model)."})
+    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder (the weak aligned model)."})
+    weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder (the weak base model)."})
     beta: float = field(default=0.1, metadata={"help": "Scale of the strong log-ratio (reference 0.1)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference 1e-5)."})
     score_batch_size: int = field(default=8, metadata={"help": "Batch size for the one-off log-prob passes."})

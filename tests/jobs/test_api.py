@@ -93,7 +93,7 @@ def test_other_users_jobs_are_404_and_staff_sees_all(user, other_user, staff_use
     ({"kind": "teleport"}, "kind", "unknown job kind"),
     ({"kind": "train", "strong": None, "method": "yolo"}, "method", "sft"),
     ({"kind": "cong", "methods": ["cong", "magic"]}, "methods", "magic"),
-    ({"params": {"max_prompts": -3}}, "params", "max_prompts"),
+    ({"params": {"max_prompts": -3}}, "params.max_prompts", "max_prompts"),
 ])
 def test_job_validation_400_creates_nothing(user, job_body, change, field, needle):
     before = _state()

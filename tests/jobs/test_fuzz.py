@@ -155,23 +155,29 @@ def _json_values():
                         max_leaves=6)
 
 
-def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds):
+def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds, settings):
     from hypothesis import strategies as st
     from rest_framework.test import APIClient
 
-    from jobs.services import BOOL_PARAMS, CONG_METHODS, FLOAT_PARAMS, INT_PARAMS, STAGE_OVERRIDE_KEYS, TRAIN_METHODS
+    from ml.pipeline import METHODS as CONG_METHODS
+    from ml.spec import TRAIN_METHODS, registry, settable
+
+    settings.JOB_MAX_ACTIVE_PER_USER = 0  # hundreds of accepted jobs here; the cap has its own test
+    # Every setting name any kind knows, stage names and stage fields included (from the registry).
+    known = sorted({k for ks in registry().values() for k in (*ks.knobs, *ks.stages)} | {"alphas"})
+    stage_fields = sorted({f for ks in registry().values() for st_ in ks.stages.values() for f in settable(st_)})
 
     wb, wa = weak_pair
     anything = _json_values()
     model_id = st.sampled_from([wb.pk, wa.pk, str(wb.pk)]) | anything
-    param_keys = st.sampled_from([*INT_PARAMS, *FLOAT_PARAMS, *BOOL_PARAMS, "alphas", *STAGE_OVERRIDE_KEYS]) \
-        | st.text(max_size=6)
+    param_keys = st.sampled_from(known) | st.text(max_size=6)
+    stage_values = st.dictionaries(st.sampled_from(stage_fields) | st.text(max_size=5), anything, max_size=3)
     body = st.fixed_dictionaries(
         {"kind": st.sampled_from(Job.Kind.values) | st.text(max_size=8)},
         optional={"weak_base": model_id, "weak_aligned": model_id, "strong": model_id,
                   "prompts": st.just(prompts_ds.pk) | anything, "eval_prompts": st.just(prompts_ds.pk) | anything,
                   "alpha": st.floats(min_value=-1, max_value=2) | anything,
-                  "method": st.none() | st.sampled_from(TRAIN_METHODS) | st.text(max_size=6),
+                  "method": st.none() | st.sampled_from(sorted(TRAIN_METHODS)) | st.text(max_size=6),
                   "methods": st.lists(st.sampled_from(CONG_METHODS) | st.text(max_size=4), max_size=3) | anything,
                   "params": st.dictionaries(param_keys, anything | st.floats(-2, 2), max_size=4) | anything})
     # Free bodies mostly fail early; a valid cd_generate request with ONE field replaced by a fuzzed
@@ -180,8 +186,8 @@ def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds
              "alpha": 0.4, "params": {"max_prompts": 2}}
     one_field = st.tuples(st.sampled_from([*valid, "strong", "eval_prompts", "method", "methods"]),
                           anything | st.floats(-1, 2)).map(lambda kv: {**valid, kv[0]: kv[1]})
-    fuzzed_params = st.dictionaries(param_keys, anything | st.floats(-2, 2) | st.integers(0, 3), max_size=3) \
-        .map(lambda p: {**valid, "params": p})
+    fuzzed_params = st.dictionaries(param_keys, anything | st.floats(-2, 2) | st.integers(0, 3) | stage_values,
+                                    max_size=3).map(lambda p: {**valid, "params": p})
     body = body | one_field | fuzzed_params
     client = APIClient()  # raises the view's exception on a 500, with its traceback
     client.force_authenticate(user)

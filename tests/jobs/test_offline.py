@@ -83,9 +83,19 @@ def test_offline_params_map_the_cpu_and_smoke_presets_onto_web_params(tmp_path):
         assert smoke[stage]["max_steps"] == 2
     gpu = services.offline_params(real_preset("gpu", tmp_path, check_models=False))
     assert "max_prompts" not in gpu and "lora_r" not in gpu["sft"]
-    # Every mapped key is one job_create accepts.
+    # Every mapped key is one a job accepts and applies: as a request (strict) and as the datasets'
+    # recommendations, where each value reaches its stage in the resolved spec.
+    from ml.resolve import resolve
+
+    every = ["cong_s", "cong", "weak_sft", "wspo", "auxconf"]
     for p in (cpu, smoke, gpu):
-        assert services._check_params(p, "cong") == p
+        resolve("cong", {k: v for k, v in p.items() if k != "weak_align"}, methods=every)
+        spec = resolve("cong", None, recommended=p, methods=every)
+        for stage, vals in p.items():
+            if isinstance(vals, dict) and stage != "weak_align":  # weak_align runs as its own job kind
+                assert {k: spec["stages"][stage][k] for k in vals} == vals
+        wa = resolve("weak_align", None, recommended=p)["stages"]["weak_align"]
+        assert {k: wa[k] for k in p["weak_align"]} == p["weak_align"]
     # The preset labels read the size back from these params.
     for size, p in (("smoke", smoke), ("cpu", cpu), ("gpu", gpu)):
         assert selectors.offline_size_label(p) == f"{size} size"
@@ -168,30 +178,35 @@ def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(regis
     wa_req = presets[0]["request"]
     assert wa_req == {"kind": "weak_align", "weak_base": weak.pk, "prompts": train.pk}
     job = services.job_create(user=user, **wa_req)
-    assert job.config["params"]["weak_align"]["k"] == 4 and job.config["params"]["max_prompts"] == 64
+    wa_spec = job.config["spec"]["stages"]["weak_align"]
+    assert wa_spec["k"] == 4 and wa_spec["max_prompts"] == 64
 
     # A pi_post of the same family and vocabulary (as a weak_align job registers it), owned by the user.
-    aligned_dir = Path(roots.RUNS_DIR) / "1" / "weak_align" / "model"
+    # In that job's own run folder, under the "-aligned-job<N>" name reserved for it (system=True).
+    aligned_dir = Path(roots.RUNS_DIR) / str(job.pk) / "weak_align" / "model"
     save_tiny_model(aligned_dir, seed=1)
-    wa = services.model_register(name="smollm2-135m-instruct-aligned-job1", path=str(aligned_dir), kind="weak",
-                                 family="smollm2", owner=user)
+    wa_name = f"smollm2-135m-instruct-aligned-job{job.pk}"
+    wa = services.model_register(name=wa_name, path=str(aligned_dir), kind="weak", family="smollm2", owner=user,
+                                 system=True)
     presets = api.get("/api/v1/presets/").json()
     by_name = {p["name"]: p["request"] for p in presets}
-    cross = by_name["SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = smollm2-135m-instruct-aligned-job1"]
-    self_ = by_name["SmolLM2 self-alignment: ConG (cpu size), pi_post = smollm2-135m-instruct-aligned-job1"]
+    cross = by_name[f"SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = {wa_name}"]
+    self_ = by_name[f"SmolLM2 self-alignment: ConG (cpu size), pi_post = {wa_name}"]
     assert cross == {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "strong": strong.pk,
                      "prompts": train.pk, "alpha": 0.4, "methods": ["cong_s", "cong", "weak_sft", "wspo"]}
     assert self_ == {**cross, "strong": weak.pk}
     for req in (cross, self_):
         job = services.job_create(user=user, **req)
-        p = job.config["params"]
+        p = job.config["spec"]
         assert job.config["eval_prompts"]["id"] == held.pk  # the held-out split, from the -train/-heldout names
-        assert p["sft"]["lora_r"] == 16 and p["max_eval_prompts"] == 32 and job.config["methods"] == req["methods"]
+        assert p["stages"]["sft"]["lora_r"] == 16 and p["top"]["max_eval_prompts"] == 32
+        assert p["stages"]["evaluate"]["max_prompts"] == 32 and job.config["methods"] == req["methods"]
     # A job's own params beat the dataset defaults (a smoke-sized run of the same preset).
     job = services.job_create(user=user, **{**cross, "params": {"max_prompts": 4, "max_new_tokens": 8,
                                                                 "sft": {"max_steps": 1}}})
-    p = job.config["params"]
-    assert (p["max_prompts"], p["max_new_tokens"], p["sft"]["max_steps"], p["sft"]["lora_r"]) == (4, 8, 1, 16)
+    p = job.config["spec"]
+    assert (p["top"]["max_prompts"], p["top"]["max_new_tokens"], p["stages"]["sft"]["max_steps"],
+            p["stages"]["sft"]["lora_r"]) == (4, 8, 1, 16)
 
     # Someone else does not see this user's pi_post, so gets only step 1.
     api.force_authenticate(other_user)
@@ -201,8 +216,8 @@ def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(regis
     assert [p["name"] for p in page] == [p["name"] for p in presets]
     html = client.get("/jobs/new/", {"preset": next(iter(by_name))}).content.decode()
     assert re.search(r'<option value="weak_align" selected>', html)
-    html = client.get("/jobs/new/", {"preset": "SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = "
-                                               "smollm2-135m-instruct-aligned-job1"}).content.decode()
+    html = client.get("/jobs/new/", {"preset": f"SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = "
+                                               f"{wa_name}"}).content.decode()
     assert re.search(rf'<option value="{strong.pk}" selected>', html) and re.search(rf'<option value="{wa.pk}" selected>', html)
 
 

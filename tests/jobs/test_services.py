@@ -139,8 +139,8 @@ def test_job_create_stores_full_config_and_queued_event(user, weak_pair, prompts
     ({"prompts": 99999}, "prompts", "no dataset"),
     ({"kind": "train", "method": "magic"}, "method", "sft"),
     ({"kind": "cong", "methods": ["cong", "voodoo"]}, "methods", "cong_s"),
-    ({"params": {"max_prompts": 0}}, "params", "max_prompts"),
-    ({"params": {"bogus": 1}}, "params", "unknown parameter"),
+    ({"params": {"max_prompts": 0}}, "params.max_prompts", "max_prompts"),
+    ({"params": {"bogus": 1}}, "params.bogus", "unknown setting"),
     ({"params": [1]}, "params", "object"),
 ])
 def test_job_create_validation_errors_create_nothing(user, weak_pair, prompts_ds, kw, field, needle):
@@ -354,12 +354,16 @@ def test_toyworld_datasets_carry_the_worlds_settings_and_jobs_inherit_them(model
     job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
                               weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk, prompts=ds.pk,
                               params={"max_new_tokens": 9, "batch_size": 1, "sft": {"learning_rate": 0.01}})
-    params = job.config["params"]
-    assert params["batch_size"] == 1 and "batch_size" not in params["cd_generate"]  # job-wide beats per-stage default
-    assert params["max_new_tokens"] == 9  # the job's own value wins
-    assert params["sft"]["learning_rate"] == 0.01  # ... key by key inside a stage's overrides
-    assert params["sft"]["num_train_epochs"] == recipe["sft"]["num_train_epochs"]
-    assert params["dpo"] == recipe["dpo"]
+    spec = job.config["spec"]
+    gen, sft, dpo = spec["stages"]["cd_generate"], spec["stages"]["sft"], spec["stages"]["dpo"]
+    assert recipe["generate"]["batch_size"] != 1
+    assert gen["batch_size"] == 1  # the job's knob beats the dataset's per-stage recommendation
+    assert spec["top"]["max_new_tokens"] == 9 and gen["max_new_tokens"] == 9  # the job's own value wins
+    assert sft["learning_rate"] == 0.01  # ... key by key inside a stage's settings
+    assert sft["num_train_epochs"] == recipe["sft"]["num_train_epochs"]  # the rest of the recommendation stays
+    assert {k: dpo[k] for k in recipe["dpo"]} == recipe["dpo"]
+    assert "wspo" not in spec["stages"]  # a recommendation for a stage this job does not run is left out
+    assert job.config["params"] == {"max_new_tokens": 9, "batch_size": 1, "sft": {"learning_rate": 0.01}}
 
 
 def test_preflight_job_validates_like_cd_generate_and_needs_a_gold(user, weak_pair, prompts_ds, model_root):
@@ -380,5 +384,5 @@ def test_preflight_job_validates_like_cd_generate_and_needs_a_gold(user, weak_pa
     assert "no gold reward" in exc.value.message_dict["prompts"][0]
     with pytest.raises(ValidationError) as exc:
         _job(user, weak_pair, gold_ds, kind="preflight", params={"n_samples": 0})
-    assert "n_samples" in exc.value.message_dict["params"][0]
+    assert "n_samples" in exc.value.message_dict["params.n_samples"][0]
     assert _counts() == (before[0], before[1], before[2] + 1, before[3])  # only the model "o" was added
