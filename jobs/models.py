@@ -18,18 +18,29 @@ class ModelEntry(models.Model):
         STRONG = "strong", "strong"
         ANY = "any", "any"
 
-    name = models.CharField(max_length=200, unique=True)
+    # Unique per owner, not globally: a global name let one user pre-empt another's (or the toy world's)
+    # registration and told anyone which private names exist. Shared entries (owner NULL) have their own
+    # namespace, which users cannot take (jobs.services.model_register; docs/SECURITY.md section 3).
+    name = models.CharField(max_length=200)
     path = models.CharField(max_length=1000, help_text="Resolved absolute path of the HF folder.")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ANY)
     family = models.CharField(max_length=100, blank=True, default="")
     vocab_fingerprint = models.CharField(max_length=64, blank=True, default="",
                                          help_text="Hash of the tokenizer's token->id map (ml.modeling).")
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+    # CASCADE, not SET_NULL: a deleted user's private entries must not turn into shared ones (nor collide
+    # with a shared name of the same spelling).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
                               related_name="model_entries", help_text="Empty = shared with everyone.")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "name"], name="modelentry_unique_owner_name"),
+            # NULLs are distinct in a unique index, so shared names need a constraint of their own.
+            models.UniqueConstraint(fields=["name"], condition=models.Q(owner__isnull=True),
+                                    name="modelentry_unique_shared_name"),
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -51,7 +62,8 @@ class Dataset(models.Model):
     defaults = models.JSONField(default=dict, blank=True,
                                 help_text="Job params recommended for these prompts (e.g. a toy world's "
                                           "generation length and learning rates); a job's own params win.")
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+    # CASCADE for the same reason as ModelEntry.owner: a deleted user's uploads must not become shared.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
                               related_name="datasets", help_text="Empty = shared with everyone.")
     created = models.DateTimeField(auto_now_add=True)
 
@@ -155,6 +167,8 @@ class GeneratedPair(models.Model):
     plain = models.TextField(null=True, blank=True, help_text="Plain pi_post sample, when made.")
     implicit_reward = models.FloatField(null=True, blank=True)
     gold_reward = models.FloatField(null=True, blank=True)
+    score_error = models.TextField(blank=True, default="", help_text=(
+        "Why the dataset's gold reward could not score this pair (empty = scored, or no gold)."))
     alpha = models.FloatField(null=True, blank=True)
     review_status = models.CharField(max_length=20, choices=Review.choices, default=Review.PENDING,
                                      db_index=True)

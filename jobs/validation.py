@@ -21,12 +21,43 @@ def model_roots() -> list[Path]:
     return [Path(p).resolve() for p in getattr(settings, "MODEL_ROOTS", [])]
 
 
-def resolve_model_path(raw: str, *, field: str = "path") -> Path:
-    """The resolved folder for ``raw`` if it is an HF model folder inside a model root.
+def runs_dir() -> Path | None:
+    raw = getattr(settings, "RUNS_DIR", None)
+    return Path(raw).resolve() if raw else None
+
+
+def run_folder_allowed(path: str | Path, user) -> bool:
+    """Whether ``user`` may use the model folder ``path`` as far as job run folders go.
+
+    RUNS_DIR is a model root (a weak_align job registers its pi_post from there), so every user's job
+    outputs sit under a root. A folder under RUNS_DIR belongs to the job whose id is its first component
+    (RUNS_DIR/<job_id>/...): only that job's owner and staff may use it. ``user`` None is the app itself
+    (toy world, offline install), which may use any folder. The path is resolved first, so a symlink
+    cannot point into someone else's run folder. See docs/SECURITY.md section 2.
+    """
+    runs = runs_dir()
+    resolved = Path(path).resolve()
+    if user is None or getattr(user, "is_staff", False) or runs is None:
+        return True
+    if resolved != runs and not resolved.is_relative_to(runs):
+        return True
+    parts = resolved.relative_to(runs).parts
+    # Only a canonical job folder name (str(job.pk)) counts: "007" or "7x" belongs to no job.
+    if not parts or not parts[0].isdigit() or str(int(parts[0])) != parts[0]:
+        return False
+    from jobs.models import Job
+
+    return Job.objects.filter(pk=int(parts[0]), owner=user).exists()
+
+
+def resolve_model_path(raw: str, *, user, field: str = "path") -> Path:
+    """The resolved folder for ``raw`` if it is an HF model folder inside a model root that ``user`` may
+    use (``user`` None: the app itself; see run_folder_allowed).
 
     ``..`` components are refused outright (even when they would land inside a root), and the path is
     resolved (following every symlink) before the containment check, so a symlink inside a root that
-    points outside it is refused too.
+    points outside it is refused too. Another user's run folder is refused before anything is said about
+    what is on disk there, so the answer does not tell whether their job wrote that folder.
     """
     roots = model_roots()
     if not raw or not str(raw).strip():
@@ -42,6 +73,9 @@ def resolve_model_path(raw: str, *, field: str = "path") -> Path:
         why = " (it is a symlink that points outside them)" if resolved != p else ""
         raise ValidationError({field: [f"{p} is not under a model root{why}; allowed roots: "
                                        f"{', '.join(map(str, roots)) or '(none configured: set MODEL_ROOTS)'}"]})
+    if not run_folder_allowed(resolved, user):
+        raise ValidationError({field: [f"{p} is in the job runs folder ({runs_dir()}) but not in a folder of one "
+                                       "of your jobs; give a folder under runs/<id of your job>/"]})
     if not resolved.is_dir():
         raise ValidationError({field: [f"{p} is not a folder"]})
     if not (resolved / "config.json").is_file():
