@@ -14,7 +14,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
+
+from congweb.supervisor import say
 
 DEMO_USER = os.environ.get("DEMO_USER", "demo")
 DEMO_PASSWORD = os.environ.get("DEMO_PASSWORD", "demo")
@@ -79,8 +81,10 @@ def ensure_demo_user() -> None:
     user.save()
 
 
-def follow(api: Api, job_id: int) -> dict:
-    """Stream the job's events to the terminal (a progress bar per stage) until it ends."""
+def follow(api: Api, job_id: int, tick: Callable[[], None] = lambda: None) -> dict:
+    """Stream the job's events to the terminal (a progress bar per stage) until it ends.
+
+    ``tick`` runs every poll: the launcher's supervision (restart a dead worker) while we wait here."""
     from tqdm import tqdm
 
     after, bars, job = 0, {}, {}
@@ -107,6 +111,7 @@ def follow(api: Api, job_id: int) -> dict:
         job = api.call("GET", f"/api/v1/jobs/{job_id}/")
         if job["status"] in TERMINAL and not events:
             break
+        tick()
         time.sleep(0.5)
     for bar in bars.values():
         bar.close()
@@ -133,19 +138,17 @@ def print_results(payload: dict) -> None:
 
 
 def run(stack, *, exit_after: bool) -> int:
-    from congweb.launcher import say
-
     missing = missing_parts()
     if missing:
         say("the demo cannot run a ConG job yet; missing: " + "; ".join(missing))
-        stack.start_web_and_worker()
-        say("started what exists (web + worker); nothing was submitted and no results are shown")
+        stack.start_services()
+        say("started what exists (web + worker + beat); nothing was submitted and no results are shown")
         return 2
     say(f"toy world '{DEMO_WORLD}' seed {DEMO_SEED}: building if not cached (first run takes a few minutes)")
     stack.run("manage.py", "register_toyworld", "--world", DEMO_WORLD, "--seed", DEMO_SEED,
               what="toy world build/registration")
     ensure_demo_user()
-    stack.start_web_and_worker()
+    stack.start_services()
     api = Api(f"http://127.0.0.1:{stack.port}")
     api.token = api.call("POST", "/api/v1/auth/token/", {"username": DEMO_USER, "password": DEMO_PASSWORD})["token"]
     presets = api.call("GET", "/api/v1/presets/")
@@ -162,7 +165,7 @@ def run(stack, *, exit_after: bool) -> int:
     job = api.call("POST", "/api/v1/jobs/", body)
     say(f"job {job['id']} queued; follow it in the browser at http://127.0.0.1:{stack.port}/jobs/{job['id']}/ "
         f"(login {DEMO_USER} / {DEMO_PASSWORD})")
-    job = follow(api, job["id"])
+    job = follow(api, job["id"], tick=stack.tick)
     say(f"job {job['id']} {job['status']}" + (f": {job.get('error')}" if job.get("error") else ""))
     if job["status"] == "succeeded":
         print_results(api.call("GET", f"/api/v1/jobs/{job['id']}/results/"))

@@ -47,11 +47,12 @@ def _args(sock: Path, *, daemonize: bool) -> list[str]:
     ]
 
 
-def start(sock: str | os.PathLike, *, daemonize: bool = False, wait: float = 10.0):
+def start(sock: str | os.PathLike, *, daemonize: bool = False, wait: float = 10.0, preexec_fn=None):
     """Start a server on ``sock`` unless one answers there already.
 
     Returns the Popen of a foreground child (the caller owns and stops it), or None when a server
     was already running or was started daemonized (it then outlives the caller; `make stop` ends it).
+    ``preexec_fn`` goes to Popen (the launcher's die_with_parent(): no server outlives the launcher).
     """
     sock = Path(sock)
     sock.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,7 @@ def start(sock: str | os.PathLike, *, daemonize: bool = False, wait: float = 10.
     if sock.exists():
         sock.unlink()  # stale socket from a killed server
     proc = subprocess.Popen(_args(sock, daemonize=daemonize), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec_fn)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if ping(sock):
@@ -68,6 +69,9 @@ def start(sock: str | os.PathLike, *, daemonize: bool = False, wait: float = 10.
         if not daemonize and proc.poll() is not None:
             break
         time.sleep(0.05)
+    if not daemonize and proc.poll() is None:
+        proc.kill()  # not answering in time: do not leave a half-started server behind
+        proc.wait()
     log = sock.parent / "redis.log"
     tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
     raise RuntimeError(f"embedded redis-server did not start on {sock}:\n{tail}")

@@ -1,8 +1,11 @@
 """`make serve` and `make demo`: one foreground command that owns every process it starts.
 
-serve: embedded Redis (unless REDIS_URL is set) -> migrate -> ASGI server (daphne) + one Celery
-worker, until Ctrl-C. demo: the same, plus the toy world, a demo user, one ConG job submitted over
-the REST API and followed in the terminal from the job's events, then the results table.
+serve: embedded Redis (unless REDIS_URL is set) -> migrate -> ASGI server (daphne), one Celery
+worker and celery beat, until Ctrl-C. demo: the same, plus the toy world, a demo user, one ConG job
+submitted over the REST API and followed in the terminal from the job's events, then the results table.
+
+Every child is supervised (congweb.supervisor): one that dies is restarted with backoff and the
+rest keep running; none outlives the launcher, even one killed with SIGKILL.
 
 Children get REDIS_URL explicitly, so they talk to the server this process started instead of each
 starting their own. Logs go to VAR_DIR/logs/ so the terminal stays readable.
@@ -11,100 +14,23 @@ starting their own. Logs go to VAR_DIR/logs/ so the terminal stays readable.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
+from congweb.supervisor import ROOT, Stack, say
 
 
-class Stack:
-    """The processes of one local deployment; stopping it stops all of them, newest first."""
+def debug_notice() -> None:
+    """One line when DEBUG is on: it shows tracebacks and settings to anyone who hits an error."""
+    from django.conf import settings
 
-    def __init__(self, port: int, var_dir: Path) -> None:
-        self.port = port
-        self.var_dir = var_dir
-        self.procs: list[tuple[str, subprocess.Popen]] = []
-        self.env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-        self.logs = var_dir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-
-    def start_redis(self) -> None:
-        if "REDIS_URL" in os.environ:
-            say(f"Redis: using REDIS_URL={os.environ['REDIS_URL']}")
-            return
-        from congweb import embedded_redis
-
-        sock = self.var_dir / "redis" / "redis.sock"
-        proc = embedded_redis.start(sock)
-        if proc is not None:
-            self.procs.append(("redis", proc))
-            say(f"Redis: embedded redis-server on unix://{sock}")
-        else:
-            say(f"Redis: reusing the embedded server already on unix://{sock}")
-        self.env["REDIS_URL"] = f"unix://{sock}"
-
-    def run(self, *args: str, what: str) -> None:
-        res = subprocess.run([PY, *args], cwd=ROOT, env=self.env)
-        if res.returncode != 0:
-            raise SystemExit(f"{what} failed (exit {res.returncode}); see the output above")
-
-    def spawn(self, name: str, *args: str) -> None:
-        log = (self.logs / f"{name}.log").open("ab")
-        proc = subprocess.Popen([PY, *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs.append((name, proc))
-        say(f"{name}: started (pid {proc.pid}), log {self.logs / (name + '.log')}")
-
-    def start_web_and_worker(self) -> None:
-        self.spawn("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "congweb.asgi:application")
-        # -B runs the beat scheduler inside this one local worker: it fires the stale-job reaper, so a
-        # job whose worker died is requeued or failed instead of staying "running".
-        self.spawn("worker", "-m", "celery", "-A", "congweb", "worker", "-Q", "gpu,default",
-                   "--concurrency", "1", "--loglevel", "INFO", "-n", f"local-{os.getpid()}@%h",
-                   "-B", "-s", str(self.var_dir / "celerybeat-schedule"))
-        self.wait_http(f"http://127.0.0.1:{self.port}/healthz")
-
-    def wait_http(self, url: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.3)
-        raise SystemExit(f"the web server did not answer {url} within {timeout:.0f}s; see {self.logs}/web.log")
-
-    def check_alive(self) -> None:
-        for name, proc in self.procs:
-            if proc.poll() is not None:
-                raise SystemExit(f"{name} exited with code {proc.returncode}; see {self.logs}/{name}.log")
-
-    def stop(self) -> None:
-        for name, proc in reversed(self.procs):
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for name, proc in reversed(self.procs):
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-
-
-def say(msg: str) -> None:
-    print(f"congweb | {msg}", flush=True)
+    if settings.DEBUG:
+        say("DEBUG is on (the development default): fine for this local stack, never in production. "
+            "Turn it off with DEBUG=0 in the environment (then SECRET_KEY must be set too), or run with "
+            "DJANGO_SETTINGS_MODULE=congweb.settings.production")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.start_redis()
         os.environ["REDIS_URL"] = stack.env.get("REDIS_URL", os.environ.get("REDIS_URL", ""))
         stack.run("manage.py", "migrate", "--noinput", "-v0", what="database migration")
+        debug_notice()
         if args.mode == "demo":
             from congweb import demo
 
@@ -131,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.exit:
                 return code
         else:
-            stack.start_web_and_worker()
+            stack.start_services()
         say(f"dashboard: http://127.0.0.1:{args.port}/  (Ctrl-C stops everything)")
         while True:
-            stack.check_alive()
-            time.sleep(1)
+            stack.tick()
+            time.sleep(0.5)
     except KeyboardInterrupt:
         say("stopping")
         return 0

@@ -1,4 +1,7 @@
-"""`make serve` brings up embedded Redis, web and worker, and takes all of them down on SIGTERM."""
+"""`make serve` brings up embedded Redis, web, worker and beat, and takes all of them down on SIGTERM.
+
+Supervision under kill -9 (restarts, nothing outliving the launcher): tests/faults/test_launcher_supervision.py.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+import ast
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.faults.launcher_proc import PID_LINE, alive, descendants, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,12 +46,59 @@ def test_serve_starts_everything_and_stops_cleanly(tmp_path):
         assert body == b'{"ok": true}'
         assert (tmp_path / "redis" / "redis.sock").exists()
         assert (tmp_path / "congweb.sqlite3").exists()
+        tree = descendants(proc.pid)
+        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in tree}
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "stopping" in out
+    # DEBUG is the dev default: the console says so once, and how to turn it off.
+    assert out.count("DEBUG is on") == 1 and "DEBUG=0" in out, out
+    # beat is its own child, not embedded in the worker (`worker -B`), so the launcher owns it.
+    pids = {name: int(pid) for name, pid in PID_LINE.findall(out)}
+    assert set(pids) == {"redis", "web", "worker", "beat"}, out
+    assert set(pids.values()) <= tree, (pids, tree)
+    assert b"beat" in cmdlines[pids["beat"]] and b"-B" not in cmdlines[pids["worker"]], cmdlines
+    # SIGTERM stops every process it started, grandchildren (the worker's pool child) included.
+    wait_until(lambda: not any(alive(p) for p in tree), 20, f"{[p for p in tree if alive(p)]} of {tree} to stop")
     # Nothing it started outlives it: the embedded Redis socket no longer answers.
     from congweb.embedded_redis import ping
 
     assert not ping(tmp_path / "redis" / "redis.sock")
+
+
+
+def _congweb_imports(source: str, mods: set[str]) -> set[str]:
+    """The congweb modules one module imports, at the top or inside functions."""
+    out = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = ("congweb." + (node.module or "")).rstrip(".") if node.level else (node.module or "")
+            names = [base, *(f"{base}.{a.name}" for a in node.names)]
+        else:
+            continue
+        out |= {n.split(".")[1] for n in names if n.startswith("congweb.")} & mods
+    return out
+
+
+def test_no_import_cycles_in_congweb():
+    """congweb's modules import each other one way only (launcher -> demo -> supervisor, never
+    back); imports inside functions count too: such a cycle breaks as soon as one of them moves."""
+    pkg = ROOT / "congweb"
+    mods = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
+    edges = {m: _congweb_imports((pkg / f"{m}.py").read_text(), mods) for m in mods}
+
+    def cycle_from(start: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(edges[path[-1]]):
+            if nxt == start:
+                return [*path, nxt]
+            if nxt not in path and (found := cycle_from(start, [*path, nxt])):
+                return found
+        return None
+
+    cycles = [c for m in sorted(mods) if (c := cycle_from(m, [m]))]
+    assert not cycles, f"import cycles in congweb/: {cycles}"
+    assert edges["launcher"] >= {"supervisor", "demo"} and edges["demo"] == {"supervisor"}, edges
