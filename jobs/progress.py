@@ -10,13 +10,13 @@ Progress events are throttled per stage (at most ``max_rate`` per second) but th
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from jobs.models import JobEvent
+from ml.io import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +41,6 @@ def notify(job_id: int, event: JobEvent) -> bool:
         return False
 
 
-def _jsonable(value: Any) -> Any:
-    """Events are JSON: floats that are NaN/inf become None, unknown objects become strings."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    try:
-        return float(value)  # numpy / torch scalars
-    except (TypeError, ValueError):
-        return str(value)
-
-
 class ProgressReporter:
     """Reporter for one job. Thread-safe enough for one stage thread plus the heartbeat thread."""
 
@@ -77,7 +61,7 @@ class ProgressReporter:
     def emit(self, type: str, data: dict[str, Any]) -> JobEvent:
         from jobs.services import event_append
 
-        ev = event_append(job_id=self.job_id, type=type, data=_jsonable(data))
+        ev = event_append(job_id=self.job_id, type=type, data=jsonable(data))
         notify(self.job_id, ev)
         return ev
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -21,7 +21,7 @@ from django.db import connection
 from jobs import selectors, services
 from jobs.models import Artifact, GeneratedPair, Job
 from jobs.progress import ProgressReporter
-from ml.io import SAMPLES
+from ml.io import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -126,88 +126,36 @@ def _gold(job: Job) -> str:
     return gold
 
 
-def _built(job: Job) -> dict[str, Any]:
-    """The configs the job's spec runs as (ml.resolve.build), with this job's files and run folder."""
-    from ml.resolve import build
+def run_spec(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
+    """Run the job's spec through ml (ml.execute: the same path as `python -m ml job`), mirroring every
+    generation stage's rows as they appear, then record what it made."""
+    from ml.execute import execute
 
-    _gold(job)
-    return build(selectors.job_spec(job=job), services.job_inputs(job.config, str(run_dir(job))))
+    gold = _gold(job)
 
+    def on_generation(path: str, index_offset: int) -> None:
+        samples = Path(path)
+        mirrors.append(PairMirror(job.pk, samples, index_offset, gold=gold))
+        services.artifact_record(job_id=job.pk, stage=samples.parent.name, kind="samples", path=str(samples))
 
-# --- one function per kind: run what ml built, mirror pairs, record artifacts ------------------------------
-def _cd_generate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror], cfg: Any, index_offset: int = 0) -> dict:
-    from ml.stages.generate import cd_generate
-
-    out = Path(cfg.output_dir)
-    mirror = PairMirror(job.pk, out / SAMPLES, index_offset, gold=_gold(job))
-    mirrors.append(mirror)
-    services.artifact_record(job_id=job.pk, stage=out.name, kind="samples", path=str(out / SAMPLES))
-    summary = cd_generate(cfg, rep)
-    mirror.sync()
-    return summary
-
-
-def run_cd_generate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    return _cd_generate(job, rep, mirrors, _built(job)["cd_generate"])
-
-
-def run_alpha_sweep(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.evaluate import evaluate
-
-    runs = _built(job)["alphas"]
-    rows: list[dict] = []
-    for k, run in enumerate(runs):
-        cd = run["cd_generate"]
-        # Checked before each alpha too: a finished alpha's stage returns at once (resumed), so the stage's own
-        # between-batch check would never be reached on a long list of quick alphas.
-        if rep.should_stop():
-            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
-        n = min(job.config["prompts"]["row_count"], cd.max_prompts or job.config["prompts"]["row_count"])
-        s = _cd_generate(job, rep, mirrors, cd, index_offset=k * n)
-        if s.get("stopped"):
-            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
-        m = evaluate(run["evaluate"], rep)
-        if m.get("stopped"):
-            return {"stopped": True, "stage": f"evaluate_{run['tag']}", "alphas": rows}
-        rows.append({"alpha": run["alpha"], **{key: v for key, v in m.items() if not isinstance(v, (list, dict))}})
-        rep.metric("sweep_gold_mean", m.get("gold_mean", float("nan")), k)
-    return {"alphas": rows}
-
-
-def _pipeline(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.pipeline import run
-
-    cfg = _built(job)["pipeline"]
     out = run_dir(job)
-    mirror = PairMirror(job.pk, out / "cd_generate" / SAMPLES, gold=cfg.gold)
-    mirrors.append(mirror)
-    results = run(cfg, rep)
-    mirror.sync()
-    if not results.get("stopped"):
+    result = execute(selectors.job_spec(job=job), services.job_inputs(job.config, str(out)), rep,
+                     on_generation=on_generation)
+    for m in mirrors:
+        m.sync()
+    if result.get("stopped"):
+        return result
+    if job.kind == Job.Kind.EVALUATE and result.get("samples"):
+        services.artifact_record(job_id=job.pk, stage="evaluate", kind="samples", path=result["samples"])
+    if job.kind in (Job.Kind.CONG, Job.Kind.TRAIN):
         services.artifact_record(job_id=job.pk, stage="pipeline", kind="results", path=str(out / "results.json"))
-        for m, row in (results.get("methods") or {}).items():
+        for m, row in (result.get("methods") or {}).items():
             if row.get("model"):
                 services.artifact_record(job_id=job.pk, stage=m, kind="model", path=row["model"])
-    return results
-
-
-def run_evaluate(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.evaluate import evaluate
-
-    cfg = _built(job)["evaluate"]
-    services.artifact_record(job_id=job.pk, stage="evaluate", kind="samples", path=str(Path(cfg.output_dir) / SAMPLES))
-    return evaluate(cfg, rep)
-
-
-def run_weak_align(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    from ml.stages.weak_align import weak_align
-
-    summary = weak_align(_built(job)["weak_align"], rep)
-    if summary.get("model_dir"):
-        services.artifact_record(job_id=job.pk, stage="weak_align", kind="model", path=summary["model_dir"])
-    if summary.get("model_dir") and not summary.get("stopped"):
-        summary = {**summary, **_register_aligned(job, rep, summary["model_dir"])}
-    return summary
+    if job.kind == Job.Kind.WEAK_ALIGN and result.get("model_dir"):
+        services.artifact_record(job_id=job.pk, stage="weak_align", kind="model", path=result["model_dir"])
+        result = {**result, **_register_aligned(job, rep, result["model_dir"])}
+    return result
 
 
 def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
@@ -236,47 +184,6 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
             return {"registered_model": None, "registered_model_error": msg}
     rep.log(f"weak_align: registered pi_post as model {entry.pk} {entry.name!r}")
     return {"registered_model": {"id": entry.pk, "name": entry.name, "path": entry.path}}
-
-
-def run_preflight(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
-    """ml.diagnose's pre-flight check on the job's weak pair and prompts; the result, verdict code and
-    plain-language message included, becomes job.results."""
-    from ml.diagnose import preflight_dirs
-
-    b = _built(job)
-    p = b["preflight"]
-    out = preflight_dirs(job.config["weak_aligned"]["path"], job.config["weak_base"]["path"],
-                         job.config["prompts"]["path"], _gold(job), n_prompts=p.max_prompts, reporter=rep,
-                         n=p.n_samples, seed=p.seed, max_new_tokens=p.max_new_tokens, alphas=b["alphas"],
-                         decision_alpha=b["decision_alpha"], use_chat_template=p.use_chat_template,
-                         cd_overrides=b["cd_overrides"])
-    if not out.get("stopped"):
-        rep.log(f"pre-flight verdict: {out['verdict']}: {out['message']}")
-    return out
-
-
-KIND_RUNNERS: dict[str, Callable[[Job, ProgressReporter, list[PairMirror]], dict]] = {
-    Job.Kind.CD_GENERATE: run_cd_generate,
-    Job.Kind.ALPHA_SWEEP: run_alpha_sweep,
-    Job.Kind.CONG: _pipeline,
-    Job.Kind.TRAIN: _pipeline,
-    Job.Kind.EVALUATE: run_evaluate,
-    Job.Kind.WEAK_ALIGN: run_weak_align,
-    Job.Kind.PREFLIGHT: run_preflight,
-}
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str, allow_nan=False)) if _finite(obj) else \
-        json.loads(json.dumps(obj, default=str).replace("NaN", "null").replace("Infinity", "null"))
-
-
-def _finite(obj: Any) -> bool:
-    try:
-        json.dumps(obj, default=str, allow_nan=False)
-        return True
-    except ValueError:
-        return False
 
 
 def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
@@ -309,16 +216,16 @@ def run_job(*, job_id: int, task_id: str = "") -> str:
     rep = ProgressReporter(job.pk, on_progress=on_progress)
     try:
         services.job_check_access(job=job)  # the owner may still use all it names (docs/SECURITY.md section 2)
-        result = KIND_RUNNERS[job.kind](job, rep, mirrors)
+        result = run_spec(job, rep, mirrors)
         rep.close()
         for m in mirrors:
             m.sync()
         if mirrors:
             result = {**result, "pairs": _pair_counts(job, rep)}
         if result.get("stopped"):
-            services.job_mark_cancelled(job_id=job.pk, results=_jsonable(result), task_id=task_id)
+            services.job_mark_cancelled(job_id=job.pk, results=jsonable(result), task_id=task_id)
             return "cancelled"
-        services.job_finish(job_id=job.pk, results=_jsonable(result), task_id=task_id)
+        services.job_finish(job_id=job.pk, results=jsonable(result), task_id=task_id)
         return "succeeded"
     except SoftTimeLimitExceeded:
         services.job_fail(job_id=job.pk, task_id=task_id, error=(

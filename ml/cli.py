@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ml.spec import DEFAULT_ALPHA, registry
+from ml.job_cli import add_parser as _add_job
+from ml.spec_schema import add_stage_flags, stage_values
+
 # Modules that add subcommands when importable (toy worlds, offline model installs).
 PLUGINS = ["ml.toyworld.cli", "ml.offline.cli"]
 
@@ -31,6 +35,8 @@ examples:
   python -m ml score --input runs/cd/samples.jsonl --gold toy:review --aligned models/post --base models/pre
   python -m ml stage sft --config sft.yaml     # one stage on its own
   python -m ml golds                           # list the gold rewards you can name
+  python -m ml spec cong                       # every setting a job kind takes (type, default, help)
+  python -m ml job cd_generate --weak-base models/pre --weak-aligned models/post --prompts p.jsonl --out runs/j
   python -m ml diagnose --aligned models/post --base models/pre --prompts heldout.jsonl --gold toy:review
 
 Every command that writes a folder can be rerun: finished stages are skipped, unfinished ones resume."""
@@ -79,34 +85,22 @@ def _add_generate(sub) -> None:
     p.add_argument("--base", required=True, help="pi_pre: the weak base model's folder (same tokenizer)")
     p.add_argument("--prompts", required=True, help="JSONL file, one {\"prompt\": ...} per line")
     p.add_argument("--out", required=True, help="output folder (samples.jsonl, DONE.json)")
-    p.add_argument("--alpha", type=float, default=0.4, help="1 = plain pi_post sampling, 0 = pure log-ratio")
-    p.add_argument("--relative-top", type=float, default=0.1, help="plausibility cut relative to pi_post's top token")
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--repetition-penalty", type=float, default=1.2)
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
-    p.add_argument("--samples-per-prompt", type=int, default=1)
-    p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts")
-    p.add_argument("--no-chat-template", action="store_true", help="feed prompts raw even if a chat template exists")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="1 = plain pi_post sampling, 0 = pure log-ratio")
+    # Every other setting is a flag derived from the stage's dataclasses (ml.spec_schema), as the web form and
+    # the REST schema are: --relative-top, --temperature, --batch-size, --no-do-sample (greedy), ...
+    p.set_defaults(stage_settings=add_stage_flags(p, registry()["cd_generate"], "cd_generate"))
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_generate)
 
 
 def _cmd_generate(args) -> int:
-    from ml.contrastive import CDConfig
+    from ml.resolve import make
     from ml.stages.generate import CDGenerateConfig, cd_generate
 
-    cd = CDConfig(alpha=args.alpha, relative_top=args.relative_top, temperature=args.temperature, top_p=args.top_p,
-                  repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens,
-                  batch_size=args.batch_size, do_sample=not args.greedy, seed=args.seed,
-                  use_chat_template=not args.no_chat_template)
-    cfg = CDGenerateConfig(aligned=args.aligned, base=args.base, prompts=args.prompts, output_dir=args.out,
-                           max_prompts=args.max_prompts, samples_per_prompt=args.samples_per_prompt,
-                           device=args.device, cd=cd)
+    cfg = make(CDGenerateConfig, {"aligned": args.aligned, "base": args.base, "prompts": args.prompts,
+                                  "output_dir": args.out, "device": args.device, "alpha": args.alpha,
+                                  **stage_values(args, args.stage_settings)})
     summary = cd_generate(cfg, console_reporter(args))
     _print_json(summary)
     return 3 if summary.get("stopped") else 0
@@ -267,6 +261,22 @@ def _cmd_stage(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- golds
 
+def _add_spec(sub) -> None:
+    p = sub.add_parser("spec", help="every setting a job kind takes: the web app's params, as a JSON Schema",
+                       description="Print the settings of one job kind (or all) as the REST API and the web form "
+                                   "read them: knobs, top settings and each stage's fields with type, default, "
+                                   "limit and help.")
+    p.add_argument("kind", nargs="?", choices=sorted(registry()), help="job kind (default: all)")
+    p.set_defaults(func=lambda args: _print_json(_spec_of(args.kind)) or 0)
+
+
+def _spec_of(kind: str | None) -> dict:
+    from ml.spec_schema import describe
+
+    every = describe()
+    return every[kind] if kind else every
+
+
 def _add_golds(sub) -> None:
     p = sub.add_parser("golds", help="list the gold rewards that configs can name")
     p.set_defaults(func=lambda args: (print("\n".join(__import__("ml.gold", fromlist=["x"]).known_golds())), 0)[1])
@@ -317,7 +327,7 @@ def _cmd_diagnose(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- main
 
-BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds, _add_diagnose]
+BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds, _add_spec, _add_diagnose, _add_job]
 
 
 def _load_plugins(sub) -> None:

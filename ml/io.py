@@ -8,6 +8,7 @@ last line, from a kill mid-write, is dropped on read and rewritten).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -76,6 +77,23 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
+
+
+def jsonable(value: Any) -> Any:
+    """value as plain JSON: NaN/inf become None (JSON has neither), numpy/torch scalars become floats, tuples
+    lists, anything else its string. One home for results, events and manifests."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    try:
+        return float(value)  # numpy / torch scalars
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -9,6 +9,7 @@ urlpatterns = [
     path("models/", views.ModelListView.as_view(), name="models"),
     path("datasets/", views.DatasetListView.as_view(), name="datasets"),
     path("presets/", views.PresetListView.as_view(), name="presets"),
+    path("kinds/", views.KindListView.as_view(), name="kinds"),
     path("jobs/", views.JobListView.as_view(), name="jobs"),
     path("jobs/<int:pk>/", views.JobDetailView.as_view(), name="job-detail"),
     path("jobs/<int:pk>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),

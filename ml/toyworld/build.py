@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ml.io import read_json, write_json, write_jsonl
+from ml.io import jsonable, read_json, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 
 from .worlds import get_world
@@ -155,15 +155,9 @@ def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporte
 
 def _build_recipe(recipe: Recipe) -> dict:
     """The part of the recipe that shapes the built models (the strong-stage overrides do not)."""
-    d = _jsonable(asdict(recipe))
+    d = jsonable(asdict(recipe))
     d.pop("stages", None)
     return d
-
-
-def _jsonable(obj: Any) -> Any:
-    import json
-
-    return json.loads(json.dumps(obj))
 
 
 def find_manifests(data_dir: str | Path | None = None) -> list[dict[str, Any]]:

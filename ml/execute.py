@@ -1,0 +1,90 @@
+"""Run a job's spec: the one path from a resolved spec (ml.resolve) to the stages, for the web worker and the CLI.
+
+``execute(spec, inputs, reporter, on_generation=...)`` builds the kind's configs (ml.resolve.build) and runs them.
+``on_generation(samples_path, index_offset)`` is called before each stage that writes generated pairs, so a
+caller can follow the file as it grows (the web worker mirrors rows into its database). The result is the
+stage's (or pipeline's) summary dict, with ``{"stopped": True, ...}`` when the reporter asked to stop.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from ml.io import SAMPLES
+from ml.reporter import Reporter, or_null
+from ml.resolve import JobInputs, build
+
+OnGeneration = Callable[[str, int], None]
+
+
+def _noop(path: str, offset: int) -> None:
+    return None
+
+
+def execute(spec: dict[str, Any], inputs: JobInputs, reporter: Reporter | None = None, *,
+            on_generation: OnGeneration | None = None) -> dict[str, Any]:
+    rep = or_null(reporter)
+    hook = on_generation or _noop
+    built = build(spec, inputs)
+    kind = spec["kind"]
+    if "pipeline" in built:
+        from ml.pipeline import run
+
+        cfg = built["pipeline"]
+        hook(str(Path(cfg.output_dir) / "cd_generate" / SAMPLES), 0)
+        return run(cfg, rep)
+    if kind == "cd_generate":
+        from ml.stages.generate import cd_generate
+
+        cfg = built["cd_generate"]
+        hook(str(Path(cfg.output_dir) / SAMPLES), 0)
+        return cd_generate(cfg, rep)
+    if kind == "alpha_sweep":
+        return _sweep(built["alphas"], inputs, rep, hook)
+    if kind == "weak_align":
+        from ml.stages.weak_align import weak_align
+
+        return weak_align(built["weak_align"], rep)
+    if kind == "evaluate":
+        from ml.stages.evaluate import evaluate
+
+        return evaluate(built["evaluate"], rep)
+    if kind == "preflight":
+        from ml.diagnose import preflight_dirs
+
+        p = built["preflight"]
+        out = preflight_dirs(inputs.weak_aligned, inputs.weak_base, inputs.prompts, inputs.gold,
+                             n_prompts=p.max_prompts, reporter=rep, n=p.n_samples, seed=p.seed,
+                             max_new_tokens=p.max_new_tokens, alphas=built["alphas"],
+                             decision_alpha=built["decision_alpha"], use_chat_template=p.use_chat_template,
+                             cd_overrides=built["cd_overrides"])
+        if not out.get("stopped"):
+            rep.log(f"pre-flight verdict: {out['verdict']}: {out['message']}")
+        return out
+    raise ValueError(f"no runner for kind {kind!r}")
+
+
+def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: OnGeneration) -> dict[str, Any]:
+    from ml.io import read_prompts
+    from ml.stages.evaluate import evaluate
+    from ml.stages.generate import cd_generate
+
+    rows: list[dict] = []
+    for k, run in enumerate(runs):
+        cd = run["cd_generate"]
+        # Checked before each alpha too: a finished alpha returns at once (resumed), so a long list of quick
+        # alphas would never reach the stage's own between-batch check.
+        if rep.should_stop():
+            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
+        n = len(read_prompts(inputs.prompts, cd.max_prompts))
+        hook(str(Path(cd.output_dir) / SAMPLES), k * n)  # rows of alpha k get prompt indexes k*n ...
+        s = cd_generate(cd, rep)
+        if s.get("stopped"):
+            return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
+        m = evaluate(run["evaluate"], rep)
+        if m.get("stopped"):
+            return {"stopped": True, "stage": f"evaluate_{run['tag']}", "alphas": rows}
+        rows.append({"alpha": run["alpha"], **{key: v for key, v in m.items() if not isinstance(v, (list, dict))}})
+        rep.metric("sweep_gold_mean", m.get("gold_mean", float("nan")), k)
+    return {"alphas": rows}

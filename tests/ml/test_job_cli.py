@@ -1,0 +1,45 @@
+"""`python -m ml job KIND`: flags derived from the registry, checked like a web request, run by ml.execute."""
+
+from __future__ import annotations
+
+import json
+
+from ml.cli import build_parser, main
+from ml.io import read_jsonl
+from ml.job_cli import setting_flags
+from ml.spec import registry, settable, top_settable
+
+
+def _flags(kind: str) -> set[str]:
+    sub = next(a for a in build_parser()._actions if getattr(a, "choices", None) and "job" in a.choices)
+    job = sub.choices["job"]
+    kinds = next(a for a in job._actions if getattr(a, "choices", None) and kind in a.choices)
+    return {o for a in kinds.choices[kind]._actions for o in a.option_strings if not o.startswith("--no-")}
+
+
+def test_every_setting_of_every_kind_is_a_flag():
+    for kind, ks in registry().items():
+        want = {"--" + k.replace("_", "-") for k in ks.knobs}
+        if ks.pipeline:
+            want |= {"--" + k.replace("_", "-") for k in top_settable()}
+        for stage, st in ks.stages.items():
+            want |= {f"--{stage}.{f.replace('_', '-')}" for f in settable(st)}
+        got = _flags(kind)
+        assert want <= got, (kind, sorted(want - got))
+        extra = got - want - {"-h", "--help", "--weak-base", "--weak-aligned", "--strong", "--prompts",
+                              "--eval-prompts", "--gold", "--out", "--alpha", "--methods", "--method", "--alphas",
+                              "--quiet"}
+        assert not extra, (kind, extra)  # no hand-declared setting beside the derived ones
+        assert len(setting_flags(kind)) == len(set(setting_flags(kind).values()))
+
+
+def test_job_cd_generate_runs_and_a_bad_setting_is_refused(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
+    args = ["job", "cd_generate", "--weak-base", tiny_pair_dirs["base"], "--weak-aligned", tiny_pair_dirs["aligned"],
+            "--prompts", tiny_prompts_file, "--out", str(tmp_path), "--quiet"]
+    assert main([*args, "--cd_generate.temperature", "-1"]) == 2
+    assert "cd_generate.temperature" in capsys.readouterr().out
+    assert main([*args, "--max-new-tokens", "3", "--cd_generate.batch-size", "2", "--no-do-sample"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = read_jsonl(tmp_path / "cd_generate" / "samples.jsonl")
+    assert summary["samples"].endswith("cd_generate/samples.jsonl") and len(rows) == 6
+    assert all(r["n_tokens"] <= 3 for r in rows)
