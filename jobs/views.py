@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import connection
 from django.http import Http404, JsonResponse
@@ -13,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from jobs import page_selectors, selectors, services
-from jobs.forms import JobForm
+from jobs.forms import JobForm, ThrottledAuthenticationForm
 from jobs.models import GeneratedPair, Job
 
 # Events embedded in the job page; the page fetches the rest from the API (events?after=).
@@ -159,3 +160,16 @@ def compare(request):
               "b": page_selectors.alpha_sweep(sides[1]["job"].results)}
     return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id, "b_id": b_id, "sides": sides,
                                                  "merged": merged, "sweeps": sweeps})
+
+
+class ThrottledLoginView(LoginView):
+    """/accounts/login/ behind the log-in throttle (jobs.api.login_guard): while the username or the
+    client's address is locked the page says so, with status 429, whatever the password."""
+
+    form_class = ThrottledAuthenticationForm
+
+    def form_invalid(self, form):
+        response = super().form_invalid(form)
+        if form.throttled:
+            response.status_code = 429
+        return response

@@ -36,8 +36,45 @@ DATA_DIR = Path(env.str("CONGWEB_DATA_DIR", default=str(VAR_DIR / "data"))).reso
 MODEL_ROOTS = [Path(p).resolve() for p in env.list("MODEL_ROOTS", default=[str(DATA_DIR), str(VAR_DIR / "models"),
                                                                       str(RUNS_DIR)])]
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
-DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# Everything in a request body that is not an uploaded file (JSON bodies, form fields): Django
+# enforces it for forms, jobs.api.parsers for the API's JSON and form bodies (413 beyond it).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+# A whole request may carry one upload plus its form fields; a bigger Content-Length is refused
+# before anything parses it (jobs.api.middleware.RequestLimitsMiddleware).
+REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + DATA_UPLOAD_MAX_MEMORY_SIZE
+# JSON from users (API bodies, JSON form fields, dataset rows) is nested at most this deep; deeper
+# input is refused with 400 (jobs.api.json_checks), never parsed into a RecursionError.
+JSON_MAX_DEPTH = env.int("JSON_MAX_DEPTH", default=32)
+
+# --- who sits in front ---------------------------------------------------------------------------
+# How many reverse proxies stand in front of the app (0 = clients connect directly). Only then are
+# X-Forwarded-Proto (is_secure) and X-Forwarded-For (the client address the login throttle counts)
+# believed, and only as far as those proxies set them: a client can send either header itself.
+TRUSTED_PROXY = env.int("TRUSTED_PROXY", default=0)
+if TRUSTED_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Content-Security-Policy on every response (jobs.api.middleware) ---------------------------
+# Scripts and styles come only from our static files: no inline <script>, no style="" attributes, no
+# eval. 'self' in connect-src covers the job page's same-origin websocket.
+CONTENT_SECURITY_POLICY = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": "'self' data:",
+    "connect-src": "'self'",
+    "object-src": "'none'",
+    "base-uri": "'none'",
+    "form-action": "'self'",
+    "frame-ancestors": "'none'",
+}
+
+# --- log-in throttle (jobs.api.login_guard) -----------------------------------------------------
+# After this many failed log-ins for one username, or from one client address, within the window
+# (seconds), every further attempt is refused - the right password too - until the window ends.
+LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
+LOGIN_FAILURE_WINDOW = env.int("LOGIN_FAILURE_WINDOW", default=15 * 60)
 
 # --- apps ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
@@ -57,6 +94,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Oversized bodies (413) and non-UTF-8 charsets (400) are refused before anything parses them;
+    # every response gets a Content-Security-Policy header.
+    "jobs.api.middleware.RequestLimitsMiddleware",
+    "jobs.api.middleware.ContentSecurityPolicyMiddleware",
     # daphne serves no files: WhiteNoise serves /static/ from the finders in DEBUG and from
     # STATIC_ROOT (collectstatic) in production, with far-future caching of hashed names.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -93,6 +134,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# ModelBackend plus the log-in throttle: every authenticate() call (log-in page, admin, token
+# endpoint) is refused while its username or address is locked, and failures are counted.
+AUTHENTICATION_BACKENDS = ["jobs.api.login_guard.ThrottledModelBackend"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -119,6 +164,15 @@ EMBEDDED_REDIS = "REDIS_URL" not in os.environ
 REDIS_URL = env.str("REDIS_URL", default=f"unix://{VAR_DIR / 'redis' / 'redis.sock'}")
 
 from congweb.redis_urls import celery_url  # noqa: E402
+
+# The log-in throttle's counters must be shared by every web process: they live in Redis, which the
+# app needs anyway (broker, channel layer). jobs.api.login_guard falls back to per-process memory,
+# with a warning, while Redis cannot be reached.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+                 "KEY_PREFIX": "congweb-throttle", "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2}},
+}
 
 CHANNEL_LAYERS = {
     "default": {
@@ -161,6 +215,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # JSON with lone surrogates, too deep or with out-of-range numbers is a 400 before any view runs;
+    # bodies over DATA_UPLOAD_MAX_MEMORY_SIZE are a 413 (jobs.api.parsers).
+    "DEFAULT_PARSER_CLASSES": [
+        "jobs.api.parsers.SafeJSONParser",
+        "jobs.api.parsers.SafeFormParser",
+        "jobs.api.parsers.SafeMultiPartParser",
+    ],
+    # Only the proxies counted in TRUSTED_PROXY may name the client in X-Forwarded-For (DRF's default,
+    # None, would believe any client's header).
+    "NUM_PROXIES": TRUSTED_PROXY,
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

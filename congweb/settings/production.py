@@ -12,7 +12,8 @@ DEBUG = False
 SECRET_KEY = env.str("SECRET_KEY")  # required: no default secret in production
 
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")  # required: no default host in production
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# SECURE_PROXY_SSL_HEADER comes from base.py, and only with TRUSTED_PROXY set: behind a TLS proxy set
+# TRUSTED_PROXY=1 (else SECURE_SSL_REDIRECT redirects forever); without one no client may claim https.
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
 SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True

@@ -6,20 +6,22 @@ Objects a user may not see answer 404, exactly like objects that do not exist, s
 from __future__ import annotations
 
 from django.contrib.auth import authenticate
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
-from rest_framework.permissions import AllowAny
+from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.permissions import SAFE_METHODS, AllowAny
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from jobs import selectors, services
+from jobs.api import login_guard
 from jobs.api import serializers as s
+from jobs.api.parsers import SafeFormParser, SafeJSONParser, SafeMultiPartParser, too_large
 from jobs.models import GeneratedPair
 
 
@@ -31,6 +33,16 @@ class ServiceAPIView(APIView):
             detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
             exc = ValidationError(detail)
         return super().handle_exception(exc)
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Parse every write's body now, even where the view ignores it (cancel, retry), so a body the
+        # parsers refuse (jobs.api.parsers) is a 400 on every endpoint and nothing is changed.
+        if request.method not in SAFE_METHODS:
+            try:
+                request.data  # noqa: B018 - the access parses
+            except RequestDataTooBig:  # DRF reads request.body, which Django limits: 413, with a message
+                raise too_large() from None
 
     # Set on the views that answer pages ({count, next, previous, results}), so the OpenAPI schema
     # describes the page, not a bare array (drf-spectacular reads it from the view).
@@ -51,6 +63,10 @@ class ServiceAPIView(APIView):
 class TokenView(ServiceAPIView):
     permission_classes = [AllowAny]
     authentication_classes = []
+    throttle_classes = [login_guard.LoginLockThrottle]  # 429 while the username or address is locked
+
+    def throttled(self, request, wait):
+        raise Throttled(wait, detail=login_guard.lock_message(int(wait or 1)))
 
     @extend_schema(request=s.TokenRequestSerializer, responses={200: {"type": "object",
                    "properties": {"token": {"type": "string"}}}})
@@ -80,7 +96,7 @@ class ModelListView(ServiceAPIView):
 
 class DatasetListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [SafeMultiPartParser, SafeFormParser]
 
     @extend_schema(responses=s.DatasetSerializer(many=True))
     def get(self, request):
@@ -98,7 +114,7 @@ class DatasetListView(ServiceAPIView):
 
 class JobListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    parser_classes = [JSONParser, FormParser, MultiPartParser]
+    parser_classes = [SafeJSONParser, SafeFormParser, SafeMultiPartParser]
 
     @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses"),
                                OpenApiParameter("kind", str, description="comma-separated kinds")],

@@ -4,13 +4,14 @@ are data, never code.
 Covered elsewhere (not repeated here): the admin review is staff-only
 (tests/jobs/test_admin.py::test_non_staff_is_sent_to_admin_login); other users' jobs answer 404 on every
 endpoint and websocket (tests/jobs/test_api.py::test_other_users_jobs_are_404_and_staff_sees_all,
-tests/jobs/test_websocket.py::test_other_user_is_rejected); production settings refuse to start
+tests/jobs/test_websocket.py::test_other_user_and_missing_job_are_closed_with_4404); production settings refuse to start
 without SECRET_KEY from the environment
 (tests/congweb/test_foundation.py::test_production_refuses_to_start_without_secret_key).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -98,20 +99,24 @@ def asgi_app(redis_url, settings):
 
 
 def _ws_connect(app, path: str, headers: list[tuple[bytes, bytes]]):
+    """(accepted, close code or None, first message or None). A refusal at the handshake (bad Origin)
+    is not accepted; the consumer's refusals accept and then close with their code."""
     from channels.testing import WebsocketCommunicator
 
     async def go():
         comm = WebsocketCommunicator(app, path, headers=headers)
-        connected, code = await comm.connect(timeout=5)
-        first = await comm.receive_json_from(timeout=5) if connected else None
+        connected, _ = await comm.connect(timeout=5)
+        first = await comm.receive_output(timeout=5) if connected else None
         await comm.disconnect()
-        return connected, code, first
+        if first and first["type"] == "websocket.close":
+            return connected, first["code"], None
+        return connected, None, first and json.loads(first["text"])
 
     return async_to_sync(go)()
 
 
 @pytest.mark.django_db(transaction=True)  # the auth middleware reads the session from another thread
-def test_websocket_origin_is_validated_by_the_real_asgi_app(asgi_app, user, client):
+def test_websocket_origin_is_validated_by_the_real_asgi_app(asgi_app, user, other_user, client):
     job = Job.objects.create(owner=user, kind="cd_generate", config={})
     services.event_append(job_id=job.pk, type="log", data={"message": "hello"})
     client.force_login(user)  # a real session row and cookie, as a logged-in browser has
@@ -119,7 +124,7 @@ def test_websocket_origin_is_validated_by_the_real_asgi_app(asgi_app, user, clie
     path = f"/ws/jobs/{job.pk}/"
 
     # A page on another site, riding the user's cookie (cross-site websocket hijacking): refused
-    # before the consumer runs.
+    # before the consumer runs, with the handshake's HTTP 403 (no close code: such a page learns nothing).
     for origin in (b"http://evil.example", b"https://localhost.evil.example", b"null"):
         connected, _, _ = _ws_connect(asgi_app, path, [(b"origin", origin), cookie])
         assert not connected, origin
@@ -130,8 +135,13 @@ def test_websocket_origin_is_validated_by_the_real_asgi_app(asgi_app, user, clie
         connected, _, first = _ws_connect(asgi_app, path, [(b"origin", origin), cookie])
         assert connected, origin
         assert first["data"] == {"message": "hello"}
-    # Allowed origin but no session: the real AuthMiddlewareStack gives AnonymousUser -> 4401.
-    assert _ws_connect(asgi_app, path, [(b"origin", b"http://localhost:8000")])[:2] == (False, 4401)
+    # Allowed origin but no session: the real AuthMiddlewareStack gives AnonymousUser -> accepted, then
+    # closed with 4401 (docs/API.md), a code the page's script can read.
+    assert _ws_connect(asgi_app, path, [(b"origin", b"http://localhost:8000")])[:2] == (True, 4401)
+    # Allowed origin, signed in, someone else's or no such job: 4404.
+    other = Job.objects.create(owner=other_user, kind="cd_generate", config={})
+    for p in (f"/ws/jobs/{other.pk}/", "/ws/jobs/999999/"):
+        assert _ws_connect(asgi_app, p, [(b"origin", b"http://localhost:8000"), cookie])[:2] == (True, 4404)
 
 
 # --- model folders are data, not code ------------------------------------------------------------

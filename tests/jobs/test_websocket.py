@@ -43,23 +43,41 @@ def job(user):
     return Job.objects.create(owner=user, kind="cd_generate", config={})
 
 
-def _connect(user, path):
+def _close_code(user, path):
+    """The close code a refused client sees. Refusals accept first and then close: a close before the
+    accept is an HTTP 403 at the handshake, where browsers see no code at all (they report 1006)."""
+
     async def go():
         comm = WebsocketCommunicator(_app(user), path)
-        connected, code = await comm.connect(timeout=5)
+        connected, _ = await comm.connect(timeout=5)
+        assert connected, "refusals must accept first so the close code reaches the client"
+        closed = await comm.receive_output(timeout=5)
+        assert closed["type"] == "websocket.close", closed
         await comm.disconnect()
-        return connected, code
+        return closed["code"]
 
     return async_to_sync(go)()
 
 
-def test_anonymous_is_rejected(channel_layer, job):
-    assert _connect(AnonymousUser(), f"/ws/jobs/{job.pk}/") == (False, 4401)
+def test_anonymous_is_closed_with_4401(channel_layer, job):
+    assert _close_code(AnonymousUser(), f"/ws/jobs/{job.pk}/") == 4401
 
 
-def test_other_user_is_rejected(channel_layer, job, other_user):
-    assert _connect(other_user, f"/ws/jobs/{job.pk}/") == (False, 4404)
-    assert _connect(other_user, "/ws/jobs/999999/") == (False, 4404)
+def test_other_user_and_missing_job_are_closed_with_4404(channel_layer, job, other_user):
+    assert _close_code(other_user, f"/ws/jobs/{job.pk}/") == 4404
+    assert _close_code(other_user, "/ws/jobs/999999/") == 4404
+
+
+def test_what_clients_send_is_ignored_not_parsed(channel_layer, job, user):
+    async def go():
+        comm = WebsocketCommunicator(_app(user), f"/ws/jobs/{job.pk}/")
+        assert (await comm.connect(timeout=5))[0]
+        await comm.send_to(text_data="[" * 100_000)  # would be a RecursionError in a JSON decoder
+        await comm.send_to(text_data='{"a": "\\ud800"}')
+        assert await comm.receive_nothing(timeout=0.3)
+        await comm.disconnect()
+
+    async_to_sync(go)()
 
 
 def test_owner_gets_replay_then_live_events(channel_layer, job, user, staff_user):
