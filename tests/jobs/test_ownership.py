@@ -139,7 +139,7 @@ def test_the_worker_rechecks_every_model_and_dataset_before_running(planted, ali
                                                                     staff_user, model_root, monkeypatch):
     wb, bad, ds = planted
     ran: list[int] = []
-    monkeypatch.setitem(runner.KIND_RUNNERS, Job.Kind.CD_GENERATE, lambda job, rep, mirrors: ran.append(job.pk) or {})
+    monkeypatch.setattr(runner, "run_spec", lambda job, rep, mirrors: ran.append(job.pk) or {})  # the stages
 
     def queued(owner, prompts, **models) -> Job:
         """A queued job as job_create records it, without job_create's checks (a job from before the fix)."""
