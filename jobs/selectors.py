@@ -7,6 +7,7 @@ from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquer
 from django.db.models.functions import Coalesce
 
 from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from ml.spec import DEFAULT_ALPHA
 
 
 def jobs_visible(*, user) -> QuerySet[Job]:
@@ -81,18 +82,19 @@ def job_pairs(*, job: Job, review_status: str | None = None, min_reward: float |
     return qs.order_by("prompt_index")
 
 
-def models_visible(*, user) -> QuerySet[ModelEntry]:
-    qs = ModelEntry.objects.all()
+def visible(qs: QuerySet, user) -> QuerySet:
+    """Models and datasets a user may use: shared ones (no owner) and their own; staff see all."""
     if user is not None and user.is_staff:
         return qs
     return qs.filter(Q(owner__isnull=True) | Q(owner=user))
+
+
+def models_visible(*, user) -> QuerySet[ModelEntry]:
+    return visible(ModelEntry.objects.all(), user)
 
 
 def datasets_visible(*, user) -> QuerySet[Dataset]:
-    qs = Dataset.objects.all()
-    if user is not None and user.is_staff:
-        return qs
-    return qs.filter(Q(owner__isnull=True) | Q(owner=user))
+    return visible(Dataset.objects.all(), user)
 
 
 def presets(*, user) -> list[dict]:
@@ -136,7 +138,7 @@ def offline_presets(*, user) -> list[dict]:
                              vocab_fingerprint=weak.vocab_fingerprint)
                .exclude(pk=weak.pk).exclude(name__startswith="toy-").order_by("-created", "-id"))
     for wa in aligned:
-        base = {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "prompts": train.pk, "alpha": 0.4,
+        base = {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "prompts": train.pk, "alpha": DEFAULT_ALPHA,
                 "methods": list(OFFLINE_CONG_METHODS)}
         if strong is not None:
             out.append({"name": f"SmolLM2 -> Gemma: 2. ConG ({size}), pi_post = {wa.name}",
@@ -159,7 +161,7 @@ def _toy_presets(*, user) -> list[dict]:
         if wa is None or train is None:
             continue
         base = {"weak_base": m.pk, "weak_aligned": wa.pk, "prompts": train.pk}
-        out.append({"name": f"{tag}: contrastive decoding", "request": {"kind": "cd_generate", **base, "alpha": 0.4,
+        out.append({"name": f"{tag}: contrastive decoding", "request": {"kind": "cd_generate", **base, "alpha": DEFAULT_ALPHA,
                                                                         "params": {"max_prompts": 64}}})
         out.append({"name": f"{tag}: alpha sweep", "request": {"kind": "alpha_sweep", **base,
                                                                "params": {"max_prompts": 64}}})
@@ -169,7 +171,7 @@ def _toy_presets(*, user) -> list[dict]:
                 "kind": "preflight", "weak_base": m.pk, "weak_aligned": wa.pk, "prompts": heldout.pk}})
         if strong is not None:
             out.append({"name": f"{tag}: full ConG pipeline", "request": {
-                "kind": "cong", **base, "strong": strong.pk, "alpha": 0.4, "methods": ["cong_s", "cong", "weak_sft"]}})
+                "kind": "cong", **base, "strong": strong.pk, "alpha": DEFAULT_ALPHA, "methods": ["cong_s", "cong", "weak_sft"]}})
         if heldout is not None and strong is not None:
             out.append({"name": f"{tag}: evaluate strong base", "request": {
                 "kind": "evaluate", "strong": strong.pk, "prompts": heldout.pk}})

@@ -27,6 +27,7 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.selectors import visible as _visible
 from jobs.validation import resolve_model_path, validate_jsonl
 
 log = logging.getLogger(__name__)
@@ -180,12 +181,6 @@ def _check_gold(gold: str) -> None:
 
 
 # --- jobs: creation ----------------------------------------------------------------------------------
-def _visible(qs, user):
-    if user is not None and user.is_staff:
-        return qs
-    return qs.filter(Q(owner__isnull=True) | Q(owner=user))
-
-
 def _pick_model(user, ident: Any, field: str) -> ModelEntry:
     if ident in (None, ""):
         raise _err(field, "this job kind needs this model; give its id")

@@ -6,6 +6,7 @@ Never sets ``trust_remote_code``: a model folder is data, not code we agreed to 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,3 +137,18 @@ def vocab_fingerprint(tokenizer) -> str:
 
     items = sorted(vocab_of(tokenizer).items(), key=lambda kv: kv[1])
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
+    """Save model and tokenizer as a plain Hugging Face folder, atomically: written beside it as
+    <name>.partial, then renamed, so a crash never leaves a folder that looks complete."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    return out_dir

@@ -15,7 +15,6 @@ The encoders are ml.contrastive's, so CD generation, implicit-reward scoring and
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -245,18 +244,11 @@ def last_checkpoint(cfg: TrainConfig) -> str | None:
 
 def save_final(model, tokenizer, output_dir: str | Path) -> Path:
     """Write output_dir/model as a plain HF folder (LoRA merged), atomically."""
-    final = Path(output_dir) / "model"
-    tmp = Path(output_dir) / "model.partial"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    from ml.modeling import save_hf_folder
+
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    return final
+    return save_hf_folder(model, tokenizer, Path(output_dir) / "model")
 
 
 def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict[str, Any] | None = None) -> dict:

@@ -42,7 +42,9 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
     """Pretrain (or reuse) weak_base / strong_base."""
     from ml.tiny import tiny_gpt2
 
-    from .pretrain import encode_corpus, pretrain, save_model
+    from ml.modeling import save_hf_folder
+
+    from .pretrain import encode_corpus, pretrain
 
     if (out / "config.json").exists():
         return read_json(out / "pretrain.json") if (out / "pretrain.json").exists() else {"cached": True}
@@ -57,7 +59,7 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
     summary = pretrain(model, lines, mr, seed=seed, reporter=reporter, stage=f"toyworld/pretrain_{which}")
     if summary.get("stopped"):
         return summary
-    save_model(model, tok, out)
+    save_hf_folder(model, tok, out)
     summary["n_params"] = sum(p.numel() for p in model.parameters())
     write_json(out / "pretrain.json", summary)
     return summary

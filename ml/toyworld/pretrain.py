@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
@@ -77,17 +76,3 @@ def pretrain(model, lines: list[list[int]], recipe: ModelRecipe, *, seed: int = 
                 return {"steps": step, "final_loss": loss_ema, "seconds": time.time() - t0, "stopped": True}
     model.eval()
     return {"steps": step, "final_loss": loss_ema, "seconds": round(time.time() - t0, 2)}
-
-
-def save_model(model, tokenizer, out_dir: str | Path) -> Path:
-    """Save as a normal HF folder, atomically (a crash never leaves a folder that looks complete)."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
-    return out_dir

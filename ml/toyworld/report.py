@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.io import read_json, read_prompts, write_json
+from ml.pipeline import DEFAULT_METHODS, LABELS, METHODS
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci
 
@@ -28,11 +29,9 @@ from .build import build
 from .diagnose import verdict, verdict_over_seeds
 from .worlds import WORLDS, get_world
 
-STRONG_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
-EXTRA_METHODS = ("cong_filtered",)
-LABELS = {"strong_base": "Strong base", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
-          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "pi_post (weak aligned)",
-          "cong_filtered": "ConG + implicit-reward DPO filter (option)"}
+# The paper's methods and the measured options beside them, labelled as everywhere else (ml.pipeline).
+STRONG_METHODS = DEFAULT_METHODS
+EXTRA_METHODS = tuple(m for m in METHODS if m not in DEFAULT_METHODS)
 
 
 @dataclass(kw_only=True)
