@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ml.modeling import check_same_vocab
+from ml.modeling import check_same_vocab, pad_batch
 from ml.reporter import Reporter, or_null
 
 STAGE = "cd_generate"
@@ -315,11 +315,7 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
     with ids cut after the first EOS (unless ignore_eos)."""
     B, T = len(rows), config.max_new_tokens
     P = max(len(r.ids) for r in rows)
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, P), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r.ids):] = torch.tensor(r.ids, dtype=torch.long)
-        mask[i, P - len(r.ids):] = 1
+    ids, mask = pad_batch([r.ids for r in rows], pad_id, side="left")
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding: real tokens count from 0
 

@@ -152,3 +152,18 @@ def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) for token lists of different lengths, padded to the longest.
+
+    Left padding (decoding, scoring the tail of a sequence) puts every row's last token in the last column;
+    right padding (teacher-forced log-probs) keeps positions as without padding, so no position ids are needed."""
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, q in enumerate(seqs):
+        cols = slice(width - len(q), width) if side == "left" else slice(0, len(q))
+        ids[j, cols] = torch.tensor(q, dtype=torch.long)
+        mask[j, cols] = 1
+    return ids, mask

@@ -23,6 +23,7 @@ import torch
 
 from ml.contrastive import check_weak_pair, context_limit, encode_prompt, encode_response
 from ml.gold import GoldReward
+from ml.modeling import pad_batch
 
 
 def _device_of(model) -> torch.device:
@@ -68,17 +69,12 @@ def token_logprobs_from_ids(model, pairs: list[tuple[list[int], list[int]]], *, 
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             seqs = [pairs[i][0] + pairs[i][1] for i in idx]
-            L = max(len(q) for q in seqs)
             R = max(len(pairs[i][1]) for i in idx)
             if R == 0:
                 for i in idx:
                     out[i] = []
                 continue
-            ids = torch.full((len(idx), L), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), L), dtype=torch.long)
-            for j, q in enumerate(seqs):
-                ids[j, L - len(q):] = torch.tensor(q, dtype=torch.long)
-                mask[j, L - len(q):] = 1
+            ids, mask = pad_batch(seqs, pad_id, side="left")
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             kw = {"logits_to_keep": R + 1} if "logits_to_keep" in params else {}
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -192,12 +188,7 @@ class RewardModelJudge:
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
                 idx = order[s:s + self.batch_size]
-                L = max(len(seqs[i]) for i in idx)
-                ids = torch.full((len(idx), L), pad, dtype=torch.long)
-                mask = torch.zeros((len(idx), L), dtype=torch.long)
-                for j, i in enumerate(idx):
-                    ids[j, L - len(seqs[i]):] = torch.tensor(seqs[i], dtype=torch.long)
-                    mask[j, L - len(seqs[i]):] = 1
+                ids, mask = pad_batch([seqs[i] for i in idx], pad, side="left")
                 pos = (mask.cumsum(-1) - 1).clamp_min(0)
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                     position_ids=pos.to(self.device)).logits

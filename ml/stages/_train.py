@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ml.modeling import pick_device, pick_dtype
+from ml.modeling import pad_batch, pick_device, pick_dtype
 
 # ----------------------------------------------------------------------------------------------
 # Text and tokens
@@ -338,12 +338,7 @@ def token_logprobs(model, seqs: list[list[int]], *, batch_size: int = 8, pad_id:
     out: list[list[float]] = []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i:i + batch_size]
-        width = max(len(s) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, s in enumerate(chunk):
-            ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[j, :len(s)] = 1
+        ids, mask = pad_batch(chunk, pad_id, side="right")
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
         for j, s in enumerate(chunk):
