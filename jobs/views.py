@@ -55,6 +55,8 @@ def job_new(request):
                 job = services.job_create(user=request.user, **form.service_kwargs())
             except ValidationError as exc:
                 form.add_service_errors(exc)
+            except services.JobQuotaExceeded as exc:
+                form.add_error(None, str(exc))
             else:
                 messages.success(request, f"Job {job.pk} queued.")
                 return redirect("job_detail", job_id=job.pk)

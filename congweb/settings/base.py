@@ -12,6 +12,8 @@ from pathlib import Path
 
 import environ
 
+from ml.spec import DEFAULT_LIMITS as _SPEC_LIMITS
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env")  # optional; a missing file is fine
@@ -187,6 +189,12 @@ JOB_SOFT_TIME_LIMIT = env.int("JOB_SOFT_TIME_LIMIT", default=JOB_HARD_TIME_LIMIT
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 JOB_HEARTBEAT_SECONDS = env.int("JOB_HEARTBEAT_SECONDS", default=15)
 JOB_STALE_AFTER_SECONDS = env.int("JOB_STALE_AFTER_SECONDS", default=120)
+# Upper bounds on what one job request may ask for (ml.spec.DEFAULT_LIMITS names them and says which settings
+# each bounds); each is overridable as JOB_LIMIT_<NAME>, e.g. JOB_LIMIT_MAX_NEW_TOKENS=8192.
+JOB_LIMITS = {name: env.int(f"JOB_LIMIT_{name.upper()}", default=int(default))
+              for name, default in _SPEC_LIMITS.items()}
+# Jobs one user may have queued or running at once; one more is a 429 (0 = no cap).
+JOB_MAX_ACTIVE_PER_USER = env.int("JOB_MAX_ACTIVE_PER_USER", default=20)
 
 CELERY_BROKER_URL = celery_url(REDIS_URL)
 CELERY_RESULT_BACKEND = None  # the database is the source of truth for job state, not Celery

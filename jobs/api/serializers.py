@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.api.json_checks import CheckedJSONDecoder, UnsafeJSON, check_jsonl
@@ -68,6 +69,22 @@ class CheckedJSONField(serializers.JSONField):
         super().__init__(**kwargs)
 
 
+def _params_schema() -> dict:
+    """params in the OpenAPI schema: one closed object per job kind, derived from ml's registry."""
+    from django.conf import settings
+
+    from ml.spec import registry
+    from ml.spec_schema import params_schema
+
+    return {"oneOf": [params_schema(k, getattr(settings, "JOB_LIMITS", None)) for k in registry()],
+            "description": "Settings for the job's kind (see each kind's schema; GET /api/v1/kinds/)."}
+
+
+@extend_schema_field(_params_schema())
+class ParamsField(CheckedJSONField):
+    """params, checked like every JSON input, described per job kind in the OpenAPI schema."""
+
+
 class JobCreateSerializer(serializers.Serializer):
     """Loose types on purpose: jobs.services.job_create checks values and answers with field messages."""
 
@@ -84,7 +101,7 @@ class JobCreateSerializer(serializers.Serializer):
                                    help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}.")
     methods = CheckedJSONField(required=False, allow_null=True,
                                help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}.")
-    params = CheckedJSONField(required=False, allow_null=True,
+    params = ParamsField(required=False, allow_null=True,
                               help_text="Settings: job-level knobs and per-stage objects, e.g. {\"max_prompts\": 100, "
                                         "\"sft\": {\"num_train_epochs\": 3}}; GET /api/v1/kinds/ lists them.")
 

@@ -12,7 +12,7 @@ from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authtoken.models import Token
-from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.permissions import SAFE_METHODS, AllowAny
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -25,6 +25,11 @@ from jobs.api.parsers import SafeFormParser, SafeJSONParser, SafeMultiPartParser
 from jobs.models import GeneratedPair
 
 
+class TooManyActiveJobs(APIException):
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    default_code = "too_many_active_jobs"
+
+
 class ServiceAPIView(APIView):
     """Turns a service's django ValidationError into DRF's 400 with the same field messages."""
 
@@ -32,6 +37,8 @@ class ServiceAPIView(APIView):
         if isinstance(exc, DjangoValidationError):
             detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
             exc = ValidationError(detail)
+        elif isinstance(exc, services.JobQuotaExceeded):
+            exc = TooManyActiveJobs(str(exc))
         return super().handle_exception(exc)
 
     def initial(self, request, *args, **kwargs):
@@ -125,7 +132,9 @@ class JobListView(ServiceAPIView):
         # Config and results can be large JSON: a list neither loads nor sends them.
         return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
 
-    @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer})
+    @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer},
+                   description="400: {field or params.key.path: [messages]}; 429: the per-user cap on queued and "
+                               "running jobs (JOB_MAX_ACTIVE_PER_USER).")
     def post(self, request):
         ser = s.JobCreateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -213,6 +222,18 @@ class JobResultsView(ServiceAPIView):
         job = self.get_job(request, pk)
         return Response({"id": job.pk, "status": job.status, "partial": job.partial, "results": job.results,
                          "artifacts": s.ArtifactSerializer(job.artifacts.all(), many=True).data})
+
+
+class KindListView(ServiceAPIView):
+    """Every job kind with the JSON Schema of its params (from ml's registry, with this server's limits)."""
+
+    @extend_schema(responses={200: {"type": "object", "additionalProperties": {"type": "object"}}})
+    def get(self, request):
+        from django.conf import settings
+
+        from ml.spec_schema import describe
+
+        return Response(describe(getattr(settings, "JOB_LIMITS", None)))
 
 
 class PresetListView(ServiceAPIView):
