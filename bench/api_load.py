@@ -41,8 +41,13 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(ms: list[float]) -> dict:
-    return {"n": len(ms), "p50_ms": round(pct(ms, 0.5), 2), "p95_ms": round(pct(ms, 0.95), 2),
-            "mean_ms": round(statistics.fmean(ms), 2), "max_ms": round(max(ms), 2)}
+    return {
+        "n": len(ms),
+        "p50_ms": round(pct(ms, 0.5), 2),
+        "p95_ms": round(pct(ms, 0.95), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "max_ms": round(max(ms), 2),
+    }
 
 
 def free_port() -> int:
@@ -136,8 +141,10 @@ async def ws_latency(port: int, session: str, job_id: int, n_clients: int, n_eve
 
     url = f"ws://127.0.0.1:{port}/ws/jobs/{job_id}/"
     hdrs = {"Cookie": f"sessionid={session}", "Origin": f"http://127.0.0.1:{port}"}
-    conns = [await websockets.connect(url, additional_headers=hdrs, open_timeout=60, max_queue=None)
-             for _ in range(n_clients)]
+    conns = [
+        await websockets.connect(url, additional_headers=hdrs, open_timeout=60, max_queue=None)
+        for _ in range(n_clients)
+    ]
     await asyncio.sleep(1.0)  # let every consumer join the group
     lat: list[float] = []
 
@@ -178,9 +185,13 @@ def main() -> int:
     redis_proc = setup_env(var)
     user, token, base, aligned, ds = seed_data(var)
     port = free_port()
-    web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                            "congweb.asgi:application"], cwd=ROOT, env=dict(os.environ),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "congweb.asgi:application"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         for _ in range(200):
             try:
@@ -188,8 +199,14 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.2)
-        body = {"kind": "cd_generate", "weak_base": base, "weak_aligned": aligned, "prompts": ds, "alpha": 0.4,
-                "params": {"max_prompts": 4}}
+        body = {
+            "kind": "cd_generate",
+            "weak_base": base,
+            "weak_aligned": aligned,
+            "prompts": ds,
+            "alpha": 0.4,
+            "params": {"max_prompts": 4},
+        }
         post = http_load(port, token, args.clients, args.posts, "POST", body)
         get = http_load(port, token, args.clients, args.requests, "GET", None)
 
@@ -207,8 +224,11 @@ def main() -> int:
         if redis_proc is not None:
             redis_proc.terminate()
     out = {
-        "clients": args.clients, "ws_clients": args.ws_clients,
-        "get_jobs": summary(get), "post_jobs": summary(post), "event_latency": summary(ws),
+        "clients": args.clients,
+        "ws_clients": args.ws_clients,
+        "get_jobs": summary(get),
+        "post_jobs": summary(post),
+        "event_latency": summary(ws),
         "targets": {"get_p95_ms": 100, "event_p95_ms": 300},
         "met": {"get_p95": pct(get, 0.95) < 100, "event_p95": pct(ws, 0.95) < 300},
         "database": os.environ.get("DATABASE_URL", "sqlite (embedded)"),

@@ -58,11 +58,20 @@ def toy_prompts(n: int, seed: int = 0) -> list[str]:
 def reference_loop(aligned, base, tok, prompts: list[str], cfg: CDConfig, device) -> int:
     """One prompt at a time, as the reference's patched generate does; returns tokens generated."""
     from transformers import DynamicCache
-    from transformers.generation.logits_process import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor,
-                                                        TemperatureLogitsWarper, TopPLogitsWarper)
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopPLogitsWarper,
+    )
 
-    procs = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty),
-                                 TemperatureLogitsWarper(cfg.temperature), TopPLogitsWarper(cfg.top_p)])
+    procs = LogitsProcessorList(
+        [
+            RepetitionPenaltyLogitsProcessor(cfg.repetition_penalty),
+            TemperatureLogitsWarper(cfg.temperature),
+            TopPLogitsWarper(cfg.top_p),
+        ]
+    )
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     total = 0
     with torch.inference_mode():
@@ -91,11 +100,19 @@ def plain_generate_batched(model, tok, prompts: list[str], cfg: CDConfig, batch_
     tok.padding_side = "left"
     with torch.inference_mode():
         for s in range(0, len(prompts), batch_size):
-            enc = tok(prompts[s:s + batch_size], return_tensors="pt", padding=True)
-            out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                                 do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0,
-                                 repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_new_tokens,
-                                 min_new_tokens=cfg.max_new_tokens, pad_token_id=tok.pad_token_id)
+            enc = tok(prompts[s : s + batch_size], return_tensors="pt", padding=True)
+            out = model.generate(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=0,
+                repetition_penalty=cfg.repetition_penalty,
+                max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.max_new_tokens,
+                pad_token_id=tok.pad_token_id,
+            )
             total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
     return total
 
@@ -117,13 +134,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: per device)")
     ap.add_argument("--prompts", type=int, default=64, help="prompts per measured variant")
-    ap.add_argument("--reference-prompts", type=int, default=16,
-                    help="prompts for the (slow) batch-1 reference loop; tok/s is per token, so fewer suffice")
+    ap.add_argument(
+        "--reference-prompts",
+        type=int,
+        default=16,
+        help="prompts for the (slow) batch-1 reference loop; tok/s is per token, so fewer suffice",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--repeats", type=int, default=5, help="rounds (each runs every variant once)")
-    ap.add_argument("--warmup-rounds", type=int, default=None,
-                    help="untimed full rounds first (default: 1 on CUDA, 0 on CPU)")
+    ap.add_argument(
+        "--warmup-rounds", type=int, default=None, help="untimed full rounds first (default: 1 on CUDA, 0 on CPU)"
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
@@ -143,10 +165,15 @@ def main(argv: list[str] | None = None) -> dict:
         base = load_causal_lm(args.base, device=device, dtype=dtype)
         words = [w for w in tok.get_vocab() if w.isalpha()][:200] or ["hello"]
         g = torch.Generator().manual_seed(0)
-        prompts = [" ".join(words[int(i)] for i in torch.randint(0, len(words), (int(L),), generator=g))
-                   for L in torch.randint(4, 17, (args.prompts,), generator=g)]
-        models = (Path(args.aligned).name if Path(args.aligned) == Path(args.base)
-                  else f"{Path(args.aligned).name} / {Path(args.base).name}")
+        prompts = [
+            " ".join(words[int(i)] for i in torch.randint(0, len(words), (int(L),), generator=g))
+            for L in torch.randint(4, 17, (args.prompts,), generator=g)
+        ]
+        models = (
+            Path(args.aligned).name
+            if Path(args.aligned) == Path(args.base)
+            else f"{Path(args.aligned).name} / {Path(args.base).name}"
+        )
     else:
         tok, aligned, base = toy_models()
         aligned.to(device=device, dtype=dtype)
@@ -158,8 +185,13 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = CDConfig(max_new_tokens=args.max_new_tokens, use_chat_template=False, ignore_eos=True, seed=0)
 
     # Warm-up: first calls pay one-off costs (allocations, lazy imports, kernel selection).
-    contrastive_generate(aligned=aligned, base=base, tokenizer=tok, prompts=prompts[:big],
-                         config=CDConfig(**{**cfg.__dict__, "max_new_tokens": 4, "batch_size": big}))
+    contrastive_generate(
+        aligned=aligned,
+        base=base,
+        tokenizer=tok,
+        prompts=prompts[:big],
+        config=CDConfig(**{**cfg.__dict__, "max_new_tokens": 4, "batch_size": big}),
+    )
     reference_loop(aligned, base, tok, prompts[:1], CDConfig(**{**cfg.__dict__, "max_new_tokens": 4}), device)
     plain_generate_batched(aligned, tok, prompts[:big], CDConfig(**{**cfg.__dict__, "max_new_tokens": 4}), big, device)
 
@@ -167,13 +199,15 @@ def main(argv: list[str] | None = None) -> dict:
     # machine hits all variants alike; the ratios are medians of per-round ratios and each tok/s is the
     # variant's best round. Batch-1 variants use fewer prompts (their per-token cost does not depend on
     # how many prompts there are) to keep a round short.
-    few = prompts[:args.reference_prompts]
+    few = prompts[: args.reference_prompts]
     variants = {"reference": lambda: reference_loop(aligned, base, tok, few, cfg, device)}
     for b in batch_sizes:
         c = CDConfig(**{**cfg.__dict__, "batch_size": b})
         ps = few if b == 1 else prompts
-        variants[f"cd{b}"] = (lambda c=c, ps=ps: sum(len(g.token_ids) for g in contrastive_generate(
-            aligned=aligned, base=base, tokenizer=tok, prompts=ps, config=c)))
+        variants[f"cd{b}"] = lambda c=c, ps=ps: sum(
+            len(g.token_ids)
+            for g in contrastive_generate(aligned=aligned, base=base, tokenizer=tok, prompts=ps, config=c)
+        )
     variants["plain_post"] = lambda: plain_generate_batched(aligned, tok, prompts, cfg, big, device)
     variants["plain_pre"] = lambda: plain_generate_batched(base, tok, prompts, cfg, big, device)
     # On CUDA the short warm-up above is not enough: a first full-length round still paid for cache growth
@@ -207,11 +241,18 @@ def main(argv: list[str] | None = None) -> dict:
         "fraction_of_bound": med([r[f"cd{big}"] / r["bound"] for r in rounds]),
         "per_round": [{k: round(v, 1) for k, v in r.items()} for r in rounds],
         "batch_size_for_ratios": big,
-        "repeats": args.repeats, "warmup_rounds": warmup, "prompts": len(prompts), "reference_prompts": args.reference_prompts,
-        "max_new_tokens": args.max_new_tokens, "models": models,
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-        "machine": platform.machine(), "cpus": os.cpu_count(),
+        "repeats": args.repeats,
+        "warmup_rounds": warmup,
+        "prompts": len(prompts),
+        "reference_prompts": args.reference_prompts,
+        "max_new_tokens": args.max_new_tokens,
+        "models": models,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
     }
     if args.json:
         print(json.dumps(result))
@@ -220,8 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
         for b, v in batched.items():
             print(f"contrastive_generate batch {b}: {v:.0f} tok/s")
         print(f"two-model bound (plain generate x2, batch {big}): {bound:.0f} tok/s")
-        print(f"speedup vs reference: {result['speedup_vs_reference']:.1f}x; "
-              f"fraction of bound: {result['fraction_of_bound']:.2f} (medians over {len(rounds)} rounds)")
+        print(
+            f"speedup vs reference: {result['speedup_vs_reference']:.1f}x; "
+            f"fraction of bound: {result['fraction_of_bound']:.2f} (medians over {len(rounds)} rounds)"
+        )
     return result
 
 

@@ -14,7 +14,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from congweb.supervisor import say
 
@@ -98,8 +99,14 @@ def follow(api: Api, job_id: int, tick: Callable[[], None] = lambda: None) -> di
                 stage, done, total = data.get("stage", "?"), int(data.get("done", 0)), int(data.get("total") or 0)
                 bar = bars.get(stage)
                 if bar is None:
-                    bar = bars[stage] = tqdm(total=total or None, desc=f"{stage:>14}", unit="step", leave=True,
-                                             file=sys.stdout, dynamic_ncols=True)
+                    bar = bars[stage] = tqdm(
+                        total=total or None,
+                        desc=f"{stage:>14}",
+                        unit="step",
+                        leave=True,
+                        file=sys.stdout,
+                        dynamic_ncols=True,
+                    )
                 if total and bar.total != total:
                     bar.total = total
                 bar.n = done
@@ -131,8 +138,10 @@ def print_results(payload: dict) -> None:
         ci = m.get("gold_ci") or [None, None]
         gold = f"{m['gold_mean']:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci[0] is not None else f"{m.get('gold_mean')}"
         imp = m.get("implicit_mean")
-        print(f"{name:<16} {gold:<28} {m.get('valid_rate', float('nan')):>7.2%} "
-              f"{(f'{imp:+.3f}' if isinstance(imp, (int, float)) else '-'):>9} {m.get('n', ''):>5}")
+        print(
+            f"{name:<16} {gold:<28} {m.get('valid_rate', float('nan')):>7.2%} "
+            f"{(f'{imp:+.3f}' if isinstance(imp, (int, float)) else '-'):>9} {m.get('n', ''):>5}"
+        )
     print("gold reward: mean over held-out prompts x samples, 95% interval; implicit: mean log pi_post/pi_pre")
     print()
 
@@ -145,8 +154,15 @@ def run(stack, *, exit_after: bool) -> int:
         say("started what exists (web + worker + beat); nothing was submitted and no results are shown")
         return 2
     say(f"toy world '{DEMO_WORLD}' seed {DEMO_SEED}: building if not cached (first run takes a few minutes)")
-    stack.run("manage.py", "register_toyworld", "--world", DEMO_WORLD, "--seed", DEMO_SEED,
-              what="toy world build/registration")
+    stack.run(
+        "manage.py",
+        "register_toyworld",
+        "--world",
+        DEMO_WORLD,
+        "--seed",
+        DEMO_SEED,
+        what="toy world build/registration",
+    )
     ensure_demo_user()
     stack.start_services()
     api = Api(f"http://127.0.0.1:{stack.port}")
@@ -156,15 +172,18 @@ def run(stack, *, exit_after: bool) -> int:
     tag = f"toy-{DEMO_WORLD}-s{DEMO_SEED}:"
     cong = [p for p in presets if p["name"].startswith(tag) and p["request"].get("kind") == "cong"]
     if not cong:
-        raise SystemExit(f"no ConG preset for {tag} among {[p['name'] for p in presets]}; "
-                         "was the toy world registered?")
+        raise SystemExit(
+            f"no ConG preset for {tag} among {[p['name'] for p in presets]}; was the toy world registered?"
+        )
     body = dict(cong[0]["request"])
     # The demo shows the paper's whole comparison on held-out prompts, not just ConG.
     body["methods"] = DEMO_METHODS
     say(f"submitting a ConG job over REST: POST /api/v1/jobs/ {json.dumps(body)}")
     job = api.call("POST", "/api/v1/jobs/", body)
-    say(f"job {job['id']} queued; follow it in the browser at http://127.0.0.1:{stack.port}/jobs/{job['id']}/ "
-        f"(login {DEMO_USER} / {DEMO_PASSWORD})")
+    say(
+        f"job {job['id']} queued; follow it in the browser at http://127.0.0.1:{stack.port}/jobs/{job['id']}/ "
+        f"(login {DEMO_USER} / {DEMO_PASSWORD})"
+    )
     job = follow(api, job["id"], tick=stack.tick)
     say(f"job {job['id']} {job['status']}" + (f": {job.get('error')}" if job.get("error") else ""))
     if job["status"] == "succeeded":

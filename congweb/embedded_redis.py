@@ -40,10 +40,25 @@ def ping(sock: str | os.PathLike, timeout: float = 0.5) -> bool:
 def _args(sock: Path, *, daemonize: bool) -> list[str]:
     workdir = sock.parent
     return [
-        server_binary(), "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700",
-        "--dir", str(workdir), "--save", "", "--appendonly", "no",
-        "--daemonize", "yes" if daemonize else "no",
-        "--pidfile", str(workdir / "redis.pid"), "--logfile", str(workdir / "redis.log"),
+        server_binary(),
+        "--port",
+        "0",
+        "--unixsocket",
+        str(sock),
+        "--unixsocketperm",
+        "700",
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "yes" if daemonize else "no",
+        "--pidfile",
+        str(workdir / "redis.pid"),
+        "--logfile",
+        str(workdir / "redis.log"),
     ]
 
 
@@ -60,8 +75,13 @@ def start(sock: str | os.PathLike, *, daemonize: bool = False, wait: float = 10.
         return None
     if sock.exists():
         sock.unlink()  # stale socket from a killed server
-    proc = subprocess.Popen(_args(sock, daemonize=daemonize), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=preexec_fn)
+    proc = subprocess.Popen(
+        _args(sock, daemonize=daemonize),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=preexec_fn,
+    )
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if ping(sock):

@@ -28,14 +28,17 @@ def debug_notice() -> None:
     from django.conf import settings
 
     if settings.DEBUG:
-        say("DEBUG is on (the development default): fine for this local stack, never in production. "
+        say(
+            "DEBUG is on (the development default): fine for this local stack, never in production. "
             "Turn it off with DEBUG=0 in the environment (then SECRET_KEY must be set too), or run with "
-            "DJANGO_SETTINGS_MODULE=congweb.settings.production")
+            "DJANGO_SETTINGS_MODULE=congweb.settings.production"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m congweb.launcher", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m congweb.launcher", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("mode", choices=["serve", "demo"])
     ap.add_argument("--port", type=int, default=int(os.environ.get("PORT", 8000)))
     ap.add_argument("--exit", action="store_true", help="demo: exit after printing the results table")

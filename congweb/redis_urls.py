@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 def celery_url(redis_url: str) -> str:
     if redis_url.startswith("unix://"):
-        return "redis+socket://" + redis_url[len("unix://"):]
+        return "redis+socket://" + redis_url[len("unix://") :]
     return redis_url
 
 

@@ -24,8 +24,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -116,8 +116,10 @@ class Child:
         self.quick_deaths = 1 if up >= STABLE_AFTER_S else self.quick_deaths + 1
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.quick_deaths - 1))
         self.restart_at = now + delay
-        say(f"{self.name} (pid {self.proc.pid}) {describe_exit(code)} after {up:.0f}s up; "
-            f"restarting it in {delay:.0f}s (see {self.log})")
+        say(
+            f"{self.name} (pid {self.proc.pid}) {describe_exit(code)} after {up:.0f}s up; "
+            f"restarting it in {delay:.0f}s (see {self.log})"
+        )
 
     def _restart(self) -> None:
         self.restarts += 1
@@ -158,8 +160,9 @@ class Stack:
         if embedded_redis.ping(sock):
             say(f"Redis: reusing the embedded server already on unix://{sock} (not supervised)")
             return
-        child = Child("redis", lambda: embedded_redis.start(sock, preexec_fn=die_with_parent()),
-                      sock.parent / "redis.log")
+        child = Child(
+            "redis", lambda: embedded_redis.start(sock, preexec_fn=die_with_parent()), sock.parent / "redis.log"
+        )
         child.start()
         if child.proc is None:
             say(f"Redis: reusing the embedded server that just came up on unix://{sock} (not supervised)")
@@ -179,9 +182,16 @@ class Stack:
             with log_path.open("ab") as log:  # the child keeps its own descriptor
                 log.write(f"--- congweb launcher: starting {name} at {time.ctime()} ---\n".encode())
                 log.flush()
-                return subprocess.Popen([PY, *args], cwd=ROOT, env=self.env, stdin=subprocess.DEVNULL,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=die_with_parent())
+                return subprocess.Popen(
+                    [PY, *args],
+                    cwd=ROOT,
+                    env=self.env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent(),
+                )
 
         child = Child(name, start, log_path)
         child.start()
@@ -191,13 +201,37 @@ class Stack:
     def start_services(self) -> None:
         """web (daphne), one Celery worker and celery beat, each its own supervised process."""
         self.spawn("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "congweb.asgi:application")
-        self.spawn("worker", "-m", "celery", "-A", "congweb", "worker", "-Q", "gpu,default",
-                   "--concurrency", "1", "--loglevel", "INFO", "-n", f"local-{os.getpid()}@%h")
+        self.spawn(
+            "worker",
+            "-m",
+            "celery",
+            "-A",
+            "congweb",
+            "worker",
+            "-Q",
+            "gpu,default",
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"local-{os.getpid()}@%h",
+        )
         # beat fires the stale-job reaper, so a job whose worker died is requeued or failed instead of
         # staying "running". Its own process (not `worker -B`): a worker restart does not stop the
         # reaper, and the launcher can see and stop beat like every other child.
-        self.spawn("beat", "-m", "celery", "-A", "congweb", "beat", "--loglevel", "INFO",
-                   "-s", str(self.var_dir / "celerybeat-schedule"))
+        self.spawn(
+            "beat",
+            "-m",
+            "celery",
+            "-A",
+            "congweb",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(self.var_dir / "celerybeat-schedule"),
+        )
         self.wait_http(f"http://127.0.0.1:{self.port}/healthz")
 
     def wait_http(self, url: str, timeout: float = 60) -> None:

@@ -16,8 +16,9 @@ admin.site.login_form = ThrottledAdminAuthenticationForm
 # allows them. The split view serves its start-up script as a file, so no inline script is needed.
 _swagger = urlsplit(spectacular_settings.SWAGGER_UI_DIST)
 _swagger_origin = f"{_swagger.scheme}://{_swagger.netloc}" if _swagger.netloc else ""
-swagger_view = csp_extend({"script-src": _swagger_origin, "style-src": f"{_swagger_origin} 'unsafe-inline'",
-                           "img-src": _swagger_origin})(SpectacularSwaggerSplitView.as_view(url_name="schema"))
+swagger_view = csp_extend(
+    {"script-src": _swagger_origin, "style-src": f"{_swagger_origin} 'unsafe-inline'", "img-src": _swagger_origin}
+)(SpectacularSwaggerSplitView.as_view(url_name="schema"))
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -92,21 +92,51 @@ class GoldRewardFilter(RewardRangeFilter):
 # --- generated pairs ------------------------------------------------------------------------------------
 @admin.register(GeneratedPair)
 class GeneratedPairAdmin(admin.ModelAdmin):
-    list_display = ("id", "job_link", "prompt_col", "chosen_col", "plain_col", "rejected_col", "implicit_col",
-                    "gold_col", "review_col")
+    list_display = (
+        "id",
+        "job_link",
+        "prompt_col",
+        "chosen_col",
+        "plain_col",
+        "rejected_col",
+        "implicit_col",
+        "gold_col",
+        "review_col",
+    )
     list_display_links = ("id",)
     list_filter = ("job", "review_status", ImplicitRewardFilter, GoldRewardFilter)
     search_fields = ("prompt", "chosen")
     list_select_related = ("job", "reviewer")
     list_per_page = 50
     actions = ("approve_pairs", "reject_pairs")
-    readonly_fields = ("job", "prompt_index", "alpha", "implicit_reward", "gold_reward", "review_status", "reviewer",
-                       "reviewed_at")
+    readonly_fields = (
+        "job",
+        "prompt_index",
+        "alpha",
+        "implicit_reward",
+        "gold_reward",
+        "review_status",
+        "reviewer",
+        "reviewed_at",
+    )
     fieldsets = (
-        ("Review", {"fields": ("edited_text",),
-                    "description": "Saving a changed text marks the pair as edited; exports then use it as chosen."}),
-        ("Scores and status", {"fields": (("implicit_reward", "gold_reward", "alpha"),
-                                          ("review_status", "reviewer", "reviewed_at"), ("job", "prompt_index"))}),
+        (
+            "Review",
+            {
+                "fields": ("edited_text",),
+                "description": "Saving a changed text marks the pair as edited; exports then use it as chosen.",
+            },
+        ),
+        (
+            "Scores and status",
+            {
+                "fields": (
+                    ("implicit_reward", "gold_reward", "alpha"),
+                    ("review_status", "reviewer", "reviewed_at"),
+                    ("job", "prompt_index"),
+                )
+            },
+        ),
     )
     change_form_template = "admin/jobs/generatedpair/change_form.html"
 
@@ -149,8 +179,12 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     @admin.display(description="review", ordering="review_status")
     def review_col(self, obj):
         who = f" by {obj.reviewer.get_username()}" if obj.reviewer_id else ""
-        return format_html('<span class="pair-status {}">{}</span><span class="pair-note">{}</span>',
-                           obj.review_status, obj.review_status, who)
+        return format_html(
+            '<span class="pair-status {}">{}</span><span class="pair-note">{}</span>',
+            obj.review_status,
+            obj.review_status,
+            who,
+        )
 
     def _review(self, request, queryset, action: str) -> None:
         n = 0
@@ -201,16 +235,44 @@ class ArtifactInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "kind", "status", "stage", "progress_pct", "attempts", "created", "finished",
-                    "links")
+    list_display = (
+        "id",
+        "owner",
+        "kind",
+        "status",
+        "stage",
+        "progress_pct",
+        "attempts",
+        "created",
+        "finished",
+        "links",
+    )
     list_filter = ("status", "kind")
     search_fields = ("owner__username", "error")
     list_select_related = ("owner",)
     actions = ("cancel_jobs",)
     inlines = (ArtifactInline,)
-    readonly_fields = ("owner", "kind", "config", "status", "stage", "progress", "attempts", "max_attempts", "error",
-                       "heartbeat_at", "task_id", "worker", "cancel_requested", "created", "started", "finished",
-                       "results", "partial", "links")
+    readonly_fields = (
+        "owner",
+        "kind",
+        "config",
+        "status",
+        "stage",
+        "progress",
+        "attempts",
+        "max_attempts",
+        "error",
+        "heartbeat_at",
+        "task_id",
+        "worker",
+        "cancel_requested",
+        "created",
+        "started",
+        "finished",
+        "results",
+        "partial",
+        "links",
+    )
 
     def has_add_permission(self, request):
         return False  # jobs are created through the pages/API (jobs.services.job_create)
@@ -223,8 +285,12 @@ class JobAdmin(admin.ModelAdmin):
     def links(self, obj):
         events = reverse("admin:jobs_jobevent_changelist") + f"?job__id__exact={obj.pk}"
         pairs = reverse("admin:jobs_generatedpair_changelist") + f"?job__id__exact={obj.pk}"
-        return format_html('<a href="{}">page</a> · <a href="{}">events</a> · <a href="{}">pairs</a>',
-                           reverse("job_detail", args=[obj.pk]), events, pairs)
+        return format_html(
+            '<a href="{}">page</a> · <a href="{}">events</a> · <a href="{}">pairs</a>',
+            reverse("job_detail", args=[obj.pk]),
+            events,
+            pairs,
+        )
 
     @admin.action(description="Cancel selected jobs")
     def cancel_jobs(self, request, queryset):

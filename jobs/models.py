@@ -25,12 +25,19 @@ class ModelEntry(models.Model):
     path = models.CharField(max_length=1000, help_text="Resolved absolute path of the HF folder.")
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ANY)
     family = models.CharField(max_length=100, blank=True, default="")
-    vocab_fingerprint = models.CharField(max_length=64, blank=True, default="",
-                                         help_text="Hash of the tokenizer's token->id map (ml.modeling).")
+    vocab_fingerprint = models.CharField(
+        max_length=64, blank=True, default="", help_text="Hash of the tokenizer's token->id map (ml.modeling)."
+    )
     # CASCADE, not SET_NULL: a deleted user's private entries must not turn into shared ones (nor collide
     # with a shared name of the same spelling).
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-                              related_name="model_entries", help_text="Empty = shared with everyone.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="model_entries",
+        help_text="Empty = shared with everyone.",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -38,8 +45,9 @@ class ModelEntry(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["owner", "name"], name="modelentry_unique_owner_name"),
             # NULLs are distinct in a unique index, so shared names need a constraint of their own.
-            models.UniqueConstraint(fields=["name"], condition=models.Q(owner__isnull=True),
-                                    name="modelentry_unique_shared_name"),
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(owner__isnull=True), name="modelentry_unique_shared_name"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -57,14 +65,24 @@ class Dataset(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROMPTS)
     path = models.CharField(max_length=1000, help_text="Where the validated file is stored.")
     row_count = models.PositiveIntegerField(default=0)
-    gold = models.CharField(max_length=100, blank=True, default="",
-                            help_text="Registered gold reward for these prompts, e.g. 'toy:review'.")
-    defaults = models.JSONField(default=dict, blank=True,
-                                help_text="Job params recommended for these prompts (e.g. a toy world's "
-                                          "generation length and learning rates); a job's own params win.")
+    gold = models.CharField(
+        max_length=100, blank=True, default="", help_text="Registered gold reward for these prompts, e.g. 'toy:review'."
+    )
+    defaults = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Job params recommended for these prompts (e.g. a toy world's "
+        "generation length and learning rates); a job's own params win.",
+    )
     # CASCADE for the same reason as ModelEntry.owner: a deleted user's uploads must not become shared.
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
-                              related_name="datasets", help_text="Empty = shared with everyone.")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="datasets",
+        help_text="Empty = shared with everyone.",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -105,8 +123,9 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=3)
     error = models.TextField(blank=True, default="")
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    task_id = models.CharField(max_length=100, blank=True, default="",
-                               help_text="Celery task id of the attempt that holds the job.")
+    task_id = models.CharField(
+        max_length=100, blank=True, default="", help_text="Celery task id of the attempt that holds the job."
+    )
     worker = models.CharField(max_length=200, blank=True, default="", help_text="host:pid running it.")
     cancel_requested = models.BooleanField(default=False)
     created = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -148,8 +167,12 @@ class JobEvent(models.Model):
         return f"job {self.job_id} event {self.seq} ({self.type})"
 
     def as_message(self) -> dict:
-        return {"seq": self.seq, "type": self.type, "data": self.data,
-                "created": self.created.isoformat() if self.created else None}
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "data": self.data,
+            "created": self.created.isoformat() if self.created else None,
+        }
 
 
 class GeneratedPair(models.Model):
@@ -167,14 +190,17 @@ class GeneratedPair(models.Model):
     plain = models.TextField(null=True, blank=True, help_text="Plain pi_post sample, when made.")
     implicit_reward = models.FloatField(null=True, blank=True)
     gold_reward = models.FloatField(null=True, blank=True)
-    score_error = models.TextField(blank=True, default="", help_text=(
-        "Why the dataset's gold reward could not score this pair (empty = scored, or no gold)."))
+    score_error = models.TextField(
+        blank=True,
+        default="",
+        help_text=("Why the dataset's gold reward could not score this pair (empty = scored, or no gold)."),
+    )
     alpha = models.FloatField(null=True, blank=True)
-    review_status = models.CharField(max_length=20, choices=Review.choices, default=Review.PENDING,
-                                     db_index=True)
+    review_status = models.CharField(max_length=20, choices=Review.choices, default=Review.PENDING, db_index=True)
     edited_text = models.TextField(blank=True, default="")
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-                                 related_name="reviewed_pairs")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="reviewed_pairs"
+    )
     reviewed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -44,8 +44,15 @@ def notify(job_id: int, event: JobEvent) -> bool:
 class ProgressReporter:
     """Reporter for one job. Thread-safe enough for one stage thread plus the heartbeat thread."""
 
-    def __init__(self, job_id: int, *, max_rate: float = 5.0, stop_check_interval: float = 0.5,
-                 stage_prefix: str = "", on_progress: Callable[[str, int, int], None] | None = None) -> None:
+    def __init__(
+        self,
+        job_id: int,
+        *,
+        max_rate: float = 5.0,
+        stop_check_interval: float = 0.5,
+        stage_prefix: str = "",
+        on_progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
         self.job_id = job_id
         self.min_interval = 1.0 / max_rate if max_rate > 0 else 0.0
         self.stop_check_interval = stop_check_interval

@@ -13,7 +13,6 @@ import logging
 import threading
 import traceback
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 from django.db import connection
@@ -24,6 +23,7 @@ from jobs.progress import ProgressReporter
 from ml.io import jsonable
 
 log = logging.getLogger(__name__)
+
 
 class Heartbeat(threading.Thread):
     """Refreshes job.heartbeat_at every JOB_HEARTBEAT_SECONDS from its own thread (and DB connection),
@@ -139,8 +139,9 @@ def run_spec(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict
         services.artifact_record(job_id=job.pk, stage=samples.parent.name, kind="samples", path=str(samples))
 
     out = run_dir(job)
-    result = execute(selectors.job_spec(job=job), services.job_inputs(job.config, str(out)), rep,
-                     on_generation=on_generation)
+    result = execute(
+        selectors.job_spec(job=job), services.job_inputs(job.config, str(out)), rep, on_generation=on_generation
+    )
     for m in mirrors:
         m.sync()
     if result.get("stopped"):
@@ -175,12 +176,20 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
     entry = ModelEntry.objects.filter(owner=job.owner, path=str(Path(model_dir).resolve())).order_by("pk").first()
     if entry is None:
         try:
-            entry = services.model_register(name=name, path=model_dir, kind=ModelEntry.Kind.WEAK,
-                                            family=base.family if base else "", owner=job.owner, system=True)
+            entry = services.model_register(
+                name=name,
+                path=model_dir,
+                kind=ModelEntry.Kind.WEAK,
+                family=base.family if base else "",
+                owner=job.owner,
+                system=True,
+            )
         except ValidationError as exc:
             msg = "; ".join(exc.messages)
-            rep.log(f"weak_align: pi_post not registered as a model ({msg}); add RUNS_DIR to MODEL_ROOTS "
-                    "or register the folder through the API")
+            rep.log(
+                f"weak_align: pi_post not registered as a model ({msg}); add RUNS_DIR to MODEL_ROOTS "
+                "or register the folder through the API"
+            )
             return {"registered_model": None, "registered_model_error": msg}
     rep.log(f"weak_align: registered pi_post as model {entry.pk} {entry.name!r}")
     return {"registered_model": {"id": entry.pk, "name": entry.name, "path": entry.path}}
@@ -193,8 +202,10 @@ def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
     counts = {"stored": pairs.count(), "score_errors": pairs.exclude(score_error="").count()}
     if counts["score_errors"]:
         first = pairs.exclude(score_error="").order_by("prompt_index").first()
-        rep.log(f"{counts['score_errors']} of {counts['stored']} pairs could not be scored by the gold reward "
-                f"(first, prompt {first.prompt_index}: {first.score_error}); they are kept with no gold score")
+        rep.log(
+            f"{counts['score_errors']} of {counts['stored']} pairs could not be scored by the gold reward "
+            f"(first, prompt {first.prompt_index}: {first.score_error}); they are kept with no gold score"
+        )
     return counts
 
 
@@ -228,9 +239,14 @@ def run_job(*, job_id: int, task_id: str = "") -> str:
         services.job_finish(job_id=job.pk, results=jsonable(result), task_id=task_id)
         return "succeeded"
     except SoftTimeLimitExceeded:
-        services.job_fail(job_id=job.pk, task_id=task_id, error=(
-            f"stopped at the time limit ({getattr(settings, 'JOB_SOFT_TIME_LIMIT', '?')} s); finished stages are "
-            "kept - retry to resume, or raise JOB_HARD_TIME_LIMIT"))
+        services.job_fail(
+            job_id=job.pk,
+            task_id=task_id,
+            error=(
+                f"stopped at the time limit ({getattr(settings, 'JOB_SOFT_TIME_LIMIT', '?')} s); finished stages are "
+                "kept - retry to resume, or raise JOB_HARD_TIME_LIMIT"
+            ),
+        )
         return "failed"
     except Exception as exc:
         # Errors from ml are deterministic (bad data, bad settings): fail now with the message rather than

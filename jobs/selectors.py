@@ -28,8 +28,9 @@ def job_list(*, user, status: str | None = None, kind: str | None = None) -> Que
 
 def with_pair_count(qs: QuerySet[Job]) -> QuerySet[Job]:
     """Annotate ``pair_count`` in the same query: a list page must not count pairs job by job."""
-    counts = (GeneratedPair.objects.filter(job=OuterRef("pk")).order_by().values("job")
-              .annotate(c=Count("*")).values("c"))
+    counts = (
+        GeneratedPair.objects.filter(job=OuterRef("pk")).order_by().values("job").annotate(c=Count("*")).values("c")
+    )
     return qs.annotate(pair_count=Coalesce(Subquery(counts, output_field=IntegerField()), Value(0)))
 
 
@@ -52,8 +53,15 @@ def job_spec(*, job: Job) -> dict:
     c = job.config or {}
     if c.get("spec"):
         return c["spec"]
-    return resolve(job.kind, None, recommended=c.get("params") or {}, alpha=c.get("alpha"), method=c.get("method"),
-                   methods=c.get("methods"), limits=getattr(settings, "JOB_LIMITS", None))
+    return resolve(
+        job.kind,
+        None,
+        recommended=c.get("params") or {},
+        alpha=c.get("alpha"),
+        method=c.get("method"),
+        methods=c.get("methods"),
+        limits=getattr(settings, "JOB_LIMITS", None),
+    )
 
 
 def job_spec_or_none(*, job: Job) -> dict | None:
@@ -70,8 +78,9 @@ def job_events(*, job: Job, after: int = 0, limit: int | None = None) -> QuerySe
     return qs[:limit] if limit else qs
 
 
-def job_pairs(*, job: Job, review_status: str | None = None, min_reward: float | None = None,
-              search: str | None = None) -> QuerySet[GeneratedPair]:
+def job_pairs(
+    *, job: Job, review_status: str | None = None, min_reward: float | None = None, search: str | None = None
+) -> QuerySet[GeneratedPair]:
     qs = GeneratedPair.objects.filter(job=job)
     if review_status:
         qs = qs.filter(review_status__in=review_status.split(","))
@@ -132,19 +141,44 @@ def offline_presets(*, user) -> list[dict]:
     if weak is None or train is None:
         return []
     size = offline_size_label(train.defaults)
-    out = [{"name": "SmolLM2 -> Gemma: 1. weak alignment (pi_pre -> pi_post)",
-            "request": {"kind": "weak_align", "weak_base": weak.pk, "prompts": train.pk}}]
-    aligned = (models.filter(kind__in=[ModelEntry.Kind.WEAK, ModelEntry.Kind.ANY], family=weak.family,
-                             vocab_fingerprint=weak.vocab_fingerprint)
-               .exclude(pk=weak.pk).exclude(name__startswith="toy-").order_by("-created", "-id"))
+    out = [
+        {
+            "name": "SmolLM2 -> Gemma: 1. weak alignment (pi_pre -> pi_post)",
+            "request": {"kind": "weak_align", "weak_base": weak.pk, "prompts": train.pk},
+        }
+    ]
+    aligned = (
+        models.filter(
+            kind__in=[ModelEntry.Kind.WEAK, ModelEntry.Kind.ANY],
+            family=weak.family,
+            vocab_fingerprint=weak.vocab_fingerprint,
+        )
+        .exclude(pk=weak.pk)
+        .exclude(name__startswith="toy-")
+        .order_by("-created", "-id")
+    )
     for wa in aligned:
-        base = {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "prompts": train.pk, "alpha": DEFAULT_ALPHA,
-                "methods": list(OFFLINE_CONG_METHODS)}
+        base = {
+            "kind": "cong",
+            "weak_base": weak.pk,
+            "weak_aligned": wa.pk,
+            "prompts": train.pk,
+            "alpha": DEFAULT_ALPHA,
+            "methods": list(OFFLINE_CONG_METHODS),
+        }
         if strong is not None:
-            out.append({"name": f"SmolLM2 -> Gemma: 2. ConG ({size}), pi_post = {wa.name}",
-                        "request": {**base, "strong": strong.pk}})
-        out.append({"name": f"SmolLM2 self-alignment: ConG ({size}), pi_post = {wa.name}",
-                    "request": {**base, "strong": weak.pk}})
+            out.append(
+                {
+                    "name": f"SmolLM2 -> Gemma: 2. ConG ({size}), pi_post = {wa.name}",
+                    "request": {**base, "strong": strong.pk},
+                }
+            )
+        out.append(
+            {
+                "name": f"SmolLM2 self-alignment: ConG ({size}), pi_post = {wa.name}",
+                "request": {**base, "strong": weak.pk},
+            }
+        )
     return out
 
 
@@ -161,18 +195,41 @@ def _toy_presets(*, user) -> list[dict]:
         if wa is None or train is None:
             continue
         base = {"weak_base": m.pk, "weak_aligned": wa.pk, "prompts": train.pk}
-        out.append({"name": f"{tag}: contrastive decoding", "request": {"kind": "cd_generate", **base, "alpha": DEFAULT_ALPHA,
-                                                                        "params": {"max_prompts": 64}}})
-        out.append({"name": f"{tag}: alpha sweep", "request": {"kind": "alpha_sweep", **base,
-                                                               "params": {"max_prompts": 64}}})
+        out.append(
+            {
+                "name": f"{tag}: contrastive decoding",
+                "request": {"kind": "cd_generate", **base, "alpha": DEFAULT_ALPHA, "params": {"max_prompts": 64}},
+            }
+        )
+        out.append(
+            {"name": f"{tag}: alpha sweep", "request": {"kind": "alpha_sweep", **base, "params": {"max_prompts": 64}}}
+        )
         if heldout is not None:
             # The check runs on held-out prompts, like the toy world's own diagnostic.
-            out.append({"name": f"{tag}: pre-flight check", "request": {
-                "kind": "preflight", "weak_base": m.pk, "weak_aligned": wa.pk, "prompts": heldout.pk}})
+            out.append(
+                {
+                    "name": f"{tag}: pre-flight check",
+                    "request": {"kind": "preflight", "weak_base": m.pk, "weak_aligned": wa.pk, "prompts": heldout.pk},
+                }
+            )
         if strong is not None:
-            out.append({"name": f"{tag}: full ConG pipeline", "request": {
-                "kind": "cong", **base, "strong": strong.pk, "alpha": DEFAULT_ALPHA, "methods": ["cong_s", "cong", "weak_sft"]}})
+            out.append(
+                {
+                    "name": f"{tag}: full ConG pipeline",
+                    "request": {
+                        "kind": "cong",
+                        **base,
+                        "strong": strong.pk,
+                        "alpha": DEFAULT_ALPHA,
+                        "methods": ["cong_s", "cong", "weak_sft"],
+                    },
+                }
+            )
         if heldout is not None and strong is not None:
-            out.append({"name": f"{tag}: evaluate strong base", "request": {
-                "kind": "evaluate", "strong": strong.pk, "prompts": heldout.pk}})
+            out.append(
+                {
+                    "name": f"{tag}: evaluate strong base",
+                    "request": {"kind": "evaluate", "strong": strong.pk, "prompts": heldout.pk},
+                }
+            )
     return out

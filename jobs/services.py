@@ -48,6 +48,7 @@ KIND_NEEDS: dict[str, tuple[str, ...]] = {
     Job.Kind.PREFLIGHT: ("weak_base", "weak_aligned", "prompts"),
 }
 
+
 def _err(field: str, msg: str) -> ValidationError:
     return ValidationError({field: [msg]})
 
@@ -92,17 +93,25 @@ def _reserved_model_name(name: str) -> str | None:
     low = name.lower()
     head, mark, tail = low.rpartition(ALIGNED_NAME_MARK)
     if mark and tail.isdigit():
-        return (f"names ending in '{ALIGNED_NAME_MARK}<number>' are reserved for the models weak_align jobs "
-                "register; pick another name")
-    if (low.startswith(RESERVED_MODEL_PREFIXES) or low in _offline_model_names()
-            or ModelEntry.objects.filter(owner__isnull=True, name__iexact=name).exists()):
-        return (f"{name!r} is a shared model name (names starting with {', '.join(RESERVED_MODEL_PREFIXES)} "
-                "and the offline models' names are reserved too); pick another name")
+        return (
+            f"names ending in '{ALIGNED_NAME_MARK}<number>' are reserved for the models weak_align jobs "
+            "register; pick another name"
+        )
+    if (
+        low.startswith(RESERVED_MODEL_PREFIXES)
+        or low in _offline_model_names()
+        or ModelEntry.objects.filter(owner__isnull=True, name__iexact=name).exists()
+    ):
+        return (
+            f"{name!r} is a shared model name (names starting with {', '.join(RESERVED_MODEL_PREFIXES)} "
+            "and the offline models' names are reserved too); pick another name"
+        )
     return None
 
 
-def model_register(*, name: str, path: str, kind: str = ModelEntry.Kind.ANY, family: str = "",
-                   owner=None, system: bool = False) -> ModelEntry:
+def model_register(
+    *, name: str, path: str, kind: str = ModelEntry.Kind.ANY, family: str = "", owner=None, system: bool = False
+) -> ModelEntry:
     """Register an HF folder under MODEL_ROOTS; its tokenizer's vocab fingerprint is stored.
 
     ``owner`` None registers a shared entry (the app itself: toy world, offline install). A user's entry
@@ -121,16 +130,20 @@ def model_register(*, name: str, path: str, kind: str = ModelEntry.Kind.ANY, fam
             raise _err("name", why)
     # Only the owner's own namespace (or the shared one) is looked at: another user's private name is no
     # collision, and the answer must not tell whether it exists.
-    taken = (f"a model named {name!r} already exists among your models; pick another name" if owner is not None
-             else f"a shared model named {name!r} already exists; pick another name")
+    taken = (
+        f"a model named {name!r} already exists among your models; pick another name"
+        if owner is not None
+        else f"a shared model named {name!r} already exists; pick another name"
+    )
     if ModelEntry.objects.filter(owner=owner, name=name).exists():  # owner=None filters IS NULL
         raise _err("name", taken)
     resolved = resolve_model_path(path, user=owner)
     fp = _fingerprint(resolved)
     try:
         with transaction.atomic():
-            return ModelEntry.objects.create(name=name, path=str(resolved), kind=kind, family=family or "",
-                                             vocab_fingerprint=fp, owner=owner)
+            return ModelEntry.objects.create(
+                name=name, path=str(resolved), kind=kind, family=family or "", vocab_fingerprint=fp, owner=owner
+            )
     except IntegrityError:  # the same name registered meanwhile in the same namespace
         raise _err("name", taken) from None
 
@@ -142,8 +155,9 @@ def datasets_dir() -> Path:
     return d
 
 
-def dataset_create(*, name: str, kind: str = Dataset.Kind.PROMPTS, chunks: Iterable[bytes],
-                   gold: str = "", owner=None) -> Dataset:
+def dataset_create(
+    *, name: str, kind: str = Dataset.Kind.PROMPTS, chunks: Iterable[bytes], gold: str = "", owner=None
+) -> Dataset:
     """Validate an uploaded JSONL (see jobs.validation) and store it under VAR_DIR/datasets/."""
     name = (name or "").strip()
     if not name:
@@ -161,8 +175,7 @@ def dataset_create(*, name: str, kind: str = Dataset.Kind.PROMPTS, chunks: Itera
     os.replace(tmp, path)
     try:
         with transaction.atomic():
-            return Dataset.objects.create(name=name, kind=kind, path=str(path), row_count=rows, gold=gold,
-                                          owner=owner)
+            return Dataset.objects.create(name=name, kind=kind, path=str(path), row_count=rows, gold=gold, owner=owner)
     except Exception:
         path.unlink(missing_ok=True)
         raise
@@ -197,8 +210,11 @@ def _pick_model(user, ident: Any, field: str) -> ModelEntry:
     # shared) may point into another user's job outputs. Checked before the disk, so nothing is said
     # about what is there.
     if not run_folder_allowed(m.path, user):
-        raise _err(field, f"model {m.name!r} is in a job runs folder that is not one of your jobs'; use a "
-                          "model from your own jobs or a shared one")
+        raise _err(
+            field,
+            f"model {m.name!r} is in a job runs folder that is not one of your jobs'; use a "
+            "model from your own jobs or a shared one",
+        )
     if not (Path(m.path) / "config.json").is_file():
         raise _err(field, f"model {m.name!r} is no longer on disk at {m.path}")
     return m
@@ -236,8 +252,10 @@ def job_check_access(*, job: Job) -> None:
 
     user, config = job.owner, job.config or {}
     problems: list[str] = []
-    for field, qs, what in [*((f, ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
-                            *((f, Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS)]:
+    for field, qs, what in [
+        *((f, ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
+        *((f, Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS),
+    ]:
         ref = config.get(field)
         if not ref:
             continue
@@ -246,14 +264,14 @@ def job_check_access(*, job: Job) -> None:
         if obj is None:
             problems.append(f"{field}: {what} {ident!r} no longer exists or is not available to the job's owner")
         elif obj.path != ref.get("path"):
-            problems.append(f"{field}: {what} {obj.name!r} now points at another file than when the job was "
-                            "submitted")
+            problems.append(f"{field}: {what} {obj.name!r} now points at another file than when the job was submitted")
         elif what == "model" and not run_folder_allowed(obj.path, user):
-            problems.append(f"{field}: model {obj.name!r} is in a job runs folder that is not one of the owner's "
-                            "jobs'")
+            problems.append(f"{field}: model {obj.name!r} is in a job runs folder that is not one of the owner's jobs'")
     if problems:
-        raise ValueError("this job may not use what it was submitted with (" + "; ".join(problems) + "); "
-                         "submit a new job with models and datasets you can use")
+        raise ValueError(
+            "this job may not use what it was submitted with (" + "; ".join(problems) + "); "
+            "submit a new job with models and datasets you can use"
+        )
 
 
 def _toyworld_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -290,10 +308,17 @@ def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
     def path(key: str) -> str:
         return str((config.get(key) or {}).get("path") or "")
 
-    return JobInputs(output_dir=output_dir, weak_base=path("weak_base"), weak_aligned=path("weak_aligned"),
-                     strong=path("strong"), strong_name=str((config.get("strong") or {}).get("name") or ""),
-                     prompts=path("prompts"), prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
-                     eval_prompts=path("eval_prompts"), gold=str((config.get("prompts") or {}).get("gold") or ""))
+    return JobInputs(
+        output_dir=output_dir,
+        weak_base=path("weak_base"),
+        weak_aligned=path("weak_aligned"),
+        strong=path("strong"),
+        strong_name=str((config.get("strong") or {}).get("name") or ""),
+        prompts=path("prompts"),
+        prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
+        eval_prompts=path("eval_prompts"),
+        gold=str((config.get("prompts") or {}).get("gold") or ""),
+    )
 
 
 def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: Any, recommended: Any) -> dict[str, Any]:
@@ -302,8 +327,15 @@ def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: A
     from ml.spec import SpecError
 
     try:
-        return resolve(kind, params, alpha=alpha, method=method, methods=methods, recommended=recommended,
-                       limits=getattr(settings, "JOB_LIMITS", None))
+        return resolve(
+            kind,
+            params,
+            alpha=alpha,
+            method=method,
+            methods=methods,
+            recommended=recommended,
+            limits=getattr(settings, "JOB_LIMITS", None),
+        )
     except SpecError as exc:
         raise ValidationError(exc.errors) from None
 
@@ -314,14 +346,27 @@ def _check_quota(user) -> None:
         return
     active = Job.objects.filter(owner=user, status__in=[S.QUEUED, S.RUNNING, S.CANCELLING]).count()
     if active >= cap:
-        raise JobQuotaExceeded(f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
-                               "finish or cancel some, then submit again")
+        raise JobQuotaExceeded(
+            f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
+            "finish or cancel some, then submit again"
+        )
 
 
-def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = None, strong: Any = None,
-               prompts: Any = None, alpha: Any = None, method: str | None = None,
-               methods: list[str] | None = None, params: dict[str, Any] | None = None,
-               eval_prompts: Any = None, max_attempts: int | None = None) -> Job:
+def job_create(
+    *,
+    user,
+    kind: str,
+    weak_base: Any = None,
+    weak_aligned: Any = None,
+    strong: Any = None,
+    prompts: Any = None,
+    alpha: Any = None,
+    method: str | None = None,
+    methods: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    eval_prompts: Any = None,
+    max_attempts: int | None = None,
+) -> Job:
     """Validate a job request, store the Job with its request and resolved spec, and send it on commit.
 
     Everything a worker would check is checked here: the spec is built through ml's registry and every
@@ -350,42 +395,72 @@ def job_create(*, user, kind: str, weak_base: Any = None, weak_aligned: Any = No
         if f in needs:
             picked[f] = collect(_pick_model, user, ident, f)
     ds = collect(_pick_dataset, user, prompts, "prompts") if "prompts" in needs else None
-    spec = collect(_resolve_spec, kind=kind, alpha=alpha, method=method, methods=methods, params=params,
-                   recommended=ds.defaults if ds is not None else None)
+    spec = collect(
+        _resolve_spec,
+        kind=kind,
+        alpha=alpha,
+        method=method,
+        methods=methods,
+        params=params,
+        recommended=ds.defaults if ds is not None else None,
+    )
 
     wb, wa = picked.get("weak_base"), picked.get("weak_aligned")
     if wb is not None and wa is not None and wb.vocab_fingerprint != wa.vocab_fingerprint:
         errors.setdefault("weak_aligned", []).append(
             f"weak models {wb.name!r} and {wa.name!r} do not share a vocabulary (tokenizer fingerprints "
             f"{wb.vocab_fingerprint or '?'} vs {wa.vocab_fingerprint or '?'}); contrastive decoding needs "
-            "a weak pair from the same family")
+            "a weak pair from the same family"
+        )
     eval_ds = None
     if kind in (Job.Kind.CONG, Job.Kind.TRAIN):
         if eval_prompts not in (None, ""):
             eval_ds = collect(_pick_dataset, user, eval_prompts, "eval_prompts")
         elif ds is not None and ds.name.endswith("-train"):
             # Toy worlds register <tag>-train and <tag>-heldout: evaluate on the held-out split.
-            eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[:-len("-train")] + "-heldout").first()
+            eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[: -len("-train")] + "-heldout").first()
     elif eval_prompts not in (None, ""):
         errors["eval_prompts"] = ["eval_prompts is only used by kind=cong and kind=train"]
-    needs_gold = (Job.Kind.WEAK_ALIGN, Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP, Job.Kind.CONG, Job.Kind.TRAIN,
-                  Job.Kind.PREFLIGHT)
+    needs_gold = (
+        Job.Kind.WEAK_ALIGN,
+        Job.Kind.EVALUATE,
+        Job.Kind.ALPHA_SWEEP,
+        Job.Kind.CONG,
+        Job.Kind.TRAIN,
+        Job.Kind.PREFLIGHT,
+    )
     if ds is not None and kind in needs_gold and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
         errors.setdefault("prompts", []).append(
-            f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)")
+            f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)"
+        )
     if errors:
         raise ValidationError(errors)
 
-    config: dict[str, Any] = {"kind": kind, "alpha": spec["alpha"], "method": spec["method"],
-                              "methods": spec["methods"], "params": params or {}}
+    config: dict[str, Any] = {
+        "kind": kind,
+        "alpha": spec["alpha"],
+        "method": spec["method"],
+        "methods": spec["methods"],
+        "params": params or {},
+    }
     for f, m in picked.items():
         config[f] = _model_ref(m)
     if ds is not None:
-        config["prompts"] = {"id": ds.pk, "name": ds.name, "path": ds.path, "kind": ds.kind, "gold": ds.gold,
-                             "row_count": ds.row_count}
+        config["prompts"] = {
+            "id": ds.pk,
+            "name": ds.name,
+            "path": ds.path,
+            "kind": ds.kind,
+            "gold": ds.gold,
+            "row_count": ds.row_count,
+        }
     if eval_ds is not None:
-        config["eval_prompts"] = {"id": eval_ds.pk, "name": eval_ds.name, "path": eval_ds.path,
-                                  "row_count": eval_ds.row_count}
+        config["eval_prompts"] = {
+            "id": eval_ds.pk,
+            "name": eval_ds.name,
+            "path": eval_ds.path,
+            "row_count": eval_ds.row_count,
+        }
     _check_buildable(spec, config)
     config["spec"] = spec
     attempts = max_attempts or getattr(settings, "JOB_MAX_ATTEMPTS", 3)
@@ -414,14 +489,20 @@ def _send(job_id: int) -> None:
     from jobs.tasks import job_run_task
 
     try:
-        job_run_task.apply_async((job_id,), retry=True,
-                                 retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5})
+        job_run_task.apply_async(
+            (job_id,), retry=True, retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5}
+        )
     except Exception as exc:
         log.error("could not send job %s to the broker: %s", job_id, exc)
         try:
-            event_append(job_id=job_id, type=JobEvent.Type.LOG,
-                         data={"message": f"could not reach the broker ({exc}); the job stays queued and "
-                                          "will be sent again by the reaper"})
+            event_append(
+                job_id=job_id,
+                type=JobEvent.Type.LOG,
+                data={
+                    "message": f"could not reach the broker ({exc}); the job stays queued and "
+                    "will be sent again by the reaper"
+                },
+            )
         except Exception:
             log.exception("could not record the send failure for job %s", job_id)
 
@@ -449,7 +530,9 @@ def _status_event(job_id: int, status: str, message: str, **extra: Any) -> None:
     try:
         from jobs.progress import notify
 
-        ev = event_append(job_id=job_id, type=JobEvent.Type.STATUS, data={"status": status, "message": message, **extra})
+        ev = event_append(
+            job_id=job_id, type=JobEvent.Type.STATUS, data={"status": status, "message": message, **extra}
+        )
         notify(job_id, ev)
     except Exception:  # an event is a record of the change, never a reason to undo it
         log.exception("could not record status event for job %s", job_id)
@@ -459,8 +542,9 @@ def _status_event(job_id: int, status: str, message: str, **extra: Any) -> None:
 def job_cancel(*, job: Job, user=None) -> Job:
     """queued -> cancelled at once; running -> cancelling (the worker stops cooperatively)."""
     now = timezone.now()
-    if Job.objects.filter(pk=job.pk, status=S.QUEUED).update(status=S.CANCELLED, cancel_requested=True,
-                                                              finished=now, error="cancelled before it started"):
+    if Job.objects.filter(pk=job.pk, status=S.QUEUED).update(
+        status=S.CANCELLED, cancel_requested=True, finished=now, error="cancelled before it started"
+    ):
         _status_event(job.pk, S.CANCELLED, "cancelled before it started")
     elif Job.objects.filter(pk=job.pk, status=S.RUNNING).update(status=S.CANCELLING, cancel_requested=True):
         _status_event(job.pk, S.CANCELLING, "cancel requested; the worker stops after its current batch")
@@ -487,8 +571,16 @@ def job_retry(*, job: Job, user=None) -> Job:
         Job.objects.filter(pk=job.pk).update(config={**(job.config or {}), "spec": spec})
     with transaction.atomic():
         n = Job.objects.filter(pk=job.pk, status__in=[S.FAILED, S.CANCELLED]).update(
-            status=S.QUEUED, attempts=0, error="", cancel_requested=False, finished=None, partial=False,
-            heartbeat_at=None, task_id="", worker="")
+            status=S.QUEUED,
+            attempts=0,
+            error="",
+            cancel_requested=False,
+            finished=None,
+            partial=False,
+            heartbeat_at=None,
+            task_id="",
+            worker="",
+        )
         if not n:
             job.refresh_from_db()
             raise _err("status", f"only failed or cancelled jobs can be retried; this one is {job.status}")
@@ -526,7 +618,9 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
             if job.cancel_requested:
                 # It was being cancelled when its worker died: finish the cancel instead of rerunning.
                 Job.objects.filter(pk=job_id, status=was).update(status=S.CANCELLED, finished=now, partial=True)
-                transaction.on_commit(lambda: _status_event(job_id, S.CANCELLED, "cancelled (worker lost while stopping)"))
+                transaction.on_commit(
+                    lambda: _status_event(job_id, S.CANCELLED, "cancelled (worker lost while stopping)")
+                )
                 return None
         attempts = job.attempts + 1
         if attempts > job.max_attempts:
@@ -536,8 +630,14 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
                 transaction.on_commit(lambda: _status_event(job_id, S.FAILED, msg))
             return None
         n = Job.objects.filter(claimable, pk=job_id, status=was).update(
-            status=S.RUNNING, attempts=attempts, heartbeat_at=now, started=job.started or now,
-            task_id=task_id, worker=worker_name(), error=job.error)
+            status=S.RUNNING,
+            attempts=attempts,
+            heartbeat_at=now,
+            started=job.started or now,
+            task_id=task_id,
+            worker=worker_name(),
+            error=job.error,
+        )
         if n != 1:
             return None
     msg = f"attempt {attempts} of {job.max_attempts} started on {worker_name()}"
@@ -587,7 +687,8 @@ def job_mark_cancelled(*, job_id: int, results: dict[str, Any] | None = None, ta
     now = timezone.now()
     with transaction.atomic():
         n = Job.objects.filter(pk=job_id, status__in=[S.RUNNING, S.CANCELLING]).update(
-            status=S.CANCELLED, finished=now, partial=True, results=results)
+            status=S.CANCELLED, finished=now, partial=True, results=results
+        )
         Artifact.objects.filter(job_id=job_id).update(partial=True)
     if n:
         _status_event(job_id, S.CANCELLED, "cancelled; partial results kept")
@@ -606,12 +707,16 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
     """
     stale = timezone.now() - timedelta(seconds=getattr(settings, "JOB_STALE_AFTER_SECONDS", 120))
     done: list[tuple[int, str]] = []
-    candidates = Job.objects.filter(status__in=[S.RUNNING, S.CANCELLING]).filter(
-        Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)).values_list("pk", "attempts", "max_attempts",
-                                                                               "worker", "cancel_requested")
+    candidates = (
+        Job.objects.filter(status__in=[S.RUNNING, S.CANCELLING])
+        .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+        .values_list("pk", "attempts", "max_attempts", "worker", "cancel_requested")
+    )
     for pk, attempts, max_attempts, worker, cancel in list(candidates):
         lost = f"worker {worker or '?'} stopped sending heartbeats during attempt {attempts}"
-        still = Q(pk=pk, status__in=[S.RUNNING, S.CANCELLING]) & (Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+        still = Q(pk=pk, status__in=[S.RUNNING, S.CANCELLING]) & (
+            Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)
+        )
         if cancel:
             if Job.objects.filter(still).update(status=S.CANCELLED, finished=timezone.now(), partial=True, error=lost):
                 _status_event(pk, S.CANCELLED, f"cancelled ({lost})")
@@ -631,8 +736,9 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
 
 # --- artifacts and pairs ------------------------------------------------------------------------------
 def artifact_record(*, job_id: int, stage: str, kind: str, path: str, partial: bool = False) -> Artifact:
-    art, _ = Artifact.objects.update_or_create(job_id=job_id, stage=stage, kind=kind,
-                                               defaults={"path": str(path), "partial": partial})
+    art, _ = Artifact.objects.update_or_create(
+        job_id=job_id, stage=stage, kind=kind, defaults={"path": str(path), "partial": partial}
+    )
     return art
 
 
@@ -640,19 +746,28 @@ def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tu
     """Mirror one generated row (samples.jsonl) as a GeneratedPair; never duplicates."""
     reward = row.get("implicit_reward_mean", row.get("implicit_reward"))
     return GeneratedPair.objects.get_or_create(
-        job_id=job_id, prompt_index=int(row["index"]) + index_offset,
-        defaults={"prompt": str(row.get("prompt", "")), "chosen": str(row.get("response", "")),
-                  "rejected": row.get("rejected"), "plain": row.get("plain"),
-                  "implicit_reward": float(reward) if _is_number(reward) else None,
-                  "gold_reward": float(row["gold"]) if _is_number(row.get("gold")) else None,
-                  "score_error": str(row.get("score_error") or ""),
-                  "alpha": float(row["alpha"]) if _is_number(row.get("alpha")) else None})
+        job_id=job_id,
+        prompt_index=int(row["index"]) + index_offset,
+        defaults={
+            "prompt": str(row.get("prompt", "")),
+            "chosen": str(row.get("response", "")),
+            "rejected": row.get("rejected"),
+            "plain": row.get("plain"),
+            "implicit_reward": float(reward) if _is_number(reward) else None,
+            "gold_reward": float(row["gold"]) if _is_number(row.get("gold")) else None,
+            "score_error": str(row.get("score_error") or ""),
+            "alpha": float(row["alpha"]) if _is_number(row.get("alpha")) else None,
+        },
+    )
 
 
 def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = "") -> GeneratedPair:
     """approve / reject / edit one generated pair (edit keeps the text used in exports)."""
-    actions = {"approve": GeneratedPair.Review.APPROVED, "reject": GeneratedPair.Review.REJECTED,
-               "edit": GeneratedPair.Review.EDITED}
+    actions = {
+        "approve": GeneratedPair.Review.APPROVED,
+        "reject": GeneratedPair.Review.REJECTED,
+        "edit": GeneratedPair.Review.EDITED,
+    }
     if action not in actions:
         raise _err("action", f"action must be one of {', '.join(actions)}")
     if action == "edit" and not (edited_text or "").strip():
@@ -671,8 +786,12 @@ def pairs_export(*, job: Job) -> Iterable[str]:
     Pairs without a rejected response (plain CD generation) export prompt/completion-style
     prompt/chosen rows with rejected set to the plain sample when there is one.
     """
-    for p in GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.REJECTED) \
-            .order_by("prompt_index").iterator():
+    for p in (
+        GeneratedPair.objects.filter(job=job)
+        .exclude(review_status=GeneratedPair.Review.REJECTED)
+        .order_by("prompt_index")
+        .iterator()
+    ):
         chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
         rejected = p.rejected if p.rejected is not None else p.plain
         row = {"prompt": p.prompt, "chosen": chosen}
@@ -726,8 +845,9 @@ def _shared_prompts(*, name: str, path: str | Path, gold: str, defaults: dict[st
     ds = Dataset.objects.filter(name=name, owner__isnull=True).first()
     if ds is None:
         with open(path, "rb") as fh:
-            ds = dataset_create(name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""),
-                                gold=gold, owner=None)
+            ds = dataset_create(
+                name=name, kind=Dataset.Kind.PROMPTS, chunks=iter(lambda: fh.read(1 << 16), b""), gold=gold, owner=None
+            )
     if ds.defaults != defaults:
         ds.defaults = defaults
         ds.save(update_fields=["defaults"])
@@ -851,8 +971,9 @@ def offline_install_request(*, user, size: str = "cpu") -> dict[str, Any]:
         when = parse_datetime(cur.get("updated") or "")
         if when is not None and (timezone.now() - when).total_seconds() < OFFLINE_STALE_SECONDS[cur["state"]]:
             raise _err("state", f"an install is already {cur['state']} (since {cur.get('updated')})")
-    status = _offline_status_write(state="queued", size=size, message="waiting for a worker", error="",
-                                   requested_by=user.get_username())
+    status = _offline_status_write(
+        state="queued", size=size, message="waiting for a worker", error="", requested_by=user.get_username()
+    )
     from jobs.tasks import offline_install_task
 
     try:
@@ -887,15 +1008,17 @@ class _StatusReporter:
         return False
 
 
-def offline_install(*, size: str = "cpu", install: bool = True, reporter=None,
-                    data_dir: str | Path | None = None) -> dict[str, Any]:
+def offline_install(
+    *, size: str = "cpu", install: bool = True, reporter=None, data_dir: str | Path | None = None
+) -> dict[str, Any]:
     """ml.offline.install_offline into DATA_DIR (or data_dir), then offline_register; records the state
     for the page. ``install=False`` never calls pip (the packages must be there)."""
     from ml.offline.install import install_offline
 
     data_dir = Path(data_dir or settings.DATA_DIR)
-    _offline_status_write(data_dir, state="running", size=size, message="starting", error="",
-                          started=timezone.now().isoformat())
+    _offline_status_write(
+        data_dir, state="running", size=size, message="starting", error="", started=timezone.now().isoformat()
+    )
     try:
         manifest = install_offline(data_dir, _StatusReporter(data_dir, reporter), install=install)
         out = offline_register(manifest=manifest, size=size)
@@ -903,7 +1026,12 @@ def offline_install(*, size: str = "cpu", install: bool = True, reporter=None,
         msg = "; ".join(exc.messages) if isinstance(exc, ValidationError) else f"{type(exc).__name__}: {exc}"
         _offline_status_write(data_dir, state="failed", error=msg[:2000], finished=timezone.now().isoformat())
         raise
-    _offline_status_write(data_dir, state="done", message="installed and registered", finished=timezone.now().isoformat(),
-                          models=sorted(m.name for m in out["models"].values()),
-                          datasets=sorted(d.name for d in out["datasets"].values()))
+    _offline_status_write(
+        data_dir,
+        state="done",
+        message="installed and registered",
+        finished=timezone.now().isoformat(),
+        models=sorted(m.name for m in out["models"].values()),
+        datasets=sorted(d.name for d in out["datasets"].values()),
+    )
     return out

@@ -17,10 +17,11 @@ def _preload_ml(**_):
     # (max_tasks_per_child=1), which then starts in a second instead of re-importing for ~5 s.
     # Importing starts no threads, so forking afterwards is safe on CPU and before CUDA is touched.
     try:
-        import ml.modeling  # noqa: F401
-        import ml.stages.generate  # noqa: F401
         import transformers  # noqa: F401
         from transformers import AutoModelForCausalLM  # noqa: F401
+
+        import ml.modeling  # noqa: F401
+        import ml.stages.generate  # noqa: F401
     except Exception:  # a worker without the ml extras still serves the other queues
         pass
 
@@ -62,7 +63,8 @@ try:
     @_app.on_after_finalize.connect
     def _schedule_reaper(sender, **kwargs):
         # Runs under `celery beat` (or `worker -B`); `manage.py reap_stale_jobs --loop` is the alternative.
-        sender.add_periodic_task(_reap_interval(), jobs_reap_stale_task.s(), name="reap stale jobs",
-                                 expires=_reap_interval())
+        sender.add_periodic_task(
+            _reap_interval(), jobs_reap_stale_task.s(), name="reap stale jobs", expires=_reap_interval()
+        )
 except ImportError:  # pragma: no cover
     pass

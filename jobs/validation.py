@@ -66,16 +66,29 @@ def resolve_model_path(raw: str, *, user, field: str = "path") -> Path:
     if ".." in p.parts:
         raise ValidationError({field: ["'..' is not allowed in model paths; give the folder's real path"]})
     if not p.is_absolute():
-        raise ValidationError({field: [f"give an absolute path under one of the model roots: "
-                                       f"{', '.join(map(str, roots))}"]})
+        raise ValidationError(
+            {field: [f"give an absolute path under one of the model roots: {', '.join(map(str, roots))}"]}
+        )
     resolved = p.resolve()
     if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
         why = " (it is a symlink that points outside them)" if resolved != p else ""
-        raise ValidationError({field: [f"{p} is not under a model root{why}; allowed roots: "
-                                       f"{', '.join(map(str, roots)) or '(none configured: set MODEL_ROOTS)'}"]})
+        raise ValidationError(
+            {
+                field: [
+                    f"{p} is not under a model root{why}; allowed roots: "
+                    f"{', '.join(map(str, roots)) or '(none configured: set MODEL_ROOTS)'}"
+                ]
+            }
+        )
     if not run_folder_allowed(resolved, user):
-        raise ValidationError({field: [f"{p} is in the job runs folder ({runs_dir()}) but not in a folder of one "
-                                       "of your jobs; give a folder under runs/<id of your job>/"]})
+        raise ValidationError(
+            {
+                field: [
+                    f"{p} is in the job runs folder ({runs_dir()}) but not in a folder of one "
+                    "of your jobs; give a folder under runs/<id of your job>/"
+                ]
+            }
+        )
     if not resolved.is_dir():
         raise ValidationError({field: [f"{p} is not a folder"]})
     if not (resolved / "config.json").is_file():
@@ -93,7 +106,7 @@ def _lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
             if nl < 0:
                 break
             yield buf[:nl]
-            buf = buf[nl + 1:]
+            buf = buf[nl + 1 :]
         if len(buf) > limit:
             yield buf  # an over-long line: the caller refuses it by length
             return
@@ -101,8 +114,9 @@ def _lines(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
         yield buf
 
 
-def validate_jsonl(chunks: Iterable[bytes], *, kind: str, max_bytes: int | None = None,
-                   field: str = "file") -> tuple[bytes, int]:
+def validate_jsonl(
+    chunks: Iterable[bytes], *, kind: str, max_bytes: int | None = None, field: str = "file"
+) -> tuple[bytes, int]:
     """Validate an uploaded JSONL and return (normalised bytes, row count).
 
     Rules: total size <= UPLOAD_MAX_BYTES, each line <= 1 MB, UTF-8, a JSON object per line, the
@@ -131,17 +145,25 @@ def validate_jsonl(chunks: Iterable[bytes], *, kind: str, max_bytes: int | None 
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise ValidationError({field: [f"line {n} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8"]})
+            raise ValidationError(
+                {field: [f"line {n} is not valid UTF-8 (byte {exc.start}); save the file as UTF-8"]}
+            ) from None
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValidationError({field: [f"line {n} is not valid JSON ({exc.msg} at column {exc.colno})"]})
+            raise ValidationError({field: [f"line {n} is not valid JSON ({exc.msg} at column {exc.colno})"]}) from None
         if not isinstance(row, dict):
-            raise ValidationError({field: [f"line {n} must be a JSON object like {{\"prompt\": \"...\"}}"]})
+            raise ValidationError({field: [f'line {n} must be a JSON object like {{"prompt": "..."}}']})
         missing = [k for k in required if not isinstance(row.get(k), str) or not row.get(k).strip()]
         if missing:
-            raise ValidationError({field: [f"line {n} is missing field(s) {', '.join(missing)} "
-                                           f"(non-empty strings required for a {kind} dataset)"]})
+            raise ValidationError(
+                {
+                    field: [
+                        f"line {n} is missing field(s) {', '.join(missing)} "
+                        f"(non-empty strings required for a {kind} dataset)"
+                    ]
+                }
+            )
         out.append(json.dumps(row, ensure_ascii=False).encode("utf-8"))
     if not out:
         raise ValidationError({field: ["the file is empty: a dataset needs at least one JSON line"]})

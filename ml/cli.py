@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ml.spec import DEFAULT_ALPHA, registry
 from ml.job_cli import add_parser as _add_job
+from ml.spec import DEFAULT_ALPHA, registry
 from ml.spec_schema import add_stage_flags, stage_values
 
 # Modules that add subcommands when importable (toy worlds, offline model installs).
@@ -48,6 +48,7 @@ def _print_json(obj: Any) -> None:
 
 # Shared by every subcommand, the plugins' too (ml.toyworld.cli, ml.offline.cli import them from here).
 
+
 def console_reporter(args):
     """Progress and logs on the console; ``--quiet`` hides them."""
     from ml.reporter import ConsoleReporter
@@ -76,14 +77,18 @@ def run_pipeline_and_print(cfg, args) -> int:
 
 # ---------------------------------------------------------------------------------------------- generate
 
+
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="contrastive-decoding samples for a prompt file",
-                       description="Sample one CD response per prompt from the weak pair (pi_post, pi_pre) into "
-                                   "OUT/samples.jsonl. Resumes if interrupted; a finished folder is returned as is.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "generate",
+        help="contrastive-decoding samples for a prompt file",
+        description="Sample one CD response per prompt from the weak pair (pi_post, pi_pre) into "
+        "OUT/samples.jsonl. Resumes if interrupted; a finished folder is returned as is.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--aligned", required=True, help="pi_post: the aligned weak model's folder")
     p.add_argument("--base", required=True, help="pi_pre: the weak base model's folder (same tokenizer)")
-    p.add_argument("--prompts", required=True, help="JSONL file, one {\"prompt\": ...} per line")
+    p.add_argument("--prompts", required=True, help='JSONL file, one {"prompt": ...} per line')
     p.add_argument("--out", required=True, help="output folder (samples.jsonl, DONE.json)")
     p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="1 = plain pi_post sampling, 0 = pure log-ratio")
     # Every other setting is a flag derived from the stage's dataclasses (ml.spec_schema), as the web form and
@@ -98,9 +103,18 @@ def _cmd_generate(args) -> int:
     from ml.resolve import make
     from ml.stages.generate import CDGenerateConfig, cd_generate
 
-    cfg = make(CDGenerateConfig, {"aligned": args.aligned, "base": args.base, "prompts": args.prompts,
-                                  "output_dir": args.out, "device": args.device, "alpha": args.alpha,
-                                  **stage_values(args, args.stage_settings)})
+    cfg = make(
+        CDGenerateConfig,
+        {
+            "aligned": args.aligned,
+            "base": args.base,
+            "prompts": args.prompts,
+            "output_dir": args.out,
+            "device": args.device,
+            "alpha": args.alpha,
+            **stage_values(args, args.stage_settings),
+        },
+    )
     summary = cd_generate(cfg, console_reporter(args))
     _print_json(summary)
     return 3 if summary.get("stopped") else 0
@@ -108,12 +122,16 @@ def _cmd_generate(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- run
 
+
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="run (or resume) the whole ConG experiment from a YAML config",
-                       description="Weak alignment (if needed), CD and plain generation, ConG-S, ConG, WeakSFT, "
-                                   "WSPO, AuxConf, then evaluation of every method with the gold reward. Writes "
-                                   "OUTPUT_DIR/results.json and results.md. Paths in the YAML are relative to it. "
-                                   "See docs/ML.md for every setting.")
+    p = sub.add_parser(
+        "run",
+        help="run (or resume) the whole ConG experiment from a YAML config",
+        description="Weak alignment (if needed), CD and plain generation, ConG-S, ConG, WeakSFT, "
+        "WSPO, AuxConf, then evaluation of every method with the gold reward. Writes "
+        "OUTPUT_DIR/results.json and results.md. Paths in the YAML are relative to it. "
+        "See docs/ML.md for every setting.",
+    )
     p.add_argument("config", help="pipeline YAML file")
     p.add_argument("--output-dir", default=None, help="override output_dir from the config")
     p.add_argument("--device", default=None, help="override device (cpu, cuda)")
@@ -136,11 +154,15 @@ def _cmd_run(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- score
 
+
 def _add_score(sub) -> None:
-    p = sub.add_parser("score", help="gold and/or implicit reward of prompt/response pairs",
-                       description="Score a JSONL of {\"prompt\", \"response\"} rows with a gold reward (--gold) "
-                                   "and/or the implicit reward log pi_post - log pi_pre (--aligned and --base). "
-                                   "Prints mean and 95%% interval; --out writes every row with its scores.")
+    p = sub.add_parser(
+        "score",
+        help="gold and/or implicit reward of prompt/response pairs",
+        description='Score a JSONL of {"prompt", "response"} rows with a gold reward (--gold) '
+        "and/or the implicit reward log pi_post - log pi_pre (--aligned and --base). "
+        "Prints mean and 95%% interval; --out writes every row with its scores.",
+    )
     p.add_argument("--input", required=True, help="JSONL with prompt and response fields")
     p.add_argument("--response-field", default="response", help="field holding the response (e.g. chosen)")
     p.add_argument("--gold", default=None, help="registered gold reward name (see: python -m ml golds)")
@@ -180,11 +202,17 @@ def _cmd_score(args) -> int:
         from ml.modeling import load_causal_lm, load_tokenizer
         from ml.scoring import implicit_rewards
 
-        scores = implicit_rewards(aligned=load_causal_lm(args.aligned, device=args.device),
-                                  base=load_causal_lm(args.base, device=args.device),
-                                  tokenizer=load_tokenizer(args.aligned), prompts=prompts, responses=responses,
-                                  batch_size=args.batch_size, use_chat_template=not args.no_chat_template,
-                                  append_eos=args.append_eos, base_tokenizer=load_tokenizer(args.base))
+        scores = implicit_rewards(
+            aligned=load_causal_lm(args.aligned, device=args.device),
+            base=load_causal_lm(args.base, device=args.device),
+            tokenizer=load_tokenizer(args.aligned),
+            prompts=prompts,
+            responses=responses,
+            batch_size=args.batch_size,
+            use_chat_template=not args.no_chat_template,
+            append_eos=args.append_eos,
+            base_tokenizer=load_tokenizer(args.base),
+        )
         for r, s in zip(rows, scores):
             r["implicit_sum"], r["implicit_mean"] = s["sum"], s["mean"]
         summary["implicit_sum"] = mean_ci([r["implicit_sum"] for r in rows]).as_dict()
@@ -197,6 +225,7 @@ def _cmd_score(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- stage
+
 
 def _stage_table() -> dict[str, tuple[str, str, str]]:
     """stage name -> (module, config class, function)."""
@@ -215,18 +244,33 @@ def _stage_table() -> dict[str, tuple[str, str, str]]:
 
 def _add_stage(sub) -> None:
     names = list(_stage_table())
-    p = sub.add_parser("stage", help="run one pipeline stage from a YAML of its settings",
-                       description="Run a single stage. The YAML holds that stage's config fields (e.g. for sft: "
-                                   "model, output_dir, data, learning_rate, max_steps ...); see docs/ML.md. "
-                                   "Relative paths are relative to the YAML file.")
+    p = sub.add_parser(
+        "stage",
+        help="run one pipeline stage from a YAML of its settings",
+        description="Run a single stage. The YAML holds that stage's config fields (e.g. for sft: "
+        "model, output_dir, data, learning_rate, max_steps ...); see docs/ML.md. "
+        "Relative paths are relative to the YAML file.",
+    )
     p.add_argument("name", choices=names, help="stage to run")
     p.add_argument("--config", required=True, help="YAML file with the stage's settings")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_stage)
 
 
-_STAGE_PATH_KEYS = ("model", "output_dir", "data", "chosen_data", "rejected_data", "prompts", "samples", "reference",
-                    "weak_aligned", "weak_base", "aligned", "base")
+_STAGE_PATH_KEYS = (
+    "model",
+    "output_dir",
+    "data",
+    "chosen_data",
+    "rejected_data",
+    "prompts",
+    "samples",
+    "reference",
+    "weak_aligned",
+    "weak_base",
+    "aligned",
+    "base",
+)
 
 
 def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = None):
@@ -261,11 +305,15 @@ def _cmd_stage(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- golds
 
+
 def _add_spec(sub) -> None:
-    p = sub.add_parser("spec", help="every setting a job kind takes: the web app's params, as a JSON Schema",
-                       description="Print the settings of one job kind (or all) as the REST API and the web form "
-                                   "read them: knobs, top settings and each stage's fields with type, default, "
-                                   "limit and help.")
+    p = sub.add_parser(
+        "spec",
+        help="every setting a job kind takes: the web app's params, as a JSON Schema",
+        description="Print the settings of one job kind (or all) as the REST API and the web form "
+        "read them: knobs, top settings and each stage's fields with type, default, "
+        "limit and help.",
+    )
     p.add_argument("kind", nargs="?", choices=sorted(registry()), help="job kind (default: all)")
     p.set_defaults(func=lambda args: _print_json(_spec_of(args.kind)) or 0)
 
@@ -284,15 +332,19 @@ def _add_golds(sub) -> None:
 
 # ---------------------------------------------------------------------------------------------- diagnose
 
+
 def _add_diagnose(sub) -> None:
-    p = sub.add_parser("diagnose", help="pre-flight check of a weak pair: does CD raise gold reward here?",
-                       description="Before training anything: samples plain pi_post and CD responses on held-out "
-                                   "prompts, scores them with the gold reward and says in plain language whether CD "
-                                   "at alpha 0.4 (ConG's training data) beats plain pi_post samples.",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "diagnose",
+        help="pre-flight check of a weak pair: does CD raise gold reward here?",
+        description="Before training anything: samples plain pi_post and CD responses on held-out "
+        "prompts, scores them with the gold reward and says in plain language whether CD "
+        "at alpha 0.4 (ConG's training data) beats plain pi_post samples.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("--aligned", required=True, help="pi_post: the aligned weak model's folder")
     p.add_argument("--base", required=True, help="pi_pre: the weak base model's folder (same tokenizer)")
-    p.add_argument("--prompts", required=True, help="held-out prompt JSONL, one {\"prompt\": ...} per line")
+    p.add_argument("--prompts", required=True, help='held-out prompt JSONL, one {"prompt": ...} per line')
     p.add_argument("--gold", required=True, help="registered gold reward name (python -m ml golds)")
     p.add_argument("--alphas", default="0,0.4,1", help="comma-separated CD alphas (0.4 and 1 are always added)")
     p.add_argument("--n", type=int, default=2, help="samples per prompt")
@@ -313,9 +365,20 @@ def _cmd_diagnose(args) -> int:
         alphas = [float(a) for a in args.alphas.split(",") if a.strip()]
     except ValueError:
         raise ValueError(f"--alphas must be comma-separated numbers, got {args.alphas!r}") from None
-    out = preflight_dirs(args.aligned, args.base, args.prompts, args.gold, n_prompts=args.n_prompts,
-                         device=args.device, reporter=console_reporter(args), alphas=alphas, n=args.n, seed=args.seed,
-                         max_new_tokens=args.max_new_tokens, use_chat_template=not args.no_chat_template)
+    out = preflight_dirs(
+        args.aligned,
+        args.base,
+        args.prompts,
+        args.gold,
+        n_prompts=args.n_prompts,
+        device=args.device,
+        reporter=console_reporter(args),
+        alphas=alphas,
+        n=args.n,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        use_chat_template=not args.no_chat_template,
+    )
     if out.get("stopped"):
         return 3
     if args.json:
@@ -342,8 +405,12 @@ def _load_plugins(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ml", description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ml",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in BUILTINS:
         add(sub)

@@ -42,33 +42,57 @@ REPETITION_PENALTY_SCOPES = ("all", "generated")
 class CDConfig:
     """Contrastive-decoding settings; defaults are the ConG reference runs' values."""
 
-    alpha: float = field(default=0.4, metadata={
-        "help": "Weight of pi_post in the score: 1 = plain sampling from pi_post, 0 = pure log ratio "
-                "log pi_post - log pi_pre (the paper sweeps 0.0..1.0)."})
-    relative_top: float = field(default=0.1, metadata={
-        "help": "Plausibility cut: keep tokens whose pi_post probability is at least relative_top times "
-                "the most likely token's. In (0, 1]."})
+    alpha: float = field(
+        default=0.4,
+        metadata={
+            "help": "Weight of pi_post in the score: 1 = plain sampling from pi_post, 0 = pure log ratio "
+            "log pi_post - log pi_pre (the paper sweeps 0.0..1.0)."
+        },
+    )
+    relative_top: float = field(
+        default=0.1,
+        metadata={
+            "help": "Plausibility cut: keep tokens whose pi_post probability is at least relative_top times "
+            "the most likely token's. In (0, 1]."
+        },
+    )
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0); unused when greedy."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass in (0, 1]; unused when greedy."})
-    repetition_penalty: float = field(default=1.2, metadata={
-        "help": "transformers' repetition penalty applied to the CD scores (1.0 = off); it divides positive "
-                "and multiplies negative scores, so it works on log-ratio scores too."})
-    repetition_penalty_scope: str = field(default="all", metadata={
-        "help": "Which tokens the repetition penalty sees: 'all' = prompt and generated tokens (the reference "
-                "code's and transformers' behaviour), 'generated' = generated tokens only, so the prompt's own "
-                "words (which a reward may ask to mention) are not penalised."})
+    repetition_penalty: float = field(
+        default=1.2,
+        metadata={
+            "help": "transformers' repetition penalty applied to the CD scores (1.0 = off); it divides positive "
+            "and multiplies negative scores, so it works on log-ratio scores too."
+        },
+    )
+    repetition_penalty_scope: str = field(
+        default="all",
+        metadata={
+            "help": "Which tokens the repetition penalty sees: 'all' = prompt and generated tokens (the reference "
+            "code's and transformers' behaviour), 'generated' = generated tokens only, so the prompt's own "
+            "words (which a reward may ask to mention) are not penalised."
+        },
+    )
     max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per prompt."})
     do_sample: bool = field(default=True, metadata={"help": "Sample (True) or take the argmax (False)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampling generator (independent of global RNG)."})
     batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
-    stop_strings: list[str] = field(default_factory=list, metadata={
-        "help": "Text is cut at the first of these strings (and token_ids to the tokens that produced it)."})
-    use_chat_template: bool = field(default=True, metadata={
-        "help": "Wrap each prompt as a user message with the tokenizer's chat template, when it has one."})
-    ignore_eos: bool = field(default=False, metadata={
-        "help": "Keep generating after EOS up to max_new_tokens (benchmarks: fixed token counts)."})
-    max_prompt_tokens: int | None = field(default=None, metadata={
-        "help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."})
+    stop_strings: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Text is cut at the first of these strings (and token_ids to the tokens that produced it)."},
+    )
+    use_chat_template: bool = field(
+        default=True,
+        metadata={"help": "Wrap each prompt as a user message with the tokenizer's chat template, when it has one."},
+    )
+    ignore_eos: bool = field(
+        default=False,
+        metadata={"help": "Keep generating after EOS up to max_new_tokens (benchmarks: fixed token counts)."},
+    )
+    max_prompt_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."},
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -77,21 +101,37 @@ class CDConfig:
         checks = [
             (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
             (0.0 < self.relative_top <= 1.0, f"relative_top must be in (0, 1], got {self.relative_top}"),
-            (self.temperature > 0.0, f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}"),
+            (
+                self.temperature > 0.0,
+                f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}",
+            ),
             (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.repetition_penalty > 0.0, f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}"),
-            (self.repetition_penalty_scope in REPETITION_PENALTY_SCOPES,
-             f"repetition_penalty_scope must be one of {', '.join(REPETITION_PENALTY_SCOPES)}, "
-             f"got {self.repetition_penalty_scope!r}"),
-            (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-             f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             f"batch_size must be an integer >= 1, got {self.batch_size}"),
+            (
+                self.repetition_penalty > 0.0,
+                f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}",
+            ),
+            (
+                self.repetition_penalty_scope in REPETITION_PENALTY_SCOPES,
+                f"repetition_penalty_scope must be one of {', '.join(REPETITION_PENALTY_SCOPES)}, "
+                f"got {self.repetition_penalty_scope!r}",
+            ),
+            (
+                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+                f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}",
+            ),
+            (
+                isinstance(self.batch_size, int) and self.batch_size >= 1,
+                f"batch_size must be an integer >= 1, got {self.batch_size}",
+            ),
             (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
-            (all(isinstance(s, str) and s for s in self.stop_strings),
-             f"stop_strings must be non-empty strings, got {self.stop_strings!r}"),
-            (self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
-             f"max_prompt_tokens must be None or >= 1, got {self.max_prompt_tokens}"),
+            (
+                all(isinstance(s, str) and s for s in self.stop_strings),
+                f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
+            ),
+            (
+                self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
+                f"max_prompt_tokens must be None or >= 1, got {self.max_prompt_tokens}",
+            ),
         ]
         for ok, msg in checks:
             if not ok:
@@ -112,13 +152,13 @@ class ImplicitReward:
 
 @dataclass
 class Generation:
-    index: int                      # position of the prompt in the input list
+    index: int  # position of the prompt in the input list
     prompt: str
     text: str
-    token_ids: list[int]            # generated ids, EOS included when it ended the row, no padding
+    token_ids: list[int]  # generated ids, EOS included when it ended the row, no padding
     implicit_reward: ImplicitReward
-    token_log_ratios: list[float]   # per generated token: log pi_post - log pi_pre
-    finish_reason: str              # "eos", "length" or "stop_string"
+    token_log_ratios: list[float]  # per generated token: log pi_post - log pi_pre
+    finish_reason: str  # "eos", "length" or "stop_string"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -141,8 +181,9 @@ def _cd_step(logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: flo
     return score, lp_post, lp_pre
 
 
-def cd_scores(logits_aligned: torch.Tensor, logits_base: torch.Tensor, *, alpha: float,
-              relative_top: float) -> torch.Tensor:
+def cd_scores(
+    logits_aligned: torch.Tensor, logits_base: torch.Tensor, *, alpha: float, relative_top: float
+) -> torch.Tensor:
     """Per-step CD scores, shape like the logits ([..., vocab]); -inf outside the plausible set."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -161,8 +202,9 @@ def encode_prompt(tokenizer, prompt: str, *, use_chat_template: bool) -> list[in
     """Prompt ids exactly as generation sees them; scoring uses the same function, then appends the
     separately tokenized response, so rewards and generations agree on the prompt/response boundary."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has its specials
     else:
         ids = list(tokenizer(prompt)["input_ids"])
@@ -180,8 +222,11 @@ def encode_response(tokenizer, response: str) -> list[int]:
 
 
 def model_vocab_size(model) -> int:
-    return int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+    return (
+        int(model.get_output_embeddings().weight.shape[0])
+        if model.get_output_embeddings() is not None
         else int(model.config.vocab_size)
+    )
 
 
 def check_weak_pair(aligned, base, tokenizer, base_tokenizer=None) -> None:
@@ -192,10 +237,13 @@ def check_weak_pair(aligned, base, tokenizer, base_tokenizer=None) -> None:
     if va != vb:
         raise ValueError(
             f"the weak aligned model has {va} output tokens and the weak base model {vb}; contrastive "
-            "decoding needs both from the same family with the same vocabulary; pick another pair")
+            "decoding needs both from the same family with the same vocabulary; pick another pair"
+        )
     if len(tokenizer) > va:
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the models only {va} outputs; "
-                         "use the tokenizer that belongs to these models")
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the models only {va} outputs; "
+            "use the tokenizer that belongs to these models"
+        )
     da, db = next(aligned.parameters()).device, next(base.parameters()).device
     if da != db:
         raise ValueError(f"the weak models are on different devices ({da} and {db}); load both on one")
@@ -250,13 +298,15 @@ class _Stepper:
 
     def prefill(self, ids, mask, pos) -> torch.Tensor:
         self.cache = self._cache_cls(config=self.model.config)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                         **{self.cache_kw: self.cache}, **self.extra)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, **{self.cache_kw: self.cache}, **self.extra
+        )
         return out.logits[:, -1, :]
 
     def step(self, tok, mask, pos) -> torch.Tensor:
-        out = self.model(input_ids=tok, attention_mask=mask, position_ids=pos,
-                         **{self.cache_kw: self.cache}, **self.extra)
+        out = self.model(
+            input_ids=tok, attention_mask=mask, position_ids=pos, **{self.cache_kw: self.cache}, **self.extra
+        )
         return out.logits[:, -1, :]
 
     def keep_rows(self, rows: torch.Tensor) -> None:
@@ -268,10 +318,16 @@ class _Processors:
 
     def __init__(self, config: CDConfig) -> None:
         from transformers.generation.logits_process import (
-            RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper, TopPLogitsWarper)
+            RepetitionPenaltyLogitsProcessor,
+            TemperatureLogitsWarper,
+            TopPLogitsWarper,
+        )
 
-        self.rep = (RepetitionPenaltyLogitsProcessor(penalty=float(config.repetition_penalty))
-                    if config.repetition_penalty != 1.0 else None)
+        self.rep = (
+            RepetitionPenaltyLogitsProcessor(penalty=float(config.repetition_penalty))
+            if config.repetition_penalty != 1.0
+            else None
+        )
         self.warpers = []
         if config.do_sample:
             if config.temperature != 1.0:
@@ -295,7 +351,7 @@ class GeneratedOnlyRepetitionPenalty:
         self.prompt_len = int(prompt_len)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_len:]
+        generated = input_ids[:, self.prompt_len :]
         if generated.shape[1] == 0:
             return scores
         return self.inner(generated, scores)
@@ -308,9 +364,18 @@ class _Row:
     ids: list[int]
 
 
-def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors, config: CDConfig,
-                  eos: torch.Tensor, pad_id: int, vocab: int, device: torch.device,
-                  generator: torch.Generator | None) -> dict[int, tuple[list[int], list[float]]]:
+def _decode_batch(
+    rows: list[_Row],
+    a: _Stepper,
+    b: _Stepper,
+    procs: _Processors,
+    config: CDConfig,
+    eos: torch.Tensor,
+    pad_id: int,
+    vocab: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> dict[int, tuple[list[int], list[float]]]:
     """Decode one batch; returns {row position in ``rows``: (generated ids, per-token log ratios)}
     with ids cut after the first EOS (unless ignore_eos)."""
     B, T = len(rows), config.max_new_tokens
@@ -341,8 +406,8 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
     def finish(sel: torch.Tensor, steps: int) -> None:
         toks = gen[sel, :steps].tolist()
         lrs = ratios[sel, :steps].tolist()
-        for r, t, l in zip(row_of[sel].tolist(), toks, lrs):
-            results[r] = (t, l)
+        for r, t, lr in zip(row_of[sel].tolist(), toks, lrs):
+            results[r] = (t, lr)
 
     with torch.inference_mode():
         la = a.prefill(ids, mask, pos)
@@ -351,10 +416,10 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
         for t in range(T):
             score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
             if procs.rep is not None and P + t > rep_from:
-                score = procs.rep(seen[:, rep_from:P + t], score)
+                score = procs.rep(seen[:, rep_from : P + t], score)
             if config.do_sample:
                 for w in procs.warpers:
-                    score = w(seen[:, :P + t], score)
+                    score = w(seen[:, : P + t], score)
                 tok = torch.multinomial(torch.softmax(score, dim=-1), 1, generator=generator).squeeze(1)
             else:
                 tok = score.argmax(dim=-1)
@@ -382,7 +447,7 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
                         next_pos, row_of, tok = next_pos[keep], row_of[keep], tok[keep]
                         done = done[keep]
                         tk = tok.unsqueeze(1)
-            cur = attn[:, :P + t + 1]
+            cur = attn[:, : P + t + 1]
             npos = next_pos.unsqueeze(1)
             la = a.step(tk, cur, npos)
             lb = b.step(tk, cur, npos)
@@ -395,7 +460,7 @@ def _decode_batch(rows: list[_Row], a: _Stepper, b: _Stepper, procs: _Processors
         if not config.ignore_eos:
             for j, tid in enumerate(toks):
                 if tid in eos_set:
-                    toks, lrs = toks[:j + 1], lrs[:j + 1]
+                    toks, lrs = toks[: j + 1], lrs[: j + 1]
                     break
         out[r] = (toks, lrs)
     return out
@@ -412,21 +477,28 @@ def decode_response(tokenizer, toks: list[int], stop_strings: list[str]) -> tupl
         piece = tokenizer.decode(toks[:k], skip_special_tokens=True)
         hits = [piece.find(s) for s in stop_strings if s in piece]
         if hits:
-            return list(toks[:k]), piece[:min(hits)], True
+            return list(toks[:k]), piece[: min(hits)], True
     return list(toks), text, False  # not reached: the full text holds a stop string
 
 
-def _finalize(row: _Row, toks: list[int], lrs: list[float], tokenizer, config: CDConfig,
-              eos_set: set[int]) -> Generation:
+def _finalize(
+    row: _Row, toks: list[int], lrs: list[float], tokenizer, config: CDConfig, eos_set: set[int]
+) -> Generation:
     reason = "eos" if toks and toks[-1] in eos_set and not config.ignore_eos else "length"
     toks, text, stopped = decode_response(tokenizer, toks, config.stop_strings)
     if stopped:
-        reason, lrs = "stop_string", lrs[:len(toks)]
+        reason, lrs = "stop_string", lrs[: len(toks)]
     n = len(toks)
     total = float(sum(lrs))
-    return Generation(index=row.index, prompt=row.prompt, text=text, token_ids=list(toks),
-                      implicit_reward=ImplicitReward(sum=total, mean=total / n if n else 0.0, n_tokens=n),
-                      token_log_ratios=[float(x) for x in lrs], finish_reason=reason)
+    return Generation(
+        index=row.index,
+        prompt=row.prompt,
+        text=text,
+        token_ids=list(toks),
+        implicit_reward=ImplicitReward(sum=total, mean=total / n if n else 0.0, n_tokens=n),
+        token_log_ratios=[float(x) for x in lrs],
+        finish_reason=reason,
+    )
 
 
 def prepare_rows(tokenizer, prompts: list[str], config: CDConfig, limit: int | None = None) -> list[_Row]:
@@ -434,17 +506,26 @@ def prepare_rows(tokenizer, prompts: list[str], config: CDConfig, limit: int | N
     for i, p in enumerate(prompts):
         ids = encode_prompt(tokenizer, p, use_chat_template=config.use_chat_template)
         if config.max_prompt_tokens is not None:
-            ids = ids[-config.max_prompt_tokens:]
+            ids = ids[-config.max_prompt_tokens :]
         if limit is not None and len(ids) + config.max_new_tokens > limit:
             raise ValueError(
                 f"prompt {i} has {len(ids)} tokens; with max_new_tokens={config.max_new_tokens} that exceeds "
-                f"the model's context of {limit} positions; lower max_new_tokens or set max_prompt_tokens")
+                f"the model's context of {limit} positions; lower max_new_tokens or set max_prompt_tokens"
+            )
         rows.append(_Row(index=i, prompt=p, ids=ids))
     return rows
 
 
-def contrastive_generate(*, aligned, base, tokenizer, prompts: list[str], config: CDConfig,
-                         reporter: Reporter | None = None, base_tokenizer=None) -> list[Generation]:
+def contrastive_generate(
+    *,
+    aligned,
+    base,
+    tokenizer,
+    prompts: list[str],
+    config: CDConfig,
+    reporter: Reporter | None = None,
+    base_tokenizer=None,
+) -> list[Generation]:
     """CD generations for ``prompts`` in input order (only the finished ones if should_stop() fired).
 
     aligned is pi_post, base is pi_pre. ``base_tokenizer``, when given, is checked to share the
@@ -457,8 +538,12 @@ def contrastive_generate(*, aligned, base, tokenizer, prompts: list[str], config
     check_weak_pair(aligned, base, tokenizer, base_tokenizer)
     device = next(aligned.parameters()).device
     vocab = model_vocab_size(aligned)
-    rows = prepare_rows(tokenizer, list(prompts), config,
-                        limit=min([x for x in (context_limit(aligned), context_limit(base)) if x] or [None]))
+    rows = prepare_rows(
+        tokenizer,
+        list(prompts),
+        config,
+        limit=min([x for x in (context_limit(aligned), context_limit(base)) if x] or [None]),
+    )
     eos_list = eos_ids_of(aligned, tokenizer)
     if not eos_list and not config.ignore_eos:
         raise ValueError("the tokenizer has no EOS token; set ignore_eos=True to generate fixed lengths")
@@ -468,8 +553,7 @@ def contrastive_generate(*, aligned, base, tokenizer, prompts: list[str], config
 
     # Longest first: batches of similar length waste little on padding, and memory peaks show up early.
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i].ids))
-    batches = [[rows[i] for i in order[s:s + config.batch_size]]
-               for s in range(0, len(order), config.batch_size)]
+    batches = [[rows[i] for i in order[s : s + config.batch_size]] for s in range(0, len(order), config.batch_size)]
     out: list[Generation] = []
     done_count = 0
     for k, batch in enumerate(batches):

@@ -49,19 +49,38 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     """gold mean with a 95% interval over samples, valid rate, mean implicit reward, n."""
     g = mean_ci([r["gold"] for r in rows])
     imp = [r["implicit"] for r in rows if r.get("implicit") is not None]
-    return {"gold_mean": g.mean, "gold_ci": [g.lo, g.hi], "n": len(rows),
-            "valid_rate": sum(bool(r["valid"]) for r in rows) / len(rows) if rows else float("nan"),
-            "implicit_mean": sum(imp) / len(imp) if imp else None}
+    return {
+        "gold_mean": g.mean,
+        "gold_ci": [g.lo, g.hi],
+        "n": len(rows),
+        "valid_rate": sum(bool(r["valid"]) for r in rows) / len(rows) if rows else float("nan"),
+        "implicit_mean": sum(imp) / len(imp) if imp else None,
+    }
 
 
 def _score(gold: GoldReward, prompts: list[str], texts: list[str], implicit: list[float]) -> list[dict]:
-    return [{"prompt": p, "response": t, "gold": gold(p, t), "valid": gold.is_valid(p, t), "implicit": i}
-            for p, t, i in zip(prompts, texts, implicit)]
+    return [
+        {"prompt": p, "response": t, "gold": gold(p, t), "valid": gold.is_valid(p, t), "implicit": i}
+        for p, t, i in zip(prompts, texts, implicit)
+    ]
 
 
-def plain_samples(model, *, aligned, base, tokenizer, prompts: list[str], gold: GoldReward, n: int,
-                  seed: int, max_new_tokens: int, temperature: float = 0.8, top_p: float = 0.95,
-                  batch_size: int = 128, use_chat_template: bool = True) -> list[dict]:
+def plain_samples(
+    model,
+    *,
+    aligned,
+    base,
+    tokenizer,
+    prompts: list[str],
+    gold: GoldReward,
+    n: int,
+    seed: int,
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    batch_size: int = 128,
+    use_chat_template: bool = True,
+) -> list[dict]:
     """n plain samples per prompt from ``model`` (pi_pre or pi_post), with implicit rewards."""
     from ml.scoring import implicit_rewards
     from ml.stages._train import sample_responses
@@ -69,53 +88,135 @@ def plain_samples(model, *, aligned, base, tokenizer, prompts: list[str], gold: 
     texts: list[str] = []
     flat_prompts: list[str] = []
     for s in range(0, len(prompts), batch_size):
-        batch = prompts[s:s + batch_size]
-        outs = sample_responses(model, tokenizer, batch, n=n, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
-                                seed=seed + s)
+        batch = prompts[s : s + batch_size]
+        outs = sample_responses(
+            model,
+            tokenizer,
+            batch,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            use_chat_template=use_chat_template,
+            seed=seed + s,
+        )
         for p, rs in zip(batch, outs):
             flat_prompts += [p] * len(rs)
             texts += rs
-    imp = implicit_rewards(aligned=aligned, base=base, tokenizer=tokenizer, prompts=flat_prompts,
-                           responses=texts, batch_size=128, append_eos=True,
-                           use_chat_template=use_chat_template)
+    imp = implicit_rewards(
+        aligned=aligned,
+        base=base,
+        tokenizer=tokenizer,
+        prompts=flat_prompts,
+        responses=texts,
+        batch_size=128,
+        append_eos=True,
+        use_chat_template=use_chat_template,
+    )
     return _score(gold, flat_prompts, texts, [float(d["sum"]) for d in imp])
 
 
-def cd_samples(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward, alpha: float, n: int,
-               seed: int, max_new_tokens: int, reporter: Reporter | None = None,
-               batch_size: int = 64, cd_overrides: dict | None = None,
-               use_chat_template: bool = True) -> list[dict]:
+def cd_samples(
+    *,
+    aligned,
+    base,
+    tokenizer,
+    prompts: list[str],
+    gold: GoldReward,
+    alpha: float,
+    n: int,
+    seed: int,
+    max_new_tokens: int,
+    reporter: Reporter | None = None,
+    batch_size: int = 64,
+    cd_overrides: dict | None = None,
+    use_chat_template: bool = True,
+) -> list[dict]:
     """n CD samples per prompt at ``alpha`` (reference settings unless ``cd_overrides`` says), scored."""
     from ml.contrastive import CDConfig, contrastive_generate
 
     flat = [p for p in prompts for _ in range(n)]
-    cfg = CDConfig(**{"alpha": alpha, "seed": seed, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                      "use_chat_template": use_chat_template, **(cd_overrides or {})})
-    gens = contrastive_generate(aligned=aligned, base=base, tokenizer=tokenizer, prompts=flat, config=cfg,
-                                reporter=or_null(reporter))
-    return _score(gold, [g.prompt for g in gens], [g.text for g in gens],
-                  [float(g.implicit_reward.sum) for g in gens])
+    cfg = CDConfig(
+        **{
+            "alpha": alpha,
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "use_chat_template": use_chat_template,
+            **(cd_overrides or {}),
+        }
+    )
+    gens = contrastive_generate(
+        aligned=aligned, base=base, tokenizer=tokenizer, prompts=flat, config=cfg, reporter=or_null(reporter)
+    )
+    return _score(gold, [g.prompt for g in gens], [g.text for g in gens], [float(g.implicit_reward.sum) for g in gens])
 
 
-def run_sweep(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward, alphas, n: int, seed: int,
-              max_new_tokens: int, reporter: Reporter | None = None, keep_rows: bool = False,
-              cd_overrides: dict | None = None, use_chat_template: bool = True) -> dict[str, Any]:
+def run_sweep(
+    *,
+    aligned,
+    base,
+    tokenizer,
+    prompts: list[str],
+    gold: GoldReward,
+    alphas,
+    n: int,
+    seed: int,
+    max_new_tokens: int,
+    reporter: Reporter | None = None,
+    keep_rows: bool = False,
+    cd_overrides: dict | None = None,
+    use_chat_template: bool = True,
+) -> dict[str, Any]:
     """Everything the alpha sweep reports for one weak pair: pre, plain_post, cd[alpha], Pearson.
 
     ``cd_overrides``: CDConfig fields for the CD runs (e.g. {"repetition_penalty": 1.0} for an ablation)."""
     rep = or_null(reporter)
-    pre = plain_samples(base, aligned=aligned, base=base, tokenizer=tokenizer, prompts=prompts, gold=gold, n=n,
-                        seed=seed, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template)
-    post = plain_samples(aligned, aligned=aligned, base=base, tokenizer=tokenizer, prompts=prompts, gold=gold,
-                         n=n, seed=seed, max_new_tokens=max_new_tokens, use_chat_template=use_chat_template)
-    out: dict[str, Any] = {"pre": summarize(pre), "plain_post": summarize(post), "cd": [],
-                           "implicit_gold_pearson": pearson([r["implicit"] for r in post], [r["gold"] for r in post])}
+    pre = plain_samples(
+        base,
+        aligned=aligned,
+        base=base,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        gold=gold,
+        n=n,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        use_chat_template=use_chat_template,
+    )
+    post = plain_samples(
+        aligned,
+        aligned=aligned,
+        base=base,
+        tokenizer=tokenizer,
+        prompts=prompts,
+        gold=gold,
+        n=n,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        use_chat_template=use_chat_template,
+    )
+    out: dict[str, Any] = {
+        "pre": summarize(pre),
+        "plain_post": summarize(post),
+        "cd": [],
+        "implicit_gold_pearson": pearson([r["implicit"] for r in post], [r["gold"] for r in post]),
+    }
     rows: dict[str, list[dict]] = {"pre": pre, "plain_post": post}
     for k, a in enumerate(alphas):
-        cd = cd_samples(aligned=aligned, base=base, tokenizer=tokenizer, prompts=prompts, gold=gold, alpha=a, n=n,
-                        seed=seed, max_new_tokens=max_new_tokens, cd_overrides=cd_overrides,
-                        use_chat_template=use_chat_template)
+        cd = cd_samples(
+            aligned=aligned,
+            base=base,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            gold=gold,
+            alpha=a,
+            n=n,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            cd_overrides=cd_overrides,
+            use_chat_template=use_chat_template,
+        )
         out["cd"].append({"alpha": a, **summarize(cd)})
         rows[f"cd_{a:g}"] = cd
         rep.progress(SWEEP_STAGE, k + 1, len(alphas))
@@ -132,7 +233,6 @@ def run_sweep(*, aligned, base, tokenizer, prompts: list[str], gold: GoldReward,
 
 
 RAISES, NO_GAIN, LOWERS = "raises", "no_gain", "lowers"
-
 
 
 def _se(summary: dict) -> float:
@@ -155,10 +255,16 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
     diff = cd["gold_mean"] - plain["gold_mean"]
     half = 1.96 * math.sqrt(_se(cd) ** 2 + _se(plain) ** 2)
     r = sweep.get("implicit_gold_pearson")
-    r_txt = f"implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}" if r is not None and not math.isnan(r) \
+    r_txt = (
+        f"implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}"
+        if r is not None and not math.isnan(r)
         else "implicit-vs-gold Pearson unavailable"
+    )
     best = max(sweep["cd"], key=lambda c: c["gold_mean"])
-    delta = f"{diff:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post (95% interval {diff - half:+.3f}..{diff + half:+.3f})"
+    delta = (
+        f"{diff:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post "
+        f"(95% interval {diff - half:+.3f}..{diff + half:+.3f})"
+    )
     # CD at alpha = 1 uses CD's decoding settings (plausibility cut, repetition penalty) without the
     # log-ratio; comparing with it separates what the log-ratio does from what those settings do.
     ratio_effect = None
@@ -167,11 +273,18 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
         h1 = 1.96 * math.sqrt(_se(cd) ** 2 + _se(cds[1.0]) ** 2)
         ratio_effect = (d1, d1 - h1, d1 + h1)
     code, msg = _decide(diff, diff - half, diff + half, ratio_effect, r, r_txt, delta, decision_alpha)
-    return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": diff,
-            "gold_gain_ci": [diff - half, diff + half], "implicit_gold_pearson": r,
-            "best_alpha": best["alpha"], "best_alpha_gold": best["gold_mean"],
-            "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
-            "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
+    return {
+        "verdict": code,
+        "message": msg,
+        "decision_alpha": decision_alpha,
+        "gold_gain": diff,
+        "gold_gain_ci": [diff - half, diff + half],
+        "implicit_gold_pearson": r,
+        "best_alpha": best["alpha"],
+        "best_alpha_gold": best["gold_mean"],
+        "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
+        "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]],
+    }
 
 
 def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
@@ -181,20 +294,26 @@ def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
         msg = f"CD raises gold reward here: {delta}; {r_txt}. ConG's premise holds for this weak pair."
     elif hi < 0 and (ratio_effect is None or ratio_effect[2] < 0):
         code = LOWERS
-        msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. Weak alignment may have "
-               "learned a shortcut: the log-ratio does not favour what the gold reward favours, so training a "
-               "strong model on CD samples is not expected to beat plain weak supervision.")
+        msg = (
+            f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. Weak alignment may have "
+            "learned a shortcut: the log-ratio does not favour what the gold reward favours, so training a "
+            "strong model on CD samples is not expected to beat plain weak supervision."
+        )
     elif hi < 0:
         code = LOWERS
-        msg = (f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. The loss comes from CD's "
-               f"decoding settings, not from the log-ratio (alpha {decision_alpha:g} vs CD at alpha 1: "
-               f"{ratio_effect[0]:+.3f}, 95% interval {ratio_effect[1]:+.3f}..{ratio_effect[2]:+.3f}): the "
-               "log-ratio adds nothing here. CD beyond the log-ratio only removes pi_pre's prior and sharpens, "
-               "which helps only where that prior works against the preference.")
+        msg = (
+            f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. The loss comes from CD's "
+            f"decoding settings, not from the log-ratio (alpha {decision_alpha:g} vs CD at alpha 1: "
+            f"{ratio_effect[0]:+.3f}, 95% interval {ratio_effect[1]:+.3f}..{ratio_effect[2]:+.3f}): the "
+            "log-ratio adds nothing here. CD beyond the log-ratio only removes pi_pre's prior and sharpens, "
+            "which helps only where that prior works against the preference."
+        )
     else:
         code = NO_GAIN
-        msg = (f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. By gold, ConG's CD "
-               "training data would be no better than plain pi_post samples.")
+        msg = (
+            f"CD does not raise gold reward here: {delta}, within noise; {r_txt}. By gold, ConG's CD "
+            "training data would be no better than plain pi_post samples."
+        )
     if code != RAISES and r is not None and not math.isnan(r) and r < 0:
         msg += " The negative correlation itself is a warning: pi_post's log-ratio rewards something gold does not."
     return code, msg
@@ -218,28 +337,45 @@ def verdict_over_seeds(sweeps: list[dict[str, Any]], decision_alpha: float = 0.4
     rs = [sw.get("implicit_gold_pearson") for sw in sweeps]
     rs = [x for x in rs if x is not None and not math.isnan(x)]
     r = sum(rs) / len(rs) if rs else None
-    r_txt = (f"mean implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}" if r is not None
-             else "implicit-vs-gold Pearson unavailable")
-    delta = (f"{gains.mean:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post, mean over {len(sweeps)} seeds "
-             f"(95% interval over seeds {gains.lo:+.3f}..{gains.hi:+.3f})")
+    r_txt = (
+        f"mean implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}"
+        if r is not None
+        else "implicit-vs-gold Pearson unavailable"
+    )
+    delta = (
+        f"{gains.mean:+.3f} gold at alpha {decision_alpha:g} vs plain pi_post, mean over {len(sweeps)} seeds "
+        f"(95% interval over seeds {gains.lo:+.3f}..{gains.hi:+.3f})"
+    )
     code, msg = _decide(gains.mean, gains.lo, gains.hi, ratio_effect, r, r_txt, delta, decision_alpha)
-    return {"verdict": code, "message": msg, "decision_alpha": decision_alpha, "gold_gain": gains.mean,
-            "gold_gain_ci": [gains.lo, gains.hi], "implicit_gold_pearson": r, "n_seeds": len(sweeps),
-            "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
-            "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]]}
+    return {
+        "verdict": code,
+        "message": msg,
+        "decision_alpha": decision_alpha,
+        "gold_gain": gains.mean,
+        "gold_gain_ci": [gains.lo, gains.hi],
+        "implicit_gold_pearson": r,
+        "n_seeds": len(sweeps),
+        "log_ratio_effect": None if ratio_effect is None else ratio_effect[0],
+        "log_ratio_effect_ci": None if ratio_effect is None else [ratio_effect[1], ratio_effect[2]],
+    }
 
 
 @dataclass(kw_only=True)
 class PreflightConfig:
     """The pre-flight check's own settings (the alphas and CD overrides travel beside it, see ml.resolve)."""
 
-    n_samples: int = field(default=2, metadata={"help": "Samples per prompt (100-200 prompts x 2 separate a 0.05 "
-                                                        "gold difference on the toy worlds)."})
+    n_samples: int = field(
+        default=2,
+        metadata={
+            "help": "Samples per prompt (100-200 prompts x 2 separate a 0.05 gold difference on the toy worlds)."
+        },
+    )
     max_prompts: int | None = field(default=200, metadata={"help": "Use only the first N prompts (None = all)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest sampled response, in tokens."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
-    use_chat_template: bool = field(default=True, metadata={
-        "help": "Format prompts with the tokenizer's chat template when it has one."})
+    use_chat_template: bool = field(
+        default=True, metadata={"help": "Format prompts with the tokenizer's chat template when it has one."}
+    )
 
     def __post_init__(self) -> None:
         if self.n_samples < 1:
@@ -250,11 +386,22 @@ class PreflightConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def preflight(aligned, base, tokenizer, prompts: Sequence[str],
-              gold: GoldReward | str | Callable[[str, str], float], *, alphas: Sequence[float] = (0.0, 0.4, 1.0),
-              n: int = 2, seed: int = 0, max_new_tokens: int = 64, decision_alpha: float = 0.4,
-              use_chat_template: bool = True, cd_overrides: dict | None = None,
-              reporter: Reporter | None = None) -> dict[str, Any]:
+def preflight(
+    aligned,
+    base,
+    tokenizer,
+    prompts: Sequence[str],
+    gold: GoldReward | str | Callable[[str, str], float],
+    *,
+    alphas: Sequence[float] = (0.0, 0.4, 1.0),
+    n: int = 2,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    decision_alpha: float = 0.4,
+    use_chat_template: bool = True,
+    cd_overrides: dict | None = None,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
     """Run the pre-flight check on a loaded weak pair (aligned = pi_post, base = pi_pre).
 
     Returns {"verdict", "message", "gold_gain", "gold_gain_ci", "implicit_gold_pearson", "sweep": {...}}
@@ -268,17 +415,37 @@ def preflight(aligned, base, tokenizer, prompts: Sequence[str],
     if any(not 0.0 <= float(a) <= 1.0 for a in alphas):
         raise ValueError(f"alphas must lie in [0, 1], got {list(alphas)}")
     alphas = sorted(set(float(a) for a in alphas) | {float(decision_alpha), 1.0})
-    sweep = run_sweep(aligned=aligned, base=base, tokenizer=tokenizer, prompts=list(prompts), gold=resolve_gold(gold),
-                      alphas=alphas, n=n, seed=seed, max_new_tokens=max_new_tokens, reporter=reporter,
-                      cd_overrides=cd_overrides, use_chat_template=use_chat_template)
+    sweep = run_sweep(
+        aligned=aligned,
+        base=base,
+        tokenizer=tokenizer,
+        prompts=list(prompts),
+        gold=resolve_gold(gold),
+        alphas=alphas,
+        n=n,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        reporter=reporter,
+        cd_overrides=cd_overrides,
+        use_chat_template=use_chat_template,
+    )
     if sweep.get("stopped"):
         return {"stopped": True, "sweep": sweep}
     return {**verdict(sweep, decision_alpha), "sweep": sweep}
 
 
-def preflight_dirs(aligned: str, base: str, prompts: str, gold: GoldReward | str | Callable[[str, str], float], *,
-                   n_prompts: int | None = 200, device: str | None = None, dtype: str | None = None,
-                   reporter: Reporter | None = None, **kw: Any) -> dict[str, Any]:
+def preflight_dirs(
+    aligned: str,
+    base: str,
+    prompts: str,
+    gold: GoldReward | str | Callable[[str, str], float],
+    *,
+    n_prompts: int | None = 200,
+    device: str | None = None,
+    dtype: str | None = None,
+    reporter: Reporter | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
     """``preflight`` on model folders and a prompt JSONL (the first ``n_prompts`` prompts; None = all).
     Other keyword arguments go to ``preflight``."""
     from ml.io import read_prompts
@@ -293,5 +460,11 @@ def preflight_dirs(aligned: str, base: str, prompts: str, gold: GoldReward | str
     check_same_vocab(tok, load_tokenizer(base))
     a = load_causal_lm(aligned, device=dev, dtype=dtype)
     b = load_causal_lm(base, device=dev, dtype=dtype)
-    return {"aligned": aligned, "base": base, "prompts": prompts, "gold": g.name, "n_prompts": len(ps),
-            **preflight(a, b, tok, ps, g, reporter=reporter, **kw)}
+    return {
+        "aligned": aligned,
+        "base": base,
+        "prompts": prompts,
+        "gold": g.name,
+        "n_prompts": len(ps),
+        **preflight(a, b, tok, ps, g, reporter=reporter, **kw),
+    }

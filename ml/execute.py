@@ -8,8 +8,9 @@ stage's (or pipeline's) summary dict, with ``{"stopped": True, ...}`` when the r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ml.io import SAMPLES
 from ml.reporter import Reporter, or_null
@@ -22,8 +23,13 @@ def _noop(path: str, offset: int) -> None:
     return None
 
 
-def execute(spec: dict[str, Any], inputs: JobInputs, reporter: Reporter | None = None, *,
-            on_generation: OnGeneration | None = None) -> dict[str, Any]:
+def execute(
+    spec: dict[str, Any],
+    inputs: JobInputs,
+    reporter: Reporter | None = None,
+    *,
+    on_generation: OnGeneration | None = None,
+) -> dict[str, Any]:
     rep = or_null(reporter)
     hook = on_generation or _noop
     built = build(spec, inputs)
@@ -54,11 +60,21 @@ def execute(spec: dict[str, Any], inputs: JobInputs, reporter: Reporter | None =
         from ml.diagnose import preflight_dirs
 
         p = built["preflight"]
-        out = preflight_dirs(inputs.weak_aligned, inputs.weak_base, inputs.prompts, inputs.gold,
-                             n_prompts=p.max_prompts, reporter=rep, n=p.n_samples, seed=p.seed,
-                             max_new_tokens=p.max_new_tokens, alphas=built["alphas"],
-                             decision_alpha=built["decision_alpha"], use_chat_template=p.use_chat_template,
-                             cd_overrides=built["cd_overrides"])
+        out = preflight_dirs(
+            inputs.weak_aligned,
+            inputs.weak_base,
+            inputs.prompts,
+            inputs.gold,
+            n_prompts=p.max_prompts,
+            reporter=rep,
+            n=p.n_samples,
+            seed=p.seed,
+            max_new_tokens=p.max_new_tokens,
+            alphas=built["alphas"],
+            decision_alpha=built["decision_alpha"],
+            use_chat_template=p.use_chat_template,
+            cd_overrides=built["cd_overrides"],
+        )
         if not out.get("stopped"):
             rep.log(f"pre-flight verdict: {out['verdict']}: {out['message']}")
         return out

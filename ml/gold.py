@@ -44,7 +44,7 @@ def get_gold(name: str) -> GoldReward:
         raise ValueError(f"unknown gold reward {name!r}; known: {known}") from None
 
 
-def resolve_gold(gold: "GoldReward | str | GoldFn") -> GoldReward:
+def resolve_gold(gold: GoldReward | str | GoldFn) -> GoldReward:
     """Accept what configs and callers pass: a GoldReward, a registered name, or a bare callable."""
     if isinstance(gold, GoldReward):
         return gold
@@ -52,8 +52,10 @@ def resolve_gold(gold: "GoldReward | str | GoldFn") -> GoldReward:
         return get_gold(gold)
     if callable(gold):
         return GoldReward(name=getattr(gold, "__name__", "custom"), score=gold)
-    raise ValueError("gold must be a GoldReward, a registered gold name or a callable (prompt, response) -> float, "
-                     f"not {type(gold).__name__}")
+    raise ValueError(
+        "gold must be a GoldReward, a registered gold name or a callable (prompt, response) -> float, "
+        f"not {type(gold).__name__}"
+    )
 
 
 def known_golds() -> list[str]:

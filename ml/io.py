@@ -54,7 +54,7 @@ def repair_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return []
     rows = read_jsonl(path)
     data = path.read_bytes()
-    if data and not data.endswith(b"\n") or len(rows) != sum(1 for l in data.split(b"\n") if l.strip()):
+    if data and not data.endswith(b"\n") or len(rows) != sum(1 for line in data.split(b"\n") if line.strip()):
         write_jsonl(path, rows)
     return rows
 

@@ -44,8 +44,12 @@ def setting_flags(kind: str) -> dict[str, str]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("job", help="run any job kind with the web app's settings (derived flags)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "job",
+        help="run any job kind with the web app's settings (derived flags)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     for name, ks in registry().items():
         k = kinds.add_parser(name, help=ks.help, description=ks.help)
@@ -102,8 +106,14 @@ def _cmd_job(args) -> int:
     methods = args.methods.split(",") if getattr(args, "methods", None) else None
     try:
         # The terminal is the machine's owner: the web app's limits are not the CLI's (none but the model's).
-        spec = resolve(args.kind, params_from_args(args), alpha=args.alpha, methods=methods,
-                       method=getattr(args, "method", None), limits={k: float("inf") for k in DEFAULT_LIMITS})
+        spec = resolve(
+            args.kind,
+            params_from_args(args),
+            alpha=args.alpha,
+            methods=methods,
+            method=getattr(args, "method", None),
+            limits={k: float("inf") for k in DEFAULT_LIMITS},
+        )
         check(spec, inputs)
     except SpecError as exc:
         for key, msgs in exc.errors.items():

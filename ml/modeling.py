@@ -24,8 +24,14 @@ def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtyp
     """bf16 on CUDA (where the hardware supports it), float32 on CPU (bf16 matmuls are slow there)."""
     if requested:
         try:
-            return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[requested]
+            return {
+                "float32": torch.float32,
+                "fp32": torch.float32,
+                "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16,
+                "float16": torch.float16,
+                "fp16": torch.float16,
+            }[requested]
         except KeyError:
             raise ValueError(f"dtype {requested!r} is not one of float32, bfloat16, float16") from None
     if device.type == "cuda":
@@ -71,8 +77,13 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_causal_lm(path: str | Path, *, device: str | torch.device | None = None,
-                   dtype: str | torch.dtype | None = None, eval_mode: bool = True):
+def load_causal_lm(
+    path: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    eval_mode: bool = True,
+):
     from transformers import AutoModelForCausalLM
 
     path = Path(path)

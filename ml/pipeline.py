@@ -33,9 +33,16 @@ from ml.reporter import Reporter, or_null
 # The paper's methods (the default) and the options this project measures beside them.
 DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
 METHODS = (*DEFAULT_METHODS, "cong_filtered")
-LABELS = {"strong_base": "Strong (untrained)", "weak_sft": "WeakSFT", "wspo": "WSPO", "auxconf": "AuxConf",
-          "cong_s": "ConG-S", "cong": "ConG", "weak_post": "Weak aligned (pi_post)",
-          "cong_filtered": "ConG + implicit-reward filter"}
+LABELS = {
+    "strong_base": "Strong (untrained)",
+    "weak_sft": "WeakSFT",
+    "wspo": "WSPO",
+    "auxconf": "AuxConf",
+    "cong_s": "ConG-S",
+    "cong": "ConG",
+    "weak_post": "Weak aligned (pi_post)",
+    "cong_filtered": "ConG + implicit-reward filter",
+}
 _PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
 _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
 
@@ -44,29 +51,50 @@ _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", 
 class PipelineConfig:
     weak_base: str = field(metadata={"internal": True, "help": "pi_pre: the weak base model's folder."})
     strong: str = field(metadata={"internal": True, "help": "The strong model's folder (trained by every method)."})
-    train_prompts: str = field(metadata={"internal": True, "help": "Prompt JSONL for weak alignment, generation and training."})
+    train_prompts: str = field(
+        metadata={"internal": True, "help": "Prompt JSONL for weak alignment, generation and training."}
+    )
     eval_prompts: str = field(metadata={"internal": True, "help": "Held-out prompt JSONL for evaluation."})
-    gold: str = field(metadata={"internal": True, "help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."})
+    gold: str = field(
+        metadata={"internal": True, "help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."}
+    )
     output_dir: str = field(metadata={"internal": True, "help": "Run folder; each stage gets a subfolder."})
-    weak_aligned: str = field(default="", metadata={"internal": True, 
-        "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples."})
+    weak_aligned: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples.",
+        },
+    )
     alpha: float = field(default=0.4, metadata={"help": "CD weight of pi_post (reference 0.4)."})
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS), metadata={
-        "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)} (default: all but "
-                "cong_filtered, ConG's DPO on only the pairs whose chosen has the higher implicit reward)."})
+    methods: list[str] = field(
+        default_factory=lambda: list(DEFAULT_METHODS),
+        metadata={
+            "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)} (default: all but "
+            "cong_filtered, ConG's DPO on only the pairs whose chosen has the higher implicit reward)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed for every stage."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
     max_eval_prompts: int | None = field(default=None, metadata={"help": "Use only the first N eval prompts."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest generated response (all stages)."})
-    train_max_steps: int = field(default=-1, metadata={
-        "help": "Cap every training stage at this many steps (-1 = epochs as configured); for smoke runs."})
+    train_max_steps: int = field(
+        default=-1,
+        metadata={"help": "Cap every training stage at this many steps (-1 = epochs as configured); for smoke runs."},
+    )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
-    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
+    device: str | None = field(
+        default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
+    )
     # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
     weak_align: dict = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
-    generate: dict = field(default_factory=dict, metadata={
-        "help": "CDConfig overrides for cd_generate and plain_generate (temperature, top_p, batch_size, ...)."})
+    generate: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "CDConfig overrides for cd_generate and plain_generate (temperature, top_p, batch_size, ...)."
+        },
+    )
     sft: dict = field(default_factory=dict, metadata={"help": "SFTStageConfig overrides (ConG-S and WeakSFT)."})
     self_sample: dict = field(default_factory=dict, metadata={"help": "SelfSampleConfig overrides."})
     dpo: dict = field(default_factory=dict, metadata={"help": "DPOStageConfig overrides (ConG's DPO)."})
@@ -92,7 +120,7 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be a mapping of that stage's settings")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> "PipelineConfig":
+    def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -105,7 +133,7 @@ class PipelineConfig:
         return cls(**data)
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "PipelineConfig":
+    def from_yaml(cls, path: str | Path) -> PipelineConfig:
         """Load a YAML config; relative paths in it are relative to the YAML file's folder."""
         import yaml
 
@@ -157,7 +185,11 @@ class _Runner:
         return summary
 
     def train_kw(self, overrides: dict) -> dict:
-        kw: dict[str, Any] = {"seed": self.c.seed, "device": self.c.device, "use_chat_template": self.c.use_chat_template}
+        kw: dict[str, Any] = {
+            "seed": self.c.seed,
+            "device": self.c.device,
+            "use_chat_template": self.c.use_chat_template,
+        }
         if self.c.train_max_steps > 0:
             kw["max_steps"] = self.c.train_max_steps
         return {**kw, **overrides}
@@ -166,8 +198,13 @@ class _Runner:
         return self.train_kw({"lora_r": self.c.lora_r, **overrides})
 
     def decoding(self, **extra) -> dict:
-        return {"seed": self.c.seed, "max_new_tokens": self.c.max_new_tokens,
-                "use_chat_template": self.c.use_chat_template, **self.c.generate, **extra}
+        return {
+            "seed": self.c.seed,
+            "max_new_tokens": self.c.max_new_tokens,
+            "use_chat_template": self.c.use_chat_template,
+            **self.c.generate,
+            **extra,
+        }
 
 
 def check(config: PipelineConfig) -> dict[str, Any]:
@@ -223,51 +260,98 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
     models: dict[str, str] = {}
     weak_aligned = c.weak_aligned
     if not weak_aligned:
-        wa = WeakAlignConfig(**R.train_kw({"model": c.weak_base, "output_dir": R.dir("weak_align"),
-                                           "prompts": c.train_prompts, "gold": c.gold, "max_prompts": c.max_prompts,
-                                           "max_new_tokens": c.max_new_tokens, **c.weak_align}))
+        wa = WeakAlignConfig(
+            **R.train_kw(
+                {
+                    "model": c.weak_base,
+                    "output_dir": R.dir("weak_align"),
+                    "prompts": c.train_prompts,
+                    "gold": c.gold,
+                    "max_prompts": c.max_prompts,
+                    "max_new_tokens": c.max_new_tokens,
+                    **c.weak_align,
+                }
+            )
+        )
         weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
     common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
 
     if methods & {"cong_s", "cong", "cong_filtered"}:
-        cd_cfg = CDGenerateConfig(aligned=weak_aligned, base=c.weak_base, output_dir=R.dir("cd_generate"),
-                                  cd=R.decoding(alpha=c.alpha), **common)
+        cd_cfg = CDGenerateConfig(
+            aligned=weak_aligned,
+            base=c.weak_base,
+            output_dir=R.dir("cd_generate"),
+            cd=R.decoding(alpha=c.alpha),
+            **common,
+        )
         cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
-        s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"),
-                                          "data": cd_samples, **c.sft}))
+        s = SFTStageConfig(
+            **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"), "data": cd_samples, **c.sft})
+        )
         models["cong_s"] = R.stage("sft_cong_s", sft, s)["model_dir"]
         if methods & {"cong", "cong_filtered"}:
-            ss = SelfSampleConfig(**{"model": models["cong_s"], "prompts": c.train_prompts,
-                                     "output_dir": R.dir("self_sample"), "max_prompts": c.max_prompts,
-                                     "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
-                                     "use_chat_template": c.use_chat_template, **c.self_sample})
+            ss = SelfSampleConfig(
+                **{
+                    "model": models["cong_s"],
+                    "prompts": c.train_prompts,
+                    "output_dir": R.dir("self_sample"),
+                    "max_prompts": c.max_prompts,
+                    "max_new_tokens": c.max_new_tokens,
+                    "seed": c.seed,
+                    "device": c.device,
+                    "use_chat_template": c.use_chat_template,
+                    **c.self_sample,
+                }
+            )
             own = R.stage("self_sample", self_sample, ss)["samples"]
-            dpo_kw = {"model": models["cong_s"], "chosen_data": cd_samples, "rejected_data": own,
-                      "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.dpo}
+            dpo_kw = {
+                "model": models["cong_s"],
+                "chosen_data": cd_samples,
+                "rejected_data": own,
+                "weak_aligned": weak_aligned,
+                "weak_base": c.weak_base,
+                **c.dpo,
+            }
             if "cong" in methods:
                 d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong")}))
                 models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
             if "cong_filtered" in methods:
                 # Same ConG-S model, same (CD chosen, own rejected) pairs; only the filter differs.
-                d = DPOStageConfig(**R.strong_kw({**dpo_kw, "output_dir": R.dir("dpo_cong_filtered"),
-                                                  "filter_by_implicit_reward": True}))
+                d = DPOStageConfig(
+                    **R.strong_kw(
+                        {**dpo_kw, "output_dir": R.dir("dpo_cong_filtered"), "filter_by_implicit_reward": True}
+                    )
+                )
                 models["cong_filtered"] = R.stage("dpo_cong_filtered", dpo, d)["model_dir"]
 
     if methods & {"weak_sft", "wspo", "auxconf"}:
-        pg = PlainGenerateConfig(model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"),
-                                 sampling=R.decoding(), **common)
+        pg = PlainGenerateConfig(
+            model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"), sampling=R.decoding(), **common
+        )
         plain = R.stage("plain_generate", plain_generate, pg)["samples"]
         if "weak_sft" in methods:
-            s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"),
-                                              "data": plain, **c.sft}))
+            s = SFTStageConfig(
+                **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"), "data": plain, **c.sft})
+            )
             models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
         if "wspo" in methods:
-            w = WSPOConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("wspo"), "data": plain,
-                                          "weak_aligned": weak_aligned, "weak_base": c.weak_base, **c.wspo}))
+            w = WSPOConfig(
+                **R.strong_kw(
+                    {
+                        "model": c.strong,
+                        "output_dir": R.dir("wspo"),
+                        "data": plain,
+                        "weak_aligned": weak_aligned,
+                        "weak_base": c.weak_base,
+                        **c.wspo,
+                    }
+                )
+            )
             models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
         if "auxconf" in methods:
-            a = AuxConfConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain,
-                                             **c.auxconf}))
+            a = AuxConfConfig(
+                **R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain, **c.auxconf})
+            )
             models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
     models["strong_base"] = c.strong
     models["weak_post"] = weak_aligned
@@ -277,20 +361,39 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
     reference = str(R.out / "eval" / "weak_sft" / SAMPLES) if "weak_sft" in methods else ""
     metrics: dict[str, dict] = {}
     for m in order:
-        ev = EvaluateConfig(**{"output_dir": R.dir(f"eval/{m}"), "gold": c.gold, "model": models[m],
-                               "prompts": c.eval_prompts, "name": m, "max_prompts": c.max_eval_prompts,
-                               "max_new_tokens": c.max_new_tokens, "seed": c.seed, "device": c.device,
-                               "use_chat_template": c.use_chat_template, "weak_aligned": weak_aligned,
-                               "weak_base": c.weak_base,
-                               "reference": reference if m != "weak_sft" else "",
-                               "reference_name": "weak_sft", **c.evaluate})
+        ev = EvaluateConfig(
+            **{
+                "output_dir": R.dir(f"eval/{m}"),
+                "gold": c.gold,
+                "model": models[m],
+                "prompts": c.eval_prompts,
+                "name": m,
+                "max_prompts": c.max_eval_prompts,
+                "max_new_tokens": c.max_new_tokens,
+                "seed": c.seed,
+                "device": c.device,
+                "use_chat_template": c.use_chat_template,
+                "weak_aligned": weak_aligned,
+                "weak_base": c.weak_base,
+                "reference": reference if m != "weak_sft" else "",
+                "reference_name": "weak_sft",
+                **c.evaluate,
+            }
+        )
         metrics[m] = R.stage(f"eval/{m}", evaluate, ev)
     return weak_aligned, models, metrics
 
 
 def _method_row(name: str, m: dict, model: str) -> dict:
-    row = {"label": LABELS[name], "gold_mean": m["gold_mean"], "gold_ci": m["gold_ci"], "valid_rate": m["valid_rate"],
-           "implicit_mean": m.get("implicit_mean"), "n": m["n"], "model": model}
+    row = {
+        "label": LABELS[name],
+        "gold_mean": m["gold_mean"],
+        "gold_ci": m["gold_ci"],
+        "valid_rate": m["valid_rate"],
+        "implicit_mean": m.get("implicit_mean"),
+        "n": m["n"],
+        "model": model,
+    }
     row["win_rate_vs_weak_sft"] = 0.5 if name == "weak_sft" else m.get("win_rate_vs_weak_sft")
     return row
 
@@ -305,13 +408,22 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def results_markdown(results: dict) -> str:
     cfg = results["config"]
-    lines = [f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}", "",
-             "| Method | Gold mean | 95% CI | Valid | Implicit reward | Win vs WeakSFT | n |",
-             "|---|---:|---|---:|---:|---:|---:|"]
-    for name, r in results["methods"].items():
+    lines = [
+        f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}",
+        "",
+        "| Method | Gold mean | 95% CI | Valid | Implicit reward | Win vs WeakSFT | n |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results["methods"].values():
         lo, hi = r["gold_ci"]
-        lines.append(f"| {r['label']} | {_fmt(r['gold_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['valid_rate'], 2)} "
-                     f"| {_fmt(r['implicit_mean'])} | {_fmt(r['win_rate_vs_weak_sft'], 2)} | {r['n']} |")
-    lines += ["", "Implicit reward: log pi_post(y|x) - log pi_pre(y|x) summed over response tokens, under the weak "
-              "pair. Win rate: paired by prompt and sample against WeakSFT, ties count half.", ""]
+        lines.append(
+            f"| {r['label']} | {_fmt(r['gold_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['valid_rate'], 2)} "
+            f"| {_fmt(r['implicit_mean'])} | {_fmt(r['win_rate_vs_weak_sft'], 2)} | {r['n']} |"
+        )
+    lines += [
+        "",
+        "Implicit reward: log pi_post(y|x) - log pi_pre(y|x) summed over response tokens, under the weak "
+        "pair. Win rate: paired by prompt and sample against WeakSFT, ties count half.",
+        "",
+    ]
     return "\n".join(lines)

@@ -102,7 +102,7 @@ class ConsoleReporter(NullReporter):
         # of breaking it with a new line every few steps.
         for stage, bar in self._bars.items():
             if name.startswith(stage + "/"):
-                bar.set_postfix_str(f"{name[len(stage) + 1:]}={value:.4g}", refresh=True)
+                bar.set_postfix_str(f"{name[len(stage) + 1 :]}={value:.4g}", refresh=True)
                 return
         at = f" @ {step}" if step is not None else ""
         self._write(f"{name} = {value:.4g}{at}")

@@ -17,10 +17,28 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ml.spec import (DEFAULT_ALPHA, DEFAULT_SWEEP_ALPHAS, KINDS_WITH_ALPHA, PIPELINE_WIRING, SPEC_VERSION, _WIRED_AS,
-                     DEFAULT_LIMITS, KindSpec, SpecError, StageSpec, check_alpha, check_limit, check_type,
-                     field_default, is_internal, kind_spec, pipeline_methods, pipeline_stages_used, settable,
-                     top_settable)
+from ml.spec import (
+    _WIRED_AS,
+    DEFAULT_ALPHA,
+    DEFAULT_LIMITS,
+    DEFAULT_SWEEP_ALPHAS,
+    KINDS_WITH_ALPHA,
+    PIPELINE_WIRING,
+    SPEC_VERSION,
+    KindSpec,
+    SpecError,
+    StageSpec,
+    check_alpha,
+    check_limit,
+    check_type,
+    field_default,
+    is_internal,
+    kind_spec,
+    pipeline_methods,
+    pipeline_stages_used,
+    settable,
+    top_settable,
+)
 
 PLACEHOLDER = "<set by the job>"
 
@@ -46,8 +64,10 @@ def _unknown_msg(name: str, spec: StageSpec, known: list[str]) -> str:
         return "set by the job itself, not per stage (alpha is the job's alpha; seed and lengths are params' own)"
     internal = any(f.name == name and is_internal(f) for cls in spec.classes for f in fields(cls))
     if internal:
-        return ("a file, model or device that the job chooses; it cannot be set in a request (pick models and "
-                "datasets by id)")
+        return (
+            "a file, model or device that the job chooses; it cannot be set in a request (pick models and "
+            "datasets by id)"
+        )
     return f"unknown setting; known: {', '.join(known)}"
 
 
@@ -74,8 +94,7 @@ class _Layer:
     alphas: list[float] | None = None
 
 
-def _read_layer(ks: KindSpec, params: Any, used: list[str], limits: dict, errs: _Errors, *,
-                strict: bool) -> _Layer:
+def _read_layer(ks: KindSpec, params: Any, used: list[str], limits: dict, errs: _Errors, *, strict: bool) -> _Layer:
     """Split params into knobs / top / stage settings. strict (the request): every key must fit the kind, else an
     error; not strict (a dataset's recommendations): what does not fit this kind is left out."""
     layer = _Layer({}, {}, {})
@@ -127,8 +146,10 @@ def _knob_type(ks: KindSpec, knob: str) -> Any:
 
 def _unknown_param_msg(ks: KindSpec, key: str, top: dict) -> str:
     if ks.pipeline and key in ("learning_rate", "beta", "k"):
-        return (f"{key} differs per training stage in kind={ks.name}; set it per stage, e.g. params.sft.{key} "
-                f"or params.dpo.{key}")
+        return (
+            f"{key} differs per training stage in kind={ks.name}; set it per stage, e.g. params.sft.{key} "
+            f"or params.dpo.{key}"
+        )
     known = sorted({*ks.knobs, *top, *ks.stages, *(["alphas"] if ks.sweep else [])})
     return f"unknown setting for kind={ks.name}; known: {', '.join(known)}"
 
@@ -154,8 +175,14 @@ def _check_alphas(path: str, value: Any, limits: dict, errs: _Errors) -> list[fl
     return out
 
 
-def _apply(values: dict[str, dict[str, Any]], where: dict[str, dict[str, str]], ks: KindSpec, used: list[str],
-           knobs: dict[str, Any], origin: str) -> None:
+def _apply(
+    values: dict[str, dict[str, Any]],
+    where: dict[str, dict[str, str]],
+    ks: KindSpec,
+    used: list[str],
+    knobs: dict[str, Any],
+    origin: str,
+) -> None:
     for knob, value in knobs.items():
         for target in ks.knobs[knob]:
             stage, name = target.split(".", 1)
@@ -164,8 +191,16 @@ def _apply(values: dict[str, dict[str, Any]], where: dict[str, dict[str, str]], 
                 where[stage][name] = f"{origin}.{knob}"
 
 
-def resolve(kind: str, params: Any = None, *, alpha: Any = None, methods: Any = None, method: Any = None,
-            recommended: dict[str, Any] | None = None, limits: dict[str, int | float] | None = None) -> dict[str, Any]:
+def resolve(
+    kind: str,
+    params: Any = None,
+    *,
+    alpha: Any = None,
+    methods: Any = None,
+    method: Any = None,
+    recommended: dict[str, Any] | None = None,
+    limits: dict[str, int | float] | None = None,
+) -> dict[str, Any]:
     """The full spec for a request, or SpecError naming every bad key path."""
     ks = kind_spec(kind)
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -213,13 +248,20 @@ def resolve(kind: str, params: Any = None, *, alpha: Any = None, methods: Any = 
             if stage in values and name in values[stage]:
                 values[stage][name] = top[key]
                 where[stage][name] = f"params.{key}"
-    _apply(values, where, ks, used, {k: v for k, v in rec.knobs.items() if not ks.knobs[k][0].startswith("top.")},
-           "dataset default")
+    _apply(
+        values,
+        where,
+        ks,
+        used,
+        {k: v for k, v in rec.knobs.items() if not ks.knobs[k][0].startswith("top.")},
+        "dataset default",
+    )
     for stage, vals in rec.stages.items():
         values[stage].update(vals)
         where[stage].update({k: f"dataset default {stage}.{k}" for k in vals})
-    _apply(values, where, ks, used, {k: v for k, v in req.knobs.items() if not ks.knobs[k][0].startswith("top.")},
-           "params")
+    _apply(
+        values, where, ks, used, {k: v for k, v in req.knobs.items() if not ks.knobs[k][0].startswith("top.")}, "params"
+    )
     for stage, vals in req.stages.items():
         values[stage].update(vals)
         where[stage].update({k: f"params.{stage}.{k}" for k in vals})
@@ -294,39 +336,95 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
         from ml.pipeline import PipelineConfig
 
         stage_dicts = {"generate" if k == "cd_generate" else k: dict(v) for k, v in st.items()}
-        return {"pipeline": PipelineConfig(
-            weak_base=inputs.weak_base, weak_aligned=inputs.weak_aligned, strong=inputs.strong,
-            train_prompts=inputs.prompts, eval_prompts=inputs.eval_prompts or inputs.prompts, gold=inputs.gold,
-            output_dir=inputs.output_dir, alpha=spec["alpha"], methods=list(spec["methods"]), **spec["top"],
-            **stage_dicts)}
+        return {
+            "pipeline": PipelineConfig(
+                weak_base=inputs.weak_base,
+                weak_aligned=inputs.weak_aligned,
+                strong=inputs.strong,
+                train_prompts=inputs.prompts,
+                eval_prompts=inputs.eval_prompts or inputs.prompts,
+                gold=inputs.gold,
+                output_dir=inputs.output_dir,
+                alpha=spec["alpha"],
+                methods=list(spec["methods"]),
+                **spec["top"],
+                **stage_dicts,
+            )
+        }
     if kind == "cd_generate":
-        return {"cd_generate": make(_cls("cd_generate"), {
-            "aligned": inputs.weak_aligned, "base": inputs.weak_base, "prompts": inputs.prompts,
-            "output_dir": _out(inputs, "cd_generate"), "alpha": spec["alpha"], **st["cd_generate"]})}
+        return {
+            "cd_generate": make(
+                _cls("cd_generate"),
+                {
+                    "aligned": inputs.weak_aligned,
+                    "base": inputs.weak_base,
+                    "prompts": inputs.prompts,
+                    "output_dir": _out(inputs, "cd_generate"),
+                    "alpha": spec["alpha"],
+                    **st["cd_generate"],
+                },
+            )
+        }
     if kind == "alpha_sweep":
         runs = []
         for a in spec["alphas"]:
             tag = alpha_tag(a)
-            cd = make(_cls("cd_generate"), {"aligned": inputs.weak_aligned, "base": inputs.weak_base,
-                                            "prompts": inputs.prompts, "output_dir": _out(inputs, f"cd_generate_{tag}"),
-                                            "alpha": a, **st["cd_generate"]})
-            ev = make(_cls("evaluate"), {"output_dir": _out(inputs, f"evaluate_{tag}"), "gold": inputs.gold,
-                                         "samples": f"{cd.output_dir}/samples.jsonl", "name": tag, **st["evaluate"]})
+            cd = make(
+                _cls("cd_generate"),
+                {
+                    "aligned": inputs.weak_aligned,
+                    "base": inputs.weak_base,
+                    "prompts": inputs.prompts,
+                    "output_dir": _out(inputs, f"cd_generate_{tag}"),
+                    "alpha": a,
+                    **st["cd_generate"],
+                },
+            )
+            ev = make(
+                _cls("evaluate"),
+                {
+                    "output_dir": _out(inputs, f"evaluate_{tag}"),
+                    "gold": inputs.gold,
+                    "samples": f"{cd.output_dir}/samples.jsonl",
+                    "name": tag,
+                    **st["evaluate"],
+                },
+            )
             runs.append({"alpha": a, "tag": tag, "cd_generate": cd, "evaluate": ev})
         return {"alphas": runs}
     if kind == "weak_align":
-        src = ({"data": inputs.prompts} if inputs.prompts_kind == "preferences"
-               else {"prompts": inputs.prompts, "gold": inputs.gold})
-        return {"weak_align": make(_cls("weak_align"), {"model": inputs.weak_base,
-                                                        "output_dir": _out(inputs, "weak_align"), **src,
-                                                        **st["weak_align"]})}
+        src = (
+            {"data": inputs.prompts}
+            if inputs.prompts_kind == "preferences"
+            else {"prompts": inputs.prompts, "gold": inputs.gold}
+        )
+        return {
+            "weak_align": make(
+                _cls("weak_align"),
+                {"model": inputs.weak_base, "output_dir": _out(inputs, "weak_align"), **src, **st["weak_align"]},
+            )
+        }
     if kind == "evaluate":
-        return {"evaluate": make(_cls("evaluate"), {
-            "output_dir": _out(inputs, "evaluate"), "gold": inputs.gold, "model": inputs.strong,
-            "prompts": inputs.prompts, "name": inputs.strong_name or "model", **st["evaluate"]})}
+        return {
+            "evaluate": make(
+                _cls("evaluate"),
+                {
+                    "output_dir": _out(inputs, "evaluate"),
+                    "gold": inputs.gold,
+                    "model": inputs.strong,
+                    "prompts": inputs.prompts,
+                    "name": inputs.strong_name or "model",
+                    **st["evaluate"],
+                },
+            )
+        }
     if kind == "preflight":
-        return {"preflight": make(_cls("preflight"), dict(st["preflight"])), "cd_overrides": dict(st["cd_generate"]),
-                "alphas": list(spec["alphas"]), "decision_alpha": spec["alpha"]}
+        return {
+            "preflight": make(_cls("preflight"), dict(st["preflight"])),
+            "cd_overrides": dict(st["cd_generate"]),
+            "alphas": list(spec["alphas"]),
+            "decision_alpha": spec["alpha"],
+        }
     raise SpecError({"kind": [f"no builder for kind {kind!r}"]})
 
 

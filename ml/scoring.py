@@ -39,8 +39,9 @@ def _fit(p: list[int], r: list[int], limit: int | None) -> tuple[list[int], list
     return p, r[: limit - len(p)]
 
 
-def encode_pairs(tokenizer, prompts: list[str], responses: list[str], *, use_chat_template: bool = False,
-                 append_eos: bool = False) -> list[tuple[list[int], list[int]]]:
+def encode_pairs(
+    tokenizer, prompts: list[str], responses: list[str], *, use_chat_template: bool = False, append_eos: bool = False
+) -> list[tuple[list[int], list[int]]]:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; they must pair up")
     eos = tokenizer.eos_token_id
@@ -53,8 +54,9 @@ def encode_pairs(tokenizer, prompts: list[str], responses: list[str], *, use_cha
     return out
 
 
-def token_logprobs_from_ids(model, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 16,
-                            pad_id: int = 0) -> list[list[float]]:
+def token_logprobs_from_ids(
+    model, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 16, pad_id: int = 0
+) -> list[list[float]]:
     """log p(response token | prefix) for every response token of every (prompt_ids, response_ids)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -67,7 +69,7 @@ def token_logprobs_from_ids(model, pairs: list[tuple[list[int], list[int]]], *, 
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     with torch.inference_mode():
         for s in range(0, len(order), batch_size):
-            idx = order[s:s + batch_size]
+            idx = order[s : s + batch_size]
             seqs = [pairs[i][0] + pairs[i][1] for i in idx]
             R = max(len(pairs[i][1]) for i in idx)
             if R == 0:
@@ -77,9 +79,14 @@ def token_logprobs_from_ids(model, pairs: list[tuple[list[int], list[int]]], *, 
             ids, mask = pad_batch(seqs, pad_id, side="left")
             pos = (mask.cumsum(-1) - 1).clamp_min(0)
             kw = {"logits_to_keep": R + 1} if "logits_to_keep" in params else {}
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=pos.to(device), use_cache=False, **kw).logits
-            logits = logits[:, -(R + 1):]  # position k of this slice is sequence position L - R - 1 + k
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=pos.to(device),
+                use_cache=False,
+                **kw,
+            ).logits
+            logits = logits[:, -(R + 1) :]  # position k of this slice is sequence position L - R - 1 + k
             for j, i in enumerate(idx):
                 r = pairs[i][1]
                 if not r:
@@ -87,24 +94,50 @@ def token_logprobs_from_ids(model, pairs: list[tuple[list[int], list[int]]], *, 
                     continue
                 # Response token t sits at L - len(r) + t and is predicted one position earlier.
                 start = R - len(r)
-                lp = torch.log_softmax(logits[j, start:start + len(r)].float(), dim=-1)
+                lp = torch.log_softmax(logits[j, start : start + len(r)].float(), dim=-1)
                 tgt = torch.tensor(r, dtype=torch.long, device=lp.device).unsqueeze(1)
                 out[i] = lp.gather(1, tgt).squeeze(1).tolist()
     return out  # type: ignore[return-value]
 
 
-def token_logprobs(model, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int = 16,
-                   use_chat_template: bool = False, append_eos: bool = False) -> list[list[float]]:
+def token_logprobs(
+    model,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    batch_size: int = 16,
+    use_chat_template: bool = False,
+    append_eos: bool = False,
+) -> list[list[float]]:
     pairs = encode_pairs(tokenizer, prompts, responses, use_chat_template=use_chat_template, append_eos=append_eos)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return token_logprobs_from_ids(model, pairs, batch_size=batch_size, pad_id=int(pad))
 
 
-def sequence_logprobs(model, tokenizer, prompts: list[str], responses: list[str], *, batch_size: int = 16,
-                      use_chat_template: bool = False, append_eos: bool = False) -> list[float]:
+def sequence_logprobs(
+    model,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    batch_size: int = 16,
+    use_chat_template: bool = False,
+    append_eos: bool = False,
+) -> list[float]:
     """Per pair: sum of log p(response token | prompt, earlier response tokens)."""
-    return [float(sum(x)) for x in token_logprobs(model, tokenizer, prompts, responses, batch_size=batch_size,
-                                                  use_chat_template=use_chat_template, append_eos=append_eos)]
+    return [
+        float(sum(x))
+        for x in token_logprobs(
+            model,
+            tokenizer,
+            prompts,
+            responses,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            append_eos=append_eos,
+        )
+    ]
 
 
 def _reward_dicts(lp_a: list[list[float]], lp_b: list[list[float]]) -> list[dict]:
@@ -117,16 +150,26 @@ def _reward_dicts(lp_a: list[list[float]], lp_b: list[list[float]]) -> list[dict
     return out
 
 
-def implicit_rewards_from_ids(*, aligned, base, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16,
-                              pad_id: int = 0) -> list[dict]:
+def implicit_rewards_from_ids(
+    *, aligned, base, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16, pad_id: int = 0
+) -> list[dict]:
     lp_a = token_logprobs_from_ids(aligned, pairs, batch_size=batch_size, pad_id=pad_id)
     lp_b = token_logprobs_from_ids(base, pairs, batch_size=batch_size, pad_id=pad_id)
     return _reward_dicts(lp_a, lp_b)
 
 
-def implicit_rewards(*, aligned, base, tokenizer, prompts: list[str], responses: list[str], batch_size: int = 16,
-                     use_chat_template: bool = False, append_eos: bool = False,
-                     base_tokenizer=None) -> list[dict]:
+def implicit_rewards(
+    *,
+    aligned,
+    base,
+    tokenizer,
+    prompts: list[str],
+    responses: list[str],
+    batch_size: int = 16,
+    use_chat_template: bool = False,
+    append_eos: bool = False,
+    base_tokenizer=None,
+) -> list[dict]:
     """Per pair {"sum", "mean", "n_tokens"} of log pi_post - log pi_pre over the response tokens
     (aligned = pi_post, base = pi_pre; mean is 0.0 for an empty response)."""
     check_weak_pair(aligned, base, tokenizer, base_tokenizer)
@@ -143,8 +186,15 @@ class RewardModelJudge:
     left padded so the model's "last non-pad token" pooling lands on the last real token.
     """
 
-    def __init__(self, path: str | Path, *, device: str | None = None, dtype: str | None = None,
-                 batch_size: int = 16, use_chat_template: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        dtype: str | None = None,
+        batch_size: int = 16,
+        use_chat_template: bool = True,
+    ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ml.modeling import pick_device, pick_dtype
@@ -159,19 +209,26 @@ class RewardModelJudge:
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            str(path), dtype=pick_dtype(self.device, dtype), trust_remote_code=False).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                str(path), dtype=pick_dtype(self.device, dtype), trust_remote_code=False
+            )
+            .to(self.device)
+            .eval()
+        )
         if self.model.config.num_labels != 1:
-            raise ValueError(f"{path} has {self.model.config.num_labels} outputs; a reward model needs exactly one "
-                             "(num_labels=1)")
+            raise ValueError(
+                f"{path} has {self.model.config.num_labels} outputs; a reward model needs exactly one (num_labels=1)"
+            )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     def _encode(self, prompt: str, response: str) -> list[int]:
         tok = self.tokenizer
         if self.use_chat_template and getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": prompt},
-                                            {"role": "assistant", "content": response}], tokenize=False)
+            text = tok.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+            )
             ids = list(tok(text, add_special_tokens=False)["input_ids"])
         else:
             ids = encode_prompt(tok, prompt, use_chat_template=False) + encode_response(tok, response)
@@ -187,11 +244,12 @@ class RewardModelJudge:
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
-                idx = order[s:s + self.batch_size]
+                idx = order[s : s + self.batch_size]
                 ids, mask = pad_batch([seqs[i] for i in idx], pad, side="left")
                 pos = (mask.cumsum(-1) - 1).clamp_min(0)
-                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                    position_ids=pos.to(self.device)).logits
+                logits = self.model(
+                    input_ids=ids.to(self.device), attention_mask=mask.to(self.device), position_ids=pos.to(self.device)
+                ).logits
                 for j, i in enumerate(idx):
                     out[i] = float(logits[j, 0])
         return out

@@ -31,16 +31,36 @@ DEFAULT_SWEEP_ALPHAS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 # Upper bounds on everything a request can make big. Keys are limit names; LIMIT_OF says which fields they bound.
 DEFAULT_LIMITS: dict[str, int | float] = {
-    "max_new_tokens": 4096, "batch_size": 512, "max_prompts": 100_000, "n_samples": 64, "k": 32,
-    "alphas": 21, "epochs": 100, "max_steps": 1_000_000, "max_length": 32_768,
+    "max_new_tokens": 4096,
+    "batch_size": 512,
+    "max_prompts": 100_000,
+    "n_samples": 64,
+    "k": 32,
+    "alphas": 21,
+    "epochs": 100,
+    "max_steps": 1_000_000,
+    "max_length": 32_768,
 }
 LIMIT_OF = {
-    "max_new_tokens": "max_new_tokens", "batch_size": "batch_size", "per_device_train_batch_size": "batch_size",
-    "sample_batch_size": "batch_size", "score_batch_size": "batch_size", "max_prompts": "max_prompts",
-    "max_eval_prompts": "max_prompts", "max_examples": "max_prompts", "n_samples": "n_samples",
-    "samples_per_prompt": "n_samples", "k": "k", "alphas": "alphas", "epochs": "epochs",
-    "num_train_epochs": "epochs", "max_steps": "max_steps", "train_max_steps": "max_steps",
-    "max_length": "max_length", "max_prompt_tokens": "max_length", "gradient_accumulation_steps": "batch_size",
+    "max_new_tokens": "max_new_tokens",
+    "batch_size": "batch_size",
+    "per_device_train_batch_size": "batch_size",
+    "sample_batch_size": "batch_size",
+    "score_batch_size": "batch_size",
+    "max_prompts": "max_prompts",
+    "max_eval_prompts": "max_prompts",
+    "max_examples": "max_prompts",
+    "n_samples": "n_samples",
+    "samples_per_prompt": "n_samples",
+    "k": "k",
+    "alphas": "alphas",
+    "epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "train_max_steps": "max_steps",
+    "max_length": "max_length",
+    "max_prompt_tokens": "max_length",
+    "gradient_accumulation_steps": "batch_size",
 }
 
 
@@ -130,9 +150,19 @@ def _classes() -> dict[str, type]:
     from ml.stages.weak_align import WeakAlignConfig
     from ml.stages.wspo import WSPOConfig
 
-    return {"cd": CDConfig, "preflight": PreflightConfig, "pipeline": PipelineConfig, "auxconf": AuxConfConfig,
-            "dpo": DPOStageConfig, "evaluate": EvaluateConfig, "cd_generate": CDGenerateConfig,
-            "self_sample": SelfSampleConfig, "sft": SFTStageConfig, "weak_align": WeakAlignConfig, "wspo": WSPOConfig}
+    return {
+        "cd": CDConfig,
+        "preflight": PreflightConfig,
+        "pipeline": PipelineConfig,
+        "auxconf": AuxConfConfig,
+        "dpo": DPOStageConfig,
+        "evaluate": EvaluateConfig,
+        "cd_generate": CDGenerateConfig,
+        "self_sample": SelfSampleConfig,
+        "sft": SFTStageConfig,
+        "weak_align": WeakAlignConfig,
+        "wspo": WSPOConfig,
+    }
 
 
 DECODING_KNOBS = ("batch_size", "relative_top", "temperature", "top_p", "repetition_penalty", "do_sample")
@@ -148,8 +178,12 @@ def registry() -> dict[str, KindSpec]:
     pipeline_stages = {
         # In the pipeline the generation settings are CDConfig's (shared by CD and plain sampling).
         "cd_generate": StageSpec(c["cd"], wired=("alpha",)),
-        "sft": StageSpec(c["sft"]), "self_sample": StageSpec(c["self_sample"]), "dpo": StageSpec(c["dpo"]),
-        "wspo": StageSpec(c["wspo"]), "auxconf": StageSpec(c["auxconf"]), "evaluate": evaluate,
+        "sft": StageSpec(c["sft"]),
+        "self_sample": StageSpec(c["self_sample"]),
+        "dpo": StageSpec(c["dpo"]),
+        "wspo": StageSpec(c["wspo"]),
+        "auxconf": StageSpec(c["auxconf"]),
+        "evaluate": evaluate,
     }
     pipeline_knobs = {
         **{k: (f"top.{k}",) for k in ("seed", "max_prompts", "max_eval_prompts", "max_new_tokens")},
@@ -158,30 +192,86 @@ def registry() -> dict[str, KindSpec]:
         "n_samples": ("evaluate.n_samples",),
     }
     kinds = [
-        KindSpec("cong", "The ConG experiment: CD data, the chosen methods trained and evaluated.",
-                 pipeline_stages, pipeline_knobs, pipeline=True),
-        KindSpec("train", "One method's training (and evaluation) of the strong model.",
-                 pipeline_stages, pipeline_knobs, pipeline=True),
-        KindSpec("cd_generate", "Contrastive decoding samples of the weak pair.", {"cd_generate": cd_alone},
-                 cd_knobs),
-        KindSpec("alpha_sweep", "CD at several alphas, each scored with the gold reward.",
-                 {"cd_generate": cd_alone, "evaluate": evaluate}, cd_knobs, sweep=True),
-        KindSpec("weak_align", "DPO of pi_pre on gold-labelled samples: makes pi_post.",
-                 {"weak_align": StageSpec(c["weak_align"])},
-                 {**{k: (f"weak_align.{k}",) for k in ("max_prompts", "max_new_tokens", "seed", "k", "beta",
-                                                       "learning_rate", "temperature", "top_p")},
-                  "epochs": ("weak_align.num_train_epochs",), "batch_size": ("weak_align.sample_batch_size",)}),
-        KindSpec("evaluate", "The strong model's responses scored with the gold reward.", {"evaluate": evaluate},
-                 {k: (f"evaluate.{k}",) for k in ("max_prompts", "max_new_tokens", "seed", "batch_size",
-                                                  "temperature", "top_p", "do_sample", "n_samples")}),
-        KindSpec("preflight", "Does CD raise the gold reward for this weak pair? (before spending on training)",
-                 {"preflight": StageSpec(c["preflight"]),
-                  # Only CD's own settings: plain pi_post samples keep the reference sampling.
-                  "cd_generate": StageSpec(c["cd"], wired=("alpha", "seed", "max_new_tokens", "use_chat_template"),
-                                           defaults={"batch_size": 64})},
-                 {**{k: (f"preflight.{k}",) for k in ("n_samples", "max_new_tokens", "seed", "max_prompts")},
-                  "relative_top": ("cd_generate.relative_top",), "repetition_penalty": ("cd_generate.repetition_penalty",),
-                  "batch_size": ("cd_generate.batch_size",)}, sweep=True),
+        KindSpec(
+            "cong",
+            "The ConG experiment: CD data, the chosen methods trained and evaluated.",
+            pipeline_stages,
+            pipeline_knobs,
+            pipeline=True,
+        ),
+        KindSpec(
+            "train",
+            "One method's training (and evaluation) of the strong model.",
+            pipeline_stages,
+            pipeline_knobs,
+            pipeline=True,
+        ),
+        KindSpec("cd_generate", "Contrastive decoding samples of the weak pair.", {"cd_generate": cd_alone}, cd_knobs),
+        KindSpec(
+            "alpha_sweep",
+            "CD at several alphas, each scored with the gold reward.",
+            {"cd_generate": cd_alone, "evaluate": evaluate},
+            cd_knobs,
+            sweep=True,
+        ),
+        KindSpec(
+            "weak_align",
+            "DPO of pi_pre on gold-labelled samples: makes pi_post.",
+            {"weak_align": StageSpec(c["weak_align"])},
+            {
+                **{
+                    k: (f"weak_align.{k}",)
+                    for k in (
+                        "max_prompts",
+                        "max_new_tokens",
+                        "seed",
+                        "k",
+                        "beta",
+                        "learning_rate",
+                        "temperature",
+                        "top_p",
+                    )
+                },
+                "epochs": ("weak_align.num_train_epochs",),
+                "batch_size": ("weak_align.sample_batch_size",),
+            },
+        ),
+        KindSpec(
+            "evaluate",
+            "The strong model's responses scored with the gold reward.",
+            {"evaluate": evaluate},
+            {
+                k: (f"evaluate.{k}",)
+                for k in (
+                    "max_prompts",
+                    "max_new_tokens",
+                    "seed",
+                    "batch_size",
+                    "temperature",
+                    "top_p",
+                    "do_sample",
+                    "n_samples",
+                )
+            },
+        ),
+        KindSpec(
+            "preflight",
+            "Does CD raise the gold reward for this weak pair? (before spending on training)",
+            {
+                "preflight": StageSpec(c["preflight"]),
+                # Only CD's own settings: plain pi_post samples keep the reference sampling.
+                "cd_generate": StageSpec(
+                    c["cd"], wired=("alpha", "seed", "max_new_tokens", "use_chat_template"), defaults={"batch_size": 64}
+                ),
+            },
+            {
+                **{k: (f"preflight.{k}",) for k in ("n_samples", "max_new_tokens", "seed", "max_prompts")},
+                "relative_top": ("cd_generate.relative_top",),
+                "repetition_penalty": ("cd_generate.repetition_penalty",),
+                "batch_size": ("cd_generate.batch_size",),
+            },
+            sweep=True,
+        ),
     ]
     return {k.name: k for k in kinds}
 
@@ -191,8 +281,11 @@ def top_settable() -> dict[str, tuple[Field, Any]]:
     cls = _classes()["pipeline"]
     hints = _hints(cls)
     stage_dicts = {"weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate"}
-    return {f.name: (f, hints[f.name]) for f in fields(cls)
-            if not is_internal(f) and f.name not in stage_dicts | {"alpha", "methods"}}
+    return {
+        f.name: (f, hints[f.name])
+        for f in fields(cls)
+        if not is_internal(f) and f.name not in stage_dicts | {"alpha", "methods"}
+    }
 
 
 def kind_spec(kind: str) -> KindSpec:
@@ -206,7 +299,8 @@ def kind_spec(kind: str) -> KindSpec:
 def type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
-            tp.__name__, tp.__name__)
+            tp.__name__, tp.__name__
+        )
     args = typing.get_args(tp)
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         inner = [type_name(a) for a in args if a is not type(None)]
@@ -308,8 +402,9 @@ def pipeline_methods(kind: str, *, methods: Any = None, method: Any = None) -> l
 
     if kind == "train":
         if method not in TRAIN_METHODS:
-            raise SpecError({"method": [f"method must be one of {', '.join(TRAIN_METHODS)} for a train job, "
-                                        f"got {method!r}"]})
+            raise SpecError(
+                {"method": [f"method must be one of {', '.join(TRAIN_METHODS)} for a train job, got {method!r}"]}
+            )
         return [TRAIN_METHODS[method]]
     methods = list(DEFAULT_CONG_METHODS) if methods in (None, []) else methods
     if not isinstance(methods, list) or any(not isinstance(x, str) or x not in METHODS for x in methods):

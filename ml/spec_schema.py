@@ -10,8 +10,17 @@ import types
 import typing
 from typing import Any
 
-from ml.spec import (DEFAULT_LIMITS, LIMIT_OF, KindSpec, field_default, help_of, kind_spec, registry, settable,
-                     top_settable)
+from ml.spec import (
+    DEFAULT_LIMITS,
+    LIMIT_OF,
+    KindSpec,
+    field_default,
+    help_of,
+    kind_spec,
+    registry,
+    settable,
+    top_settable,
+)
 
 _JSON = {int: "integer", float: "number", bool: "boolean", str: "string"}
 
@@ -55,21 +64,43 @@ def params_schema(kind: str, limits: dict[str, Any] | None = None) -> dict[str, 
         for name, (f, tp) in top_settable().items():
             props.setdefault(name, _setting(f, tp, limits))
     if ks.sweep:
-        props["alphas"] = {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1},
-                           "maxItems": limits["alphas"], "uniqueItems": True,
-                           "description": "CD alphas to run, each in [0, 1], distinct."}
+        props["alphas"] = {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 1},
+            "maxItems": limits["alphas"],
+            "uniqueItems": True,
+            "description": "CD alphas to run, each in [0, 1], distinct.",
+        }
     for stage, st in ks.stages.items():
-        fields_ = {name: _setting(f, tp, limits, default=st.defaults.get(name)) for name, (f, tp) in settable(st).items()}
-        props[stage] = {"type": "object", "properties": fields_, "additionalProperties": False,
-                        "description": f"Settings of the {stage} stage ({st.cls.__name__})."}
-    return {"title": f"Params{kind.title().replace('_', '')}", "type": "object", "properties": props,
-            "additionalProperties": False, "description": f"params for kind={kind}: {ks.help}"}
+        fields_ = {
+            name: _setting(f, tp, limits, default=st.defaults.get(name)) for name, (f, tp) in settable(st).items()
+        }
+        props[stage] = {
+            "type": "object",
+            "properties": fields_,
+            "additionalProperties": False,
+            "description": f"Settings of the {stage} stage ({st.cls.__name__}).",
+        }
+    return {
+        "title": f"Params{kind.title().replace('_', '')}",
+        "type": "object",
+        "properties": props,
+        "additionalProperties": False,
+        "description": f"params for kind={kind}: {ks.help}",
+    }
 
 
 def describe(limits: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every kind with its help and params schema (GET /api/v1/kinds/, `python -m ml spec`)."""
-    return {name: {"help": ks.help, "stages": list(ks.stages), "knobs": {k: list(v) for k, v in ks.knobs.items()},
-                   "params": params_schema(name, limits)} for name, ks in registry().items()}
+    return {
+        name: {
+            "help": ks.help,
+            "stages": list(ks.stages),
+            "knobs": {k: list(v) for k, v in ks.knobs.items()},
+            "params": params_schema(name, limits),
+        }
+        for name, ks in registry().items()
+    }
 
 
 # --- the CLI ------------------------------------------------------------------------------------------------
@@ -83,11 +114,11 @@ def add_stage_flags(parser: argparse.ArgumentParser, ks: KindSpec, stage: str) -
         doc = f"{help_of(f)} (default: {default})".replace("%", "%%")
         base = _scalar(tp)
         if base is bool:
-            parser.add_argument(flag, dest=f"set_{name}", action=argparse.BooleanOptionalAction, default=None,
-                                help=doc)
+            parser.add_argument(flag, dest=f"set_{name}", action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif typing.get_origin(tp) is list:
-            parser.add_argument(flag, dest=f"set_{name}", action="append", default=None, metavar=name.upper(),
-                                help=doc + "; repeatable")
+            parser.add_argument(
+                flag, dest=f"set_{name}", action="append", default=None, metavar=name.upper(), help=doc + "; repeatable"
+            )
         else:
             parser.add_argument(flag, dest=f"set_{name}", type=base, default=None, metavar=name.upper(), help=doc)
         names.append(name)

@@ -35,8 +35,12 @@ def pytest_collection_modifyitems(config, items):
     except ImportError:
         has_cuda = False
     for item in items:
-        uses_db = item.get_closest_marker("django_db") is not None or "transactional_db" in item.fixturenames \
-            or "db" in item.fixturenames or "live_server" in item.fixturenames
+        uses_db = (
+            item.get_closest_marker("django_db") is not None
+            or "transactional_db" in item.fixturenames
+            or "db" in item.fixturenames
+            or "live_server" in item.fixturenames
+        )
         if uses_db or any(f in item.fixturenames for f in SERVICE_FIXTURES):
             item.add_marker(pytest.mark.services)
         if item.get_closest_marker("gpu") and not has_cuda:

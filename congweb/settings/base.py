@@ -35,8 +35,9 @@ RUNS_DIR = Path(env.str("RUNS_DIR", default=str(VAR_DIR / "runs"))).resolve()
 DATA_DIR = Path(env.str("CONGWEB_DATA_DIR", default=str(VAR_DIR / "data"))).resolve()
 # Model folders may only be registered from under these roots (path checks resolve symlinks).
 # RUNS_DIR too: a weak_align job registers the pi_post it writes there as a model (jobs.runner).
-MODEL_ROOTS = [Path(p).resolve() for p in env.list("MODEL_ROOTS", default=[str(DATA_DIR), str(VAR_DIR / "models"),
-                                                                      str(RUNS_DIR)])]
+MODEL_ROOTS = [
+    Path(p).resolve() for p in env.list("MODEL_ROOTS", default=[str(DATA_DIR), str(VAR_DIR / "models"), str(RUNS_DIR)])
+]
 UPLOAD_MAX_BYTES = env.int("UPLOAD_MAX_BYTES", default=50 * 1024 * 1024)
 # Everything in a request body that is not an uploaded file (JSON bodies, form fields): Django
 # enforces it for forms, jobs.api.parsers for the API's JSON and form bodies (413 beyond it).
@@ -172,8 +173,12 @@ from congweb.redis_urls import celery_url  # noqa: E402
 # with a warning, while Redis cannot be reached.
 CACHES = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "throttle": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                 "KEY_PREFIX": "congweb-throttle", "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2}},
+    "throttle": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "congweb-throttle",
+        "OPTIONS": {"socket_connect_timeout": 2, "socket_timeout": 2},
+    },
 }
 
 CHANNEL_LAYERS = {
@@ -191,8 +196,9 @@ JOB_HEARTBEAT_SECONDS = env.int("JOB_HEARTBEAT_SECONDS", default=15)
 JOB_STALE_AFTER_SECONDS = env.int("JOB_STALE_AFTER_SECONDS", default=120)
 # Upper bounds on what one job request may ask for (ml.spec.DEFAULT_LIMITS names them and says which settings
 # each bounds); each is overridable as JOB_LIMIT_<NAME>, e.g. JOB_LIMIT_MAX_NEW_TOKENS=8192.
-JOB_LIMITS = {name: env.int(f"JOB_LIMIT_{name.upper()}", default=int(default))
-              for name, default in _SPEC_LIMITS.items()}
+JOB_LIMITS = {
+    name: env.int(f"JOB_LIMIT_{name.upper()}", default=int(default)) for name, default in _SPEC_LIMITS.items()
+}
 # Jobs one user may have queued or running at once; one more is a 429 (0 = no cap).
 JOB_MAX_ACTIVE_PER_USER = env.int("JOB_MAX_ACTIVE_PER_USER", default=20)
 

@@ -50,8 +50,10 @@ def max_depth() -> int:
 
 def _parse_int(literal: str) -> int | _Refused:
     if len(literal.lstrip("-")) > INT_MAX_DIGITS:  # int() of thousands of digits is slow, then refused
-        return _Refused(f"integer {literal[:12]}... has more than {INT_MAX_DIGITS} digits; integers must fit "
-                        f"in 64 bits ({INT_MIN} to {INT_MAX})")
+        return _Refused(
+            f"integer {literal[:12]}... has more than {INT_MAX_DIGITS} digits; integers must fit "
+            f"in 64 bits ({INT_MIN} to {INT_MAX})"
+        )
     return int(literal)  # the range is checked by check_value
 
 
@@ -65,8 +67,11 @@ def _where(path: list) -> str:
 
 def _surrogate(text: str, path: list) -> UnsafeJSON:
     bad = SURROGATE.search(text).group()
-    return UnsafeJSON(f"text at {_where(path)} contains a lone UTF-16 surrogate ({ascii(bad)[1:-1]}); "
-                      f"send valid Unicode (surrogates are only valid in pairs)", path)
+    return UnsafeJSON(
+        f"text at {_where(path)} contains a lone UTF-16 surrogate ({ascii(bad)[1:-1]}); "
+        f"send valid Unicode (surrogates are only valid in pairs)",
+        path,
+    )
 
 
 def check_value(value, *, depth_limit: int | None = None) -> None:
@@ -85,12 +90,17 @@ def check_value(value, *, depth_limit: int | None = None) -> None:
             raise UnsafeJSON(f"at {_where(path)}: {v.message}", path)
         elif isinstance(v, int):
             if not INT_MIN <= v <= INT_MAX:
-                raise UnsafeJSON(f"integer at {_where(path)} is out of range; integers must fit in 64 bits "
-                                 f"({INT_MIN} to {INT_MAX})", path)
+                raise UnsafeJSON(
+                    f"integer at {_where(path)} is out of range; integers must fit in 64 bits ({INT_MIN} to {INT_MAX})",
+                    path,
+                )
         elif isinstance(v, float):
             if not math.isfinite(v):
-                raise UnsafeJSON(f"number at {_where(path)} is too large for a 64-bit float (or not finite); "
-                                 f"send a smaller number or null", path)
+                raise UnsafeJSON(
+                    f"number at {_where(path)} is too large for a 64-bit float (or not finite); "
+                    f"send a smaller number or null",
+                    path,
+                )
         elif isinstance(v, dict | list | tuple):
             if depth + 1 > limit:
                 raise UnsafeJSON(f"JSON at {_where(path)} is nested deeper than {limit} levels; flatten it", path)

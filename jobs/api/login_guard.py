@@ -42,8 +42,12 @@ def _cache_call(op: str, *args):
             return getattr(caches["throttle"], op)(*args)
         except (RedisError, OSError) as exc:
             _redis_down_until = time.monotonic() + RETRY_REDIS_AFTER
-            log.warning("log-in throttle: the throttle cache is unreachable (%s); counting failures in this "
-                        "process only for %.0f s", exc, RETRY_REDIS_AFTER)
+            log.warning(
+                "log-in throttle: the throttle cache is unreachable (%s); counting failures in this "
+                "process only for %.0f s",
+                exc,
+                RETRY_REDIS_AFTER,
+            )
     return getattr(_fallback, op)(*args)
 
 
@@ -129,8 +133,10 @@ def clear(username: str | None = None, address: str | None = None) -> None:
 
 def lock_message(wait: int) -> str:
     minutes = (wait + 59) // 60
-    return (f"Too many failed log-ins for this account or from your address. Try again in {minutes} "
-            f"minute{'s' if minutes != 1 else ''}.")
+    return (
+        f"Too many failed log-ins for this account or from your address. Try again in {minutes} "
+        f"minute{'s' if minutes != 1 else ''}."
+    )
 
 
 class ThrottledModelBackend(ModelBackend):

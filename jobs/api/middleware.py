@@ -39,8 +39,12 @@ class RequestLimitsMiddleware:
         except ValueError:
             return _refuse(request, 400, "Content-Length is not a number")
         if length > settings.REQUEST_MAX_BYTES:
-            return _refuse(request, 413, f"the request body ({length} bytes) is larger than {settings.REQUEST_MAX_BYTES} "
-                                         f"bytes (REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + DATA_UPLOAD_MAX_MEMORY_SIZE)")
+            return _refuse(
+                request,
+                413,
+                f"the request body ({length} bytes) is larger than {settings.REQUEST_MAX_BYTES} "
+                f"bytes (REQUEST_MAX_BYTES = UPLOAD_MAX_BYTES + DATA_UPLOAD_MAX_MEMORY_SIZE)",
+            )
         charset = (request.content_params or {}).get("charset")
         if charset is not None:
             try:
@@ -48,8 +52,12 @@ class RequestLimitsMiddleware:
             except LookupError:
                 name = None
             if name not in UTF8_NAMES:
-                return _refuse(request, 400, f"request bodies must be UTF-8; send Content-Type with charset=utf-8 "
-                                             f"(or no charset) instead of {charset[:40]!r}")
+                return _refuse(
+                    request,
+                    400,
+                    f"request bodies must be UTF-8; send Content-Type with charset=utf-8 "
+                    f"(or no charset) instead of {charset[:40]!r}",
+                )
         return self.get_response(request)
 
 

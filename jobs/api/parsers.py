@@ -33,8 +33,10 @@ def body_limit() -> int:
 
 
 def too_large() -> PayloadTooLarge:
-    return PayloadTooLarge(f"the request body is larger than {body_limit()} bytes "
-                           f"(DATA_UPLOAD_MAX_MEMORY_SIZE); send less data, or upload files as multipart files")
+    return PayloadTooLarge(
+        f"the request body is larger than {body_limit()} bytes "
+        f"(DATA_UPLOAD_MAX_MEMORY_SIZE); send less data, or upload files as multipart files"
+    )
 
 
 def read_limited(stream) -> bytes:

@@ -45,8 +45,9 @@ class DatasetUploadSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     kind = serializers.ChoiceField(choices=Dataset.Kind.choices, default=Dataset.Kind.PROMPTS)
     gold = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
-    file = serializers.FileField(help_text="JSONL, UTF-8, one object per line with 'prompt' "
-                                           "(preferences: prompt/chosen/rejected).")
+    file = serializers.FileField(
+        help_text="JSONL, UTF-8, one object per line with 'prompt' (preferences: prompt/chosen/rejected)."
+    )
 
     def validate_file(self, f):
         # Rows with lone surrogates, deep nesting or huge numbers are refused here (400) rather than
@@ -76,8 +77,10 @@ def _params_schema() -> dict:
     from ml.spec import registry
     from ml.spec_schema import params_schema
 
-    return {"oneOf": [params_schema(k, getattr(settings, "JOB_LIMITS", None)) for k in registry()],
-            "description": "Settings for the job's kind (see each kind's schema; GET /api/v1/kinds/)."}
+    return {
+        "oneOf": [params_schema(k, getattr(settings, "JOB_LIMITS", None)) for k in registry()],
+        "description": "Settings for the job's kind (see each kind's schema; GET /api/v1/kinds/).",
+    }
 
 
 @extend_schema_field(_params_schema())
@@ -93,31 +96,61 @@ class JobCreateSerializer(serializers.Serializer):
     weak_aligned = CheckedJSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
     strong = CheckedJSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
     prompts = CheckedJSONField(required=False, allow_null=True, help_text="Dataset id.")
-    eval_prompts = CheckedJSONField(required=False, allow_null=True,
-                                    help_text="kind=cong/train: held-out dataset id (default: the toy "
-                                              "world's -heldout split, else the training prompts).")
-    alpha = CheckedJSONField(required=False, allow_null=True, help_text=f"CD alpha in [0, 1] (default {DEFAULT_ALPHA}).")
-    method = serializers.CharField(required=False, allow_null=True, allow_blank=True,
-                                   help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}.")
-    methods = CheckedJSONField(required=False, allow_null=True,
-                               help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}.")
-    params = ParamsField(required=False, allow_null=True,
-                              help_text="Settings: job-level knobs and per-stage objects, e.g. {\"max_prompts\": 100, "
-                                        "\"sft\": {\"num_train_epochs\": 3}}; GET /api/v1/kinds/ lists them.")
+    eval_prompts = CheckedJSONField(
+        required=False,
+        allow_null=True,
+        help_text="kind=cong/train: held-out dataset id (default: the toy "
+        "world's -heldout split, else the training prompts).",
+    )
+    alpha = CheckedJSONField(
+        required=False, allow_null=True, help_text=f"CD alpha in [0, 1] (default {DEFAULT_ALPHA})."
+    )
+    method = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}."
+    )
+    methods = CheckedJSONField(
+        required=False, allow_null=True, help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}."
+    )
+    params = ParamsField(
+        required=False,
+        allow_null=True,
+        help_text='Settings: job-level knobs and per-stage objects, e.g. {"max_prompts": 100, '
+        '"sft": {"num_train_epochs": 3}}; GET /api/v1/kinds/ lists them.',
+    )
 
 
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     pair_count = serializers.SerializerMethodField()
-    spec = serializers.SerializerMethodField(help_text=(
-        "The full configuration that runs: every stage's settings with defaults filled (null for an old job whose "
-        "stored params no longer pass the checks; retry says why)."))
+    spec = serializers.SerializerMethodField(
+        help_text=(
+            "The full configuration that runs: every stage's settings with defaults filled (null for an old job whose "
+            "stored params no longer pass the checks; retry says why)."
+        )
+    )
 
     class Meta:
         model = Job
-        fields = ["id", "owner", "kind", "status", "stage", "progress", "attempts", "max_attempts", "error",
-                  "cancel_requested", "partial", "created", "started", "finished", "heartbeat_at", "config",
-                  "spec", "pair_count"]
+        fields = [
+            "id",
+            "owner",
+            "kind",
+            "status",
+            "stage",
+            "progress",
+            "attempts",
+            "max_attempts",
+            "error",
+            "cancel_requested",
+            "partial",
+            "created",
+            "started",
+            "finished",
+            "heartbeat_at",
+            "config",
+            "spec",
+            "pair_count",
+        ]
         read_only_fields = fields
 
     def get_spec(self, obj) -> dict | None:
@@ -150,8 +183,22 @@ class GeneratedPairSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = GeneratedPair
-        fields = ["id", "prompt_index", "prompt", "chosen", "rejected", "plain", "implicit_reward", "gold_reward",
-                  "score_error", "alpha", "review_status", "edited_text", "reviewer", "reviewed_at"]
+        fields = [
+            "id",
+            "prompt_index",
+            "prompt",
+            "chosen",
+            "rejected",
+            "plain",
+            "implicit_reward",
+            "gold_reward",
+            "score_error",
+            "alpha",
+            "review_status",
+            "edited_text",
+            "reviewer",
+            "reviewed_at",
+        ]
 
 
 class PairReviewSerializer(serializers.Serializer):

@@ -75,8 +75,10 @@ class TokenView(ServiceAPIView):
     def throttled(self, request, wait):
         raise Throttled(wait, detail=login_guard.lock_message(int(wait or 1)))
 
-    @extend_schema(request=s.TokenRequestSerializer, responses={200: {"type": "object",
-                   "properties": {"token": {"type": "string"}}}})
+    @extend_schema(
+        request=s.TokenRequestSerializer,
+        responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}},
+    )
     def post(self, request):
         ser = s.TokenRequestSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -89,6 +91,7 @@ class TokenView(ServiceAPIView):
 
 class ModelListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
+
     @extend_schema(responses=s.ModelEntrySerializer(many=True))
     def get(self, request):
         return self.paginate(request, selectors.models_visible(user=request.user), s.ModelEntrySerializer)
@@ -114,8 +117,9 @@ class DatasetListView(ServiceAPIView):
         ser = s.DatasetUploadSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         d = ser.validated_data
-        ds = services.dataset_create(name=d["name"], kind=d["kind"], gold=d.get("gold", ""),
-                                     chunks=d["file"].chunks(), owner=request.user)
+        ds = services.dataset_create(
+            name=d["name"], kind=d["kind"], gold=d.get("gold", ""), chunks=d["file"].chunks(), owner=request.user
+        )
         return Response(s.DatasetSerializer(ds).data, status=status.HTTP_201_CREATED)
 
 
@@ -123,18 +127,26 @@ class JobListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
     parser_classes = [SafeJSONParser, SafeFormParser, SafeMultiPartParser]
 
-    @extend_schema(parameters=[OpenApiParameter("status", str, description="comma-separated statuses"),
-                               OpenApiParameter("kind", str, description="comma-separated kinds")],
-                   responses=s.JobSummarySerializer(many=True))
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", str, description="comma-separated statuses"),
+            OpenApiParameter("kind", str, description="comma-separated kinds"),
+        ],
+        responses=s.JobSummarySerializer(many=True),
+    )
     def get(self, request):
-        qs = selectors.job_list(user=request.user, status=request.query_params.get("status"),
-                                kind=request.query_params.get("kind"))
+        qs = selectors.job_list(
+            user=request.user, status=request.query_params.get("status"), kind=request.query_params.get("kind")
+        )
         # Config and results can be large JSON: a list neither loads nor sends them.
         return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
 
-    @extend_schema(request=s.JobCreateSerializer, responses={201: s.JobSerializer},
-                   description="400: {field or params.key.path: [messages]}; 429: the per-user cap on queued and "
-                               "running jobs (JOB_MAX_ACTIVE_PER_USER).")
+    @extend_schema(
+        request=s.JobCreateSerializer,
+        responses={201: s.JobSerializer},
+        description="400: {field or params.key.path: [messages]}; 429: the per-user cap on queued and "
+        "running jobs (JOB_MAX_ACTIVE_PER_USER).",
+    )
     def post(self, request):
         ser = s.JobCreateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -163,9 +175,13 @@ class JobRetryView(ServiceAPIView):
 
 
 class JobEventsView(ServiceAPIView):
-    @extend_schema(parameters=[OpenApiParameter("after", int, description="only events with seq > after"),
-                               OpenApiParameter("limit", int, description="at most this many (default 1000)")],
-                   responses=s.JobEventSerializer(many=True))
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("after", int, description="only events with seq > after"),
+            OpenApiParameter("limit", int, description="at most this many (default 1000)"),
+        ],
+        responses=s.JobEventSerializer(many=True),
+    )
     def get(self, request, pk):
         job = self.get_job(request, pk)
         try:
@@ -179,9 +195,15 @@ class JobEventsView(ServiceAPIView):
 
 class JobPairsView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    @extend_schema(parameters=[OpenApiParameter("review_status", str), OpenApiParameter("min_reward", float),
-                               OpenApiParameter("search", str)],
-                   responses=s.GeneratedPairSerializer(many=True))
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("review_status", str),
+            OpenApiParameter("min_reward", float),
+            OpenApiParameter("search", str),
+        ],
+        responses=s.GeneratedPairSerializer(many=True),
+    )
     def get(self, request, pk):
         job = self.get_job(request, pk)
         q = request.query_params
@@ -189,8 +211,9 @@ class JobPairsView(ServiceAPIView):
             min_reward = float(q["min_reward"]) if q.get("min_reward") not in (None, "") else None
         except ValueError:
             raise ValidationError({"min_reward": ["min_reward must be a number"]}) from None
-        qs = selectors.job_pairs(job=job, review_status=q.get("review_status"), min_reward=min_reward,
-                                 search=q.get("search"))
+        qs = selectors.job_pairs(
+            job=job, review_status=q.get("review_status"), min_reward=min_reward, search=q.get("search")
+        )
         return self.paginate(request, qs, s.GeneratedPairSerializer)
 
 
@@ -220,8 +243,15 @@ class JobResultsView(ServiceAPIView):
     @extend_schema(responses={200: {"type": "object"}})
     def get(self, request, pk):
         job = self.get_job(request, pk)
-        return Response({"id": job.pk, "status": job.status, "partial": job.partial, "results": job.results,
-                         "artifacts": s.ArtifactSerializer(job.artifacts.all(), many=True).data})
+        return Response(
+            {
+                "id": job.pk,
+                "status": job.status,
+                "partial": job.partial,
+                "results": job.results,
+                "artifacts": s.ArtifactSerializer(job.artifacts.all(), many=True).data,
+            }
+        )
 
 
 class KindListView(ServiceAPIView):

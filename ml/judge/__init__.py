@@ -22,16 +22,30 @@ from ml.judge.prompts import build_prompts, split_of, write_splits
 
 MIN_WORDS = 3
 
-__all__ = ["KINDS", "MIN_WORDS", "build_prompts", "check", "count_words", "judge", "parse_constraints",
-           "render", "split_of", "strict_score", "if_score", "write_splits"]
+__all__ = [
+    "KINDS",
+    "MIN_WORDS",
+    "build_prompts",
+    "check",
+    "count_words",
+    "judge",
+    "parse_constraints",
+    "render",
+    "split_of",
+    "strict_score",
+    "if_score",
+    "write_splits",
+]
 
 
 @lru_cache(maxsize=4096)
 def _constraints_of(prompt: str) -> tuple:
     found = parse_constraints(prompt)
     if not found:
-        raise ValueError("the if:judge gold reward found no constraint in this prompt (it reads constraints "
-                         f"written the way ml.judge.prompts writes them): {prompt[:120]!r}")
+        raise ValueError(
+            "the if:judge gold reward found no constraint in this prompt (it reads constraints "
+            f"written the way ml.judge.prompts writes them): {prompt[:120]!r}"
+        )
     return tuple((c["id"], tuple(sorted((k, _freeze(v)) for k, v in c["kwargs"].items()))) for c in found)
 
 
@@ -49,11 +63,16 @@ def judge(prompt: str, response: str, constraints: list[dict[str, Any]] | None =
     if not cons:
         raise ValueError("no constraints to judge")
     too_short = count_words(response) < MIN_WORDS
-    results = [{"id": c["id"], "kwargs": c.get("kwargs", {}), "ok": (not too_short) and check(c, response)}
-               for c in cons]
+    results = [
+        {"id": c["id"], "kwargs": c.get("kwargs", {}), "ok": (not too_short) and check(c, response)} for c in cons
+    ]
     n_ok = sum(r["ok"] for r in results)
-    return {"score": n_ok / len(results), "strict": float(n_ok == len(results)), "results": results,
-            "too_short": too_short}
+    return {
+        "score": n_ok / len(results),
+        "strict": float(n_ok == len(results)),
+        "results": results,
+        "too_short": too_short,
+    }
 
 
 def if_score(prompt: str, response: str) -> float:

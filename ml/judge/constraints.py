@@ -44,10 +44,10 @@ def split_sentences(text: str) -> list[str]:
         start = 0
         for m in _SENT_END.finditer(line):
             if m.group(0) == ".":
-                before = re.search(r"([\w.]+)$", line[:m.start()])
+                before = re.search(r"([\w.]+)$", line[: m.start()])
                 if before and before.group(1).lower() in _ABBREV:
                     continue  # "e.g. this" or "Dr. Smith" does not end the sentence
-            out.append(line[start:m.end()])
+            out.append(line[start : m.end()])
             start = m.end()
         out.append(line[start:])
     return [s.strip() for s in out if _WORD.search(s)]
@@ -143,119 +143,151 @@ def _kind(**kw) -> None:
     KINDS[k.id] = k
 
 
-_kind(id="length_constraints:number_words",
-      render=lambda k: f"Answer in {_relation_phrase(k['relation'])} {k['num_words']} words.",
-      pattern=re.compile(rf"Answer in {_REL} (\d+) words\."),
-      from_match=lambda m: {"relation": _relation_of(m.group(1)), "num_words": int(m.group(2))},
-      check=lambda r, k: _compare(count_words(r), k["relation"], k["num_words"]),
-      ifeval_same=True)
+_kind(
+    id="length_constraints:number_words",
+    render=lambda k: f"Answer in {_relation_phrase(k['relation'])} {k['num_words']} words.",
+    pattern=re.compile(rf"Answer in {_REL} (\d+) words\."),
+    from_match=lambda m: {"relation": _relation_of(m.group(1)), "num_words": int(m.group(2))},
+    check=lambda r, k: _compare(count_words(r), k["relation"], k["num_words"]),
+    ifeval_same=True,
+)
 
-_kind(id="length_constraints:number_sentences",
-      render=lambda k: f"Use {_relation_phrase(k['relation'])} {k['num_sentences']} sentences.",
-      pattern=re.compile(rf"Use {_REL} (\d+) sentences\."),
-      from_match=lambda m: {"relation": _relation_of(m.group(1)), "num_sentences": int(m.group(2))},
-      check=lambda r, k: _compare(count_sentences(r), k["relation"], k["num_sentences"]),
-      ifeval_same=False)  # same meaning, but IFEval counts with NLTK punkt (not available offline)
+_kind(
+    id="length_constraints:number_sentences",
+    render=lambda k: f"Use {_relation_phrase(k['relation'])} {k['num_sentences']} sentences.",
+    pattern=re.compile(rf"Use {_REL} (\d+) sentences\."),
+    from_match=lambda m: {"relation": _relation_of(m.group(1)), "num_sentences": int(m.group(2))},
+    check=lambda r, k: _compare(count_sentences(r), k["relation"], k["num_sentences"]),
+    ifeval_same=False,
+)  # same meaning, but IFEval counts with NLTK punkt (not available offline)
 
-_kind(id="keywords:existence",
-      render=lambda k: f"Include the {_words(k['keywords'])} {_quoted_list(k['keywords'], 'and')}.",
-      pattern=re.compile(r"Include the words? ((?:'[^']+'(?:, | and )?)+)\."),
-      from_match=lambda m: {"keywords": _unquote_list(m.group(1))},
-      check=lambda r, k: all(_has_word(r, w) for w in k["keywords"]),
-      ifeval_same=False)  # IFEval matches substrings; we match whole words
+_kind(
+    id="keywords:existence",
+    render=lambda k: f"Include the {_words(k['keywords'])} {_quoted_list(k['keywords'], 'and')}.",
+    pattern=re.compile(r"Include the words? ((?:'[^']+'(?:, | and )?)+)\."),
+    from_match=lambda m: {"keywords": _unquote_list(m.group(1))},
+    check=lambda r, k: all(_has_word(r, w) for w in k["keywords"]),
+    ifeval_same=False,
+)  # IFEval matches substrings; we match whole words
 
-_kind(id="keywords:forbidden_words",
-      render=lambda k: f"Do not use the {_words(k['forbidden_words'])} {_quoted_list(k['forbidden_words'], 'or')}.",
-      pattern=re.compile(r"Do not use the words? ((?:'[^']+'(?:, | or )?)+)\."),
-      from_match=lambda m: {"forbidden_words": _unquote_list(m.group(1))},
-      check=lambda r, k: not any(_has_word(r, w) for w in k["forbidden_words"]),
-      ifeval_same=True)
+_kind(
+    id="keywords:forbidden_words",
+    render=lambda k: f"Do not use the {_words(k['forbidden_words'])} {_quoted_list(k['forbidden_words'], 'or')}.",
+    pattern=re.compile(r"Do not use the words? ((?:'[^']+'(?:, | or )?)+)\."),
+    from_match=lambda m: {"forbidden_words": _unquote_list(m.group(1))},
+    check=lambda r, k: not any(_has_word(r, w) for w in k["forbidden_words"]),
+    ifeval_same=True,
+)
 
-_kind(id="keywords:frequency",
-      render=lambda k: f"Use the word '{k['keyword']}' {_relation_phrase(k['relation'])} {k['frequency']} times.",
-      pattern=re.compile(rf"Use the word '([^']+)' {_REL} (\d+) times\."),
-      from_match=lambda m: {"keyword": m.group(1), "relation": _relation_of(m.group(2)),
-                            "frequency": int(m.group(3))},
-      check=lambda r, k: _compare(_count_word(r, k["keyword"]), k["relation"], k["frequency"]),
-      ifeval_same=False)  # IFEval counts substrings
+_kind(
+    id="keywords:frequency",
+    render=lambda k: f"Use the word '{k['keyword']}' {_relation_phrase(k['relation'])} {k['frequency']} times.",
+    pattern=re.compile(rf"Use the word '([^']+)' {_REL} (\d+) times\."),
+    from_match=lambda m: {"keyword": m.group(1), "relation": _relation_of(m.group(2)), "frequency": int(m.group(3))},
+    check=lambda r, k: _compare(_count_word(r, k["keyword"]), k["relation"], k["frequency"]),
+    ifeval_same=False,
+)  # IFEval counts substrings
 
-_kind(id="detectable_format:number_bullet_lists",
-      render=lambda k: f"Format the answer as exactly {k['num_bullets']} markdown bullet points, each line "
-                       "starting with '* '.",
-      pattern=re.compile(r"Format the answer as exactly (\d+) markdown bullet points, each line starting with '\* '\."),
-      from_match=lambda m: {"num_bullets": int(m.group(1))},
-      check=lambda r, k: _bullets(r) == k["num_bullets"],
-      ifeval_same=True)
+_kind(
+    id="detectable_format:number_bullet_lists",
+    render=lambda k: (
+        f"Format the answer as exactly {k['num_bullets']} markdown bullet points, each line starting with '* '."
+    ),
+    pattern=re.compile(r"Format the answer as exactly (\d+) markdown bullet points, each line starting with '\* '\."),
+    from_match=lambda m: {"num_bullets": int(m.group(1))},
+    check=lambda r, k: _bullets(r) == k["num_bullets"],
+    ifeval_same=True,
+)
 
-_kind(id="detectable_format:json_format",
-      render=lambda k: "Give the whole answer as valid JSON.",
-      pattern=re.compile(r"Give the whole answer as valid JSON\."),
-      from_match=lambda m: {},
-      check=lambda r, k: _is_json(r),
-      ifeval_same=True)
+_kind(
+    id="detectable_format:json_format",
+    render=lambda k: "Give the whole answer as valid JSON.",
+    pattern=re.compile(r"Give the whole answer as valid JSON\."),
+    from_match=lambda m: {},
+    check=lambda r, k: _is_json(r),
+    ifeval_same=True,
+)
 
-_kind(id="change_case:english_lowercase",
-      render=lambda k: "Write the whole answer in lowercase letters, with no capital letters at all.",
-      pattern=re.compile(r"Write the whole answer in lowercase letters, with no capital letters at all\."),
-      from_match=lambda m: {},
-      check=lambda r, k: r == r.lower() and any(c.isalpha() for c in r),
-      ifeval_same=False)  # IFEval also requires langdetect to say English
+_kind(
+    id="change_case:english_lowercase",
+    render=lambda k: "Write the whole answer in lowercase letters, with no capital letters at all.",
+    pattern=re.compile(r"Write the whole answer in lowercase letters, with no capital letters at all\."),
+    from_match=lambda m: {},
+    check=lambda r, k: r == r.lower() and any(c.isalpha() for c in r),
+    ifeval_same=False,
+)  # IFEval also requires langdetect to say English
 
-_kind(id="change_case:english_capital",
-      render=lambda k: "Write the whole answer in capital letters only.",
-      pattern=re.compile(r"Write the whole answer in capital letters only\."),
-      from_match=lambda m: {},
-      check=lambda r, k: r == r.upper() and any(c.isalpha() for c in r),
-      ifeval_same=False)
+_kind(
+    id="change_case:english_capital",
+    render=lambda k: "Write the whole answer in capital letters only.",
+    pattern=re.compile(r"Write the whole answer in capital letters only\."),
+    from_match=lambda m: {},
+    check=lambda r, k: r == r.upper() and any(c.isalpha() for c in r),
+    ifeval_same=False,
+)
 
-_kind(id="startend:end_checker",
-      render=lambda k: f"End the answer with the exact phrase \"{k['end_phrase']}\".",
-      pattern=re.compile(r"End the answer with the exact phrase \"([^\"]+)\"\."),
-      from_match=lambda m: {"end_phrase": m.group(1)},
-      check=lambda r, k: r.strip().strip('"').lower().endswith(k["end_phrase"].strip().lower()),
-      ifeval_same=True)
+_kind(
+    id="startend:end_checker",
+    render=lambda k: f'End the answer with the exact phrase "{k["end_phrase"]}".',
+    pattern=re.compile(r"End the answer with the exact phrase \"([^\"]+)\"\."),
+    from_match=lambda m: {"end_phrase": m.group(1)},
+    check=lambda r, k: r.strip().strip('"').lower().endswith(k["end_phrase"].strip().lower()),
+    ifeval_same=True,
+)
 
-_kind(id="congweb:first_word",
-      render=lambda k: f"Begin the answer with the word '{k['first_word']}'.",
-      pattern=re.compile(r"Begin the answer with the word '([^']+)'\."),
-      from_match=lambda m: {"first_word": m.group(1)},
-      check=lambda r, k: _first_word(r).lower() == k["first_word"].lower(),
-      ifeval_same=False)
+_kind(
+    id="congweb:first_word",
+    render=lambda k: f"Begin the answer with the word '{k['first_word']}'.",
+    pattern=re.compile(r"Begin the answer with the word '([^']+)'\."),
+    from_match=lambda m: {"first_word": m.group(1)},
+    check=lambda r, k: _first_word(r).lower() == k["first_word"].lower(),
+    ifeval_same=False,
+)
 
-_kind(id="congweb:paragraphs",
-      render=lambda k: f"Write exactly {k['num_paragraphs']} paragraphs separated by blank lines.",
-      pattern=re.compile(r"Write exactly (\d+) paragraphs separated by blank lines\."),
-      from_match=lambda m: {"num_paragraphs": int(m.group(1))},
-      check=lambda r, k: _paragraphs(r) == k["num_paragraphs"],
-      ifeval_same=False)  # IFEval separates paragraphs with *** instead
+_kind(
+    id="congweb:paragraphs",
+    render=lambda k: f"Write exactly {k['num_paragraphs']} paragraphs separated by blank lines.",
+    pattern=re.compile(r"Write exactly (\d+) paragraphs separated by blank lines\."),
+    from_match=lambda m: {"num_paragraphs": int(m.group(1))},
+    check=lambda r, k: _paragraphs(r) == k["num_paragraphs"],
+    ifeval_same=False,
+)  # IFEval separates paragraphs with *** instead
 
-_kind(id="detectable_format:title",
-      render=lambda k: "Give the answer a title wrapped in double angular brackets, such as <<a title>>.",
-      pattern=re.compile(r"Give the answer a title wrapped in double angular brackets, such as <<a title>>\."),
-      from_match=lambda m: {},
-      check=lambda r, k: any(t.strip() for t in re.findall(r"<<([^\n]+?)>>", r)),
-      ifeval_same=True)
+_kind(
+    id="detectable_format:title",
+    render=lambda k: "Give the answer a title wrapped in double angular brackets, such as <<a title>>.",
+    pattern=re.compile(r"Give the answer a title wrapped in double angular brackets, such as <<a title>>\."),
+    from_match=lambda m: {},
+    check=lambda r, k: any(t.strip() for t in re.findall(r"<<([^\n]+?)>>", r)),
+    ifeval_same=True,
+)
 
-_kind(id="punctuation:no_comma",
-      render=lambda k: "Do not use any commas.",
-      pattern=re.compile(r"Do not use any commas\."),
-      from_match=lambda m: {},
-      check=lambda r, k: "," not in r,
-      ifeval_same=True)
+_kind(
+    id="punctuation:no_comma",
+    render=lambda k: "Do not use any commas.",
+    pattern=re.compile(r"Do not use any commas\."),
+    from_match=lambda m: {},
+    check=lambda r, k: "," not in r,
+    ifeval_same=True,
+)
 
-_kind(id="detectable_content:postscript",
-      render=lambda k: f"At the end, add a postscript starting with {k['postscript_marker']}",
-      pattern=re.compile(r"At the end, add a postscript starting with (P\.S\.|P\.P\.S\.)"),
-      from_match=lambda m: {"postscript_marker": m.group(1)},
-      check=lambda r, k: _has_postscript(r, k["postscript_marker"]),
-      ifeval_same=True)
+_kind(
+    id="detectable_content:postscript",
+    render=lambda k: f"At the end, add a postscript starting with {k['postscript_marker']}",
+    pattern=re.compile(r"At the end, add a postscript starting with (P\.S\.|P\.P\.S\.)"),
+    from_match=lambda m: {"postscript_marker": m.group(1)},
+    check=lambda r, k: _has_postscript(r, k["postscript_marker"]),
+    ifeval_same=True,
+)
 
-_kind(id="startend:quotation",
-      render=lambda k: "Wrap the whole answer in double quotation marks.",
-      pattern=re.compile(r"Wrap the whole answer in double quotation marks\."),
-      from_match=lambda m: {},
-      check=lambda r, k: len(r.strip()) > 1 and r.strip()[0] == '"' and r.strip()[-1] == '"',
-      ifeval_same=True)
+_kind(
+    id="startend:quotation",
+    render=lambda k: "Wrap the whole answer in double quotation marks.",
+    pattern=re.compile(r"Wrap the whole answer in double quotation marks\."),
+    from_match=lambda m: {},
+    check=lambda r, k: len(r.strip()) > 1 and r.strip()[0] == '"' and r.strip()[-1] == '"',
+    ifeval_same=True,
+)
 
 
 def _is_json(text: str) -> bool:

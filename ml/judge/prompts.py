@@ -82,17 +82,28 @@ TASKS: list[str] = [
     "Give a clear explanation of {topic} in plain language.",
 ]
 
-END_PHRASES = ["Thanks for reading.", "Hope this helps.", "That is all.", "Have a great day.",
-               "Let me know if you have questions."]
+END_PHRASES = [
+    "Thanks for reading.",
+    "Hope this helps.",
+    "That is all.",
+    "Have a great day.",
+    "Let me know if you have questions.",
+]
 FIRST_WORDS = ["Yes", "Sure", "Today", "Imagine", "First", "Here", "Well"]
 
 # Constraints that cannot both be met, or that make each other awkward (a JSON answer has no title,
 # bullets, paragraphs...). Symmetric; checked when a constraint is added.
 _EXCLUSIVE = {
-    "detectable_format:json_format": {"detectable_format:number_bullet_lists", "congweb:paragraphs",
-                                      "detectable_format:title", "startend:quotation", "congweb:first_word",
-                                      "startend:end_checker", "detectable_content:postscript",
-                                      "length_constraints:number_sentences"},
+    "detectable_format:json_format": {
+        "detectable_format:number_bullet_lists",
+        "congweb:paragraphs",
+        "detectable_format:title",
+        "startend:quotation",
+        "congweb:first_word",
+        "startend:end_checker",
+        "detectable_content:postscript",
+        "length_constraints:number_sentences",
+    },
     "change_case:english_lowercase": {"change_case:english_capital"},
     "detectable_format:number_bullet_lists": {"congweb:paragraphs"},
     "startend:quotation": {"detectable_content:postscript", "detectable_format:title"},
@@ -106,11 +117,22 @@ def _exclusive(a: str, b: str) -> bool:
 
 # How often each kind is drawn (easier, more common constraints more often).
 _WEIGHTS: dict[str, int] = {
-    "length_constraints:number_words": 5, "length_constraints:number_sentences": 3, "keywords:existence": 4,
-    "keywords:forbidden_words": 4, "keywords:frequency": 2, "detectable_format:number_bullet_lists": 3,
-    "detectable_format:json_format": 1, "change_case:english_lowercase": 2, "change_case:english_capital": 1,
-    "startend:end_checker": 3, "congweb:first_word": 3, "congweb:paragraphs": 2, "detectable_format:title": 2,
-    "punctuation:no_comma": 3, "detectable_content:postscript": 2, "startend:quotation": 1,
+    "length_constraints:number_words": 5,
+    "length_constraints:number_sentences": 3,
+    "keywords:existence": 4,
+    "keywords:forbidden_words": 4,
+    "keywords:frequency": 2,
+    "detectable_format:number_bullet_lists": 3,
+    "detectable_format:json_format": 1,
+    "change_case:english_lowercase": 2,
+    "change_case:english_capital": 1,
+    "startend:end_checker": 3,
+    "congweb:first_word": 3,
+    "congweb:paragraphs": 2,
+    "detectable_format:title": 2,
+    "punctuation:no_comma": 3,
+    "detectable_content:postscript": 2,
+    "startend:quotation": 1,
 }
 
 
@@ -203,8 +225,7 @@ def build_prompts(n: int = 500, seed: int = 0, heldout_fraction: float = 0.2) ->
     return rows
 
 
-def write_splits(out_dir: str | Path, n: int = 500, seed: int = 0,
-                 heldout_fraction: float = 0.2) -> dict[str, Any]:
+def write_splits(out_dir: str | Path, n: int = 500, seed: int = 0, heldout_fraction: float = 0.2) -> dict[str, Any]:
     """Write out_dir/train.jsonl and out_dir/heldout.jsonl (and a small manifest); returns the manifest."""
     from ml.io import write_json, write_jsonl
 
@@ -214,8 +235,15 @@ def write_splits(out_dir: str | Path, n: int = 500, seed: int = 0,
     held = [r for r in rows if r["split"] == "heldout"]
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "heldout.jsonl", held)
-    manifest = {"n": n, "seed": seed, "heldout_fraction": heldout_fraction, "train": str(out / "train.jsonl"),
-                "heldout": str(out / "heldout.jsonl"), "n_train": len(train), "n_heldout": len(held),
-                "gold": "if:judge"}
+    manifest = {
+        "n": n,
+        "seed": seed,
+        "heldout_fraction": heldout_fraction,
+        "train": str(out / "train.jsonl"),
+        "heldout": str(out / "heldout.jsonl"),
+        "n_train": len(train),
+        "n_heldout": len(held),
+        "gold": "if:judge",
+    }
     write_json(out / "manifest.json", manifest)
     return manifest

@@ -33,8 +33,9 @@ class ClaimConfig:
     prompts: str = field(metadata={"help": "Prompt JSONL (the judge's held-out split, say)."})
     output_dir: str = field(metadata={"help": "Folder for per-method samples, claim.json and claim.md."})
     gold: str = field(default="if:judge", metadata={"help": "Registered gold reward (fraction-valued)."})
-    strict_gold: str = field(default="if:strict", metadata={
-        "help": "Second, all-or-nothing gold reported beside it ('' = none)."})
+    strict_gold: str = field(
+        default="if:strict", metadata={"help": "Second, all-or-nothing gold reported beside it ('' = none)."}
+    )
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.4, 1.0], metadata={"help": "CD alphas to sample."})
     max_prompts: int | None = field(default=48, metadata={"help": "Use only the first N prompts (None = all)."})
     samples_per_prompt: int = field(default=1, metadata={"help": "Responses per prompt per method."})
@@ -111,13 +112,22 @@ def paired_difference(a: list[dict], b: list[dict], key: str = "gold") -> dict[s
     from ml.stats import mean_ci
 
     bmap = {(r["index"], r.get("sample", 0)): r[key] for r in b}
-    diffs = [float(r[key]) - float(bmap[(r["index"], r.get("sample", 0))]) for r in a
-             if (r["index"], r.get("sample", 0)) in bmap]
+    diffs = [
+        float(r[key]) - float(bmap[(r["index"], r.get("sample", 0))])
+        for r in a
+        if (r["index"], r.get("sample", 0)) in bmap
+    ]
     ci = mean_ci(diffs)
     wins = sum(d > 0 for d in diffs)
     ties = sum(d == 0 for d in diffs)
-    return {"mean": ci.mean, "ci": [ci.lo, ci.hi], "n": len(diffs), "wins": wins, "ties": ties,
-            "losses": len(diffs) - wins - ties}
+    return {
+        "mean": ci.mean,
+        "ci": [ci.lo, ci.hi],
+        "n": len(diffs),
+        "wins": wins,
+        "ties": ties,
+        "losses": len(diffs) - wins - ties,
+    }
 
 
 def _method_name(alpha: float) -> str:
@@ -138,26 +148,47 @@ def measure_claim(config: ClaimConfig, reporter: Reporter | None = None) -> dict
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(config))
     t0 = time.time()
-    decoding = dict(temperature=config.temperature, top_p=config.top_p, repetition_penalty=config.repetition_penalty,
-                    max_new_tokens=config.max_new_tokens, batch_size=config.batch_size, seed=config.seed,
-                    do_sample=True, use_chat_template=True)
-    common = dict(prompts=config.prompts, max_prompts=config.max_prompts, device=config.device,
-                  samples_per_prompt=config.samples_per_prompt)
+    decoding = dict(
+        temperature=config.temperature,
+        top_p=config.top_p,
+        repetition_penalty=config.repetition_penalty,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        do_sample=True,
+        use_chat_template=True,
+    )
+    common = dict(
+        prompts=config.prompts,
+        max_prompts=config.max_prompts,
+        device=config.device,
+        samples_per_prompt=config.samples_per_prompt,
+    )
     files: dict[str, str] = {}
     timings: dict[str, float] = {}
     for alpha in config.alphas:
         name = _method_name(alpha)
         t = time.time()
-        cfg = CDGenerateConfig(aligned=config.weak_aligned, base=config.weak_base, output_dir=str(out / name),
-                               cd=CDConfig(alpha=alpha, **decoding), **common)
+        cfg = CDGenerateConfig(
+            aligned=config.weak_aligned,
+            base=config.weak_base,
+            output_dir=str(out / name),
+            cd=CDConfig(alpha=alpha, **decoding),
+            **common,
+        )
         s = cd_generate(cfg, rep)
         if s.get("stopped"):
             return {"stage": STAGE, "stopped": True, "at": name}
         files[name] = s["samples"]
         timings[name] = round(time.time() - t, 1)
     t = time.time()
-    pcfg = PlainGenerateConfig(model=config.weak_aligned, base=config.weak_base, output_dir=str(out / "plain"),
-                               sampling=CDConfig(**decoding), **common)
+    pcfg = PlainGenerateConfig(
+        model=config.weak_aligned,
+        base=config.weak_base,
+        output_dir=str(out / "plain"),
+        sampling=CDConfig(**decoding),
+        **common,
+    )
     s = plain_generate(pcfg, rep)
     if s.get("stopped"):
         return {"stage": STAGE, "stopped": True, "at": "plain"}
@@ -181,16 +212,32 @@ def measure_claim(config: ClaimConfig, reporter: Reporter | None = None) -> dict
     xs = [float(r["implicit_reward_sum"]) for r in pooled]
     ys = [float(r["gold"]) for r in pooled]
     xs_tok = [float(r["implicit_reward_mean"]) for r in pooled]
-    correlation = {"pearson_sum": pearson(xs, ys), "spearman_sum": spearman(xs, ys),
-                   "pearson_per_token": pearson(xs_tok, ys), "spearman_per_token": spearman(xs_tok, ys)}
-    per_method_corr = {name: spearman([float(r["implicit_reward_sum"]) for r in rows],
-                                      [float(r["gold"]) for r in rows]) for name, rows in rows_by.items()}
-    summary = {"stage": STAGE, "gold": config.gold, "n_prompts": len({r["index"] for r in rows_by["plain"]}),
-               "samples_per_prompt": config.samples_per_prompt, "max_new_tokens": config.max_new_tokens,
-               "methods": methods, "gold_minus_plain": vs_plain, "implicit_vs_gold": correlation,
-               "implicit_vs_gold_by_method": per_method_corr, "generation_seconds": timings,
-               "seconds": round(time.time() - t0, 1), "weak_aligned": config.weak_aligned,
-               "weak_base": config.weak_base, "prompts": config.prompts}
+    correlation = {
+        "pearson_sum": pearson(xs, ys),
+        "spearman_sum": spearman(xs, ys),
+        "pearson_per_token": pearson(xs_tok, ys),
+        "spearman_per_token": spearman(xs_tok, ys),
+    }
+    per_method_corr = {
+        name: spearman([float(r["implicit_reward_sum"]) for r in rows], [float(r["gold"]) for r in rows])
+        for name, rows in rows_by.items()
+    }
+    summary = {
+        "stage": STAGE,
+        "gold": config.gold,
+        "n_prompts": len({r["index"] for r in rows_by["plain"]}),
+        "samples_per_prompt": config.samples_per_prompt,
+        "max_new_tokens": config.max_new_tokens,
+        "methods": methods,
+        "gold_minus_plain": vs_plain,
+        "implicit_vs_gold": correlation,
+        "implicit_vs_gold_by_method": per_method_corr,
+        "generation_seconds": timings,
+        "seconds": round(time.time() - t0, 1),
+        "weak_aligned": config.weak_aligned,
+        "weak_base": config.weak_base,
+        "prompts": config.prompts,
+    }
     (out / "claim.md").write_text(claim_markdown(summary), encoding="utf-8")
     write_json(out / "claim.json", summary)
     rep.log(f"{STAGE}: results in {out / 'claim.md'}")
@@ -208,23 +255,33 @@ def _ci(m: dict | None, d: int = 3) -> str:
 
 
 def claim_markdown(s: dict[str, Any]) -> str:
-    lines = [f"CD vs plain pi_post samples — gold `{s['gold']}`, {s['n_prompts']} prompts x "
-             f"{s['samples_per_prompt']} sample(s), up to {s['max_new_tokens']} new tokens", "",
-             "| Samples | Gold (constraint fraction) | Strict accuracy | Implicit reward (sum) | Implicit / token "
-             "| Tokens | Gold - plain (paired) | W/T/L vs plain |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"CD vs plain pi_post samples — gold `{s['gold']}`, {s['n_prompts']} prompts x "
+        f"{s['samples_per_prompt']} sample(s), up to {s['max_new_tokens']} new tokens",
+        "",
+        "| Samples | Gold (constraint fraction) | Strict accuracy | Implicit reward (sum) | Implicit / token "
+        "| Tokens | Gold - plain (paired) | W/T/L vs plain |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in s["methods"].items():
         d = s["gold_minus_plain"].get(name)
         wtl = f"{d['wins']}/{d['ties']}/{d['losses']}" if d else "–"
-        lines.append(f"| {name} | {_ci(m.get('gold'))} | {_ci(m.get('strict'))} | {_ci(m.get('implicit_reward_sum'), 2)} "
-                     f"| {_ci(m.get('implicit_reward_mean'))} | {_f(m.get('n_tokens', {}).get('mean'), 1)} "
-                     f"| {_ci(d) if d else '–'} | {wtl} |")
+        lines.append(
+            f"| {name} | {_ci(m.get('gold'))} | {_ci(m.get('strict'))} | {_ci(m.get('implicit_reward_sum'), 2)} "
+            f"| {_ci(m.get('implicit_reward_mean'))} | {_f(m.get('n_tokens', {}).get('mean'), 1)} "
+            f"| {_ci(d) if d else '–'} | {wtl} |"
+        )
     c = s["implicit_vs_gold"]
-    lines += ["", f"Implicit (sum) vs gold over all {c['pearson_sum']['n']} responses: Pearson "
-              f"{_f(c['pearson_sum']['r'])} [{_f(c['pearson_sum']['ci'][0])}, {_f(c['pearson_sum']['ci'][1])}], "
-              f"Spearman {_f(c['spearman_sum']['r'])}; per-token implicit vs gold: Pearson "
-              f"{_f(c['pearson_per_token']['r'])}, Spearman {_f(c['spearman_per_token']['r'])}.",
-              "Within each method (Spearman, implicit sum vs gold): "
-              + ", ".join(f"{k} {_f(v['r'])}" for k, v in s["implicit_vs_gold_by_method"].items()) + ".",
-              "Intervals are 95% (Student t for means and paired differences, Fisher z for Pearson r).", ""]
+    lines += [
+        "",
+        f"Implicit (sum) vs gold over all {c['pearson_sum']['n']} responses: Pearson "
+        f"{_f(c['pearson_sum']['r'])} [{_f(c['pearson_sum']['ci'][0])}, {_f(c['pearson_sum']['ci'][1])}], "
+        f"Spearman {_f(c['spearman_sum']['r'])}; per-token implicit vs gold: Pearson "
+        f"{_f(c['pearson_per_token']['r'])}, Spearman {_f(c['spearman_per_token']['r'])}.",
+        "Within each method (Spearman, implicit sum vs gold): "
+        + ", ".join(f"{k} {_f(v['r'])}" for k, v in s["implicit_vs_gold_by_method"].items())
+        + ".",
+        "Intervals are 95% (Student t for means and paired differences, Fisher z for Pearson r).",
+        "",
+    ]
     return "\n".join(lines)

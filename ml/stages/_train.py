@@ -34,8 +34,9 @@ def has_chat_template(tokenizer) -> bool:
 
 def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
     if use_chat_template and has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
     return prompt
 
 
@@ -55,8 +56,9 @@ def encode_response(tokenizer, response: str, use_chat_template: bool = True, ad
     return ids
 
 
-def encode_pair(tokenizer, prompt: str, response: str, *, use_chat_template: bool = True,
-                max_length: int | None = None) -> tuple[list[int], list[int]]:
+def encode_pair(
+    tokenizer, prompt: str, response: str, *, use_chat_template: bool = True, max_length: int | None = None
+) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) with eos; over ``max_length`` the prompt loses its start and the
     response its end (the response keeps at least one token, so every pair still carries a signal)."""
     p = encode_prompt(tokenizer, prompt, use_chat_template)
@@ -64,7 +66,7 @@ def encode_pair(tokenizer, prompt: str, response: str, *, use_chat_template: boo
     if max_length and len(p) + len(r) > max_length:
         keep_p = min(len(p), max(1, max_length // 2), max_length - 1)
         if len(p) + len(r) - (len(p) - keep_p) > max_length:
-            p = p[len(p) - keep_p:]
+            p = p[len(p) - keep_p :]
         r = r[: max(1, max_length - len(p))]
     return p, r
 
@@ -78,9 +80,19 @@ def decode_response(tokenizer, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompts: list[str], *, n: int = 1, temperature: float = 0.8,
-                     top_p: float = 0.95, max_new_tokens: int = 64, use_chat_template: bool = True,
-                     seed: int | None = None, do_sample: bool = True) -> list[list[str]]:
+def sample_responses(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    n: int = 1,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    max_new_tokens: int = 64,
+    use_chat_template: bool = True,
+    seed: int | None = None,
+    do_sample: bool = True,
+) -> list[list[str]]:
     """n sampled (or greedy) responses for each prompt, as text: one ``generate`` call, left padding,
     no repetition penalty. Seeded per call so a resumed run regenerates the same batch. Public: the
     stages and the pre-flight diagnostic (ml.diagnose) sample through it."""
@@ -95,17 +107,16 @@ def sample_responses(model, tokenizer, prompts: list[str], *, n: int = 1, temper
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad,
-                              eos_token_id=tokenizer.eos_token_id)
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     if do_sample:
         kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
     else:
         kw.update(do_sample=False)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
     texts = [decode_response(tokenizer, seq[width:].tolist()) for seq in out]
-    return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,8 +136,12 @@ def _internal(text: str, default: Any) -> Any:
 class TrainConfig:
     """Settings every training stage has. Stage configs add their own (data, beta, ...)."""
 
-    model: str = field(metadata={"internal": True, "help": "HF folder of the model to train (the strong model, or pi_pre)."})
-    output_dir: str = field(metadata={"internal": True, "help": "Stage folder: checkpoints/, model/ and DONE.json go here."})
+    model: str = field(
+        metadata={"internal": True, "help": "HF folder of the model to train (the strong model, or pi_pre)."}
+    )
+    output_dir: str = field(
+        metadata={"internal": True, "help": "Stage folder: checkpoints/, model/ and DONE.json go here."}
+    )
     learning_rate: float = _help("Peak learning rate.", 1e-5)
     num_train_epochs: float = _help("Epochs over the data (ignored when max_steps > 0).", 1.0)
     max_steps: int = _help("Stop after this many optimizer steps; -1 = use num_train_epochs.", -1)
@@ -159,8 +174,13 @@ class TrainConfig:
             raise ValueError(f"max_steps must be -1 (use epochs) or a positive count (got {self.max_steps})")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise ValueError("num_train_epochs must be > 0 when max_steps is -1")
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "save_steps",
-                     "logging_steps", "max_length"):
+        for name in (
+            "per_device_train_batch_size",
+            "gradient_accumulation_steps",
+            "save_steps",
+            "logging_steps",
+            "max_length",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not 0 <= self.warmup_ratio < 1:
@@ -173,7 +193,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown {cls.__name__} field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**data)
 
 
@@ -229,9 +251,16 @@ def load_for_training(cfg: TrainConfig):
         targets: Any = cfg.lora_target_modules
         if targets != "all-linear":
             targets = [t.strip() for t in targets.split(",") if t.strip()]
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, target_modules=targets,
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                task_type="CAUSAL_LM",
+            ),
+        )
     return model, tok
 
 
@@ -253,9 +282,9 @@ def save_final(model, tokenizer, output_dir: str | Path) -> Path:
 
 def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict[str, Any] | None = None) -> dict:
     """Train (resuming from the latest checkpoint), then save model/ and DONE.json; or report a stop."""
-    from ml.io import mark_done
-
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from ml.io import mark_done
 
     # Our ReporterCallback reports progress and losses; the Trainer's own printers would write raw
     # log dicts to stdout (where the CLI prints JSON).
@@ -276,8 +305,9 @@ def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict
         "num_train_epochs": float(state.num_train_epochs),
         "epochs_trained": round(float(state.epoch or 0.0), 3),
         "final_loss": float(losses[-1]) if losses else None,
-        "train_loss": float(result.training_loss) if result.training_loss is not None
-        and not math.isnan(result.training_loss) else None,
+        "train_loss": float(result.training_loss)
+        if result.training_loss is not None and not math.isnan(result.training_loss)
+        else None,
         "resumed_from": resume,
         "seconds": round(time.time() - t0, 3),
         **(extra or {}),
@@ -290,10 +320,23 @@ def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict
     return mark_done(cfg.output_dir, summary)
 
 
-def sample_to_jsonl(*, model_dir: str, prompts: list[str], path: Path, reporter, progress_name: str,
-                    n: int = 1, temperature: float = 0.8, top_p: float = 0.95, do_sample: bool = True,
-                    max_new_tokens: int = 64, batch_size: int = 8, seed: int = 0,
-                    use_chat_template: bool = True, device: str | None = None) -> bool:
+def sample_to_jsonl(
+    *,
+    model_dir: str,
+    prompts: list[str],
+    path: Path,
+    reporter,
+    progress_name: str,
+    n: int = 1,
+    temperature: float = 0.8,
+    top_p: float = 0.95,
+    do_sample: bool = True,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    seed: int = 0,
+    use_chat_template: bool = True,
+    device: str | None = None,
+) -> bool:
     """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response"}), batch by
     batch; resumes after the last whole batch. Returns False when the reporter asked to stop."""
     from ml.io import append_jsonl, repair_jsonl, write_jsonl
@@ -313,12 +356,27 @@ def sample_to_jsonl(*, model_dir: str, prompts: list[str], path: Path, reporter,
     while done < len(prompts):
         if reporter.should_stop():
             return False
-        batch = prompts[done:done + batch_size]
-        outs = sample_responses(model, tok, batch, n=n, temperature=temperature, top_p=top_p,
-                            max_new_tokens=max_new_tokens, use_chat_template=use_chat_template,
-                            seed=seed + done, do_sample=do_sample)
-        append_jsonl(path, [{"index": done + i, "sample": j, "prompt": p, "response": r}
-                            for i, (p, rs) in enumerate(zip(batch, outs)) for j, r in enumerate(rs)])
+        batch = prompts[done : done + batch_size]
+        outs = sample_responses(
+            model,
+            tok,
+            batch,
+            n=n,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            use_chat_template=use_chat_template,
+            seed=seed + done,
+            do_sample=do_sample,
+        )
+        append_jsonl(
+            path,
+            [
+                {"index": done + i, "sample": j, "prompt": p, "response": r}
+                for i, (p, rs) in enumerate(zip(batch, outs))
+                for j, r in enumerate(rs)
+            ],
+        )
         done += len(batch)
         reporter.progress(progress_name, done, len(prompts))
     return True
@@ -337,12 +395,12 @@ def token_logprobs(model, seqs: list[list[int]], *, batch_size: int = 8, pad_id:
     device = next(model.parameters()).device
     out: list[list[float]] = []
     for i in range(0, len(seqs), batch_size):
-        chunk = seqs[i:i + batch_size]
+        chunk = seqs[i : i + batch_size]
         ids, mask = pad_batch(chunk, pad_id, side="right")
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None].to(device)).squeeze(-1)
         for j, s in enumerate(chunk):
-            out.append([0.0] + lp[j, :len(s) - 1].tolist())
+            out.append([0.0] + lp[j, : len(s) - 1].tolist())
     return out
 
 
@@ -356,7 +414,7 @@ def pad_collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         fill = pad_id if key == "input_ids" else 0
         t = torch.full((len(vals), width), fill, dtype=torch.float32 if is_float else torch.long)
         for i, v in enumerate(vals):
-            t[i, :len(v)] = torch.tensor(v, dtype=t.dtype)
+            t[i, : len(v)] = torch.tensor(v, dtype=t.dtype)
         batch[key] = t
     return batch
 

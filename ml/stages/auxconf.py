@@ -30,12 +30,19 @@ STAGE = "auxconf"
 
 @dataclass(kw_only=True)
 class AuxConfConfig(TrainConfig):
-    data: str = field(default="", metadata={"internal": True, "help": "JSONL of weak samples: 'prompt' and 'response'."})
-    response_field: str = field(default="response", metadata={"internal": True, "help": "Field holding the response text."})
-    aux_weight: float = field(default=0.5, metadata={
-        "help": "Final weight w of the self-prediction term, in [0, 1] (Burns et al. used 0.5-0.75)."})
-    warmup_fraction: float = field(default=0.2, metadata={
-        "help": "Fraction of training over which w ramps linearly from 0 to aux_weight."})
+    data: str = field(
+        default="", metadata={"internal": True, "help": "JSONL of weak samples: 'prompt' and 'response'."}
+    )
+    response_field: str = field(
+        default="response", metadata={"internal": True, "help": "Field holding the response text."}
+    )
+    aux_weight: float = field(
+        default=0.5,
+        metadata={"help": "Final weight w of the self-prediction term, in [0, 1] (Burns et al. used 0.5-0.75)."},
+    )
+    warmup_fraction: float = field(
+        default=0.2, metadata={"help": "Fraction of training over which w ramps linearly from 0 to aux_weight."}
+    )
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (as for SFT)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (as for SFT)."})
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows (None = all)."})
@@ -100,8 +107,10 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
 
     model, tok, encoded = load_encoded_pairs(config)
     # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
-    feats = [{"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c}
-             for p, c in encoded]
+    feats = [
+        {"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c}
+        for p, c in encoded
+    ]
     pad = tok.pad_token_id or 0
 
     def collate(f):
@@ -109,13 +118,19 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
         width = batch["input_ids"].shape[1]
         labels = torch.full((len(f), width), -100, dtype=torch.long)
         for i, x in enumerate(f):
-            labels[i, :len(x["labels"])] = torch.tensor(x["labels"], dtype=torch.long)
+            labels[i, : len(x["labels"])] = torch.tensor(x["labels"], dtype=torch.long)
         batch["labels"] = labels
         return batch
 
     cls = _trainer_class()
     cls.aux_weight, cls.warmup_fraction = config.aux_weight, config.warmup_fraction
     callback = ReporterCallback(reporter, STAGE)
-    trainer = cls(model=model, args=TrainingArguments(**training_kwargs(config)), train_dataset=Dataset.from_list(feats),
-                  data_collator=collate, processing_class=tok, callbacks=[callback])
+    trainer = cls(
+        model=model,
+        args=TrainingArguments(**training_kwargs(config)),
+        train_dataset=Dataset.from_list(feats),
+        data_collator=collate,
+        processing_class=tok,
+        callbacks=[callback],
+    )
     return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats)})

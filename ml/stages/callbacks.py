@@ -11,8 +11,20 @@ from transformers import TrainerCallback
 from ml.reporter import Reporter, or_null
 
 # Keys in the Trainer's log dict worth forwarding as metrics (others: epoch bookkeeping, flops...).
-_METRIC_KEYS = ("loss", "train_loss", "learning_rate", "grad_norm", "rewards/accuracies", "rewards/margins",
-                "rewards/chosen", "rewards/rejected", "wspo_loss", "aux_weight", "weak_ce", "self_ce")
+_METRIC_KEYS = (
+    "loss",
+    "train_loss",
+    "learning_rate",
+    "grad_norm",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "wspo_loss",
+    "aux_weight",
+    "weak_ce",
+    "self_ce",
+)
 
 
 class ReporterCallback(TrainerCallback):

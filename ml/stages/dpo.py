@@ -25,25 +25,50 @@ STAGE = "dpo"
 
 @dataclass(kw_only=True)
 class DPOStageConfig(TrainConfig):
-    data: str = field(default="", metadata={"internal": True, 
-        "help": "Preference JSONL with 'prompt', 'chosen', 'rejected'. Or leave empty and give chosen_data "
-                "and rejected_data."})
-    chosen_data: str = field(default="", metadata={"internal": True, 
-        "help": "JSONL of chosen responses ('prompt', 'response'; e.g. CD samples), joined with rejected_data "
-                "by 'index' when both have it, else by line order."})
-    rejected_data: str = field(default="", metadata={"internal": True, 
-        "help": "JSONL of rejected responses ('prompt', 'response'; e.g. the strong model's own samples)."})
+    data: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "Preference JSONL with 'prompt', 'chosen', 'rejected'. Or leave empty and give chosen_data "
+            "and rejected_data.",
+        },
+    )
+    chosen_data: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "JSONL of chosen responses ('prompt', 'response'; e.g. CD samples), joined with rejected_data "
+            "by 'index' when both have it, else by line order.",
+        },
+    )
+    rejected_data: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "JSONL of rejected responses ('prompt', 'response'; e.g. the strong model's own samples).",
+        },
+    )
     beta: float = field(default=0.5, metadata={"help": "DPO beta (reference 0.5 for ConG's DPO)."})
     loss_type: str = field(default="sigmoid", metadata={"help": "TRL DPO loss type (reference: sigmoid)."})
     learning_rate: float = field(default=6e-7, metadata={"help": "Peak learning rate (reference 6e-7)."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs (reference 1)."})
-    precompute_ref_log_probs: bool = field(default=True, metadata={
-        "help": "Compute reference log-probs once before training instead of keeping a reference model."})
-    filter_by_implicit_reward: bool = field(default=False, metadata={
-        "help": "Keep only pairs whose chosen has a higher implicit reward than rejected under the weak pair "
-                "(needs weak_aligned and weak_base). Off = the paper's recipe."})
-    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder (only for the implicit-reward filter)."})
-    weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder (only for the implicit-reward filter)."})
+    precompute_ref_log_probs: bool = field(
+        default=True,
+        metadata={"help": "Compute reference log-probs once before training instead of keeping a reference model."},
+    )
+    filter_by_implicit_reward: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep only pairs whose chosen has a higher implicit reward than rejected under the weak pair "
+            "(needs weak_aligned and weak_base). Off = the paper's recipe."
+        },
+    )
+    weak_aligned: str = field(
+        default="", metadata={"internal": True, "help": "pi_post folder (only for the implicit-reward filter)."}
+    )
+    weak_base: str = field(
+        default="", metadata={"internal": True, "help": "pi_pre folder (only for the implicit-reward filter)."}
+    )
     score_batch_size: int = field(default=8, metadata={"help": "Batch size for the filter's reward scoring."})
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N pairs (None = all)."})
 
@@ -79,8 +104,11 @@ def filter_pairs(rows: list[dict], chosen_rewards: list[float], rejected_rewards
     """Keep pairs where chosen's implicit reward beats rejected's (ties are dropped: no preference)."""
     if not len(rows) == len(chosen_rewards) == len(rejected_rewards):
         raise ValueError("one reward per pair is needed for chosen and for rejected")
-    return [{**r, "chosen_implicit": c, "rejected_implicit": j}
-            for r, c, j in zip(rows, chosen_rewards, rejected_rewards) if c > j]
+    return [
+        {**r, "chosen_implicit": c, "rejected_implicit": j}
+        for r, c, j in zip(rows, chosen_rewards, rejected_rewards)
+        if c > j
+    ]
 
 
 def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]) -> list[float]:
@@ -90,9 +118,16 @@ def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]
     aligned = load_causal_lm(cfg.weak_aligned, device=cfg.device)
     base = load_causal_lm(cfg.weak_base, device=cfg.device)
     tok = load_tokenizer(cfg.weak_aligned)
-    scores = implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=prompts, responses=responses,
-                              batch_size=cfg.score_batch_size, use_chat_template=cfg.use_chat_template,
-                              append_eos=True)
+    scores = implicit_rewards(
+        aligned=aligned,
+        base=base,
+        tokenizer=tok,
+        prompts=prompts,
+        responses=responses,
+        batch_size=cfg.score_batch_size,
+        use_chat_template=cfg.use_chat_template,
+        append_eos=True,
+    )
     return [float(s["sum"]) for s in scores]
 
 
@@ -100,11 +135,18 @@ def load_preferences(cfg: DPOStageConfig) -> list[dict]:
     if cfg.data:
         rows = read_jsonl(cfg.data, required=("prompt", "chosen", "rejected"))
     else:
-        rows = join_pairs(read_jsonl(cfg.chosen_data, required=("prompt", "response")),
-                          read_jsonl(cfg.rejected_data, required=("prompt", "response")))
+        rows = join_pairs(
+            read_jsonl(cfg.chosen_data, required=("prompt", "response")),
+            read_jsonl(cfg.rejected_data, required=("prompt", "response")),
+        )
     # Identical or empty responses carry no preference signal.
-    rows = [r for r in rows if str(r["chosen"]).strip() and str(r["rejected"]).strip()
-            and str(r["chosen"]).strip() != str(r["rejected"]).strip()]
+    rows = [
+        r
+        for r in rows
+        if str(r["chosen"]).strip()
+        and str(r["rejected"]).strip()
+        and str(r["chosen"]).strip() != str(r["rejected"]).strip()
+    ]
     return rows[: cfg.max_examples] if cfg.max_examples else rows
 
 
@@ -126,8 +168,9 @@ def _trainer_class():
     return _DPOTrainer
 
 
-def train_dpo(cfg: DPOStageConfig, rows: list[dict], reporter: Reporter | None, *, stage: str,
-              extra: dict[str, Any] | None = None) -> dict:
+def train_dpo(
+    cfg: DPOStageConfig, rows: list[dict], reporter: Reporter | None, *, stage: str, extra: dict[str, Any] | None = None
+) -> dict:
     """DPO on preference rows; shared by ``dpo`` and ``weak_align``."""
     from datasets import Dataset
     from trl import DPOConfig
@@ -137,17 +180,29 @@ def train_dpo(cfg: DPOStageConfig, rows: list[dict], reporter: Reporter | None, 
     model, tok = load_for_training(cfg)
     data = []
     for r in rows:
-        p, c = encode_pair(tok, str(r["prompt"]), str(r["chosen"]), use_chat_template=cfg.use_chat_template,
-                           max_length=cfg.max_length)
-        _, j = encode_pair(tok, str(r["prompt"]), str(r["rejected"]), use_chat_template=cfg.use_chat_template,
-                           max_length=cfg.max_length)
+        p, c = encode_pair(
+            tok, str(r["prompt"]), str(r["chosen"]), use_chat_template=cfg.use_chat_template, max_length=cfg.max_length
+        )
+        _, j = encode_pair(
+            tok,
+            str(r["prompt"]),
+            str(r["rejected"]),
+            use_chat_template=cfg.use_chat_template,
+            max_length=cfg.max_length,
+        )
         data.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": j})
-    args = DPOConfig(**training_kwargs(cfg), beta=cfg.beta, loss_type=[cfg.loss_type],
-                     max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs,
-                     dataset_num_proc=None)
+    args = DPOConfig(
+        **training_kwargs(cfg),
+        beta=cfg.beta,
+        loss_type=[cfg.loss_type],
+        max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref_log_probs,
+        dataset_num_proc=None,
+    )
     callback = ReporterCallback(reporter, stage)
-    trainer = _trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(data),
-                               processing_class=tok, callbacks=[callback])
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok, callbacks=[callback]
+    )
     return run_training(trainer, cfg, callback, stage=stage, extra={"n_pairs": len(data), **(extra or {})})
 
 

@@ -27,14 +27,31 @@ STAGE = "evaluate"
 
 @dataclass(kw_only=True)
 class EvaluateConfig:
-    output_dir: str = field(metadata={"internal": True, "help": "Folder for samples.jsonl, metrics.json and DONE.json."})
-    gold: str | Callable[[str, str], float] | GoldReward = field(metadata={"internal": True, 
-        "help": "Gold reward: a registered name such as 'toy:review', or a callable (prompt, response) -> float."})
-    model: str = field(default="", metadata={"internal": True, "help": "HF folder of the model to sample from (or give samples)."})
-    samples: str = field(default="", metadata={"internal": True, 
-        "help": "Existing JSONL of 'prompt'/'response' rows to score instead of sampling a model."})
-    prompts: str = field(default="", metadata={"internal": True, "help": "Held-out prompt JSONL ('prompt'); needed with model."})
-    name: str = field(default="", metadata={"internal": True, "help": "Method name shown in reports (defaults to the folder name)."})
+    output_dir: str = field(
+        metadata={"internal": True, "help": "Folder for samples.jsonl, metrics.json and DONE.json."}
+    )
+    gold: str | Callable[[str, str], float] | GoldReward = field(
+        metadata={
+            "internal": True,
+            "help": "Gold reward: a registered name such as 'toy:review', or a callable (prompt, response) -> float.",
+        }
+    )
+    model: str = field(
+        default="", metadata={"internal": True, "help": "HF folder of the model to sample from (or give samples)."}
+    )
+    samples: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "Existing JSONL of 'prompt'/'response' rows to score instead of sampling a model.",
+        },
+    )
+    prompts: str = field(
+        default="", metadata={"internal": True, "help": "Held-out prompt JSONL ('prompt'); needed with model."}
+    )
+    name: str = field(
+        default="", metadata={"internal": True, "help": "Method name shown in reports (defaults to the folder name)."}
+    )
     n_samples: int = field(default=1, metadata={"help": "Responses per prompt."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
@@ -43,16 +60,33 @@ class EvaluateConfig:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
-    reference: str = field(default="", metadata={"internal": True, 
-        "help": "samples.jsonl of a reference method (e.g. another evaluate run) for the paired win rate."})
-    reference_name: str = field(default="reference", metadata={"internal": True, 
-        "help": "Name of the reference method; the metric is called win_rate_vs_<reference_name>."})
-    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder, for implicit-reward statistics."})
-    weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder, for implicit-reward statistics."})
+    reference: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "samples.jsonl of a reference method (e.g. another evaluate run) for the paired win rate.",
+        },
+    )
+    reference_name: str = field(
+        default="reference",
+        metadata={
+            "internal": True,
+            "help": "Name of the reference method; the metric is called win_rate_vs_<reference_name>.",
+        },
+    )
+    weak_aligned: str = field(
+        default="", metadata={"internal": True, "help": "pi_post folder, for implicit-reward statistics."}
+    )
+    weak_base: str = field(
+        default="", metadata={"internal": True, "help": "pi_pre folder, for implicit-reward statistics."}
+    )
     ci_method: str = field(default="t", metadata={"help": "95% interval: 't' (Student-t) or 'bootstrap'."})
-    use_chat_template: bool = field(default=True, metadata={
-        "help": "Format prompts with the tokenizer's chat template when it has one."})
-    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
+    use_chat_template: bool = field(
+        default=True, metadata={"help": "Format prompts with the tokenizer's chat template when it has one."}
+    )
+    device: str | None = field(
+        default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
+    )
 
     def __post_init__(self) -> None:
         if bool(self.model) == bool(self.samples):
@@ -77,12 +111,22 @@ def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
     """Append sampled responses to path; returns False when stopped."""
     from ml.stages._train import sample_to_jsonl
 
-    return sample_to_jsonl(model_dir=config.model, prompts=read_prompts(config.prompts, config.max_prompts),
-                           path=path, reporter=reporter, progress_name=f"{STAGE}/{config.name}",
-                           n=config.n_samples, temperature=config.temperature, top_p=config.top_p,
-                           do_sample=config.do_sample, max_new_tokens=config.max_new_tokens,
-                           batch_size=config.batch_size, seed=config.seed,
-                           use_chat_template=config.use_chat_template, device=config.device)
+    return sample_to_jsonl(
+        model_dir=config.model,
+        prompts=read_prompts(config.prompts, config.max_prompts),
+        path=path,
+        reporter=reporter,
+        progress_name=f"{STAGE}/{config.name}",
+        n=config.n_samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        do_sample=config.do_sample,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        use_chat_template=config.use_chat_template,
+        device=config.device,
+    )
 
 
 def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
@@ -92,14 +136,27 @@ def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
     aligned = load_causal_lm(config.weak_aligned, device=config.device)
     base = load_causal_lm(config.weak_base, device=config.device)
     tok = load_tokenizer(config.weak_aligned)
-    return implicit_rewards(aligned=aligned, base=base, tokenizer=tok, prompts=[r["prompt"] for r in rows],
-                            responses=[r["response"] for r in rows], batch_size=config.batch_size,
-                            use_chat_template=config.use_chat_template, append_eos=True)
+    return implicit_rewards(
+        aligned=aligned,
+        base=base,
+        tokenizer=tok,
+        prompts=[r["prompt"] for r in rows],
+        responses=[r["response"] for r in rows],
+        batch_size=config.batch_size,
+        use_chat_template=config.use_chat_template,
+        append_eos=True,
+    )
 
 
 def score_rows(rows: list[dict], gold: GoldReward) -> list[dict]:
-    return [{**r, "gold": gold(str(r["prompt"]), str(r["response"])),
-             "valid": gold.is_valid(str(r["prompt"]), str(r["response"]))} for r in rows]
+    return [
+        {
+            **r,
+            "gold": gold(str(r["prompt"]), str(r["response"])),
+            "valid": gold.is_valid(str(r["prompt"]), str(r["response"])),
+        }
+        for r in rows
+    ]
 
 
 def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
@@ -116,8 +173,10 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
         rows = read_jsonl(raw)
     else:
         rows = read_jsonl(config.samples, required=("prompt", "response"))
-        rows = [{"index": r.get("index", i), "sample": r.get("sample", 0), "prompt": r["prompt"],
-                 "response": r["response"]} for i, r in enumerate(rows)]
+        rows = [
+            {"index": r.get("index", i), "sample": r.get("sample", 0), "prompt": r["prompt"], "response": r["response"]}
+            for i, r in enumerate(rows)
+        ]
         if config.max_prompts:
             keep = sorted({r["index"] for r in rows})[: config.max_prompts]
             rows = [r for r in rows if r["index"] in set(keep)]
@@ -125,21 +184,27 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
     rows = score_rows(rows, gold)
     metrics: dict[str, Any] = {"stage": STAGE, "name": config.name, "gold_name": gold.name}
     g = mean_ci([r["gold"] for r in rows], method=config.ci_method, seed=config.seed)
-    metrics.update(gold_mean=g.mean, gold_ci=[g.lo, g.hi], n=g.n,
-                   valid_rate=(sum(r["valid"] for r in rows) / len(rows)) if rows else float("nan"),
-                   mean_words=(sum(len(str(r["response"]).split()) for r in rows) / len(rows)) if rows else 0.0)
+    metrics.update(
+        gold_mean=g.mean,
+        gold_ci=[g.lo, g.hi],
+        n=g.n,
+        valid_rate=(sum(r["valid"] for r in rows) / len(rows)) if rows else float("nan"),
+        mean_words=(sum(len(str(r["response"]).split()) for r in rows) / len(rows)) if rows else 0.0,
+    )
     if config.weak_aligned:
         reporter.log(f"{STAGE}/{config.name}: scoring implicit rewards under the weak pair")
         imp = _implicit(config, rows)
         for r, s in zip(rows, imp):
             r["implicit_sum"], r["implicit_mean"] = float(s["sum"]), float(s["mean"])
         ci = mean_ci([r["implicit_sum"] for r in rows], method=config.ci_method, seed=config.seed)
-        metrics.update(implicit_mean=ci.mean, implicit_ci=[ci.lo, ci.hi],
-                       implicit_per_token_mean=sum(r["implicit_mean"] for r in rows) / len(rows))
+        metrics.update(
+            implicit_mean=ci.mean,
+            implicit_ci=[ci.lo, ci.hi],
+            implicit_per_token_mean=sum(r["implicit_mean"] for r in rows) / len(rows),
+        )
     if config.reference:
         ref = read_jsonl(config.reference, required=("prompt", "response"))
-        ref_scores = {_key(r): (r["gold"] if "gold" in r else gold(str(r["prompt"]), str(r["response"])))
-                      for r in ref}
+        ref_scores = {_key(r): (r["gold"] if "gold" in r else gold(str(r["prompt"]), str(r["response"]))) for r in ref}
         w = win_rate({_key(r): r["gold"] for r in rows}, ref_scores)
         metrics[f"win_rate_vs_{config.reference_name}"] = w["win_rate"]
         metrics["win_detail"] = {**w, "reference": config.reference_name}

@@ -17,14 +17,23 @@ the file is rewritten in (index, sample) order and DONE.json holds the summary.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from ml.contrastive import (CDConfig, batch_seed, check_weak_pair, context_limit, contrastive_generate, decode_response,
-                            encode_prompt, eos_ids_of)
+from ml.contrastive import (
+    CDConfig,
+    batch_seed,
+    check_weak_pair,
+    context_limit,
+    contrastive_generate,
+    decode_response,
+    encode_prompt,
+    eos_ids_of,
+)
 from ml.io import SAMPLES, append_jsonl, mark_done, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
 
@@ -65,8 +74,12 @@ class _GenerateCommon:
     output_dir: str = field(default="", metadata={"internal": True, "help": "Where samples.jsonl and DONE.json go."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (None = all)."})
     samples_per_prompt: int = field(default=1, metadata={"help": "Samples per prompt (> 1 needs do_sample=True)."})
-    device: str | None = field(default=None, metadata={"internal": True, "help": "cpu, cuda, cuda:1 ... (None = CUDA if present)."})
-    dtype: str | None = field(default=None, metadata={"internal": True, "help": "float32, bfloat16, float16 (None = per device)."})
+    device: str | None = field(
+        default=None, metadata={"internal": True, "help": "cpu, cuda, cuda:1 ... (None = CUDA if present)."}
+    )
+    dtype: str | None = field(
+        default=None, metadata={"internal": True, "help": "float32, bfloat16, float16 (None = per device)."}
+    )
     report_samples: int = field(default=2, metadata={"help": "Rows per batch sent to reporter.sample()."})
 
     def _check_common(self, decoding: CDConfig) -> None:
@@ -79,8 +92,10 @@ class _GenerateCommon:
         if self.samples_per_prompt < 1:
             raise ValueError(f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
         if self.samples_per_prompt > 1 and not decoding.do_sample:
-            raise ValueError("samples_per_prompt > 1 with greedy decoding repeats one answer; set do_sample=True "
-                             "or samples_per_prompt=1")
+            raise ValueError(
+                "samples_per_prompt > 1 with greedy decoding repeats one answer; set do_sample=True "
+                "or samples_per_prompt=1"
+            )
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
 
@@ -88,9 +103,13 @@ class _GenerateCommon:
 @dataclass
 class CDGenerateConfig(_GenerateCommon):
     aligned: str = field(default="", metadata={"internal": True, "help": "pi_post: the aligned weak model's folder."})
-    base: str = field(default="", metadata={"internal": True, "help": "pi_pre: the weak base model's folder (same vocabulary)."})
-    cd: CDConfig = field(default_factory=CDConfig, metadata={
-        "help": "Contrastive decoding settings (a CDConfig or a dict of its fields)."})
+    base: str = field(
+        default="", metadata={"internal": True, "help": "pi_pre: the weak base model's folder (same vocabulary)."}
+    )
+    cd: CDConfig = field(
+        default_factory=CDConfig,
+        metadata={"help": "Contrastive decoding settings (a CDConfig or a dict of its fields)."},
+    )
 
     def __post_init__(self) -> None:
         if not self.aligned or not self.base:
@@ -99,19 +118,30 @@ class CDGenerateConfig(_GenerateCommon):
         self._check_common(self.cd)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CDGenerateConfig":
+    def from_dict(cls, data: dict[str, Any]) -> CDGenerateConfig:
         """Flat or nested: {"aligned":..., "alpha": 0.3} and {"aligned":..., "cd": {"alpha": 0.3}} both work."""
         return _from_flat(cls, data, "cd")
 
 
 @dataclass
 class PlainGenerateConfig(_GenerateCommon):
-    model: str = field(default="", metadata={"internal": True, "help": "The model to sample from (pi_post for WeakSFT data)."})
-    base: str | None = field(default=None, metadata={"internal": True, 
-        "help": "Optional pi_pre folder: when given, rows also carry the implicit reward log pi_post - log pi_pre."})
-    sampling: CDConfig = field(default_factory=CDConfig, metadata={
-        "help": "Sampling settings (temperature, top_p, repetition_penalty, max_new_tokens, seed, batch_size, "
-                "stop_strings, use_chat_template); alpha and relative_top are unused."})
+    model: str = field(
+        default="", metadata={"internal": True, "help": "The model to sample from (pi_post for WeakSFT data)."}
+    )
+    base: str | None = field(
+        default=None,
+        metadata={
+            "internal": True,
+            "help": "Optional pi_pre folder: when given, rows also carry the implicit reward log pi_post - log pi_pre.",
+        },
+    )
+    sampling: CDConfig = field(
+        default_factory=CDConfig,
+        metadata={
+            "help": "Sampling settings (temperature, top_p, repetition_penalty, max_new_tokens, seed, batch_size, "
+            "stop_strings, use_chat_template); alpha and relative_top are unused."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -120,7 +150,7 @@ class PlainGenerateConfig(_GenerateCommon):
         self._check_common(self.sampling)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PlainGenerateConfig":
+    def from_dict(cls, data: dict[str, Any]) -> PlainGenerateConfig:
         return _from_flat(cls, data, "sampling")
 
 
@@ -130,8 +160,16 @@ class PlainGenerateConfig(_GenerateCommon):
 ChunkFn = Callable[[list[str], int], list[dict[str, Any]]]  # (prompts, chunk no) -> one result per prompt
 
 
-def _run(*, stage: str, config: _GenerateCommon, decoding: CDConfig, tokenizer, alpha: float | None,
-         chunk_fn: ChunkFn, reporter: Reporter | None) -> dict[str, Any]:
+def _run(
+    *,
+    stage: str,
+    config: _GenerateCommon,
+    decoding: CDConfig,
+    tokenizer,
+    alpha: float | None,
+    chunk_fn: ChunkFn,
+    reporter: Reporter | None,
+) -> dict[str, Any]:
     rep = or_null(reporter)
     out_dir = Path(config.output_dir)
     path = out_dir / SAMPLES
@@ -141,13 +179,15 @@ def _run(*, stage: str, config: _GenerateCommon, decoding: CDConfig, tokenizer, 
     lengths = [len(encode_prompt(tokenizer, p, use_chat_template=decoding.use_chat_template)) for p in prompts]
     items = [(i, s) for i in range(len(prompts)) for s in range(config.samples_per_prompt)]
     items.sort(key=lambda it: (-lengths[it[0]], it[0], it[1]))
-    chunks = [items[k:k + decoding.batch_size] for k in range(0, len(items), decoding.batch_size)]
+    chunks = [items[k : k + decoding.batch_size] for k in range(0, len(items), decoding.batch_size)]
 
     have = repair_jsonl(path)
     stale = [r for r in have if r.get("alpha") != alpha]
     if stale:
-        raise ValueError(f"{path} holds samples made with alpha={stale[0].get('alpha')}, not {alpha}; use a new "
-                         "output_dir (or delete that file) to generate with these settings")
+        raise ValueError(
+            f"{path} holds samples made with alpha={stale[0].get('alpha')}, not {alpha}; use a new "
+            "output_dir (or delete that file) to generate with these settings"
+        )
     present = {(int(r["index"]), int(r.get("sample", 0))) for r in have}
     write_json(out_dir / "config.json", {"stage": stage, **asdict(config)})
 
@@ -173,9 +213,14 @@ def _run(*, stage: str, config: _GenerateCommon, decoding: CDConfig, tokenizer, 
         append_jsonl(path, rows)
         present.update((r["index"], r["sample"]) for r in rows)
         n_done += len(rows)
-        for r in rows[:config.report_samples]:
-            rep.sample({"stage": stage, **{key: r[key] for key in ("index", "sample", "prompt", "response")},
-                        "implicit_reward_mean": r.get("implicit_reward_mean")})
+        for r in rows[: config.report_samples]:
+            rep.sample(
+                {
+                    "stage": stage,
+                    **{key: r[key] for key in ("index", "sample", "prompt", "response")},
+                    "implicit_reward_mean": r.get("implicit_reward_mean"),
+                }
+            )
         rewards = [r["implicit_reward_mean"] for r in rows if r.get("implicit_reward_mean") is not None]
         if rewards:
             rep.metric(f"{stage}/implicit_reward_mean", sum(rewards) / len(rewards), n_done)
@@ -186,8 +231,12 @@ def _run(*, stage: str, config: _GenerateCommon, decoding: CDConfig, tokenizer, 
     sums = [r["implicit_reward_sum"] for r in rows if r.get("implicit_reward_sum") is not None]
     means = [r["implicit_reward_mean"] for r in rows if r.get("implicit_reward_mean") is not None]
     summary = {
-        "stage": stage, "n": len(rows), "n_prompts": len(prompts), "samples_per_prompt": config.samples_per_prompt,
-        "alpha": alpha, "samples": str(path),
+        "stage": stage,
+        "n": len(rows),
+        "n_prompts": len(prompts),
+        "samples_per_prompt": config.samples_per_prompt,
+        "alpha": alpha,
+        "samples": str(path),
         "mean_implicit_reward": sum(sums) / len(sums) if sums else None,
         "mean_implicit_reward_per_token": sum(means) / len(means) if means else None,
         "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
@@ -210,9 +259,14 @@ def _load_pair(aligned_path: str, base_path: str | None, device: str | None, dty
 
 
 def _row_result(token_ids: list[int], text: str, finish: str, reward: dict | None) -> dict[str, Any]:
-    return {"response": text, "token_ids": token_ids, "n_tokens": len(token_ids), "finish_reason": finish,
-            "implicit_reward_sum": None if reward is None else reward["sum"],
-            "implicit_reward_mean": None if reward is None else reward["mean"]}
+    return {
+        "response": text,
+        "token_ids": token_ids,
+        "n_tokens": len(token_ids),
+        "finish_reason": finish,
+        "implicit_reward_sum": None if reward is None else reward["sum"],
+        "implicit_reward_mean": None if reward is None else reward["mean"],
+    }
 
 
 def cd_generate(config: CDGenerateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -228,8 +282,15 @@ def cd_generate(config: CDGenerateConfig, reporter: Reporter | None = None) -> d
         gens = contrastive_generate(aligned=aligned, base=base, tokenizer=tok, prompts=prompts, config=cfg)
         return [_row_result(g.token_ids, g.text, g.finish_reason, g.implicit_reward.as_dict()) for g in gens]
 
-    return _run(stage="cd_generate", config=config, decoding=cd, tokenizer=tok, alpha=cd.alpha,
-                chunk_fn=chunk_fn, reporter=reporter)
+    return _run(
+        stage="cd_generate",
+        config=config,
+        decoding=cd,
+        tokenizer=tok,
+        alpha=cd.alpha,
+        chunk_fn=chunk_fn,
+        reporter=reporter,
+    )
 
 
 def _generated_scope_processors(sp: CDConfig, prompt_len: int) -> dict[str, Any]:
@@ -267,19 +328,26 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
         for p in prompts:
             ids = encode_prompt(tok, p, use_chat_template=sp.use_chat_template)
             if sp.max_prompt_tokens is not None:
-                ids = ids[-sp.max_prompt_tokens:]
+                ids = ids[-sp.max_prompt_tokens :]
             if limit is not None and len(ids) + sp.max_new_tokens > limit:
-                raise ValueError(f"a prompt of {len(ids)} tokens plus max_new_tokens={sp.max_new_tokens} exceeds "
-                                 f"the model's {limit} positions; lower max_new_tokens or set max_prompt_tokens")
+                raise ValueError(
+                    f"a prompt of {len(ids)} tokens plus max_new_tokens={sp.max_new_tokens} exceeds "
+                    f"the model's {limit} positions; lower max_new_tokens or set max_prompt_tokens"
+                )
             ids_list.append(ids)
         P = max(len(x) for x in ids_list)
         input_ids = torch.full((len(prompts), P), pad, dtype=torch.long)
         mask = torch.zeros_like(input_ids)
         for j, ids in enumerate(ids_list):
-            input_ids[j, P - len(ids):] = torch.tensor(ids)
-            mask[j, P - len(ids):] = 1
-        kw: dict[str, Any] = dict(max_new_tokens=sp.max_new_tokens, do_sample=sp.do_sample, pad_token_id=pad,
-                                  eos_token_id=eos, repetition_penalty=sp.repetition_penalty)
+            input_ids[j, P - len(ids) :] = torch.tensor(ids)
+            mask[j, P - len(ids) :] = 1
+        kw: dict[str, Any] = dict(
+            max_new_tokens=sp.max_new_tokens,
+            do_sample=sp.do_sample,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            repetition_penalty=sp.repetition_penalty,
+        )
         if sp.do_sample:
             kw.update(temperature=sp.temperature, top_p=sp.top_p, top_k=0)
         if sp.repetition_penalty_scope == "generated" and sp.repetition_penalty != 1.0:
@@ -298,14 +366,24 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
             if not sp.ignore_eos:
                 for n, t in enumerate(ids):
                     if t in eos:
-                        ids, finish = ids[:n + 1], "eos"
+                        ids, finish = ids[: n + 1], "eos"
                         break
             ids, text, stopped = decode_response(tok, ids, sp.stop_strings)
             results.append((ids, text, "stop_string" if stopped else finish))
             pairs.append((ids_list[j], ids))
-        rewards = (implicit_rewards_from_ids(aligned=model, base=base, pairs=pairs, batch_size=len(pairs),
-                                             pad_id=int(pad)) if base is not None else [None] * len(pairs))
+        rewards = (
+            implicit_rewards_from_ids(aligned=model, base=base, pairs=pairs, batch_size=len(pairs), pad_id=int(pad))
+            if base is not None
+            else [None] * len(pairs)
+        )
         return [_row_result(ids, text, finish, r) for (ids, text, finish), r in zip(results, rewards)]
 
-    return _run(stage="plain_generate", config=config, decoding=sp, tokenizer=tok, alpha=None,
-                chunk_fn=chunk_fn, reporter=reporter)
+    return _run(
+        stage="plain_generate",
+        config=config,
+        decoding=sp,
+        tokenizer=tok,
+        alpha=None,
+        chunk_fn=chunk_fn,
+        reporter=reporter,
+    )

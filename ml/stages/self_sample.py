@@ -18,8 +18,12 @@ STAGE = "self_sample"
 
 @dataclass(kw_only=True)
 class SelfSampleConfig:
-    model: str = field(metadata={"internal": True, "help": "HF folder of the model to sample (the ConG-S strong model)."})
-    prompts: str = field(metadata={"internal": True, "help": "Prompt JSONL ('prompt'): the training prompts CD ran on."})
+    model: str = field(
+        metadata={"internal": True, "help": "HF folder of the model to sample (the ConG-S strong model)."}
+    )
+    prompts: str = field(
+        metadata={"internal": True, "help": "Prompt JSONL ('prompt'): the training prompts CD ran on."}
+    )
     output_dir: str = field(metadata={"internal": True, "help": "Folder for samples.jsonl and DONE.json."})
     n_samples: int = field(default=1, metadata={"help": "Responses per prompt (1 in the reference)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (reference 0.8)."})
@@ -28,9 +32,12 @@ class SelfSampleConfig:
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
-    use_chat_template: bool = field(default=True, metadata={
-        "help": "Format prompts with the tokenizer's chat template when it has one."})
-    device: str | None = field(default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."})
+    use_chat_template: bool = field(
+        default=True, metadata={"help": "Format prompts with the tokenizer's chat template when it has one."}
+    )
+    device: str | None = field(
+        default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
+    )
 
     def __post_init__(self) -> None:
         if not self.model or not self.prompts or not self.output_dir:
@@ -48,14 +55,28 @@ def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> d
     reporter = or_null(reporter)
     path = Path(config.output_dir) / SAMPLES
     prompts = read_prompts(config.prompts, config.max_prompts)
-    finished = sample_to_jsonl(model_dir=config.model, prompts=prompts, path=path, reporter=reporter,
-                               progress_name=STAGE, n=config.n_samples, temperature=config.temperature,
-                               top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                               batch_size=config.batch_size, seed=config.seed,
-                               use_chat_template=config.use_chat_template, device=config.device)
+    finished = sample_to_jsonl(
+        model_dir=config.model,
+        prompts=prompts,
+        path=path,
+        reporter=reporter,
+        progress_name=STAGE,
+        n=config.n_samples,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        use_chat_template=config.use_chat_template,
+        device=config.device,
+    )
     rows = read_jsonl(path) if path.exists() else []
-    summary = {"stage": STAGE, "n_prompts": len({r["index"] for r in rows}), "n_samples": len(rows),
-               "samples": str(path)}
+    summary = {
+        "stage": STAGE,
+        "n_prompts": len({r["index"] for r in rows}),
+        "n_samples": len(rows),
+        "samples": str(path),
+    }
     if not finished:
         return {**summary, "stopped": True}
     return mark_done(config.output_dir, summary)

@@ -22,9 +22,16 @@ STAGE = "sft"
 
 @dataclass(kw_only=True)
 class SFTStageConfig(TrainConfig):
-    data: str = field(default="", metadata={"internal": True, 
-        "help": "JSONL with 'prompt' and 'response' (e.g. a cd_generate/plain_generate samples.jsonl)."})
-    response_field: str = field(default="response", metadata={"internal": True, "help": "Field holding the response text."})
+    data: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "JSONL with 'prompt' and 'response' (e.g. a cd_generate/plain_generate samples.jsonl).",
+        },
+    )
+    response_field: str = field(
+        default="response", metadata={"internal": True, "help": "Field holding the response text."}
+    )
     max_examples: int | None = field(default=None, metadata={"help": "Use only the first N rows (None = all)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference 1e-5)."})
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs (reference 2)."})
@@ -49,9 +56,16 @@ def load_encoded_pairs(config) -> tuple[Any, Any, list[tuple[list[int], list[int
     if not pairs:
         raise ValueError(f"{config.data} has no usable prompt/response pairs")
     model, tok = load_for_training(config)
-    encoded = [encode_pair(tok, str(r["prompt"]), str(r[config.response_field]),
-                           use_chat_template=config.use_chat_template, max_length=config.max_length)
-               for r in pairs]
+    encoded = [
+        encode_pair(
+            tok,
+            str(r["prompt"]),
+            str(r[config.response_field]),
+            use_chat_template=config.use_chat_template,
+            max_length=config.max_length,
+        )
+        for r in pairs
+    ]
     return model, tok, encoded
 
 
@@ -66,9 +80,13 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict:
     model, tok, encoded = load_encoded_pairs(config)
     rows = [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in encoded]
     dataset = Dataset.from_list(rows)
-    args = SFTConfig(**training_kwargs(config), completion_only_loss=True, max_length=config.max_length,
-                     dataset_num_proc=None, packing=False)
+    args = SFTConfig(
+        **training_kwargs(config),
+        completion_only_loss=True,
+        max_length=config.max_length,
+        dataset_num_proc=None,
+        packing=False,
+    )
     callback = ReporterCallback(reporter, STAGE)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                         callbacks=[callback])
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[callback])
     return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows)})

@@ -25,11 +25,21 @@ STAGE = "weak_align"
 
 @dataclass(kw_only=True)
 class WeakAlignConfig(DPOStageConfig):
-    prompts: str = field(default="", metadata={"internal": True, 
-        "help": "Prompt JSONL ('prompt') to sample and label with the gold reward (when data is not given)."})
-    gold: str | Callable[[str, str], float] | None = field(default=None, metadata={"internal": True, 
-        "help": "Gold reward that labels the samples: a registered name such as 'toy:review', or a callable "
-                "(prompt, response) -> float."})
+    prompts: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "Prompt JSONL ('prompt') to sample and label with the gold reward (when data is not given).",
+        },
+    )
+    gold: str | Callable[[str, str], float] | None = field(
+        default=None,
+        metadata={
+            "internal": True,
+            "help": "Gold reward that labels the samples: a registered name such as 'toy:review', or a callable "
+            "(prompt, response) -> float.",
+        },
+    )
     k: int = field(default=5, metadata={"help": "Samples per prompt (reference 5)."})
     temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (reference 0.8)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p (reference 0.95)."})
@@ -88,10 +98,18 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
     while done < len(prompts):
         if reporter.should_stop():
             return path, False
-        batch = prompts[done:done + bs]
-        samples = sample_responses(model, tok, batch, n=config.k, temperature=config.temperature,
-                                   top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                                   use_chat_template=config.use_chat_template, seed=config.seed + done)
+        batch = prompts[done : done + bs]
+        samples = sample_responses(
+            model,
+            tok,
+            batch,
+            n=config.k,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            max_new_tokens=config.max_new_tokens,
+            use_chat_template=config.use_chat_template,
+            seed=config.seed + done,
+        )
         rows = [row for p, rs in zip(batch, samples) if (row := best_worst(p, rs, gold)) is not None]
         append_jsonl(path, rows)
         done += len(batch)
@@ -135,7 +153,9 @@ def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dic
     if config.max_examples:
         rows = rows[: config.max_examples]
     if not rows:
-        raise ValueError("weak_align: no preference pairs (every prompt's samples tied under the gold reward?); "
-                         "raise k or temperature, or give more prompts")
+        raise ValueError(
+            "weak_align: no preference pairs (every prompt's samples tied under the gold reward?); "
+            "raise k or temperature, or give more prompts"
+        )
     out = train_dpo(config, rows, reporter, stage=STAGE, extra=extra)
     return out

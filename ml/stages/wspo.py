@@ -26,8 +26,18 @@ import torch
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter, or_null
-from ml.stages._train import (TrainConfig, encode_pair, encode_prompt, encode_response, load_for_training,
-                              pad_collate, run_training, shifted_token_logps, token_logprobs, training_kwargs)
+from ml.stages._train import (
+    TrainConfig,
+    encode_pair,
+    encode_prompt,
+    encode_response,
+    load_for_training,
+    pad_collate,
+    run_training,
+    shifted_token_logps,
+    token_logprobs,
+    training_kwargs,
+)
 from ml.stages.callbacks import ReporterCallback
 
 STAGE = "wspo"
@@ -35,10 +45,19 @@ STAGE = "wspo"
 
 @dataclass(kw_only=True)
 class WSPOConfig(TrainConfig):
-    data: str = field(default="", metadata={"internal": True, "help": "JSONL of the chosen responses: 'prompt' and response_field."})
-    response_field: str = field(default="response", metadata={"internal": True, 
-        "help": "Field with the response ('response' for samples files, 'chosen' for preference files)."})
-    weak_aligned: str = field(default="", metadata={"internal": True, "help": "pi_post folder (the weak aligned model)."})
+    data: str = field(
+        default="", metadata={"internal": True, "help": "JSONL of the chosen responses: 'prompt' and response_field."}
+    )
+    response_field: str = field(
+        default="response",
+        metadata={
+            "internal": True,
+            "help": "Field with the response ('response' for samples files, 'chosen' for preference files).",
+        },
+    )
+    weak_aligned: str = field(
+        default="", metadata={"internal": True, "help": "pi_post folder (the weak aligned model)."}
+    )
     weak_base: str = field(default="", metadata={"internal": True, "help": "pi_pre folder (the weak base model)."})
     beta: float = field(default=0.1, metadata={"help": "Scale of the strong log-ratio (reference 0.1)."})
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (reference 1e-5)."})
@@ -55,15 +74,17 @@ class WSPOConfig(TrainConfig):
             raise ValueError(f"beta must be > 0 (got {self.beta})")
 
 
-def wspo_loss(policy_logps: torch.Tensor, ref_logps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-              beta: float) -> torch.Tensor:
+def wspo_loss(
+    policy_logps: torch.Tensor, ref_logps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
     """Mean over masked tokens of (beta * (policy - ref) - target)^2; all tensors [B, L]."""
     err = (beta * (policy_logps - ref_logps) - target) ** 2
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def map_token_values(text: str, src_offsets: list[tuple[int, int]], src_values: list[float],
-                     dst_offsets: list[tuple[int, int]]) -> list[float]:
+def map_token_values(
+    text: str, src_offsets: list[tuple[int, int]], src_values: list[float], dst_offsets: list[tuple[int, int]]
+) -> list[float]:
     """Move per-token values from one tokenisation of ``text`` to another via characters (module doc)."""
     n = len(text)
     dens = [0.0] * (n + 1)  # index n collects what lies past the text
@@ -119,23 +140,24 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict], strong_tok) -> list[dict]:
         model = load_causal_lm(getattr(cfg, f"weak_{name}"), device=cfg.device)
         lp[name] = token_logprobs(model, seqs, batch_size=cfg.score_batch_size, pad_id=weak_tok.pad_token_id or 0)
         del model
-    for i, (p, r) in enumerate(zip(wp, wr)):
-        post, pre = lp["aligned"][i][len(p):], lp["base"][i][len(p):]
+    for i, p in enumerate(wp):
+        post, pre = lp["aligned"][i][len(p) :], lp["base"][i][len(p) :]
         ratios.append([a - b for a, b in zip(post, pre)])
     out = []
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
-        sp, sr = encode_pair(strong_tok, prompt, response, use_chat_template=cfg.use_chat_template,
-                             max_length=cfg.max_length)
+        sp, sr = encode_pair(
+            strong_tok, prompt, response, use_chat_template=cfg.use_chat_template, max_length=cfg.max_length
+        )
         full_sr = encode_response(strong_tok, response, cfg.use_chat_template)
         if same_tok:
-            target = ratios[i][:len(full_sr)]
+            target = ratios[i][: len(full_sr)]
         else:
             # Last value of each list is EOS: map the text tokens through characters, EOS to EOS.
             src_off = _offsets(weak_tok, response)
             dst_off = _offsets(strong_tok, response)
-            body = map_token_values(response, src_off, ratios[i][:len(src_off)], dst_off)
+            body = map_token_values(response, src_off, ratios[i][: len(src_off)], dst_off)
             target = body + [ratios[i][-1]]
-        target = target[:len(sr)]
+        target = target[: len(sr)]
         out.append({"input_ids": sp + sr, "prompt_len": len(sp), "target": [float(t) for t in target]})
     return out
 
@@ -175,26 +197,35 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict:
         reporter.log(f"{STAGE}: computing weak log-ratios and reference log-probs for {len(rows)} responses")
         data = weak_targets(config, rows, tok)
         model.eval()
-        ref = token_logprobs(model, [d["input_ids"] for d in data], batch_size=config.score_batch_size,
-                             pad_id=tok.pad_token_id or 0)
+        ref = token_logprobs(
+            model, [d["input_ids"] for d in data], batch_size=config.score_batch_size, pad_id=tok.pad_token_id or 0
+        )
         model.train()
         for d, lp in zip(data, ref):
-            d["ref"] = lp[d["prompt_len"]:]
+            d["ref"] = lp[d["prompt_len"] :]
         write_jsonl(cache, data)
     feats = []
     for d in data:
         n, p = len(d["input_ids"]), d["prompt_len"]
-        feats.append({
-            "input_ids": d["input_ids"],
-            "attention_mask": [1] * n,
-            "response_mask": [0.0] * p + [1.0] * (n - p),
-            "ref_logps": [0.0] * p + [float(x) for x in d["ref"]],
-            "target": [0.0] * p + [float(x) for x in d["target"]],
-        })
+        feats.append(
+            {
+                "input_ids": d["input_ids"],
+                "attention_mask": [1] * n,
+                "response_mask": [0.0] * p + [1.0] * (n - p),
+                "ref_logps": [0.0] * p + [float(x) for x in d["ref"]],
+                "target": [0.0] * p + [float(x) for x in d["target"]],
+            }
+        )
     pad = tok.pad_token_id or 0
     cls = _trainer_class()
     cls.beta = config.beta
     callback = ReporterCallback(reporter, STAGE)
-    trainer = cls(model=model, args=TrainingArguments(**training_kwargs(config)), train_dataset=Dataset.from_list(feats),
-                  data_collator=lambda f: pad_collate(f, pad), processing_class=tok, callbacks=[callback])
+    trainer = cls(
+        model=model,
+        args=TrainingArguments(**training_kwargs(config)),
+        train_dataset=Dataset.from_list(feats),
+        data_collator=lambda f: pad_collate(f, pad),
+        processing_class=tok,
+        callbacks=[callback],
+    )
     return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats)})

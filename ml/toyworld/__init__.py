@@ -20,6 +20,7 @@ def world_names() -> list[str]:
 
 def _register_golds() -> None:
     for name in WORLDS:
+
         def factory(name: str = name) -> GoldReward:
             w = get_world(name)
             return GoldReward(name=w.gold_name, score=w.gold, valid=w.valid)

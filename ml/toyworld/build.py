@@ -40,9 +40,8 @@ def world_dir(world: str, seed: int, data_dir: str | Path | None = None, size: s
 
 def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, reporter: Reporter) -> dict:
     """Pretrain (or reuse) weak_base / strong_base."""
-    from ml.tiny import tiny_gpt2
-
     from ml.modeling import save_hf_folder
+    from ml.tiny import tiny_gpt2
 
     from .pretrain import encode_corpus, pretrain
 
@@ -52,10 +51,18 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
     tok = world.tokenizer()
     # Both models see the same corpus (the world's generic text); only their size differs.
     lines = encode_corpus(tok, world.corpus(seed, recipe.corpus_lines))
-    model = tiny_gpt2(len(tok), n_layer=mr.n_layer, n_embd=mr.n_embd, n_head=mr.n_head,
-                      n_positions=recipe.n_positions, seed=seed * 1000 + (1 if which == "weak" else 2))
-    reporter.log(f"toyworld: pretraining {which} model ({sum(p.numel() for p in model.parameters()):,} "
-                 f"parameters, {mr.steps} steps)")
+    model = tiny_gpt2(
+        len(tok),
+        n_layer=mr.n_layer,
+        n_embd=mr.n_embd,
+        n_head=mr.n_head,
+        n_positions=recipe.n_positions,
+        seed=seed * 1000 + (1 if which == "weak" else 2),
+    )
+    reporter.log(
+        f"toyworld: pretraining {which} model ({sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, {mr.steps} steps)"
+    )
     summary = pretrain(model, lines, mr, seed=seed, reporter=reporter, stage=f"toyworld/pretrain_{which}")
     if summary.get("stopped"):
         return summary
@@ -65,24 +72,44 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
     return summary
 
 
-def _weak_align(world: World, recipe: Recipe, seed: int, root: Path, weak_base: Path, reporter: Reporter,
-                device: str | None) -> dict:
+def _weak_align(
+    world: World, recipe: Recipe, seed: int, root: Path, weak_base: Path, reporter: Reporter, device: str | None
+) -> dict:
     from ml.stages.weak_align import WeakAlignConfig, weak_align
 
     wa = recipe.weak_align
     cfg = WeakAlignConfig(
-        model=str(weak_base), output_dir=str(root / "weak_align"), prompts=str(root / "prompts" / "weak.jsonl"),
-        gold=world.gold_name, k=wa.samples_per_prompt, temperature=wa.temperature, top_p=wa.top_p,
-        max_new_tokens=recipe.max_new_tokens, sample_batch_size=64, beta=wa.beta, learning_rate=wa.lr,
-        max_steps=wa.steps, per_device_train_batch_size=wa.batch_size, use_chat_template=False,
-        max_length=recipe.n_positions, save_steps=max(wa.steps, 1), logging_steps=max(1, wa.steps // 6),
-        seed=seed, device=device,
+        model=str(weak_base),
+        output_dir=str(root / "weak_align"),
+        prompts=str(root / "prompts" / "weak.jsonl"),
+        gold=world.gold_name,
+        k=wa.samples_per_prompt,
+        temperature=wa.temperature,
+        top_p=wa.top_p,
+        max_new_tokens=recipe.max_new_tokens,
+        sample_batch_size=64,
+        beta=wa.beta,
+        learning_rate=wa.lr,
+        max_steps=wa.steps,
+        per_device_train_batch_size=wa.batch_size,
+        use_chat_template=False,
+        max_length=recipe.n_positions,
+        save_steps=max(wa.steps, 1),
+        logging_steps=max(1, wa.steps // 6),
+        seed=seed,
+        device=device,
     )
     return weak_align(cfg, reporter)
 
 
-def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporter: Reporter | None = None,
-          size: str = "default", device: str | None = None) -> dict[str, Any]:
+def build(
+    world: str,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    reporter: Reporter | None = None,
+    size: str = "default",
+    device: str | None = None,
+) -> dict[str, Any]:
     """Build (or reuse) one world at one seed; returns the manifest (also at <dir>/manifest.json).
 
     ``size="tiny"`` builds minute models in seconds, for tests; nothing measured on them means anything.
@@ -110,8 +137,10 @@ def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporte
     t0 = time.time()
     root.mkdir(parents=True, exist_ok=True)
 
-    splits = w.prompt_splits(seed, {"weak": recipe.weak_align.n_prompts, "train": recipe.n_train_prompts,
-                                    "heldout": recipe.n_heldout_prompts})
+    splits = w.prompt_splits(
+        seed,
+        {"weak": recipe.weak_align.n_prompts, "train": recipe.n_train_prompts, "heldout": recipe.n_heldout_prompts},
+    )
     prompt_paths = {}
     for split, prompts in splits.items():
         path = root / "prompts" / f"{split}.jsonl"
@@ -143,8 +172,7 @@ def build(world: str, seed: int = 0, data_dir: str | Path | None = None, reporte
             "weak_aligned": str(Path(s.get("model_dir") or root / "weak_align" / "model")),
             "strong_base": str(root / "strong_base"),
         },
-        "prompts": {"train": prompt_paths["train"], "heldout": prompt_paths["heldout"],
-                    "weak": prompt_paths["weak"]},
+        "prompts": {"train": prompt_paths["train"], "heldout": prompt_paths["heldout"], "weak": prompt_paths["weak"]},
         "generation": {"max_new_tokens": recipe.max_new_tokens, "use_chat_template": False},
         "recipe": _build_recipe(recipe),
         "summaries": summaries,

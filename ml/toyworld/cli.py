@@ -33,9 +33,18 @@ def _cmd_report(args) -> int:
         kw["worlds"] = args.worlds
     if args.alphas:
         kw["alphas"] = [float(a) for a in args.alphas.split(",")]
-    cfg = ReportConfig(out=args.out, seeds=args.seeds, data_dir=args.data_dir, size=args.size,
-                       n_samples=args.n_samples, filtered=not args.no_filtered, strong=not args.no_strong,
-                       device=args.device, jobs=args.jobs, **kw)
+    cfg = ReportConfig(
+        out=args.out,
+        seeds=args.seeds,
+        data_dir=args.data_dir,
+        size=args.size,
+        n_samples=args.n_samples,
+        filtered=not args.no_filtered,
+        strong=not args.no_strong,
+        device=args.device,
+        jobs=args.jobs,
+        **kw,
+    )
     res = report(cfg, console_reporter(args), command="python -m ml " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     if res.get("stopped"):
         return 1
@@ -48,8 +57,15 @@ def _cmd_diagnose(args) -> int:
     from .diagnose import preflight, preflight_world
 
     if args.world:
-        out = preflight_world(args.world, args.seed, args.data_dir, size=args.size, n_prompts=args.n_prompts,
-                              n=args.n, reporter=console_reporter(args))
+        out = preflight_world(
+            args.world,
+            args.seed,
+            args.data_dir,
+            size=args.size,
+            n_prompts=args.n_prompts,
+            n=args.n,
+            reporter=console_reporter(args),
+        )
     else:
         if not (args.aligned and args.base and args.prompts and args.gold):
             print("error: give --world, or all of --aligned, --base, --prompts and --gold", file=sys.stderr)
@@ -59,8 +75,16 @@ def _cmd_diagnose(args) -> int:
 
         aligned = load_causal_lm(args.aligned, device=args.device)
         base = load_causal_lm(args.base, device=args.device)
-        out = preflight(aligned, base, load_tokenizer(args.aligned), read_prompts(args.prompts, args.n_prompts),
-                        args.gold, n=args.n, max_new_tokens=args.max_new_tokens, reporter=console_reporter(args))
+        out = preflight(
+            aligned,
+            base,
+            load_tokenizer(args.aligned),
+            read_prompts(args.prompts, args.n_prompts),
+            args.gold,
+            n=args.n,
+            max_new_tokens=args.max_new_tokens,
+            reporter=console_reporter(args),
+        )
     if out.get("stopped"):
         return 1
     if args.json:
@@ -71,27 +95,35 @@ def _cmd_diagnose(args) -> int:
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("toyworld", help="the offline toy benchmark: build worlds, run the report, diagnose",
-                              description="Tiny deterministic worlds where ConG's claims are checked in minutes "
-                                          "on a CPU (docs/TOYWORLD.md).")
+    p = subparsers.add_parser(
+        "toyworld",
+        help="the offline toy benchmark: build worlds, run the report, diagnose",
+        description="Tiny deterministic worlds where ConG's claims are checked in minutes on a CPU (docs/TOYWORLD.md).",
+    )
     sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
 
     def common(q, world_multi: bool) -> None:
         q.add_argument("--data-dir", default=None, help="build cache (default: $CONGWEB_DATA_DIR or ./var/data)")
-        q.add_argument("--size", default="default", choices=("default", "tiny"),
-                       help="'tiny' builds in seconds, for tests only")
+        q.add_argument(
+            "--size", default="default", choices=("default", "tiny"), help="'tiny' builds in seconds, for tests only"
+        )
         q.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
         q.add_argument("--quiet", action="store_true", help="no progress output")
 
     b = sub.add_parser("build", help="build (or reuse) a world's models and prompt files; prints manifest paths")
-    b.add_argument("--world", action="append", choices=("review", "review_balanced", "sort"),
-                   help="world to build (repeatable; default: all three)")
+    b.add_argument(
+        "--world",
+        action="append",
+        choices=("review", "review_balanced", "sort"),
+        help="world to build (repeatable; default: all three)",
+    )
     b.add_argument("--seed", type=int, default=0)
     common(b, True)
     b.set_defaults(func=_cmd_build)
 
-    r = sub.add_parser("report", help="alpha sweeps and the strong-model table over seeds -> report.json, "
-                                      "REPORT.md, plots")
+    r = sub.add_parser(
+        "report", help="alpha sweeps and the strong-model table over seeds -> report.json, REPORT.md, plots"
+    )
     r.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--worlds", nargs="+", choices=("review", "review_balanced", "sort"), help="default: all")
@@ -99,8 +131,12 @@ def add_parser(subparsers) -> None:
     r.add_argument("--n-samples", type=int, default=3, help="samples per held-out prompt in the sweep")
     r.add_argument("--no-filtered", action="store_true", help="skip ConG with the implicit-reward DPO filter")
     r.add_argument("--no-strong", action="store_true", help="only the weak-pair sweep, no strong-model table")
-    r.add_argument("--jobs", type=int, default=1,
-                   help="world/seed runs in parallel processes (2 on a 2-core CPU nearly halves the time)")
+    r.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="world/seed runs in parallel processes (2 on a 2-core CPU nearly halves the time)",
+    )
     common(r, True)
     r.set_defaults(func=_cmd_report)
 

@@ -15,8 +15,17 @@ from ml.reporter import Reporter
 __all__ = ["LOWERS", "NO_GAIN", "RAISES", "preflight", "preflight_world", "verdict", "verdict_over_seeds"]
 
 
-def preflight_world(world: str, seed: int = 0, data_dir=None, *, size: str = "default", n_prompts: int = 200,
-                    n: int = 2, reporter: Reporter | None = None, diag_seed: int = 12345) -> dict[str, Any]:
+def preflight_world(
+    world: str,
+    seed: int = 0,
+    data_dir=None,
+    *,
+    size: str = "default",
+    n_prompts: int = 200,
+    n: int = 2,
+    reporter: Reporter | None = None,
+    diag_seed: int = 12345,
+) -> dict[str, Any]:
     """The pre-flight check on a toy world's build (built first if needed), on its held-out prompts.
 
     ``diag_seed`` is kept apart from the report's sampling seed, so the check is an independent draw."""
@@ -32,7 +41,16 @@ def preflight_world(world: str, seed: int = 0, data_dir=None, *, size: str = "de
     base = load_causal_lm(m["models"]["weak_base"], device="cpu")
     tok = load_tokenizer(m["models"]["weak_aligned"])
     prompts = read_prompts(m["prompts"]["heldout"], n_prompts)
-    out = preflight(aligned, base, tok, prompts, m["gold"], n=n, seed=diag_seed,
-                    max_new_tokens=m["generation"]["max_new_tokens"],
-                    use_chat_template=bool(m["generation"].get("use_chat_template", False)), reporter=reporter)
+    out = preflight(
+        aligned,
+        base,
+        tok,
+        prompts,
+        m["gold"],
+        n=n,
+        seed=diag_seed,
+        max_new_tokens=m["generation"]["max_new_tokens"],
+        use_chat_template=bool(m["generation"].get("use_chat_template", False)),
+        reporter=reporter,
+    )
     return {"world": world, "seed": seed, **out}

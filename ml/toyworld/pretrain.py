@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -33,8 +32,15 @@ def encode_corpus(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
     return out
 
 
-def pretrain(model, lines: list[list[int]], recipe: ModelRecipe, *, seed: int = 0,
-             reporter: Reporter | None = None, stage: str = "pretrain") -> dict:
+def pretrain(
+    model,
+    lines: list[list[int]],
+    recipe: ModelRecipe,
+    *,
+    seed: int = 0,
+    reporter: Reporter | None = None,
+    stage: str = "pretrain",
+) -> dict:
     """Train ``model`` in place; returns {"steps", "final_loss", "seconds"} (or "stopped": True)."""
     reporter = or_null(reporter)
     model.train()
@@ -49,14 +55,14 @@ def pretrain(model, lines: list[list[int]], recipe: ModelRecipe, *, seed: int = 
             extra = list(range(len(lines)))
             gen.shuffle(extra)
             order += extra
-        batch = [lines[i] for i in order[:recipe.batch_size]]
-        del order[:recipe.batch_size]
+        batch = [lines[i] for i in order[: recipe.batch_size]]
+        del order[: recipe.batch_size]
         width = max(len(b) for b in batch)
         ids = torch.zeros((len(batch), width), dtype=torch.long)  # pad id 0 on the right: masked out
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for i, b in enumerate(batch):
-            ids[i, :len(b)] = torch.tensor(b)
-            mask[i, :len(b)] = 1
+            ids[i, : len(b)] = torch.tensor(b)
+            mask[i, : len(b)] = 1
         labels = ids.masked_fill(mask == 0, -100)
         # Cosine decay after a short linear warmup: the usual recipe, robust across model sizes.
         lr = recipe.lr * min(1.0, step / warmup) * 0.5 * (1 + math.cos(math.pi * (step - 1) / recipe.steps))

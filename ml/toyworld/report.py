@@ -39,22 +39,32 @@ class ReportConfig:
     out: str = field(metadata={"help": "Folder for report.json, REPORT.md, plots and per-run files."})
     seeds: int = field(default=3, metadata={"help": "Seeds 0..N-1 (each builds its own models)."})
     worlds: list[str] = field(default_factory=lambda: list(WORLDS), metadata={"help": "Worlds to run."})
-    data_dir: str | None = field(default=None, metadata={"help": "Where builds are cached (default: env "
-                                                                 "CONGWEB_DATA_DIR or ./var/data)."})
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Where builds are cached (default: env CONGWEB_DATA_DIR or ./var/data)."}
+    )
     size: str = field(default="default", metadata={"help": "'default' or 'tiny' (tests only)."})
-    alphas: list[float] = field(default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                                metadata={"help": "CD alphas of the sweep."})
+    alphas: list[float] = field(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], metadata={"help": "CD alphas of the sweep."}
+    )
     n_samples: int = field(default=3, metadata={"help": "Samples per held-out prompt in the sweep."})
     cd_alpha: float = field(default=0.4, metadata={"help": "CD alpha of ConG's training data (reference 0.4)."})
     filtered: bool = field(default=True, metadata={"help": "Also run ConG with the implicit-reward DPO filter."})
     strong: bool = field(default=True, metadata={"help": "Run the strong-model table (the pipeline)."})
-    ablate_repetition_penalty: bool = field(default=True, metadata={
-        "help": "Also sweep CD with repetition_penalty 1.0 (the reference uses 1.2), to show how much of CD's "
-                "effect is the log-ratio and how much its decoding settings."})
+    ablate_repetition_penalty: bool = field(
+        default=True,
+        metadata={
+            "help": "Also sweep CD with repetition_penalty 1.0 (the reference uses 1.2), to show how much of CD's "
+            "effect is the log-ratio and how much its decoding settings."
+        },
+    )
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'; None = CUDA when present."})
-    jobs: int = field(default=1, metadata={
-        "help": "World/seed runs in parallel processes (one torch thread each). The toy models are too small "
-                "for a second thread to help one run, so on a 2-core CPU jobs=2 nearly halves the wall time."})
+    jobs: int = field(
+        default=1,
+        metadata={
+            "help": "World/seed runs in parallel processes (one torch thread each). The toy models are too small "
+            "for a second thread to help one run, so on a 2-core CPU jobs=2 nearly halves the wall time."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -94,17 +104,32 @@ def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Repor
     if path.exists():
         return read_json(path)
     aligned, base, tok = _load_pair(m, cfg.device)
-    s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
-                  gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
-                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, use_chat_template=False,
-                  keep_rows=True)
+    s = run_sweep(
+        aligned=aligned,
+        base=base,
+        tokenizer=tok,
+        prompts=read_prompts(m["prompts"]["heldout"]),
+        gold=get_gold(m["gold"]),
+        alphas=cfg.alphas,
+        n=cfg.n_samples,
+        seed=seed,
+        max_new_tokens=m["generation"]["max_new_tokens"],
+        reporter=reporter,
+        use_chat_template=False,
+        keep_rows=True,
+    )
     if s.get("stopped"):
         return s
     rows = s.pop("rows")
     # Kept for the implicit-vs-gold scatter plot: plain pi_post samples and CD at ConG's alpha.
-    write_jsonl(run_dir / "sweep_samples.jsonl",
-                [{"set": k, **{f: r[f] for f in ("prompt", "response", "gold", "valid", "implicit")}}
-                 for k in ("pre", "plain_post", f"cd_{cfg.cd_alpha:g}") for r in rows[k]])
+    write_jsonl(
+        run_dir / "sweep_samples.jsonl",
+        [
+            {"set": k, **{f: r[f] for f in ("prompt", "response", "gold", "valid", "implicit")}}
+            for k in ("pre", "plain_post", f"cd_{cfg.cd_alpha:g}")
+            for r in rows[k]
+        ],
+    )
     write_json(path, s)
     return s
 
@@ -115,11 +140,19 @@ def _pipeline(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Re
     recipe = get_world(m["world"]).recipe(m["size"])
     st = recipe.stages
     pc = PipelineConfig(
-        weak_base=m["models"]["weak_base"], weak_aligned=m["models"]["weak_aligned"],
-        strong=m["models"]["strong_base"], train_prompts=m["prompts"]["train"],
-        eval_prompts=m["prompts"]["heldout"], gold=m["gold"], output_dir=str(run_dir / "pipeline"),
-        alpha=cfg.cd_alpha, methods=[*STRONG_METHODS, *(EXTRA_METHODS if cfg.filtered else ())], seed=seed,
-        max_new_tokens=m["generation"]["max_new_tokens"], use_chat_template=False, device=cfg.device,
+        weak_base=m["models"]["weak_base"],
+        weak_aligned=m["models"]["weak_aligned"],
+        strong=m["models"]["strong_base"],
+        train_prompts=m["prompts"]["train"],
+        eval_prompts=m["prompts"]["heldout"],
+        gold=m["gold"],
+        output_dir=str(run_dir / "pipeline"),
+        alpha=cfg.cd_alpha,
+        methods=[*STRONG_METHODS, *(EXTRA_METHODS if cfg.filtered else ())],
+        seed=seed,
+        max_new_tokens=m["generation"]["max_new_tokens"],
+        use_chat_template=False,
+        device=cfg.device,
         **{k: dict(v) for k, v in st.items() if k != "dpo"},
         dpo={**st.get("dpo", {}), "score_batch_size": 64},  # the filter's reward scoring; tiny models
     )
@@ -137,10 +170,20 @@ def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> d
         return read_json(path)
     m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
     aligned, base, tok = _load_pair(m, cfg.device)
-    s = run_sweep(aligned=aligned, base=base, tokenizer=tok, prompts=read_prompts(m["prompts"]["heldout"]),
-                  gold=get_gold(m["gold"]), alphas=cfg.alphas, n=cfg.n_samples, seed=seed,
-                  max_new_tokens=m["generation"]["max_new_tokens"], reporter=reporter, use_chat_template=False,
-                  cd_overrides={"repetition_penalty": 1.0})
+    s = run_sweep(
+        aligned=aligned,
+        base=base,
+        tokenizer=tok,
+        prompts=read_prompts(m["prompts"]["heldout"]),
+        gold=get_gold(m["gold"]),
+        alphas=cfg.alphas,
+        n=cfg.n_samples,
+        seed=seed,
+        max_new_tokens=m["generation"]["max_new_tokens"],
+        reporter=reporter,
+        use_chat_template=False,
+        cd_overrides={"repetition_penalty": 1.0},
+    )
     if not s.get("stopped"):
         write_json(path, s)
     return s
@@ -172,15 +215,18 @@ def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None
         if res.get("stopped"):
             return {"stopped": True}
         for name, row in res["methods"].items():
-            out["strong"][name] = {k: row.get(k) for k in ("gold_mean", "gold_ci", "valid_rate", "implicit_mean", "n",
-                                                           "win_rate_vs_weak_sft")}
+            out["strong"][name] = {
+                k: row.get(k)
+                for k in ("gold_mean", "gold_ci", "valid_rate", "implicit_mean", "n", "win_rate_vs_weak_sft")
+            }
         t["pipeline"] = time.time() - t0
         if "cong_filtered" in out["strong"]:
             done = read_json(run_dir / "pipeline" / "dpo_cong_filtered" / "DONE.json")
             out["strong"]["cong_filtered"]["n_pairs_kept"] = done.get("n_pairs")
             # Part of the pipeline's time; listed apart as before.
-            t["cong_filtered"] = sum(res["stages"].get(k, {}).get("seconds", 0.0)
-                                     for k in ("dpo_cong_filtered", "eval/cong_filtered"))
+            t["cong_filtered"] = sum(
+                res["stages"].get(k, {}).get("seconds", 0.0) for k in ("dpo_cong_filtered", "eval/cong_filtered")
+            )
         out["cd_chosen_win_rate"] = _chosen_win_rate(m, run_dir)
     out["seconds"] = {k: round(v, 1) for k, v in t.items()}
     write_json(done_path, out)
@@ -223,10 +269,14 @@ def _over_seeds(values: list[float], fallback_ci: list[float] | None = None) -> 
 def _agg(rows: list[dict]) -> dict:
     mean, ci, over = _over_seeds([r["gold_mean"] for r in rows], rows[0]["gold_ci"] if len(rows) == 1 else None)
     imp = [r.get("implicit_mean") for r in rows if r.get("implicit_mean") is not None]
-    return {"gold_mean": mean, "gold_ci": ci, "ci_over": over,
-            "valid_rate": sum(r["valid_rate"] for r in rows) / len(rows),
-            "implicit_mean": sum(imp) / len(imp) if imp else None,
-            "per_seed": [r["gold_mean"] for r in rows]}
+    return {
+        "gold_mean": mean,
+        "gold_ci": ci,
+        "ci_over": over,
+        "valid_rate": sum(r["valid_rate"] for r in rows) / len(rows),
+        "implicit_mean": sum(imp) / len(imp) if imp else None,
+        "per_seed": [r["gold_mean"] for r in rows],
+    }
 
 
 def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any]:
@@ -238,14 +288,18 @@ def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any
         w["alpha_sweep"].append({"alpha": a, **_agg([s["sweep"]["cd"][i] for s in seeds])})
     if all("ablation" in s for s in seeds):
         w["alpha_sweep_no_repetition_penalty"] = [
-            {"alpha": a, **_agg([s["ablation"]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)]
+            {"alpha": a, **_agg([s["ablation"]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)
+        ]
     r_mean, r_ci, r_over = _over_seeds([s["sweep"]["implicit_gold_pearson"] for s in seeds])
     w["implicit_gold_pearson"] = r_mean
     w["implicit_gold_pearson_ci"] = r_ci
     w["implicit_gold_pearson_per_seed"] = [s["sweep"]["implicit_gold_pearson"] for s in seeds]
     if seeds[0]["strong"]:
-        w["strong"] = {k: _agg([s["strong"][k] for s in seeds]) for k in (*STRONG_METHODS, *EXTRA_METHODS)
-                       if all(k in s["strong"] for s in seeds)}
+        w["strong"] = {
+            k: _agg([s["strong"][k] for s in seeds])
+            for k in (*STRONG_METHODS, *EXTRA_METHODS)
+            if all(k in s["strong"] for s in seeds)
+        }
         cw = [s.get("cd_chosen_win_rate") for s in seeds if s.get("cd_chosen_win_rate") is not None]
         w["cong_dpo_chosen_win_rate"] = sum(cw) / len(cw) if cw else None
     else:
@@ -275,8 +329,12 @@ def _run_parallel(cfg: ReportConfig, rep: Reporter) -> None:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    units = [(w, s) for w in cfg.worlds for s in range(cfg.seeds)
-             if not (Path(cfg.out) / "runs" / w / f"seed{s}" / "seed.json").exists()]
+    units = [
+        (w, s)
+        for w in cfg.worlds
+        for s in range(cfg.seeds)
+        if not (Path(cfg.out) / "runs" / w / f"seed{s}" / "seed.json").exists()
+    ]
     if not units:
         return
     rep.log(f"toyworld report: {len(units)} world/seed runs on {min(cfg.jobs, len(units))} processes")
@@ -336,47 +394,81 @@ def markdown(result: dict, plots: dict[str, list[str]] | None = None) -> str:
     lines = ["# Toy-world report", ""]
     if result.get("command"):
         lines += ["Made by:", "", f"    {result['command']}", ""]
-    lines += [f"Seeds: {cfg['seeds']}; sweep: {cfg['n_samples']} samples per held-out prompt; ConG trains on CD at "
-              f"alpha {cfg['cd_alpha']}. Intervals are 95% Student-t over seeds (with one seed: over samples). "
-              "Gold rewards are the worlds' programmatic judges; implicit reward = sum over response tokens of "
-              "log pi_post - log pi_pre.", ""]
+    lines += [
+        f"Seeds: {cfg['seeds']}; sweep: {cfg['n_samples']} samples per held-out prompt; ConG trains on CD at "
+        f"alpha {cfg['cd_alpha']}. Intervals are 95% Student-t over seeds (with one seed: over samples). "
+        "Gold rewards are the worlds' programmatic judges; implicit reward = sum over response tokens of "
+        "log pi_post - log pi_pre.",
+        "",
+    ]
     for name, w in result["worlds"].items():
         lines += [f"## {name}", "", f"_{w['description']}_", ""]
-        lines += ["### Weak pair: alpha sweep on held-out prompts", "",
-                  "| Samples | Gold mean | 95% CI | Valid | Implicit reward |", "|---|---:|---|---:|---:|"]
+        lines += [
+            "### Weak pair: alpha sweep on held-out prompts",
+            "",
+            "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
+            "|---|---:|---|---:|---:|",
+        ]
         for label, row in (("pi_pre", w["pre"]), ("plain pi_post", w["plain_post"])):
-            lines.append(f"| {label} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | "
-                         f"{_f(row['implicit_mean'], 2)} |")
+            lines.append(
+                f"| {label} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | "
+                f"{_f(row['implicit_mean'], 2)} |"
+            )
         for row in w["alpha_sweep"]:
-            lines.append(f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                         f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |")
+            lines.append(
+                f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
+                f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
+            )
         if w.get("alpha_sweep_no_repetition_penalty"):
-            lines += ["", "Ablation, CD with repetition penalty 1.0 instead of the reference 1.2 (same prompts and seeds):",
-                      "", "| Samples | Gold mean | 95% CI | Valid | Implicit reward |", "|---|---:|---|---:|---:|"]
+            lines += [
+                "",
+                "Ablation, CD with repetition penalty 1.0 instead of the reference 1.2 (same prompts and seeds):",
+                "",
+                "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
+                "|---|---:|---|---:|---:|",
+            ]
             for row in w["alpha_sweep_no_repetition_penalty"]:
-                lines.append(f"| CD alpha={row['alpha']:g}, no rep. penalty | {_f(row['gold_mean'])} | "
-                             f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |")
-        lines += ["", f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
-                      f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
-                      f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).", "",
-                  f"Pre-flight verdict: **{w['verdict']['verdict']}** — {w['verdict']['message']} "
-                  f"(per seed: {', '.join(w['verdict_per_seed'])})", ""]
+                lines.append(
+                    f"| CD alpha={row['alpha']:g}, no rep. penalty | {_f(row['gold_mean'])} | "
+                    f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
+                )
+        lines += [
+            "",
+            f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
+            f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
+            f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).",
+            "",
+            f"Pre-flight verdict: **{w['verdict']['verdict']}** — {w['verdict']['message']} "
+            f"(per seed: {', '.join(w['verdict_per_seed'])})",
+            "",
+        ]
         if w.get("strong"):
-            lines += ["### Strong model on held-out prompts", "",
-                      "| Method | Gold mean | 95% CI | Valid | per seed |", "|---|---:|---|---:|---|"]
+            lines += [
+                "### Strong model on held-out prompts",
+                "",
+                "| Method | Gold mean | 95% CI | Valid | per seed |",
+                "|---|---:|---|---:|---|",
+            ]
             for k, row in w["strong"].items():
-                lines.append(f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                             f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |")
+                lines.append(
+                    f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
+                    f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |"
+                )
             if w.get("cong_dpo_chosen_win_rate") is not None:
-                lines += ["", f"In ConG's DPO pairs the CD 'chosen' response beat the ConG-S model's own sample by "
-                              f"gold in {w['cong_dpo_chosen_win_rate']:.0%} of pairs (ties half)."]
+                lines += [
+                    "",
+                    f"In ConG's DPO pairs the CD 'chosen' response beat the ConG-S model's own sample by "
+                    f"gold in {w['cong_dpo_chosen_win_rate']:.0%} of pairs (ties half).",
+                ]
             lines.append("")
         for p in (plots or {}).get(name, []):
             lines += [f"![{Path(p).stem}]({p})", ""]
         secs = w.get("seconds_per_seed") or []
         if secs:
-            lines += ["Seconds per seed: " + "; ".join(
-                ", ".join(f"{k} {v:.0f}" for k, v in s.items()) for s in secs), ""]
+            lines += [
+                "Seconds per seed: " + "; ".join(", ".join(f"{k} {v:.0f}" for k, v in s.items()) for s in secs),
+                "",
+            ]
     lines += [f"Total wall time: {result.get('seconds', 0):.0f} s.", ""]
     return "\n".join(lines)
 
@@ -414,8 +506,13 @@ def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
             ax[i].set_xlabel("alpha")
             ax[i].set_title(f"{name}: {title}")
             if key == "gold" and w.get("alpha_sweep_no_repetition_penalty"):
-                ax[i].plot(xs, [r["gold_mean"] for r in w["alpha_sweep_no_repetition_penalty"]], "s--",
-                           color="C3", label="CD, repetition penalty 1.0")
+                ax[i].plot(
+                    xs,
+                    [r["gold_mean"] for r in w["alpha_sweep_no_repetition_penalty"]],
+                    "s--",
+                    color="C3",
+                    label="CD, repetition penalty 1.0",
+                )
             ax[i].legend(fontsize=7)
         fig.tight_layout()
         files.append(_save(fig, out / f"{name}_alpha.png", out))
@@ -425,11 +522,17 @@ def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
         if samples.exists():
             rows = read_jsonl(samples)
             fig, ax = plt.subplots(figsize=(4.5, 3.6))
-            for k, (setname, color) in enumerate((("plain_post", "C1"), (f"cd_{result['config']['cd_alpha']:g}", "C0"))):
+            for setname, color in (("plain_post", "C1"), (f"cd_{result['config']['cd_alpha']:g}", "C0")):
                 pts = [(r["implicit"], r["gold"]) for r in rows if r["set"] == setname]
                 if pts:
-                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=6, alpha=0.4, color=color,
-                               label=setname.replace("_", " "))
+                    ax.scatter(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        s=6,
+                        alpha=0.4,
+                        color=color,
+                        label=setname.replace("_", " "),
+                    )
             ax.set_xlabel("implicit reward (sum log pi_post/pi_pre)")
             ax.set_ylabel("gold reward")
             ax.set_title(f"{name}: implicit vs gold (seed {w['seeds'][0]})")
@@ -442,12 +545,18 @@ def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
             keys = list(w["strong"])
             fig, ax = plt.subplots(figsize=(8, 3.4))
             means = [w["strong"][k]["gold_mean"] for k in keys]
-            err = [[m - w["strong"][k]["gold_ci"][0] for k, m in zip(keys, means)],
-                   [w["strong"][k]["gold_ci"][1] - m for k, m in zip(keys, means)]]
-            ax.bar(range(len(keys)), means, yerr=err, capsize=3,
-                   color=["C0" if k.startswith("cong") else "C7" for k in keys])
-            ax.set_xticks(range(len(keys)), [LABELS.get(k, k).split(" (")[0] for k in keys], rotation=20,
-                          fontsize=7)
+            err = [
+                [m - w["strong"][k]["gold_ci"][0] for k, m in zip(keys, means)],
+                [w["strong"][k]["gold_ci"][1] - m for k, m in zip(keys, means)],
+            ]
+            ax.bar(
+                range(len(keys)),
+                means,
+                yerr=err,
+                capsize=3,
+                color=["C0" if k.startswith("cong") else "C7" for k in keys],
+            )
+            ax.set_xticks(range(len(keys)), [LABELS.get(k, k).split(" (")[0] for k in keys], rotation=20, fontsize=7)
             ax.set_ylabel("gold reward")
             ax.set_title(f"{name}: strong model on held-out prompts")
             ax.axhline(0, color="k", lw=0.5)

@@ -18,29 +18,52 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_deploy_is_clean_under_production_settings(tmp_path):
-    res = _manage("check", "--deploy", "--fail-level", "DEBUG", "--settings=congweb.settings.production",
-                  env={"SECRET_KEY": secrets.token_urlsafe(64), "ALLOWED_HOSTS": "congweb.example.org",
-                       "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "VAR_DIR": str(tmp_path)})
+    res = _manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "DEBUG",
+        "--settings=congweb.settings.production",
+        env={
+            "SECRET_KEY": secrets.token_urlsafe(64),
+            "ALLOWED_HOSTS": "congweb.example.org",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "VAR_DIR": str(tmp_path),
+        },
+    )
     assert res.returncode == 0, res.stderr
     assert "no issues" in res.stdout
 
 
 def test_production_refuses_to_start_without_secret_key(tmp_path):
-    res = _manage("check", "--settings=congweb.settings.production",
-                  env={"ALLOWED_HOSTS": "congweb.example.org", "VAR_DIR": str(tmp_path)})
+    res = _manage(
+        "check",
+        "--settings=congweb.settings.production",
+        env={"ALLOWED_HOSTS": "congweb.example.org", "VAR_DIR": str(tmp_path)},
+    )
     assert res.returncode != 0
     assert "SECRET_KEY" in res.stderr
 
 
 def test_production_ignores_debug_from_environment(tmp_path):
-    res = _manage("shell", "-c", "from django.conf import settings; print(settings.DEBUG)",
-                  "--settings=congweb.settings.production",
-                  env={"DEBUG": "True", "SECRET_KEY": "x" * 60, "ALLOWED_HOSTS": "h", "VAR_DIR": str(tmp_path)})
+    res = _manage(
+        "shell",
+        "-c",
+        "from django.conf import settings; print(settings.DEBUG)",
+        "--settings=congweb.settings.production",
+        env={"DEBUG": "True", "SECRET_KEY": "x" * 60, "ALLOWED_HOSTS": "h", "VAR_DIR": str(tmp_path)},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == "False"
 
@@ -49,10 +72,19 @@ def test_dev_defaults_need_no_services(tmp_path):
     env = {"VAR_DIR": str(tmp_path)}
     clean = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     res = subprocess.run(
-        [sys.executable, "-c", "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='congweb.settings';"
-         "django.setup(); from django.conf import settings as s;"
-         "print(s.DATABASES['default']['ENGINE'], s.EMBEDDED_REDIS, s.REDIS_URL, s.CELERY_BROKER_URL, s.RUNS_DIR)"],
-        cwd=ROOT, env={**clean, **env}, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-c",
+            "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='congweb.settings';"
+            "django.setup(); from django.conf import settings as s;"
+            "print(s.DATABASES['default']['ENGINE'], s.EMBEDDED_REDIS, s.REDIS_URL, s.CELERY_BROKER_URL, s.RUNS_DIR)",
+        ],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 0, res.stderr
     engine, embedded, url, broker, runs = res.stdout.split()
     assert engine == "django.db.backends.sqlite3"

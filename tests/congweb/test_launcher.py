@@ -5,13 +5,13 @@ Supervision under kill -9 (restarts, nothing outliving the launcher): tests/faul
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import ast
 import urllib.request
 from pathlib import Path
 
@@ -33,8 +33,14 @@ def test_serve_starts_everything_and_stops_cleanly(tmp_path):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["VAR_DIR"] = str(tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "congweb.launcher", "serve", "--port", str(port)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "congweb.launcher", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, body = time.monotonic() + 90, None
         while time.monotonic() < deadline and body is None:
@@ -66,7 +72,6 @@ def test_serve_starts_everything_and_stops_cleanly(tmp_path):
     from congweb.embedded_redis import ping
 
     assert not ping(tmp_path / "redis" / "redis.sock")
-
 
 
 def _congweb_imports(source: str, mods: set[str]) -> set[str]:

@@ -66,20 +66,34 @@ class Launcher:
     def __init__(self, var_dir: Path, **env: str) -> None:
         self.var_dir = var_dir
         self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items()
-                    if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("PYTEST")}
-        self.env.update({"VAR_DIR": str(var_dir), "DJANGO_SETTINGS_MODULE": "congweb.settings",
-                         "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env})
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL") and not k.startswith("PYTEST")
+        }
+        self.env.update(
+            {
+                "VAR_DIR": str(var_dir),
+                "DJANGO_SETTINGS_MODULE": "congweb.settings",
+                "OMP_WAIT_POLICY": "PASSIVE",
+                "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
+        )
         self.console_path = var_dir / "console.txt"
         self.proc: subprocess.Popen | None = None
         self.seen: set[int] = set()  # every child pid ever reported, for the cleanup
 
     # --- running it --------------------------------------------------------------------------------
-    def start(self) -> "Launcher":
+    def start(self) -> Launcher:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         with self.console_path.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "congweb.launcher", "serve", "--port", str(self.port)],
-                                         cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "congweb.launcher", "serve", "--port", str(self.port)],
+                cwd=ROOT,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     def console(self) -> str:
@@ -103,8 +117,11 @@ class Launcher:
         return self.pids(name)[-1]
 
     def get(self, path: str, token: str | None = None, body: dict | None = None, timeout: float = 10):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method="POST" if body else "GET",
-                                     data=json.dumps(body).encode() if body else None)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method="POST" if body else "GET",
+            data=json.dumps(body).encode() if body else None,
+        )
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("Authorization", f"Token {token}")
@@ -118,11 +135,14 @@ class Launcher:
         except (OSError, ValueError):
             return False
 
-    def wait_ready(self, timeout: float = 150) -> "Launcher":
+    def wait_ready(self, timeout: float = 150) -> Launcher:
         """Web answers, the worker said "ready." and has its pool child, beat started: all is up."""
         wait_until(self.healthy, timeout, f"/healthz\n{self.report()}")
-        wait_until(lambda: " ready." in self.log("worker") and "beat: Starting" in self.log("beat"), timeout,
-                   f"worker and beat\n{self.report()}")
+        wait_until(
+            lambda: " ready." in self.log("worker") and "beat: Starting" in self.log("beat"),
+            timeout,
+            f"worker and beat\n{self.report()}",
+        )
         for name in ("redis", "web", "worker", "beat"):
             self.pids(name)
         # The prefork pool child may be forked just after "ready." is logged.
@@ -130,8 +150,9 @@ class Launcher:
         return self
 
     def wait_console(self, pattern: str, timeout: float = 60) -> re.Match:
-        return wait_until(lambda: re.search(pattern, self.console(), re.M), timeout,
-                          f"console line /{pattern}/\n{self.report()}")
+        return wait_until(
+            lambda: re.search(pattern, self.console(), re.M), timeout, f"console line /{pattern}/\n{self.report()}"
+        )
 
     def setup_job_owner(self, model_root: Path, n_prompts: int) -> dict:
         """A user with a token, the tiny weak pair and a prompts dataset, in the launcher's database."""
@@ -141,21 +162,33 @@ from django.contrib.auth import get_user_model
 from rest_framework.authtoken.models import Token
 from jobs import services
 u = get_user_model().objects.create_user(username="sup", password="pw-sup-123")
-wb = services.model_register(name="wb", path={str(model_root / 'weak_base')!r}, kind="weak", owner=u)
-wa = services.model_register(name="wa", path={str(model_root / 'weak_aligned')!r}, kind="weak", owner=u)
+wb = services.model_register(name="wb", path={str(model_root / "weak_base")!r}, kind="weak", owner=u)
+wa = services.model_register(name="wa", path={str(model_root / "weak_aligned")!r}, kind="weak", owner=u)
 rows = "".join(json.dumps({{"prompt": f"the movie {{i}} was"}}) + "\\n" for i in range({n_prompts}))
 ds = services.dataset_create(name="p", chunks=[rows.encode()], owner=u)
 print("SETUP " + json.dumps({{"token": Token.objects.create(user=u).key, "wb": wb.pk, "wa": wa.pk, "ds": ds.pk}}))
 """
-        out = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=self.env,
-                             capture_output=True, text=True, timeout=180)
+        out = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", script],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         line = [ln for ln in out.stdout.splitlines() if ln.startswith("SETUP ")]
         assert out.returncode == 0 and line, f"setup failed:\n{out.stdout}\n{out.stderr}"
-        return json.loads(line[0][len("SETUP "):])
+        return json.loads(line[0][len("SETUP ") :])
 
     def submit_cd_generate(self, owner: dict) -> dict:
-        body = {"kind": "cd_generate", "weak_base": owner["wb"], "weak_aligned": owner["wa"], "prompts": owner["ds"],
-                "alpha": 0.4, "params": {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}}}
+        body = {
+            "kind": "cd_generate",
+            "weak_base": owner["wb"],
+            "weak_aligned": owner["wa"],
+            "prompts": owner["ds"],
+            "alpha": 0.4,
+            "params": {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}},
+        }
         return self.get("/api/v1/jobs/", owner["token"], body)
 
     # --- ending it ---------------------------------------------------------------------------------

@@ -26,8 +26,12 @@ def launcher(tmp_path, tiny_model_root):
     def make() -> Launcher:
         # A 1 s heartbeat and a 6 s stale window: beat's reaper runs every 3 s, so a job whose worker
         # died is requeued within seconds instead of the default two minutes.
-        lr = Launcher(tmp_path / f"var{len(started)}", MODEL_ROOTS=str(tiny_model_root),
-                      JOB_HEARTBEAT_SECONDS="1", JOB_STALE_AFTER_SECONDS="6")
+        lr = Launcher(
+            tmp_path / f"var{len(started)}",
+            MODEL_ROOTS=str(tiny_model_root),
+            JOB_HEARTBEAT_SECONDS="1",
+            JOB_STALE_AFTER_SECONDS="6",
+        )
         started.append(lr)
         return lr.start().wait_ready()
 
@@ -41,8 +45,12 @@ def _job(lr: Launcher, owner: dict, job_id: int) -> dict:
 
 
 def _finished(lr: Launcher, owner: dict, job_id: int, timeout: float) -> dict:
-    return wait_until(lambda: (j := _job(lr, owner, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
-                      timeout, f"job {job_id} to finish\n{lr.report()}", interval=1)
+    return wait_until(
+        lambda: (j := _job(lr, owner, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
+        timeout,
+        f"job {job_id} to finish\n{lr.report()}",
+        interval=1,
+    )
 
 
 def test_worker_kill9_mid_job_is_restarted_and_the_job_succeeds(launcher, tiny_model_root):
@@ -50,8 +58,11 @@ def test_worker_kill9_mid_job_is_restarted_and_the_job_succeeds(launcher, tiny_m
     web, beat, old = lr.pid("web"), lr.pid("beat"), lr.pid("worker")
     owner = lr.setup_job_owner(tiny_model_root, N)
     job_id = lr.submit_cd_generate(owner)["id"]
-    job = wait_until(lambda: (j := _job(lr, owner, job_id))["pair_count"] >= 5 and j, 90,
-                     f"first pairs of job {job_id}\n{lr.report()}")
+    job = wait_until(
+        lambda: (j := _job(lr, owner, job_id))["pair_count"] >= 5 and j,
+        90,
+        f"first pairs of job {job_id}\n{lr.report()}",
+    )
     assert job["status"] == "running" and job["pair_count"] < N, job
 
     pool = descendants(old)  # the prefork child running the job
@@ -104,6 +115,9 @@ def test_launcher_kill9_leaves_no_child_behind(launcher):
 
     lr.proc.kill()  # SIGKILL: the launcher runs no cleanup at all
     lr.proc.wait(timeout=10)
-    wait_until(lambda: not any(alive(p) for p in tree), 20,
-               f"every child to die with the launcher; alive: {[p for p in tree if alive(p)]} of {children}")
+    wait_until(
+        lambda: not any(alive(p) for p in tree),
+        20,
+        f"every child to die with the launcher; alive: {[p for p in tree if alive(p)]} of {children}",
+    )
     assert not ping(lr.var_dir / "redis" / "redis.sock")

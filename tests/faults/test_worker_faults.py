@@ -27,8 +27,16 @@ def _job(user, weak_pair, n=N, **kw):
     ds = services.dataset_create(name=f"p{n}", chunks=[make_prompts(n)], owner=user)
     wb, wa = weak_pair
     params = {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}}
-    return services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                               prompts=ds.pk, alpha=0.4, params=params, **kw)
+    return services.job_create(
+        user=user,
+        kind="cd_generate",
+        weak_base=wb.pk,
+        weak_aligned=wa.pk,
+        prompts=ds.pk,
+        alpha=0.4,
+        params=params,
+        **kw,
+    )
 
 
 def _pairs(job) -> int:
@@ -45,13 +53,17 @@ def _finished(job, timeout, worker=None, reap=False):
             call_command("reap_stale_jobs")
         return Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).first()
 
-    return wait_for(done, timeout, interval=0.5,
-                    what=f"job {job.pk} to finish; worker log:\n{worker.tail() if worker else ''}")
+    return wait_for(
+        done, timeout, interval=0.5, what=f"job {job.pk} to finish; worker log:\n{worker.tail() if worker else ''}"
+    )
 
 
 def _running_pid(job, attempt) -> int:
-    ev = wait_for(lambda: JobEvent.objects.filter(job=job, type="status", data__attempt=attempt).first(), 60,
-                  what=f"attempt {attempt} to start")
+    ev = wait_for(
+        lambda: JobEvent.objects.filter(job=job, type="status", data__attempt=attempt).first(),
+        60,
+        what=f"attempt {attempt} to start",
+    )
     return ev.data["pid"]
 
 
@@ -107,8 +119,9 @@ def test_cancel_during_generation_within_5s_and_worker_takes_next_job(celery_wor
     wait_for(lambda: _pairs(job) >= 3, 60, what=f"first pairs; log:\n{celery_worker_proc.tail()}")
     t0 = time.monotonic()
     services.job_cancel(job=job)
-    job = wait_for(lambda: Job.objects.filter(pk=job.pk, status="cancelled").first(), 5, interval=0.1,
-                   what="cancelled within 5 s")
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job.pk, status="cancelled").first(), 5, interval=0.1, what="cancelled within 5 s"
+    )
     assert time.monotonic() - t0 < 5
     assert job.partial and 0 < _pairs(job) < N
     assert all(Artifact.objects.filter(job=job).values_list("partial", flat=True))
@@ -142,8 +155,9 @@ def test_redis_restart_mid_job_never_leaves_it_running(worker_env, user, weak_pa
             assert job.error
         else:
             assert _pairs(job) == N
-        assert sorted(GeneratedPair.objects.filter(job=job).values_list("prompt_index", flat=True)) == \
-            list(range(_pairs(job)))
+        assert sorted(GeneratedPair.objects.filter(job=job).values_list("prompt_index", flat=True)) == list(
+            range(_pairs(job))
+        )
     finally:
         w.stop()
         point_celery_at(redis_url)

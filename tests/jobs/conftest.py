@@ -128,7 +128,11 @@ def point_celery_at(redis_url: str) -> None:
     app.conf.broker_write_url = None
     app.conf.broker_read_url = None
     with app.connection_for_write() as conn:
-        assert conn.as_uri(include_password=True).split("?")[0].endswith(celery_url(redis_url).split("://", 1)[1].split("?")[0])
+        assert (
+            conn.as_uri(include_password=True)
+            .split("?")[0]
+            .endswith(celery_url(redis_url).split("://", 1)[1].split("?")[0])
+        )
 
 
 class WorkerProc:
@@ -142,10 +146,33 @@ class WorkerProc:
     def start(self, wait: float = 60.0) -> None:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "congweb", "worker", "-Q", "gpu,default", "-c", "1",
-             "--pool", "prefork", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
-             "--without-heartbeat", "-n", f"test{time.monotonic_ns()}@%h"],
-            cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "congweb",
+                "worker",
+                "-Q",
+                "gpu,default",
+                "-c",
+                "1",
+                "--pool",
+                "prefork",
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"test{time.monotonic_ns()}@%h",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -182,8 +209,9 @@ def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
     settings.JOB_HEARTBEAT_SECONDS = 1
     settings.JOB_STALE_AFTER_SECONDS = 4
     settings.CELERY_BROKER_URL = celery_url(redis_url)
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    }
     point_celery_at(redis_url)
     # Drop stale broker state from earlier tests on a shared (CI) Redis.
     import redis as redis_lib
@@ -191,12 +219,22 @@ def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
     client = redis_lib.Redis.from_url(redis_url)
     client.delete("gpu", "default", "unacked", "unacked_index")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "congweb.settings", "DATABASE_URL": db_url_for_worker(), "REDIS_URL": redis_url,
-        "MODEL_ROOTS": str(model_root), "VAR_DIR": str(settings.VAR_DIR), "RUNS_DIR": str(settings.RUNS_DIR),
-        "JOB_HEARTBEAT_SECONDS": "1", "JOB_STALE_AFTER_SECONDS": "4", "OMP_WAIT_POLICY": "PASSIVE",
-        "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "INFO",
-    })
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "congweb.settings",
+            "DATABASE_URL": db_url_for_worker(),
+            "REDIS_URL": redis_url,
+            "MODEL_ROOTS": str(model_root),
+            "VAR_DIR": str(settings.VAR_DIR),
+            "RUNS_DIR": str(settings.RUNS_DIR),
+            "JOB_HEARTBEAT_SECONDS": "1",
+            "JOB_STALE_AFTER_SECONDS": "4",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "INFO",
+        }
+    )
     return env
 
 

@@ -19,8 +19,11 @@ LIST = "/admin/jobs/generatedpair/"
 def reviewer(django_user_model):
     """Staff with only the permissions a reviewer needs (not a superuser)."""
     u = django_user_model.objects.create_user(username="rev", password="pw-rev-123", is_staff=True)
-    u.user_permissions.set(Permission.objects.filter(content_type__app_label="jobs",
-                                                     codename__in=["view_generatedpair", "change_generatedpair"]))
+    u.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="jobs", codename__in=["view_generatedpair", "change_generatedpair"]
+        )
+    )
     return u
 
 
@@ -29,14 +32,46 @@ def pairs(user):
     job = Job.objects.create(owner=user, kind="cd_generate", config={}, status="succeeded")
     other = Job.objects.create(owner=user, kind="cd_generate", config={}, status="succeeded")
     rows = [
-        dict(job=job, prompt_index=0, prompt="the movie zero was", chosen="good good film", plain="bad plot",
-             rejected="awful acting", implicit_reward=-2.0, gold_reward=0.1),
-        dict(job=job, prompt_index=1, prompt="the movie one was", chosen="great acting", plain="not good",
-             rejected=None, implicit_reward=0.5, gold_reward=0.6),
-        dict(job=job, prompt_index=2, prompt="the movie two was", chosen="very good plot", plain=None,
-             rejected=None, implicit_reward=3.0, gold_reward=None),
-        dict(job=other, prompt_index=0, prompt="another prompt", chosen="the film", plain="a film",
-             rejected=None, implicit_reward=1.0, gold_reward=0.9),
+        dict(
+            job=job,
+            prompt_index=0,
+            prompt="the movie zero was",
+            chosen="good good film",
+            plain="bad plot",
+            rejected="awful acting",
+            implicit_reward=-2.0,
+            gold_reward=0.1,
+        ),
+        dict(
+            job=job,
+            prompt_index=1,
+            prompt="the movie one was",
+            chosen="great acting",
+            plain="not good",
+            rejected=None,
+            implicit_reward=0.5,
+            gold_reward=0.6,
+        ),
+        dict(
+            job=job,
+            prompt_index=2,
+            prompt="the movie two was",
+            chosen="very good plot",
+            plain=None,
+            rejected=None,
+            implicit_reward=3.0,
+            gold_reward=None,
+        ),
+        dict(
+            job=other,
+            prompt_index=0,
+            prompt="another prompt",
+            chosen="the film",
+            plain="a film",
+            rejected=None,
+            implicit_reward=1.0,
+            gold_reward=0.9,
+        ),
     ]
     return [GeneratedPair.objects.create(**r) for r in rows]
 
@@ -128,8 +163,14 @@ def test_other_admin_pages_load_for_superuser(client, django_user_model, pairs):
     client.force_login(su)
     job = pairs[0].job
     JobEvent.objects.create(job=job, seq=1, type="log", data={"message": "hello"})
-    for url in ("/admin/jobs/job/", f"/admin/jobs/job/{job.pk}/change/", "/admin/jobs/jobevent/",
-                "/admin/jobs/modelentry/", "/admin/jobs/dataset/", "/admin/jobs/artifact/"):
+    for url in (
+        "/admin/jobs/job/",
+        f"/admin/jobs/job/{job.pk}/change/",
+        "/admin/jobs/jobevent/",
+        "/admin/jobs/modelentry/",
+        "/admin/jobs/dataset/",
+        "/admin/jobs/artifact/",
+    ):
         assert client.get(url).status_code == 200, url
     assert client.get("/admin/jobs/job/add/").status_code == 403  # jobs come from job_create
     html = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()

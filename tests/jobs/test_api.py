@@ -37,8 +37,14 @@ def _upload(c, payload: bytes, **extra):
 @pytest.fixture
 def job_body(weak_pair, prompts_ds):
     wb, wa = weak_pair
-    return {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
-            "alpha": 0.4, "params": {"max_prompts": 2}}
+    return {
+        "kind": "cd_generate",
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "prompts": prompts_ds.pk,
+        "alpha": 0.4,
+        "params": {"max_prompts": 2},
+    }
 
 
 def test_token_auth_flow(user):
@@ -84,17 +90,20 @@ def test_other_users_jobs_are_404_and_staff_sees_all(user, other_user, staff_use
     assert res.status_code == 400 and "no model" in res.json()["weak_base"][0]
 
 
-@pytest.mark.parametrize("change,field,needle", [
-    ({"alpha": 1.01}, "alpha", "between 0 and 1"),
-    ({"alpha": -1}, "alpha", "between 0 and 1"),
-    ({"alpha": "lots"}, "alpha", "number"),
-    ({"alpha": [0.4]}, "alpha", "number"),
-    ({"weak_aligned": 424242}, "weak_aligned", "no model"),
-    ({"kind": "teleport"}, "kind", "unknown job kind"),
-    ({"kind": "train", "strong": None, "method": "yolo"}, "method", "sft"),
-    ({"kind": "cong", "methods": ["cong", "magic"]}, "methods", "magic"),
-    ({"params": {"max_prompts": -3}}, "params.max_prompts", "max_prompts"),
-])
+@pytest.mark.parametrize(
+    "change,field,needle",
+    [
+        ({"alpha": 1.01}, "alpha", "between 0 and 1"),
+        ({"alpha": -1}, "alpha", "between 0 and 1"),
+        ({"alpha": "lots"}, "alpha", "number"),
+        ({"alpha": [0.4]}, "alpha", "number"),
+        ({"weak_aligned": 424242}, "weak_aligned", "no model"),
+        ({"kind": "teleport"}, "kind", "unknown job kind"),
+        ({"kind": "train", "strong": None, "method": "yolo"}, "method", "sft"),
+        ({"kind": "cong", "methods": ["cong", "magic"]}, "methods", "magic"),
+        ({"params": {"max_prompts": -3}}, "params.max_prompts", "max_prompts"),
+    ],
+)
 def test_job_validation_400_creates_nothing(user, job_body, change, field, needle):
     before = _state()
     res = _client(user).post("/api/v1/jobs/", {**job_body, **change}, format="json")
@@ -105,13 +114,19 @@ def test_job_validation_400_creates_nothing(user, job_body, change, field, needl
 
 def test_vocab_mismatch_400_names_both(user, model_root, prompts_ds):
     c = _client(user)
-    a = c.post("/api/v1/models/", {"name": "pre-X", "path": str(model_root / "weak_base"), "kind": "weak"}, format="json")
-    b = c.post("/api/v1/models/", {"name": "post-Y", "path": str(model_root / "other_vocab"), "kind": "weak"},
-               format="json")
+    a = c.post(
+        "/api/v1/models/", {"name": "pre-X", "path": str(model_root / "weak_base"), "kind": "weak"}, format="json"
+    )
+    b = c.post(
+        "/api/v1/models/", {"name": "post-Y", "path": str(model_root / "other_vocab"), "kind": "weak"}, format="json"
+    )
     assert a.status_code == b.status_code == 201
     before = _state()
-    res = c.post("/api/v1/jobs/", {"kind": "cd_generate", "weak_base": a.json()["id"], "weak_aligned": b.json()["id"],
-                                   "prompts": prompts_ds.pk}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {"kind": "cd_generate", "weak_base": a.json()["id"], "weak_aligned": b.json()["id"], "prompts": prompts_ds.pk},
+        format="json",
+    )
     assert res.status_code == 400
     msg = res.json()["weak_aligned"][0]
     assert "pre-X" in msg and "post-Y" in msg
@@ -162,13 +177,16 @@ def test_model_register_and_path_checks(user, model_root, tmp_path):
 
 
 # --- datasets --------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("payload,needle", [
-    (b"", "empty"),
-    (b'{"prompt": "\xff\xfe"}\n', "UTF-8"),
-    (b'{"question": "where is prompt"}\n', "missing field"),
-    (b'{"prompt": "' + b"y" * (10 * 1024 * 1024) + b'"}\n', "1 MB"),
-    (b"not json\n", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "payload,needle",
+    [
+        (b"", "empty"),
+        (b'{"prompt": "\xff\xfe"}\n', "UTF-8"),
+        (b'{"question": "where is prompt"}\n', "missing field"),
+        (b'{"prompt": "' + b"y" * (10 * 1024 * 1024) + b'"}\n', "1 MB"),
+        (b"not json\n", "not valid JSON"),
+    ],
+)
 def test_dataset_upload_rejects_bad_files(user, model_root, payload, needle):
     before = _state()
     res = _upload(_client(user), payload)
@@ -199,13 +217,18 @@ def test_pairs_list_review_export(user, other_user, job_body):
     c = _client(user)
     job_id = c.post("/api/v1/jobs/", job_body, format="json").json()["id"]
     for i in range(3):
-        services.pair_store(job_id=job_id, row={"index": i, "prompt": f"p{i}", "response": f"r{i}",
-                                                "implicit_reward_mean": float(i)})
+        services.pair_store(
+            job_id=job_id, row={"index": i, "prompt": f"p{i}", "response": f"r{i}", "implicit_reward_mean": float(i)}
+        )
     page = c.get(f"/api/v1/jobs/{job_id}/pairs/?min_reward=1").json()
     assert [p["prompt_index"] for p in page["results"]] == [1, 2]
     pair_id = page["results"][0]["id"]
-    assert _client(other_user).post(f"/api/v1/jobs/{job_id}/pairs/{pair_id}/review/", {"action": "reject"},
-                                    format="json").status_code == 404
+    assert (
+        _client(other_user)
+        .post(f"/api/v1/jobs/{job_id}/pairs/{pair_id}/review/", {"action": "reject"}, format="json")
+        .status_code
+        == 404
+    )
     res = c.post(f"/api/v1/jobs/{job_id}/pairs/{pair_id}/review/", {"action": "reject"}, format="json")
     assert res.status_code == 200 and res.json()["review_status"] == "rejected"
     assert c.get(f"/api/v1/jobs/{job_id}/pairs/?review_status=rejected").json()["count"] == 1
@@ -241,8 +264,9 @@ def test_presets_from_shared_toy_models(user, model_root):
 def test_job_list_query_count_does_not_grow_with_jobs(django_assert_max_num_queries, user, weak_pair, prompts_ds):
     wb, wa = weak_pair
     for _ in range(12):
-        services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                            prompts=prompts_ds.pk, alpha=0.4)
+        services.job_create(
+            user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4
+        )
     client = APIClient()
     client.force_authenticate(user)
     with django_assert_max_num_queries(4):  # count + page (+ auth/session bookkeeping), not one per job
@@ -253,8 +277,9 @@ def test_job_list_query_count_does_not_grow_with_jobs(django_assert_max_num_quer
 
 def test_job_list_rows_leave_config_to_the_detail_view(user, weak_pair, prompts_ds):
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                              prompts=prompts_ds.pk, alpha=0.4)
+    job = services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4
+    )
     client = APIClient()
     client.force_authenticate(user)
     row = client.get("/api/v1/jobs/").json()["results"][0]

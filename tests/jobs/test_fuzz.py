@@ -17,11 +17,12 @@ import time
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from django.core.handlers.wsgi import WSGIHandler
-from hypothesis import HealthCheck, given, settings as hsettings
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
 from hypothesis.errors import Unsatisfiable
 from rest_framework.authtoken.models import Token
+from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from jobs import services
@@ -56,30 +57,45 @@ def seeded(user, weak_pair, prompts_ds, redis_url, settings, tmp_path):
     settings.CELERY_BROKER_URL = celery_url(redis_url)
     point_celery_at(redis_url)
     # Live event pushes (every job event) go to the same Redis instead of failing to connect.
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    }
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
     settings.DATA_DIR = tmp_path / "data"
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                              prompts=prompts_ds.pk, alpha=0.4, params={"max_prompts": 2})
-    services.pair_store(job_id=job.pk, row={"index": 0, "prompt": "the movie was", "response": "good",
-                                            "implicit_reward_mean": 0.5})
+    job = services.job_create(
+        user=user,
+        kind="cd_generate",
+        weak_base=wb.pk,
+        weak_aligned=wa.pk,
+        prompts=prompts_ds.pk,
+        alpha=0.4,
+        params={"max_prompts": 2},
+    )
+    services.pair_store(
+        job_id=job.pk, row={"index": 0, "prompt": "the movie was", "response": "good", "implicit_reward_mean": 0.5}
+    )
     token, _ = Token.objects.get_or_create(user=user)
     yield {"token": token.key, "job": job, "pair": job.pairs.get()}
     channel_layers.backends.clear()
 
 
-def _fuzz(operation, auth: dict, path_parameters: dict | None, failures: list,
-          mode: GenerationMode = GenerationMode.POSITIVE) -> int:
+def _fuzz(
+    operation, auth: dict, path_parameters: dict | None, failures: list, mode: GenerationMode = GenerationMode.POSITIVE
+) -> int:
     """Run MAX_EXAMPLES cases of one operation; collect (not raise) server errors so every operation
     is reported in one run."""
     calls = 0
 
-    @hsettings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-               suppress_health_check=list(HealthCheck))
+    @hsettings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=operation.as_strategy(mode, path_parameters=path_parameters))
     def run(case):
         nonlocal calls
@@ -128,7 +144,9 @@ def test_no_input_makes_the_api_answer_5xx(seeded, wsgi_app):
         _fuzz(operation, auth, None, failures)  # random ids: mostly 404s, must never be 500s
         if names:  # and the objects that exist, so validation and service code is reached
             _fuzz(operation, auth, {n: real_ids[n] for n in names}, failures)
-        if operation.method.upper() == "POST" or any(True for p in operation.iter_parameters() if p.location == "query"):
+        if operation.method.upper() == "POST" or any(
+            True for p in operation.iter_parameters() if p.location == "query"
+        ):
             # Inputs that break the schema (wrong types, missing fields): must be 4xx, never 5xx.
             _fuzz(operation, auth, {n: real_ids[n] for n in names} or None, failures, GenerationMode.NEGATIVE)
     elapsed = time.monotonic() - started
@@ -149,10 +167,17 @@ def test_no_input_makes_the_api_answer_5xx(seeded, wsgi_app):
 def _json_values():
     from hypothesis import strategies as st
 
-    scalars = st.none() | st.booleans() | st.integers() | st.integers(min_value=-(10 ** 400), max_value=10 ** 400) \
-        | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
-    return st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
-                        max_leaves=6)
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.integers(min_value=-(10**400), max_value=10**400)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=8)
+    )
+    return st.recursive(
+        scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3), max_leaves=6
+    )
 
 
 def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds, settings):
@@ -174,27 +199,42 @@ def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds
     stage_values = st.dictionaries(st.sampled_from(stage_fields) | st.text(max_size=5), anything, max_size=3)
     body = st.fixed_dictionaries(
         {"kind": st.sampled_from(Job.Kind.values) | st.text(max_size=8)},
-        optional={"weak_base": model_id, "weak_aligned": model_id, "strong": model_id,
-                  "prompts": st.just(prompts_ds.pk) | anything, "eval_prompts": st.just(prompts_ds.pk) | anything,
-                  "alpha": st.floats(min_value=-1, max_value=2) | anything,
-                  "method": st.none() | st.sampled_from(sorted(TRAIN_METHODS)) | st.text(max_size=6),
-                  "methods": st.lists(st.sampled_from(CONG_METHODS) | st.text(max_size=4), max_size=3) | anything,
-                  "params": st.dictionaries(param_keys, anything | st.floats(-2, 2), max_size=4) | anything})
+        optional={
+            "weak_base": model_id,
+            "weak_aligned": model_id,
+            "strong": model_id,
+            "prompts": st.just(prompts_ds.pk) | anything,
+            "eval_prompts": st.just(prompts_ds.pk) | anything,
+            "alpha": st.floats(min_value=-1, max_value=2) | anything,
+            "method": st.none() | st.sampled_from(sorted(TRAIN_METHODS)) | st.text(max_size=6),
+            "methods": st.lists(st.sampled_from(CONG_METHODS) | st.text(max_size=4), max_size=3) | anything,
+            "params": st.dictionaries(param_keys, anything | st.floats(-2, 2), max_size=4) | anything,
+        },
+    )
     # Free bodies mostly fail early; a valid cd_generate request with ONE field replaced by a fuzzed
     # value (or with fuzzed params) reaches the later rules and, when the value is fine, a 201.
-    valid = {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
-             "alpha": 0.4, "params": {"max_prompts": 2}}
-    one_field = st.tuples(st.sampled_from([*valid, "strong", "eval_prompts", "method", "methods"]),
-                          anything | st.floats(-1, 2)).map(lambda kv: {**valid, kv[0]: kv[1]})
-    fuzzed_params = st.dictionaries(param_keys, anything | st.floats(-2, 2) | st.integers(0, 3) | stage_values,
-                                    max_size=3).map(lambda p: {**valid, "params": p})
+    valid = {
+        "kind": "cd_generate",
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "prompts": prompts_ds.pk,
+        "alpha": 0.4,
+        "params": {"max_prompts": 2},
+    }
+    one_field = st.tuples(
+        st.sampled_from([*valid, "strong", "eval_prompts", "method", "methods"]), anything | st.floats(-1, 2)
+    ).map(lambda kv: {**valid, kv[0]: kv[1]})
+    fuzzed_params = st.dictionaries(
+        param_keys, anything | st.floats(-2, 2) | st.integers(0, 3) | stage_values, max_size=3
+    ).map(lambda p: {**valid, "params": p})
     body = body | one_field | fuzzed_params
     client = APIClient()  # raises the view's exception on a 500, with its traceback
     client.force_authenticate(user)
     statuses: dict[int, int] = {}
 
-    @hsettings(max_examples=200, deadline=None, derandomize=True, database=None,
-               suppress_health_check=list(HealthCheck))
+    @hsettings(
+        max_examples=200, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(body=body)
     def run(body):
         res = client.post("/api/v1/jobs/", body, format="json")
@@ -215,8 +255,11 @@ def test_huge_json_integers_are_400_not_500(user, weak_pair, prompts_ds):
     client.force_authenticate(user)
     huge = "1" + "0" * 400
     base = f'"kind": "cd_generate", "weak_base": {wb.pk}, "weak_aligned": {wa.pk}, "prompts": {prompts_ds.pk}'
-    for extra, field in ((f'"alpha": {huge}', "alpha"), (f'"params": {{"temperature": {huge}}}', "params"),
-                         (f'"params": {{"alphas": [{huge}]}}', "params")):
+    for extra, field in (
+        (f'"alpha": {huge}', "alpha"),
+        (f'"params": {{"temperature": {huge}}}', "params"),
+        (f'"params": {{"alphas": [{huge}]}}', "params"),
+    ):
         res = client.post("/api/v1/jobs/", "{" + base + ", " + extra + "}", content_type="application/json")
         assert res.status_code == 400, (extra, res.status_code)
         assert field in res.json()

@@ -54,25 +54,41 @@ def fill(route: str, ids: dict) -> str:
 def world(user, weak_pair, prompts_ds):
     """Real objects, so no request is turned away by a 404 before its body is looked at."""
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                              prompts=prompts_ds.pk, alpha=0.4)
+    job = services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4
+    )
     services.pair_store(job_id=job.pk, row={"index": 0, "prompt": "p", "response": "r"})
     return {"pk": job.pk, "pair_id": job.pairs.get().pk, "job": job, "weak_pair": weak_pair, "prompts": prompts_ds}
 
 
 def snapshot():
-    return (Job.objects.count(), Dataset.objects.count(), ModelEntry.objects.count(), JobEvent.objects.count(),
-            GeneratedPair.objects.count(), Token.objects.count(),
-            list(Job.objects.values_list("pk", "status", "cancel_requested", "attempts")),
-            list(GeneratedPair.objects.values_list("pk", "review_status", "edited_text")))
+    return (
+        Job.objects.count(),
+        Dataset.objects.count(),
+        ModelEntry.objects.count(),
+        JobEvent.objects.count(),
+        GeneratedPair.objects.count(),
+        Token.objects.count(),
+        list(Job.objects.values_list("pk", "status", "cancel_requested", "attempts")),
+        list(GeneratedPair.objects.values_list("pk", "review_status", "edited_text")),
+    )
 
 
 def valid_fields(world) -> str:
     """Fields that every write endpoint would accept (each reads its own), as JSON object members."""
     wb, wa = world["weak_pair"]
-    body = {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": world["prompts"].pk,
-            "alpha": 0.4, "name": "poison", "path": wb.path, "action": "edit", "username": "alice",
-            "password": "pw-alice-123"}
+    body = {
+        "kind": "cd_generate",
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "prompts": world["prompts"].pk,
+        "alpha": 0.4,
+        "name": "poison",
+        "path": wb.path,
+        "action": "edit",
+        "username": "alice",
+        "password": "pw-alice-123",
+    }
     return json.dumps(body)[1:-1]
 
 
@@ -110,8 +126,10 @@ def test_every_endpoint_refuses_poisoned_json_and_creates_nothing(world, user):
     checked = 0
     for route, pattern in routes:
         url = fill(route, world)
-        accepts_json = any(p.media_type == "application/json"
-                           for p in getattr(getattr(pattern.callback, "cls", None), "parser_classes", []))
+        accepts_json = any(
+            p.media_type == "application/json"
+            for p in getattr(getattr(pattern.callback, "cls", None), "parser_classes", [])
+        )
         for name, body in poisoned_bodies(world):
             for method in ("post", "put", "patch", "delete"):
                 res = getattr(client, method)(url, data=body, content_type="application/json")
@@ -130,13 +148,16 @@ def test_the_job_endpoint_answers_400_with_where_and_what(world, user):
     client = APIClient()
     client.force_authenticate(user)
     base = valid_fields(world)
-    cases = {"surrogate": ('{"a": {"b": "x\\ud800"}}', "$.params.a.b"),
-             "deep": ("[" * DEEP + "]" * DEEP, "nested deeper than 32"),
-             "digits": (HUGE_INT, "more than 19 digits"),
-             "range": (str(2**63), "out of range")}
+    cases = {
+        "surrogate": ('{"a": {"b": "x\\ud800"}}', "$.params.a.b"),
+        "deep": ("[" * DEEP + "]" * DEEP, "nested deeper than 32"),
+        "digits": (HUGE_INT, "more than 19 digits"),
+        "range": (str(2**63), "out of range"),
+    }
     for name, (params, expected) in cases.items():
-        res = client.post("/api/v1/jobs/", data="{" + base + ', "params": ' + params + "}",
-                          content_type="application/json")
+        res = client.post(
+            "/api/v1/jobs/", data="{" + base + ', "params": ' + params + "}", content_type="application/json"
+        )
         assert res.status_code == 400 and expected in json.dumps(res.json()), (name, res.content[:300])
         if name != "deep":  # keyed by the field at fault, like every other 400 (too deep: the whole body)
             assert list(res.json()) == ["params"], res.json()
@@ -150,12 +171,22 @@ def test_json_text_in_form_fields_is_checked_like_a_json_body(world, user):
     client.force_authenticate(user)
     wb, wa = world["weak_pair"]
     before = snapshot()
-    for params, words in (('{"x": "\\ud800"}', "surrogate"), ("[" * DEEP + "]" * DEEP, "nested deeper"),
-                          (HUGE_INT, "digits")):
-        form = {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                "prompts": world["prompts"].pk, "params": params}
-        for res in (client.post("/api/v1/jobs/", form, format="multipart"),
-                    client.post("/api/v1/jobs/", urlencode(form), content_type="application/x-www-form-urlencoded")):
+    for params, words in (
+        ('{"x": "\\ud800"}', "surrogate"),
+        ("[" * DEEP + "]" * DEEP, "nested deeper"),
+        (HUGE_INT, "digits"),
+    ):
+        form = {
+            "kind": "cd_generate",
+            "weak_base": wb.pk,
+            "weak_aligned": wa.pk,
+            "prompts": world["prompts"].pk,
+            "params": params,
+        }
+        for res in (
+            client.post("/api/v1/jobs/", form, format="multipart"),
+            client.post("/api/v1/jobs/", urlencode(form), content_type="application/x-www-form-urlencoded"),
+        ):
             assert res.status_code == 400 and words in str(res.json()["params"]), res.content[:300]
     assert snapshot() == before
 
@@ -165,17 +196,21 @@ def test_a_charset_that_decodes_to_surrogates_is_refused_everywhere(world, user)
     every form field (Django decodes fields in the declared charset)."""
     client = APIClient()
     client.force_authenticate(user)
-    body = (b'--B\r\nContent-Disposition: form-data; name="name"\r\n\r\n\\ud800\r\n'
-            b'--B\r\nContent-Disposition: form-data; name="edited_text"\r\n\r\n\\ud800\r\n--B--\r\n')
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="name"\r\n\r\n\\ud800\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="edited_text"\r\n\r\n\\ud800\r\n--B--\r\n'
+    )
     before = snapshot()
     for route, _ in api_routes():
         for method in ("POST", "PUT", "PATCH"):
-            res = client.generic(method, fill(route, world), body,
-                                 content_type="multipart/form-data; boundary=B; charset=unicode_escape")
+            res = client.generic(
+                method, fill(route, world), body, content_type="multipart/form-data; boundary=B; charset=unicode_escape"
+            )
             assert res.status_code == 400 and "UTF-8" in res.json()["detail"], (method, route, res.status_code)
     # ... and on the pages too (the admin's and the job form's multipart posts).
-    res = Client().generic("POST", "/accounts/login/", body,
-                           content_type="multipart/form-data; boundary=B; charset=unicode_escape")
+    res = Client().generic(
+        "POST", "/accounts/login/", body, content_type="multipart/form-data; boundary=B; charset=unicode_escape"
+    )
     assert res.status_code == 400 and b"UTF-8" in res.content
     assert snapshot() == before
 
@@ -187,14 +222,16 @@ def test_bytes_that_are_not_utf8_never_become_surrogates(world, user):
     client.force_authenticate(user)
     f = io.BytesIO(make_prompts(2))
     f.name = "p.jsonl"
-    body = (b'--B\r\nContent-Disposition: form-data; name="name"\r\n\r\nds-\xed\xa0\x80\r\n'
-            b'--B\r\nContent-Disposition: form-data; name="file"; filename="p.jsonl"\r\n'
-            b"Content-Type: application/octet-stream\r\n\r\n" + make_prompts(2) + b"\r\n--B--\r\n")
+    body = (
+        b'--B\r\nContent-Disposition: form-data; name="name"\r\n\r\nds-\xed\xa0\x80\r\n'
+        b'--B\r\nContent-Disposition: form-data; name="file"; filename="p.jsonl"\r\n'
+        b"Content-Type: application/octet-stream\r\n\r\n" + make_prompts(2) + b"\r\n--B--\r\n"
+    )
     res = client.generic("POST", "/api/v1/datasets/", body, content_type="multipart/form-data; boundary=B")
     assert res.status_code == 201, res.content
     name = Dataset.objects.get(pk=res.json()["id"]).name
     assert name.startswith("ds-") and "\ufffd" in name and not re.search("[\ud800-\udfff]", name)
-    res = client.get("/api/v1/jobs/%d/pairs/?search=%%ED%%A0%%80" % world["pk"])
+    res = client.get(f"/api/v1/jobs/{world['pk']}/pairs/?search=%ED%A0%80")
     assert res.status_code == 200
 
 
@@ -202,9 +239,12 @@ def test_dataset_rows_with_poison_are_refused_and_nothing_is_created(user):
     client = APIClient()
     client.force_authenticate(user)
     good = b'{"prompt": "fine"}\n'
-    rows = {"surrogate": b'{"prompt": "x\\ud800"}\n', "surrogate key": b'{"prompt": "x", "\\udc00": 1}\n',
-            "deep": b'{"prompt": "x", "d": ' + b"[" * DEEP + b"]" * DEEP + b"}\n",
-            "digits": b'{"prompt": "x", "n": ' + HUGE_INT.encode() + b"}\n"}
+    rows = {
+        "surrogate": b'{"prompt": "x\\ud800"}\n',
+        "surrogate key": b'{"prompt": "x", "\\udc00": 1}\n',
+        "deep": b'{"prompt": "x", "d": ' + b"[" * DEEP + b"]" * DEEP + b"}\n",
+        "digits": b'{"prompt": "x", "n": ' + HUGE_INT.encode() + b"}\n",
+    }
     before = snapshot()
     for name, row in rows.items():
         f = io.BytesIO(good + row)
@@ -218,13 +258,34 @@ def test_the_job_page_checks_its_json_field(world, user, client):
     client.force_login(user)
     wb, wa = world["weak_pair"]
     before = snapshot()
-    for params, words in (('{"x": "\\ud800"}', "surrogate"), ("[" * DEEP + "]" * DEEP, "nested deeper"),
-                          (f'{{"n": {HUGE_INT}}}', "digits")):
-        res = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                                         "prompts": world["prompts"].pk, "alpha": 0.4, "params_json": params})
+    for params, words in (
+        ('{"x": "\\ud800"}', "surrogate"),
+        ("[" * DEEP + "]" * DEEP, "nested deeper"),
+        (f'{{"n": {HUGE_INT}}}', "digits"),
+    ):
+        res = client.post(
+            "/jobs/new/",
+            {
+                "kind": "cd_generate",
+                "weak_base": wb.pk,
+                "weak_aligned": wa.pk,
+                "prompts": world["prompts"].pk,
+                "alpha": 0.4,
+                "params_json": params,
+            },
+        )
         assert res.status_code == 400 and words in res.content.decode(), res.content[-2000:]
-    res = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                                     "prompts": world["prompts"].pk, "alpha": 0.4, "seed": str(2**70)})
+    res = client.post(
+        "/jobs/new/",
+        {
+            "kind": "cd_generate",
+            "weak_base": wb.pk,
+            "weak_aligned": wa.pk,
+            "prompts": world["prompts"].pk,
+            "alpha": 0.4,
+            "seed": str(2**70),
+        },
+    )
     assert res.status_code == 400 and "out of range" in res.content.decode()
     assert snapshot() == before
 
@@ -272,8 +333,15 @@ def test_500_page_shows_no_traceback_or_settings(settings):
     assert res.status_code == 500
     body = res.content.decode()
     assert "Server error" in body
-    for leak in ("Traceback", "secret-marker-in-the-exception", "SECRET_KEY", settings.SECRET_KEY,
-                 str(settings.BASE_DIR), "DATABASES", "RuntimeError"):
+    for leak in (
+        "Traceback",
+        "secret-marker-in-the-exception",
+        "SECRET_KEY",
+        settings.SECRET_KEY,
+        str(settings.BASE_DIR),
+        "DATABASES",
+        "RuntimeError",
+    ):
         assert leak not in body, leak
     assert "script-src 'self'" in res["Content-Security-Policy"]
 
@@ -281,8 +349,16 @@ def test_500_page_shows_no_traceback_or_settings(settings):
 # --- Content-Security-Policy, proxies ----------------------------------------------------------------
 def test_every_response_has_a_strict_csp(world, user, client):
     client.force_login(user)
-    for url in ("/", "/jobs/new/", f"/jobs/{world['pk']}/", f"/jobs/compare/?a={world['pk']}&b={world['pk']}",
-                "/api/v1/jobs/", "/accounts/login/", "/admin/login/", "/healthz"):
+    for url in (
+        "/",
+        "/jobs/new/",
+        f"/jobs/{world['pk']}/",
+        f"/jobs/compare/?a={world['pk']}&b={world['pk']}",
+        "/api/v1/jobs/",
+        "/accounts/login/",
+        "/admin/login/",
+        "/healthz",
+    ):
         res = client.get(url)
         assert res.status_code in (200, 302), url
         csp = res["Content-Security-Policy"]
@@ -318,8 +394,13 @@ def test_trusted_proxy_setting_is_what_turns_the_header_on(tmp_path):
     base = {k: v for k, v in os.environ.items() if k not in ("TRUSTED_PROXY", "DJANGO_SETTINGS_MODULE")}
     base.update(VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="congweb.settings")
     for value, expected in (("0", "None"), ("1", "('HTTP_X_FORWARDED_PROTO', 'https')")):
-        out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code], capture_output=True, text=True,
-                             env={**base, "TRUSTED_PROXY": value}, cwd=str(ROOT))
+        out = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", code],
+            capture_output=True,
+            text=True,
+            env={**base, "TRUSTED_PROXY": value},
+            cwd=str(ROOT),
+        )
         assert out.stdout.strip().splitlines()[-1] == expected, out.stderr[-2000:]
 
 
@@ -353,8 +434,9 @@ def guard(settings, django_user_model):
 
 
 def _token(addr, username, password, **headers):
-    return APIClient(REMOTE_ADDR=addr).post(TOKEN, {"username": username, "password": password}, format="json",
-                                            **headers)
+    return APIClient(REMOTE_ADDR=addr).post(
+        TOKEN, {"username": username, "password": password}, format="json", **headers
+    )
 
 
 def test_token_endpoint_locks_a_user_after_failures_even_for_the_right_password(guard):
@@ -390,8 +472,7 @@ def test_lock_ends_when_the_window_passes(guard, settings):
 
 def test_login_page_is_throttled_with_a_message(guard):
     c = Client(REMOTE_ADDR=ADDRS[6])
-    codes = [c.post("/accounts/login/", {"username": "carol", "password": f"wrong{i}"}).status_code
-             for i in range(20)]
+    codes = [c.post("/accounts/login/", {"username": "carol", "password": f"wrong{i}"}).status_code for i in range(20)]
     assert codes == [200] * 10 + [429] * 10
     res = c.post("/accounts/login/", {"username": "carol", "password": "pw-carol-123"})
     assert res.status_code == 429 and b"Too many failed log-ins" in res.content
@@ -428,8 +509,10 @@ def test_counters_live_in_redis_shared_by_processes(guard, redis_url, settings):
 
 
 def test_an_unreachable_cache_falls_back_to_this_process(guard, settings, tmp_path, caplog):
-    settings.CACHES = {**settings.CACHES, "throttle": {**settings.CACHES["throttle"],
-                                                       "LOCATION": f"unix://{tmp_path}/absent.sock"}}
+    settings.CACHES = {
+        **settings.CACHES,
+        "throttle": {**settings.CACHES["throttle"], "LOCATION": f"unix://{tmp_path}/absent.sock"},
+    }
     guard._redis_down_until = 0.0
     for _ in range(10):
         assert _token(ADDRS[1], "carol", "wrong").status_code == 400

@@ -43,11 +43,26 @@ def offline_dir(tmp_path_factory) -> Path:
 
 def fake_manifest(data: Path) -> dict:
     root = (data / "offline").resolve()
-    return {"version": 1, "root": str(root), "models": {
-        "smollm2_135m_instruct": {"key": "smollm2_135m_instruct", "path": str(root / "smollm2_135m_instruct"),
-                                  "family": "smollm2", "role": "weak", "instruct": True},
-        "gemma3_270m_base": {"key": "gemma3_270m_base", "path": str(root / "gemma3_270m_base"),
-                             "family": "gemma3", "role": "strong", "instruct": False}}}
+    return {
+        "version": 1,
+        "root": str(root),
+        "models": {
+            "smollm2_135m_instruct": {
+                "key": "smollm2_135m_instruct",
+                "path": str(root / "smollm2_135m_instruct"),
+                "family": "smollm2",
+                "role": "weak",
+                "instruct": True,
+            },
+            "gemma3_270m_base": {
+                "key": "gemma3_270m_base",
+                "path": str(root / "gemma3_270m_base"),
+                "family": "gemma3",
+                "role": "strong",
+                "instruct": False,
+            },
+        },
+    }
 
 
 @pytest.fixture
@@ -70,8 +85,14 @@ def test_offline_params_map_the_cpu_and_smoke_presets_onto_web_params(tmp_path):
 
     cpu = services.offline_params(real_preset("cpu", tmp_path, check_models=False))
     assert (cpu["max_prompts"], cpu["max_eval_prompts"], cpu["max_new_tokens"]) == (64, 32, 64)
-    assert cpu["weak_align"] == {"k": 4, "sample_batch_size": 16, "learning_rate": 5e-6, "num_train_epochs": 2.0,
-                                 "per_device_train_batch_size": 4, "max_length": 256}
+    assert cpu["weak_align"] == {
+        "k": 4,
+        "sample_batch_size": 16,
+        "learning_rate": 5e-6,
+        "num_train_epochs": 2.0,
+        "per_device_train_batch_size": 4,
+        "max_length": 256,
+    }
     assert cpu["cd_generate"] == {"batch_size": 16} and cpu["self_sample"] == {"batch_size": 16}
     for stage in ("sft", "dpo", "wspo", "auxconf"):  # the pipeline's lora_r reaches every strong-model stage
         assert cpu[stage]["lora_r"] == 16
@@ -107,13 +128,24 @@ def test_offline_register_is_idempotent_and_sets_the_cpu_preset_defaults(registe
     from ml.offline.presets import real_preset
 
     m, d = registered["models"], registered["datasets"]
-    assert (m["smollm2_135m_instruct"].name, m["smollm2_135m_instruct"].kind, m["smollm2_135m_instruct"].family) == \
-        ("smollm2-135m-instruct", "weak", "smollm2")
-    assert (m["gemma3_270m_base"].name, m["gemma3_270m_base"].kind, m["gemma3_270m_base"].family) == \
-        ("gemma3-270m-base", "strong", "gemma3")
+    assert (m["smollm2_135m_instruct"].name, m["smollm2_135m_instruct"].kind, m["smollm2_135m_instruct"].family) == (
+        "smollm2-135m-instruct",
+        "weak",
+        "smollm2",
+    )
+    assert (m["gemma3_270m_base"].name, m["gemma3_270m_base"].kind, m["gemma3_270m_base"].family) == (
+        "gemma3-270m-base",
+        "strong",
+        "gemma3",
+    )
     assert all(e.owner is None and e.vocab_fingerprint for e in m.values())
     train, held = d["train"], d["heldout"]
-    assert (train.name, held.name, train.gold, held.gold) == ("if-judge-train", "if-judge-heldout", "if:judge", "if:judge")
+    assert (train.name, held.name, train.gold, held.gold) == (
+        "if-judge-train",
+        "if-judge-heldout",
+        "if:judge",
+        "if:judge",
+    )
     assert train.row_count + held.row_count == 500 and held.row_count > 50 and train.owner is None
     want = services.offline_params(real_preset("cpu", tmp_path / "x", check_models=False))
     assert train.defaults == want and held.defaults == want
@@ -162,11 +194,14 @@ def test_install_offline_models_command_registers_from_the_manifest(roots, offli
 def _presets_page(client, user) -> list[dict]:
     client.force_login(user)
     html = client.get("/jobs/new/").content.decode()
-    return json.loads(re.search(r'<script id="presets-data" type="application/json">(.*?)</script>', html, re.S).group(1))
+    return json.loads(
+        re.search(r'<script id="presets-data" type="application/json">(.*?)</script>', html, re.S).group(1)
+    )
 
 
-def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(registered, roots, user, other_user,
-                                                                         client, monkeypatch):
+def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(
+    registered, roots, user, other_user, client, monkeypatch
+):
     monkeypatch.setattr(services, "_send", lambda job_id: None)
     weak, strong = registered["models"]["smollm2_135m_instruct"], registered["models"]["gemma3_270m_base"]
     train, held = registered["datasets"]["train"], registered["datasets"]["heldout"]
@@ -186,14 +221,22 @@ def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(regis
     aligned_dir = Path(roots.RUNS_DIR) / str(job.pk) / "weak_align" / "model"
     save_tiny_model(aligned_dir, seed=1)
     wa_name = f"smollm2-135m-instruct-aligned-job{job.pk}"
-    wa = services.model_register(name=wa_name, path=str(aligned_dir), kind="weak", family="smollm2", owner=user,
-                                 system=True)
+    wa = services.model_register(
+        name=wa_name, path=str(aligned_dir), kind="weak", family="smollm2", owner=user, system=True
+    )
     presets = api.get("/api/v1/presets/").json()
     by_name = {p["name"]: p["request"] for p in presets}
     cross = by_name[f"SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = {wa_name}"]
     self_ = by_name[f"SmolLM2 self-alignment: ConG (cpu size), pi_post = {wa_name}"]
-    assert cross == {"kind": "cong", "weak_base": weak.pk, "weak_aligned": wa.pk, "strong": strong.pk,
-                     "prompts": train.pk, "alpha": 0.4, "methods": ["cong_s", "cong", "weak_sft", "wspo"]}
+    assert cross == {
+        "kind": "cong",
+        "weak_base": weak.pk,
+        "weak_aligned": wa.pk,
+        "strong": strong.pk,
+        "prompts": train.pk,
+        "alpha": 0.4,
+        "methods": ["cong_s", "cong", "weak_sft", "wspo"],
+    }
     assert self_ == {**cross, "strong": weak.pk}
     for req in (cross, self_):
         job = services.job_create(user=user, **req)
@@ -202,11 +245,16 @@ def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(regis
         assert p["stages"]["sft"]["lora_r"] == 16 and p["top"]["max_eval_prompts"] == 32
         assert p["stages"]["evaluate"]["max_prompts"] == 32 and job.config["methods"] == req["methods"]
     # A job's own params beat the dataset defaults (a smoke-sized run of the same preset).
-    job = services.job_create(user=user, **{**cross, "params": {"max_prompts": 4, "max_new_tokens": 8,
-                                                                "sft": {"max_steps": 1}}})
+    job = services.job_create(
+        user=user, **{**cross, "params": {"max_prompts": 4, "max_new_tokens": 8, "sft": {"max_steps": 1}}}
+    )
     p = job.config["spec"]
-    assert (p["top"]["max_prompts"], p["top"]["max_new_tokens"], p["stages"]["sft"]["max_steps"],
-            p["stages"]["sft"]["lora_r"]) == (4, 8, 1, 16)
+    assert (
+        p["top"]["max_prompts"],
+        p["top"]["max_new_tokens"],
+        p["stages"]["sft"]["max_steps"],
+        p["stages"]["sft"]["lora_r"],
+    ) == (4, 8, 1, 16)
 
     # Someone else does not see this user's pi_post, so gets only step 1.
     api.force_authenticate(other_user)
@@ -216,9 +264,12 @@ def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(regis
     assert [p["name"] for p in page] == [p["name"] for p in presets]
     html = client.get("/jobs/new/", {"preset": next(iter(by_name))}).content.decode()
     assert re.search(r'<option value="weak_align" selected>', html)
-    html = client.get("/jobs/new/", {"preset": f"SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = "
-                                               f"{wa_name}"}).content.decode()
-    assert re.search(rf'<option value="{strong.pk}" selected>', html) and re.search(rf'<option value="{wa.pk}" selected>', html)
+    html = client.get(
+        "/jobs/new/", {"preset": f"SmolLM2 -> Gemma: 2. ConG (cpu size), pi_post = {wa_name}"}
+    ).content.decode()
+    assert re.search(rf'<option value="{strong.pk}" selected>', html) and re.search(
+        rf'<option value="{wa.pk}" selected>', html
+    )
 
 
 # --- weak_align registers pi_post ---------------------------------------------------------------------
@@ -227,8 +278,13 @@ def _logged(job, text: str) -> bool:
 
 
 def _weak_align_job(user, weak, prompts, **params):
-    return services.job_create(user=user, kind="weak_align", weak_base=weak.pk, prompts=prompts.pk,
-                               params={"max_prompts": 4, "max_new_tokens": 8, "weak_align": {"max_steps": 1}, **params})
+    return services.job_create(
+        user=user,
+        kind="weak_align",
+        weak_base=weak.pk,
+        prompts=prompts.pk,
+        params={"max_prompts": 4, "max_new_tokens": 8, "weak_align": {"max_steps": 1}, **params},
+    )
 
 
 def test_weak_align_job_registers_its_pi_post_and_the_cong_presets_follow(registered, user, roots):
@@ -243,8 +299,12 @@ def test_weak_align_job_registers_its_pi_post_and_the_cong_presets_follow(regist
     reg = job.results["registered_model"]
     entry = ModelEntry.objects.get(pk=reg["id"])
     assert reg["name"] == entry.name == f"smollm2-135m-instruct-aligned-job{job.pk}"
-    assert (entry.kind, entry.family, entry.owner, entry.vocab_fingerprint) == ("weak", "smollm2", user,
-                                                                                 weak.vocab_fingerprint)
+    assert (entry.kind, entry.family, entry.owner, entry.vocab_fingerprint) == (
+        "weak",
+        "smollm2",
+        user,
+        weak.vocab_fingerprint,
+    )
     assert Path(entry.path) == (Path(roots.RUNS_DIR) / str(job.pk) / "weak_align" / "model").resolve()
     assert (Path(entry.path) / "config.json").is_file() and job.results["n_pairs"] >= 1
     assert _logged(job, f"registered pi_post as model {entry.pk}")
@@ -288,8 +348,14 @@ def test_register_the_real_installed_models(settings, tmp_path):
     if manifest is None or not all((Path(m["path"]) / "config.json").exists() for m in manifest["models"].values()):
         pytest.skip("converted offline models not found; run python manage.py install_offline_models")
     out = services.offline_register(manifest=manifest)
-    assert out["models"]["smollm2_135m_instruct"].vocab_fingerprint == manifest["models"]["smollm2_135m_instruct"]["vocab_fingerprint"]
-    assert out["models"]["gemma3_270m_base"].vocab_fingerprint == manifest["models"]["gemma3_270m_base"]["vocab_fingerprint"]
+    assert (
+        out["models"]["smollm2_135m_instruct"].vocab_fingerprint
+        == manifest["models"]["smollm2_135m_instruct"]["vocab_fingerprint"]
+    )
+    assert (
+        out["models"]["gemma3_270m_base"].vocab_fingerprint
+        == manifest["models"]["gemma3_270m_base"]["vocab_fingerprint"]
+    )
     assert out["datasets"]["train"].row_count + out["datasets"]["heldout"].row_count == 500
 
 

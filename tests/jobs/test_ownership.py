@@ -26,7 +26,7 @@ from jobs import runner, services
 from jobs.models import Job, ModelEntry
 
 from .conftest import make_prompts
-from .test_offline import fake_manifest, offline_dir  # noqa: F401  (offline_dir: the stand-in models' fixture)
+from .test_offline import fake_manifest, offline_dir  # noqa: F401  (offline_dir: the stand-in models fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -77,7 +77,9 @@ def test_another_users_run_folder_cannot_be_registered_and_the_answer_reveals_no
     runs = Path(roots.RUNS_DIR)
     for probe in (runs / str(job.pk) / "never_written" / "model", runs / "999999" / "model", runs / str(job.pk)):
         other = _register(other_user, "probe", probe)
-        assert other.status_code == 400 and other.json()["path"][0].replace(str(probe), "P") == msg.replace(str(folder), "P")
+        assert other.status_code == 400 and other.json()["path"][0].replace(str(probe), "P") == msg.replace(
+            str(folder), "P"
+        )
     # Folders under RUNS_DIR that belong to no job are nobody's to register either.
     (runs / "007").mkdir()
     shutil.copytree(folder, runs / "007" / "model")
@@ -113,8 +115,9 @@ def planted(alice_run, other_user, model_root):
     directly in the database), with Bob's own weak base of the same vocabulary and a prompt set."""
     _, folder = alice_run
     wb = services.model_register(name="bob-base", path=str(model_root / "weak_base"), kind="weak", owner=other_user)
-    bad = ModelEntry.objects.create(name="planted", path=str(folder), kind="weak", owner=other_user,
-                                    vocab_fingerprint=wb.vocab_fingerprint)
+    bad = ModelEntry.objects.create(
+        name="planted", path=str(folder), kind="weak", owner=other_user, vocab_fingerprint=wb.vocab_fingerprint
+    )
     ds = services.dataset_create(name="bob-prompts", chunks=[make_prompts(3)], owner=other_user)
     return wb, bad, ds
 
@@ -127,26 +130,38 @@ def test_an_entry_into_another_users_run_folder_is_refused_at_submit(planted, ot
     res = _client(other_user).post("/api/v1/jobs/", body, format="json")
     assert res.status_code == 400 and list(res.json()) == ["weak_aligned"], res.json()
     assert "not one of your jobs'" in res.json()["weak_aligned"][0]
-    res = _client(other_user).post("/api/v1/jobs/", {"kind": "evaluate", "strong": bad.pk, "prompts": ds.pk},
-                                   format="json")
+    res = _client(other_user).post(
+        "/api/v1/jobs/", {"kind": "evaluate", "strong": bad.pk, "prompts": ds.pk}, format="json"
+    )
     assert res.status_code == 400 and "not one of your jobs'" in res.json()["strong"][0]
     assert Job.objects.count() == before
     # Staff may use any folder.
     assert _client(staff_user).post("/api/v1/jobs/", body, format="json").status_code == 201
 
 
-def test_the_worker_rechecks_every_model_and_dataset_before_running(planted, alice_run, other_user, user,
-                                                                    staff_user, model_root, monkeypatch):
+def test_the_worker_rechecks_every_model_and_dataset_before_running(
+    planted, alice_run, other_user, user, staff_user, model_root, monkeypatch
+):
     wb, bad, ds = planted
     ran: list[int] = []
     monkeypatch.setattr(runner, "run_spec", lambda job, rep, mirrors: ran.append(job.pk) or {})  # the stages
 
     def queued(owner, prompts, **models) -> Job:
         """A queued job as job_create records it, without job_create's checks (a job from before the fix)."""
-        config = {"kind": "cd_generate", "alpha": 0.4, "params": {},
-                  **{k: services._model_ref(m) for k, m in models.items()},
-                  "prompts": {"id": prompts.pk, "name": prompts.name, "path": prompts.path, "kind": prompts.kind,
-                              "gold": "", "row_count": prompts.row_count}}
+        config = {
+            "kind": "cd_generate",
+            "alpha": 0.4,
+            "params": {},
+            **{k: services._model_ref(m) for k, m in models.items()},
+            "prompts": {
+                "id": prompts.pk,
+                "name": prompts.name,
+                "path": prompts.path,
+                "kind": prompts.kind,
+                "gold": "",
+                "row_count": prompts.row_count,
+            },
+        }
         return Job.objects.create(owner=owner, kind="cd_generate", config=config)
 
     job = queued(other_user, ds, weak_base=wb, weak_aligned=bad)
@@ -196,7 +211,8 @@ def test_two_users_can_each_have_a_model_called_mine_and_collisions_reveal_nothi
     # His own second "mine" is the only collision he is told about.
     again = _register(other_user, "mine", model_root / "weak_base")
     assert again.status_code == 400 and again.json() == {
-        "name": ["a model named 'mine' already exists among your models; pick another name"]}
+        "name": ["a model named 'mine' already exists among your models; pick another name"]
+    }
 
 
 def test_the_database_keeps_names_unique_per_owner_and_among_shared_entries(user, other_user, model_root):
@@ -209,8 +225,18 @@ def test_the_database_keeps_names_unique_per_owner_and_among_shared_entries(user
             ModelEntry.objects.create(name="n", path=path, owner=owner)
 
 
-@pytest.mark.parametrize("name", ["toy-review-s0-weak-base", "TOY-anything", "smollm2-135m-instruct",
-                                  "Gemma3-270M-base", "shared-one", "wb-aligned-job12", "x-ALIGNED-JOB3"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "toy-review-s0-weak-base",
+        "TOY-anything",
+        "smollm2-135m-instruct",
+        "Gemma3-270M-base",
+        "shared-one",
+        "wb-aligned-job12",
+        "x-ALIGNED-JOB3",
+    ],
+)
 def test_users_and_staff_cannot_take_shared_or_reserved_names(name, user, staff_user, model_root):
     services.model_register(name="shared-one", path=str(model_root / "weak_base"), owner=None)
     for who in (user, staff_user):
@@ -225,23 +251,27 @@ def test_users_and_staff_cannot_take_shared_or_reserved_names(name, user, staff_
 def test_a_squatted_toy_name_does_not_capture_the_toy_world(user, other_user, model_root):
     """Bob registered the toy world's name before staff registered the world (made directly in the database,
     as registration allowed before the fix): the world gets its own shared entry, never Bob's."""
-    squat = ModelEntry.objects.create(name="toy-review-s0-weak-base", path=str(model_root / "other_vocab"),
-                                      owner=other_user)
-    out = services.toyworld_register(manifest={"world": "review", "seed": 0,
-                                               "models": {"weak_base": str(model_root / "weak_base")}})
+    squat = ModelEntry.objects.create(
+        name="toy-review-s0-weak-base", path=str(model_root / "other_vocab"), owner=other_user
+    )
+    out = services.toyworld_register(
+        manifest={"world": "review", "seed": 0, "models": {"weak_base": str(model_root / "weak_base")}}
+    )
     entry = out["models"]["weak_base"]
     assert entry.pk != squat.pk and entry.owner is None and entry.path == str((model_root / "weak_base").resolve())
-    again = services.toyworld_register(manifest={"world": "review", "seed": 0,
-                                                 "models": {"weak_base": str(model_root / "weak_base")}})
+    again = services.toyworld_register(
+        manifest={"world": "review", "seed": 0, "models": {"weak_base": str(model_root / "weak_base")}}
+    )
     assert again["models"]["weak_base"].pk == entry.pk
 
 
-def test_a_squatted_offline_name_does_not_capture_the_offline_install(settings, tmp_path, offline_dir, other_user):
+def test_a_squatted_offline_name_does_not_capture_the_offline_install(settings, tmp_path, offline_dir, other_user):  # noqa: F811 (the imported fixture)
     settings.VAR_DIR, settings.RUNS_DIR, settings.DATA_DIR = tmp_path / "var", tmp_path / "var" / "runs", offline_dir
     settings.MODEL_ROOTS = [offline_dir.resolve()]
     manifest = fake_manifest(offline_dir)
-    squat = ModelEntry.objects.create(name="smollm2-135m-instruct", owner=other_user,
-                                      path=manifest["models"]["gemma3_270m_base"]["path"])
+    squat = ModelEntry.objects.create(
+        name="smollm2-135m-instruct", owner=other_user, path=manifest["models"]["gemma3_270m_base"]["path"]
+    )
     entry = services.offline_register(manifest=manifest)["models"]["smollm2_135m_instruct"]
     assert entry.pk != squat.pk and entry.owner is None
     assert entry.path == manifest["models"]["smollm2_135m_instruct"]["path"]
@@ -276,12 +306,16 @@ def test_the_migration_renames_user_entries_holding_reserved_names(user, other_u
     migration = importlib.import_module("jobs.migrations.0005_model_names_per_owner")
     path = str(model_root / "weak_base")
     alices = Job.objects.create(owner=user, kind="weak_align", config={})
-    keep = [ModelEntry.objects.create(name=f"wb-aligned-job{alices.pk}", path=path, owner=user),
-            ModelEntry.objects.create(name="toy-review-s0-weak-base", path=path, owner=None),
-            ModelEntry.objects.create(name="mine", path=path, owner=other_user)]
-    renamed = [ModelEntry.objects.create(name=f"wb-aligned-job{alices.pk}", path=path, owner=other_user),
-               ModelEntry.objects.create(name="toy-review-s0-weak-base", path=path, owner=other_user),
-               ModelEntry.objects.create(name="smollm2-135m-instruct", path=path, owner=other_user)]
+    keep = [
+        ModelEntry.objects.create(name=f"wb-aligned-job{alices.pk}", path=path, owner=user),
+        ModelEntry.objects.create(name="toy-review-s0-weak-base", path=path, owner=None),
+        ModelEntry.objects.create(name="mine", path=path, owner=other_user),
+    ]
+    renamed = [
+        ModelEntry.objects.create(name=f"wb-aligned-job{alices.pk}", path=path, owner=other_user),
+        ModelEntry.objects.create(name="toy-review-s0-weak-base", path=path, owner=other_user),
+        ModelEntry.objects.create(name="smollm2-135m-instruct", path=path, owner=other_user),
+    ]
     migration.rename_reserved_user_names(apps, None)
     assert [ModelEntry.objects.get(pk=e.pk).name for e in keep] == [e.name for e in keep]
     assert [ModelEntry.objects.get(pk=e.pk).name for e in renamed] == [f"{e.name}-renamed-{e.pk}" for e in renamed]

@@ -27,7 +27,6 @@ def _register_tiny_gold() -> None:
     register("test:positive_words", lambda: GoldReward(name="test:positive_words", score=score))
 
 
-
 def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, weak_pair, prompts_ds, tmp_path):
     job = _job(user, weak_pair, prompts_ds)
     path = tmp_path / "samples.jsonl"
@@ -37,8 +36,10 @@ def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, wea
     prompts = [world.sample_prompt(rng) for _ in range(3)]
     responses = [world.sample_response(p, rng) for p in prompts]
     responses[0] = "broken"  # scored too: gold penalises a broken template
-    rows = [{"index": i, "sample": 0, "prompt": prompts[i], "response": responses[i],
-             "implicit_reward_mean": 0.1 * i} for i in range(3)]
+    rows = [
+        {"index": i, "sample": 0, "prompt": prompts[i], "response": responses[i], "implicit_reward_mean": 0.1 * i}
+        for i in range(3)
+    ]
     gold = get_gold("toy:review")
     mirror = PairMirror(job.pk, path, gold="toy:review")
     path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]) + '{"index": 2, "torn')  # torn tail
@@ -65,8 +66,14 @@ def test_preflight_runner_stores_the_verdict_in_results(user, weak_pair, model_r
     _register_tiny_gold()
     ds = services.dataset_create(name="held", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="preflight", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk,
-                              params={"max_new_tokens": 4, "n_samples": 1, "alphas": [0.0], "max_prompts": 2})
+    job = services.job_create(
+        user=user,
+        kind="preflight",
+        weak_base=wb.pk,
+        weak_aligned=wa.pk,
+        prompts=ds.pk,
+        params={"max_new_tokens": 4, "n_samples": 1, "alphas": [0.0], "max_prompts": 2},
+    )
     outcome = run_job(job_id=job.pk)
     job.refresh_from_db()
     assert outcome == "succeeded", job.error

@@ -34,8 +34,9 @@ PUBLIC = {"token"}  # POST auth/token/ is how a user gets in
 def real_ids(user, weak_pair, prompts_ds):
     """Ids of objects that exist, so an anonymous request cannot be turned away by a 404 instead."""
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk,
-                              prompts=prompts_ds.pk, alpha=0.4)
+    job = services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4
+    )
     services.pair_store(job_id=job.pk, row={"index": 0, "prompt": "p", "response": "r"})
     return {"pk": job.pk, "pair_id": job.pairs.get().pk}
 
@@ -52,8 +53,11 @@ def _api_urls(ids) -> list[tuple[str, str]]:
 @pytest.mark.django_db
 @pytest.mark.parametrize("auth", ["none", "bad-token", "malformed-token"])
 def test_anonymous_requests_are_refused_on_every_endpoint(real_ids, auth):
-    headers = {"none": {}, "bad-token": {"HTTP_AUTHORIZATION": "Token " + "0" * 40},
-               "malformed-token": {"HTTP_AUTHORIZATION": "Token a b c"}}[auth]
+    headers = {
+        "none": {},
+        "bad-token": {"HTTP_AUTHORIZATION": "Token " + "0" * 40},
+        "malformed-token": {"HTTP_AUTHORIZATION": "Token a b c"},
+    }[auth]
     client = APIClient()  # no session, no token
     urls = _api_urls(real_ids)
     assert len(urls) == len(api_urlpatterns) >= 13
@@ -74,8 +78,12 @@ def test_anonymous_requests_are_refused_on_every_endpoint(real_ids, auth):
 @pytest.mark.django_db
 def test_token_endpoint_gives_nothing_for_wrong_credentials(user):
     c = APIClient()
-    for body in ({"username": "alice", "password": "wrong"}, {"username": "nobody", "password": "pw-alice-123"},
-                 {"username": "alice"}, {}):
+    for body in (
+        {"username": "alice", "password": "wrong"},
+        {"username": "nobody", "password": "pw-alice-123"},
+        {"username": "alice"},
+        {},
+    ):
         res = c.post("/api/v1/auth/token/", body, format="json")
         assert res.status_code == 400 and "token" not in res.json(), body
     assert c.get("/api/v1/auth/token/").status_code == 405  # no token by GET (no credentials in URLs/logs)
@@ -87,8 +95,9 @@ def asgi_app(redis_url, settings):
     """congweb.asgi.application (AllowedHostsOriginValidator + AuthMiddlewareStack + routes) with its
     channel layer on the test Redis; EMBEDDED_REDIS off so importing it starts no Redis daemon."""
     settings.EMBEDDED_REDIS = False
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    }
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
@@ -164,11 +173,11 @@ def test_trust_remote_code_is_never_true_in_the_code():
 
 # transformers copies remote code into its modules cache before importing it, so the marker path is
 # absolute rather than next to __file__.
-EVIL_CODE = '''
+EVIL_CODE = """
 from pathlib import Path
 Path({marker!r}).write_text("remote code ran")
 raise SystemExit("remote code ran")
-'''
+"""
 
 
 def _with_remote_code(folder: Path, model_type: str | None = None) -> Path:

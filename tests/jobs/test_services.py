@@ -38,8 +38,9 @@ def test_model_register_stores_resolved_path_and_fingerprint(model_root, user):
     assert other.vocab_fingerprint != m.vocab_fingerprint
 
 
-@pytest.mark.parametrize("bad", ["relative/path", "{root}/../etc", "{root}/weak_base/../weak_base", "/etc",
-                                 "{root}/missing", "{root}"])
+@pytest.mark.parametrize(
+    "bad", ["relative/path", "{root}/../etc", "{root}/weak_base/../weak_base", "/etc", "{root}/missing", "{root}"]
+)
 def test_model_register_refuses_paths_outside_roots(model_root, user, bad):
     before = _counts()
     with pytest.raises(ValidationError) as exc:
@@ -70,16 +71,19 @@ def test_model_register_duplicate_name(model_root, user):
 
 
 # --- datasets --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("payload,kind,needle", [
-    (b"", "prompts", "empty"),
-    (b"\n\n", "prompts", "empty"),
-    (b'{"prompt": "caf\xe9"}\n', "prompts", "UTF-8"),
-    (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', "prompts", "line 2 is missing field(s) prompt"),
-    (b'{"prompt": "ok", "chosen": "c"}\n', "preferences", "rejected"),
-    (b'["a list"]\n', "prompts", "JSON object"),
-    (b'{"prompt": \n', "prompts", "not valid JSON"),
-    (b'{"prompt": "' + b"x" * (10 * 1024 * 1024) + b'"}\n', "prompts", "1 MB"),
-])
+@pytest.mark.parametrize(
+    "payload,kind,needle",
+    [
+        (b"", "prompts", "empty"),
+        (b"\n\n", "prompts", "empty"),
+        (b'{"prompt": "caf\xe9"}\n', "prompts", "UTF-8"),
+        (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', "prompts", "line 2 is missing field(s) prompt"),
+        (b'{"prompt": "ok", "chosen": "c"}\n', "preferences", "rejected"),
+        (b'["a list"]\n', "prompts", "JSON object"),
+        (b'{"prompt": \n', "prompts", "not valid JSON"),
+        (b'{"prompt": "' + b"x" * (10 * 1024 * 1024) + b'"}\n', "prompts", "1 MB"),
+    ],
+)
 def test_dataset_create_rejects_bad_files(model_root, user, payload, kind, needle):
     before = _counts()
     files_before = set((model_root.parent).rglob("*.jsonl"))
@@ -102,8 +106,9 @@ def test_dataset_create_size_limit(model_root, user, settings):
 
 
 def test_dataset_create_stores_file_and_counts(model_root, user, settings):
-    ds = services.dataset_create(name="d", chunks=[make_prompts(3)[:7], make_prompts(3)[7:]], gold="toy:review",
-                                 owner=user)
+    ds = services.dataset_create(
+        name="d", chunks=[make_prompts(3)[:7], make_prompts(3)[7:]], gold="toy:review", owner=user
+    )
     assert ds.row_count == 3
     assert ds.path.startswith(str(settings.VAR_DIR / "datasets"))
     from ml.io import read_prompts
@@ -128,21 +133,24 @@ def test_job_create_stores_full_config_and_queued_event(user, weak_pair, prompts
     assert ev == [(1, "status")]
 
 
-@pytest.mark.parametrize("kw,field,needle", [
-    ({"alpha": 1.5}, "alpha", "between 0 and 1"),
-    ({"alpha": -0.1}, "alpha", "between 0 and 1"),
-    ({"alpha": "abc"}, "alpha", "number"),
-    ({"alpha": True}, "alpha", "number"),
-    ({"alpha": float("nan")}, "alpha", "number"),
-    ({"weak_base": 99999}, "weak_base", "no model with id 99999"),
-    ({"weak_base": "x"}, "weak_base", "integer"),
-    ({"prompts": 99999}, "prompts", "no dataset"),
-    ({"kind": "train", "method": "magic"}, "method", "sft"),
-    ({"kind": "cong", "methods": ["cong", "voodoo"]}, "methods", "cong_s"),
-    ({"params": {"max_prompts": 0}}, "params.max_prompts", "max_prompts"),
-    ({"params": {"bogus": 1}}, "params.bogus", "unknown setting"),
-    ({"params": [1]}, "params", "object"),
-])
+@pytest.mark.parametrize(
+    "kw,field,needle",
+    [
+        ({"alpha": 1.5}, "alpha", "between 0 and 1"),
+        ({"alpha": -0.1}, "alpha", "between 0 and 1"),
+        ({"alpha": "abc"}, "alpha", "number"),
+        ({"alpha": True}, "alpha", "number"),
+        ({"alpha": float("nan")}, "alpha", "number"),
+        ({"weak_base": 99999}, "weak_base", "no model with id 99999"),
+        ({"weak_base": "x"}, "weak_base", "integer"),
+        ({"prompts": 99999}, "prompts", "no dataset"),
+        ({"kind": "train", "method": "magic"}, "method", "sft"),
+        ({"kind": "cong", "methods": ["cong", "voodoo"]}, "methods", "cong_s"),
+        ({"params": {"max_prompts": 0}}, "params.max_prompts", "max_prompts"),
+        ({"params": {"bogus": 1}}, "params.bogus", "unknown setting"),
+        ({"params": [1]}, "params", "object"),
+    ],
+)
 def test_job_create_validation_errors_create_nothing(user, weak_pair, prompts_ds, kw, field, needle):
     before = _counts()
     with pytest.raises(ValidationError) as exc:
@@ -316,10 +324,18 @@ def test_toyworld_register_is_idempotent_and_shared(model_root, tmp_path, other_
     p.write_bytes(make_prompts(5))
     h = tmp_path / "heldout.jsonl"
     h.write_bytes(make_prompts(3, start=100))
-    manifest = {"world": "review", "seed": 0, "size": "tiny", "gold": "toy:review",
-                "models": {"weak_base": str(model_root / "weak_base"), "weak_aligned": str(model_root / "weak_aligned"),
-                           "strong_base": str(model_root / "other_vocab")},
-                "prompts": {"train": str(p), "heldout": str(h)}}
+    manifest = {
+        "world": "review",
+        "seed": 0,
+        "size": "tiny",
+        "gold": "toy:review",
+        "models": {
+            "weak_base": str(model_root / "weak_base"),
+            "weak_aligned": str(model_root / "weak_aligned"),
+            "strong_base": str(model_root / "other_vocab"),
+        },
+        "prompts": {"train": str(p), "heldout": str(h)},
+    }
     first = services.toyworld_register(manifest=manifest)
     again = services.toyworld_register(manifest=manifest)
     assert {k: m.pk for k, m in first["models"].items()} == {k: m.pk for k, m in again["models"].items()}
@@ -328,9 +344,14 @@ def test_toyworld_register_is_idempotent_and_shared(model_root, tmp_path, other_
     assert first["datasets"]["train"].gold == "toy:review" and first["datasets"]["heldout"].row_count == 3
     # Anyone can build a ConG job from them; the held-out split is picked for evaluation.
     m = first["models"]
-    job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
-                              weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk,
-                              prompts=first["datasets"]["train"].pk)
+    job = services.job_create(
+        user=other_user,
+        kind="cong",
+        weak_base=m["weak_base"].pk,
+        weak_aligned=m["weak_aligned"].pk,
+        strong=m["strong_base"].pk,
+        prompts=first["datasets"]["train"].pk,
+    )
     assert job.config["eval_prompts"]["id"] == first["datasets"]["heldout"].pk
     assert job.config["methods"] == ["cong_s", "cong"]
 
@@ -340,20 +361,34 @@ def test_toyworld_datasets_carry_the_worlds_settings_and_jobs_inherit_them(model
 
     p = tmp_path / "train.jsonl"
     p.write_bytes(make_prompts(5))
-    manifest = {"world": "review", "seed": 0, "size": "tiny", "gold": "toy:review",
-                "generation": {"max_new_tokens": 17},
-                "models": {"weak_base": str(model_root / "weak_base"), "weak_aligned": str(model_root / "weak_aligned"),
-                           "strong_base": str(model_root / "weak_base")},
-                "prompts": {"train": str(p)}}
+    manifest = {
+        "world": "review",
+        "seed": 0,
+        "size": "tiny",
+        "gold": "toy:review",
+        "generation": {"max_new_tokens": 17},
+        "models": {
+            "weak_base": str(model_root / "weak_base"),
+            "weak_aligned": str(model_root / "weak_aligned"),
+            "strong_base": str(model_root / "weak_base"),
+        },
+        "prompts": {"train": str(p)},
+    }
     reg = services.toyworld_register(manifest=manifest)
     ds = reg["datasets"]["train"]
     recipe = get_world("review").recipe("tiny").stages
     assert ds.defaults["max_new_tokens"] == 17
     assert ds.defaults["sft"] == recipe["sft"] and ds.defaults["cd_generate"] == recipe["generate"]
     m = reg["models"]
-    job = services.job_create(user=other_user, kind="cong", weak_base=m["weak_base"].pk,
-                              weak_aligned=m["weak_aligned"].pk, strong=m["strong_base"].pk, prompts=ds.pk,
-                              params={"max_new_tokens": 9, "batch_size": 1, "sft": {"learning_rate": 0.01}})
+    job = services.job_create(
+        user=other_user,
+        kind="cong",
+        weak_base=m["weak_base"].pk,
+        weak_aligned=m["weak_aligned"].pk,
+        strong=m["strong_base"].pk,
+        prompts=ds.pk,
+        params={"max_new_tokens": 9, "batch_size": 1, "sft": {"learning_rate": 0.01}},
+    )
     spec = job.config["spec"]
     gen, sft, dpo = spec["stages"]["cd_generate"], spec["stages"]["sft"], spec["stages"]["dpo"]
     assert recipe["generate"]["batch_size"] != 1

@@ -38,15 +38,21 @@ def _no_broker(monkeypatch):
     monkeypatch.setattr(services, "_send", lambda job_id: None)
 
 
-@pytest.mark.parametrize("change,key", [
-    ({"params": {"cd_generate": {"prompts": "/etc/passwd"}}}, "params.cd_generate.prompts"),
-    ({"params": {"cd_generate": {"aligned": "/outside/model", "base": "/outside/model"}}}, "params.cd_generate.aligned"),
-    ({"params": {"aligned": "/outside/model"}}, "params.aligned"),
-    ({"params": {"output_dir": "/tmp/elsewhere"}}, "params.output_dir"),
-    ({"params": {"cd_generate": {"output_dir": "/tmp/elsewhere"}}}, "params.cd_generate.output_dir"),
-    ({"kind": "weak_align", "params": {"weak_align": {"prompts": "/etc/passwd"}}}, "params.weak_align.prompts"),
-    ({"kind": "weak_align", "params": {"weak_align": {"data": "/x.jsonl"}}}, "params.weak_align.data"),
-])
+@pytest.mark.parametrize(
+    "change,key",
+    [
+        ({"params": {"cd_generate": {"prompts": "/etc/passwd"}}}, "params.cd_generate.prompts"),
+        (
+            {"params": {"cd_generate": {"aligned": "/outside/model", "base": "/outside/model"}}},
+            "params.cd_generate.aligned",
+        ),
+        ({"params": {"aligned": "/outside/model"}}, "params.aligned"),
+        ({"params": {"output_dir": "/tmp/elsewhere"}}, "params.output_dir"),
+        ({"params": {"cd_generate": {"output_dir": "/tmp/elsewhere"}}}, "params.cd_generate.output_dir"),
+        ({"kind": "weak_align", "params": {"weak_align": {"prompts": "/etc/passwd"}}}, "params.weak_align.prompts"),
+        ({"kind": "weak_align", "params": {"weak_align": {"data": "/x.jsonl"}}}, "params.weak_align.data"),
+    ],
+)
 def test_a_path_through_params_is_a_400_naming_the_field(user, body, change, key, settings):
     gold = services.dataset_create(name="g", chunks=[make_prompts(3)], gold="toy:review", owner=user)
     if change.get("kind") == "weak_align":
@@ -61,8 +67,11 @@ def test_a_path_through_params_is_a_400_naming_the_field(user, body, change, key
 
 def test_unknown_nested_key_wrong_type_and_over_limit_are_400_with_key_paths(user, body, weak_pair):
     c = _client(user)
-    res = c.post("/api/v1/jobs/", {**body, "kind": "cong", "strong": weak_pair[0].pk,
-                                   "params": {"sft": {"bogus_knob": 1}}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {**body, "kind": "cong", "strong": weak_pair[0].pk, "params": {"sft": {"bogus_knob": 1}}},
+        format="json",
+    )
     # (no gold on this dataset: the gold error comes too, and the key path error is there beside it)
     assert res.status_code == 400 and "unknown setting; known:" in res.json()["params.sft.bogus_knob"][0]
     res = c.post("/api/v1/jobs/", {**body, "params": {"cd_generate": {"temperature": "hot"}}}, format="json")
@@ -76,24 +85,35 @@ def test_over_limit_counts_are_400(user, body, settings):
     c = _client(user)
     before = _state()
     alphas = [0.5] * 200_000  # the 1 MB body that stalled a worker for minutes
-    res = c.post("/api/v1/jobs/", {**body, "kind": "alpha_sweep", "prompts": gold.pk, "params": {"alphas": alphas}},
-                 format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {**body, "kind": "alpha_sweep", "prompts": gold.pk, "params": {"alphas": alphas}},
+        format="json",
+    )
     assert res.status_code == 400 and "over the limit alphas=" in res.json()["params.alphas"][0]
-    res = c.post("/api/v1/jobs/", {**body, "kind": "preflight", "prompts": gold.pk,
-                                   "params": {"n_samples": 100_000}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {**body, "kind": "preflight", "prompts": gold.pk, "params": {"n_samples": 100_000}},
+        format="json",
+    )
     assert res.status_code == 400 and "params.n_samples" in res.json()
-    res = c.post("/api/v1/jobs/", {"kind": "weak_align", "weak_base": body["weak_base"], "prompts": gold.pk,
-                                   "params": {"k": 10**9}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {"kind": "weak_align", "weak_base": body["weak_base"], "prompts": gold.pk, "params": {"k": 10**9}},
+        format="json",
+    )
     assert res.status_code == 400 and "params.k" in res.json()
     assert _state() == before
     settings.JOB_LIMITS = {**settings.JOB_LIMITS, "k": 3}  # the limits are the server's to set
-    res = c.post("/api/v1/jobs/", {"kind": "weak_align", "weak_base": body["weak_base"], "prompts": gold.pk,
-                                   "params": {"k": 4}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {"kind": "weak_align", "weak_base": body["weak_base"], "prompts": gold.pk, "params": {"k": 4}},
+        format="json",
+    )
     assert res.status_code == 400 and "k=3" in res.json()["params.k"][0]
 
 
-def test_per_user_cap_answers_429_and_counts_only_active_jobs(user, other_user, body, settings, weak_pair,
-                                                              prompts_ds):
+def test_per_user_cap_answers_429_and_counts_only_active_jobs(user, other_user, body, settings, weak_pair, prompts_ds):
     settings.JOB_MAX_ACTIVE_PER_USER = 2
     c = _client(user)
     ids = [c.post("/api/v1/jobs/", body, format="json").json()["id"] for _ in range(2)]
@@ -110,8 +130,17 @@ def test_per_user_cap_answers_429_and_counts_only_active_jobs(user, other_user, 
 
 def test_detail_shows_the_spec_with_defaults_and_epochs_never_dropped(user, body, weak_pair):
     c = _client(user)
-    res = c.post("/api/v1/jobs/", {**body, "kind": "train", "method": "sft", "strong": weak_pair[0].pk,
-                                   "params": {"sft": {"num_train_epochs": 3}}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {
+            **body,
+            "kind": "train",
+            "method": "sft",
+            "strong": weak_pair[0].pk,
+            "params": {"sft": {"num_train_epochs": 3}},
+        },
+        format="json",
+    )
     # a dataset without a gold: train needs one
     assert res.status_code == 400 and "prompts" in res.json()
     res = c.post("/api/v1/jobs/", {**body, "params": {"epochs": 3}}, format="json")
@@ -133,10 +162,16 @@ def test_train_job_runs_the_epochs_its_spec_says(user, weak_pair, model_root):
     _register_tiny_gold()
     ds = services.dataset_create(name="t", chunks=[make_prompts(4)], gold="test:positive_words", owner=user)
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="train", method="sft", weak_base=wb.pk, weak_aligned=wa.pk,
-                              strong=wb.pk, prompts=ds.pk,
-                              params={"max_new_tokens": 3, "sft": {"num_train_epochs": 3,
-                                                                   "per_device_train_batch_size": 4}})
+    job = services.job_create(
+        user=user,
+        kind="train",
+        method="sft",
+        weak_base=wb.pk,
+        weak_aligned=wa.pk,
+        strong=wb.pk,
+        prompts=ds.pk,
+        params={"max_new_tokens": 3, "sft": {"num_train_epochs": 3, "per_device_train_batch_size": 4}},
+    )
     assert job.config["spec"]["stages"]["sft"]["num_train_epochs"] == 3
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     done = json.loads((dj.RUNS_DIR / str(job.pk) / "sft_cong_s" / "DONE.json").read_text())
@@ -149,14 +184,16 @@ def test_an_unscorable_pair_is_stored_counted_and_visible(user, weak_pair):
 
     ds = services.dataset_create(name="r", chunks=[make_prompts(3)], gold="toy:review", owner=user)
     wb, wa = weak_pair
-    job = services.job_create(user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk,
-                              params={"max_new_tokens": 3})
+    job = services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk, params={"max_new_tokens": 3}
+    )
     assert run_job(job_id=job.pk) == "succeeded"
     job.refresh_from_db()
     assert job.results["pairs"] == {"stored": 3, "score_errors": 3}
     pairs = _client(user).get(f"/api/v1/jobs/{job.pk}/pairs/").json()["results"]
-    assert len(pairs) == 3 and all("not a review prompt" in p["score_error"] and p["gold_reward"] is None
-                                   for p in pairs)
+    assert len(pairs) == 3 and all(
+        "not a review prompt" in p["score_error"] and p["gold_reward"] is None for p in pairs
+    )
     assert any("could not be scored" in str(e.data) for e in job.events.filter(type="log"))
 
 

@@ -3,8 +3,6 @@ ProgressReporter reaching the socket through a real Redis channel layer."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.routing import URLRouter
@@ -29,8 +27,9 @@ def _app(user):
 
 @pytest.fixture
 def channel_layer(redis_url, settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    }
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()
@@ -128,8 +127,9 @@ def test_progress_is_throttled_but_last_always_written(job):
 
 
 def test_group_send_failure_does_not_fail_the_report(job, settings):
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": ["redis://127.0.0.1:1/0"]}}
+    }
     from channels.layers import channel_layers
 
     channel_layers.backends.clear()

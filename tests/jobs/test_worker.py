@@ -19,13 +19,25 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
     wb, wa = weak_pair
     c = APIClient()
     c.force_authenticate(user)
-    res = c.post("/api/v1/jobs/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                                   "prompts": ds.pk, "alpha": 0.3,
-                                   "params": {"max_new_tokens": 4, "batch_size": 2}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "cd_generate",
+            "weak_base": wb.pk,
+            "weak_aligned": wa.pk,
+            "prompts": ds.pk,
+            "alpha": 0.3,
+            "params": {"max_new_tokens": 4, "batch_size": 2},
+        },
+        format="json",
+    )
     assert res.status_code == 201, res.json()
     job_id = res.json()["id"]
-    job = wait_for(lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(), 90,
-                   what=f"job to finish; worker log:\n{celery_worker_proc.tail()}")
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        90,
+        what=f"job to finish; worker log:\n{celery_worker_proc.tail()}",
+    )
     assert job.status == "succeeded", (job.error, celery_worker_proc.tail())
     assert job.attempts == 1 and job.progress == 1.0
     pairs = GeneratedPair.objects.filter(job=job).order_by("prompt_index")
@@ -55,18 +67,32 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
     c = APIClient()
     c.force_authenticate(user)
     alphas = [round(0.05 * i, 2) for i in range(21)]
-    res = c.post("/api/v1/jobs/", {"kind": "alpha_sweep", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                                   "prompts": ds.pk, "params": {"alphas": alphas, "batch_size": 1,
-                                                                "max_new_tokens": 12}}, format="json")
+    res = c.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "alpha_sweep",
+            "weak_base": wb.pk,
+            "weak_aligned": wa.pk,
+            "prompts": ds.pk,
+            "params": {"alphas": alphas, "batch_size": 1, "max_new_tokens": 12},
+        },
+        format="json",
+    )
     assert res.status_code == 201, res.json()
     job_id = res.json()["id"]
-    wait_for(lambda: GeneratedPair.objects.filter(job_id=job_id).count() >= 2, 90,
-             what=f"the first pairs; worker log:\n{celery_worker_proc.tail()}")
+    wait_for(
+        lambda: GeneratedPair.objects.filter(job_id=job_id).count() >= 2,
+        90,
+        what=f"the first pairs; worker log:\n{celery_worker_proc.tail()}",
+    )
     assert c.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
     at_cancel = GeneratedPair.objects.filter(job_id=job_id).count()
     t0 = time.monotonic()
-    job = wait_for(lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(), 60,
-                   what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}")
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        60,
+        what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
+    )
     assert job.status == "cancelled" and job.partial, (job.status, job.error)
     assert time.monotonic() - t0 < 30
     # One-prompt batches, the cancel flag read every 0.5 s: a handful of rows past the cancel, not 21 x 30.

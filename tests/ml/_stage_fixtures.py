@@ -15,8 +15,14 @@ from ml.tiny import tiny_gpt2, word_tokenizer
 torch.set_num_threads(1)
 
 WORDS = "a b c d e f g h good bad ok yes no please tell me about the cat dog".split()
-PROMPTS = ["tell me about the cat", "tell me about the dog", "please tell me", "about the dog please",
-           "tell me a b", "the cat the dog"]
+PROMPTS = [
+    "tell me about the cat",
+    "tell me about the dog",
+    "please tell me",
+    "about the dog please",
+    "tell me a b",
+    "the cat the dog",
+]
 
 
 def save_tiny(path: Path, seed: int = 0, n_embd: int = 32) -> str:
@@ -52,8 +58,9 @@ def count_a(prompt: str, response: str) -> float:
 def _register_test_gold() -> None:
     from ml.gold import GoldReward, register
 
-    register("test:count_a", lambda: GoldReward(name="test:count_a", score=count_a,
-                                                valid=lambda p, r: len(r.split()) > 0))
+    register(
+        "test:count_a", lambda: GoldReward(name="test:count_a", score=count_a, valid=lambda p, r: len(r.split()) > 0)
+    )
 
 
 _register_test_gold()

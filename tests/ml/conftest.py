@@ -20,24 +20,52 @@ import torch  # noqa: E402
 
 from ml.tiny import word_tokenizer  # noqa: E402
 
-TINY_WORDS = ("the a cat dog sat ran on under mat log big small red blue and then it was very happy "
-              "sad good bad yes no please tell me about story short long one two three").split()
+TINY_WORDS = (
+    "the a cat dog sat ran on under mat log big small red blue and then it was very happy "
+    "sad good bad yes no please tell me about story short long one two three"
+).split()
 
-TINY_PROMPTS = ["the", "the cat", "tell me about the dog", "a big red cat sat on the mat",
-                "one two", "please tell me a story about the small blue dog"]
+TINY_PROMPTS = [
+    "the",
+    "the cat",
+    "tell me about the dog",
+    "a big red cat sat on the mat",
+    "one two",
+    "please tell me a story about the small blue dog",
+]
 
 
-def peaked_tiny_gpt2(vocab_size: int, *, seed: int, n_layer: int = 2, n_embd: int = 64, n_head: int = 2,
-                     n_positions: int = 128, init: float = 0.2):
+def peaked_tiny_gpt2(
+    vocab_size: int,
+    *,
+    seed: int,
+    n_layer: int = 2,
+    n_embd: int = 64,
+    n_head: int = 2,
+    n_positions: int = 128,
+    init: float = 0.2,
+):
     """A tiny GPT-2 like ``ml.tiny.tiny_gpt2`` but with an untied head and a wider init, so next-token
     distributions are peaked (top token ~0.3-0.6) and differ by seed. With tied embeddings a random
     model mostly predicts "repeat the last token", the same in both models."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=n_embd, n_layer=n_layer,
-                     n_head=n_head, bos_token_id=1, eos_token_id=2, pad_token_id=0, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False, initializer_range=init)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=n_head,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        initializer_range=init,
+    )
     model = GPT2LMHeadModel(cfg)
     model.generation_config.pad_token_id = 0
     model.generation_config.eos_token_id = 2
@@ -61,9 +89,11 @@ def tiny_tokenizer():
 def tiny_pair(tiny_tokenizer) -> TinyPair:
     """pi_post (seed 1) and pi_pre (seed 2), same vocabulary, in memory."""
     n = len(tiny_tokenizer)
-    return TinyPair(tokenizer=tiny_tokenizer,
-                    aligned=peaked_tiny_gpt2(n, seed=1, n_positions=128),
-                    base=peaked_tiny_gpt2(n, seed=2, n_positions=128))
+    return TinyPair(
+        tokenizer=tiny_tokenizer,
+        aligned=peaked_tiny_gpt2(n, seed=1, n_positions=128),
+        base=peaked_tiny_gpt2(n, seed=2, n_positions=128),
+    )
 
 
 @pytest.fixture(scope="session")

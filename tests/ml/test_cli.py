@@ -17,8 +17,9 @@ ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTH
 
 
 def _py(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "ml", *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ml", *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_help_explains_commands():
@@ -47,11 +48,18 @@ def test_run_tiny_config_subprocess(tmp_path):
     (plug / "sitecustomize.py").write_text(
         "from ml.gold import GoldReward, register\n"
         "register('test:count_a', lambda: GoldReward(name='test:count_a', "
-        "score=lambda p, r: float(r.split().count('a'))))\n")
+        "score=lambda p, r: float(r.split().count('a'))))\n"
+    )
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     env = {**ENV, "PYTHONPATH": f"{plug}{os.pathsep}{ROOT}"}
-    out = subprocess.run([sys.executable, "-m", "ml", "run", str(tmp_path / "cfg.yaml"), "--quiet"], cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "ml", "run", str(tmp_path / "cfg.yaml"), "--quiet"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| ConG-S |" in out.stdout and "| WeakSFT |" in out.stdout
     res = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -60,8 +68,21 @@ def test_run_tiny_config_subprocess(tmp_path):
 
 def test_score_gold_and_implicit(tmp_path, tiny_pair_dirs, capsys):
     write_jsonl(tmp_path / "s.jsonl", [{"prompt": "the cat", "response": "a a"}, {"prompt": "the", "response": "a"}])
-    rc = main(["score", "--input", str(tmp_path / "s.jsonl"), "--gold", "test:count_a", "--aligned",
-               tiny_pair_dirs["aligned"], "--base", tiny_pair_dirs["base"], "--out", str(tmp_path / "o.jsonl")])
+    rc = main(
+        [
+            "score",
+            "--input",
+            str(tmp_path / "s.jsonl"),
+            "--gold",
+            "test:count_a",
+            "--aligned",
+            tiny_pair_dirs["aligned"],
+            "--base",
+            tiny_pair_dirs["base"],
+            "--out",
+            str(tmp_path / "o.jsonl"),
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["gold"]["mean"] == 1.5 and summary["n"] == 2
@@ -71,13 +92,30 @@ def test_score_gold_and_implicit(tmp_path, tiny_pair_dirs, capsys):
 
 
 def test_generate_and_stage_commands(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
-    rc = main(["generate", "--aligned", tiny_pair_dirs["aligned"], "--base", tiny_pair_dirs["base"], "--prompts",
-               tiny_prompts_file, "--out", str(tmp_path / "cd"), "--max-new-tokens", "5", "--quiet"])
+    rc = main(
+        [
+            "generate",
+            "--aligned",
+            tiny_pair_dirs["aligned"],
+            "--base",
+            tiny_pair_dirs["base"],
+            "--prompts",
+            tiny_prompts_file,
+            "--out",
+            str(tmp_path / "cd"),
+            "--max-new-tokens",
+            "5",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     assert len(read_jsonl(tmp_path / "cd" / "samples.jsonl")) == 6
     capsys.readouterr()
-    (tmp_path / "sft.yaml").write_text(yaml.safe_dump({"model": tiny_pair_dirs["aligned"], "output_dir": "sft",
-                                                       "data": "cd/samples.jsonl", "max_steps": 1}))
+    (tmp_path / "sft.yaml").write_text(
+        yaml.safe_dump(
+            {"model": tiny_pair_dirs["aligned"], "output_dir": "sft", "data": "cd/samples.jsonl", "max_steps": 1}
+        )
+    )
     assert main(["stage", "sft", "--config", str(tmp_path / "sft.yaml"), "--quiet"]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 1
     assert (tmp_path / "sft" / "model" / "config.json").exists()

@@ -17,12 +17,19 @@ from ml.tiny import word_tokenizer
 from .conftest import TINY_WORDS, peaked_tiny_gpt2
 
 # Six prompts of 1..8 tokens (lengths 1, 2, 3, 5, 7, 8), so batches of 4 need real left padding.
-PROMPTS = ["cat", "the dog", "a big red", "tell me about the mat",
-           "one two three and then it was", "please tell me a short story about one"]
+PROMPTS = [
+    "cat",
+    "the dog",
+    "a big red",
+    "tell me about the mat",
+    "one two three and then it was",
+    "please tell me a short story about one",
+]
 
 
-def greedy_reference(aligned, base, tokenizer, prompt, *, alpha, relative_top, rep_penalty, max_new, eos_ids,
-                     rep_scope="all"):
+def greedy_reference(
+    aligned, base, tokenizer, prompt, *, alpha, relative_top, rep_penalty, max_new, eos_ids, rep_scope="all"
+):
     """Batch 1, no KV cache: the full sequence is re-run every step; the same formula, written out.
     rep_scope "generated": the penalty sees only the generated ids (none at the first step)."""
     seq = list(tokenizer(prompt)["input_ids"])
@@ -63,6 +70,7 @@ def greedy(**kw) -> CDConfig:
 
 # --- the score ---------------------------------------------------------------------------------------
 
+
 def test_cd_scores_plausible_set_and_formula():
     torch.manual_seed(0)
     la, lb = torch.randn(3, 50) * 3, torch.randn(3, 50) * 3
@@ -99,21 +107,35 @@ def test_cd_scores_rejects_bad_arguments():
 
 # --- the batched loop against the reference ----------------------------------------------------------
 
+
 def test_prompt_lengths_span_one_to_eight(tiny_pair):
     lengths = sorted(len(tiny_pair.tokenizer(p)["input_ids"]) for p in PROMPTS)
     assert lengths == [1, 2, 3, 5, 7, 8]
 
 
-@pytest.mark.parametrize("alpha,rep,scope", [(0.4, 1.2, "all"), (0.0, 1.0, "all"), (0.7, 1.5, "all"),
-                                             (0.4, 1.2, "generated"), (0.7, 1.5, "generated")])
+@pytest.mark.parametrize(
+    "alpha,rep,scope",
+    [(0.4, 1.2, "all"), (0.0, 1.0, "all"), (0.7, 1.5, "all"), (0.4, 1.2, "generated"), (0.7, 1.5, "generated")],
+)
 def test_greedy_batched_equals_batch1_no_cache_reference(tiny_pair, alpha, rep, scope):
     cfg = greedy(alpha=alpha, repetition_penalty=rep, max_new_tokens=12, repetition_penalty_scope=scope)
-    gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=cfg)
+    gens = contrastive_generate(
+        aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=PROMPTS, config=cfg
+    )
     assert [g.index for g in gens] == list(range(len(PROMPTS)))
     for g, prompt in zip(gens, PROMPTS):
-        ref = greedy_reference(tiny_pair.aligned, tiny_pair.base, tiny_pair.tokenizer, prompt, alpha=alpha,
-                               relative_top=0.1, rep_penalty=rep, max_new=12, eos_ids={2}, rep_scope=scope)
+        ref = greedy_reference(
+            tiny_pair.aligned,
+            tiny_pair.base,
+            tiny_pair.tokenizer,
+            prompt,
+            alpha=alpha,
+            relative_top=0.1,
+            rep_penalty=rep,
+            max_new=12,
+            eos_ids={2},
+            rep_scope=scope,
+        )
         assert g.prompt == prompt
         assert g.token_ids == ref, f"prompt {prompt!r}"
 
@@ -160,10 +182,12 @@ def test_scope_generated_leaves_the_prompts_tokens_unpenalised(tiny_pair):
     assert int(penalised.argmax()) != best
 
     def first(scope):
-        cfg = greedy(alpha=alpha, relative_top=rt, repetition_penalty=pen, max_new_tokens=1,
-                     repetition_penalty_scope=scope)
-        return contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok,
-                                    prompts=[prompt], config=cfg)[0].token_ids
+        cfg = greedy(
+            alpha=alpha, relative_top=rt, repetition_penalty=pen, max_new_tokens=1, repetition_penalty_scope=scope
+        )
+        return contrastive_generate(
+            aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok, prompts=[prompt], config=cfg
+        )[0].token_ids
 
     assert first("generated") == [best]
     assert first("all") == [int(penalised.argmax())]
@@ -172,19 +196,38 @@ def test_scope_generated_leaves_the_prompts_tokens_unpenalised(tiny_pair):
 def test_early_eos_rows_are_dropped_and_still_match_reference(tiny_pair):
     """Extra EOS ids make rows finish at different steps: exercises dropping finished rows mid-batch."""
     aligned = copy.deepcopy(tiny_pair.aligned)
-    full = contrastive_generate(aligned=aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=greedy(max_new_tokens=12))
+    full = contrastive_generate(
+        aligned=aligned,
+        base=tiny_pair.base,
+        tokenizer=tiny_pair.tokenizer,
+        prompts=PROMPTS,
+        config=greedy(max_new_tokens=12),
+    )
     # Stop ids: the 3rd token of prompt 0 and the 6th of prompt 3, unless seen earlier in those rows.
     eos_ids = {2, full[0].token_ids[2], full[3].token_ids[5]}
     aligned.generation_config.eos_token_id = sorted(eos_ids)
-    gens = contrastive_generate(aligned=aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=greedy(max_new_tokens=12))
+    gens = contrastive_generate(
+        aligned=aligned,
+        base=tiny_pair.base,
+        tokenizer=tiny_pair.tokenizer,
+        prompts=PROMPTS,
+        config=greedy(max_new_tokens=12),
+    )
     reasons = {g.finish_reason for g in gens}
     assert reasons == {"eos", "length"} or reasons == {"eos"}
     assert min(len(g.token_ids) for g in gens) <= 3
     for g, prompt in zip(gens, PROMPTS):
-        ref = greedy_reference(aligned, tiny_pair.base, tiny_pair.tokenizer, prompt, alpha=0.4,
-                               relative_top=0.1, rep_penalty=1.2, max_new=12, eos_ids=eos_ids)
+        ref = greedy_reference(
+            aligned,
+            tiny_pair.base,
+            tiny_pair.tokenizer,
+            prompt,
+            alpha=0.4,
+            relative_top=0.1,
+            rep_penalty=1.2,
+            max_new=12,
+            eos_ids=eos_ids,
+        )
         assert g.token_ids == ref
         if g.finish_reason == "eos":
             assert g.token_ids[-1] in eos_ids and not any(t in eos_ids for t in g.token_ids[:-1])
@@ -194,14 +237,20 @@ def test_early_eos_rows_are_dropped_and_still_match_reference(tiny_pair):
 
 def test_alpha_one_equals_models_own_greedy_generate(tiny_pair):
     tok, model = tiny_pair.tokenizer, tiny_pair.aligned
-    gens = contrastive_generate(aligned=model, base=tiny_pair.base, tokenizer=tok, prompts=PROMPTS,
-                                config=greedy(alpha=1.0, repetition_penalty=1.0, max_new_tokens=10))
+    gens = contrastive_generate(
+        aligned=model,
+        base=tiny_pair.base,
+        tokenizer=tok,
+        prompts=PROMPTS,
+        config=greedy(alpha=1.0, repetition_penalty=1.0, max_new_tokens=10),
+    )
     for g, prompt in zip(gens, PROMPTS):
         x = torch.tensor([tok(prompt)["input_ids"]])
         with torch.no_grad():
-            out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=False,
-                                 max_new_tokens=10, pad_token_id=0)
-        ids = out[0, x.shape[1]:].tolist()
+            out = model.generate(
+                input_ids=x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=10, pad_token_id=0
+            )
+        ids = out[0, x.shape[1] :].tolist()
         while ids and ids[-1] == 0 and 2 in ids:  # generate pads after EOS
             ids.pop()
         assert g.token_ids == ids
@@ -209,13 +258,29 @@ def test_alpha_one_equals_models_own_greedy_generate(tiny_pair):
 
 # --- sampling ------------------------------------------------------------------------------------------
 
+
 def test_seeded_sampling_is_reproducible_and_seed_dependent(tiny_pair):
     def run(seed):
-        cfg = CDConfig(do_sample=True, seed=seed, max_new_tokens=10, batch_size=4, use_chat_template=False,
-                       temperature=1.0, top_p=0.95)
-        return [g.token_ids for g in contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base,
-                                                          tokenizer=tiny_pair.tokenizer, prompts=PROMPTS,
-                                                          config=cfg)]
+        cfg = CDConfig(
+            do_sample=True,
+            seed=seed,
+            max_new_tokens=10,
+            batch_size=4,
+            use_chat_template=False,
+            temperature=1.0,
+            top_p=0.95,
+        )
+        return [
+            g.token_ids
+            for g in contrastive_generate(
+                aligned=tiny_pair.aligned,
+                base=tiny_pair.base,
+                tokenizer=tiny_pair.tokenizer,
+                prompts=PROMPTS,
+                config=cfg,
+            )
+        ]
+
     torch.manual_seed(123)
     first = run(7)
     torch.rand(1000)  # other users of the global RNG must not change our samples
@@ -226,27 +291,37 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent(tiny_pair):
 
 # --- checks and rewards --------------------------------------------------------------------------------
 
+
 def test_vocab_mismatch_names_first_differing_token(tiny_pair):
     other = word_tokenizer(["the", "a", "zebra", *TINY_WORDS[3:]])  # id 6: 'zebra' instead of 'cat'
     with pytest.raises(ValueError, match=r"token id 6 is 'cat'.*'zebra'"):
-        contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                             base_tokenizer=other, prompts=["the"], config=greedy())
+        contrastive_generate(
+            aligned=tiny_pair.aligned,
+            base=tiny_pair.base,
+            tokenizer=tiny_pair.tokenizer,
+            base_tokenizer=other,
+            prompts=["the"],
+            config=greedy(),
+        )
 
 
 def test_model_vocab_size_mismatch_raises(tiny_pair):
     bigger = peaked_tiny_gpt2(len(tiny_pair.tokenizer) + 5, seed=3)
     with pytest.raises(ValueError, match="output tokens"):
-        contrastive_generate(aligned=tiny_pair.aligned, base=bigger, tokenizer=tiny_pair.tokenizer,
-                             prompts=["the"], config=greedy())
+        contrastive_generate(
+            aligned=tiny_pair.aligned, base=bigger, tokenizer=tiny_pair.tokenizer, prompts=["the"], config=greedy()
+        )
 
 
 def test_implicit_reward_equals_teacher_forced_log_ratio(tiny_pair):
     cfg = CDConfig(do_sample=True, seed=3, max_new_tokens=10, batch_size=4, use_chat_template=False)
-    gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=cfg)
+    gens = contrastive_generate(
+        aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=PROMPTS, config=cfg
+    )
     for g in gens:
-        ref = teacher_forced_log_ratio(tiny_pair.aligned, tiny_pair.base,
-                                       tiny_pair.tokenizer(g.prompt)["input_ids"], g.token_ids)
+        ref = teacher_forced_log_ratio(
+            tiny_pair.aligned, tiny_pair.base, tiny_pair.tokenizer(g.prompt)["input_ids"], g.token_ids
+        )
         assert g.implicit_reward.n_tokens == len(g.token_ids) == len(ref)
         assert g.token_log_ratios == pytest.approx(ref, abs=1e-4)
         assert g.implicit_reward.sum == pytest.approx(sum(ref), abs=1e-3)
@@ -262,41 +337,65 @@ def test_stop_string_truncates_text_and_ids(tiny_pair):
     cut = contrastive_generate(**kw, config=greedy(max_new_tokens=12, stop_strings=[stop]))[0]
     assert cut.finish_reason == "stop_string"
     assert cut.text.strip() == " ".join(words[:first])
-    assert cut.token_ids == full.token_ids[:len(cut.token_ids)] and len(cut.token_ids) == first + 1
-    assert cut.implicit_reward.sum == pytest.approx(sum(full.token_log_ratios[:first + 1]), abs=1e-5)
+    assert cut.token_ids == full.token_ids[: len(cut.token_ids)] and len(cut.token_ids) == first + 1
+    assert cut.implicit_reward.sum == pytest.approx(sum(full.token_log_ratios[: first + 1]), abs=1e-5)
 
 
 def test_reporter_progress_and_stop(tiny_pair):
     rep = RecordingReporter(stop_after=1)
-    gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=greedy(batch_size=2), reporter=rep)
+    gens = contrastive_generate(
+        aligned=tiny_pair.aligned,
+        base=tiny_pair.base,
+        tokenizer=tiny_pair.tokenizer,
+        prompts=PROMPTS,
+        config=greedy(batch_size=2),
+        reporter=rep,
+    )
     assert rep.of("progress") == [("cd_generate", 2, 6)]
     assert len(gens) == 2
     # The longest prompts go first (less padding); the returned ones keep their input indices.
-    full = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=PROMPTS, config=greedy(batch_size=2))
+    full = contrastive_generate(
+        aligned=tiny_pair.aligned,
+        base=tiny_pair.base,
+        tokenizer=tiny_pair.tokenizer,
+        prompts=PROMPTS,
+        config=greedy(batch_size=2),
+    )
     for g in gens:
         assert g.token_ids == full[g.index].token_ids
 
 
 def test_chat_template_wraps_prompt(tiny_pair):
     tok = copy.deepcopy(tiny_pair.tokenizer)
-    tok.chat_template = "{% for m in messages %}tell me {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} please{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}tell me {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} please{% endif %}"
+    )
     from ml.contrastive import encode_prompt
+
     assert encode_prompt(tok, "cat", use_chat_template=True) == tok("tell me cat please")["input_ids"]
     assert encode_prompt(tok, "cat", use_chat_template=False) == tok("cat")["input_ids"]
     assert encode_prompt(tok, "", use_chat_template=False) == [tok.bos_token_id]
 
 
-@pytest.mark.parametrize("kw,needle", [
-    (dict(alpha=1.2), "alpha"), (dict(alpha=-0.1), "alpha"), (dict(relative_top=0.0), "relative_top"),
-    (dict(relative_top=1.5), "relative_top"), (dict(temperature=0.0), "temperature"), (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.1), "top_p"), (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(repetition_penalty_scope="prompt"), "repetition_penalty_scope must be one of all, generated"),
-    (dict(max_new_tokens=0), "max_new_tokens"), (dict(batch_size=0), "batch_size"),
-    (dict(stop_strings="\n"), "stop_strings"), (dict(stop_strings=[""]), "stop_strings"),
-    (dict(max_prompt_tokens=0), "max_prompt_tokens"),
-])
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        (dict(alpha=1.2), "alpha"),
+        (dict(alpha=-0.1), "alpha"),
+        (dict(relative_top=0.0), "relative_top"),
+        (dict(relative_top=1.5), "relative_top"),
+        (dict(temperature=0.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.1), "top_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty_scope="prompt"), "repetition_penalty_scope must be one of all, generated"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(stop_strings="\n"), "stop_strings"),
+        (dict(stop_strings=[""]), "stop_strings"),
+        (dict(max_prompt_tokens=0), "max_prompt_tokens"),
+    ],
+)
 def test_invalid_config_raises(kw, needle):
     with pytest.raises(ValueError, match=needle):
         CDConfig(**kw)
@@ -304,11 +403,20 @@ def test_invalid_config_raises(kw, needle):
 
 def test_too_long_prompt_raises_clearly(tiny_pair):
     with pytest.raises(ValueError, match="max_prompt_tokens"):
-        contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                             prompts=["the"], config=greedy(max_new_tokens=200))
-    gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                                prompts=[PROMPTS[-1]], config=greedy(max_new_tokens=120, max_prompt_tokens=8,
-                                                                      ignore_eos=True))
+        contrastive_generate(
+            aligned=tiny_pair.aligned,
+            base=tiny_pair.base,
+            tokenizer=tiny_pair.tokenizer,
+            prompts=["the"],
+            config=greedy(max_new_tokens=200),
+        )
+    gens = contrastive_generate(
+        aligned=tiny_pair.aligned,
+        base=tiny_pair.base,
+        tokenizer=tiny_pair.tokenizer,
+        prompts=[PROMPTS[-1]],
+        config=greedy(max_new_tokens=120, max_prompt_tokens=8, ignore_eos=True),
+    )
     assert len(gens[0].token_ids) == 120
 
 

@@ -15,15 +15,31 @@ from ml.stages.generate import CDGenerateConfig, PlainGenerateConfig, cd_generat
 
 from .conftest import TINY_PROMPTS
 
-FIELDS = {"index", "sample", "prompt", "response", "token_ids", "n_tokens", "implicit_reward_sum",
-          "implicit_reward_mean", "alpha", "finish_reason"}
+FIELDS = {
+    "index",
+    "sample",
+    "prompt",
+    "response",
+    "token_ids",
+    "n_tokens",
+    "implicit_reward_sum",
+    "implicit_reward_mean",
+    "alpha",
+    "finish_reason",
+}
 
 
 def cd_config(dirs, prompts, out, **cd) -> CDGenerateConfig:
     settings = dict(do_sample=False, max_new_tokens=8, batch_size=2, use_chat_template=False)
     settings.update(cd)
-    return CDGenerateConfig(aligned=dirs["aligned"], base=dirs["base"], prompts=prompts, output_dir=str(out),
-                            device="cpu", cd=CDConfig(**settings))
+    return CDGenerateConfig(
+        aligned=dirs["aligned"],
+        base=dirs["base"],
+        prompts=prompts,
+        output_dir=str(out),
+        device="cpu",
+        cd=CDConfig(**settings),
+    )
 
 
 def rows_of(out) -> list[dict]:
@@ -94,30 +110,53 @@ def test_changed_alpha_in_same_output_dir_is_refused(tiny_pair_dirs, tiny_prompt
 
 
 def test_several_samples_per_prompt(tiny_pair_dirs, tiny_prompts_file, tmp_path):
-    cfg = CDGenerateConfig(aligned=tiny_pair_dirs["aligned"], base=tiny_pair_dirs["base"], prompts=tiny_prompts_file,
-                           output_dir=str(tmp_path / "cd"), device="cpu", samples_per_prompt=3, max_prompts=4,
-                           cd=dict(do_sample=True, max_new_tokens=6, batch_size=5, use_chat_template=False))
+    cfg = CDGenerateConfig(
+        aligned=tiny_pair_dirs["aligned"],
+        base=tiny_pair_dirs["base"],
+        prompts=tiny_prompts_file,
+        output_dir=str(tmp_path / "cd"),
+        device="cpu",
+        samples_per_prompt=3,
+        max_prompts=4,
+        cd=dict(do_sample=True, max_new_tokens=6, batch_size=5, use_chat_template=False),
+    )
     summary = cd_generate(cfg)
     rows = rows_of(tmp_path / "cd")
-    assert summary["n"] == 12 and [(r["index"], r["sample"]) for r in rows] == [(i, s) for i in range(4) for s in range(3)]
+    assert summary["n"] == 12 and [(r["index"], r["sample"]) for r in rows] == [
+        (i, s) for i in range(4) for s in range(3)
+    ]
     assert len({tuple(r["token_ids"]) for r in rows}) > 4  # samples of one prompt differ
 
 
 def test_plain_generate_with_and_without_base(tiny_pair, tiny_pair_dirs, tiny_prompts_file, tmp_path):
     sampling = dict(do_sample=True, seed=2, max_new_tokens=7, batch_size=4, use_chat_template=False)
-    cfg = PlainGenerateConfig(model=tiny_pair_dirs["aligned"], base=tiny_pair_dirs["base"], prompts=tiny_prompts_file,
-                              output_dir=str(tmp_path / "plain"), device="cpu", sampling=sampling)
+    cfg = PlainGenerateConfig(
+        model=tiny_pair_dirs["aligned"],
+        base=tiny_pair_dirs["base"],
+        prompts=tiny_prompts_file,
+        output_dir=str(tmp_path / "plain"),
+        device="cpu",
+        sampling=sampling,
+    )
     summary = plain_generate(cfg)
     rows = rows_of(tmp_path / "plain")
     assert summary["n"] == 6 and all(set(r) == FIELDS and r["alpha"] is None for r in rows)
     tok = tiny_pair.tokenizer
-    scored = implicit_rewards_from_ids(aligned=tiny_pair.aligned, base=tiny_pair.base,
-                                       pairs=[(tok(r["prompt"])["input_ids"], r["token_ids"]) for r in rows])
+    scored = implicit_rewards_from_ids(
+        aligned=tiny_pair.aligned,
+        base=tiny_pair.base,
+        pairs=[(tok(r["prompt"])["input_ids"], r["token_ids"]) for r in rows],
+    )
     for r, s in zip(rows, scored):
         assert r["implicit_reward_sum"] == pytest.approx(s["sum"], abs=1e-3)
     # Same seed -> same samples; no base -> no reward.
-    cfg2 = PlainGenerateConfig(model=tiny_pair_dirs["aligned"], prompts=tiny_prompts_file,
-                               output_dir=str(tmp_path / "plain2"), device="cpu", sampling=sampling)
+    cfg2 = PlainGenerateConfig(
+        model=tiny_pair_dirs["aligned"],
+        prompts=tiny_prompts_file,
+        output_dir=str(tmp_path / "plain2"),
+        device="cpu",
+        sampling=sampling,
+    )
     plain_generate(cfg2)
     rows2 = rows_of(tmp_path / "plain2")
     assert [r["token_ids"] for r in rows2] == [r["token_ids"] for r in rows]
@@ -164,25 +203,47 @@ def _plain_greedy_reference(model, tok, prompt, *, penalty, scope, max_new, eos=
 
 
 @pytest.mark.parametrize("scope", ["all", "generated"])
-def test_plain_generate_repetition_penalty_scope_matches_reference(tiny_pair, tiny_pair_dirs, tiny_prompts_file,
-                                                                  tmp_path, scope):
+def test_plain_generate_repetition_penalty_scope_matches_reference(
+    tiny_pair, tiny_pair_dirs, tiny_prompts_file, tmp_path, scope
+):
     """Left-padded batches through model.generate: scope "generated" penalises only what each row generated
     (the padded prompt width is cut off), scope "all" is generate's own penalty."""
-    sampling = dict(do_sample=False, max_new_tokens=10, batch_size=4, use_chat_template=False,
-                    repetition_penalty=3.0, repetition_penalty_scope=scope)
-    plain_generate(PlainGenerateConfig(model=tiny_pair_dirs["aligned"], prompts=tiny_prompts_file, device="cpu",
-                                       output_dir=str(tmp_path / scope), sampling=sampling))
+    sampling = dict(
+        do_sample=False,
+        max_new_tokens=10,
+        batch_size=4,
+        use_chat_template=False,
+        repetition_penalty=3.0,
+        repetition_penalty_scope=scope,
+    )
+    plain_generate(
+        PlainGenerateConfig(
+            model=tiny_pair_dirs["aligned"],
+            prompts=tiny_prompts_file,
+            device="cpu",
+            output_dir=str(tmp_path / scope),
+            sampling=sampling,
+        )
+    )
     rows = rows_of(tmp_path / scope)
     for r in rows:
-        assert r["token_ids"] == _plain_greedy_reference(tiny_pair.aligned, tiny_pair.tokenizer, r["prompt"],
-                                                         penalty=3.0, scope=scope, max_new=10), r["prompt"]
+        assert r["token_ids"] == _plain_greedy_reference(
+            tiny_pair.aligned, tiny_pair.tokenizer, r["prompt"], penalty=3.0, scope=scope, max_new=10
+        ), r["prompt"]
 
 
 def test_plain_generate_scopes_differ_and_sampling_runs(tiny_pair, tiny_pair_dirs, tiny_prompts_file, tmp_path):
     def run(name, **kw):
         sampling = dict(max_new_tokens=10, batch_size=4, use_chat_template=False, repetition_penalty=3.0, **kw)
-        plain_generate(PlainGenerateConfig(model=tiny_pair_dirs["aligned"], prompts=tiny_prompts_file, device="cpu",
-                                           output_dir=str(tmp_path / name), sampling=sampling))
+        plain_generate(
+            PlainGenerateConfig(
+                model=tiny_pair_dirs["aligned"],
+                prompts=tiny_prompts_file,
+                device="cpu",
+                output_dir=str(tmp_path / name),
+                sampling=sampling,
+            )
+        )
         return [r["token_ids"] for r in rows_of(tmp_path / name)]
 
     greedy_all = run("ga", do_sample=False)

@@ -26,16 +26,44 @@ def test_every_setting_of_every_kind_is_a_flag():
             want |= {f"--{stage}.{f.replace('_', '-')}" for f in settable(st)}
         got = _flags(kind)
         assert want <= got, (kind, sorted(want - got))
-        extra = got - want - {"-h", "--help", "--weak-base", "--weak-aligned", "--strong", "--prompts",
-                              "--eval-prompts", "--gold", "--out", "--alpha", "--methods", "--method", "--alphas",
-                              "--quiet"}
+        extra = (
+            got
+            - want
+            - {
+                "-h",
+                "--help",
+                "--weak-base",
+                "--weak-aligned",
+                "--strong",
+                "--prompts",
+                "--eval-prompts",
+                "--gold",
+                "--out",
+                "--alpha",
+                "--methods",
+                "--method",
+                "--alphas",
+                "--quiet",
+            }
+        )
         assert not extra, (kind, extra)  # no hand-declared setting beside the derived ones
         assert len(setting_flags(kind)) == len(set(setting_flags(kind).values()))
 
 
 def test_job_cd_generate_runs_and_a_bad_setting_is_refused(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
-    args = ["job", "cd_generate", "--weak-base", tiny_pair_dirs["base"], "--weak-aligned", tiny_pair_dirs["aligned"],
-            "--prompts", tiny_prompts_file, "--out", str(tmp_path), "--quiet"]
+    args = [
+        "job",
+        "cd_generate",
+        "--weak-base",
+        tiny_pair_dirs["base"],
+        "--weak-aligned",
+        tiny_pair_dirs["aligned"],
+        "--prompts",
+        tiny_prompts_file,
+        "--out",
+        str(tmp_path),
+        "--quiet",
+    ]
     assert main([*args, "--cd_generate.temperature", "-1"]) == 2
     assert "cd_generate.temperature" in capsys.readouterr().out
     assert main([*args, "--max-new-tokens", "3", "--cd_generate.batch-size", "2", "--no-do-sample"]) == 0

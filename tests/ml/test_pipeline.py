@@ -24,7 +24,10 @@ def tiny_config(tmp_path, **kw) -> dict:
         "train_max_steps": 1,
         "weak_align": {"k": 3, **FAST},
         "generate": {"batch_size": 4},
-        "sft": FAST, "dpo": FAST, "wspo": FAST, "auxconf": FAST,
+        "sft": FAST,
+        "dpo": FAST,
+        "wspo": FAST,
+        "auxconf": FAST,
         "evaluate": {"n_samples": 2, "batch_size": 4},
     }
     cfg.update(kw)
@@ -44,14 +47,23 @@ def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
     out = tmp_path / "run"
     assert read_json(out / "results.json")["methods"].keys() == res["methods"].keys()
     assert "| ConG |" in (out / "results.md").read_text()
-    for stage in ("weak_align", "cd_generate", "sft_cong_s", "self_sample", "dpo_cong", "plain_generate",
-                  "sft_weak", "wspo", "auxconf", "eval/cong"):
+    for stage in (
+        "weak_align",
+        "cd_generate",
+        "sft_cong_s",
+        "self_sample",
+        "dpo_cong",
+        "plain_generate",
+        "sft_weak",
+        "wspo",
+        "auxconf",
+        "eval/cong",
+    ):
         assert (out / stage / "DONE.json").exists(), stage
         assert stage in res["stages"]
     # A rerun resumes from DONE markers: same numbers, nothing retrained.
     again = run(PipelineConfig.from_dict(tiny_config(tmp_path)))
     assert again["methods"] == res["methods"]
-
 
 
 @pytest.mark.gpu
@@ -69,9 +81,14 @@ def test_every_stage_runs_on_cuda_in_bf16(tmp_path):
         lo, hi = row["gold_ci"]
         assert lo <= row["gold_mean"] <= hi and row["n"] == 4 and row["implicit_mean"] is not None, name
 
+
 def test_stop_then_resume_and_subset_of_methods(tmp_path, tiny_pair_dirs):
-    cfg = tiny_config(tmp_path, weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"],
-                      methods=["cong_s", "weak_sft"])
+    cfg = tiny_config(
+        tmp_path,
+        weak_base=tiny_pair_dirs["base"],
+        weak_aligned=tiny_pair_dirs["aligned"],
+        methods=["cong_s", "weak_sft"],
+    )
     stopped = run(PipelineConfig.from_dict(cfg), RecordingReporter(stop_after=1))
     assert stopped["stopped"] is True and stopped["stage"] == "cd_generate"
     assert not (tmp_path / "run" / "results.json").exists()
@@ -83,8 +100,12 @@ def test_stop_then_resume_and_subset_of_methods(tmp_path, tiny_pair_dirs):
 
 def test_cong_filtered_is_an_extra_method_beside_cong(tmp_path, tiny_pair_dirs):
     assert "cong_filtered" in METHODS and "cong_filtered" not in DEFAULT_METHODS
-    cfg = tiny_config(tmp_path, weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"],
-                      methods=["cong", "cong_filtered"])
+    cfg = tiny_config(
+        tmp_path,
+        weak_base=tiny_pair_dirs["base"],
+        weak_aligned=tiny_pair_dirs["aligned"],
+        methods=["cong", "cong_filtered"],
+    )
     res = run(PipelineConfig.from_dict(cfg))
     assert set(res["methods"]) == {"cong", "cong_filtered"}
     out = tmp_path / "run"
@@ -96,8 +117,12 @@ def test_cong_filtered_is_an_extra_method_beside_cong(tmp_path, tiny_pair_dirs):
     assert plain["filtered"] is False and filtered["filtered"] is True
     assert filtered["n_pairs_before_filter"] == plain["n_pairs_before_filter"]
     assert 1 <= filtered["n_pairs"] <= plain["n_pairs"]
-    assert all(r["chosen_implicit"] > r["rejected_implicit"] for r in read_jsonl(out / "dpo_cong_filtered" / "pairs.jsonl"))
-    assert "dpo_cong_filtered" in res["stages"] and "| ConG + implicit-reward filter |" in (out / "results.md").read_text()
+    assert all(
+        r["chosen_implicit"] > r["rejected_implicit"] for r in read_jsonl(out / "dpo_cong_filtered" / "pairs.jsonl")
+    )
+    assert (
+        "dpo_cong_filtered" in res["stages"] and "| ConG + implicit-reward filter |" in (out / "results.md").read_text()
+    )
 
 
 def test_yaml_paths_are_relative_to_the_file(tmp_path):

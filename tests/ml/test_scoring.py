@@ -7,8 +7,7 @@ import torch
 
 from ml.contrastive import CDConfig, contrastive_generate
 from ml.gold import GoldReward
-from ml.scoring import (RewardModelJudge, implicit_rewards, implicit_rewards_from_ids, sequence_logprobs,
-                        token_logprobs)
+from ml.scoring import RewardModelJudge, implicit_rewards, implicit_rewards_from_ids, sequence_logprobs, token_logprobs
 
 PROMPTS = ["the", "tell me about the dog", "a big red cat sat on the mat", "one two", "please", "cat"]
 RESPONSES = ["cat sat on the mat", "it was a good dog", "yes", "three and then one two three", "", "ran"]
@@ -37,8 +36,15 @@ def test_token_and_sequence_logprobs_match_unbatched(tiny_pair, batch_size):
 
 def test_implicit_rewards_match_manual_log_ratio(tiny_pair):
     tok = tiny_pair.tokenizer
-    got = implicit_rewards(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok, prompts=PROMPTS,
-                           responses=RESPONSES, batch_size=3, append_eos=True)
+    got = implicit_rewards(
+        aligned=tiny_pair.aligned,
+        base=tiny_pair.base,
+        tokenizer=tok,
+        prompts=PROMPTS,
+        responses=RESPONSES,
+        batch_size=3,
+        append_eos=True,
+    )
     for p, r, g in zip(PROMPTS, RESPONSES, got):
         a = manual_logprobs(tiny_pair.aligned, tok, p, r, eos=True)
         b = manual_logprobs(tiny_pair.base, tok, p, r, eos=True)
@@ -52,8 +58,9 @@ def test_scoring_agrees_with_generation_rewards(tiny_pair):
     """The same prompt/response boundary as generation: scoring the generated ids gives its reward."""
     tok = tiny_pair.tokenizer
     cfg = CDConfig(do_sample=True, seed=1, max_new_tokens=9, batch_size=4, use_chat_template=False)
-    gens = contrastive_generate(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok, prompts=PROMPTS,
-                                config=cfg)
+    gens = contrastive_generate(
+        aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tok, prompts=PROMPTS, config=cfg
+    )
     pairs = [(tok(g.prompt)["input_ids"], g.token_ids) for g in gens]
     scored = implicit_rewards_from_ids(aligned=tiny_pair.aligned, base=tiny_pair.base, pairs=pairs, batch_size=4)
     for g, s in zip(gens, scored):
@@ -63,16 +70,31 @@ def test_scoring_agrees_with_generation_rewards(tiny_pair):
 
 def test_mismatched_lengths_raise(tiny_pair):
     with pytest.raises(ValueError, match="pair up"):
-        implicit_rewards(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer,
-                         prompts=["a", "b"], responses=["c"])
+        implicit_rewards(
+            aligned=tiny_pair.aligned,
+            base=tiny_pair.base,
+            tokenizer=tiny_pair.tokenizer,
+            prompts=["a", "b"],
+            responses=["c"],
+        )
 
 
 def _save_reward_model(path, tok, num_labels=1, seed=0):
     from transformers import GPT2Config, GPT2ForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2, num_labels=num_labels,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=2, initializer_range=0.2)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        num_labels=num_labels,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+    )
     GPT2ForSequenceClassification(cfg).save_pretrained(str(path))
     tok.save_pretrained(str(path))
     return str(path)
@@ -89,6 +111,7 @@ def test_reward_model_judge_scores_batched_and_deterministic(tmp_path, tiny_toke
     assert RewardModelJudge(path).score_batch(PROMPTS, RESPONSES) == pytest.approx(scores, abs=1e-6)
     # The input the head sees is prompt ids + response ids, pooled at the last real token.
     from transformers import AutoModelForSequenceClassification
+
     m = AutoModelForSequenceClassification.from_pretrained(path).eval()
     ids = tiny_tokenizer(PROMPTS[1])["input_ids"] + tiny_tokenizer(RESPONSES[1], add_special_tokens=False)["input_ids"]
     with torch.no_grad():

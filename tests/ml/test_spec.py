@@ -7,26 +7,52 @@ from dataclasses import fields
 import pytest
 
 from ml.resolve import JobInputs, build, check, resolve
-from ml.spec import (DEFAULT_LIMITS, SpecError, alpha_tag, is_internal, registry, settable, top_settable)
+from ml.spec import DEFAULT_LIMITS, SpecError, alpha_tag, is_internal, registry, settable, top_settable
 
 # Every field that names a file, a folder, a model, a device or the gold somewhere in ml's configs. None may be
 # settable through a request, in any kind, at any depth.
-PATHLIKE = {"model", "data", "chosen_data", "rejected_data", "prompts", "output_dir", "aligned", "base", "samples",
-            "reference", "weak_aligned", "weak_base", "strong", "train_prompts", "eval_prompts", "gold", "device",
-            "dtype", "name", "reference_name", "response_field"}
+PATHLIKE = {
+    "model",
+    "data",
+    "chosen_data",
+    "rejected_data",
+    "prompts",
+    "output_dir",
+    "aligned",
+    "base",
+    "samples",
+    "reference",
+    "weak_aligned",
+    "weak_base",
+    "strong",
+    "train_prompts",
+    "eval_prompts",
+    "gold",
+    "device",
+    "dtype",
+    "name",
+    "reference_name",
+    "response_field",
+}
 # The free-text settings a request may give. A new str field in a stage config fails this test until someone
 # decides: a file/name the job wires (mark it internal) or a tuning choice (add it here).
-TEXT_SETTINGS = {"lr_scheduler_type", "loss_type", "lora_target_modules", "repetition_penalty_scope", "ci_method",
-                 "stop_strings"}
+TEXT_SETTINGS = {
+    "lr_scheduler_type",
+    "loss_type",
+    "lora_target_modules",
+    "repetition_penalty_scope",
+    "ci_method",
+    "stop_strings",
+}
 
 
 def _all_settable():
     for ks in registry().values():
         for stage, st in ks.stages.items():
-            for name, (f, tp) in settable(st).items():
+            for name, (_, tp) in settable(st).items():
                 yield ks.name, stage, name, tp
         if ks.pipeline:
-            for name, (f, tp) in top_settable().items():
+            for name, (_, tp) in top_settable().items():
                 yield ks.name, "top", name, tp
 
 
@@ -44,18 +70,21 @@ def test_no_path_is_settable_and_every_text_setting_is_a_reviewed_one():
                 assert any(is_internal(f) for f in fields(st.cls)), st.cls.__name__
 
 
-@pytest.mark.parametrize("kind,params,path", [
-    ("cd_generate", {"cd_generate": {"prompts": "/etc/passwd"}}, "params.cd_generate.prompts"),
-    ("cd_generate", {"cd_generate": {"aligned": "/x"}}, "params.cd_generate.aligned"),
-    ("cd_generate", {"output_dir": "/x"}, "params.output_dir"),
-    ("cong", {"aligned": "/x", "base": "/y"}, "params.aligned"),
-    ("cong", {"sft": {"data": "/x"}}, "params.sft.data"),
-    ("cong", {"evaluate": {"model": "/x"}}, "params.evaluate.model"),
-    ("cong", {"dpo": {"weak_base": "/x"}}, "params.dpo.weak_base"),
-    ("weak_align", {"weak_align": {"prompts": "/x"}}, "params.weak_align.prompts"),
-    ("weak_align", {"weak_align": {"output_dir": "/x"}}, "params.weak_align.output_dir"),
-    ("evaluate", {"evaluate": {"device": "cuda:7"}}, "params.evaluate.device"),
-])
+@pytest.mark.parametrize(
+    "kind,params,path",
+    [
+        ("cd_generate", {"cd_generate": {"prompts": "/etc/passwd"}}, "params.cd_generate.prompts"),
+        ("cd_generate", {"cd_generate": {"aligned": "/x"}}, "params.cd_generate.aligned"),
+        ("cd_generate", {"output_dir": "/x"}, "params.output_dir"),
+        ("cong", {"aligned": "/x", "base": "/y"}, "params.aligned"),
+        ("cong", {"sft": {"data": "/x"}}, "params.sft.data"),
+        ("cong", {"evaluate": {"model": "/x"}}, "params.evaluate.model"),
+        ("cong", {"dpo": {"weak_base": "/x"}}, "params.dpo.weak_base"),
+        ("weak_align", {"weak_align": {"prompts": "/x"}}, "params.weak_align.prompts"),
+        ("weak_align", {"weak_align": {"output_dir": "/x"}}, "params.weak_align.output_dir"),
+        ("evaluate", {"evaluate": {"device": "cuda:7"}}, "params.evaluate.device"),
+    ],
+)
 def test_a_path_in_a_request_is_refused_with_its_key_path(kind, params, path):
     with pytest.raises(SpecError) as exc:
         resolve(kind, params)
@@ -64,10 +93,13 @@ def test_a_path_in_a_request_is_refused_with_its_key_path(kind, params, path):
 
 def test_unknown_nested_key_wrong_type_and_over_limit_name_the_key_path():
     with pytest.raises(SpecError) as exc:
-        resolve("cong", {"sft": {"bogus_knob": 1}, "dpo": {"beta": "high"}, "max_new_tokens": 10**6,
-                         "wspo": {"beta": 0.1}})
+        resolve(
+            "cong", {"sft": {"bogus_knob": 1}, "dpo": {"beta": "high"}, "max_new_tokens": 10**6, "wspo": {"beta": 0.1}}
+        )
     e = exc.value.errors
-    assert "unknown setting; known: " in e["params.sft.bogus_knob"][0] and "learning_rate" in e["params.sft.bogus_knob"][0]
+    assert (
+        "unknown setting; known: " in e["params.sft.bogus_knob"][0] and "learning_rate" in e["params.sft.bogus_knob"][0]
+    )
     assert e["params.dpo.beta"] == ["must be a number, got 'high'"]
     assert "over the limit max_new_tokens=4096" in e["params.max_new_tokens"][0]
     assert "does not run" in e["params.wspo"][0]  # methods cong_s, cong: a WSPO setting would be dropped
@@ -77,12 +109,13 @@ def test_unknown_nested_key_wrong_type_and_over_limit_name_the_key_path():
 
 
 def test_limits_bound_every_count_and_are_the_callers_to_set():
-    for kind, params, key in [("preflight", {"n_samples": 100_000}, "params.n_samples"),
-                              ("weak_align", {"k": 10**9}, "params.k"),
-                              ("alpha_sweep", {"alphas": [0.5] * 200_000}, "params.alphas"),
-                              ("cong", {"dpo": {"per_device_train_batch_size": 10**6}}, "params.dpo.per_device_train_batch_size"),
-                              ("cd_generate", {"cd_generate": {"samples_per_prompt": 10**6}},
-                               "params.cd_generate.samples_per_prompt")]:
+    for kind, params, key in [
+        ("preflight", {"n_samples": 100_000}, "params.n_samples"),
+        ("weak_align", {"k": 10**9}, "params.k"),
+        ("alpha_sweep", {"alphas": [0.5] * 200_000}, "params.alphas"),
+        ("cong", {"dpo": {"per_device_train_batch_size": 10**6}}, "params.dpo.per_device_train_batch_size"),
+        ("cd_generate", {"cd_generate": {"samples_per_prompt": 10**6}}, "params.cd_generate.samples_per_prompt"),
+    ]:
         with pytest.raises(SpecError) as exc:
             resolve(kind, params)
         assert key in exc.value.errors and "over the limit" in exc.value.errors[key][0], exc.value.errors
@@ -106,8 +139,9 @@ def test_alphas_are_checked_distinct_and_get_exact_folders():
 
 
 def test_generic_knobs_map_explicitly_or_are_refused():
-    spec = resolve("cong", {"epochs": 3, "sft": {"num_train_epochs": 5}},
-                   methods=["cong_s", "cong", "weak_sft", "wspo", "auxconf"])
+    spec = resolve(
+        "cong", {"epochs": 3, "sft": {"num_train_epochs": 5}}, methods=["cong_s", "cong", "weak_sft", "wspo", "auxconf"]
+    )
     st = spec["stages"]
     assert st["sft"]["num_train_epochs"] == 5  # the stage's own setting beats the knob
     assert st["dpo"]["num_train_epochs"] == st["wspo"]["num_train_epochs"] == st["auxconf"]["num_train_epochs"] == 3
@@ -125,8 +159,12 @@ def test_generic_knobs_map_explicitly_or_are_refused():
 
 
 def test_recommendations_apply_where_they_fit_and_the_request_wins():
-    rec = {"max_new_tokens": 17, "cd_generate": {"batch_size": 64}, "weak_align": {"k": 3},
-           "sft": {"learning_rate": 5e-4, "num_train_epochs": 2.0}}
+    rec = {
+        "max_new_tokens": 17,
+        "cd_generate": {"batch_size": 64},
+        "weak_align": {"k": 3},
+        "sft": {"learning_rate": 5e-4, "num_train_epochs": 2.0},
+    }
     spec = resolve("cong", {"batch_size": 2, "sft": {"learning_rate": 0.01}}, recommended=rec)
     assert spec["top"]["max_new_tokens"] == 17 and spec["stages"]["cd_generate"]["max_new_tokens"] == 17
     assert spec["stages"]["cd_generate"]["batch_size"] == 2
@@ -137,19 +175,44 @@ def test_recommendations_apply_where_they_fit_and_the_request_wins():
 def test_the_spec_is_what_the_pipeline_runs():
     """Every stage config the pipeline builds from a spec carries exactly the spec's values (the pipeline's own
     wiring of seed, lengths, LoRA rank and step caps included)."""
-    params = {"seed": 3, "max_new_tokens": 7, "lora_r": 4, "train_max_steps": 2, "max_prompts": 5,
-              "max_eval_prompts": 4, "use_chat_template": False, "temperature": 0.7, "epochs": 3,
-              "dpo": {"beta": 0.2}, "evaluate": {"n_samples": 2}}
+    params = {
+        "seed": 3,
+        "max_new_tokens": 7,
+        "lora_r": 4,
+        "train_max_steps": 2,
+        "max_prompts": 5,
+        "max_eval_prompts": 4,
+        "use_chat_template": False,
+        "temperature": 0.7,
+        "epochs": 3,
+        "dpo": {"beta": 0.2},
+        "evaluate": {"n_samples": 2},
+    }
     methods = ["cong_s", "cong", "weak_sft", "wspo", "auxconf"]
     spec = resolve("cong", params, methods=methods)
-    inputs = JobInputs(output_dir="/run", weak_base="/wb", weak_aligned="/wa", strong="/s", prompts="/p",
-                       eval_prompts="/e", gold="toy:review")
+    inputs = JobInputs(
+        output_dir="/run",
+        weak_base="/wb",
+        weak_aligned="/wa",
+        strong="/s",
+        prompts="/p",
+        eval_prompts="/e",
+        gold="toy:review",
+    )
     from ml.pipeline import check as check_pipeline
 
     planned = check_pipeline(build(spec, inputs)["pipeline"])
-    stage_of = {"cd_generate": "cd_generate", "sft_cong_s": "sft", "sft_weak": "sft", "self_sample": "self_sample",
-                "dpo_cong": "dpo", "wspo": "wspo", "auxconf": "auxconf", "eval/cong": "evaluate",
-                "plain_generate": "cd_generate"}
+    stage_of = {
+        "cd_generate": "cd_generate",
+        "sft_cong_s": "sft",
+        "sft_weak": "sft",
+        "self_sample": "self_sample",
+        "dpo_cong": "dpo",
+        "wspo": "wspo",
+        "auxconf": "auxconf",
+        "eval/cong": "evaluate",
+        "plain_generate": "cd_generate",
+    }
     for name, stage in stage_of.items():
         cfg = planned[name]
         got = cfg.cd if name == "cd_generate" else cfg.sampling if name == "plain_generate" else cfg
@@ -160,8 +223,9 @@ def test_the_spec_is_what_the_pipeline_runs():
 
 
 def test_every_kind_resolves_and_builds_with_defaults():
-    inputs = JobInputs(output_dir="/run", weak_base="/wb", weak_aligned="/wa", strong="/s", prompts="/p",
-                       gold="toy:review")
+    inputs = JobInputs(
+        output_dir="/run", weak_base="/wb", weak_aligned="/wa", strong="/s", prompts="/p", gold="toy:review"
+    )
     for kind in registry():
         spec = resolve(kind, {}, method="sft" if kind == "train" else None)
         check(spec, inputs)

@@ -34,8 +34,15 @@ def test_loss_mixes_weak_and_self_terms():
 def test_auxconf_trains(tmp_path):
     base = save_tiny(tmp_path / "strong", seed=9)
     rep = RecordingReporter()
-    cfg = AuxConfConfig(model=base, output_dir=str(tmp_path / "aux"), data=write_pairs(tmp_path / "d.jsonl"),
-                        max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3, aux_weight=0.5)
+    cfg = AuxConfConfig(
+        model=base,
+        output_dir=str(tmp_path / "aux"),
+        data=write_pairs(tmp_path / "d.jsonl"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        aux_weight=0.5,
+    )
     out = auxconf(cfg, rep)
     assert out["steps"] == 3
     load_causal_lm(tmp_path / "aux" / "model", device="cpu")

@@ -16,8 +16,14 @@ def base(tmp_path_factory):
 
 def test_dpo_trains_from_preference_file(base, tmp_path):
     rep = RecordingReporter()
-    cfg = DPOStageConfig(model=base, output_dir=str(tmp_path / "dpo"), data=write_prefs(tmp_path / "p.jsonl"),
-                         max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3)
+    cfg = DPOStageConfig(
+        model=base,
+        output_dir=str(tmp_path / "dpo"),
+        data=write_prefs(tmp_path / "p.jsonl"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
     out = dpo(cfg, rep)
     assert out["steps"] == 2 and out["n_pairs"] == len(PROMPTS) and out["filtered"] is False
     load_causal_lm(tmp_path / "dpo" / "model", device="cpu")
@@ -28,10 +34,18 @@ def test_dpo_trains_from_preference_file(base, tmp_path):
 def test_dpo_joins_chosen_and_rejected_files(base, tmp_path):
     write_jsonl(tmp_path / "c.jsonl", [{"index": i, "prompt": p, "response": "good a"} for i, p in enumerate(PROMPTS)])
     # Rejected rows in another order: the join must go by index.
-    write_jsonl(tmp_path / "r.jsonl",
-                [{"index": i, "prompt": p, "response": "bad b"} for i, p in reversed(list(enumerate(PROMPTS)))])
-    cfg = DPOStageConfig(model=base, output_dir=str(tmp_path / "dpo"), chosen_data=str(tmp_path / "c.jsonl"),
-                         rejected_data=str(tmp_path / "r.jsonl"), max_steps=1, per_device_train_batch_size=2)
+    write_jsonl(
+        tmp_path / "r.jsonl",
+        [{"index": i, "prompt": p, "response": "bad b"} for i, p in reversed(list(enumerate(PROMPTS)))],
+    )
+    cfg = DPOStageConfig(
+        model=base,
+        output_dir=str(tmp_path / "dpo"),
+        chosen_data=str(tmp_path / "c.jsonl"),
+        rejected_data=str(tmp_path / "r.jsonl"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+    )
     out = dpo(cfg)
     pairs = read_jsonl(tmp_path / "dpo" / "pairs.jsonl")
     assert out["n_pairs"] == len(PROMPTS)
@@ -61,16 +75,25 @@ def test_dpo_filter_keeps_pairs_where_chosen_has_higher_implicit_reward(base, tm
     prompts = ["the cat", "one two", "tell me about the dog", "the"]
     chosen = ["sat on the mat", "three", "was very happy", "big red cat"]
     rejected = ["ran under the log", "two one", "the the the", "a"]
-    write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "chosen": c, "rejected": r}
-                                       for p, c, r in zip(prompts, chosen, rejected)])
-    kw = dict(aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=prompts,
-              append_eos=True)
+    write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in zip(prompts, chosen, rejected)]
+    )
+    kw = dict(
+        aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompts=prompts, append_eos=True
+    )
     rc = [s["sum"] for s in implicit_rewards(responses=chosen, **kw)]
     rr = [s["sum"] for s in implicit_rewards(responses=rejected, **kw)]
     expected = [p for p, a, b in zip(prompts, rc, rr) if a > b]
-    cfg = DPOStageConfig(model=base, output_dir=str(tmp_path / "dpo"), data=str(tmp_path / "p.jsonl"),
-                         filter_by_implicit_reward=True, weak_aligned=tiny_pair_dirs["aligned"],
-                         weak_base=tiny_pair_dirs["base"], max_steps=1, per_device_train_batch_size=2)
+    cfg = DPOStageConfig(
+        model=base,
+        output_dir=str(tmp_path / "dpo"),
+        data=str(tmp_path / "p.jsonl"),
+        filter_by_implicit_reward=True,
+        weak_aligned=tiny_pair_dirs["aligned"],
+        weak_base=tiny_pair_dirs["base"],
+        max_steps=1,
+        per_device_train_batch_size=2,
+    )
     if not expected:
         with pytest.raises(ValueError, match="no preference pairs"):
             dpo(cfg)

@@ -17,8 +17,9 @@ def test_self_sample_writes_one_response_per_prompt_and_resumes(model, tmp_path)
     prompts = write_prompts(tmp_path / "p.jsonl")
 
     def cfg(out):
-        return SelfSampleConfig(model=model, prompts=prompts, output_dir=str(tmp_path / out), batch_size=4,
-                                max_new_tokens=5, seed=3)
+        return SelfSampleConfig(
+            model=model, prompts=prompts, output_dir=str(tmp_path / out), batch_size=4, max_new_tokens=5, seed=3
+        )
 
     full = self_sample(cfg("a"))
     rows = read_jsonl(tmp_path / "a" / "samples.jsonl")

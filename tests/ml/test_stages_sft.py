@@ -4,12 +4,12 @@ import time
 
 import pytest
 
-from tests.ml._stage_fixtures import save_tiny, write_pairs
 from ml.io import read_json
 from ml.modeling import load_causal_lm
 from ml.reporter import RecordingReporter
 from ml.stages._train import encode_pair
 from ml.stages.sft import SFTStageConfig, sft
+from tests.ml._stage_fixtures import save_tiny, write_pairs
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +18,16 @@ def base(tmp_path_factory):
 
 
 def cfg(base, tmp_path, **kw):
-    return SFTStageConfig(model=base, output_dir=str(tmp_path / "sft"), data=write_pairs(tmp_path / "d.jsonl"),
-                          max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3, save_steps=1, **kw)
+    return SFTStageConfig(
+        model=base,
+        output_dir=str(tmp_path / "sft"),
+        data=write_pairs(tmp_path / "d.jsonl"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        save_steps=1,
+        **kw,
+    )
 
 
 def test_sft_trains_saves_and_is_idempotent(base, tmp_path):

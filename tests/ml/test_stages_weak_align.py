@@ -24,9 +24,18 @@ def test_best_worst_picks_extremes_and_skips_ties():
 
 def test_weak_align_from_gold_labels(pre, tmp_path):
     rep = RecordingReporter()
-    cfg = WeakAlignConfig(model=pre, output_dir=str(tmp_path / "wa"), prompts=write_prompts(tmp_path / "p.jsonl"),
-                          gold="test:count_a", k=4, max_new_tokens=8, sample_batch_size=4,
-                          max_steps=2, per_device_train_batch_size=2, learning_rate=1e-3)
+    cfg = WeakAlignConfig(
+        model=pre,
+        output_dir=str(tmp_path / "wa"),
+        prompts=write_prompts(tmp_path / "p.jsonl"),
+        gold="test:count_a",
+        k=4,
+        max_new_tokens=8,
+        sample_batch_size=4,
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
     out = weak_align(cfg, rep)
     prefs = read_jsonl(tmp_path / "wa" / "preferences.jsonl")
     assert prefs and all(r["chosen_gold"] > r["rejected_gold"] for r in prefs)
@@ -37,9 +46,18 @@ def test_weak_align_from_gold_labels(pre, tmp_path):
 
 
 def test_weak_align_labelling_stops_and_resumes(pre, tmp_path):
-    cfg = WeakAlignConfig(model=pre, output_dir=str(tmp_path / "wa"), prompts=write_prompts(tmp_path / "p.jsonl"),
-                          gold=count_a, k=3, max_new_tokens=6, sample_batch_size=2, max_steps=1,
-                          per_device_train_batch_size=2, learning_rate=1e-3)
+    cfg = WeakAlignConfig(
+        model=pre,
+        output_dir=str(tmp_path / "wa"),
+        prompts=write_prompts(tmp_path / "p.jsonl"),
+        gold=count_a,
+        k=3,
+        max_new_tokens=6,
+        sample_batch_size=2,
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
     out = weak_align(cfg, RecordingReporter(stop_after=1))
     assert out["stopped"] is True and not (tmp_path / "wa" / "DONE.json").exists()
     out = weak_align(cfg)
@@ -47,8 +65,13 @@ def test_weak_align_labelling_stops_and_resumes(pre, tmp_path):
 
 
 def test_weak_align_from_preference_file(pre, tmp_path):
-    cfg = WeakAlignConfig(model=pre, output_dir=str(tmp_path / "wa"), data=write_prefs(tmp_path / "prefs.jsonl"),
-                          max_steps=1, per_device_train_batch_size=2)
+    cfg = WeakAlignConfig(
+        model=pre,
+        output_dir=str(tmp_path / "wa"),
+        data=write_prefs(tmp_path / "prefs.jsonl"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+    )
     assert weak_align(cfg)["n_pairs"] == len(PROMPTS)
 
 

@@ -35,14 +35,24 @@ def test_map_token_values_identity_and_conservation():
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("w")
-    return {"aligned": save_tiny(root / "post", seed=6), "base": save_tiny(root / "pre", seed=7),
-            "strong": save_tiny(root / "strong", seed=8, n_embd=48)}
+    return {
+        "aligned": save_tiny(root / "post", seed=6),
+        "base": save_tiny(root / "pre", seed=7),
+        "strong": save_tiny(root / "strong", seed=8, n_embd=48),
+    }
 
 
 def test_wspo_trains_and_caches_targets(models, tmp_path):
-    cfg = WSPOConfig(model=models["strong"], output_dir=str(tmp_path / "wspo"), data=write_pairs(tmp_path / "d.jsonl"),
-                     weak_aligned=models["aligned"], weak_base=models["base"], max_steps=2,
-                     per_device_train_batch_size=2, learning_rate=1e-3)
+    cfg = WSPOConfig(
+        model=models["strong"],
+        output_dir=str(tmp_path / "wspo"),
+        data=write_pairs(tmp_path / "d.jsonl"),
+        weak_aligned=models["aligned"],
+        weak_base=models["base"],
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
     out = wspo(cfg)
     assert out["steps"] == 2 and out["final_loss"] is not None and out["final_loss"] > 0
     cached = read_jsonl(tmp_path / "wspo" / "wspo_data.jsonl")
@@ -61,8 +71,7 @@ def test_different_tokenizer_maps_to_same_targets_when_splits_agree(models, tmp_
     tiny_gpt2(len(other), n_layer=1, n_embd=32, n_head=2, n_positions=64).save_pretrained(str(path))
     other.save_pretrained(str(path))
     rows = [{"prompt": "tell me", "response": "good a b the cat"}]
-    kw = dict(output_dir=str(tmp_path / "x"), data="unused", weak_aligned=models["aligned"],
-              weak_base=models["base"])
+    kw = dict(output_dir=str(tmp_path / "x"), data="unused", weak_aligned=models["aligned"], weak_base=models["base"])
     same = weak_targets(WSPOConfig(model=models["strong"], **kw), rows, load_tokenizer(models["strong"]))
     mapped = weak_targets(WSPOConfig(model=str(path), **kw), rows, load_tokenizer(path))
     assert mapped[0]["target"] == pytest.approx(same[0]["target"], abs=1e-5)

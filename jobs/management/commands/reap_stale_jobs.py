@@ -1,7 +1,7 @@
 """Requeue (or fail, when out of attempts) running jobs whose worker stopped heartbeating.
 
-    python manage.py reap_stale_jobs            # once
-    python manage.py reap_stale_jobs --loop 30  # every 30 s until stopped (an alternative to celery beat)
+python manage.py reap_stale_jobs            # once
+python manage.py reap_stale_jobs --loop 30  # every 30 s until stopped (an alternative to celery beat)
 """
 
 from __future__ import annotations

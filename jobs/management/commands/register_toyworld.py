@@ -1,6 +1,6 @@
 """Build (if needed) a toy world and register its models and prompt sets as shared entries.
 
-    python manage.py register_toyworld --world review --seed 0 --size tiny
+python manage.py register_toyworld --world review --seed 0 --size tiny
 """
 
 from __future__ import annotations

@@ -73,15 +73,21 @@ class Recipe:
     # The ratios follow the reference (DPO lr well below SFT lr; ConG DPO beta 0.5).
     stages: dict = field(default_factory=lambda: strong_stage_overrides())
 
-    def scaled(self, **kw) -> "Recipe":
+    def scaled(self, **kw) -> Recipe:
         return replace(self, **kw)
 
 
-def strong_stage_overrides(*, lr: float = 5e-4, dpo_lr: float = 3e-5, batch: int = 16,
-                           epochs: float = 2.0, max_length: int = 64, eval_samples: int = 3) -> dict:
+def strong_stage_overrides(
+    *,
+    lr: float = 5e-4,
+    dpo_lr: float = 3e-5,
+    batch: int = 16,
+    epochs: float = 2.0,
+    max_length: int = 64,
+    eval_samples: int = 3,
+) -> dict:
     """Per-stage settings for ml.pipeline (its PipelineConfig's sft/dpo/wspo/... mappings)."""
-    train = {"per_device_train_batch_size": batch, "max_length": max_length, "save_steps": 10_000,
-             "logging_steps": 10}
+    train = {"per_device_train_batch_size": batch, "max_length": max_length, "save_steps": 10_000, "logging_steps": 10}
     return {
         "sft": {**train, "learning_rate": lr, "num_train_epochs": epochs},
         "wspo": {**train, "learning_rate": lr, "num_train_epochs": epochs},
@@ -99,7 +105,9 @@ def tiny_recipe() -> Recipe:
         weak=ModelRecipe(n_layer=1, n_embd=32, n_head=2, steps=30, batch_size=32, lr=5e-3),
         strong=ModelRecipe(n_layer=1, n_embd=48, n_head=2, steps=30, batch_size=32, lr=5e-3),
         weak_align=WeakAlignRecipe(n_prompts=16, samples_per_prompt=2, steps=4, batch_size=8, lr=1e-4),
-        corpus_lines=600, n_train_prompts=24, n_heldout_prompts=16,
+        corpus_lines=600,
+        n_train_prompts=24,
+        n_heldout_prompts=16,
         stages=strong_stage_overrides(batch=8, epochs=1.0, eval_samples=1),
     )
 

@@ -23,25 +23,75 @@ from .base import ModelRecipe, Recipe, WeakAlignRecipe, World, strong_stage_over
 
 TOPICS: dict[str, tuple[list[str], list[str]]] = {
     # topic: (subjects, nouns)
-    "food": (["pizza", "soup", "curry", "salad", "burger"],
-             ["taste", "sauce", "crust", "portion", "price", "smell", "spice", "texture"]),
-    "film": (["movie", "drama", "thriller", "comedy", "documentary"],
-             ["plot", "acting", "ending", "music", "dialogue", "pacing", "scenery", "cast"]),
-    "hotel": (["hotel", "hostel", "resort", "inn", "motel"],
-              ["room", "bed", "staff", "breakfast", "view", "pool", "lobby", "shower"]),
-    "phone": (["phone", "tablet", "laptop", "camera", "watch"],
-              ["screen", "battery", "speaker", "keyboard", "charger", "case", "button", "lens"]),
-    "book": (["novel", "memoir", "poem", "textbook", "comic"],
-             ["story", "chapter", "hero", "cover", "prose", "index", "author", "villain"]),
-    "trip": (["cruise", "tour", "flight", "hike", "safari"],
-             ["guide", "route", "weather", "seat", "boat", "trail", "bus", "ticket"]),
+    "food": (
+        ["pizza", "soup", "curry", "salad", "burger"],
+        ["taste", "sauce", "crust", "portion", "price", "smell", "spice", "texture"],
+    ),
+    "film": (
+        ["movie", "drama", "thriller", "comedy", "documentary"],
+        ["plot", "acting", "ending", "music", "dialogue", "pacing", "scenery", "cast"],
+    ),
+    "hotel": (
+        ["hotel", "hostel", "resort", "inn", "motel"],
+        ["room", "bed", "staff", "breakfast", "view", "pool", "lobby", "shower"],
+    ),
+    "phone": (
+        ["phone", "tablet", "laptop", "camera", "watch"],
+        ["screen", "battery", "speaker", "keyboard", "charger", "case", "button", "lens"],
+    ),
+    "book": (
+        ["novel", "memoir", "poem", "textbook", "comic"],
+        ["story", "chapter", "hero", "cover", "prose", "index", "author", "villain"],
+    ),
+    "trip": (
+        ["cruise", "tour", "flight", "hike", "safari"],
+        ["guide", "route", "weather", "seat", "boat", "trail", "bus", "ticket"],
+    ),
 }
-POSITIVE = ["good", "great", "excellent", "superb", "lovely", "wonderful", "fantastic", "pleasant",
-            "delightful", "brilliant", "charming", "perfect", "fresh", "amazing", "solid", "neat",
-            "splendid", "terrific", "fine", "superior"]
-NEGATIVE = ["bad", "awful", "terrible", "poor", "horrible", "dull", "weak", "boring", "nasty",
-            "cheap", "broken", "dirty", "bland", "clumsy", "lousy", "mediocre", "dreadful", "noisy",
-            "stale", "shabby"]
+POSITIVE = [
+    "good",
+    "great",
+    "excellent",
+    "superb",
+    "lovely",
+    "wonderful",
+    "fantastic",
+    "pleasant",
+    "delightful",
+    "brilliant",
+    "charming",
+    "perfect",
+    "fresh",
+    "amazing",
+    "solid",
+    "neat",
+    "splendid",
+    "terrific",
+    "fine",
+    "superior",
+]
+NEGATIVE = [
+    "bad",
+    "awful",
+    "terrible",
+    "poor",
+    "horrible",
+    "dull",
+    "weak",
+    "boring",
+    "nasty",
+    "cheap",
+    "broken",
+    "dirty",
+    "bland",
+    "clumsy",
+    "lousy",
+    "mediocre",
+    "dreadful",
+    "noisy",
+    "stale",
+    "shabby",
+]
 NEUTRAL = ["okay", "average", "typical", "ordinary", "standard", "usual", "plain", "normal"]
 FUNCTION_WORDS = ["review", ":", "the", "was", ".", "and", "it", "had", "a"]
 
@@ -66,14 +116,26 @@ def parse_response(toks: list[str]) -> tuple[str, list[str], list[str]] | None:
     i, sentences = 5, 0
     while i < len(toks):
         t = toks[i:]
-        if len(t) >= 7 and t[0] == "the" and t[2] == "was" and t[3] in ADJ_SET and t[4] == "and" \
-                and t[5] in ADJ_SET and t[6] == ".":
-            nouns.append(t[1]); adjs += [t[3], t[5]]; i += 7
+        if (
+            len(t) >= 7
+            and t[0] == "the"
+            and t[2] == "was"
+            and t[3] in ADJ_SET
+            and t[4] == "and"
+            and t[5] in ADJ_SET
+            and t[6] == "."
+        ):
+            nouns.append(t[1])
+            adjs += [t[3], t[5]]
+            i += 7
         elif len(t) >= 5 and t[0] == "the" and t[2] == "was" and t[3] in ADJ_SET and t[4] == ".":
-            nouns.append(t[1]); adjs.append(t[3]); i += 5
-        elif len(t) >= 6 and t[0] == "it" and t[1] == "had" and t[2] == "a" and t[3] in ADJ_SET \
-                and t[5] == ".":
-            nouns.append(t[4]); adjs.append(t[3]); i += 6
+            nouns.append(t[1])
+            adjs.append(t[3])
+            i += 5
+        elif len(t) >= 6 and t[0] == "it" and t[1] == "had" and t[2] == "a" and t[3] in ADJ_SET and t[5] == ".":
+            nouns.append(t[4])
+            adjs.append(t[3])
+            i += 6
         else:
             return None
         sentences += 1
@@ -85,8 +147,9 @@ def parse_response(toks: list[str]) -> tuple[str, list[str], list[str]] | None:
 class ReviewWorld(World):
     description = "graded preference (positive reviews); the corpus prior leans against it"
 
-    def __init__(self, name: str = "review", prior: tuple[float, float, float] = (0.3, 0.5, 0.2),
-                 mention_p: float = 0.6) -> None:
+    def __init__(
+        self, name: str = "review", prior: tuple[float, float, float] = (0.3, 0.5, 0.2), mention_p: float = 0.6
+    ) -> None:
         if abs(sum(prior) - 1.0) > 1e-9 or min(prior) < 0:
             raise ValueError(f"prior {prior} must be three non-negative numbers summing to 1 (pos, neg, neutral)")
         self.name = name
@@ -167,9 +230,11 @@ class ReviewWorld(World):
         return Recipe(
             weak=ModelRecipe(n_layer=2, n_embd=64, n_head=2, steps=800, batch_size=64, lr=3e-3),
             strong=ModelRecipe(n_layer=4, n_embd=128, n_head=4, steps=400, batch_size=32, lr=3e-3),
-            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=5e-5,
-                                       steps=60, batch_size=32),
-            corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=48,
+            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=5e-5, steps=60, batch_size=32),
+            corpus_lines=30000,
+            n_train_prompts=400,
+            n_heldout_prompts=200,
+            n_positions=48,
             stages=strong_stage_overrides(max_length=48),
         )
 

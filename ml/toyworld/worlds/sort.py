@@ -47,8 +47,9 @@ class SortWorld(World):
     name = "sort"
     description = "shortcut: a one-token style bonus is easy to learn, the systematic bug is not"
 
-    def __init__(self, bug_p: float = 0.35, style_p: float = 0.25, style_bonus: float = 0.2,
-                 min_len: int = 4, max_len: int = 6) -> None:
+    def __init__(
+        self, bug_p: float = 0.35, style_p: float = 0.25, style_bonus: float = 0.2, min_len: int = 4, max_len: int = 6
+    ) -> None:
         if not 0 <= bug_p <= 1 or not 0 <= style_p <= 1:
             raise ValueError("bug_p and style_p are probabilities in [0, 1]")
         if not 2 <= min_len <= max_len:
@@ -96,10 +97,13 @@ class SortWorld(World):
         return Recipe(
             weak=ModelRecipe(n_layer=2, n_embd=64, n_head=2, steps=600, batch_size=64, lr=3e-3),
             strong=ModelRecipe(n_layer=4, n_embd=128, n_head=4, steps=400, batch_size=32, lr=3e-3),
-            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=1e-5,
-                                       steps=60, batch_size=32),
-            corpus_lines=30000, n_train_prompts=400, n_heldout_prompts=200, n_positions=24,
-            stages=strong_stage_overrides(max_length=24), max_new_tokens=12,
+            weak_align=WeakAlignRecipe(n_prompts=960, samples_per_prompt=5, beta=0.1, lr=1e-5, steps=60, batch_size=32),
+            corpus_lines=30000,
+            n_train_prompts=400,
+            n_heldout_prompts=200,
+            n_positions=24,
+            stages=strong_stage_overrides(max_length=24),
+            max_new_tokens=12,
         )
 
 

@@ -13,44 +13,73 @@ def c(cid, **kwargs):
 
 # (constraint, passing response, failing response)
 CASES = [
-    (c("length_constraints:number_words", relation="less than", num_words=5),
-     "Plants need light.", "Plants need light and water every day."),
-    (c("length_constraints:number_words", relation="at least", num_words=5),
-     "Plants need light and water.", "Plants need light."),
-    (c("length_constraints:number_sentences", relation="less than", num_sentences=3),
-     "Bees make honey. It is sweet.", "Bees make honey. It is sweet. They live in hives."),
-    (c("length_constraints:number_sentences", relation="at least", num_sentences=2),
-     "Dr. Smith studies bees. They are busy!", "Dr. Smith studies bees, e.g. honeybees, for 3.5 years."),
-    (c("keywords:existence", keywords=["soil", "worms"]),
-     "Worms turn waste into rich SOIL.", "Worms turn waste into compost."),
-    (c("keywords:forbidden_words", forbidden_words=["rain", "sun"]),
-     "Rainbows appear when sunlight meets droplets.", "Rainbows need rain and light."),
-    (c("keywords:frequency", keyword="water", relation="at least", frequency=2),
-     "Water plants with clean water.", "Water plants with care; watering twice is plenty."),
-    (c("detectable_format:number_bullet_lists", num_bullets=3),
-     "Tips:\n* pack light\n* bring water\n- check the map", "Tips:\n* pack light\n* bring water"),
-    (c("detectable_format:json_format"),
-     '```json\n{"tip": "water your plants"}\n```', "tip: water your plants"),
-    (c("change_case:english_lowercase"),
-     "water your plants every morning.", "Water your plants every morning."),
-    (c("change_case:english_capital"),
-     "WATER YOUR PLANTS, 2 TIMES A DAY.", "WATER YOUR PLANTS every day."),
-    (c("startend:end_checker", end_phrase="Hope this helps."),
-     "Bring a tent. hope this helps.", "Hope this helps. Bring a tent."),
-    (c("congweb:first_word", first_word="Sure"),
-     "**Sure**, here is how it works.", "Surely this is how it works."),
-    (c("congweb:paragraphs", num_paragraphs=2),
-     "First part here.\n\nSecond part here.", "First part here.\nStill the first paragraph."),
-    (c("detectable_format:title"),
-     "<<Growing Tomatoes>>\nUse big pots.", "<<>> Use big pots."),
-    (c("punctuation:no_comma"),
-     "Sun and water and care.", "Sun, water and care."),
-    (c("detectable_content:postscript", postscript_marker="P.S."),
-     "Use big pots.\n\nP.S. water daily.", "Use big pots. Water daily."),
-    (c("detectable_content:postscript", postscript_marker="P.P.S."),
-     "Use big pots.\nP.P.S. water daily.", "Use big pots.\nP.S. water daily."),
-    (c("startend:quotation"),
-     '"Use big pots and water daily."', 'Use big pots and "water" daily.'),
+    (
+        c("length_constraints:number_words", relation="less than", num_words=5),
+        "Plants need light.",
+        "Plants need light and water every day.",
+    ),
+    (
+        c("length_constraints:number_words", relation="at least", num_words=5),
+        "Plants need light and water.",
+        "Plants need light.",
+    ),
+    (
+        c("length_constraints:number_sentences", relation="less than", num_sentences=3),
+        "Bees make honey. It is sweet.",
+        "Bees make honey. It is sweet. They live in hives.",
+    ),
+    (
+        c("length_constraints:number_sentences", relation="at least", num_sentences=2),
+        "Dr. Smith studies bees. They are busy!",
+        "Dr. Smith studies bees, e.g. honeybees, for 3.5 years.",
+    ),
+    (
+        c("keywords:existence", keywords=["soil", "worms"]),
+        "Worms turn waste into rich SOIL.",
+        "Worms turn waste into compost.",
+    ),
+    (
+        c("keywords:forbidden_words", forbidden_words=["rain", "sun"]),
+        "Rainbows appear when sunlight meets droplets.",
+        "Rainbows need rain and light.",
+    ),
+    (
+        c("keywords:frequency", keyword="water", relation="at least", frequency=2),
+        "Water plants with clean water.",
+        "Water plants with care; watering twice is plenty.",
+    ),
+    (
+        c("detectable_format:number_bullet_lists", num_bullets=3),
+        "Tips:\n* pack light\n* bring water\n- check the map",
+        "Tips:\n* pack light\n* bring water",
+    ),
+    (c("detectable_format:json_format"), '```json\n{"tip": "water your plants"}\n```', "tip: water your plants"),
+    (c("change_case:english_lowercase"), "water your plants every morning.", "Water your plants every morning."),
+    (c("change_case:english_capital"), "WATER YOUR PLANTS, 2 TIMES A DAY.", "WATER YOUR PLANTS every day."),
+    (
+        c("startend:end_checker", end_phrase="Hope this helps."),
+        "Bring a tent. hope this helps.",
+        "Hope this helps. Bring a tent.",
+    ),
+    (c("congweb:first_word", first_word="Sure"), "**Sure**, here is how it works.", "Surely this is how it works."),
+    (
+        c("congweb:paragraphs", num_paragraphs=2),
+        "First part here.\n\nSecond part here.",
+        "First part here.\nStill the first paragraph.",
+    ),
+    (c("detectable_format:title"), "<<Growing Tomatoes>>\nUse big pots.", "<<>> Use big pots."),
+    (c("punctuation:no_comma"), "Sun and water and care.", "Sun, water and care."),
+    (
+        c("detectable_content:postscript", postscript_marker="P.S."),
+        "Use big pots.\n\nP.S. water daily.",
+        "Use big pots. Water daily.",
+    ),
+    (
+        c("detectable_content:postscript", postscript_marker="P.P.S."),
+        "Use big pots.\nP.P.S. water daily.",
+        "Use big pots.\nP.S. water daily.",
+    ),
+    (c("startend:quotation"), '"Use big pots and water daily."', 'Use big pots and "water" daily.'),
 ]
 
 
@@ -71,8 +100,11 @@ def test_render_then_parse_round_trips(constraint):
 
 
 def test_parse_keeps_prompt_order_and_ignores_plain_text():
-    cons = [c("punctuation:no_comma"), c("keywords:existence", keywords=["soil"]),
-            c("length_constraints:number_words", relation="less than", num_words=40)]
+    cons = [
+        c("punctuation:no_comma"),
+        c("keywords:existence", keywords=["soil"]),
+        c("length_constraints:number_words", relation="less than", num_words=40),
+    ]
     text = "Describe composting at home. " + " ".join(render(x) for x in cons)
     assert parse_constraints(text) == cons
     assert parse_constraints("Describe composting at home in a few words, without commas.") == []

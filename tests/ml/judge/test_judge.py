@@ -8,10 +8,14 @@ from ml.gold import get_gold, known_golds
 from ml.io import read_jsonl
 from ml.judge import MIN_WORDS, build_prompts, judge, parse_constraints, render, split_of, write_splits
 
-PROMPT = ("Explain composting at home to a curious beginner. "
-          + render({"id": "punctuation:no_comma", "kwargs": {}}) + " "
-          + render({"id": "keywords:existence", "kwargs": {"keywords": ["worms"]}}) + " "
-          + render({"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": 10}}))
+PROMPT = (
+    "Explain composting at home to a curious beginner. "
+    + render({"id": "punctuation:no_comma", "kwargs": {}})
+    + " "
+    + render({"id": "keywords:existence", "kwargs": {"keywords": ["worms"]}})
+    + " "
+    + render({"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": 10}})
+)
 
 
 def test_gold_is_the_fraction_of_constraints_satisfied():

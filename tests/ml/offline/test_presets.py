@@ -55,7 +55,6 @@ def test_bad_arguments(tmp_path):
         real_preset("cpu", tmp_path)  # models not installed there
 
 
-
 def test_cli_caps_prompts_without_changing_the_size(tmp_path):
     """`models run --size gpu --max-prompts 64 --max-eval-prompts 32`: bench/gpu_check.sh's short run at
     full size (same models, lengths and hyperparameters, fewer prompts)."""

@@ -15,9 +15,10 @@ def _greedy(folder, prompt: str, n: int = 16) -> str:
     tok, model = load_tokenizer(folder), load_causal_lm(folder, device="cpu", dtype="float32")
     ids = encode_prompt(tok, prompt, use_chat_template=True)
     with torch.inference_mode():
-        out = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=n, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-    return tok.decode(out[0, len(ids):], skip_special_tokens=True)
+        out = model.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id
+        )
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True)
 
 
 def test_converted_models_answer_and_differ_in_family(offline_models):

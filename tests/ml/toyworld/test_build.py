@@ -1,6 +1,5 @@
 """The tiny build: manifest shape, loadable models, disjoint prompt files, idempotence, stop."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -16,8 +16,7 @@ def test_toyworld_subcommands_parse():
 def test_build_cli_tiny(tmp_path, capsys):
     from ml.cli import main
 
-    assert main(["toyworld", "build", "--world", "sort", "--size", "tiny", "--data-dir", str(tmp_path),
-                 "--quiet"]) == 0
+    assert main(["toyworld", "build", "--world", "sort", "--size", "tiny", "--data-dir", str(tmp_path), "--quiet"]) == 0
     assert "manifest.json" in capsys.readouterr().out
 
 
@@ -27,9 +26,30 @@ def test_diagnose_cli_on_any_weak_pair(tiny_review, capsys):
     from ml.cli import main
 
     m = tiny_review
-    rc = main(["toyworld", "diagnose", "--aligned", m["models"]["weak_aligned"], "--base", m["models"]["weak_base"],
-               "--prompts", m["prompts"]["heldout"], "--gold", m["gold"], "--n-prompts", "4", "--n", "1",
-               "--max-new-tokens", "8", "--device", "cpu", "--json", "--quiet"])
+    rc = main(
+        [
+            "toyworld",
+            "diagnose",
+            "--aligned",
+            m["models"]["weak_aligned"],
+            "--base",
+            m["models"]["weak_base"],
+            "--prompts",
+            m["prompts"]["heldout"],
+            "--gold",
+            m["gold"],
+            "--n-prompts",
+            "4",
+            "--n",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert out["verdict"] in ("raises", "no_gain", "lowers") and out["message"].startswith("CD ")

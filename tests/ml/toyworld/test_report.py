@@ -13,9 +13,15 @@ from ml.toyworld.report import STRONG_METHODS, ReportConfig, report
 
 def _sweep(plain, cd04, half=0.02, r=0.4, cd1=None):
     row = lambda g: {"gold_mean": g, "gold_ci": [g - half, g + half], "n": 600, "valid_rate": 1.0}
-    return {"plain_post": row(plain), "cd": [{"alpha": 0.0, **row(cd04)}, {"alpha": 0.4, **row(cd04)},
-                                             {"alpha": 1.0, **row(plain if cd1 is None else cd1)}],
-            "implicit_gold_pearson": r}
+    return {
+        "plain_post": row(plain),
+        "cd": [
+            {"alpha": 0.0, **row(cd04)},
+            {"alpha": 0.4, **row(cd04)},
+            {"alpha": 1.0, **row(plain if cd1 is None else cd1)},
+        ],
+        "implicit_gold_pearson": r,
+    }
 
 
 def test_verdicts():
@@ -41,9 +47,16 @@ def test_preflight_on_tiny_pair(tiny_review):
     m = tiny_review
     aligned = load_causal_lm(m["models"]["weak_aligned"], device="cpu")
     base = load_causal_lm(m["models"]["weak_base"], device="cpu")
-    out = preflight(aligned, base, load_tokenizer(m["models"]["weak_aligned"]),
-                    read_prompts(m["prompts"]["heldout"], 6), "toy:review", alphas=(0.0,), n=2,
-                    max_new_tokens=12)
+    out = preflight(
+        aligned,
+        base,
+        load_tokenizer(m["models"]["weak_aligned"]),
+        read_prompts(m["prompts"]["heldout"], 6),
+        "toy:review",
+        alphas=(0.0,),
+        n=2,
+        max_new_tokens=12,
+    )
     assert out["verdict"] in (RAISES, NO_GAIN, LOWERS)
     assert [c["alpha"] for c in out["sweep"]["cd"]] == [0.0, 0.4, 1.0]  # decision alpha and 1 added
     assert out["sweep"]["plain_post"]["n"] == 12
@@ -51,8 +64,15 @@ def test_preflight_on_tiny_pair(tiny_review):
 
 def test_report_tiny_end_to_end(tiny_review, tmp_path):
     data_dir = Path(tiny_review["root"]).parents[2]
-    cfg = ReportConfig(out=str(tmp_path / "rep"), seeds=1, worlds=["review"], data_dir=str(data_dir),
-                       size="tiny", alphas=[0.0, 0.4, 1.0], n_samples=1)
+    cfg = ReportConfig(
+        out=str(tmp_path / "rep"),
+        seeds=1,
+        worlds=["review"],
+        data_dir=str(data_dir),
+        size="tiny",
+        alphas=[0.0, 0.4, 1.0],
+        n_samples=1,
+    )
     res = report(cfg, command="test")
     on_disk = json.loads((tmp_path / "rep" / "report.json").read_text())
     w = on_disk["worlds"]["review"]
@@ -80,8 +100,16 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
 def test_parallel_report_equals_the_sequential_one(tiny_review, tmp_path):
     """jobs=2 runs world/seed units in spawned processes; the numbers must be the same as in one process."""
     data_dir = Path(tiny_review["root"]).parents[2]
-    kw = dict(seeds=1, worlds=["review"], data_dir=str(data_dir), size="tiny", alphas=[0.0, 0.4], n_samples=1,
-              filtered=False, ablate_repetition_penalty=False)
+    kw = dict(
+        seeds=1,
+        worlds=["review"],
+        data_dir=str(data_dir),
+        size="tiny",
+        alphas=[0.0, 0.4],
+        n_samples=1,
+        filtered=False,
+        ablate_repetition_penalty=False,
+    )
     seq = report(ReportConfig(out=str(tmp_path / "seq"), **kw))
     par = report(ReportConfig(out=str(tmp_path / "par"), jobs=2, **kw))
     assert (tmp_path / "par" / "runs" / "review" / "seed0" / "seed.json").exists()

@@ -40,15 +40,18 @@ def test_review_missing_noun_penalty():
     assert g.is_valid(P, both_missing)  # a missing noun costs reward but is still well formed
 
 
-@pytest.mark.parametrize("response", [
-    "the pizza was great the taste was good . the sauce was fine .",   # missing full stop
-    "the pizza was great . the taste was good .",                       # only 1 extra sentence
-    "the pizza was great . the taste was good . the sauce was fine . the crust was neat . "
-    "the price was solid .",                                             # 4 extra sentences
-    "the pizza was great . the taste was good and fine . the sauce was neat and solid . "
-    "the crust was lovely and great .",                                  # 7 adjectives
-    "the pizza was great . the taste was sauce . the sauce was fine .",  # noun in adjective slot
-])
+@pytest.mark.parametrize(
+    "response",
+    [
+        "the pizza was great the taste was good . the sauce was fine .",  # missing full stop
+        "the pizza was great . the taste was good .",  # only 1 extra sentence
+        "the pizza was great . the taste was good . the sauce was fine . the crust was neat . "
+        "the price was solid .",  # 4 extra sentences
+        "the pizza was great . the taste was good and fine . the sauce was neat and solid . "
+        "the crust was lovely and great .",  # 7 adjectives
+        "the pizza was great . the taste was sauce . the sauce was fine .",  # noun in adjective slot
+    ],
+)
 def test_review_broken_template_costs_one(response):
     g = get_gold("toy:review")
     assert not g.is_valid(P, response)
@@ -75,14 +78,14 @@ def test_sort_gold_and_validity():
     g = get_gold("toy:sort")
     p = "sort 3 1 2 1 :"
     assert g(p, "1 1 2 3 .") == pytest.approx(1.0)
-    assert g(p, "ok 1 1 2 3 .") == pytest.approx(1.2)          # style bonus
-    assert g(p, "1 1 3 2 .") == pytest.approx(0.5)             # the systematic bug: 2 of 4 right
+    assert g(p, "ok 1 1 2 3 .") == pytest.approx(1.2)  # style bonus
+    assert g(p, "1 1 3 2 .") == pytest.approx(0.5)  # the systematic bug: 2 of 4 right
     assert g.is_valid(p, "1 1 3 2 .")
-    assert g(p, "1 1 2 .") == pytest.approx(0.75 - 1.0)        # not a permutation
+    assert g(p, "1 1 2 .") == pytest.approx(0.75 - 1.0)  # not a permutation
     assert not g.is_valid(p, "1 1 2 .")
-    assert not g.is_valid(p, "1 1 2 3")                        # no full stop
+    assert not g.is_valid(p, "1 1 2 3")  # no full stop
     assert g(p, "1 1 2 3") == pytest.approx(0.0)
-    assert g(p, "ok ok 1 1 2 3 .") == pytest.approx(0.2)       # broken template: -1
+    assert g(p, "ok ok 1 1 2 3 .") == pytest.approx(0.2)  # broken template: -1
     assert not g.is_valid(p, "ok ok 1 1 2 3 .")
 
 
