@@ -22,6 +22,9 @@ from ml.judge.prompts import build_prompts, split_of, write_splits
 
 MIN_WORDS = 3
 
+# A parsed constraint list in hashable form, so lru_cache can hold it: ((id, ((kwarg, value), ...)), ...)
+_Frozen = tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
 __all__ = [
     "KINDS",
     "MIN_WORDS",
@@ -39,7 +42,7 @@ __all__ = [
 
 
 @lru_cache(maxsize=4096)
-def _constraints_of(prompt: str) -> tuple:
+def _constraints_of(prompt: str) -> _Frozen:
     found = parse_constraints(prompt)
     if not found:
         raise ValueError(
@@ -53,7 +56,7 @@ def _freeze(v: Any) -> Any:
     return tuple(v) if isinstance(v, list) else v
 
 
-def _thaw(frozen: tuple) -> list[dict[str, Any]]:
+def _thaw(frozen: _Frozen) -> list[dict[str, Any]]:
     return [{"id": cid, "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kw}} for cid, kw in frozen]
 
 
@@ -76,11 +79,11 @@ def judge(prompt: str, response: str, constraints: list[dict[str, Any]] | None =
 
 
 def if_score(prompt: str, response: str) -> float:
-    return judge(prompt, response)["score"]
+    return float(judge(prompt, response)["score"])
 
 
 def strict_score(prompt: str, response: str) -> float:
-    return judge(prompt, response)["strict"]
+    return float(judge(prompt, response)["strict"])
 
 
 def _valid(prompt: str, response: str) -> bool:

@@ -126,8 +126,8 @@ def _compare(n: int, relation: str, bound: int) -> bool:
 class Kind:
     id: str
     render: Callable[[dict[str, Any]], str]
-    pattern: re.Pattern
-    from_match: Callable[[re.Match], dict[str, Any]]
+    pattern: re.Pattern[str]
+    from_match: Callable[[re.Match[str]], dict[str, Any]]
     check: Callable[[str, dict[str, Any]], bool]
     ifeval_same: bool  # True when IFEval's checker with the same id and kwargs means the same thing
 
@@ -138,7 +138,7 @@ class Kind:
 KINDS: dict[str, Kind] = {}
 
 
-def _kind(**kw) -> None:
+def _kind(**kw: Any) -> None:
     k = Kind(**kw)
     KINDS[k.id] = k
 

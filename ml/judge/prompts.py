@@ -211,7 +211,8 @@ def build_prompts(n: int = 500, seed: int = 0, heldout_fraction: float = 0.2) ->
     if not 0.0 < heldout_fraction < 1.0:
         raise ValueError(f"heldout_fraction must be in (0, 1), got {heldout_fraction}")
     rng = random.Random(seed)
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     attempts = 0
     while len(rows) < n:
         attempts += 1

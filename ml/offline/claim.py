@@ -57,8 +57,10 @@ class ClaimConfig:
             raise ValueError("samples_per_prompt, max_new_tokens and batch_size must be >= 1")
 
 
-def pearson(xs: list[float], ys: list[float]) -> dict[str, float]:
-    """Pearson r with a 95% interval from Fisher's z (n > 3), or NaNs when undefined."""
+def pearson(xs: list[float], ys: list[float]) -> dict[str, Any]:
+    """Pearson r with a 95% interval from Fisher's z (n > 3), or NaNs when undefined.
+
+    Returns {"r": float, "ci": [lo, hi], "n": int}."""
     n = len(xs)
     nan = float("nan")
     if n < 3:
@@ -90,11 +92,11 @@ def _ranks(xs: list[float]) -> list[float]:
     return ranks
 
 
-def spearman(xs: list[float], ys: list[float]) -> dict[str, float]:
+def spearman(xs: list[float], ys: list[float]) -> dict[str, Any]:
     return pearson(_ranks(xs), _ranks(ys))
 
 
-def summarise(rows: list[dict], ci_seed: int = 0) -> dict[str, Any]:
+def summarise(rows: list[dict[str, Any]], ci_seed: int = 0) -> dict[str, Any]:
     """Means with 95% intervals of gold, strict, implicit (sum, per token) and length for one method."""
     from ml.stats import mean_ci
 
@@ -107,7 +109,7 @@ def summarise(rows: list[dict], ci_seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def paired_difference(a: list[dict], b: list[dict], key: str = "gold") -> dict[str, Any]:
+def paired_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], key: str = "gold") -> dict[str, Any]:
     """Mean of a - b over (prompt index, sample) present in both, with a 95% t interval."""
     from ml.stats import mean_ci
 
@@ -148,7 +150,8 @@ def measure_claim(config: ClaimConfig, reporter: Reporter | None = None) -> dict
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", asdict(config))
     t0 = time.time()
-    decoding = dict(
+    # Any-valued: each entry is a different CDConfig field (float, int, bool), spread in with **.
+    decoding: dict[str, Any] = dict(
         temperature=config.temperature,
         top_p=config.top_p,
         repetition_penalty=config.repetition_penalty,
@@ -158,7 +161,7 @@ def measure_claim(config: ClaimConfig, reporter: Reporter | None = None) -> dict
         do_sample=True,
         use_chat_template=True,
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         prompts=config.prompts,
         max_prompts=config.max_prompts,
         device=config.device,
@@ -197,7 +200,7 @@ def measure_claim(config: ClaimConfig, reporter: Reporter | None = None) -> dict
 
     gold = get_gold(config.gold)
     strict = get_gold(config.strict_gold) if config.strict_gold else None
-    rows_by: dict[str, list[dict]] = {}
+    rows_by: dict[str, list[dict[str, Any]]] = {}
     for name, path in files.items():
         rows = read_jsonl(path)
         for r in rows:
@@ -248,7 +251,7 @@ def _f(x: Any, d: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
 
-def _ci(m: dict | None, d: int = 3) -> str:
+def _ci(m: dict[str, Any] | None, d: int = 3) -> str:
     if not m:
         return "–"
     return f"{_f(m['mean'], d)} [{_f(m['ci'][0], d)}, {_f(m['ci'][1], d)}]"

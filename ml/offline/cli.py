@@ -9,11 +9,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ml.cli import console_reporter, run_pipeline_and_print, setup_torch_threads
 
+if TYPE_CHECKING:  # annotation only; imported inside the commands at run time to keep --help fast
+    from ml.pipeline import PipelineConfig
 
-def _cmd_install(args) -> int:
+
+def _cmd_install(args: argparse.Namespace) -> int:
     setup_torch_threads()
     from ml.offline.install import InstallError, install_offline
 
@@ -39,10 +44,10 @@ def _cmd_install(args) -> int:
     return 0
 
 
-def _build_preset(args):
+def _build_preset(args: argparse.Namespace) -> PipelineConfig:
     from ml.offline.presets import real_preset
 
-    overrides = {}
+    overrides: dict[str, Any] = {}
     if getattr(args, "methods", None):
         overrides["methods"] = args.methods.split(",")
     # A shorter run at the same size (same models, hyperparameters and lengths, fewer prompts): what a
@@ -61,7 +66,7 @@ def _build_preset(args):
     )
 
 
-def _cmd_preset(args) -> int:
+def _cmd_preset(args: argparse.Namespace) -> int:
     from ml.offline.presets import write_preset_yaml
 
     cfg = _build_preset(args)
@@ -74,12 +79,12 @@ def _cmd_preset(args) -> int:
     return 0
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     setup_torch_threads()
     return run_pipeline_and_print(_build_preset(args), args)
 
 
-def _cmd_claim(args) -> int:
+def _cmd_claim(args: argparse.Namespace) -> int:
     setup_torch_threads()
     from ml.offline.claim import ClaimConfig, measure_claim
     from ml.offline.presets import WEAK, ensure_prompts, model_path
@@ -119,14 +124,14 @@ def _cmd_claim(args) -> int:
     return 0
 
 
-def _cmd_prompts(args) -> int:
+def _cmd_prompts(args: argparse.Namespace) -> int:
     from ml.judge import write_splits
 
     print(json.dumps(write_splits(args.out, n=args.n, seed=args.seed), indent=2))
     return 0
 
 
-def _cmd_check(args) -> int:
+def _cmd_check(args: argparse.Namespace) -> int:
     from ml.judge import judge
 
     res = judge(args.prompt, args.response)
@@ -134,7 +139,7 @@ def _cmd_check(args) -> int:
     return 0
 
 
-def _preset_args(p) -> None:
+def _preset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", choices=("smoke", "cpu", "gpu"), default="cpu")
     p.add_argument(
         "--pair",
@@ -151,7 +156,7 @@ def _preset_args(p) -> None:
     p.add_argument("--max-eval-prompts", type=int, default=0, help="cap the held-out prompts (0: the size's own)")
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = subparsers.add_parser(
         "models",
@@ -208,7 +213,7 @@ def add_parser(subparsers) -> None:
     c.add_argument("--device", default=None)
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=_cmd_claim)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_show_help(p))
 
     j = subparsers.add_parser(
         "judge",
@@ -227,4 +232,14 @@ def add_parser(subparsers) -> None:
     k.add_argument("--prompt", required=True)
     k.add_argument("--response", required=True)
     k.set_defaults(func=_cmd_check)
-    j.set_defaults(func=lambda args: (j.print_help(), 2)[1])
+    j.set_defaults(func=_show_help(j))
+
+
+def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The action of a bare ``python -m ml <command>``: print its help, exit status 2."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return show

@@ -23,9 +23,13 @@ The prompt files are the judge's train/held-out splits, written on first use und
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.offline.install import offline_root
+
+if TYPE_CHECKING:  # for annotations only: at run time they are imported lazily (python -m ml --help stays fast)
+    from ml.pipeline import PipelineConfig
+    from ml.stages.weak_align import WeakAlignConfig
 
 SIZES = ("smoke", "cpu", "gpu")
 PAIRS = ("cross", "self")
@@ -144,7 +148,7 @@ def real_preset(
     device: str | None = None,
     check_models: bool = True,
     **overrides: Any,
-):
+) -> PipelineConfig:
     """A ``PipelineConfig`` for the real models. ``overrides`` replace top-level PipelineConfig fields
     (stage dicts are merged key by key). ``check_models=False`` builds the config even when the models
     are not installed yet (``python -m ml models install-offline`` makes them)."""
@@ -186,7 +190,7 @@ def real_preset(
     )
 
 
-def write_preset_yaml(config, path: str | Path) -> Path:
+def write_preset_yaml(config: PipelineConfig, path: str | Path) -> Path:
     """Save a preset as a YAML file that ``python -m ml run`` reads back to the same config."""
     import yaml
 
@@ -196,12 +200,12 @@ def write_preset_yaml(config, path: str | Path) -> Path:
     return path
 
 
-def weak_align_config(config):
+def weak_align_config(config: PipelineConfig) -> WeakAlignConfig:
     """The WeakAlignConfig that ``ml.pipeline.run`` builds for this preset (same folder, same settings),
     so pi_post can be made on its own (e.g. for the CD claim) and a later pipeline run reuses it."""
     from ml.stages.weak_align import WeakAlignConfig
 
-    kw = {"seed": config.seed, "device": config.device, "use_chat_template": config.use_chat_template}
+    kw: dict[str, Any] = {"seed": config.seed, "device": config.device, "use_chat_template": config.use_chat_template}
     if config.train_max_steps > 0:
         kw["max_steps"] = config.train_max_steps
     return WeakAlignConfig(

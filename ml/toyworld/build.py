@@ -38,7 +38,7 @@ def world_dir(world: str, seed: int, data_dir: str | Path | None = None, size: s
     return Path(data_dir or default_data_dir()) / "toyworld" / world / f"seed{seed}{suffix}"
 
 
-def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, reporter: Reporter) -> dict:
+def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, reporter: Reporter) -> dict[str, Any]:
     """Pretrain (or reuse) weak_base / strong_base."""
     from ml.modeling import save_hf_folder
     from ml.tiny import tiny_gpt2
@@ -46,7 +46,10 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
     from .pretrain import encode_corpus, pretrain
 
     if (out / "config.json").exists():
-        return read_json(out / "pretrain.json") if (out / "pretrain.json").exists() else {"cached": True}
+        cached: dict[str, Any] = (
+            read_json(out / "pretrain.json") if (out / "pretrain.json").exists() else {"cached": True}
+        )
+        return cached
     mr = recipe.weak if which == "weak" else recipe.strong
     tok = world.tokenizer()
     # Both models see the same corpus (the world's generic text); only their size differs.
@@ -74,7 +77,7 @@ def _pretrained(world: World, recipe: Recipe, which: str, seed: int, out: Path, 
 
 def _weak_align(
     world: World, recipe: Recipe, seed: int, root: Path, weak_base: Path, reporter: Reporter, device: str | None
-) -> dict:
+) -> dict[str, Any]:
     from ml.stages.weak_align import WeakAlignConfig, weak_align
 
     wa = recipe.weak_align
@@ -123,7 +126,7 @@ def build(
     root = world_dir(world, seed, data_dir, size).resolve()
     manifest_path = root / "manifest.json"
     if manifest_path.exists():
-        manifest = read_json(manifest_path)
+        manifest: dict[str, Any] = read_json(manifest_path)
         if manifest.get("version") == MANIFEST_VERSION and manifest.get("recipe") == _build_recipe(recipe):
             return manifest
         reporter.log(f"toyworld: {manifest_path} was made by another recipe or version; rebuilding")
@@ -141,7 +144,7 @@ def build(
         seed,
         {"weak": recipe.weak_align.n_prompts, "train": recipe.n_train_prompts, "heldout": recipe.n_heldout_prompts},
     )
-    prompt_paths = {}
+    prompt_paths: dict[str, str] = {}
     for split, prompts in splits.items():
         path = root / "prompts" / f"{split}.jsonl"
         if not path.exists():
@@ -183,9 +186,9 @@ def build(
     return manifest
 
 
-def _build_recipe(recipe: Recipe) -> dict:
+def _build_recipe(recipe: Recipe) -> dict[str, Any]:
     """The part of the recipe that shapes the built models (the strong-stage overrides do not)."""
-    d = jsonable(asdict(recipe))
+    d: dict[str, Any] = jsonable(asdict(recipe))
     d.pop("stages", None)
     return d
 
@@ -193,7 +196,7 @@ def _build_recipe(recipe: Recipe) -> dict:
 def find_manifests(data_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Every finished build under DATA_DIR/toyworld (for the web app's model and dataset lists)."""
     base = Path(data_dir or default_data_dir()) / "toyworld"
-    out = []
+    out: list[dict[str, Any]] = []
     for path in sorted(base.glob("*/seed*/manifest.json")):
         try:
             m = read_json(path)

@@ -4,14 +4,17 @@ Registered by ml.cli (it imports this module and calls ``add_parser(subparsers)`
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from ml.cli import console_reporter, setup_torch_threads
 
 
-def _cmd_build(args) -> int:
+def _cmd_build(args: argparse.Namespace) -> int:
     setup_torch_threads()
     from .build import build
 
@@ -24,11 +27,11 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _cmd_report(args) -> int:
+def _cmd_report(args: argparse.Namespace) -> int:
     setup_torch_threads()
     from .report import ReportConfig, report
 
-    kw = {}
+    kw: dict[str, Any] = {}
     if args.worlds:
         kw["worlds"] = args.worlds
     if args.alphas:
@@ -52,7 +55,7 @@ def _cmd_report(args) -> int:
     return 0
 
 
-def _cmd_diagnose(args) -> int:
+def _cmd_diagnose(args: argparse.Namespace) -> int:
     setup_torch_threads()
     from .diagnose import preflight, preflight_world
 
@@ -94,7 +97,7 @@ def _cmd_diagnose(args) -> int:
     return 0
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
         "toyworld",
         help="the offline toy benchmark: build worlds, run the report, diagnose",
@@ -102,7 +105,7 @@ def add_parser(subparsers) -> None:
     )
     sub = p.add_subparsers(dest="toyworld_command", metavar="ACTION")
 
-    def common(q, world_multi: bool) -> None:
+    def common(q: argparse.ArgumentParser, world_multi: bool) -> None:
         q.add_argument("--data-dir", default=None, help="build cache (default: $CONGWEB_DATA_DIR or ./var/data)")
         q.add_argument(
             "--size", default="default", choices=("default", "tiny"), help="'tiny' builds in seconds, for tests only"
@@ -153,4 +156,14 @@ def add_parser(subparsers) -> None:
     d.add_argument("--json", action="store_true", help="print the full result as JSON")
     common(d, False)
     d.set_defaults(func=_cmd_diagnose)
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    p.set_defaults(func=_show_help(p))
+
+
+def _show_help(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], int]:
+    """The action of a bare ``python -m ml <command>``: print its help, exit status 2."""
+
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    return show

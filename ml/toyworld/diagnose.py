@@ -7,6 +7,7 @@ held-out prompts with its gold reward.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ml.diagnose import LOWERS, NO_GAIN, RAISES, preflight, verdict, verdict_over_seeds
@@ -18,7 +19,7 @@ __all__ = ["LOWERS", "NO_GAIN", "RAISES", "preflight", "preflight_world", "verdi
 def preflight_world(
     world: str,
     seed: int = 0,
-    data_dir=None,
+    data_dir: str | Path | None = None,
     *,
     size: str = "default",
     n_prompts: int = 200,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from typing import Any
 
 import torch
 
@@ -18,12 +19,12 @@ from ml.reporter import Reporter, or_null
 from .worlds.base import ModelRecipe
 
 
-def encode_corpus(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
+def encode_corpus(tokenizer: Any, pairs: list[tuple[str, str]]) -> list[list[int]]:
     """Word-level ids per line. Looked up directly in the vocab (100x faster than calling the fast
     tokenizer per line); an unknown word is a bug in the world, so it raises."""
     vocab = tokenizer.get_vocab()
     eos = tokenizer.eos_token_id
-    out = []
+    out: list[list[int]] = []
     for prompt, response in pairs:
         try:
             out.append([vocab[w] for w in prompt.split()] + [vocab[w] for w in response.split()] + [eos])
@@ -33,14 +34,14 @@ def encode_corpus(tokenizer, pairs: list[tuple[str, str]]) -> list[list[int]]:
 
 
 def pretrain(
-    model,
+    model: Any,
     lines: list[list[int]],
     recipe: ModelRecipe,
     *,
     seed: int = 0,
     reporter: Reporter | None = None,
     stage: str = "pretrain",
-) -> dict:
+) -> dict[str, Any]:
     """Train ``model`` in place; returns {"steps", "final_loss", "seconds"} (or "stopped": True)."""
     reporter = or_null(reporter)
     model.train()

@@ -21,13 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from ml.io import read_json, read_prompts, write_json
-from ml.pipeline import DEFAULT_METHODS, LABELS, METHODS
+from ml.pipeline import DEFAULT_METHODS, METHODS
 from ml.reporter import Reporter, or_null
 from ml.stats import mean_ci
 
 from .build import build
 from .diagnose import verdict, verdict_over_seeds
+
+# REPORT.md and the plots are made in report_render (presentation only, apart from the measuring
+# here); re-exported so ml.toyworld.report.markdown and .make_plots keep working.
+from .report_render import make_plots, markdown
 from .worlds import WORLDS, get_world
+
+__all__ = [
+    "EXTRA_METHODS",
+    "STRONG_METHODS",
+    "ReportConfig",
+    "aggregate",
+    "make_plots",
+    "markdown",
+    "report",
+    "run_seed",
+]
 
 # The paper's methods and the measured options beside them, labelled as everywhere else (ml.pipeline).
 STRONG_METHODS = DEFAULT_METHODS
@@ -86,7 +101,8 @@ class ReportConfig:
 # One world, one seed
 
 
-def _load_pair(m: dict, device: str | None):
+def _load_pair(m: dict[str, Any], device: str | None) -> tuple[Any, Any, Any]:
+    """(pi_post, pi_pre, tokenizer): transformers objects."""
     from ml.modeling import load_causal_lm, load_tokenizer
 
     aligned = load_causal_lm(m["models"]["weak_aligned"], device=device)
@@ -94,7 +110,7 @@ def _load_pair(m: dict, device: str | None):
     return aligned, base, load_tokenizer(m["models"]["weak_aligned"])
 
 
-def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Reporter) -> dict:
+def _sweep(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
     from ml.gold import get_gold
     from ml.io import write_jsonl
 
@@ -102,7 +118,8 @@ def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Repor
 
     path = run_dir / "sweep.json"
     if path.exists():
-        return read_json(path)
+        cached: dict[str, Any] = read_json(path)
+        return cached
     aligned, base, tok = _load_pair(m, cfg.device)
     s = run_sweep(
         aligned=aligned,
@@ -134,11 +151,13 @@ def _sweep(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Repor
     return s
 
 
-def _pipeline(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Reporter) -> dict:
+def _pipeline(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
     from ml.pipeline import PipelineConfig, run
 
     recipe = get_world(m["world"]).recipe(m["size"])
     st = recipe.stages
+    # Typed as Any-valued: each key is a different PipelineConfig field (its stage's settings mapping).
+    stage_kw: dict[str, Any] = {k: dict(v) for k, v in st.items() if k != "dpo"}
     pc = PipelineConfig(
         weak_base=m["models"]["weak_base"],
         weak_aligned=m["models"]["weak_aligned"],
@@ -153,13 +172,13 @@ def _pipeline(cfg: ReportConfig, m: dict, seed: int, run_dir: Path, reporter: Re
         max_new_tokens=m["generation"]["max_new_tokens"],
         use_chat_template=False,
         device=cfg.device,
-        **{k: dict(v) for k, v in st.items() if k != "dpo"},
+        **stage_kw,
         dpo={**st.get("dpo", {}), "score_batch_size": 64},  # the filter's reward scoring; tiny models
     )
     return run(pc, reporter)
 
 
-def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> dict:
+def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> dict[str, Any]:
     """The CD sweep again with repetition_penalty 1.0; cached in sweep_no_rep_penalty.json."""
     from ml.gold import get_gold
 
@@ -167,7 +186,8 @@ def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> d
 
     path = Path(cfg.out) / "runs" / world / f"seed{seed}" / "sweep_no_rep_penalty.json"
     if path.exists():
-        return read_json(path)
+        cached: dict[str, Any] = read_json(path)
+        return cached
     m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
     aligned, base, tok = _load_pair(m, cfg.device)
     s = run_sweep(
@@ -189,13 +209,14 @@ def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> d
     return s
 
 
-def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict:
+def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, sweep, pipeline and filtered ConG for one world and seed; cached in seed.json."""
     rep = or_null(reporter)
     run_dir = Path(cfg.out) / "runs" / world / f"seed{seed}"
     done_path = run_dir / "seed.json"
     if done_path.exists():
-        return read_json(done_path)
+        cached: dict[str, Any] = read_json(done_path)
+        return cached
     run_dir.mkdir(parents=True, exist_ok=True)
     t: dict[str, float] = {}
     t0 = time.time()
@@ -233,7 +254,7 @@ def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None
     return out
 
 
-def _chosen_win_rate(m: dict, run_dir: Path) -> float | None:
+def _chosen_win_rate(m: dict[str, Any], run_dir: Path) -> float | None:
     """Share of ConG's DPO pairs where the CD 'chosen' beats the strong model's own sample by gold."""
     from ml.gold import get_gold
     from ml.io import read_jsonl
@@ -244,7 +265,7 @@ def _chosen_win_rate(m: dict, run_dir: Path) -> float | None:
         return None
     g = get_gold(m["gold"])
     own_by = {(r["prompt"]): r["response"] for r in read_jsonl(own)}
-    scores = []
+    scores: list[float] = []
     for r in read_jsonl(cd):
         if r["prompt"] in own_by:
             a, b = g(r["prompt"], r["response"]), g(r["prompt"], own_by[r["prompt"]])
@@ -266,9 +287,9 @@ def _over_seeds(values: list[float], fallback_ci: list[float] | None = None) -> 
     return float("nan"), [float("nan"), float("nan")], "none"
 
 
-def _agg(rows: list[dict]) -> dict:
+def _agg(rows: list[dict[str, Any]]) -> dict[str, Any]:
     mean, ci, over = _over_seeds([r["gold_mean"] for r in rows], rows[0]["gold_ci"] if len(rows) == 1 else None)
-    imp = [r.get("implicit_mean") for r in rows if r.get("implicit_mean") is not None]
+    imp: list[float] = [r["implicit_mean"] for r in rows if r.get("implicit_mean") is not None]
     return {
         "gold_mean": mean,
         "gold_ci": ci,
@@ -279,7 +300,7 @@ def _agg(rows: list[dict]) -> dict:
     }
 
 
-def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any]:
+def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
     w: dict[str, Any] = {"description": get_world(world).description, "seeds": [s["seed"] for s in seeds]}
     w["pre"] = _agg([s["sweep"]["pre"] for s in seeds])
     w["plain_post"] = _agg([s["sweep"]["plain_post"] for s in seeds])
@@ -300,7 +321,7 @@ def aggregate(world: str, seeds: list[dict], cfg: ReportConfig) -> dict[str, Any
             for k in (*STRONG_METHODS, *EXTRA_METHODS)
             if all(k in s["strong"] for s in seeds)
         }
-        cw = [s.get("cd_chosen_win_rate") for s in seeds if s.get("cd_chosen_win_rate") is not None]
+        cw: list[float] = [s["cd_chosen_win_rate"] for s in seeds if s.get("cd_chosen_win_rate") is not None]
         w["cong_dpo_chosen_win_rate"] = sum(cw) / len(cw) if cw else None
     else:
         w["strong"] = {}
@@ -354,7 +375,7 @@ def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "
     if cfg.jobs > 1:
         _run_parallel(cfg, rep)
     for world in cfg.worlds:
-        seeds = []
+        seeds: list[dict[str, Any]] = []
         for seed in range(cfg.seeds):
             rep.log(f"toyworld report: {world} seed {seed}")
             s = run_seed(cfg, world, seed, rep)
@@ -373,200 +394,3 @@ def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "
     (out / "REPORT.md").write_text(markdown(result, plots), encoding="utf-8")
     rep.log(f"toyworld report: {out / 'REPORT.md'}")
     return result
-
-
-# ------------------------------------------------------------------------------------------------
-# Output
-
-
-def _f(x: Any, d: int = 3) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "–"
-    return f"{x:+.{d}f}" if isinstance(x, float) else str(x)
-
-
-def _ci(c: list[float]) -> str:
-    return f"[{_f(c[0])}, {_f(c[1])}]"
-
-
-def markdown(result: dict, plots: dict[str, list[str]] | None = None) -> str:
-    cfg = result["config"]
-    lines = ["# Toy-world report", ""]
-    if result.get("command"):
-        lines += ["Made by:", "", f"    {result['command']}", ""]
-    lines += [
-        f"Seeds: {cfg['seeds']}; sweep: {cfg['n_samples']} samples per held-out prompt; ConG trains on CD at "
-        f"alpha {cfg['cd_alpha']}. Intervals are 95% Student-t over seeds (with one seed: over samples). "
-        "Gold rewards are the worlds' programmatic judges; implicit reward = sum over response tokens of "
-        "log pi_post - log pi_pre.",
-        "",
-    ]
-    for name, w in result["worlds"].items():
-        lines += [f"## {name}", "", f"_{w['description']}_", ""]
-        lines += [
-            "### Weak pair: alpha sweep on held-out prompts",
-            "",
-            "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
-            "|---|---:|---|---:|---:|",
-        ]
-        for label, row in (("pi_pre", w["pre"]), ("plain pi_post", w["plain_post"])):
-            lines.append(
-                f"| {label} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | "
-                f"{_f(row['implicit_mean'], 2)} |"
-            )
-        for row in w["alpha_sweep"]:
-            lines.append(
-                f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
-            )
-        if w.get("alpha_sweep_no_repetition_penalty"):
-            lines += [
-                "",
-                "Ablation, CD with repetition penalty 1.0 instead of the reference 1.2 (same prompts and seeds):",
-                "",
-                "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
-                "|---|---:|---|---:|---:|",
-            ]
-            for row in w["alpha_sweep_no_repetition_penalty"]:
-                lines.append(
-                    f"| CD alpha={row['alpha']:g}, no rep. penalty | {_f(row['gold_mean'])} | "
-                    f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
-                )
-        lines += [
-            "",
-            f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
-            f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
-            f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).",
-            "",
-            f"Pre-flight verdict: **{w['verdict']['verdict']}** — {w['verdict']['message']} "
-            f"(per seed: {', '.join(w['verdict_per_seed'])})",
-            "",
-        ]
-        if w.get("strong"):
-            lines += [
-                "### Strong model on held-out prompts",
-                "",
-                "| Method | Gold mean | 95% CI | Valid | per seed |",
-                "|---|---:|---|---:|---|",
-            ]
-            for k, row in w["strong"].items():
-                lines.append(
-                    f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                    f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |"
-                )
-            if w.get("cong_dpo_chosen_win_rate") is not None:
-                lines += [
-                    "",
-                    f"In ConG's DPO pairs the CD 'chosen' response beat the ConG-S model's own sample by "
-                    f"gold in {w['cong_dpo_chosen_win_rate']:.0%} of pairs (ties half).",
-                ]
-            lines.append("")
-        for p in (plots or {}).get(name, []):
-            lines += [f"![{Path(p).stem}]({p})", ""]
-        secs = w.get("seconds_per_seed") or []
-        if secs:
-            lines += [
-                "Seconds per seed: " + "; ".join(", ".join(f"{k} {v:.0f}" for k, v in s.items()) for s in secs),
-                "",
-            ]
-    lines += [f"Total wall time: {result.get('seconds', 0):.0f} s.", ""]
-    return "\n".join(lines)
-
-
-def make_plots(result: dict, out: Path) -> dict[str, list[str]]:
-    """PNG plots per world; returns {world: [relative paths]}. Skipped (empty) without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return {}
-    from ml.io import read_jsonl
-
-    made: dict[str, list[str]] = {}
-    for name, w in result["worlds"].items():
-        files = []
-        # 1. gold and implicit reward vs alpha
-        fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
-        xs = [r["alpha"] for r in w["alpha_sweep"]]
-        for i, (key, title) in enumerate((("gold", "gold reward"), ("implicit", "implicit reward"))):
-            if key == "gold":
-                ys = [r["gold_mean"] for r in w["alpha_sweep"]]
-                lo = [r["gold_ci"][0] for r in w["alpha_sweep"]]
-                hi = [r["gold_ci"][1] for r in w["alpha_sweep"]]
-                ax[i].fill_between(xs, lo, hi, alpha=0.2)
-                ax[i].axhline(w["plain_post"]["gold_mean"], color="C1", ls="--", label="plain pi_post")
-                ax[i].axhline(w["pre"]["gold_mean"], color="C2", ls=":", label="pi_pre")
-            else:
-                ys = [r["implicit_mean"] for r in w["alpha_sweep"]]
-                ax[i].axhline(w["plain_post"]["implicit_mean"], color="C1", ls="--", label="plain pi_post")
-                ax[i].axhline(w["pre"]["implicit_mean"], color="C2", ls=":", label="pi_pre")
-            ax[i].plot(xs, ys, "o-", label="CD")
-            ax[i].set_xlabel("alpha")
-            ax[i].set_title(f"{name}: {title}")
-            if key == "gold" and w.get("alpha_sweep_no_repetition_penalty"):
-                ax[i].plot(
-                    xs,
-                    [r["gold_mean"] for r in w["alpha_sweep_no_repetition_penalty"]],
-                    "s--",
-                    color="C3",
-                    label="CD, repetition penalty 1.0",
-                )
-            ax[i].legend(fontsize=7)
-        fig.tight_layout()
-        files.append(_save(fig, out / f"{name}_alpha.png", out))
-        plt.close(fig)
-        # 2. implicit vs gold scatter (seed 0 samples)
-        samples = Path(result["config"]["out"]) / "runs" / name / f"seed{w['seeds'][0]}" / "sweep_samples.jsonl"
-        if samples.exists():
-            rows = read_jsonl(samples)
-            fig, ax = plt.subplots(figsize=(4.5, 3.6))
-            for setname, color in (("plain_post", "C1"), (f"cd_{result['config']['cd_alpha']:g}", "C0")):
-                pts = [(r["implicit"], r["gold"]) for r in rows if r["set"] == setname]
-                if pts:
-                    ax.scatter(
-                        [p[0] for p in pts],
-                        [p[1] for p in pts],
-                        s=6,
-                        alpha=0.4,
-                        color=color,
-                        label=setname.replace("_", " "),
-                    )
-            ax.set_xlabel("implicit reward (sum log pi_post/pi_pre)")
-            ax.set_ylabel("gold reward")
-            ax.set_title(f"{name}: implicit vs gold (seed {w['seeds'][0]})")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            files.append(_save(fig, out / f"{name}_scatter.png", out))
-            plt.close(fig)
-        # 3. strong-model bars
-        if w.get("strong"):
-            keys = list(w["strong"])
-            fig, ax = plt.subplots(figsize=(8, 3.4))
-            means = [w["strong"][k]["gold_mean"] for k in keys]
-            err = [
-                [m - w["strong"][k]["gold_ci"][0] for k, m in zip(keys, means)],
-                [w["strong"][k]["gold_ci"][1] - m for k, m in zip(keys, means)],
-            ]
-            ax.bar(
-                range(len(keys)),
-                means,
-                yerr=err,
-                capsize=3,
-                color=["C0" if k.startswith("cong") else "C7" for k in keys],
-            )
-            ax.set_xticks(range(len(keys)), [LABELS.get(k, k).split(" (")[0] for k in keys], rotation=20, fontsize=7)
-            ax.set_ylabel("gold reward")
-            ax.set_title(f"{name}: strong model on held-out prompts")
-            ax.axhline(0, color="k", lw=0.5)
-            fig.tight_layout()
-            files.append(_save(fig, out / f"{name}_strong.png", out))
-            plt.close(fig)
-        made[name] = files
-    return made
-
-
-def _save(fig, path: Path, root: Path) -> str:
-    fig.savefig(path, dpi=110)
-    return str(path.relative_to(root))

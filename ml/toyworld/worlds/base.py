@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 # Tokens that may trail a decoded response (when a caller decodes without skipping specials).
 _TRAILING_SPECIALS = {"<eos>", "<pad>", "<bos>"}
@@ -71,9 +72,9 @@ class Recipe:
     # Overrides for ml.pipeline's per-stage settings. The reference learning rates (SFT 1e-5, DPO
     # 6e-7) are for billion-parameter models; sub-million-parameter toy models need larger ones.
     # The ratios follow the reference (DPO lr well below SFT lr; ConG DPO beta 0.5).
-    stages: dict = field(default_factory=lambda: strong_stage_overrides())
+    stages: dict[str, dict[str, Any]] = field(default_factory=lambda: strong_stage_overrides())
 
-    def scaled(self, **kw) -> Recipe:
+    def scaled(self, **kw: Any) -> Recipe:
         return replace(self, **kw)
 
 
@@ -85,7 +86,7 @@ def strong_stage_overrides(
     epochs: float = 2.0,
     max_length: int = 64,
     eval_samples: int = 3,
-) -> dict:
+) -> dict[str, dict[str, Any]]:
     """Per-stage settings for ml.pipeline (its PipelineConfig's sft/dpo/wspo/... mappings)."""
     train = {"per_device_train_batch_size": batch, "max_length": max_length, "save_steps": 10_000, "logging_steps": 10}
     return {
@@ -144,7 +145,7 @@ class World:
     def gold_name(self) -> str:
         return f"toy:{self.name}"
 
-    def tokenizer(self):
+    def tokenizer(self) -> Any:  # a transformers PreTrainedTokenizerFast
         from ml.tiny import word_tokenizer
 
         return word_tokenizer(self.vocab())

@@ -217,7 +217,7 @@ class ReviewWorld(World):
         return self._well_formed(subj, parse_response(words(response)))
 
     @staticmethod
-    def _well_formed(subj: str, parsed) -> bool:
+    def _well_formed(subj: str, parsed: tuple[str, list[str], list[str]] | None) -> bool:
         if parsed is None:
             return False
         r_subj, nouns, _ = parsed
