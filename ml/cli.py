@@ -12,11 +12,15 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.job_cli import add_parser as _add_job
 from ml.spec import DEFAULT_ALPHA, registry
 from ml.spec_schema import add_stage_flags, stage_values
+
+if TYPE_CHECKING:  # both are imported when a command runs, not at import (keeps `--help` fast)
+    from ml.pipeline import PipelineConfig
+    from ml.reporter import ConsoleReporter
 
 # Modules that add subcommands when importable (toy worlds, offline model installs).
 PLUGINS = ["ml.toyworld.cli", "ml.offline.cli"]
@@ -49,7 +53,7 @@ def _print_json(obj: Any) -> None:
 # Shared by every subcommand, the plugins' too (ml.toyworld.cli, ml.offline.cli import them from here).
 
 
-def console_reporter(args):
+def console_reporter(args: argparse.Namespace) -> ConsoleReporter:
     """Progress and logs on the console; ``--quiet`` hides them."""
     from ml.reporter import ConsoleReporter
 
@@ -63,7 +67,7 @@ def setup_torch_threads() -> None:
     setup_cpu_threads()
 
 
-def run_pipeline_and_print(cfg, args) -> int:
+def run_pipeline_and_print(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     """Run (or resume) a pipeline and print its results table; exit code 3 when it was stopped."""
     from ml.pipeline import results_markdown, run
 
@@ -78,7 +82,7 @@ def run_pipeline_and_print(cfg, args) -> int:
 # ---------------------------------------------------------------------------------------------- generate
 
 
-def _add_generate(sub) -> None:
+def _add_generate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "generate",
         help="contrastive-decoding samples for a prompt file",
@@ -99,7 +103,7 @@ def _add_generate(sub) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _cmd_generate(args) -> int:
+def _cmd_generate(args: argparse.Namespace) -> int:
     from ml.resolve import make
     from ml.stages.generate import CDGenerateConfig, cd_generate
 
@@ -123,7 +127,7 @@ def _cmd_generate(args) -> int:
 # ---------------------------------------------------------------------------------------------- run
 
 
-def _add_run(sub) -> None:
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "run",
         help="run (or resume) the whole ConG experiment from a YAML config",
@@ -139,7 +143,7 @@ def _add_run(sub) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-def _cmd_run(args) -> int:
+def _cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ml.pipeline import PipelineConfig
@@ -155,7 +159,7 @@ def _cmd_run(args) -> int:
 # ---------------------------------------------------------------------------------------------- score
 
 
-def _add_score(sub) -> None:
+def _add_score(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "score",
         help="gold and/or implicit reward of prompt/response pairs",
@@ -176,7 +180,7 @@ def _add_score(sub) -> None:
     p.set_defaults(func=_cmd_score)
 
 
-def _cmd_score(args) -> int:
+def _cmd_score(args: argparse.Namespace) -> int:
     from ml.io import read_jsonl, write_jsonl
     from ml.stats import mean_ci
 
@@ -242,7 +246,7 @@ def _stage_table() -> dict[str, tuple[str, str, str]]:
     }
 
 
-def _add_stage(sub) -> None:
+def _add_stage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     names = list(_stage_table())
     p = sub.add_parser(
         "stage",
@@ -273,7 +277,7 @@ _STAGE_PATH_KEYS = (
 )
 
 
-def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = None):
+def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = None) -> Any:
     """Build stage ``name``'s config from a plain dict (paths made relative to base_dir)."""
     module, cls_name, _ = _stage_table()[name]
     cls = getattr(importlib.import_module(module), cls_name)
@@ -291,7 +295,7 @@ def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = 
         raise ValueError(f"{cls_name}: {exc}") from None
 
 
-def _cmd_stage(args) -> int:
+def _cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
     path = Path(args.config)
@@ -306,7 +310,7 @@ def _cmd_stage(args) -> int:
 # ---------------------------------------------------------------------------------------------- golds
 
 
-def _add_spec(sub) -> None:
+def _add_spec(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "spec",
         help="every setting a job kind takes: the web app's params, as a JSON Schema",
@@ -315,17 +319,22 @@ def _add_spec(sub) -> None:
         "limit and help.",
     )
     p.add_argument("kind", nargs="?", choices=sorted(registry()), help="job kind (default: all)")
-    p.set_defaults(func=lambda args: _print_json(_spec_of(args.kind)) or 0)
+    p.set_defaults(func=_cmd_spec)
 
 
-def _spec_of(kind: str | None) -> dict:
+def _cmd_spec(args: argparse.Namespace) -> int:
+    _print_json(_spec_of(args.kind))
+    return 0
+
+
+def _spec_of(kind: str | None) -> dict[str, Any]:
     from ml.spec_schema import describe
 
     every = describe()
     return every[kind] if kind else every
 
 
-def _add_golds(sub) -> None:
+def _add_golds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("golds", help="list the gold rewards that configs can name")
     p.set_defaults(func=lambda args: (print("\n".join(__import__("ml.gold", fromlist=["x"]).known_golds())), 0)[1])
 
@@ -333,7 +342,7 @@ def _add_golds(sub) -> None:
 # ---------------------------------------------------------------------------------------------- diagnose
 
 
-def _add_diagnose(sub) -> None:
+def _add_diagnose(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "diagnose",
         help="pre-flight check of a weak pair: does CD raise gold reward here?",
@@ -358,7 +367,7 @@ def _add_diagnose(sub) -> None:
     p.set_defaults(func=_cmd_diagnose)
 
 
-def _cmd_diagnose(args) -> int:
+def _cmd_diagnose(args: argparse.Namespace) -> int:
     from ml.diagnose import preflight_dirs
 
     try:
@@ -393,7 +402,7 @@ def _cmd_diagnose(args) -> int:
 BUILTINS = [_add_generate, _add_run, _add_score, _add_stage, _add_golds, _add_spec, _add_diagnose, _add_job]
 
 
-def _load_plugins(sub) -> None:
+def _load_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name in PLUGINS:
         try:
             module = importlib.import_module(name)

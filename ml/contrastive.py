@@ -26,116 +26,23 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+# CDConfig lives in ml.cd_config (this module would otherwise pass the 500-line limit); the explicit
+# "as" re-export keeps ``from ml.contrastive import CDConfig`` working, for mypy's no_implicit_reexport too.
+from ml.cd_config import REPETITION_PENALTY_SCOPES as REPETITION_PENALTY_SCOPES
+from ml.cd_config import CDConfig as CDConfig
 from ml.modeling import check_same_vocab, pad_batch
 from ml.reporter import Reporter, or_null
 
+if TYPE_CHECKING:  # transformers is imported lazily at run time (keeps `import ml.contrastive` light)
+    from transformers import DynamicCache
+    from transformers.generation.logits_process import LogitsProcessor
+
 STAGE = "cd_generate"
-REPETITION_PENALTY_SCOPES = ("all", "generated")
-
-
-@dataclass
-class CDConfig:
-    """Contrastive-decoding settings; defaults are the ConG reference runs' values."""
-
-    alpha: float = field(
-        default=0.4,
-        metadata={
-            "help": "Weight of pi_post in the score: 1 = plain sampling from pi_post, 0 = pure log ratio "
-            "log pi_post - log pi_pre (the paper sweeps 0.0..1.0)."
-        },
-    )
-    relative_top: float = field(
-        default=0.1,
-        metadata={
-            "help": "Plausibility cut: keep tokens whose pi_post probability is at least relative_top times "
-            "the most likely token's. In (0, 1]."
-        },
-    )
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature (> 0); unused when greedy."})
-    top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling mass in (0, 1]; unused when greedy."})
-    repetition_penalty: float = field(
-        default=1.2,
-        metadata={
-            "help": "transformers' repetition penalty applied to the CD scores (1.0 = off); it divides positive "
-            "and multiplies negative scores, so it works on log-ratio scores too."
-        },
-    )
-    repetition_penalty_scope: str = field(
-        default="all",
-        metadata={
-            "help": "Which tokens the repetition penalty sees: 'all' = prompt and generated tokens (the reference "
-            "code's and transformers' behaviour), 'generated' = generated tokens only, so the prompt's own "
-            "words (which a reward may ask to mention) are not penalised."
-        },
-    )
-    max_new_tokens: int = field(default=256, metadata={"help": "Most tokens generated per prompt."})
-    do_sample: bool = field(default=True, metadata={"help": "Sample (True) or take the argmax (False)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the sampling generator (independent of global RNG)."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts decoded together."})
-    stop_strings: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Text is cut at the first of these strings (and token_ids to the tokens that produced it)."},
-    )
-    use_chat_template: bool = field(
-        default=True,
-        metadata={"help": "Wrap each prompt as a user message with the tokenizer's chat template, when it has one."},
-    )
-    ignore_eos: bool = field(
-        default=False,
-        metadata={"help": "Keep generating after EOS up to max_new_tokens (benchmarks: fixed token counts)."},
-    )
-    max_prompt_tokens: int | None = field(
-        default=None,
-        metadata={"help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."},
-    )
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop_strings, str):
-            raise ValueError("stop_strings must be a list of strings, e.g. ['\\n\\n'], not a single string")
-        self.stop_strings = list(self.stop_strings)
-        checks = [
-            (0.0 <= self.alpha <= 1.0, f"alpha must be in [0, 1], got {self.alpha}"),
-            (0.0 < self.relative_top <= 1.0, f"relative_top must be in (0, 1], got {self.relative_top}"),
-            (
-                self.temperature > 0.0,
-                f"temperature must be > 0 (use do_sample=False for greedy), got {self.temperature}",
-            ),
-            (0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1], got {self.top_p}"),
-            (
-                self.repetition_penalty > 0.0,
-                f"repetition_penalty must be > 0 (1.0 turns it off), got {self.repetition_penalty}",
-            ),
-            (
-                self.repetition_penalty_scope in REPETITION_PENALTY_SCOPES,
-                f"repetition_penalty_scope must be one of {', '.join(REPETITION_PENALTY_SCOPES)}, "
-                f"got {self.repetition_penalty_scope!r}",
-            ),
-            (
-                isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-                f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens}",
-            ),
-            (
-                isinstance(self.batch_size, int) and self.batch_size >= 1,
-                f"batch_size must be an integer >= 1, got {self.batch_size}",
-            ),
-            (isinstance(self.seed, int), f"seed must be an integer, got {self.seed!r}"),
-            (
-                all(isinstance(s, str) and s for s in self.stop_strings),
-                f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
-            ),
-            (
-                self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
-                f"max_prompt_tokens must be None or >= 1, got {self.max_prompt_tokens}",
-            ),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ValueError(f"CDConfig: {msg}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +72,9 @@ class Generation:
 # The score
 
 
-def _cd_step(logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: float, log_rt: float):
+def _cd_step(
+    logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: float, log_rt: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scores plus both log-softmaxes (the latter give the implicit reward for free)."""
     lp_post = torch.log_softmax(logits_aligned.float(), dim=-1)
     lp_pre = torch.log_softmax(logits_base.float(), dim=-1)
@@ -198,7 +107,7 @@ def cd_scores(
 # Prompts and checks shared with scoring
 
 
-def encode_prompt(tokenizer, prompt: str, *, use_chat_template: bool) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str, *, use_chat_template: bool) -> list[int]:
     """Prompt ids exactly as generation sees them; scoring uses the same function, then appends the
     separately tokenized response, so rewards and generations agree on the prompt/response boundary."""
     if use_chat_template and getattr(tokenizer, "chat_template", None):
@@ -217,11 +126,11 @@ def encode_prompt(tokenizer, prompt: str, *, use_chat_template: bool) -> list[in
     return ids
 
 
-def encode_response(tokenizer, response: str) -> list[int]:
+def encode_response(tokenizer: Any, response: str) -> list[int]:
     return list(tokenizer(response, add_special_tokens=False)["input_ids"])
 
 
-def model_vocab_size(model) -> int:
+def model_vocab_size(model: Any) -> int:
     return (
         int(model.get_output_embeddings().weight.shape[0])
         if model.get_output_embeddings() is not None
@@ -229,7 +138,7 @@ def model_vocab_size(model) -> int:
     )
 
 
-def check_weak_pair(aligned, base, tokenizer, base_tokenizer=None) -> None:
+def check_weak_pair(aligned: Any, base: Any, tokenizer: Any, base_tokenizer: Any = None) -> None:
     """CD compares logits id by id: same token->id map and same output size, or a clear ValueError."""
     if base_tokenizer is not None:
         check_same_vocab(tokenizer, base_tokenizer)
@@ -249,7 +158,7 @@ def check_weak_pair(aligned, base, tokenizer, base_tokenizer=None) -> None:
         raise ValueError(f"the weak models are on different devices ({da} and {db}); load both on one")
 
 
-def eos_ids_of(model, tokenizer) -> list[int]:
+def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
     """EOS ids from the tokenizer and the generation config (chat models often have several)."""
     ids: set[int] = set()
     if tokenizer.eos_token_id is not None:
@@ -262,7 +171,7 @@ def eos_ids_of(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def context_limit(model) -> int | None:
+def context_limit(model: Any) -> int | None:
     cfg = model.config
     for name in ("n_positions", "max_position_embeddings"):
         value = getattr(cfg, name, None)
@@ -283,7 +192,7 @@ def batch_seed(seed: int, batch_no: int) -> int:
 class _Stepper:
     """Runs one model forward with its own KV cache; resolves kwarg names once (not per step)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model: Any) -> None:
         from transformers import DynamicCache
 
         self.model = model
@@ -294,22 +203,25 @@ class _Stepper:
         self.extra: dict[str, Any] = {"use_cache": True}
         if "logits_to_keep" in params:
             self.extra["logits_to_keep"] = 1  # only the last position's logits are needed
-        self.cache = None
+        self.cache: DynamicCache | None = None  # set by prefill()
 
-    def prefill(self, ids, mask, pos) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         self.cache = self._cache_cls(config=self.model.config)
         out = self.model(
             input_ids=ids, attention_mask=mask, position_ids=pos, **{self.cache_kw: self.cache}, **self.extra
         )
-        return out.logits[:, -1, :]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
-    def step(self, tok, mask, pos) -> torch.Tensor:
+    def step(self, tok: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         out = self.model(
             input_ids=tok, attention_mask=mask, position_ids=pos, **{self.cache_kw: self.cache}, **self.extra
         )
-        return out.logits[:, -1, :]
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
 
     def keep_rows(self, rows: torch.Tensor) -> None:
+        assert self.cache is not None, "keep_rows() before prefill()"
         self.cache.batch_select_indices(rows)
 
 
@@ -328,7 +240,7 @@ class _Processors:
             if config.repetition_penalty != 1.0
             else None
         )
-        self.warpers = []
+        self.warpers: list[LogitsProcessor] = []
         if config.do_sample:
             if config.temperature != 1.0:
                 self.warpers.append(TemperatureLogitsWarper(float(config.temperature)))
@@ -354,7 +266,8 @@ class GeneratedOnlyRepetitionPenalty:
         generated = input_ids[:, self.prompt_len :]
         if generated.shape[1] == 0:
             return scores
-        return self.inner(generated, scores)
+        penalised: torch.Tensor = self.inner(generated, scores)
+        return penalised
 
 
 @dataclass
@@ -466,7 +379,7 @@ def _decode_batch(
     return out
 
 
-def decode_response(tokenizer, toks: list[int], stop_strings: list[str]) -> tuple[list[int], str, bool]:
+def decode_response(tokenizer: Any, toks: list[int], stop_strings: list[str]) -> tuple[list[int], str, bool]:
     """(ids, text, stopped): text without special tokens; with a stop string in it, the ids are cut to the
     shortest prefix whose text holds one and the text just before it, so ids, text and any per-token
     reward describe the same response."""
@@ -482,7 +395,7 @@ def decode_response(tokenizer, toks: list[int], stop_strings: list[str]) -> tupl
 
 
 def _finalize(
-    row: _Row, toks: list[int], lrs: list[float], tokenizer, config: CDConfig, eos_set: set[int]
+    row: _Row, toks: list[int], lrs: list[float], tokenizer: Any, config: CDConfig, eos_set: set[int]
 ) -> Generation:
     reason = "eos" if toks and toks[-1] in eos_set and not config.ignore_eos else "length"
     toks, text, stopped = decode_response(tokenizer, toks, config.stop_strings)
@@ -501,8 +414,8 @@ def _finalize(
     )
 
 
-def prepare_rows(tokenizer, prompts: list[str], config: CDConfig, limit: int | None = None) -> list[_Row]:
-    rows = []
+def prepare_rows(tokenizer: Any, prompts: list[str], config: CDConfig, limit: int | None = None) -> list[_Row]:
+    rows: list[_Row] = []
     for i, p in enumerate(prompts):
         ids = encode_prompt(tokenizer, p, use_chat_template=config.use_chat_template)
         if config.max_prompt_tokens is not None:
@@ -518,13 +431,13 @@ def prepare_rows(tokenizer, prompts: list[str], config: CDConfig, limit: int | N
 
 def contrastive_generate(
     *,
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: list[str],
     config: CDConfig,
     reporter: Reporter | None = None,
-    base_tokenizer=None,
+    base_tokenizer: Any = None,
 ) -> list[Generation]:
     """CD generations for ``prompts`` in input order (only the finished ones if should_stop() fired).
 
@@ -538,12 +451,8 @@ def contrastive_generate(
     check_weak_pair(aligned, base, tokenizer, base_tokenizer)
     device = next(aligned.parameters()).device
     vocab = model_vocab_size(aligned)
-    rows = prepare_rows(
-        tokenizer,
-        list(prompts),
-        config,
-        limit=min([x for x in (context_limit(aligned), context_limit(base)) if x] or [None]),
-    )
+    limits = [x for x in (context_limit(aligned), context_limit(base)) if x]
+    rows = prepare_rows(tokenizer, list(prompts), config, limit=min(limits) if limits else None)
     eos_list = eos_ids_of(aligned, tokenizer)
     if not eos_list and not config.ignore_eos:
         raise ValueError("the tokenizer has no EOS token; set ignore_eos=True to generate fixed lengths")
@@ -557,7 +466,7 @@ def contrastive_generate(
     out: list[Generation] = []
     done_count = 0
     for k, batch in enumerate(batches):
-        gen = None
+        gen: torch.Generator | None = None
         if config.do_sample:
             gen = torch.Generator(device=device)
             gen.manual_seed(batch_seed(config.seed, k))

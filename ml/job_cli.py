@@ -43,7 +43,7 @@ def setting_flags(kind: str) -> dict[str, str]:
     return out
 
 
-def add_parser(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "job",
         help="run any job kind with the web app's settings (derived flags)",
@@ -53,8 +53,8 @@ def add_parser(sub) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="KIND")
     for name, ks in registry().items():
         k = kinds.add_parser(name, help=ks.help, description=ks.help)
-        for f in FILES:
-            k.add_argument("--" + f.replace("_", "-"), default="", help=f"{f} (folder or JSONL file)")
+        for file_arg in FILES:
+            k.add_argument("--" + file_arg.replace("_", "-"), default="", help=f"{file_arg} (folder or JSONL file)")
         k.add_argument("--gold", default="", help="registered gold reward name (python -m ml golds)")
         k.add_argument("--out", required=True, help="run folder (each stage gets a subfolder; reruns resume)")
         k.add_argument("--alpha", type=float, default=None, help="CD alpha (kinds that decode with one)")
@@ -96,7 +96,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def _cmd_job(args) -> int:
+def _cmd_job(args: argparse.Namespace) -> int:
     from ml.cli import _print_json, console_reporter, setup_torch_threads
     from ml.execute import execute
     from ml.resolve import JobInputs, check, resolve

@@ -9,6 +9,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,7 +68,9 @@ def _check_folder(path: Path) -> None:
         raise ValueError(f"{path} is not a Hugging Face model folder (no config.json in it)")
 
 
-def load_tokenizer(path: str | Path):
+# Models and tokenizers are typed Any here: transformers' own types (PreTrainedModel's wrapped .to(), Auto*
+# classes' return types) reject ordinary use, and callers only need attribute access.
+def load_tokenizer(path: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
@@ -83,14 +86,14 @@ def load_causal_lm(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     eval_mode: bool = True,
-):
+) -> Any:
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     _check_folder(path)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dev, dtype)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
     model.to(dev)
     if eval_mode:
         model.eval()
@@ -107,7 +110,7 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     if not gguf_path.exists():
         raise FileNotFoundError(f"GGUF file {gguf_path} does not exist")
     kw = dict(gguf_file=gguf_path.name, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), dtype=torch.float32, **kw)
     tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), **kw)
     # A GGUF-loaded model carries its dequantising quantizer; it must go before save_pretrained.
     model.hf_quantizer = None
@@ -120,11 +123,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def vocab_of(tokenizer) -> dict[str, int]:
+def vocab_of(tokenizer: Any) -> dict[str, int]:
     return dict(tokenizer.get_vocab())
 
 
-def check_same_vocab(tok_a, tok_b, *, names: tuple[str, str] = ("weak aligned", "weak base")) -> None:
+def check_same_vocab(tok_a: Any, tok_b: Any, *, names: tuple[str, str] = ("weak aligned", "weak base")) -> None:
     """Contrastive decoding compares logits id by id, so both weak models must map tokens to ids alike."""
     va, vb = vocab_of(tok_a), vocab_of(tok_b)
     if va == vb:
@@ -141,7 +144,7 @@ def check_same_vocab(tok_a, tok_b, *, names: tuple[str, str] = ("weak aligned", 
             )
 
 
-def vocab_fingerprint(tokenizer) -> str:
+def vocab_fingerprint(tokenizer: Any) -> str:
     """A short stable hash of the token -> id map, for quick compatibility checks in the web app."""
     import hashlib
     import json
@@ -150,7 +153,7 @@ def vocab_fingerprint(tokenizer) -> str:
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def save_hf_folder(model, tokenizer, out_dir: str | Path) -> Path:
+def save_hf_folder(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     """Save model and tokenizer as a plain Hugging Face folder, atomically: written beside it as
     <name>.partial, then renamed, so a crash never leaves a folder that looks complete."""
     out_dir = Path(out_dir)

@@ -14,6 +14,7 @@ paths, so a value that its config's own checks reject is a 400 at submit, not a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -71,7 +72,9 @@ def _unknown_msg(name: str, spec: StageSpec, known: list[str]) -> str:
     return f"unknown setting; known: {', '.join(known)}"
 
 
-def _check_value(path: str, name: str, value: Any, tp: Any, limits: dict, errs: _Errors) -> tuple[bool, Any]:
+def _check_value(
+    path: str, name: str, value: Any, tp: Any, limits: dict[str, int | float], errs: _Errors
+) -> tuple[bool, Any]:
     try:
         value = check_type(value, tp)
     except ValueError as exc:
@@ -94,7 +97,9 @@ class _Layer:
     alphas: list[float] | None = None
 
 
-def _read_layer(ks: KindSpec, params: Any, used: list[str], limits: dict, errs: _Errors, *, strict: bool) -> _Layer:
+def _read_layer(
+    ks: KindSpec, params: Any, used: list[str], limits: dict[str, int | float], errs: _Errors, *, strict: bool
+) -> _Layer:
     """Split params into knobs / top / stage settings. strict (the request): every key must fit the kind, else an
     error; not strict (a dataset's recommendations): what does not fit this kind is left out."""
     layer = _Layer({}, {}, {})
@@ -144,7 +149,7 @@ def _knob_type(ks: KindSpec, knob: str) -> Any:
     return settable(ks.stages[stage])[name][1]
 
 
-def _unknown_param_msg(ks: KindSpec, key: str, top: dict) -> str:
+def _unknown_param_msg(ks: KindSpec, key: str, top: Mapping[str, Any]) -> str:
     if ks.pipeline and key in ("learning_rate", "beta", "k"):
         return (
             f"{key} differs per training stage in kind={ks.name}; set it per stage, e.g. params.sft.{key} "
@@ -154,7 +159,7 @@ def _unknown_param_msg(ks: KindSpec, key: str, top: dict) -> str:
     return f"unknown setting for kind={ks.name}; known: {', '.join(known)}"
 
 
-def _check_alphas(path: str, value: Any, limits: dict, errs: _Errors) -> list[float] | None:
+def _check_alphas(path: str, value: Any, limits: dict[str, int | float], errs: _Errors) -> list[float] | None:
     if not isinstance(value, list) or not value:
         errs.add(path, "alphas must be a non-empty list of numbers in [0, 1]")
         return None
@@ -335,7 +340,8 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
     if kind_spec(kind).pipeline:
         from ml.pipeline import PipelineConfig
 
-        stage_dicts = {"generate" if k == "cd_generate" else k: dict(v) for k, v in st.items()}
+        # Values typed Any: mypy cannot tell which PipelineConfig fields ** fills (each is a stage's overrides dict).
+        stage_dicts: dict[str, Any] = {"generate" if k == "cd_generate" else k: dict(v) for k, v in st.items()}
         return {
             "pipeline": PipelineConfig(
                 weak_base=inputs.weak_base,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,8 +27,9 @@ from ml.gold import GoldReward
 from ml.modeling import pad_batch
 
 
-def _device_of(model) -> torch.device:
-    return next(model.parameters()).device
+def _device_of(model: Any) -> torch.device:
+    device: torch.device = next(model.parameters()).device
+    return device
 
 
 def _fit(p: list[int], r: list[int], limit: int | None) -> tuple[list[int], list[int]]:
@@ -40,14 +42,19 @@ def _fit(p: list[int], r: list[int], limit: int | None) -> tuple[list[int], list
 
 
 def encode_pairs(
-    tokenizer, prompts: list[str], responses: list[str], *, use_chat_template: bool = False, append_eos: bool = False
+    tokenizer: Any,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    use_chat_template: bool = False,
+    append_eos: bool = False,
 ) -> list[tuple[list[int], list[int]]]:
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; they must pair up")
     eos = tokenizer.eos_token_id
     if append_eos and eos is None:
         raise ValueError("append_eos=True but the tokenizer has no EOS token")
-    out = []
+    out: list[tuple[list[int], list[int]]] = []
     for p, r in zip(prompts, responses):
         rid = encode_response(tokenizer, r) + ([int(eos)] if append_eos else [])
         out.append((encode_prompt(tokenizer, p, use_chat_template=use_chat_template), rid))
@@ -55,7 +62,7 @@ def encode_pairs(
 
 
 def token_logprobs_from_ids(
-    model, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 16, pad_id: int = 0
+    model: Any, pairs: list[tuple[list[int], list[int]]], *, batch_size: int = 16, pad_id: int = 0
 ) -> list[list[float]]:
     """log p(response token | prefix) for every response token of every (prompt_ids, response_ids)."""
     if batch_size < 1:
@@ -64,7 +71,7 @@ def token_logprobs_from_ids(
     limit = context_limit(model)
     pairs = [_fit(list(p), list(r), limit) for p, r in pairs]
     params = inspect.signature(model.forward).parameters
-    out: list[list[float] | None] = [None] * len(pairs)
+    out: list[list[float]] = [[] for _ in pairs]  # every row is set below (empty responses stay [])
     # Similar lengths together: less padding.
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))
     with torch.inference_mode():
@@ -97,12 +104,12 @@ def token_logprobs_from_ids(
                 lp = torch.log_softmax(logits[j, start : start + len(r)].float(), dim=-1)
                 tgt = torch.tensor(r, dtype=torch.long, device=lp.device).unsqueeze(1)
                 out[i] = lp.gather(1, tgt).squeeze(1).tolist()
-    return out  # type: ignore[return-value]
+    return out
 
 
 def token_logprobs(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompts: list[str],
     responses: list[str],
     *,
@@ -116,8 +123,8 @@ def token_logprobs(
 
 
 def sequence_logprobs(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompts: list[str],
     responses: list[str],
     *,
@@ -140,8 +147,8 @@ def sequence_logprobs(
     ]
 
 
-def _reward_dicts(lp_a: list[list[float]], lp_b: list[list[float]]) -> list[dict]:
-    out = []
+def _reward_dicts(lp_a: list[list[float]], lp_b: list[list[float]]) -> list[dict[str, float | int]]:
+    out: list[dict[str, float | int]] = []
     for a, b in zip(lp_a, lp_b):
         diff = [x - y for x, y in zip(a, b)]
         n = len(diff)
@@ -151,8 +158,8 @@ def _reward_dicts(lp_a: list[list[float]], lp_b: list[list[float]]) -> list[dict
 
 
 def implicit_rewards_from_ids(
-    *, aligned, base, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16, pad_id: int = 0
-) -> list[dict]:
+    *, aligned: Any, base: Any, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16, pad_id: int = 0
+) -> list[dict[str, float | int]]:
     lp_a = token_logprobs_from_ids(aligned, pairs, batch_size=batch_size, pad_id=pad_id)
     lp_b = token_logprobs_from_ids(base, pairs, batch_size=batch_size, pad_id=pad_id)
     return _reward_dicts(lp_a, lp_b)
@@ -160,16 +167,16 @@ def implicit_rewards_from_ids(
 
 def implicit_rewards(
     *,
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: list[str],
     responses: list[str],
     batch_size: int = 16,
     use_chat_template: bool = False,
     append_eos: bool = False,
-    base_tokenizer=None,
-) -> list[dict]:
+    base_tokenizer: Any = None,
+) -> list[dict[str, float | int]]:
     """Per pair {"sum", "mean", "n_tokens"} of log pi_post - log pi_pre over the response tokens
     (aligned = pi_post, base = pi_pre; mean is 0.0 for an empty response)."""
     check_weak_pair(aligned, base, tokenizer, base_tokenizer)

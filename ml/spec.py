@@ -72,7 +72,7 @@ class SpecError(ValueError):
         self.errors = errors
 
 
-def is_internal(f: Field) -> bool:
+def is_internal(f: Field[Any]) -> bool:
     return bool(f.metadata.get("internal"))
 
 
@@ -96,9 +96,9 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def settable(spec: StageSpec) -> dict[str, tuple[Field, Any]]:
+def settable(spec: StageSpec) -> dict[str, tuple[Field[Any], Any]]:
     """name -> (dataclass field, type) of every setting a request may give this stage."""
-    out: dict[str, tuple[Field, Any]] = {}
+    out: dict[str, tuple[Field[Any], Any]] = {}
     for cls in spec.classes:
         hints = _hints(cls)
         for f in fields(cls):
@@ -110,7 +110,7 @@ def settable(spec: StageSpec) -> dict[str, tuple[Field, Any]]:
     return out
 
 
-def field_default(f: Field) -> Any:
+def field_default(f: Field[Any]) -> Any:
     if f.default is not MISSING:
         return f.default
     if f.default_factory is not MISSING:
@@ -118,7 +118,7 @@ def field_default(f: Field) -> Any:
     return None
 
 
-def help_of(f: Field) -> str:
+def help_of(f: Field[Any]) -> str:
     return str(f.metadata.get("help", ""))
 
 
@@ -173,7 +173,9 @@ TRAIN_STAGES = ("sft", "dpo", "wspo", "auxconf")
 def registry() -> dict[str, KindSpec]:
     c = _classes()
     cd_alone = StageSpec(c["cd_generate"], wired=("alpha",), extra=(c["cd"],))
-    cd_knobs = {k: (f"cd_generate.{k}",) for k in ("max_prompts", "max_new_tokens", "seed", *DECODING_KNOBS)}
+    cd_knobs: dict[str, tuple[str, ...]] = {
+        k: (f"cd_generate.{k}",) for k in ("max_prompts", "max_new_tokens", "seed", *DECODING_KNOBS)
+    }
     evaluate = StageSpec(c["evaluate"])
     pipeline_stages = {
         # In the pipeline the generation settings are CDConfig's (shared by CD and plain sampling).
@@ -276,7 +278,7 @@ def registry() -> dict[str, KindSpec]:
     return {k.name: k for k in kinds}
 
 
-def top_settable() -> dict[str, tuple[Field, Any]]:
+def top_settable() -> dict[str, tuple[Field[Any], Any]]:
     """PipelineConfig's settings a request may give at params' top level (alpha/methods are job fields)."""
     cls = _classes()["pipeline"]
     hints = _hints(cls)
@@ -363,7 +365,7 @@ def check_limit(name: str, value: Any, limits: dict[str, int | float]) -> str | 
 
 def check_alpha(value: Any) -> float:
     try:
-        a = check_type(value, float)
+        a: float = check_type(value, float)
     except ValueError:
         raise ValueError(f"alpha must be a number between 0 and 1, got {value!r}") from None
     if not 0.0 <= a <= 1.0:

@@ -39,7 +39,9 @@ def json_type(tp: Any) -> dict[str, Any]:
     return {"type": _JSON.get(tp, "string")}
 
 
-def _setting(f: Any, tp: Any, limits: dict[str, Any], *, default: Any = None, with_default: bool = True) -> dict:
+def _setting(
+    f: Any, tp: Any, limits: dict[str, Any], *, default: Any = None, with_default: bool = True
+) -> dict[str, Any]:
     out = {**json_type(tp), "description": help_of(f)}
     if with_default:
         out["default"] = default if default is not None else field_default(f)

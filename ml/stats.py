@@ -10,6 +10,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30.
 _T975 = [
@@ -69,7 +70,7 @@ class MeanCI:
     hi: float
     n: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"mean": self.mean, "ci": [self.lo, self.hi], "n": self.n}
 
 
@@ -101,7 +102,7 @@ def mean_ci(values: Sequence[float], *, method: str = "t", n_boot: int = 2000, s
     raise ValueError(f"method must be 't' or 'bootstrap', not {method!r}")
 
 
-def win_rate(ours: Mapping, theirs: Mapping) -> dict:
+def win_rate(ours: Mapping[Any, float], theirs: Mapping[Any, float]) -> dict[str, float | int]:
     """Paired win rate over the keys both have (e.g. (prompt index, sample index)); ties count half.
 
     Returns {"win_rate", "wins", "ties", "losses", "n"}; win_rate is NaN when nothing pairs up.
