@@ -45,7 +45,7 @@ def pearson(xs: list[float], ys: list[float]) -> float:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
-def summarize(rows: list[dict]) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """gold mean with a 95% interval over samples, valid rate, mean implicit reward, n."""
     g = mean_ci([r["gold"] for r in rows])
     imp = [r["implicit"] for r in rows if r.get("implicit") is not None]
@@ -58,7 +58,7 @@ def summarize(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def _score(gold: GoldReward, prompts: list[str], texts: list[str], implicit: list[float]) -> list[dict]:
+def _score(gold: GoldReward, prompts: list[str], texts: list[str], implicit: list[float]) -> list[dict[str, Any]]:
     return [
         {"prompt": p, "response": t, "gold": gold(p, t), "valid": gold.is_valid(p, t), "implicit": i}
         for p, t, i in zip(prompts, texts, implicit)
@@ -66,11 +66,11 @@ def _score(gold: GoldReward, prompts: list[str], texts: list[str], implicit: lis
 
 
 def plain_samples(
-    model,
+    model: Any,
     *,
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: list[str],
     gold: GoldReward,
     n: int,
@@ -80,7 +80,7 @@ def plain_samples(
     top_p: float = 0.95,
     batch_size: int = 128,
     use_chat_template: bool = True,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """n plain samples per prompt from ``model`` (pi_pre or pi_post), with implicit rewards."""
     from ml.scoring import implicit_rewards
     from ml.stages._train import sample_responses
@@ -118,9 +118,9 @@ def plain_samples(
 
 def cd_samples(
     *,
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: list[str],
     gold: GoldReward,
     alpha: float,
@@ -129,9 +129,9 @@ def cd_samples(
     max_new_tokens: int,
     reporter: Reporter | None = None,
     batch_size: int = 64,
-    cd_overrides: dict | None = None,
+    cd_overrides: dict[str, Any] | None = None,
     use_chat_template: bool = True,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """n CD samples per prompt at ``alpha`` (reference settings unless ``cd_overrides`` says), scored."""
     from ml.contrastive import CDConfig, contrastive_generate
 
@@ -154,18 +154,18 @@ def cd_samples(
 
 def run_sweep(
     *,
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: list[str],
     gold: GoldReward,
-    alphas,
+    alphas: Sequence[float],
     n: int,
     seed: int,
     max_new_tokens: int,
     reporter: Reporter | None = None,
     keep_rows: bool = False,
-    cd_overrides: dict | None = None,
+    cd_overrides: dict[str, Any] | None = None,
     use_chat_template: bool = True,
 ) -> dict[str, Any]:
     """Everything the alpha sweep reports for one weak pair: pre, plain_post, cd[alpha], Pearson.
@@ -202,7 +202,7 @@ def run_sweep(
         "cd": [],
         "implicit_gold_pearson": pearson([r["implicit"] for r in post], [r["gold"] for r in post]),
     }
-    rows: dict[str, list[dict]] = {"pre": pre, "plain_post": post}
+    rows: dict[str, list[dict[str, Any]]] = {"pre": pre, "plain_post": post}
     for k, a in enumerate(alphas):
         cd = cd_samples(
             aligned=aligned,
@@ -235,10 +235,11 @@ def run_sweep(
 RAISES, NO_GAIN, LOWERS = "raises", "no_gain", "lowers"
 
 
-def _se(summary: dict) -> float:
+def _se(summary: dict[str, Any]) -> float:
     # Standard error read back from a 95% interval (a point interval, e.g. one value, gives 0).
     lo, hi = summary["gold_ci"]
-    return (hi - lo) / (2 * 1.96)
+    se: float = (hi - lo) / (2 * 1.96)
+    return se
 
 
 def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any]:
@@ -287,7 +288,16 @@ def verdict(sweep: dict[str, Any], decision_alpha: float = 0.4) -> dict[str, Any
     }
 
 
-def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
+def _decide(
+    diff: float,
+    lo: float,
+    hi: float,
+    ratio_effect: tuple[float, float, float] | None,
+    r: float | None,
+    r_txt: str,
+    delta: str,
+    decision_alpha: float,
+) -> tuple[str, str]:
     """(code, message) from the gain over plain pi_post (diff, lo..hi) and the log-ratio effect."""
     if lo > 0:
         code = RAISES
@@ -299,7 +309,7 @@ def _decide(diff, lo, hi, ratio_effect, r, r_txt, delta, decision_alpha):
             "learned a shortcut: the log-ratio does not favour what the gold reward favours, so training a "
             "strong model on CD samples is not expected to beat plain weak supervision."
         )
-    elif hi < 0:
+    elif hi < 0 and ratio_effect is not None:  # always set here: the branch above takes hi < 0 without one
         code = LOWERS
         msg = (
             f"CD does not raise gold reward here; it lowers it: {delta}; {r_txt}. The loss comes from CD's "
@@ -326,16 +336,17 @@ def verdict_over_seeds(sweeps: list[dict[str, Any]], decision_alpha: float = 0.4
         return verdict(sweeps[0], decision_alpha)
     key = round(decision_alpha, 6)
 
-    def cd_at(sw, a):
-        return next(c for c in sw["cd"] if round(float(c["alpha"]), 6) == a)["gold_mean"]
+    def cd_at(sw: dict[str, Any], a: float) -> float:
+        gold_mean: float = next(c for c in sw["cd"] if round(float(c["alpha"]), 6) == a)["gold_mean"]
+        return gold_mean
 
     gains = mean_ci([cd_at(sw, key) - sw["plain_post"]["gold_mean"] for sw in sweeps])
     ratio_effect = None
     if all(any(round(float(c["alpha"]), 6) == 1.0 for c in sw["cd"]) for sw in sweeps) and key != 1.0:
         e = mean_ci([cd_at(sw, key) - cd_at(sw, 1.0) for sw in sweeps])
         ratio_effect = (e.mean, e.lo, e.hi)
-    rs = [sw.get("implicit_gold_pearson") for sw in sweeps]
-    rs = [x for x in rs if x is not None and not math.isnan(x)]
+    pearsons = [sw.get("implicit_gold_pearson") for sw in sweeps]
+    rs: list[float] = [x for x in pearsons if x is not None and not math.isnan(x)]
     r = sum(rs) / len(rs) if rs else None
     r_txt = (
         f"mean implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}"
@@ -387,9 +398,9 @@ class PreflightConfig:
 
 
 def preflight(
-    aligned,
-    base,
-    tokenizer,
+    aligned: Any,
+    base: Any,
+    tokenizer: Any,
     prompts: Sequence[str],
     gold: GoldReward | str | Callable[[str, str], float],
     *,
@@ -399,7 +410,7 @@ def preflight(
     max_new_tokens: int = 64,
     decision_alpha: float = 0.4,
     use_chat_template: bool = True,
-    cd_overrides: dict | None = None,
+    cd_overrides: dict[str, Any] | None = None,
     reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """Run the pre-flight check on a loaded weak pair (aligned = pi_post, base = pi_pre).

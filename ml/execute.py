@@ -86,7 +86,7 @@ def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: O
     from ml.stages.evaluate import evaluate
     from ml.stages.generate import cd_generate
 
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for k, run in enumerate(runs):
         cd = run["cd_generate"]
         # Checked before each alpha too: a finished alpha returns at once (resumed), so a long list of quick

@@ -23,9 +23,10 @@ Results: output_dir/results.json and output_dir/results.md (a table).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
@@ -88,19 +89,23 @@ class PipelineConfig:
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
     )
     # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
-    weak_align: dict = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
-    generate: dict = field(
+    weak_align: dict[str, Any] = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
+    generate: dict[str, Any] = field(
         default_factory=dict,
         metadata={
             "help": "CDConfig overrides for cd_generate and plain_generate (temperature, top_p, batch_size, ...)."
         },
     )
-    sft: dict = field(default_factory=dict, metadata={"help": "SFTStageConfig overrides (ConG-S and WeakSFT)."})
-    self_sample: dict = field(default_factory=dict, metadata={"help": "SelfSampleConfig overrides."})
-    dpo: dict = field(default_factory=dict, metadata={"help": "DPOStageConfig overrides (ConG's DPO)."})
-    wspo: dict = field(default_factory=dict, metadata={"help": "WSPOConfig overrides."})
-    auxconf: dict = field(default_factory=dict, metadata={"help": "AuxConfConfig overrides."})
-    evaluate: dict = field(default_factory=dict, metadata={"help": "EvaluateConfig overrides (n_samples, ...)."})
+    sft: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "SFTStageConfig overrides (ConG-S and WeakSFT)."}
+    )
+    self_sample: dict[str, Any] = field(default_factory=dict, metadata={"help": "SelfSampleConfig overrides."})
+    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "DPOStageConfig overrides (ConG's DPO)."})
+    wspo: dict[str, Any] = field(default_factory=dict, metadata={"help": "WSPOConfig overrides."})
+    auxconf: dict[str, Any] = field(default_factory=dict, metadata={"help": "AuxConfConfig overrides."})
+    evaluate: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "EvaluateConfig overrides (n_samples, ...)."}
+    )
 
     def __post_init__(self) -> None:
         for name in ("weak_base", "strong", "train_prompts", "eval_prompts", "gold", "output_dir"):
@@ -148,9 +153,16 @@ class PipelineConfig:
 
 
 class _Stopped(Exception):
-    def __init__(self, stage: str, summary: dict) -> None:
+    def __init__(self, stage: str, summary: dict[str, Any]) -> None:
         super().__init__(stage)
         self.stage, self.summary = stage, summary
+
+
+class _StageConfig(Protocol):
+    output_dir: str
+
+
+_Cfg = TypeVar("_Cfg", bound=_StageConfig)
 
 
 class _Runner:
@@ -166,7 +178,7 @@ class _Runner:
     def dir(self, name: str) -> str:
         return str(self.out / name)
 
-    def stage(self, name: str, fn, cfg) -> dict:
+    def stage(self, name: str, fn: Callable[[_Cfg, Reporter], dict[str, Any]], cfg: _Cfg) -> dict[str, Any]:
         from ml.io import stage_done
 
         if self.dry:  # check(): every stage config was built (and validated); nothing runs
@@ -184,7 +196,7 @@ class _Runner:
             write_json(self.timings_path, self.timings)
         return summary
 
-    def train_kw(self, overrides: dict) -> dict:
+    def train_kw(self, overrides: dict[str, Any]) -> dict[str, Any]:
         kw: dict[str, Any] = {
             "seed": self.c.seed,
             "device": self.c.device,
@@ -194,10 +206,10 @@ class _Runner:
             kw["max_steps"] = self.c.train_max_steps
         return {**kw, **overrides}
 
-    def strong_kw(self, overrides: dict) -> dict:
+    def strong_kw(self, overrides: dict[str, Any]) -> dict[str, Any]:
         return self.train_kw({"lora_r": self.c.lora_r, **overrides})
 
-    def decoding(self, **extra) -> dict:
+    def decoding(self, **extra: Any) -> dict[str, Any]:
         return {
             "seed": self.c.seed,
             "max_new_tokens": self.c.max_new_tokens,
@@ -217,7 +229,7 @@ def check(config: PipelineConfig) -> dict[str, Any]:
     return R.planned
 
 
-def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
+def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run (or resume) the pipeline; returns the results dict (also in output_dir/results.json), or
     {"stopped": True, "stage": ...} when the reporter asked to stop."""
     c = config
@@ -245,7 +257,7 @@ def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict:
     return results
 
 
-def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[str, dict]]:
+def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[str, dict[str, Any]]]:
     """The stages in order; returns (pi_post folder, model folder per method, evaluation per method)."""
     from ml.stages.auxconf import AuxConfConfig, auxconf
     from ml.stages.dpo import DPOStageConfig, dpo
@@ -274,14 +286,14 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
             )
         )
         weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
-    common = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
+    common: dict[str, Any] = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
 
     if methods & {"cong_s", "cong", "cong_filtered"}:
         cd_cfg = CDGenerateConfig(
             aligned=weak_aligned,
             base=c.weak_base,
             output_dir=R.dir("cd_generate"),
-            cd=R.decoding(alpha=c.alpha),
+            cd=R.decoding(alpha=c.alpha),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
             **common,
         )
         cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
@@ -326,7 +338,11 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
 
     if methods & {"weak_sft", "wspo", "auxconf"}:
         pg = PlainGenerateConfig(
-            model=weak_aligned, base=c.weak_base, output_dir=R.dir("plain_generate"), sampling=R.decoding(), **common
+            model=weak_aligned,
+            base=c.weak_base,
+            output_dir=R.dir("plain_generate"),
+            sampling=R.decoding(),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
+            **common,
         )
         plain = R.stage("plain_generate", plain_generate, pg)["samples"]
         if "weak_sft" in methods:
@@ -359,7 +375,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
     # Evaluate WeakSFT first: the others' win rates are measured against its samples.
     order = sorted(c.methods, key=lambda m: (m != "weak_sft", METHODS.index(m)))
     reference = str(R.out / "eval" / "weak_sft" / SAMPLES) if "weak_sft" in methods else ""
-    metrics: dict[str, dict] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     for m in order:
         ev = EvaluateConfig(
             **{
@@ -384,8 +400,8 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
     return weak_aligned, models, metrics
 
 
-def _method_row(name: str, m: dict, model: str) -> dict:
-    row = {
+def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
         "label": LABELS[name],
         "gold_mean": m["gold_mean"],
         "gold_ci": m["gold_ci"],
@@ -406,7 +422,7 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return str(x)
 
 
-def results_markdown(results: dict) -> str:
+def results_markdown(results: dict[str, Any]) -> str:
     cfg = results["config"]
     lines = [
         f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}",

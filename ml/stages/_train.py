@@ -18,36 +18,41 @@ import math
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
 from ml.modeling import pad_batch, pick_device, pick_dtype
+from ml.reporter import Reporter
+
+if TYPE_CHECKING:
+    from ml.stages.callbacks import ReporterCallback
 
 # ----------------------------------------------------------------------------------------------
 # Text and tokens
 
 
-def has_chat_template(tokenizer) -> bool:
+def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def format_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> str:
+def format_prompt(tokenizer: Any, prompt: str, use_chat_template: bool = True) -> str:
     if use_chat_template and has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
+        text: str = tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
+        return text
     return prompt
 
 
-def encode_prompt(tokenizer, prompt: str, use_chat_template: bool = True) -> list[int]:
+def encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool = True) -> list[int]:
     # Delegates to contrastive decoding's encoder so training and generation agree token for token.
     from ml.contrastive import encode_prompt as _encode_prompt
 
     return _encode_prompt(tokenizer, prompt, use_chat_template=use_chat_template)
 
 
-def encode_response(tokenizer, response: str, use_chat_template: bool = True, add_eos: bool = True) -> list[int]:
+def encode_response(tokenizer: Any, response: str, use_chat_template: bool = True, add_eos: bool = True) -> list[int]:
     from ml.contrastive import encode_response as _encode_response
 
     ids = _encode_response(tokenizer, response)
@@ -57,7 +62,7 @@ def encode_response(tokenizer, response: str, use_chat_template: bool = True, ad
 
 
 def encode_pair(
-    tokenizer, prompt: str, response: str, *, use_chat_template: bool = True, max_length: int | None = None
+    tokenizer: Any, prompt: str, response: str, *, use_chat_template: bool = True, max_length: int | None = None
 ) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) with eos; over ``max_length`` the prompt loses its start and the
     response its end (the response keeps at least one token, so every pair still carries a signal)."""
@@ -71,8 +76,9 @@ def encode_pair(
     return p, r
 
 
-def decode_response(tokenizer, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True).strip()
+def decode_response(tokenizer: Any, ids: list[int]) -> str:
+    text: str = tokenizer.decode(ids, skip_special_tokens=True).strip()
+    return text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -81,8 +87,8 @@ def decode_response(tokenizer, ids: list[int]) -> str:
 
 @torch.no_grad()
 def sample_responses(
-    model,
-    tokenizer,
+    model: Any,
+    tokenizer: Any,
     prompts: list[str],
     *,
     n: int = 1,
@@ -189,7 +195,7 @@ class TrainConfig:
             raise ValueError(f"lora_r must be >= 0, 0 meaning full fine-tune (got {self.lora_r})")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -234,7 +240,7 @@ def training_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     )
 
 
-def load_for_training(cfg: TrainConfig):
+def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
     """(model, tokenizer) on the configured device; LoRA-wrapped when lora_r > 0."""
     from ml.modeling import load_causal_lm, load_tokenizer
 
@@ -268,10 +274,14 @@ def last_checkpoint(cfg: TrainConfig) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     ckpt_dir = Path(cfg.output_dir) / "checkpoints"
-    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if not ckpt_dir.is_dir():
+        return None
+    # transformers leaves get_last_checkpoint unannotated; it returns the folder's path or None.
+    found: str | None = get_last_checkpoint(str(ckpt_dir))  # type: ignore[no-untyped-call]
+    return found
 
 
-def save_final(model, tokenizer, output_dir: str | Path) -> Path:
+def save_final(model: Any, tokenizer: Any, output_dir: str | Path) -> Path:
     """Write output_dir/model as a plain HF folder (LoRA merged), atomically."""
     from ml.modeling import save_hf_folder
 
@@ -280,7 +290,9 @@ def save_final(model, tokenizer, output_dir: str | Path) -> Path:
     return save_hf_folder(model, tokenizer, Path(output_dir) / "model")
 
 
-def run_training(trainer, cfg: TrainConfig, callback, *, stage: str, extra: dict[str, Any] | None = None) -> dict:
+def run_training(
+    trainer: Any, cfg: TrainConfig, callback: ReporterCallback, *, stage: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Train (resuming from the latest checkpoint), then save model/ and DONE.json; or report a stop."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -325,7 +337,7 @@ def sample_to_jsonl(
     model_dir: str,
     prompts: list[str],
     path: Path,
-    reporter,
+    reporter: Reporter,
     progress_name: str,
     n: int = 1,
     temperature: float = 0.8,
@@ -387,7 +399,7 @@ def sample_to_jsonl(
 
 
 @torch.no_grad()
-def token_logprobs(model, seqs: list[list[int]], *, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
+def token_logprobs(model: Any, seqs: list[list[int]], *, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
     """For each sequence, [0.0, log p(s1|s0), log p(s2|s0 s1), ...] (same length as the sequence).
 
     Right padding with an attention mask: positions before a row's pads are computed exactly as
@@ -404,7 +416,7 @@ def token_logprobs(model, seqs: list[list[int]], *, batch_size: int = 8, pad_id:
     return out
 
 
-def pad_collate(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+def pad_collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad list-valued features: input_ids with pad_id, everything else with 0."""
     width = max(len(f["input_ids"]) for f in features)
     batch: dict[str, torch.Tensor] = {}

@@ -16,6 +16,7 @@ model first learns from the weak labels, then is allowed to trust itself), then 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def aux_weight_at(step: int, max_steps: int, aux_weight: float, warmup_fraction:
     return aux_weight * min(1.0, step / (warmup_fraction * max_steps))
 
 
-def auxconf_loss(logits: torch.Tensor, labels: torch.Tensor, w: float) -> tuple[torch.Tensor, dict]:
+def auxconf_loss(logits: torch.Tensor, labels: torch.Tensor, w: float) -> tuple[torch.Tensor, dict[str, float]]:
     """logits [B, L, V] predicting labels [B, L] (already shifted; -100 = ignore)."""
     logits = logits.float()
     mask = labels != -100
@@ -74,14 +75,21 @@ def auxconf_loss(logits: torch.Tensor, labels: torch.Tensor, w: float) -> tuple[
     return (1.0 - w) * weak_ce + w * self_ce, {"weak_ce": weak_ce.item(), "self_ce": self_ce.item()}
 
 
-def _trainer_class():
+def _trainer_class() -> type[Any]:
+    """The Trainer subclass, built on first use (transformers is imported lazily); auxconf() sets its weights."""
     from transformers import Trainer
 
     class AuxConfTrainer(Trainer):
         aux_weight: float = 0.5
         warmup_fraction: float = 0.2
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_loss(
+            self,
+            model: torch.nn.Module,
+            inputs: dict[str, torch.Tensor | Any],
+            return_outputs: bool = False,
+            num_items_in_batch: torch.Tensor | int | None = None,
+        ) -> torch.Tensor | tuple[torch.Tensor, Any]:
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             labels = inputs["labels"][:, 1:]
             w = aux_weight_at(self.state.global_step, self.state.max_steps, self.aux_weight, self.warmup_fraction)
@@ -89,15 +97,15 @@ def _trainer_class():
             self._aux_last = {"aux_weight": w, **parts}
             return (loss, out) if return_outputs else loss
 
-        def log(self, logs, *args, **kwargs):
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             if "loss" in logs and getattr(self, "_aux_last", None):
                 logs = {**logs, **self._aux_last}
-            return super().log(logs, *args, **kwargs)
+            super().log(logs, *args, **kwargs)
 
     return AuxConfTrainer
 
 
-def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
+def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done
@@ -113,7 +121,7 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict:
     ]
     pad = tok.pad_token_id or 0
 
-    def collate(f):
+    def collate(f: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = pad_collate([{k: v for k, v in x.items() if k != "labels"} for x in f], pad)
         width = batch["input_ids"].shape[1]
         labels = torch.full((len(f), width), -100, dtype=torch.long)

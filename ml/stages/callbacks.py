@@ -6,9 +6,14 @@ True we ask the Trainer to save a checkpoint of that step and stop, so a rerun r
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from transformers import TrainerCallback
 
 from ml.reporter import Reporter, or_null
+
+if TYPE_CHECKING:
+    from transformers import TrainerControl, TrainerState, TrainingArguments
 
 # Keys in the Trainer's log dict worth forwarding as metrics (others: epoch bookkeeping, flops...).
 _METRIC_KEYS = (
@@ -33,28 +38,41 @@ class ReporterCallback(TrainerCallback):
         self.stage = stage
         self.stopped = False
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         self.reporter.progress(self.stage, int(state.global_step), int(state.max_steps))
         self._check_stop(control)
         return control
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         self.reporter.progress(self.stage, int(state.global_step), int(state.max_steps))
         self._check_stop(control)
         return control
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> TrainerControl:
         for key, value in (logs or {}).items():
             if key in _METRIC_KEYS and isinstance(value, (int, float)):
                 self.reporter.metric(f"{self.stage}/{key}", float(value), int(state.global_step))
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
         how = "stopped" if self.stopped else "finished"
         self.reporter.log(f"{self.stage}: training {how} at step {state.global_step}/{state.max_steps}")
         return control
 
-    def _check_stop(self, control) -> None:
+    def _check_stop(self, control: TrainerControl) -> None:
         if not self.stopped and self.reporter.should_stop():
             self.stopped = True
             control.should_training_stop = True

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter, or_null
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
+
+if TYPE_CHECKING:
+    from trl import DPOTrainer
 
 STAGE = "dpo"
 
@@ -82,7 +85,9 @@ class DPOStageConfig(TrainConfig):
             raise ValueError("filter_by_implicit_reward needs weak_aligned and weak_base (the weak pair's folders)")
 
 
-def join_pairs(chosen_rows: list[dict], rejected_rows: list[dict], field_name: str = "response") -> list[dict]:
+def join_pairs(
+    chosen_rows: list[dict[str, Any]], rejected_rows: list[dict[str, Any]], field_name: str = "response"
+) -> list[dict[str, Any]]:
     """Preference rows from two sample files for the same prompts (by 'index' if both carry it)."""
     if all("index" in r for r in chosen_rows) and all("index" in r for r in rejected_rows):
         by_index = {r["index"]: r for r in rejected_rows}
@@ -100,7 +105,9 @@ def join_pairs(chosen_rows: list[dict], rejected_rows: list[dict], field_name: s
     return out
 
 
-def filter_pairs(rows: list[dict], chosen_rewards: list[float], rejected_rewards: list[float]) -> list[dict]:
+def filter_pairs(
+    rows: list[dict[str, Any]], chosen_rewards: list[float], rejected_rewards: list[float]
+) -> list[dict[str, Any]]:
     """Keep pairs where chosen's implicit reward beats rejected's (ties are dropped: no preference)."""
     if not len(rows) == len(chosen_rewards) == len(rejected_rewards):
         raise ValueError("one reward per pair is needed for chosen and for rejected")
@@ -131,7 +138,7 @@ def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]
     return [float(s["sum"]) for s in scores]
 
 
-def load_preferences(cfg: DPOStageConfig) -> list[dict]:
+def load_preferences(cfg: DPOStageConfig) -> list[dict[str, Any]]:
     if cfg.data:
         rows = read_jsonl(cfg.data, required=("prompt", "chosen", "rejected"))
     else:
@@ -150,7 +157,7 @@ def load_preferences(cfg: DPOStageConfig) -> list[dict]:
     return rows[: cfg.max_examples] if cfg.max_examples else rows
 
 
-def _trainer_class():
+def _trainer_class() -> type[DPOTrainer]:
     from trl import DPOTrainer
 
     class _DPOTrainer(DPOTrainer):
@@ -160,7 +167,7 @@ def _trainer_class():
         ``_train``) so DPO trains on the very tokens generation and scoring use.
         """
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             if "prompt_ids" in dataset.column_names:
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
@@ -169,8 +176,13 @@ def _trainer_class():
 
 
 def train_dpo(
-    cfg: DPOStageConfig, rows: list[dict], reporter: Reporter | None, *, stage: str, extra: dict[str, Any] | None = None
-) -> dict:
+    cfg: DPOStageConfig,
+    rows: list[dict[str, Any]],
+    reporter: Reporter | None,
+    *,
+    stage: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """DPO on preference rows; shared by ``dpo`` and ``weak_align``."""
     from datasets import Dataset
     from trl import DPOConfig
@@ -206,7 +218,7 @@ def train_dpo(
     return run_training(trainer, cfg, callback, stage=stage, extra={"n_pairs": len(data), **(extra or {})})
 
 
-def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict:
+def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done

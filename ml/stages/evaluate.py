@@ -103,7 +103,7 @@ class EvaluateConfig:
             self.name = Path(self.output_dir).name
 
 
-def _key(row: dict) -> tuple[str, int]:
+def _key(row: dict[str, Any]) -> tuple[str, int]:
     return (str(row["prompt"]), int(row.get("sample", 0)))
 
 
@@ -129,7 +129,7 @@ def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
     )
 
 
-def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
+def _implicit(config: EvaluateConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from ml.modeling import load_causal_lm, load_tokenizer
     from ml.scoring import implicit_rewards
 
@@ -148,7 +148,7 @@ def _implicit(config: EvaluateConfig, rows: list[dict]) -> list[dict]:
     )
 
 
-def score_rows(rows: list[dict], gold: GoldReward) -> list[dict]:
+def score_rows(rows: list[dict[str, Any]], gold: GoldReward) -> list[dict[str, Any]]:
     return [
         {
             **r,
@@ -159,7 +159,7 @@ def score_rows(rows: list[dict], gold: GoldReward) -> list[dict]:
     ]
 
 
-def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict:
+def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done

@@ -17,10 +17,10 @@ the file is rewritten in (index, sample) order and DONE.json holds the summary.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -38,6 +38,7 @@ from ml.io import SAMPLES, append_jsonl, mark_done, read_prompts, repair_jsonl, 
 from ml.reporter import Reporter, or_null
 
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
+_Config = TypeVar("_Config", bound="_GenerateCommon")
 
 
 def _coerce_cd(value: Any, owner: str) -> CDConfig:
@@ -51,11 +52,11 @@ def _coerce_cd(value: Any, owner: str) -> CDConfig:
     raise ValueError(f"{owner}: decoding settings must be a CDConfig or a dict, got {type(value).__name__}")
 
 
-def _from_flat(cls, data: dict[str, Any], nested: str):
+def _from_flat(cls: type[_Config], data: dict[str, Any], nested: str) -> _Config:
     """Build a config from a flat dict: keys naming CDConfig fields go into the nested decoding config."""
     own = {f.name for f in fields(cls)}
     cd = dict(data.get(nested) or {})
-    top = {}
+    top: dict[str, Any] = {}
     for k, v in data.items():
         if k == nested:
             continue
@@ -65,7 +66,8 @@ def _from_flat(cls, data: dict[str, Any], nested: str):
             cd[k] = v
         else:
             raise ValueError(f"{cls.__name__}: unknown setting {k!r}")
-    return cls(**top, **{nested: CDConfig(**cd)})
+    decoding: dict[str, Any] = {nested: CDConfig(**cd)}
+    return cls(**top, **decoding)
 
 
 @dataclass
@@ -165,7 +167,7 @@ def _run(
     stage: str,
     config: _GenerateCommon,
     decoding: CDConfig,
-    tokenizer,
+    tokenizer: Any,
     alpha: float | None,
     chunk_fn: ChunkFn,
     reporter: Reporter | None,
@@ -245,7 +247,9 @@ def _run(
     return mark_done(out_dir, summary)
 
 
-def _load_pair(aligned_path: str, base_path: str | None, device: str | None, dtype: str | None):
+def _load_pair(
+    aligned_path: str, base_path: str | None, device: str | None, dtype: str | None
+) -> tuple[Any, Any, Any | None, torch.device]:
     from ml.modeling import check_same_vocab, load_causal_lm, load_tokenizer, pick_device
 
     dev = pick_device(device)
@@ -258,7 +262,7 @@ def _load_pair(aligned_path: str, base_path: str | None, device: str | None, dty
     return tok, aligned, base, dev
 
 
-def _row_result(token_ids: list[int], text: str, finish: str, reward: dict | None) -> dict[str, Any]:
+def _row_result(token_ids: list[int], text: str, finish: str, reward: Mapping[str, Any] | None) -> dict[str, Any]:
     return {
         "response": text,
         "token_ids": token_ids,

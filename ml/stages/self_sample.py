@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done
 from ml.reporter import Reporter, or_null
@@ -48,7 +49,7 @@ class SelfSampleConfig:
             raise ValueError("n_samples, batch_size and max_new_tokens must all be >= 1")
 
 
-def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> dict:
+def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done
 from ml.reporter import Reporter, or_null
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
+
+if TYPE_CHECKING:
+    from ml.stages.auxconf import AuxConfConfig
 
 STAGE = "sft"
 
@@ -42,14 +45,14 @@ class SFTStageConfig(TrainConfig):
             raise ValueError("data is empty: give a JSONL file of prompt/response pairs")
 
 
-def load_pairs(path: str | Path, response_field: str = "response", limit: int | None = None) -> list[dict]:
+def load_pairs(path: str | Path, response_field: str = "response", limit: int | None = None) -> list[dict[str, Any]]:
     rows = read_jsonl(path, required=("prompt", response_field))
     # An empty response teaches nothing but "stop now"; drop it rather than bias towards silence.
     rows = [r for r in rows if str(r[response_field]).strip()]
     return rows[:limit] if limit else rows
 
 
-def load_encoded_pairs(config) -> tuple[Any, Any, list[tuple[list[int], list[int]]]]:
+def load_encoded_pairs(config: SFTStageConfig | AuxConfConfig) -> tuple[Any, Any, list[tuple[list[int], list[int]]]]:
     """The model, its tokenizer and each (prompt ids, response ids + eos) pair of ``config.data``:
     the shared start of every stage that trains on prompt/response pairs (SFT, AuxConf)."""
     pairs = load_pairs(config.data, config.response_field, config.max_examples)
@@ -69,7 +72,7 @@ def load_encoded_pairs(config) -> tuple[Any, Any, list[tuple[list[int], list[int
     return model, tok, encoded
 
 
-def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict:
+def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done

@@ -91,6 +91,8 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
         done = int(read_json(progress_path)["prompts_done"])
     if done >= len(prompts):
         return path, True
+    if config.gold is None:  # __post_init__ requires gold when there is no preference file
+        raise ValueError("sampling preferences needs gold: a registered gold name or a callable")
     gold = resolve_gold(config.gold)
     model = load_causal_lm(config.model, device=config.device)
     tok = load_tokenizer(config.model)
@@ -120,8 +122,9 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
     return path, True
 
 
-def _dedupe(rows: list[dict]) -> list[dict]:
-    seen, out = set(), []
+def _dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[Any] = set()
+    out: list[dict[str, Any]] = []
     for r in rows:
         if r["prompt"] not in seen:
             seen.add(r["prompt"])
@@ -129,7 +132,7 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return out
 
 
-def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dict:
+def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -118,12 +119,12 @@ def map_token_values(
     return out
 
 
-def _offsets(tok, text: str) -> list[tuple[int, int]]:
+def _offsets(tok: Any, text: str) -> list[tuple[int, int]]:
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    return [tuple(o) for o in enc["offset_mapping"]]
+    return [(s, e) for s, e in enc["offset_mapping"]]
 
 
-def weak_targets(cfg: WSPOConfig, rows: list[dict], strong_tok) -> list[dict]:
+def weak_targets(cfg: WSPOConfig, rows: list[dict[str, Any]], strong_tok: Any) -> list[dict[str, Any]]:
     """Per example: strong input_ids, prompt length, and the weak log-ratio per strong response token."""
     from ml.modeling import load_causal_lm, load_tokenizer, vocab_fingerprint
 
@@ -134,8 +135,8 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict], strong_tok) -> list[dict]:
     wp = [encode_prompt(weak_tok, p, cfg.use_chat_template) for p in prompts]
     wr = [encode_response(weak_tok, r, cfg.use_chat_template) for r in responses]
     seqs = [p + r for p, r in zip(wp, wr)]
-    ratios = []
-    lp = {}
+    ratios: list[list[float]] = []
+    lp: dict[str, list[list[float]]] = {}
     for name in ("aligned", "base"):
         model = load_causal_lm(getattr(cfg, f"weak_{name}"), device=cfg.device)
         lp[name] = token_logprobs(model, seqs, batch_size=cfg.score_batch_size, pad_id=weak_tok.pad_token_id or 0)
@@ -162,13 +163,20 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict], strong_tok) -> list[dict]:
     return out
 
 
-def _trainer_class():
+def _trainer_class() -> type[Any]:
+    """The Trainer subclass, built on first use (transformers is imported lazily); wspo() sets ``beta`` on it."""
     from transformers import Trainer
 
     class WSPOTrainer(Trainer):
         beta: float = 0.1
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def compute_loss(
+            self,
+            model: torch.nn.Module,
+            inputs: dict[str, torch.Tensor | Any],
+            return_outputs: bool = False,
+            num_items_in_batch: torch.Tensor | int | None = None,
+        ) -> torch.Tensor | tuple[torch.Tensor, Any]:
             out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
             policy = shifted_token_logps(out.logits, inputs["input_ids"])
             loss = wspo_loss(policy, inputs["ref_logps"], inputs["target"], inputs["response_mask"], self.beta)
@@ -177,7 +185,7 @@ def _trainer_class():
     return WSPOTrainer
 
 
-def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict:
+def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     done = stage_done(config.output_dir)
     if done is not None:
         return done
