@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from jobs import selectors
-from jobs.progress import group_name
+from jobs.notify import group_name
 
 REPLAY_LIMIT = 5000
 

@@ -16,29 +16,12 @@ from collections.abc import Callable
 from typing import Any
 
 from jobs.models import JobEvent
+from jobs.notify import notify
+from jobs.services.events import event_append
+from jobs.services.lifecycle import cancel_requested, job_set_progress
 from ml.io import jsonable
 
 log = logging.getLogger(__name__)
-
-
-def group_name(job_id: int) -> str:
-    return f"job-{job_id}"
-
-
-def notify(job_id: int, event: JobEvent) -> bool:
-    """group_send one event to the job's group; False (and a log line) when the layer is unreachable."""
-    try:
-        from asgiref.sync import async_to_sync
-        from channels.layers import get_channel_layer
-
-        layer = get_channel_layer()
-        if layer is None:
-            return False
-        async_to_sync(layer.group_send)(group_name(job_id), {"type": "job.event", "event": event.as_message()})
-        return True
-    except Exception as exc:  # best effort by design: the DB row is already written
-        log.warning("live update for job %s (seq %s) not sent: %s", job_id, event.seq, exc)
-        return False
 
 
 class ProgressReporter:
@@ -66,7 +49,6 @@ class ProgressReporter:
 
     # -- the reliable write, then the fast path ------------------------------------------------------
     def emit(self, type: str, data: dict[str, Any]) -> JobEvent:
-        from jobs.services import event_append
 
         ev = event_append(job_id=self.job_id, type=type, data=jsonable(data))
         notify(self.job_id, ev)
@@ -94,7 +76,6 @@ class ProgressReporter:
         self._write_progress(stage, done, total)
 
     def _write_progress(self, stage: str, done: int, total: int) -> None:
-        from jobs.services import job_set_progress
 
         frac = done / total if total else 0.0
         job_set_progress(job_id=self.job_id, stage=stage, progress=frac)
@@ -117,8 +98,6 @@ class ProgressReporter:
             return True
         now = time.monotonic()
         if now - self._stop_checked >= self.stop_check_interval:
-            from jobs.services import cancel_requested
-
             self._stop_checked = now
             try:
                 self._stop = cancel_requested(job_id=self.job_id)

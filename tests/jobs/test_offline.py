@@ -202,7 +202,7 @@ def _presets_page(client, user) -> list[dict]:
 def test_offline_presets_appear_in_the_api_and_page_and_are_valid_requests(
     registered, roots, user, other_user, client, monkeypatch
 ):
-    monkeypatch.setattr(services, "_send", lambda job_id: None)
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: None)
     weak, strong = registered["models"]["smollm2_135m_instruct"], registered["models"]["gemma3_270m_base"]
     train, held = registered["datasets"]["train"], registered["datasets"]["heldout"]
     api = APIClient()
@@ -362,10 +362,8 @@ def test_register_the_real_installed_models(settings, tmp_path):
 # --- the staff install button (a Celery task on the default queue, state in a status file) -------------
 @pytest.fixture
 def sent_installs(monkeypatch):
-    from jobs import tasks
-
     sent: list[str] = []
-    monkeypatch.setattr(tasks.offline_install_task, "delay", lambda size="cpu": sent.append(size))
+    monkeypatch.setattr(services.dispatch, "send_named", lambda task, size="cpu": sent.append(size))
     return sent
 
 

@@ -123,7 +123,7 @@ def planted(alice_run, other_user, model_root):
 
 
 def test_an_entry_into_another_users_run_folder_is_refused_at_submit(planted, other_user, staff_user, monkeypatch):
-    monkeypatch.setattr(services, "_send", lambda job_id: None)
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: None)
     wb, bad, ds = planted
     body = {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": bad.pk, "prompts": ds.pk, "alpha": 0.4}
     before = Job.objects.count()

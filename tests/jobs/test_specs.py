@@ -35,7 +35,7 @@ def body(weak_pair, prompts_ds):
 
 @pytest.fixture(autouse=True)
 def _no_broker(monkeypatch):
-    monkeypatch.setattr(services, "_send", lambda job_id: None)
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: None)
 
 
 @pytest.mark.parametrize(

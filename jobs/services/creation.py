@@ -1,0 +1,257 @@
+"""Creating a job: models and datasets picked for the user, the spec resolved through ml's registry, every
+config the worker will run built once, the per-user cap; and the worker's re-check of what a job names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from jobs.models import Dataset, Job, JobEvent, ModelEntry
+from jobs.selectors import visible as _visible
+from jobs.services import dispatch
+from jobs.services._common import S, _err
+from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model
+from jobs.services.events import event_append
+
+# Which model/dataset fields each kind needs (weak pair = weak_base + weak_aligned).
+KIND_NEEDS: dict[str, tuple[str, ...]] = {
+    Job.Kind.CONG: ("weak_base", "weak_aligned", "strong", "prompts"),
+    Job.Kind.CD_GENERATE: ("weak_base", "weak_aligned", "prompts"),
+    Job.Kind.ALPHA_SWEEP: ("weak_base", "weak_aligned", "prompts"),
+    Job.Kind.WEAK_ALIGN: ("weak_base", "prompts"),
+    Job.Kind.TRAIN: ("strong", "prompts"),
+    Job.Kind.EVALUATE: ("strong", "prompts"),
+    # Does CD raise gold reward for this weak pair? (ml.diagnose; held-out prompts with a gold reward)
+    Job.Kind.PREFLIGHT: ("weak_base", "weak_aligned", "prompts"),
+}
+
+
+JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong")
+
+
+JOB_DATASET_FIELDS = ("prompts", "eval_prompts")
+
+
+def job_check_access(*, job: Job) -> None:
+    """The worker's check, just before a job runs, that its owner may still use every model and dataset
+    its config names: each still exists, is visible to job.owner, points at the path recorded at submit,
+    and (models) is not in another user's run folder. Raises ValueError naming what to change otherwise.
+
+    job_create checked all this at submit, but a job can wait in the queue (or be retried) long after:
+    an entry may be deleted, made private, moved (offline_register follows a re-install), or a config may
+    not have come from job_create at all. See docs/SECURITY.md section 2.
+    """
+    from jobs.validation import run_folder_allowed
+
+    user, config = job.owner, job.config or {}
+    problems: list[str] = []
+    for field, qs, what in [
+        *((f, ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
+        *((f, Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS),
+    ]:
+        ref = config.get(field)
+        if not ref:
+            continue
+        ident = ref.get("id") if isinstance(ref, dict) else None
+        obj = _visible(qs, user).filter(pk=ident).first() if isinstance(ident, int) else None
+        if obj is None:
+            problems.append(f"{field}: {what} {ident!r} no longer exists or is not available to the job's owner")
+        elif obj.path != ref.get("path"):
+            problems.append(f"{field}: {what} {obj.name!r} now points at another file than when the job was submitted")
+        elif what == "model" and not run_folder_allowed(obj.path, user):
+            problems.append(f"{field}: model {obj.name!r} is in a job runs folder that is not one of the owner's jobs'")
+    if problems:
+        raise ValueError(
+            "this job may not use what it was submitted with (" + "; ".join(problems) + "); "
+            "submit a new job with models and datasets you can use"
+        )
+
+
+class JobQuotaExceeded(Exception):
+    """The user already has JOB_MAX_ACTIVE_PER_USER jobs queued or running (the API answers 429)."""
+
+
+def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
+    """ml.resolve.JobInputs from a job's stored config: the files it may use, resolved at submit."""
+    from ml.resolve import JobInputs
+
+    def path(key: str) -> str:
+        return str((config.get(key) or {}).get("path") or "")
+
+    return JobInputs(
+        output_dir=output_dir,
+        weak_base=path("weak_base"),
+        weak_aligned=path("weak_aligned"),
+        strong=path("strong"),
+        strong_name=str((config.get("strong") or {}).get("name") or ""),
+        prompts=path("prompts"),
+        prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
+        eval_prompts=path("eval_prompts"),
+        gold=str((config.get("prompts") or {}).get("gold") or ""),
+    )
+
+
+def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: Any, recommended: Any) -> dict[str, Any]:
+    """The full spec through ml's registry (ml.resolve); its key-path errors become ValidationErrors."""
+    from ml.resolve import resolve
+    from ml.spec import SpecError
+
+    try:
+        return resolve(
+            kind,
+            params,
+            alpha=alpha,
+            method=method,
+            methods=methods,
+            recommended=recommended,
+            limits=getattr(settings, "JOB_LIMITS", None),
+        )
+    except SpecError as exc:
+        raise ValidationError(exc.errors) from None
+
+
+def _check_quota(user) -> None:
+    cap = int(getattr(settings, "JOB_MAX_ACTIVE_PER_USER", 20))
+    if user is None or cap <= 0:
+        return
+    active = Job.objects.filter(owner=user, status__in=[S.QUEUED, S.RUNNING, S.CANCELLING]).count()
+    if active >= cap:
+        raise JobQuotaExceeded(
+            f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
+            "finish or cancel some, then submit again"
+        )
+
+
+def job_create(
+    *,
+    user,
+    kind: str,
+    weak_base: Any = None,
+    weak_aligned: Any = None,
+    strong: Any = None,
+    prompts: Any = None,
+    alpha: Any = None,
+    method: str | None = None,
+    methods: list[str] | None = None,
+    params: dict[str, Any] | None = None,
+    eval_prompts: Any = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Validate a job request, store the Job with its request and resolved spec, and send it on commit.
+
+    Everything a worker would check is checked here: the spec is built through ml's registry and every
+    stage config it runs is constructed once with the resolved files (ml.resolve.check)."""
+    from ml.spec import WEAK_PAIR_TRAIN_METHODS
+
+    errors: dict[str, list[str]] = {}
+
+    def collect(fn, *a, **kw):
+        try:
+            return fn(*a, **kw)
+        except ValidationError as exc:
+            for k, v in exc.message_dict.items():
+                errors.setdefault(k, []).extend(v)
+            return None
+
+    if kind not in Job.Kind.values:
+        raise _err("kind", f"unknown job kind {kind!r}; use one of {', '.join(Job.Kind.values)}")
+    _check_quota(user)
+    needs = list(KIND_NEEDS[kind])
+    if kind == Job.Kind.TRAIN and method in WEAK_PAIR_TRAIN_METHODS:
+        needs = ["weak_base", "weak_aligned", *needs]
+
+    picked: dict[str, Any] = {}
+    for f, ident in (("weak_base", weak_base), ("weak_aligned", weak_aligned), ("strong", strong)):
+        if f in needs:
+            picked[f] = collect(_pick_model, user, ident, f)
+    ds = collect(_pick_dataset, user, prompts, "prompts") if "prompts" in needs else None
+    spec = collect(
+        _resolve_spec,
+        kind=kind,
+        alpha=alpha,
+        method=method,
+        methods=methods,
+        params=params,
+        recommended=ds.defaults if ds is not None else None,
+    )
+
+    wb, wa = picked.get("weak_base"), picked.get("weak_aligned")
+    if wb is not None and wa is not None and wb.vocab_fingerprint != wa.vocab_fingerprint:
+        errors.setdefault("weak_aligned", []).append(
+            f"weak models {wb.name!r} and {wa.name!r} do not share a vocabulary (tokenizer fingerprints "
+            f"{wb.vocab_fingerprint or '?'} vs {wa.vocab_fingerprint or '?'}); contrastive decoding needs "
+            "a weak pair from the same family"
+        )
+    eval_ds = None
+    if kind in (Job.Kind.CONG, Job.Kind.TRAIN):
+        if eval_prompts not in (None, ""):
+            eval_ds = collect(_pick_dataset, user, eval_prompts, "eval_prompts")
+        elif ds is not None and ds.name.endswith("-train"):
+            # Toy worlds register <tag>-train and <tag>-heldout: evaluate on the held-out split.
+            eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[: -len("-train")] + "-heldout").first()
+    elif eval_prompts not in (None, ""):
+        errors["eval_prompts"] = ["eval_prompts is only used by kind=cong and kind=train"]
+    needs_gold = (
+        Job.Kind.WEAK_ALIGN,
+        Job.Kind.EVALUATE,
+        Job.Kind.ALPHA_SWEEP,
+        Job.Kind.CONG,
+        Job.Kind.TRAIN,
+        Job.Kind.PREFLIGHT,
+    )
+    if ds is not None and kind in needs_gold and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
+        errors.setdefault("prompts", []).append(
+            f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)"
+        )
+    if errors:
+        raise ValidationError(errors)
+
+    config: dict[str, Any] = {
+        "kind": kind,
+        "alpha": spec["alpha"],
+        "method": spec["method"],
+        "methods": spec["methods"],
+        "params": params or {},
+    }
+    for f, m in picked.items():
+        config[f] = _model_ref(m)
+    if ds is not None:
+        config["prompts"] = {
+            "id": ds.pk,
+            "name": ds.name,
+            "path": ds.path,
+            "kind": ds.kind,
+            "gold": ds.gold,
+            "row_count": ds.row_count,
+        }
+    if eval_ds is not None:
+        config["eval_prompts"] = {
+            "id": eval_ds.pk,
+            "name": eval_ds.name,
+            "path": eval_ds.path,
+            "row_count": eval_ds.row_count,
+        }
+    _check_buildable(spec, config)
+    config["spec"] = spec
+    attempts = max_attempts or getattr(settings, "JOB_MAX_ATTEMPTS", 3)
+    with transaction.atomic():
+        job = Job.objects.create(owner=user, kind=kind, config=config, max_attempts=attempts)
+        event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "job queued"})
+        job_id = job.pk
+        transaction.on_commit(lambda: dispatch.send(job_id))
+    return job
+
+
+def _check_buildable(spec: dict[str, Any], config: dict[str, Any]) -> None:
+    """Construct every config the worker will run (ml.resolve.check), with the job's real files."""
+    from ml.resolve import check
+    from ml.spec import SpecError
+
+    try:
+        check(spec, job_inputs(config, str(Path(settings.RUNS_DIR) / "pending")))
+    except SpecError as exc:
+        raise ValidationError(exc.errors) from None
