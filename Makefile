@@ -7,13 +7,14 @@ PORT ?= 8000
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-services serve web worker bench stop clean help
+.PHONY: install demo test test-services lint format serve web worker beat bench stop clean help
 
 help:
 	@echo "make demo   - build the toy world, start everything, run one ConG job, keep the dashboard up"
 	@echo "make test   - the whole test suite (embedded SQLite + embedded Redis)"
+	@echo "make lint   - ruff check, ruff format --check, mypy (strict on ml/); make format fixes what it can"
 	@echo "make serve  - web + worker + embedded Redis in the foreground (PORT=$(PORT))"
-	@echo "make web | make worker | make bench | make install | make stop"
+	@echo "make web | make worker | make beat | make bench | make install | make stop"
 
 # The stamp re-runs pip only when a requirements file changed: `make install` is fast when nothing did.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
@@ -37,8 +38,21 @@ web: install
 worker: install
 	$(VENV)/bin/celery -A congweb worker -Q gpu,default --concurrency 1 --loglevel INFO
 
+# One beat per deployment: it schedules the stale-job reaper (make serve runs its own).
+beat: install
+	$(VENV)/bin/celery -A congweb beat --loglevel INFO -s var/celerybeat-schedule
+
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 # The database- and broker-touching tests, meant to run with DATABASE_URL/REDIS_URL pointing at real
 # services (.ci/run does this against the machine's PostgreSQL and Redis).

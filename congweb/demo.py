@@ -88,7 +88,8 @@ def follow(api: Api, job_id: int, tick: Callable[[], None] = lambda: None) -> di
     ``tick`` runs every poll: the launcher's supervision (restart a dead worker) while we wait here."""
     from tqdm import tqdm
 
-    after, bars, job = 0, {}, {}
+    after, job = 0, {}
+    bars: dict[str, Any] = {}
     while True:
         page = api.call("GET", f"/api/v1/jobs/{job_id}/events/?after={after}")
         events = page["results"] if isinstance(page, dict) and "results" in page else page

@@ -11,4 +11,7 @@ def ensure_embedded_redis() -> None:
     from congweb.embedded_redis import start
     from congweb.redis_urls import socket_path
 
-    start(socket_path(settings.REDIS_URL), daemonize=True)
+    sock = socket_path(settings.REDIS_URL)
+    if sock is None:  # a TCP URL: a Redis of its own, not ours to start
+        return
+    start(sock, daemonize=True)

@@ -106,18 +106,19 @@ class Child:
             if now >= self.restart_at:
                 self._restart()
             return
-        code = self.proc.poll() if self.proc else None
-        if code is None:
+        proc = self.proc
+        code = proc.poll() if proc else None
+        if proc is None or code is None:
             return
         # The main process is gone; anything it forked must not keep running (e.g. a pool child
         # still holding a job), and the group must be empty before the next one starts.
-        kill_group(self.proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL)
         up = now - self.started_at
         self.quick_deaths = 1 if up >= STABLE_AFTER_S else self.quick_deaths + 1
         delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self.quick_deaths - 1))
         self.restart_at = now + delay
         say(
-            f"{self.name} (pid {self.proc.pid}) {describe_exit(code)} after {up:.0f}s up; "
+            f"{self.name} (pid {proc.pid}) {describe_exit(code)} after {up:.0f}s up; "
             f"restarting it in {delay:.0f}s (see {self.log})"
         )
 
@@ -196,7 +197,7 @@ class Stack:
         child = Child(name, start, log_path)
         child.start()
         self.children.append(child)
-        say(f"{name}: started (pid {child.proc.pid}), log {log_path}")
+        say(f"{name}: started (pid {child.proc.pid if child.proc else '?'}), log {log_path}")
 
     def start_services(self) -> None:
         """web (daphne), one Celery worker and celery beat, each its own supervised process."""
@@ -253,14 +254,14 @@ class Stack:
             child.check(now)
 
     def stop(self) -> None:
-        live = [c for c in reversed(self.children) if c.proc is not None]
-        for child in live:
-            kill_group(child.proc.pid, signal.SIGTERM)
+        live = [(c, c.proc) for c in reversed(self.children) if c.proc is not None]
+        for _, proc in live:
+            kill_group(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        for child in live:
+        for child, proc in live:
             try:
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 say(f"{child.name} did not stop within {STOP_GRACE_S:.0f}s of SIGTERM; killing it")
-            kill_group(child.proc.pid, signal.SIGKILL)  # and whatever it forked that is still there
-            child.proc.wait()
+            kill_group(proc.pid, signal.SIGKILL)  # and whatever it forked that is still there
+            proc.wait()

@@ -168,7 +168,7 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
     from jobs.models import ModelEntry
 
     ref = job.config.get("weak_base") or {}
-    base = ModelEntry.objects.filter(pk=ref.get("id")).first()
+    base = ModelEntry.objects.filter(pk=ref["id"]).first() if ref.get("id") is not None else None
     name = f"{(ref.get('name') or 'weak')[:180]}-aligned-job{job.pk}"
     # Found by owner and folder, never by name alone: only the owner's own entry for this job's own
     # folder is this job's (a name could be anyone's; docs/SECURITY.md section 3). system=True: the
@@ -202,6 +202,7 @@ def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
     counts = {"stored": pairs.count(), "score_errors": pairs.exclude(score_error="").count()}
     if counts["score_errors"]:
         first = pairs.exclude(score_error="").order_by("prompt_index").first()
+        assert first is not None  # counted just above
         rep.log(
             f"{counts['score_errors']} of {counts['stored']} pairs could not be scored by the gold reward "
             f"(first, prompt {first.prompt_index}: {first.score_error}); they are kept with no gold score"

@@ -7,6 +7,7 @@ from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquer
 from django.db.models.functions import Coalesce
 
 from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.names import OFFLINE_STRONG, OFFLINE_TRAIN, OFFLINE_WEAK
 from ml.spec import DEFAULT_ALPHA
 
 
@@ -116,14 +117,18 @@ def presets(*, user) -> list[dict]:
 
 # Which real_preset size a dataset's defaults came from, by (max_prompts, max_new_tokens); a test checks
 # this against ml.offline.presets so the labels cannot drift from the presets.
-OFFLINE_SIZE_SIGNATURES = {(8, 24): "smoke", (64, 64): "cpu", (None, 256): "gpu"}
-OFFLINE_WEAK, OFFLINE_STRONG = "smollm2-135m-instruct", "gemma3-270m-base"
+OFFLINE_SIZE_SIGNATURES: dict[tuple[int | None, int | None], str] = {
+    (8, 24): "smoke",
+    (64, 64): "cpu",
+    (None, 256): "gpu",
+}
 OFFLINE_CONG_METHODS = ["cong_s", "cong", "weak_sft", "wspo"]
 
 
 def offline_size_label(defaults: dict | None) -> str:
     d = defaults or {}
-    size = OFFLINE_SIZE_SIGNATURES.get((d.get("max_prompts"), d.get("max_new_tokens")))
+    key = (d.get("max_prompts"), d.get("max_new_tokens"))  # JSON values: ints or null when the preset set them
+    size = OFFLINE_SIZE_SIGNATURES.get(key)  # type: ignore[arg-type]
     return f"{size} size" if size else "custom size"
 
 
@@ -132,11 +137,10 @@ def offline_presets(*, user) -> list[dict]:
     aligned SmolLM2 this user can see (a weak_align job registers one), 2. ConG into Gemma 3 270M and
     ConG self-alignment (strong = SmolLM2). The datasets' defaults carry the preset's stage settings, and
     job_create evaluates on if-judge-heldout (the -train/-heldout naming), so the requests stay short."""
-    from jobs.services import OFFLINE_TRAIN
-
     models = models_visible(user=user)
-    weak = models.filter(name=OFFLINE_WEAK).first()
-    strong = models.filter(name=OFFLINE_STRONG).first()
+    # Shared entries only: the app registered these names (no user can take them; this makes sure of it).
+    weak = models.filter(name=OFFLINE_WEAK, owner__isnull=True).first()
+    strong = models.filter(name=OFFLINE_STRONG, owner__isnull=True).first()
     train = datasets_visible(user=user).filter(name=OFFLINE_TRAIN, owner__isnull=True).first()
     if weak is None or train is None:
         return []
@@ -184,7 +188,7 @@ def offline_presets(*, user) -> list[dict]:
 
 def _toy_presets(*, user) -> list[dict]:
     out: list[dict] = []
-    models = {m.name: m for m in models_visible(user=user).filter(name__startswith="toy-")}
+    models = {m.name: m for m in models_visible(user=user).filter(name__startswith="toy-", owner__isnull=True)}
     datasets = {d.name: d for d in datasets_visible(user=user).filter(name__startswith="toy-", owner__isnull=True)}
     for name, m in sorted(models.items()):
         if not name.endswith("-weak-base"):

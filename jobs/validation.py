@@ -154,7 +154,7 @@ def validate_jsonl(
             raise ValidationError({field: [f"line {n} is not valid JSON ({exc.msg} at column {exc.colno})"]}) from None
         if not isinstance(row, dict):
             raise ValidationError({field: [f'line {n} must be a JSON object like {{"prompt": "..."}}']})
-        missing = [k for k in required if not isinstance(row.get(k), str) or not row.get(k).strip()]
+        missing = [k for k in required if not isinstance(row.get(k), str) or not str(row[k]).strip()]
         if missing:
             raise ValidationError(
                 {

@@ -66,7 +66,8 @@ def _where(path: list) -> str:
 
 
 def _surrogate(text: str, path: list) -> UnsafeJSON:
-    bad = SURROGATE.search(text).group()
+    found = SURROGATE.search(text)
+    bad = found.group() if found else ""
     return UnsafeJSON(
         f"text at {_where(path)} contains a lone UTF-16 surrogate ({ascii(bad)[1:-1]}); "
         f"send valid Unicode (surrogates are only valid in pairs)",

@@ -5,6 +5,8 @@ Objects a user may not see answer 404, exactly like objects that do not exist, s
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -53,7 +55,7 @@ class ServiceAPIView(APIView):
 
     # Set on the views that answer pages ({count, next, previous, results}), so the OpenAPI schema
     # describes the page, not a bare array (drf-spectacular reads it from the view).
-    pagination_class = None
+    pagination_class: Any = None
 
     def paginate(self, request, qs, serializer_class):
         paginator = (self.pagination_class or api_settings.DEFAULT_PAGINATION_CLASS)()

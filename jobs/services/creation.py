@@ -237,7 +237,7 @@ def job_create(
         }
     _check_buildable(spec, config)
     config["spec"] = spec
-    attempts = max_attempts or getattr(settings, "JOB_MAX_ATTEMPTS", 3)
+    attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
     with transaction.atomic():
         job = Job.objects.create(owner=user, kind=kind, config=config, max_attempts=attempts)
         event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "job queued"})

@@ -11,14 +11,11 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from jobs.models import ModelEntry
+from jobs.names import OFFLINE_GOLD, OFFLINE_HELDOUT, OFFLINE_TRAIN
 from jobs.services import dispatch
 from jobs.services._common import _err
 from jobs.services.catalog import _fingerprint, _shared_prompts, model_register, offline_model_name
 from jobs.validation import resolve_model_path
-
-OFFLINE_TRAIN, OFFLINE_HELDOUT = "if-judge-train", "if-judge-heldout"
-OFFLINE_GOLD = "if:judge"
-
 
 # The PipelineConfig stage dicts that train the strong model (they get the preset's lora_r, as
 # ml.pipeline's strong_kw does) and every training stage (they get train_max_steps as max_steps).

@@ -30,7 +30,7 @@ def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tu
             "chosen": str(row.get("response", "")),
             "rejected": row.get("rejected"),
             "plain": row.get("plain"),
-            "implicit_reward": float(reward) if _is_number(reward) else None,
+            "implicit_reward": float(reward) if reward is not None and _is_number(reward) else None,
             "gold_reward": float(row["gold"]) if _is_number(row.get("gold")) else None,
             "score_error": str(row.get("score_error") or ""),
             "alpha": float(row["alpha"]) if _is_number(row.get("alpha")) else None,
