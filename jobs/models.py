@@ -74,6 +74,15 @@ class Dataset(models.Model):
         help_text="Job params recommended for these prompts (e.g. a toy world's "
         "generation length and learning rates); a job's own params win.",
     )
+    eval_split = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Held-out prompts that jobs training on this dataset evaluate on (the toy worlds and the "
+        "offline install link their -train split to their -heldout one).",
+    )
     # CASCADE for the same reason as ModelEntry.owner: a deleted user's uploads must not become shared.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,

@@ -253,7 +253,16 @@ def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
         if not path:
             continue
         out["datasets"][split] = _shared_prompts(name=f"{tag}-{split}", path=path, gold=gold, defaults=defaults)
+    link_eval_split(out["datasets"])
     return out
+
+
+def link_eval_split(splits: dict[str, Dataset]) -> None:
+    """Jobs that train on the 'train' split evaluate on the 'heldout' one (stored, never guessed from names)."""
+    train, held = splits.get("train"), splits.get("heldout")
+    if train is not None and held is not None and train.eval_split_id != held.pk:
+        train.eval_split = held
+        train.save(update_fields=["eval_split"])
 
 
 def _shared_prompts(*, name: str, path: str | Path, gold: str, defaults: dict[str, Any]) -> Dataset:

@@ -190,9 +190,9 @@ def job_create(
     if kind in (Job.Kind.CONG, Job.Kind.TRAIN):
         if eval_prompts not in (None, ""):
             eval_ds = collect(_pick_dataset, user, eval_prompts, "eval_prompts")
-        elif ds is not None and ds.name.endswith("-train"):
-            # Toy worlds register <tag>-train and <tag>-heldout: evaluate on the held-out split.
-            eval_ds = _visible(Dataset.objects.all(), user).filter(name=ds.name[: -len("-train")] + "-heldout").first()
+        elif ds is not None and ds.eval_split_id is not None:
+            # The dataset's own held-out split (toy worlds and the offline install link them), if visible.
+            eval_ds = _visible(Dataset.objects.all(), user).filter(pk=ds.eval_split_id).first()
     elif eval_prompts not in (None, ""):
         errors["eval_prompts"] = ["eval_prompts is only used by kind=cong and kind=train"]
     needs_gold = (

@@ -14,7 +14,7 @@ from jobs.models import ModelEntry
 from jobs.names import OFFLINE_GOLD, OFFLINE_HELDOUT, OFFLINE_TRAIN
 from jobs.services import dispatch
 from jobs.services._common import _err
-from jobs.services.catalog import _fingerprint, _shared_prompts, model_register, offline_model_name
+from jobs.services.catalog import _fingerprint, _shared_prompts, link_eval_split, model_register, offline_model_name
 from jobs.validation import resolve_model_path
 
 # The PipelineConfig stage dicts that train the strong model (they get the preset's lora_r, as
@@ -76,6 +76,7 @@ def offline_register(*, manifest: dict[str, Any], size: str = "cpu") -> dict[str
     defaults = offline_params(real_preset(size, models_dir, check_models=False))
     for split, name in (("train", OFFLINE_TRAIN), ("heldout", OFFLINE_HELDOUT)):
         out["datasets"][split] = _shared_prompts(name=name, path=prompts[split], gold=OFFLINE_GOLD, defaults=defaults)
+    link_eval_split(out["datasets"])
     return out
 
 

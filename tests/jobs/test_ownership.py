@@ -265,6 +265,44 @@ def test_a_squatted_toy_name_does_not_capture_the_toy_world(user, other_user, mo
     assert again["models"]["weak_base"].pk == entry.pk
 
 
+def test_a_heldout_split_is_linked_never_found_by_name(user, other_user, staff_user, model_root, tmp_path, monkeypatch):
+    """A toy world's -train split evaluates on its own -heldout split (stored link); Bob's dataset named like
+    the held-out split is never picked, not even for staff who can see it."""
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: None)
+    paths = {}
+    for split in ("train", "heldout"):
+        paths[split] = tmp_path / f"{split}.jsonl"
+        paths[split].write_bytes(make_prompts(3))
+    squat = services.dataset_create(
+        name="toy-review-s0-heldout", chunks=[make_prompts(2)], gold="toy:review", owner=other_user
+    )
+    out = services.toyworld_register(
+        manifest={
+            "world": "review",
+            "seed": 0,
+            "models": {
+                "weak_base": str(model_root / "weak_base"),
+                "weak_aligned": str(model_root / "weak_aligned"),
+                "strong_base": str(model_root / "weak_base"),
+            },
+            "prompts": {"train": str(paths["train"]), "heldout": str(paths["heldout"])},
+        }
+    )
+    train, held = out["datasets"]["train"], out["datasets"]["heldout"]
+    assert train.eval_split_id == held.pk and held.pk != squat.pk
+    m = out["models"]
+    for who in (user, staff_user):
+        job = services.job_create(
+            user=who,
+            kind="cong",
+            weak_base=m["weak_base"].pk,
+            weak_aligned=m["weak_aligned"].pk,
+            strong=m["strong_base"].pk,
+            prompts=train.pk,
+        )
+        assert job.config["eval_prompts"]["id"] == held.pk
+
+
 def test_a_squatted_offline_name_does_not_capture_the_offline_install(settings, tmp_path, offline_dir, other_user):  # noqa: F811 (the imported fixture)
     settings.VAR_DIR, settings.RUNS_DIR, settings.DATA_DIR = tmp_path / "var", tmp_path / "var" / "runs", offline_dir
     settings.MODEL_ROOTS = [offline_dir.resolve()]
