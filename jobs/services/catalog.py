@@ -16,6 +16,7 @@ from jobs.models import Dataset, ModelEntry
 from jobs.selectors import visible as _visible
 from jobs.services._common import _err
 from jobs.validation import resolve_model_path, validate_jsonl
+from ml.toyworld.manifest import ToyManifest
 
 
 def _fingerprint(path: Path) -> str:
@@ -195,17 +196,16 @@ def _pick_dataset(user, ident: Any, field: str = "prompts") -> Dataset:
     return d
 
 
-def _toyworld_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
+def _toyworld_defaults(manifest: ToyManifest) -> dict[str, Any]:
     """The settings a toy world was built for: its models' context fits its generation length, and its
     sub-million-parameter models need larger learning rates than the paper's (see the world recipes)."""
     out: dict[str, Any] = {}
-    gen = manifest.get("generation") or {}
-    if gen.get("max_new_tokens"):
-        out["max_new_tokens"] = int(gen["max_new_tokens"])
+    if manifest.generation.get("max_new_tokens"):
+        out["max_new_tokens"] = int(manifest.generation["max_new_tokens"])
     try:
         from ml.toyworld.worlds import get_world
 
-        stages = get_world(manifest["world"]).recipe(manifest.get("size", "default")).stages
+        stages = get_world(manifest.world).recipe(manifest.size).stages
     except (ImportError, KeyError, ValueError):
         return out
     for name, overrides in stages.items():
@@ -218,41 +218,35 @@ def _model_ref(m: ModelEntry) -> dict[str, Any]:
     return {"id": m.pk, "name": m.name, "path": m.path, "vocab_fingerprint": m.vocab_fingerprint}
 
 
-def _manifest_get(manifest: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        cur: Any = manifest
-        for part in k.split("."):
-            cur = cur.get(part) if isinstance(cur, dict) else None
-        if cur:
-            return cur
-    return None
-
-
 def toyworld_register(*, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Register a built toy world's models and prompt sets as shared entries (owner None), idempotently."""
-    world = manifest.get("world", "toy")
-    seed = manifest.get("seed", 0)
-    size = manifest.get("size", "default")
-    gold = manifest.get("gold") or f"toy:{world}"
-    tag = f"toy-{world}-s{seed}" + ("" if size in ("default", None) else f"-{size}")
+    """Register a built toy world's models and prompt sets as shared entries (owner None), idempotently. The
+    manifest is read as ml.toyworld.manifest.ToyManifest: a wrong version or key is a 400 that says which."""
+    from ml.toyworld.manifest import MODEL_ROLES
+
+    try:
+        m = ToyManifest.from_dict(manifest)
+    except (TypeError, ValueError) as exc:
+        raise _err("manifest", str(exc)) from None
     out: dict[str, Any] = {"models": {}, "datasets": {}}
-    for role, kind in (("weak_base", "weak"), ("weak_aligned", "weak"), ("strong_base", "strong")):
-        path = _manifest_get(manifest, f"models.{role}", role, f"{role}_path")
+    for role in MODEL_ROLES:
+        path = m.models.get(role)
         if not path:
             continue
-        name = f"{tag}-{role.replace('_', '-')}"
+        name = f"{m.tag}-{role.replace('_', '-')}"
         # The shared namespace only: a user's entry of the same name (from before names were reserved)
         # must never become the toy world's.
         entry = ModelEntry.objects.filter(name=name, owner__isnull=True).first()
         if entry is None:
-            entry = model_register(name=name, path=str(path), kind=kind, family=f"toy-{world}", owner=None)
+            kind = "strong" if role == "strong_base" else "weak"
+            entry = model_register(name=name, path=str(path), kind=kind, family=f"toy-{m.world}", owner=None)
         out["models"][role] = entry
-    defaults = _toyworld_defaults(manifest)
+    defaults = _toyworld_defaults(m)
     for split in ("train", "heldout"):
-        path = _manifest_get(manifest, f"prompts.{split}", f"{split}_prompts", f"prompts_{split}")
-        if not path:
-            continue
-        out["datasets"][split] = _shared_prompts(name=f"{tag}-{split}", path=path, gold=gold, defaults=defaults)
+        path = m.prompts.get(split)
+        if path:
+            out["datasets"][split] = _shared_prompts(
+                name=f"{m.tag}-{split}", path=path, gold=m.gold_name, defaults=defaults
+            )
     link_eval_split(out["datasets"])
     return out
 

@@ -21,11 +21,11 @@ from typing import Any
 
 from ml.io import jsonable, read_json, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
+from ml.toyworld.manifest import MANIFEST_VERSION, ToyManifest
 
 from .worlds import get_world
 from .worlds.base import Recipe, World
 
-MANIFEST_VERSION = 1
 SIZES = ("default", "tiny")
 
 
@@ -162,25 +162,31 @@ def build(
         return {"stopped": True, "world": world, "seed": seed, "root": str(root)}
     summaries["weak_align"] = {k: v for k, v in s.items() if not isinstance(v, (list, dict))}
 
-    manifest = {
-        "version": MANIFEST_VERSION,
-        "world": world,
-        "description": w.description,
-        "seed": seed,
-        "size": size,
-        "root": str(root),
-        "gold": w.gold_name,
-        "models": {
-            "weak_base": str(root / "weak_base"),
-            "weak_aligned": str(Path(s.get("model_dir") or root / "weak_align" / "model")),
-            "strong_base": str(root / "strong_base"),
-        },
-        "prompts": {"train": prompt_paths["train"], "heldout": prompt_paths["heldout"], "weak": prompt_paths["weak"]},
-        "generation": {"max_new_tokens": recipe.max_new_tokens, "use_chat_template": False},
-        "recipe": _build_recipe(recipe),
-        "summaries": summaries,
-        "built_seconds": round(time.time() - t0, 1),
-    }
+    manifest = ToyManifest.from_dict(
+        {
+            "version": MANIFEST_VERSION,
+            "world": world,
+            "description": w.description,
+            "seed": seed,
+            "size": size,
+            "root": str(root),
+            "gold": w.gold_name,
+            "models": {
+                "weak_base": str(root / "weak_base"),
+                "weak_aligned": str(Path(s.get("model_dir") or root / "weak_align" / "model")),
+                "strong_base": str(root / "strong_base"),
+            },
+            "prompts": {
+                "train": prompt_paths["train"],
+                "heldout": prompt_paths["heldout"],
+                "weak": prompt_paths["weak"],
+            },
+            "generation": {"max_new_tokens": recipe.max_new_tokens, "use_chat_template": False},
+            "recipe": _build_recipe(recipe),
+            "summaries": summaries,
+            "built_seconds": round(time.time() - t0, 1),
+        }
+    ).to_dict()
     write_json(manifest_path, manifest)
     reporter.log(f"toyworld: built {world} seed {seed} ({size}) in {manifest['built_seconds']} s -> {root}")
     return manifest
