@@ -15,6 +15,7 @@ from typing import Any
 from ml.io import SAMPLES
 from ml.reporter import Reporter, or_null
 from ml.resolve import JobInputs, build
+from ml.results import stamp
 
 OnGeneration = Callable[[str, int], None]
 
@@ -24,6 +25,17 @@ def _noop(path: str, offset: int) -> None:
 
 
 def execute(
+    spec: dict[str, Any],
+    inputs: JobInputs,
+    reporter: Reporter | None = None,
+    *,
+    on_generation: OnGeneration | None = None,
+) -> dict[str, Any]:
+    """Run the spec; the result is stamped with its layout's version and kind (ml.results reads it)."""
+    return stamp(spec["kind"], _run(spec, inputs, reporter, on_generation=on_generation))
+
+
+def _run(
     spec: dict[str, Any],
     inputs: JobInputs,
     reporter: Reporter | None = None,
@@ -101,6 +113,15 @@ def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: O
         m = evaluate(run["evaluate"], rep)
         if m.get("stopped"):
             return {"stopped": True, "stage": f"evaluate_{run['tag']}", "alphas": rows}
-        rows.append({"alpha": run["alpha"], **{key: v for key, v in m.items() if not isinstance(v, (list, dict))}})
+        scalars = {key: v for key, v in m.items() if not isinstance(v, (list, dict))}
+        # The CD samples' mean implicit reward (summed over tokens, as the pipeline's evaluations report it).
+        rows.append(
+            {
+                "alpha": run["alpha"],
+                **scalars,
+                "gold_ci": m.get("gold_ci"),
+                "implicit_mean": s.get("mean_implicit_reward"),
+            }
+        )
         rep.metric("sweep_gold_mean", m.get("gold_mean", float("nan")), k)
     return {"alphas": rows}

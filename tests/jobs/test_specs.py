@@ -176,6 +176,11 @@ def test_train_job_runs_the_epochs_its_spec_says(user, weak_pair, model_root):
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     done = json.loads((dj.RUNS_DIR / str(job.pk) / "sft_cong_s" / "DONE.json").read_text())
     assert done["num_train_epochs"] == 3 and done["epochs_trained"] == pytest.approx(3.0)
+    from ml.results import method_rows
+
+    results = Job.objects.get(pk=job.pk).results
+    assert results["results_version"] == 1 and results["kind"] == "train"
+    assert [r.method for r in method_rows("train", results)] == ["ConG-S"]
 
 
 def test_an_unscorable_pair_is_stored_counted_and_visible(user, weak_pair):

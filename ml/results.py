@@ -1,0 +1,102 @@
+"""What a job's results hold, per kind, read one way: the pages and reports ask here instead of walking the JSON
+for anything that looks like a metric.
+
+Every result ml.execute returns carries ``results_version`` and ``kind``. Version 1 layouts:
+
+    cong, train   {"methods": {method: {"label", "gold_mean", "gold_ci": [lo, hi], "valid_rate", "implicit_mean",
+                   "win_rate_vs_weak_sft", "n", "model"}}, "config", "weak_aligned", "stages", "seconds"}
+    evaluate      {"name", "gold_mean", "gold_ci", "valid_rate", "n", ["implicit_mean"], ...}  (ml.stages.evaluate)
+    alpha_sweep   {"alphas": [{"alpha", "gold_mean", "gold_ci", "valid_rate", "n", ["implicit_mean"], ...}]}
+    preflight     {"verdict", "message", ..., "sweep": {"pre", "plain_post", "cd": [{"alpha", "gold_mean", ...}]}}
+    cd_generate, weak_align   the stage's summary (no method rows)
+
+Results stored before versions existed (no ``results_version``) are read with the same layouts: they are what
+the same code wrote.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+RESULTS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    method: str
+    gold_mean: float | None
+    gold_lo: float | None
+    gold_hi: float | None
+    valid_rate: float | None
+    implicit_mean: float | None
+    win_rate: float | None
+    win_vs: str
+    n: int | None
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    alpha: float
+    gold: float | None
+    implicit: float | None
+
+
+def stamp(kind: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The result as stored: tagged with its layout's version and kind."""
+    return {**result, "results_version": RESULTS_VERSION, "kind": kind}
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    return float(x) if math.isfinite(float(x)) else None
+
+
+def _row(method: str, m: dict[str, Any], *, win_key: str = "") -> MethodRow:
+    ci = m.get("gold_ci")
+    lo, hi = (ci[0], ci[1]) if isinstance(ci, list) and len(ci) == 2 else (None, None)
+    n = m.get("n")
+    return MethodRow(
+        method=method,
+        gold_mean=_num(m.get("gold_mean")),
+        gold_lo=_num(lo),
+        gold_hi=_num(hi),
+        valid_rate=_num(m.get("valid_rate")),
+        implicit_mean=_num(m.get("implicit_mean")),
+        win_rate=_num(m.get(win_key)) if win_key else None,
+        win_vs=win_key.removeprefix("win_rate_vs_") if win_key else "",
+        n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+    )
+
+
+def method_rows(kind: str, results: dict[str, Any] | None) -> list[MethodRow]:
+    """One row per evaluated method (pipeline kinds), the evaluated model (evaluate) or alpha (alpha_sweep)."""
+    r = results or {}
+    if kind in ("cong", "train"):
+        methods = r.get("methods") or {}
+        return [_row(str(m.get("label") or name), m, win_key="win_rate_vs_weak_sft") for name, m in methods.items()]
+    if kind == "evaluate" and "gold_mean" in r:
+        win = next((k for k in r if k.startswith("win_rate_vs_")), "")
+        return [_row(str(r.get("name") or "model"), r, win_key=win)]
+    if kind == "alpha_sweep":
+        return [_row(f"alpha {float(a['alpha']):g}", a) for a in r.get("alphas") or []]
+    return []
+
+
+def sweep_points(kind: str, results: dict[str, Any] | None) -> list[SweepPoint]:
+    """(alpha, gold, implicit) of a sweep, sorted by alpha: an alpha_sweep's alphas, a preflight's CD runs."""
+    r = results or {}
+    if kind == "alpha_sweep":
+        rows = r.get("alphas") or []
+    elif kind == "preflight":
+        rows = (r.get("sweep") or {}).get("cd") or []
+    else:
+        return []
+    pts = [
+        SweepPoint(float(p["alpha"]), _num(p.get("gold_mean")), _num(p.get("implicit_mean")))
+        for p in rows
+        if _num(p.get("alpha")) is not None
+    ]
+    return sorted(pts, key=lambda p: p.alpha)
