@@ -152,3 +152,64 @@ def job_presets(*, user) -> list[dict[str, Any]]:
                "prompts": datasets[0].pk if datasets else None, "alpha": 0.4, "methods": ["cong_s", "cong"]}
         presets.append({"name": f"{fam}: full ConG pipeline", "request": req})
     return presets
+
+
+# --- the spec a job runs, as the job page shows it ------------------------------------------------------------
+def show_value(value: Any) -> str:
+    """A setting's value as the pages write it (and as the new-job page's inputs take it back)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(show_value(v) for v in value)
+    return str(value)
+
+
+_NO_DEFAULT = object()
+
+
+def _spec_row(name: str, value: Any, default: Any = _NO_DEFAULT, help_: str = "") -> dict[str, Any]:
+    has = default is not _NO_DEFAULT
+    norm = (lambda v: list(v) if isinstance(v, tuple) else v)
+    return {"field": name, "value": show_value(value), "default": show_value(default) if has else "",
+            "changed": has and norm(value) != norm(default), "help": help_}
+
+
+def spec_view(*, job: Job) -> dict[str, Any] | None:
+    """The job's spec (what runs, defaults filled) for the job page: the top values, then per stage each field
+    with its value and its default in this kind (ml.spec's registry), ``changed`` when they differ. None when
+    no spec can be made (an old job whose stored params no longer resolve)."""
+    from ml.spec import field_default, help_of, registry, settable, top_settable
+
+    spec = selectors.job_spec_or_none(job=job)
+    if not isinstance(spec, dict):
+        return None
+    ks = registry().get(str(spec.get("kind")))
+    top = [_spec_row(k, spec[k]) for k in ("kind", "alpha", "methods", "method", "alphas")
+           if spec.get(k) not in (None, "", [])]
+    known_top = top_settable()
+    for name, value in (spec.get("top") or {}).items():
+        f = known_top[name][0] if name in known_top else None
+        top.append(_spec_row(name, value, field_default(f), help_of(f)) if f else _spec_row(name, value))
+    stages = []
+    for stage, values in (spec.get("stages") or {}).items():
+        st = ks.stages.get(stage) if ks else None
+        known = settable(st) if st else {}
+        context = st.defaults if st else {}  # the kind's own defaults for this stage, over the class's
+        rows = [_spec_row(n, v, context.get(n, field_default(known[n][0])), help_of(known[n][0]))
+                if n in known else _spec_row(n, v) for n, v in (values or {}).items()]
+        stages.append({"name": stage, "cls": st.cls.__name__ if st else "", "rows": rows,
+                       "changed": sum(r["changed"] for r in rows)})
+    return {"top": top, "stages": stages}
+
+
+def request_lines(params: Any, prefix: str = "") -> list[str]:
+    """A request's params as ``key.path = value`` lines (what the user asked for, before defaults)."""
+    if not isinstance(params, dict):
+        return [] if params in (None, "") else [f"{prefix or 'params'} = {show_value(params)}"]
+    out = []
+    for key, value in params.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.extend(request_lines(value, path) if isinstance(value, dict) else [f"{path} = {show_value(value)}"])
+    return out

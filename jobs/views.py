@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from jobs import page_selectors, selectors, services
-from jobs.forms import JobForm, ThrottledAuthenticationForm
+from jobs.forms import JobForm, ThrottledAuthenticationForm, stages_by_method
 from jobs.models import GeneratedPair, Job
 
 # Events embedded in the job page; the page fetches the rest from the API (events?after=).
@@ -66,16 +66,15 @@ def job_new(request):
         if chosen:
             req = chosen["request"]
             initial = {k: req[k] for k in ("kind", "weak_base", "weak_aligned", "strong", "prompts", "alpha",
-                                           "methods", "method") if req.get(k) is not None}
-            initial.update({k: v for k, v in (req.get("params") or {}).items()
-                            if k in ("max_prompts", "max_new_tokens", "seed")})
+                                           "methods", "method", "params") if req.get(k) is not None}
         form = JobForm(user=request.user, initial=initial or None)
     offline = None
     if request.user.is_staff:  # the install button and its state (jobs.services.offline_install_request)
         offline = {"status": services.offline_install_status(),
                    "registered": any(p["request"].get("kind") == "weak_align" and p["name"].startswith("SmolLM2")
                                      for p in presets)}
-    return render(request, "jobs/job_new.html", {"form": form, "presets": presets, "offline": offline},
+    return render(request, "jobs/job_new.html", {"form": form, "presets": presets, "offline": offline,
+                                                 "stages_by_method": stages_by_method()},
                   status=400 if request.method == "POST" else 200)
 
 
@@ -109,6 +108,8 @@ def job_detail(request, job_id: int):
         "job": job, "live": live, "models": page_selectors.job_models(job),
         "results": page_selectors.results_table(job.results),
         "pair_count": GeneratedPair.objects.filter(job=job).count(),
+        "spec": page_selectors.spec_view(job=job),
+        "request_lines": page_selectors.request_lines((job.config or {}).get("params")),
         "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
         "can_retry": job.status in (Job.Status.FAILED, Job.Status.CANCELLED),
     })

@@ -1,4 +1,5 @@
-/* New-job form: live alpha value, presets that fill the form, show only the fields a kind uses. */
+/* New-job form: live alpha value, presets that fill the form, show only the fields a kind uses (the settings
+   inputs are job_settings.js's, loaded before this file). */
 (function () {
   "use strict";
   const form = document.getElementById("job-form");
@@ -31,6 +32,7 @@
       const label = box.previousElementSibling;
       if (label && label.classList.contains("field-label")) label.hidden = hide;
     }
+    if (window.congSettings) window.congSettings.show();
   }
   kind.addEventListener("change", toggle);
   toggle();
@@ -46,13 +48,8 @@
     alpha.value = p.alpha == null ? 0.4 : p.alpha;
     form.querySelectorAll("input[name=methods]").forEach(cb => { cb.checked = (p.methods || []).includes(cb.value); });
     if (p.method) document.getElementById("id_method").value = p.method;
-    const params = Object.assign({}, p.params || {});
-    for (const f of ["max_prompts", "max_new_tokens", "seed"]) {
-      const el = document.getElementById(`id_${f}`);
-      if (el) { el.value = params[f] == null ? "" : params[f]; delete params[f]; }
-    }
-    document.getElementById("id_params_json").value = Object.keys(params).length ? JSON.stringify(params) : "";
     show();
     toggle();
+    if (window.congSettings) window.congSettings.fill(p.params);  // job_settings.js: the kind's setting inputs
   }));
 })();

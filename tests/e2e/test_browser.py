@@ -46,15 +46,18 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_
     assert page.locator("#id_weak_base").input_value() == str(live_stack.registered["models"]["weak_base"].pk)
     page.locator("#id_alpha").fill("0.3")
     assert page.locator("#alpha-value").inner_text() == "0.30"  # live slider value
-    page.fill("#id_max_prompts", "24")
-    page.fill("#id_max_new_tokens", "24")
-    page.fill("#id_params_json", '{"batch_size": 1}')
+    # The preset's params are in the kind's setting inputs; each setting has its own (knobs: Common settings).
+    assert page.locator("#id_cd_generate-p__max_prompts").input_value() == "64"
+    page.fill("#id_cd_generate-p__max_prompts", "24")
+    page.fill("#id_cd_generate-p__max_new_tokens", "24")
+    page.fill("#id_cd_generate-p__batch_size", "1")
     save_screenshot(page, tmp_path, "1_new_job")
     page.click("#submit-job")
     page.wait_for_url(re.compile(rf"{re.escape(base)}/jobs/\d+/$"))
     job_id = int(page.url.rstrip("/").rsplit("/", 1)[1])
     job = Job.objects.get(pk=job_id)
-    assert job.config["alpha"] == 0.3 and job.config["params"]["max_prompts"] == 24
+    assert job.config["alpha"] == 0.3
+    assert job.config["params"] == {"max_prompts": 24, "max_new_tokens": 24, "batch_size": 1}  # only what was filled
 
     # 3. Live updates without a reload: a marker set now survives only if the page is never reloaded.
     page.evaluate("""() => {
@@ -122,7 +125,7 @@ def test_live_page_misses_nothing_across_a_dropped_socket(web_stack, browser_pag
     """Events written while the socket is down still show up, each exactly once, in seq order."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from jobs.models import Job
-    from jobs.progress import notify
+    from jobs.notify import notify
     from jobs.services import event_append
 
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
@@ -211,4 +214,61 @@ def test_results_and_compare_pages_draw_tables_and_plots(web_stack, browser_page
     assert page.locator('.sweep[data-side="b"] svg polyline').count() == 2  # gold and implicit
     assert page.locator('.sweep[data-side="a"]').count() == 0  # no sweep in job A: no empty charts
     save_screenshot(page, tmp_path, "8_compare")
+    assert page.console_errors == [], page.console_errors
+
+
+def test_new_job_settings_fields_and_the_spec_table(web_stack, browser_page, tmp_path, django_user_model, monkeypatch):
+    """The settings inputs follow the kind and the methods; a bad value comes back on its input; the job page
+    shows the spec with the changed values highlighted."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from jobs.models import Job
+
+    django_user_model.objects.create_user(username="di", password=PASSWORD)
+    page, base = browser_page, web_stack.base_url
+    _login(page, base, "di", PASSWORD)
+    page.goto(f"{base}/jobs/new/")
+    page.get_by_role("button", name=re.compile("full ConG pipeline")).click()
+    assert page.locator("#id_kind").input_value() == "cong"
+    cong, cd = page.locator("#settings-cong"), page.locator("#settings-cd_generate")
+    assert cong.is_visible() and not cd.is_visible()
+    assert page.evaluate("document.getElementById('settings-cd_generate').disabled") is True  # so not sent
+    # Stage groups follow the methods: DPO and self-sampling run only for ConG.
+    dpo = cong.locator('details[data-group="dpo"]')
+    page.locator("input[name=methods][value=cong]").check()
+    assert dpo.is_visible()
+    page.locator("input[name=methods][value=cong]").uncheck()
+    assert not dpo.is_visible() and cong.locator('details[data-group="sft"]').is_visible()
+    sft = cong.locator('details[data-group="sft"]')
+    sft.locator("summary").click()
+    page.fill("#id_cong-p__sft__num_train_epochs", "3")
+    page.select_option("#id_cong-p__sft__gradient_checkpointing", "true")
+    assert sft.locator("[data-filled]").inner_text() == "2 set"
+    assert page.locator("#id_cong-p__sft__learning_rate").get_attribute("placeholder") == "1e-05"
+    cong.locator('details[data-group="cd_generate"] summary').click()
+    page.fill("#id_cong-p__cd_generate__temperature", "-1")
+    save_screenshot(page, tmp_path, "9_new_job_settings")
+    page.click("#submit-job")
+    page.wait_for_load_state()
+    err = page.locator('ul.errorlist[data-field="p__cd_generate__temperature"]')
+    assert err.is_visible() and "temperature must be > 0" in err.inner_text()
+    assert "params.cd_generate.temperature" in page.locator("#form-errors").inner_text()
+    assert page.locator("#id_cong-p__sft__num_train_epochs").input_value() == "3"  # what was typed is kept
+    save_screenshot(page, tmp_path, "9b_new_job_error")
+    assert not Job.objects.exists()
+    assert page.console_errors == [f"HTTP 400 {base}/jobs/new/"], page.console_errors  # the form, re-rendered
+    page.console_errors.clear()
+    page.fill("#id_cong-p__cd_generate__temperature", "")
+    page.click("#submit-job")
+    page.wait_for_url(re.compile(rf"{re.escape(base)}/jobs/\d+/$"))
+    job = Job.objects.get()
+    assert job.config["params"] == {"sft": {"num_train_epochs": 3.0, "gradient_checkpointing": True}}
+
+    spec = page.locator("#spec")
+    assert spec.locator('#spec-top tr[data-field="kind"]').inner_text().split() == ["kind", "cong"]
+    stage = spec.locator('details[data-stage="sft"]')
+    stage.locator("summary").click()
+    row = stage.locator('tr[data-field="num_train_epochs"]')
+    assert row.get_attribute("class") == "changed" and row.locator("td").nth(1).inner_text() == "3.0"
+    assert "sft.num_train_epochs = 3.0" in page.inner_text("#request-params")  # the request, as key = value lines
+    save_screenshot(page, tmp_path, "10_job_spec")
     assert page.console_errors == [], page.console_errors

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.django_db
 def no_broker(monkeypatch):
     """job_create sends the Celery task on commit; these page tests need no worker or broker."""
     sent: list[int] = []
-    monkeypatch.setattr(services, "_send", lambda job_id: sent.append(job_id))
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: sent.append(job_id))
     return sent
 
 
@@ -95,7 +95,8 @@ def test_new_job_form_creates_job_through_service(client, user, weak_pair, promp
     assert 'value="cong_filtered"' in html and "ConG + implicit-reward filter" in html
     with django_capture_on_commit_callbacks(execute=True):
         r = client.post("/jobs/new/", {"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk,
-                                       "prompts": prompts_ds.pk, "alpha": "0.3", "max_prompts": "2"})
+                                       "prompts": prompts_ds.pk, "alpha": "0.3", "p__max_prompts": "2",
+                                       "p__cd_generate__max_new_tokens": "", "p__do_sample": ""})  # empty = unset
     assert r.status_code == 302, r.content.decode()[:2000]
     job = Job.objects.get()
     assert r["Location"] == f"/jobs/{job.pk}/"
@@ -115,17 +116,86 @@ def test_new_job_form_shows_service_errors_next_to_fields(client, user, weak_pai
     alpha_errors = re.search(r'<ul class="errorlist" data-field="alpha">(.*?)</ul>', html, re.S)
     assert alpha_errors and "alpha must be between 0 and 1" in alpha_errors.group(1)
     assert not Job.objects.exists()
-    # A missing model is reported on its own field; bad JSON on the settings field.
+    # A missing model is reported on its own field; a setting that is not of its type on its own input.
     r = client.post("/jobs/new/", {"kind": "cong", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
-                                   "alpha": "0.4", "methods": ["cong"], "params_json": "{not json"})
+                                   "alpha": "0.4", "methods": ["cong"], "p__sft__num_train_epochs": "two"})
     html = r.content.decode()
-    assert 'data-field="params_json"' in html and "not valid JSON" in html
+    assert re.search(r'data-field="p__sft__num_train_epochs"><li>give a number', html)  # on its input
     r = client.post("/jobs/new/", {"kind": "cong", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk,
                                    "alpha": "0.4", "methods": ["cong"]})
     html = r.content.decode()
     strong = re.search(r'<ul class="errorlist" data-field="strong">(.*?)</ul>', html, re.S)
     assert strong and "needs this model" in strong.group(1)
     assert not Job.objects.exists()
+
+
+@pytest.fixture
+def pipeline_inputs(user, weak_pair, model_root):
+    """What a cong job needs on top of the weak pair: a strong model and a prompt set with a gold reward."""
+    from .conftest import make_prompts
+
+    wb, wa = weak_pair
+    strong = services.model_register(name="st", path=str(model_root / "other_vocab"), kind="strong", owner=user)
+    gold = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
+    return {"kind": "cong", "weak_base": wb.pk, "weak_aligned": wa.pk, "strong": strong.pk, "prompts": gold.pk,
+            "alpha": "0.4", "methods": ["cong_s"]}
+
+
+def test_new_job_form_stage_settings_reach_the_spec(client, user, pipeline_inputs):
+    client.force_login(user)
+    html = client.get("/jobs/new/").content.decode()
+    assert 'name="params_json"' not in html  # the JSON textarea is gone: every setting has its own input
+    r = client.post("/jobs/new/", {**pipeline_inputs, "p__sft__num_train_epochs": "3", "p__use_chat_template": "false",
+                                   "p__sft__lora_r": "", "p__cd_generate__stop_strings": "END, STOP"})
+    assert r.status_code == 302, re.findall(r'<ul class="errorlist"[^>]*>(.*?)</ul>', r.content.decode(), re.S)
+    job = Job.objects.get()
+    # Only what was filled is sent, typed by each field's annotation; the spec has it, defaults elsewhere.
+    assert job.config["params"] == {"use_chat_template": False, "sft": {"num_train_epochs": 3.0},
+                                    "cd_generate": {"stop_strings": ["END", "STOP"]}}
+    spec = job.config["spec"]
+    assert spec["stages"]["sft"]["num_train_epochs"] == 3.0 and spec["stages"]["sft"]["lora_r"] == 0
+    assert spec["top"]["use_chat_template"] is False and spec["stages"]["evaluate"]["use_chat_template"] is False
+
+
+def test_new_job_form_bad_setting_is_shown_on_its_input_and_creates_nothing(client, user, pipeline_inputs):
+    client.force_login(user)
+    r = client.post("/jobs/new/", {**pipeline_inputs, "p__cd_generate__temperature": "-1",
+                                   "p__sft__num_train_epochs": "3"})
+    assert r.status_code == 400 and not Job.objects.exists()
+    html = r.content.decode()
+    # The service's error keyed params.cd_generate.temperature sits on that input, its group open, the typed
+    # values kept; it is listed at the top too, with its key path.
+    cong = html[html.index('id="settings-cong"'):html.index('id="settings-train"')]
+    group = re.search(r'<details class="settings-group" data-group="cd_generate" open>(.*?)</details>', cong, re.S)
+    assert group, "the cd_generate group is open"
+    assert re.search(r'name="p__cd_generate__temperature"[^>]*value="-1"', group.group(1))
+    own = re.search(r'<div class="setting has-error"><input type="number" name="p__cd_generate__temperature".*?'
+                    r'<ul class="errorlist setting-errors" data-field="p__cd_generate__temperature"><li>([^<]*)</li>',
+                    group.group(1))
+    assert own and "temperature must be &gt; 0" in own.group(1), group.group(1)[:3000]
+    assert 'name="p__sft__num_train_epochs"' in cong and 'value="3"' in cong
+    top = re.search(r'<ul class="errorlist" id="form-errors">(.*?)</ul>', html, re.S).group(1)
+    assert "params.cd_generate.temperature: CDConfig: temperature must be &gt; 0" in top
+    # Types are checked before the service: a whole number too big for storage, a word for a number.
+    r = client.post("/jobs/new/", {**pipeline_inputs, "p__seed": str(2**70), "p__dpo__beta": "much"})
+    html = r.content.decode()
+    assert r.status_code == 400 and not Job.objects.exists()
+    assert re.search(r'data-field="p__seed"><li>out of range', html)
+    assert re.search(r'data-field="p__dpo__beta"><li>give a number', html)
+
+
+def test_setting_inputs_are_typed_by_the_field_annotation():
+    from jobs.forms import coerce
+
+    assert coerce(" 3 ", int) == 3 and coerce("3", float) == 3.0 and coerce("1e-5", float) == 1e-5
+    assert coerce("False", bool) is False and coerce("none", int | None) is None and coerce("7", int | None) == 7
+    assert coerce("a, b", list[str]) == ["a", "b"] and coerce("a, b\nc", list[str]) == ["a, b", "c"]
+    assert coerce("0, 0.5", list[float]) == [0.0, 0.5]
+    for text, tp, words in (("3.5", int, "whole number"), ("9" * 5000, int, "out of range"),
+                            (str(-(2**63) - 1), int, "out of range"), ("nan", float, "finite"),
+                            ("1e999", float, "finite"), ("yes", bool, "true or false"), ("x", int | None, "whole")):
+        with pytest.raises(ValueError, match=words):
+            coerce(text, tp)
 
 
 def test_new_job_form_needs_csrf(user, weak_pair, prompts_ds):
@@ -156,6 +226,27 @@ def test_job_detail_own_and_404_for_others(client, user, other_user, staff_user,
     assert client.get(f"/jobs/compare/?a={job.pk}&b={job.pk}").status_code == 404
     client.force_login(staff_user)
     assert client.get(f"/jobs/{job.pk}/").status_code == 200
+
+
+def test_job_detail_shows_the_spec_table_with_changed_values(client, user, weak_pair, prompts_ds):
+    job = _job(user, weak_pair, prompts_ds, params={"max_prompts": 3, "cd_generate": {"temperature": 0.7}})
+    client.force_login(user)
+    html = client.get(f"/jobs/{job.pk}/").content.decode()
+    spec = html[html.index('<div class="card spec" id="spec">'):html.index("<h2>Progress</h2>")]
+    top = re.search(r'<table class="grid spec-table" id="spec-top">(.*?)</table>', spec, re.S).group(1)
+    assert re.search(r'<tr data-field="kind"><td[^>]*>kind</td><td>cd_generate</td>', top)
+    assert re.search(r'<tr data-field="alpha"><td[^>]*>alpha</td><td>0.4</td>', top)
+    stage = re.search(r'<details class="spec-stage" data-stage="cd_generate">(.*?)</details>', spec, re.S).group(1)
+    assert "2 not default" in stage  # max_prompts (through its knob) and temperature
+    # The changed value is highlighted, with the default beside it; an unchanged one is not.
+    assert re.search(r'<tr data-field="temperature" class="changed"><td[^>]*>temperature</td><td>0.7</td>'
+                     r'<td class="muted">0.8</td>', stage)
+    assert re.search(r'<tr data-field="top_p"><td[^>]*>top_p</td>', stage)
+    assert re.search(r'<tr data-field="max_prompts" class="changed"><td[^>]*>max_prompts</td><td>3</td>', stage)
+    # The request itself as key path = value lines, not a Python dict.
+    req = re.search(r'<div class="request" id="request-params">(.*?)</div>', html, re.S).group(1)
+    assert re.findall(r"<code>(.*?)</code>", req) == ["max_prompts = 3", "cd_generate.temperature = 0.7"]
+    assert "{&#x27;" not in html and "&#x27;cd_generate&#x27;:" not in html
 
 
 def test_cancel_and_retry_fallback_posts_go_through_services(client, user, weak_pair, prompts_ds):
@@ -282,3 +373,9 @@ def test_new_job_presets_fill_the_form(client, user, model_root):
     html = client.get("/jobs/new/", {"preset": "toy-x-s0: full ConG pipeline"}).content.decode()
     assert re.search(rf'<option value="{st.pk}" selected>', html)
     assert re.search(r'<option value="cong" selected>', html)
+    # A preset's params land in its kind's setting inputs (only that kind's section is enabled).
+    html = client.get("/jobs/new/", {"preset": "toy-x-s0: contrastive decoding"}).content.decode()
+    assert re.search(r'<fieldset class="kind-settings" id="settings-cd_generate" data-kind="cd_generate">', html)
+    section = html[html.index('id="settings-cd_generate"'):html.index('id="settings-alpha_sweep"')]
+    assert re.search(r'name="p__max_prompts"[^>]*value="64"', section)
+    assert re.search(r'id="settings-cong" data-kind="cong" disabled hidden', html)
