@@ -37,13 +37,15 @@ from ml.spec import (
 )
 from ml.spec_schema import params_schema
 
-PAGE_KINDS = [(Job.Kind.CONG, "ConG pipeline (weak pair -> pairs -> train strong -> evaluate)"),
-              (Job.Kind.CD_GENERATE, "Contrastive decoding only (make pairs)"),
-              (Job.Kind.ALPHA_SWEEP, "Alpha sweep (gold and implicit reward vs alpha)"),
-              (Job.Kind.PREFLIGHT, "Pre-flight check (does CD raise gold reward for this weak pair?)"),
-              (Job.Kind.WEAK_ALIGN, "Weak alignment (make pi_post from pi_pre)"),
-              (Job.Kind.TRAIN, "Train the strong model with one method"),
-              (Job.Kind.EVALUATE, "Evaluate a model")]
+PAGE_KINDS = [
+    (Job.Kind.CONG, "ConG pipeline (weak pair -> pairs -> train strong -> evaluate)"),
+    (Job.Kind.CD_GENERATE, "Contrastive decoding only (make pairs)"),
+    (Job.Kind.ALPHA_SWEEP, "Alpha sweep (gold and implicit reward vs alpha)"),
+    (Job.Kind.PREFLIGHT, "Pre-flight check (does CD raise gold reward for this weak pair?)"),
+    (Job.Kind.WEAK_ALIGN, "Weak alignment (make pi_post from pi_pre)"),
+    (Job.Kind.TRAIN, "Train the strong model with one method"),
+    (Job.Kind.EVALUATE, "Evaluate a model"),
+]
 # Method labels come from ml.pipeline (one home); kind=train's methods add the two plain names.
 METHOD_LABELS = {**LABELS, "sft": "SFT", "dpo": "DPO"}
 
@@ -198,8 +200,13 @@ def setting_groups(kind: str, limits: dict[str, Any] | None = None) -> list[Sett
             default = defaults[0] if all(d == defaults[0] for d in defaults) else DIFFERS
             if default is DIFFERS:  # "Defaults: sft 2.0, dpo 1.0" when the targets share a field name
                 same = len({t.split(".", 1)[1] for t in ks.knobs[key]}) == 1
-                doc += " Defaults: " + ", ".join(f"{t.split('.', 1)[0] if same else t} {show_value(d)}"
-                                                 for t, d in zip(ks.knobs[key], defaults)) + "."
+                doc += (
+                    " Defaults: "
+                    + ", ".join(
+                        f"{t.split('.', 1)[0] if same else t} {show_value(d)}" for t, d in zip(ks.knobs[key], defaults)
+                    )
+                    + "."
+                )
         else:  # alphas: its default is what resolve fills in when none are given
             from ml.resolve import resolve
 
@@ -209,9 +216,18 @@ def setting_groups(kind: str, limits: dict[str, Any] | None = None) -> list[Sett
     groups = [SettingGroup(COMMON, "Common settings", "job-level shorthands; a stage's own setting wins", common)]
     for stage, st in ks.stages.items():
         sp = props[stage]["properties"]
-        rows = [SettingInput(f"{PREFIX}{stage}__{name}", f"params.{stage}.{name}", name, tp, sp[name]["default"],
-                             sp[name].get("description", ""), sp[name].get("maximum"))
-                for name, (_, tp) in settable(st).items()]
+        rows = [
+            SettingInput(
+                f"{PREFIX}{stage}__{name}",
+                f"params.{stage}.{name}",
+                name,
+                tp,
+                sp[name]["default"],
+                sp[name].get("description", ""),
+                sp[name].get("maximum"),
+            )
+            for name, (_, tp) in settable(st).items()
+        ]
         groups.append(SettingGroup(stage, stage, st.cls.__name__, rows))
     return groups
 
@@ -229,9 +245,13 @@ def flat_inputs(params: Any) -> dict[str, str]:
 
 def stages_by_method() -> dict[str, Any]:
     """Which stages each pipeline method runs (ml.spec.pipeline_stages_used): the page shows only those groups."""
-    return {"cong": {"default": pipeline_stages_used(list(DEFAULT_CONG_METHODS)),
-                     "by_method": {m: pipeline_stages_used([m]) for m in METHODS}},
-            "train": {"default": None, "by_method": {m: pipeline_stages_used([t]) for m, t in TRAIN_METHODS.items()}}}
+    return {
+        "cong": {
+            "default": pipeline_stages_used(list(DEFAULT_CONG_METHODS)),
+            "by_method": {m: pipeline_stages_used([m]) for m in METHODS},
+        },
+        "train": {"default": None, "by_method": {m: pipeline_stages_used([t]) for m, t in TRAIN_METHODS.items()}},
+    }
 
 
 class JobForm(forms.Form):
@@ -240,28 +260,41 @@ class JobForm(forms.Form):
     weak_aligned = forms.ChoiceField(required=False, label="Weak aligned (pi_post)")
     strong = forms.ChoiceField(required=False, label="Strong model")
     prompts = forms.ChoiceField(required=False, label="Prompt dataset")
-    alpha = forms.FloatField(required=False, initial=DEFAULT_ALPHA,
-                             help_text="0 = pure log ratio log pi_post - log pi_pre, 1 = plain pi_post sampling.",
-                             widget=forms.NumberInput(attrs={"type": "range", "min": "0", "max": "1", "step": "0.05"}))
+    alpha = forms.FloatField(
+        required=False,
+        initial=DEFAULT_ALPHA,
+        help_text="0 = pure log ratio log pi_post - log pi_pre, 1 = plain pi_post sampling.",
+        widget=forms.NumberInput(attrs={"type": "range", "min": "0", "max": "1", "step": "0.05"}),
+    )
     methods = forms.MultipleChoiceField(
-        required=False, widget=forms.CheckboxSelectMultiple, initial=list(DEFAULT_CONG_METHODS),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        initial=list(DEFAULT_CONG_METHODS),
         choices=[(m, METHOD_LABELS.get(m, m)) for m in METHODS],
-        help_text="Ways to train the strong model; each is evaluated on held-out prompts.")
-    method = forms.ChoiceField(required=False, label="Training method",
-                               choices=[("", "-")] + [(m, METHOD_LABELS.get(m, m)) for m in TRAIN_METHODS])
+        help_text="Ways to train the strong model; each is evaluated on held-out prompts.",
+    )
+    method = forms.ChoiceField(
+        required=False,
+        label="Training method",
+        choices=[("", "-")] + [(m, METHOD_LABELS.get(m, m)) for m in TRAIN_METHODS],
+    )
 
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         models = list(selectors.models_visible(user=user))
         empty = [("", "-")]
-        for name, kinds in (("weak_base", ("weak", "any")), ("weak_aligned", ("weak", "any")),
-                            ("strong", ("strong", "any"))):
+        for name, kinds in (
+            ("weak_base", ("weak", "any")),
+            ("weak_aligned", ("weak", "any")),
+            ("strong", ("strong", "any")),
+        ):
             # Preferred kinds first, the rest after: any registered model may fill any role.
             ordered = [m for m in models if m.kind in kinds] + [m for m in models if m.kind not in kinds]
             self.fields[name].choices = empty + [(str(m.pk), f"{m.name} ({m.kind})") for m in ordered]
         self.fields["prompts"].choices = empty + [
             (str(d.pk), f"{d.name} ({d.row_count} rows{', gold ' + d.gold if d.gold else ''})")
-            for d in selectors.datasets_visible(user=user)]
+            for d in selectors.datasets_visible(user=user)
+        ]
         # Every kind's settings are on the page (the script shows the chosen kind's); only the chosen kind's
         # section is enabled, so only its inputs are sent, and only its inputs carry what was typed.
         kinds = [str(k) for k, _ in PAGE_KINDS]
@@ -269,10 +302,15 @@ class JobForm(forms.Form):
         kind = str(kind or self.fields["kind"].initial)
         self.active_kind = kind if kind in kinds else str(Job.Kind.CONG)
         limits = getattr(settings, "JOB_LIMITS", None)
-        self.kind_settings = [KindSettings(str(k), label, setting_groups(str(k), limits), str(k) == self.active_kind)
-                              for k, label in PAGE_KINDS]
-        typed = ({name: str(self.data.get(name, "")) for name in self.data if name.startswith(PREFIX)}
-                 if self.is_bound else flat_inputs(self.initial.get("params")))
+        self.kind_settings = [
+            KindSettings(str(k), label, setting_groups(str(k), limits), str(k) == self.active_kind)
+            for k, label in PAGE_KINDS
+        ]
+        typed = (
+            {name: str(self.data.get(name, "")) for name in self.data if name.startswith(PREFIX)}
+            if self.is_bound
+            else flat_inputs(self.initial.get("params"))
+        )
         for group in self.active_groups:
             for row in group.rows:
                 row.value = typed.get(row.name, "")
@@ -303,8 +341,9 @@ class JobForm(forms.Form):
         known = {row.name for group in self.active_groups for row in group.rows}
         for name in self.data:
             if name.startswith(PREFIX) and name not in known and str(self.data.get(name, "")).strip():
-                self.add_error(None, f"{name}: not a setting of kind={self.active_kind}; empty it, or pick the kind "
-                                     "it belongs to")
+                self.add_error(
+                    None, f"{name}: not a setting of kind={self.active_kind}; empty it, or pick the kind it belongs to"
+                )
         self.params = params
         return data
 
@@ -312,14 +351,19 @@ class JobForm(forms.Form):
         """Arguments for jobs.services.job_create from the cleaned data."""
         d = self.cleaned_data
         kind = d["kind"]
-        return {"kind": kind, "weak_base": d.get("weak_base") or None, "weak_aligned": d.get("weak_aligned") or None,
-                "strong": d.get("strong") or None, "prompts": d.get("prompts") or None,
-                # The alpha field shows for every kind; only the kinds that decode with one get it.
-                "alpha": d.get("alpha") if kind in KINDS_WITH_ALPHA else None,
-                # The checkbox group and the method select belong to their kinds' sections of the page.
-                "methods": list(d.get("methods") or []) if kind == Job.Kind.CONG else None,
-                "method": (d.get("method") or None) if kind == Job.Kind.TRAIN else None,
-                "params": self.params}
+        return {
+            "kind": kind,
+            "weak_base": d.get("weak_base") or None,
+            "weak_aligned": d.get("weak_aligned") or None,
+            "strong": d.get("strong") or None,
+            "prompts": d.get("prompts") or None,
+            # The alpha field shows for every kind; only the kinds that decode with one get it.
+            "alpha": d.get("alpha") if kind in KINDS_WITH_ALPHA else None,
+            # The checkbox group and the method select belong to their kinds' sections of the page.
+            "methods": list(d.get("methods") or []) if kind == Job.Kind.CONG else None,
+            "method": (d.get("method") or None) if kind == Job.Kind.TRAIN else None,
+            "params": self.params,
+        }
 
     def add_service_errors(self, exc: ValidationError) -> None:
         """The service's errors on the inputs they name: ``params.sft.learning_rate`` on p__sft__learning_rate

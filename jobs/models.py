@@ -38,6 +38,14 @@ class ModelEntry(models.Model):
         related_name="model_entries",
         help_text="Empty = shared with everyone.",
     )
+    aligned_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="For a pi_post a weak_align job made: its pi_pre (the weak pair, stored rather than guessed).",
+    )
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -191,6 +191,9 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
                 "or register the folder through the API"
             )
             return {"registered_model": None, "registered_model_error": msg}
+    if base is not None and entry.aligned_from_id != base.pk:
+        entry.aligned_from = base  # the weak pair, recorded for presets (never guessed from names)
+        entry.save(update_fields=["aligned_from"])
     rep.log(f"weak_align: registered pi_post as model {entry.pk} {entry.name!r}")
     return {"registered_model": {"id": entry.pk, "name": entry.name, "path": entry.path}}
 

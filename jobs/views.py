@@ -40,9 +40,16 @@ def _job_or_404(user, job_id) -> Job:
 def dashboard(request):
     jobs = selectors.job_list(user=request.user, status=request.GET.get("status") or None)[:200]
     active = any(j.status in Job.ACTIVE for j in jobs)
-    return render(request, "jobs/dashboard.html", {"jobs": jobs, "active": active,
-                                                   "status_filter": request.GET.get("status", ""),
-                                                   "statuses": Job.Status.choices})
+    return render(
+        request,
+        "jobs/dashboard.html",
+        {
+            "jobs": jobs,
+            "active": active,
+            "status_filter": request.GET.get("status", ""),
+            "statuses": Job.Status.choices,
+        },
+    )
 
 
 @login_required
@@ -65,17 +72,36 @@ def job_new(request):
         chosen = next((p for p in presets if p["name"] == request.GET.get("preset")), None)
         if chosen:
             req = chosen["request"]
-            initial = {k: req[k] for k in ("kind", "weak_base", "weak_aligned", "strong", "prompts", "alpha",
-                                           "methods", "method", "params") if req.get(k) is not None}
+            initial = {
+                k: req[k]
+                for k in (
+                    "kind",
+                    "weak_base",
+                    "weak_aligned",
+                    "strong",
+                    "prompts",
+                    "alpha",
+                    "methods",
+                    "method",
+                    "params",
+                )
+                if req.get(k) is not None
+            }
         form = JobForm(user=request.user, initial=initial or None)
     offline = None
     if request.user.is_staff:  # the install button and its state (jobs.services.offline_install_request)
-        offline = {"status": services.offline_install_status(),
-                   "registered": any(p["request"].get("kind") == "weak_align" and p["name"].startswith("SmolLM2")
-                                     for p in presets)}
-    return render(request, "jobs/job_new.html", {"form": form, "presets": presets, "offline": offline,
-                                                 "stages_by_method": stages_by_method()},
-                  status=400 if request.method == "POST" else 200)
+        offline = {
+            "status": services.offline_install_status(),
+            "registered": any(
+                p["request"].get("kind") == "weak_align" and p["name"].startswith("SmolLM2") for p in presets
+            ),
+        }
+    return render(
+        request,
+        "jobs/job_new.html",
+        {"form": form, "presets": presets, "offline": offline, "stages_by_method": stages_by_method()},
+        status=400 if request.method == "POST" else 200,
+    )
 
 
 @login_required
@@ -86,8 +112,11 @@ def offline_install(request):
         raise PermissionDenied("only staff can install the offline models")
     try:
         services.offline_install_request(user=request.user, size=request.POST.get("size") or "cpu")
-        messages.info(request, "Installing the offline models in the background; reload this page to follow it. "
-                               "The SmolLM2 -> Gemma presets appear when it is done.")
+        messages.info(
+            request,
+            "Installing the offline models in the background; reload this page to follow it. "
+            "The SmolLM2 -> Gemma presets appear when it is done.",
+        )
     except ValidationError as exc:
         messages.error(request, "; ".join(exc.messages))
     return redirect("job_new")
@@ -98,21 +127,32 @@ def job_detail(request, job_id: int):
     job = _job_or_404(request.user, job_id)
     events = [e.as_message() for e in selectors.job_events(job=job, after=0, limit=INITIAL_EVENTS)]
     live = {
-        "job_id": job.pk, "status": job.status, "finished": job.is_finished, "events": events,
-        "events_url": f"{API}/jobs/{job.pk}/events/", "ws_path": f"/ws/jobs/{job.pk}/",
-        "cancel_url": f"{API}/jobs/{job.pk}/cancel/", "retry_url": f"{API}/jobs/{job.pk}/retry/",
-        "sweep": page_selectors.alpha_sweep(job.results),
+        "job_id": job.pk,
+        "status": job.status,
+        "finished": job.is_finished,
+        "events": events,
+        "events_url": f"{API}/jobs/{job.pk}/events/",
+        "ws_path": f"/ws/jobs/{job.pk}/",
+        "cancel_url": f"{API}/jobs/{job.pk}/cancel/",
+        "retry_url": f"{API}/jobs/{job.pk}/retry/",
+        "sweep": page_selectors.alpha_sweep(job.kind, job.results),
         "scatter": page_selectors.scatter(job=job),
     }
-    return render(request, "jobs/job_detail.html", {
-        "job": job, "live": live, "models": page_selectors.job_models(job),
-        "results": page_selectors.results_table(job.results),
-        "pair_count": GeneratedPair.objects.filter(job=job).count(),
-        "spec": page_selectors.spec_view(job=job),
-        "request_lines": page_selectors.request_lines((job.config or {}).get("params")),
-        "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
-        "can_retry": job.status in (Job.Status.FAILED, Job.Status.CANCELLED),
-    })
+    return render(
+        request,
+        "jobs/job_detail.html",
+        {
+            "job": job,
+            "live": live,
+            "models": page_selectors.job_models(job),
+            "results": page_selectors.results_table(job.kind, job.results),
+            "pair_count": GeneratedPair.objects.filter(job=job).count(),
+            "spec": page_selectors.spec_view(job=job),
+            "request_lines": page_selectors.request_lines((job.config or {}).get("params")),
+            "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
+            "can_retry": job.status in (Job.Status.FAILED, Job.Status.CANCELLED),
+        },
+    )
 
 
 def _job_action(request, job_id: int, service, done: str):
@@ -147,22 +187,34 @@ def compare(request):
         return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id or "", "b_id": b_id or ""})
     sides = []
     for job in (_job_or_404(request.user, a_id), _job_or_404(request.user, b_id)):
-        sides.append({"job": job, "models": page_selectors.job_models(job),
-                      "results": page_selectors.results_table(job.results),
-                      "url": reverse("job_detail", args=[job.pk])})
+        sides.append(
+            {
+                "job": job,
+                "models": page_selectors.job_models(job),
+                "results": page_selectors.results_table(job.kind, job.results),
+                "url": reverse("job_detail", args=[job.pk]),
+            }
+        )
     # One merged table: each method once, both jobs' gold mean side by side.
     methods = list(dict.fromkeys(r["method"] for s in sides for r in s["results"]))
     merged = []
     for m in methods:
         a = next((r for r in sides[0]["results"] if r["method"] == m), None)
         b = next((r for r in sides[1]["results"] if r["method"] == m), None)
-        diff = (b["gold_mean"] - a["gold_mean"]) if a and b and a["gold_mean"] is not None \
-            and b["gold_mean"] is not None else None
+        diff = (
+            (b["gold_mean"] - a["gold_mean"])
+            if a and b and a["gold_mean"] is not None and b["gold_mean"] is not None
+            else None
+        )
         merged.append({"method": m, "a": a, "b": b, "diff": diff})
-    sweeps = {"a": page_selectors.alpha_sweep(sides[0]["job"].results),
-              "b": page_selectors.alpha_sweep(sides[1]["job"].results)}
-    return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id, "b_id": b_id, "sides": sides,
-                                                 "merged": merged, "sweeps": sweeps})
+    sweeps = {
+        key: page_selectors.alpha_sweep(side["job"].kind, side["job"].results) for key, side in zip(("a", "b"), sides)
+    }
+    return render(
+        request,
+        "jobs/compare.html",
+        {"choices": choices, "a_id": a_id, "b_id": b_id, "sides": sides, "merged": merged, "sweeps": sweeps},
+    )
 
 
 class ThrottledLoginView(LoginView):

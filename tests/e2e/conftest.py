@@ -20,8 +20,14 @@ from tests.jobs.conftest import WorkerProc, db_url_for_worker, point_celery_at
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def pytest_configure(config):
@@ -81,12 +87,21 @@ def stack_env(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
 
     redis_lib.Redis.from_url(redis_url).delete("gpu", "default", "unacked", "unacked_index")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
-    env.update({
-        "DJANGO_SETTINGS_MODULE": "congweb.settings", "DATABASE_URL": db_url_for_worker(), "REDIS_URL": redis_url,
-        "MODEL_ROOTS": str(toy_world_dir.resolve()), "VAR_DIR": str(var), "RUNS_DIR": str(var / "runs"),
-        "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "WARNING",
-        "DEBUG": "true",
-    })
+    env.update(
+        {
+            "DJANGO_SETTINGS_MODULE": "congweb.settings",
+            "DATABASE_URL": db_url_for_worker(),
+            "REDIS_URL": redis_url,
+            "MODEL_ROOTS": str(toy_world_dir.resolve()),
+            "VAR_DIR": str(var),
+            "RUNS_DIR": str(var / "runs"),
+            "OMP_WAIT_POLICY": "PASSIVE",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "LOG_LEVEL": "WARNING",
+            "DEBUG": "true",
+        }
+    )
     return env, manifest, registered
 
 
@@ -97,9 +112,14 @@ def web_stack(stack_env, tmp_path):
     port = free_port()
     web_log = tmp_path / "web.log"
     log = open(web_log, "ab")
-    web = subprocess.Popen([sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-                            "congweb.asgi:application"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                           start_new_session=True)
+    web = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "congweb.asgi:application"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -153,8 +173,14 @@ def browser_page(tmp_path):
         page = context.new_page()
         page.console_errors = []  # type: ignore[attr-defined]
         # Console errors and failed requests (by URL: the console only says "Failed to load resource").
-        page.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
-                and page.console_errors.append(m.text))
+        page.on(
+            "console",
+            lambda m: (
+                m.type == "error"
+                and not m.text.startswith("Failed to load resource")
+                and page.console_errors.append(m.text)
+            ),
+        )
         page.on("response", lambda r: r.status >= 400 and page.console_errors.append(f"HTTP {r.status} {r.url}"))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         try:

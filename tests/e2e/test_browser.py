@@ -19,8 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transacti
 PASSWORD = "pw-e2e-admin-123"
 
 
-def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_path, django_user_model,
-                                                   monkeypatch):
+def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_path, django_user_model, monkeypatch):
     # Playwright's sync API keeps an event loop on this thread; the ORM calls below are plain sync code.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from jobs.models import GeneratedPair, Job
@@ -68,7 +67,9 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_
     page.wait_for_function(
         """() => window.__e2eMarker === 1
              && document.querySelectorAll('#samples .sample-card').length >= 2
-             && new Set(window.__seen).size >= 2""", timeout=90_000)
+             && new Set(window.__seen).size >= 2""",
+        timeout=90_000,
+    )
     seen = page.evaluate("window.__seen")
     assert sorted(seen) == seen and seen[-1] > seen[0], seen  # the bar advanced, never went back
     card = page.locator("#samples .sample-card").first
@@ -80,8 +81,7 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, tmp_
 
     # 4. The job finishes; the page (reloaded once by itself) shows it succeeded, events all applied in order.
     with page.expect_navigation(timeout=90_000):  # the reload that brings the server-rendered results
-        page.wait_for_function("() => document.getElementById('status').textContent === 'succeeded'",
-                               timeout=90_000)
+        page.wait_for_function("() => document.getElementById('status').textContent === 'succeeded'", timeout=90_000)
     page.wait_for_function("() => window.congLive && window.congLive.stages.size > 0", timeout=20_000)
     assert page.evaluate("window.__e2eMarker") is None  # this is the reloaded page
     job.refresh_from_db()
@@ -120,16 +120,18 @@ def _login(page, base: str, username: str, password: str) -> None:
     page.wait_for_url(f"{base}/")
 
 
-def test_live_page_misses_nothing_across_a_dropped_socket(web_stack, browser_page, tmp_path, django_user_model,
-                                                          monkeypatch, settings, redis_url):
+def test_live_page_misses_nothing_across_a_dropped_socket(
+    web_stack, browser_page, tmp_path, django_user_model, monkeypatch, settings, redis_url
+):
     """Events written while the socket is down still show up, each exactly once, in seq order."""
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from jobs.models import Job
     from jobs.notify import notify
     from jobs.services import event_append
 
-    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                           "CONFIG": {"hosts": [redis_url]}}}
+    settings.CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
+    }
     user = django_user_model.objects.create_user(username="bo", password=PASSWORD)
     job = Job.objects.create(owner=user, kind="cd_generate", config={}, status="running", stage="cd_generate")
 
@@ -156,8 +158,9 @@ def test_live_page_misses_nothing_across_a_dropped_socket(web_stack, browser_pag
 
     log = page.locator("#log").inner_text()
     lines = [ln.split("  ", 1)[1] for ln in log.splitlines() if "line " in ln]
-    assert lines == ["line 1 before the page"] + [f"line {i} live" for i in range(2, 6)] + \
-        [f"line {i} while down" for i in range(6, 11)]
+    assert lines == ["line 1 before the page"] + [f"line {i} live" for i in range(2, 6)] + [
+        f"line {i} while down" for i in range(6, 11)
+    ]
     assert page.locator('.stage-row[data-stage="cd_generate"] .bar').get_attribute("aria-valuenow") == "100"
     assert page.locator("#samples .sample-card").count() == 1
 
@@ -170,29 +173,55 @@ def test_live_page_misses_nothing_across_a_dropped_socket(web_stack, browser_pag
     # Cancel posts to the REST API with the session and the CSRF token; the status event follows.
     page.click("#cancel-form button")
     page.wait_for_function("() => document.getElementById('status').textContent === 'cancelling'", timeout=10_000)
-    page.wait_for_function("() => document.getElementById('log').textContent.includes('cancel requested')",
-                           timeout=10_000)
+    page.wait_for_function(
+        "() => document.getElementById('log').textContent.includes('cancel requested')", timeout=10_000
+    )
     job.refresh_from_db()
     assert job.status == "cancelling" and job.cancel_requested
     assert page.locator("#cancel-form").is_hidden()
     assert page.console_errors == [], page.console_errors
 
 
-def test_results_and_compare_pages_draw_tables_and_plots(web_stack, browser_page, tmp_path, django_user_model,
-                                                         monkeypatch):
+def test_results_and_compare_pages_draw_tables_and_plots(
+    web_stack, browser_page, tmp_path, django_user_model, monkeypatch
+):
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     from jobs.models import Job
 
     user = django_user_model.objects.create_user(username="cy", password=PASSWORD)
-    methods = {name: {"label": label, "gold_mean": g, "gold_ci": [g - 0.05, g + 0.05], "valid_rate": v,
-                      "implicit_mean": imp, "n": 16, "win_rate_vs_weak_sft": w}
-               for name, label, g, v, imp, w in [("weak_sft", "WeakSFT", 0.31, 0.94, -0.4, 0.5),
-                                                 ("cong_s", "ConG-S", 0.44, 1.0, 0.9, 0.66),
-                                                 ("cong", "ConG", 0.52, 1.0, 1.4, 0.75)]}
-    a = Job.objects.create(owner=user, kind="cong", status="succeeded", config={"alpha": 0.4, "methods": list(methods)},
-                           results={"methods": methods})
-    sweep = [{"alpha": x, "name": f"a{x:.2f}", "gold_mean": 0.2 + 0.5 * x * (1.2 - x), "implicit_mean": 3 - 2.5 * x,
-              "valid_rate": 1.0} for x in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]
+    methods = {
+        name: {
+            "label": label,
+            "gold_mean": g,
+            "gold_ci": [g - 0.05, g + 0.05],
+            "valid_rate": v,
+            "implicit_mean": imp,
+            "n": 16,
+            "win_rate_vs_weak_sft": w,
+        }
+        for name, label, g, v, imp, w in [
+            ("weak_sft", "WeakSFT", 0.31, 0.94, -0.4, 0.5),
+            ("cong_s", "ConG-S", 0.44, 1.0, 0.9, 0.66),
+            ("cong", "ConG", 0.52, 1.0, 1.4, 0.75),
+        ]
+    }
+    a = Job.objects.create(
+        owner=user,
+        kind="cong",
+        status="succeeded",
+        config={"alpha": 0.4, "methods": list(methods)},
+        results={"methods": methods},
+    )
+    sweep = [
+        {
+            "alpha": x,
+            "name": f"a{x:.2f}",
+            "gold_mean": 0.2 + 0.5 * x * (1.2 - x),
+            "implicit_mean": 3 - 2.5 * x,
+            "valid_rate": 1.0,
+        }
+        for x in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
     b = Job.objects.create(owner=user, kind="alpha_sweep", status="succeeded", config={}, results={"alphas": sweep})
     page, base = browser_page, web_stack.base_url
     _login(page, base, "cy", PASSWORD)

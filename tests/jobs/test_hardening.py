@@ -254,39 +254,26 @@ def test_dataset_rows_with_poison_are_refused_and_nothing_is_created(user):
     assert snapshot() == before
 
 
-def test_the_job_page_checks_its_json_field(world, user, client):
+def test_the_job_page_checks_its_setting_inputs(world, user, client):
+    """The page's settings are typed inputs now (no JSON text): numbers that cannot be stored are refused
+    before anything is created - huge integers (5000 digits, beyond 64 bits) and non-finite floats."""
     client.force_login(user)
     wb, wa = world["weak_pair"]
     before = snapshot()
-    for params, words in (
-        ('{"x": "\\ud800"}', "surrogate"),
-        ("[" * DEEP + "]" * DEEP, "nested deeper"),
-        (f'{{"n": {HUGE_INT}}}', "digits"),
+    base = {
+        "kind": "cd_generate",
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "prompts": world["prompts"].pk,
+        "alpha": 0.4,
+    }
+    for field, value, words in (
+        ("p__seed", str(2**70), "out of range"),
+        ("p__seed", "9" * 5000, "out of range"),
+        ("p__temperature", "1e999", "finite"),
     ):
-        res = client.post(
-            "/jobs/new/",
-            {
-                "kind": "cd_generate",
-                "weak_base": wb.pk,
-                "weak_aligned": wa.pk,
-                "prompts": world["prompts"].pk,
-                "alpha": 0.4,
-                "params_json": params,
-            },
-        )
-        assert res.status_code == 400 and words in res.content.decode(), res.content[-2000:]
-    res = client.post(
-        "/jobs/new/",
-        {
-            "kind": "cd_generate",
-            "weak_base": wb.pk,
-            "weak_aligned": wa.pk,
-            "prompts": world["prompts"].pk,
-            "alpha": 0.4,
-            "seed": str(2**70),
-        },
-    )
-    assert res.status_code == 400 and "out of range" in res.content.decode()
+        res = client.post("/jobs/new/", {**base, field: value})
+        assert res.status_code == 400 and words in res.content.decode(), (field, res.content[-2000:])
     assert snapshot() == before
 
 

@@ -299,6 +299,7 @@ def test_weak_align_job_registers_its_pi_post_and_the_cong_presets_follow(regist
     reg = job.results["registered_model"]
     entry = ModelEntry.objects.get(pk=reg["id"])
     assert reg["name"] == entry.name == f"smollm2-135m-instruct-aligned-job{job.pk}"
+    assert entry.aligned_from_id == weak.pk  # the weak pair is recorded, so presets never guess it from names
     assert (entry.kind, entry.family, entry.owner, entry.vocab_fingerprint) == (
         "weak",
         "smollm2",

@@ -21,8 +21,10 @@ def _expected(kind: str) -> tuple[set[str], dict[str, dict[str, object]]]:
     top = set(ks.knobs) | set(ks.stages) | ({"alphas"} if ks.sweep else set())
     if ks.pipeline:
         top |= set(top_settable())
-    stages = {s: {n: st.defaults.get(n, field_default(f)) for n, (f, _) in settable(st).items()}
-              for s, st in ks.stages.items()}
+    stages = {
+        s: {n: st.defaults.get(n, field_default(f)) for n, (f, _) in settable(st).items()}
+        for s, st in ks.stages.items()
+    }
     return top, stages
 
 
