@@ -506,3 +506,25 @@ def test_an_unreachable_cache_falls_back_to_this_process(guard, settings, tmp_pa
     assert _token(ADDRS[1], "carol", "pw-carol-123").status_code == 429
     assert "throttle cache is unreachable" in caplog.text
     guard._redis_down_until = 0.0
+
+
+def test_rows_poisoned_before_the_fix_are_scrubbed_by_the_migration(world, user, client):
+    """A job stored with a lone surrogate (possible on SQLite before input was checked) broke its page for good;
+    migration 0009 replaces lone surrogates with U+FFFD and the page renders."""
+    import importlib
+
+    from django.apps import apps
+    from django.db import connection
+
+    if connection.vendor != "sqlite":
+        pytest.skip("only SQLite ever stored lone surrogates (PostgreSQL refuses them)")
+    wb, wa = world["weak_pair"]
+    job = Job.objects.create(owner=user, kind="cd_generate", config={"params": {"x\ud800": "bad\udfff"}})
+    JobEvent.objects.create(job=job, seq=1, type="log", data={"message": "\ud800"})
+    mig = importlib.import_module("jobs.migrations.0009_scrub_lone_surrogates")
+    mig.scrub(apps, None)
+    job.refresh_from_db()
+    assert job.config == {"params": {"x\ufffd": "bad\ufffd"}}
+    assert JobEvent.objects.get(job=job).data == {"message": "\ufffd"}
+    client.force_login(user)
+    assert client.get(f"/jobs/{job.pk}/").status_code == 200
