@@ -170,11 +170,12 @@ def spec_view(*, job: Job) -> dict[str, Any] | None:
 
 
 def request_lines(params: Any, prefix: str = "") -> list[str]:
-    """A request's params as ``key.path = value`` lines (what the user asked for, before defaults)."""
+    """A request's params as ``key.path = value`` lines (what the user asked for, before defaults), sorted by key:
+    the database may not keep a JSON object's key order (PostgreSQL's jsonb does not)."""
     if not isinstance(params, dict):
         return [] if params in (None, "") else [f"{prefix or 'params'} = {show_value(params)}"]
     out = []
-    for key, value in params.items():
+    for key, value in sorted(params.items()):
         path = f"{prefix}.{key}" if prefix else str(key)
         out.extend(request_lines(value, path) if isinstance(value, dict) else [f"{path} = {show_value(value)}"])
     return out

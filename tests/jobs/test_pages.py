@@ -323,7 +323,7 @@ def test_job_detail_shows_the_spec_table_with_changed_values(client, user, weak_
     assert re.search(r'<tr data-field="max_prompts" class="changed"><td[^>]*>max_prompts</td><td>3</td>', stage)
     # The request itself as key path = value lines, not a Python dict.
     req = re.search(r'<div class="request" id="request-params">(.*?)</div>', html, re.S).group(1)
-    assert re.findall(r"<code>(.*?)</code>", req) == ["max_prompts = 3", "cd_generate.temperature = 0.7"]
+    assert re.findall(r"<code>(.*?)</code>", req) == ["cd_generate.temperature = 0.7", "max_prompts = 3"]
     assert "{&#x27;" not in html and "&#x27;cd_generate&#x27;:" not in html
 
 
