@@ -123,6 +123,25 @@ class PipelineConfig:
         for name in _STAGE_FIELDS:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be a mapping of that stage's settings")
+        self._check_stage_keys()
+
+    def _check_stage_keys(self) -> None:
+        """Every per-stage key is a setting of that stage's config class (files, folders and devices are the
+        pipeline's to wire): a typo fails here, naming stage.key, not as a TypeError stages later."""
+        from dataclasses import fields as dc_fields
+
+        from ml.spec import _classes, is_internal
+
+        classes = _classes()
+        cls_of = {"generate": classes["cd"], **{n: classes[n] for n in _STAGE_FIELDS if n != "generate"}}
+        for name in _STAGE_FIELDS:
+            known = {f.name for f in dc_fields(cls_of[name]) if not is_internal(f)}
+            unknown = sorted(set(getattr(self, name)) - known)
+            if unknown:
+                raise ValueError(
+                    f"unknown {name} setting(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+                    f"known: {', '.join(sorted(known))} (files, folders and the device are set at the top level)"
+                )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> PipelineConfig:

@@ -230,3 +230,15 @@ def test_every_kind_resolves_and_builds_with_defaults():
         spec = resolve(kind, {}, method="sft" if kind == "train" else None)
         check(spec, inputs)
         assert spec["version"] == 1 and spec["stages"]
+
+
+def test_pipeline_config_refuses_unknown_and_path_keys_in_stage_settings():
+    """A YAML config's stage mappings are checked like a request: a typo or a file field fails at construction,
+    naming stage.key, not as a TypeError deep inside a run."""
+    from ml.pipeline import PipelineConfig
+
+    base = dict(weak_base="a", strong="b", train_prompts="c", eval_prompts="d", gold="toy:review", output_dir="o")
+    for stage, key in (("sft", "bogus"), ("sft", "data"), ("generate", "prompts"), ("evaluate", "model")):
+        with pytest.raises(ValueError, match=f"{stage}.{key}"):
+            PipelineConfig(**base, **{stage: {key: 1}})
+    PipelineConfig(**base, sft={"num_train_epochs": 3}, generate={"temperature": 0.7})
