@@ -62,7 +62,12 @@ def test_no_import_cycles(pkg):
 
     cycles = [c for m in sorted(mods) if (c := cycle_from(m, [m]))]
     assert not cycles, f"import cycles in {pkg}/: {cycles[:5]}"
-    assert edges["jobs.runner"] >= {"jobs.services", "jobs.progress"} if pkg == "jobs" else True  # the graph is real
+    real = {
+        "jobs": ("jobs.runner", {"jobs.services", "jobs.progress"}),
+        "congweb": ("congweb.launcher", {"congweb.supervisor", "congweb.demo"}),
+    }
+    module, imports = real[pkg]
+    assert edges[module] >= imports, edges[module]  # the graph is read, not empty
 
 
 def test_no_module_over_500_lines():

@@ -5,7 +5,6 @@ Supervision under kill -9 (restarts, nothing outliving the launcher): tests/faul
 
 from __future__ import annotations
 
-import ast
 import os
 import signal
 import socket
@@ -72,38 +71,3 @@ def test_serve_starts_everything_and_stops_cleanly(tmp_path):
     from congweb.embedded_redis import ping
 
     assert not ping(tmp_path / "redis" / "redis.sock")
-
-
-def _congweb_imports(source: str, mods: set[str]) -> set[str]:
-    """The congweb modules one module imports, at the top or inside functions."""
-    out = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = ("congweb." + (node.module or "")).rstrip(".") if node.level else (node.module or "")
-            names = [base, *(f"{base}.{a.name}" for a in node.names)]
-        else:
-            continue
-        out |= {n.split(".")[1] for n in names if n.startswith("congweb.")} & mods
-    return out
-
-
-def test_no_import_cycles_in_congweb():
-    """congweb's modules import each other one way only (launcher -> demo -> supervisor, never
-    back); imports inside functions count too: such a cycle breaks as soon as one of them moves."""
-    pkg = ROOT / "congweb"
-    mods = {p.stem for p in pkg.glob("*.py")} - {"__init__"}
-    edges = {m: _congweb_imports((pkg / f"{m}.py").read_text(), mods) for m in mods}
-
-    def cycle_from(start: str, path: list[str]) -> list[str] | None:
-        for nxt in sorted(edges[path[-1]]):
-            if nxt == start:
-                return [*path, nxt]
-            if nxt not in path and (found := cycle_from(start, [*path, nxt])):
-                return found
-        return None
-
-    cycles = [c for m in sorted(mods) if (c := cycle_from(m, [m]))]
-    assert not cycles, f"import cycles in congweb/: {cycles}"
-    assert edges["launcher"] >= {"supervisor", "demo"} and edges["demo"] == {"supervisor"}, edges
