@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
+from ml.results import RESULTS_VERSION
 
 # The paper's methods (the default) and the options this project measures beside them.
 DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
@@ -264,6 +265,7 @@ def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict[str, A
         return {"stopped": True, "stage": stop.stage, "summary": stop.summary}
 
     results = {
+        "results_version": RESULTS_VERSION,  # the layout ml.results reads (results.json and the job's results)
         "config": c.to_dict(),
         "weak_aligned": weak_aligned,
         "methods": {m: _method_row(m, metrics[m], models[m]) for m in c.methods},

@@ -45,7 +45,8 @@ def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
         assert 0.0 <= row["win_rate_vs_weak_sft"] <= 1.0
     assert res["methods"]["weak_sft"]["win_rate_vs_weak_sft"] == 0.5
     out = tmp_path / "run"
-    assert read_json(out / "results.json")["methods"].keys() == res["methods"].keys()
+    saved = read_json(out / "results.json")
+    assert saved["methods"].keys() == res["methods"].keys() and saved["results_version"] == 1
     assert "| ConG |" in (out / "results.md").read_text()
     for stage in (
         "weak_align",
