@@ -99,3 +99,35 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
     assert GeneratedPair.objects.filter(job_id=job_id).count() <= at_cancel + 10
     folders = sorted(p.name for p in (settings.RUNS_DIR / str(job_id)).glob("cd_generate_*"))
     assert 1 <= len(folders) < len(alphas) and "cd_generate_a0.0" in folders
+
+
+def test_unscorable_pairs_are_kept_and_counted_on_a_real_worker(celery_worker_proc, user, weak_pair):
+    """The dataset's gold (toy:review) cannot score the tiny models' prompts: the job still stores every pair,
+    each with its score error, and its results and log say how many (it used to 'succeed' with 0 pairs)."""
+    ds = services.dataset_create(name="r", chunks=[make_prompts(4)], gold="toy:review", owner=user)
+    wb, wa = weak_pair
+    c = APIClient()
+    c.force_authenticate(user)
+    res = c.post(
+        "/api/v1/jobs/",
+        {
+            "kind": "cd_generate",
+            "weak_base": wb.pk,
+            "weak_aligned": wa.pk,
+            "prompts": ds.pk,
+            "params": {"max_new_tokens": 3},
+        },
+        format="json",
+    )
+    assert res.status_code == 201, res.json()
+    job_id = res.json()["id"]
+    job = wait_for(
+        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        90,
+        what=f"job to finish; worker log:\n{celery_worker_proc.tail()}",
+    )
+    assert job.status == "succeeded", (job.error, celery_worker_proc.tail())
+    assert job.results["pairs"] == {"stored": 4, "score_errors": 4}
+    pairs = c.get(f"/api/v1/jobs/{job_id}/pairs/").json()["results"]
+    assert len(pairs) == 4 and all("not a review prompt" in p["score_error"] for p in pairs)
+    assert any("could not be scored" in str(e["data"]) for e in c.get(f"/api/v1/jobs/{job_id}/events/").json())
