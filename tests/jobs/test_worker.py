@@ -57,9 +57,8 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
 
 def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worker_proc, user, weak_pair):
     """21 alphas of slow, one-prompt batches: cancel lands while the first alphas run, the worker stops within
-    a batch (a few more pair rows at most), and every alpha that ran had its own folder."""
-    import time
-
+    a batch (a few more pair rows at most, counted rather than timed), and every alpha that ran had its own
+    folder."""
     from django.conf import settings
 
     ds = services.dataset_create(name="g", chunks=[make_prompts(30)], gold="toy:review", owner=user)
@@ -87,14 +86,12 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
     )
     assert c.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
     at_cancel = GeneratedPair.objects.filter(job_id=job_id).count()
-    t0 = time.monotonic()
     job = wait_for(
         lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
         60,
         what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
     )
     assert job.status == "cancelled" and job.partial, (job.status, job.error)
-    assert time.monotonic() - t0 < 30
     # One-prompt batches, the cancel flag read every 0.5 s: a handful of rows past the cancel, not 21 x 30.
     assert GeneratedPair.objects.filter(job_id=job_id).count() <= at_cancel + 10
     folders = sorted(p.name for p in (settings.RUNS_DIR / str(job_id)).glob("cd_generate_*"))
