@@ -5,6 +5,7 @@ Objects a user may not see answer 404, exactly like objects that do not exist, s
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.contrib.auth import authenticate
@@ -24,7 +25,26 @@ from jobs import selectors, services
 from jobs.api import login_guard
 from jobs.api import serializers as s
 from jobs.api.parsers import SafeFormParser, SafeJSONParser, SafeMultiPartParser, too_large
-from jobs.models import GeneratedPair
+from jobs.models import GeneratedPair, Job
+
+
+def choice_list(params, key: str, known: list[str]) -> str | None:
+    """A comma-separated filter value, every item one of ``known``; else a 400 on ``key`` (an unknown value
+    would silently match nothing)."""
+    raw = params.get(key)
+    if not raw:
+        return None
+    unknown = [v for v in raw.split(",") if v and v not in known]
+    if unknown:
+        raise ValidationError({key: [f"unknown {key} {', '.join(map(repr, unknown))}; known: {', '.join(known)}"]})
+    return str(raw)
+
+
+def int_param(params, key: str, default: int) -> int:
+    try:
+        return int(params.get(key, default))
+    except (TypeError, ValueError):
+        raise ValidationError({key: [f"{key} must be an integer, got {params.get(key)!r}"]}) from None
 
 
 class TooManyActiveJobs(APIException):
@@ -137,8 +157,11 @@ class JobListView(ServiceAPIView):
         responses=s.JobSummarySerializer(many=True),
     )
     def get(self, request):
+        q = request.query_params
         qs = selectors.job_list(
-            user=request.user, status=request.query_params.get("status"), kind=request.query_params.get("kind")
+            user=request.user,
+            status=choice_list(q, "status", Job.Status.values),
+            kind=choice_list(q, "kind", Job.Kind.values),
         )
         # Config and results can be large JSON: a list neither loads nor sends them.
         return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
@@ -180,17 +203,14 @@ class JobEventsView(ServiceAPIView):
     @extend_schema(
         parameters=[
             OpenApiParameter("after", int, description="only events with seq > after"),
-            OpenApiParameter("limit", int, description="at most this many (default 1000)"),
+            OpenApiParameter("limit", int, description="at most this many (1..5000, default 1000)"),
         ],
         responses=s.JobEventSerializer(many=True),
     )
     def get(self, request, pk):
         job = self.get_job(request, pk)
-        try:
-            after = int(request.query_params.get("after", 0))
-            limit = min(max(int(request.query_params.get("limit", 1000)), 1), 5000)
-        except ValueError:
-            raise ValidationError({"after": ["after and limit must be integers"]}) from None
+        after = int_param(request.query_params, "after", 0)
+        limit = min(max(int_param(request.query_params, "limit", 1000), 1), 5000)
         events = selectors.job_events(job=job, after=after, limit=limit)
         return Response(s.JobEventSerializer(events, many=True).data)
 
@@ -200,9 +220,9 @@ class JobPairsView(ServiceAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("review_status", str),
-            OpenApiParameter("min_reward", float),
-            OpenApiParameter("search", str),
+            OpenApiParameter("review_status", str, description="comma-separated review statuses"),
+            OpenApiParameter("min_reward", float, description="implicit reward >= this"),
+            OpenApiParameter("search", str, description="text in the prompt or the chosen response"),
         ],
         responses=s.GeneratedPairSerializer(many=True),
     )
@@ -212,10 +232,11 @@ class JobPairsView(ServiceAPIView):
         try:
             min_reward = float(q["min_reward"]) if q.get("min_reward") not in (None, "") else None
         except ValueError:
-            raise ValidationError({"min_reward": ["min_reward must be a number"]}) from None
-        qs = selectors.job_pairs(
-            job=job, review_status=q.get("review_status"), min_reward=min_reward, search=q.get("search")
-        )
+            min_reward = math.nan
+        if min_reward is not None and not math.isfinite(min_reward):  # nan matches nothing, silently
+            raise ValidationError({"min_reward": [f"min_reward must be a finite number, got {q['min_reward']!r}"]})
+        review_status = choice_list(q, "review_status", GeneratedPair.Review.values)
+        qs = selectors.job_pairs(job=job, review_status=review_status, min_reward=min_reward, search=q.get("search"))
         return self.paginate(request, qs, s.GeneratedPairSerializer)
 
 
