@@ -150,6 +150,9 @@ class Job(models.Model):
     finished = models.DateTimeField(null=True, blank=True)
     results = models.JSONField(null=True, blank=True)
     partial = models.BooleanField(default=False, help_text="Stopped before the end; artifacts are partial.")
+    send_pending = models.BooleanField(
+        default=False, help_text="Its task could not be sent (broker down); the reaper sends it again."
+    )
 
     class Meta:
         ordering = ["-created", "-id"]

@@ -3,7 +3,7 @@ imports the runner, which imports these services): no import circle."""
 
 from __future__ import annotations
 
-from jobs.models import JobEvent
+from jobs.models import Job, JobEvent
 from jobs.services._common import log
 from jobs.services.events import event_append
 
@@ -12,9 +12,10 @@ JOB_TASK = "jobs.tasks.job_run_task"
 OFFLINE_INSTALL_TASK = "jobs.tasks.offline_install_task"
 
 
-def send(job_id: int) -> None:
-    """Hand the job to a worker. A broker outage must not undo the (committed) job: it stays queued, with a
-    log event that says so, and a retry sends it again; claims make duplicate messages harmless."""
+def send(job_id: int) -> bool:
+    """Hand the job to a worker; True when the broker took the message. A broker outage must not undo the
+    (committed) job: it stays queued with ``send_pending`` set and a log event that says so, and the reaper
+    (jobs_reap_stale) sends it again once the broker is back; claims make duplicate messages harmless."""
     from congweb.celery import app
 
     try:
@@ -27,16 +28,24 @@ def send(job_id: int) -> None:
     except Exception as exc:
         log.error("could not send job %s to the broker: %s", job_id, exc)
         try:
-            event_append(
-                job_id=job_id,
-                type=JobEvent.Type.LOG,
-                data={
-                    "message": f"could not reach the broker ({exc}); the job stays queued and "
-                    "is sent again when you retry it"
-                },
-            )
+            # The event is written once per outage, not at every reaper pass that finds the broker still down.
+            if Job.objects.filter(pk=job_id, send_pending=False).update(send_pending=True):
+                event_append(
+                    job_id=job_id,
+                    type=JobEvent.Type.LOG,
+                    data={
+                        "message": f"could not reach the broker ({exc}); the job stays queued and the reaper "
+                        "sends it again when the broker is back"
+                    },
+                )
         except Exception:
             log.exception("could not record the send failure for job %s", job_id)
+        return False
+    try:
+        Job.objects.filter(pk=job_id, send_pending=True).update(send_pending=False)
+    except Exception:  # the message is out; a stale flag only costs one harmless duplicate send
+        log.exception("could not clear send_pending for job %s", job_id)
+    return True
 
 
 def send_named(task: str, *args: object) -> None:

@@ -156,7 +156,8 @@ def job_fail(*, job_id: int, error: str, task_id: str = "") -> bool:
     now = timezone.now()
     qs = Job.objects.filter(pk=job_id, status__in=[S.RUNNING, S.CANCELLING, S.QUEUED])
     if task_id:
-        qs = qs.filter(Q(task_id=task_id) | Q(status=S.QUEUED))
+        # Only the attempt that holds it: a queued job was requeued by the reaper, so not ours any more.
+        qs = qs.filter(task_id=task_id, status__in=[S.RUNNING, S.CANCELLING])
     n = qs.update(status=S.FAILED, error=error[:5000], finished=now)
     if n:
         _status_event(job_id, S.FAILED, error[:2000])
@@ -166,11 +167,13 @@ def job_fail(*, job_id: int, error: str, task_id: str = "") -> bool:
 def job_mark_cancelled(*, job_id: int, results: dict[str, Any] | None = None, task_id: str = "") -> bool:
     """The worker honoured a cancel: keep what was written, mark it partial."""
     now = timezone.now()
+    qs = Job.objects.filter(pk=job_id, status__in=[S.RUNNING, S.CANCELLING])
+    if task_id:
+        qs = qs.filter(task_id=task_id)
     with transaction.atomic():
-        n = Job.objects.filter(pk=job_id, status__in=[S.RUNNING, S.CANCELLING]).update(
-            status=S.CANCELLED, finished=now, partial=True, results=results
-        )
-        Artifact.objects.filter(job_id=job_id).update(partial=True)
+        n = qs.update(status=S.CANCELLED, finished=now, partial=True, results=results)
+        if n:
+            Artifact.objects.filter(job_id=job_id).update(partial=True)
     if n:
         _status_event(job_id, S.CANCELLED, "cancelled; partial results kept")
     return bool(n)
@@ -181,13 +184,21 @@ def cancel_requested(*, job_id: int) -> bool:
 
 
 def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
-    """Running jobs whose heartbeat stopped: requeue them (and re-send the task) or fail them.
+    """Running jobs whose heartbeat stopped: requeue them (and re-send the task) or fail them; and, with
+    ``send``, re-send queued jobs whose task never reached the broker (``send_pending``).
 
     A worker killed with -9, or cut off from the broker, leaves its job 'running' with an old
-    heartbeat; without this, it would stay so until the broker's visibility timeout (hours).
+    heartbeat; without this, it would stay so until the broker's visibility timeout (hours). A job created
+    while the broker was down would stay queued forever. Returns (job id, what was done) pairs:
+    requeued, failed, cancelled, resent, or "resend failed" (still pending; tried again next pass).
     """
     stale = timezone.now() - timedelta(seconds=getattr(settings, "JOB_STALE_AFTER_SECONDS", 120))
     done: list[tuple[int, str]] = []
+    unsent = (
+        list(Job.objects.filter(status=S.QUEUED, send_pending=True).order_by("pk").values_list("pk", flat=True))
+        if send
+        else []
+    )
     candidates = (
         Job.objects.filter(status__in=[S.RUNNING, S.CANCELLING])
         .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
@@ -212,4 +223,6 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
             if send:
                 dispatch.send(pk)
             done.append((pk, "requeued"))
+    for pk in unsent:  # read before the requeues above: a requeue whose own send just failed waits a pass
+        done.append((pk, "resent" if dispatch.send(pk) else "resend failed"))
     return done
