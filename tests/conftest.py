@@ -4,6 +4,9 @@
 - Any test that touches the database (django_db) or the broker (fixtures named redis_*/celery_*)
   is marked ``services`` so CI can re-run exactly those against real PostgreSQL and Redis.
 - Tests marked ``gpu`` are skipped without CUDA; nothing else is ever skipped silently.
+- Passwords are hashed with MD5 in the test process (``fast_password_hasher``): PBKDF2 costs ~0.24 s a
+  user. The production hashers stay accepted after it, and a test that needs them (or whose users log
+  in through a subprocess, which reads congweb.settings and knows no MD5) sets ``real_password_hashers``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
 
+FAST_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
 SERVICE_FIXTURES = ("redis_url", "embedded_redis", "celery_worker_proc", "live_stack", "channel_layer")
 
 
@@ -65,3 +69,21 @@ def redis_url(tmp_path_factory):
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_password_hasher():
+    """MD5 first for the whole session (new hashes use it); the configured hashers still verify."""
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    configured = [h for h in settings.PASSWORD_HASHERS if h != FAST_HASHER]
+    with override_settings(PASSWORD_HASHERS=[FAST_HASHER, *configured]):  # setting_changed resets the cache
+        yield configured
+
+
+@pytest.fixture
+def real_password_hashers(settings, fast_password_hasher):
+    """The configured hashers only, as production and every subprocess (web server, worker) use them."""
+    settings.PASSWORD_HASHERS = fast_password_hasher
+    return fast_password_hasher

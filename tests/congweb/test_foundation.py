@@ -28,6 +28,7 @@ def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # > 5 s (--durations)
 def test_check_deploy_is_clean_under_production_settings(tmp_path):
     res = _manage(
         "check",
@@ -101,6 +102,7 @@ def test_redis_url_spellings():
     assert socket_path("redis://h:1/0") is None
 
 
+@pytest.mark.slow  # > 5 s (--durations)
 def test_embedded_redis_serves_real_clients(tmp_path):
     from congweb import embedded_redis
 

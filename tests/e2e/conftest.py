@@ -1,12 +1,12 @@
-"""A real stack for browser tests: daphne (HTTP + websockets) on a free port, a Celery worker process,
-Redis (the suite's ``redis_url``), the test database as a file all three processes share, and the
-tiny toy world registered as shared models. Headless Chromium is Debian's /usr/bin/chromium driven by
-Playwright's Python package (never a downloaded browser)."""
+"""A real stack for browser tests: daphne (HTTP + websockets) on a loopback socket the test binds and
+hands it, a Celery worker process, Redis (the suite's ``redis_url``), the test database as a file all
+three processes share, and the tiny toy world registered as shared models. Headless Chromium is
+Debian's /usr/bin/chromium driven by Playwright's Python package (never a downloaded browser).
+Screenshots go to ``e2e_artifacts``: a temporary folder, or $E2E_ARTIFACTS; never the repository."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,10 +41,45 @@ def pytest_configure(config):
         db.setdefault("TEST", {})["NAME"] = str(Path(tempfile.gettempdir()) / f"congweb-test-{os.getpid()}.sqlite3")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def listening_socket() -> socket.socket:
+    """A loopback socket already bound (the kernel picks the port) and listening, to hand to daphne
+    (``--fd``): nobody can take the port between choosing it and serving on it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@pytest.fixture(scope="session")
+def e2e_artifacts(tmp_path_factory, request) -> Path:
+    """Where screenshots go: $E2E_ARTIFACTS if set, else a folder under this session's pytest temp dir
+    (kept for the last few runs). Said once, at the end of the run."""
+    given = os.environ.get("E2E_ARTIFACTS")
+    path = Path(given).resolve() if given else tmp_path_factory.mktemp("e2e_artifacts")
+    path.mkdir(parents=True, exist_ok=True)
+    request.config.stash[_ARTIFACTS] = path
+    return path
+
+
+_ARTIFACTS = pytest.StashKey[Path]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = config.stash.get(_ARTIFACTS, None)
+    if path is not None:
+        terminalreporter.write_line(f"e2e screenshots: {path}")
+
+
+@pytest.fixture
+def screenshot(e2e_artifacts):
+    """``screenshot(page, name)``: a full-page PNG, ``<name>.png`` in the e2e artifacts folder."""
+
+    def save(page, name: str) -> Path:
+        path = e2e_artifacts / f"{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        return path
+
+    return save
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +104,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack_env(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
-    """Settings and subprocess environment for one stack; the tiny toy world registered (shared)."""
+def stack_env(redis_url, transactional_db, toy_world_dir, tmp_path, settings, real_password_hashers):
+    """Settings and subprocess environment for one stack; the tiny toy world registered (shared). Users
+    the test creates log in through daphne, which knows only the configured hashers: no fast test hasher."""
     from congweb.redis_urls import celery_url
     from jobs import services
     from ml.io import read_json
@@ -107,19 +143,22 @@ def stack_env(redis_url, transactional_db, toy_world_dir, tmp_path, settings):
 
 @pytest.fixture
 def web_stack(stack_env, tmp_path):
-    """daphne serving congweb.asgi on a free loopback port (HTTP + websockets), no worker."""
+    """daphne serving congweb.asgi on a loopback port it is handed already bound (HTTP + websockets), no
+    worker."""
     env, manifest, registered = stack_env
-    port = free_port()
     web_log = tmp_path / "web.log"
     log = open(web_log, "ab")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "congweb.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with listening_socket() as sock:  # daphne adopts an inherited copy; ours closes
+        port = sock.getsockname()[1]
+        web = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "--fd", str(sock.fileno()), "congweb.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            pass_fds=(sock.fileno(),),
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -188,13 +227,3 @@ def browser_page(tmp_path):
         finally:
             context.close()
             browser.close()
-
-
-def save_screenshot(page, tmp_path: Path, name: str) -> Path:
-    """Into the test's output dir, and a copy under var/e2e/ for humans."""
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    keep = ROOT / "var" / "e2e"
-    keep.mkdir(parents=True, exist_ok=True)
-    shutil.copy(path, keep / path.name)
-    return path

@@ -23,9 +23,46 @@ PID_LINE = re.compile(r"^congweb \| (\w+): (?:started|restarted) \(pid (\d+)\)",
 
 
 def free_port() -> int:
+    """A port free now. The launcher binds it itself later (it takes a number, not a socket), so another
+    process may take it first: ``Launcher.wait_ready`` notices daphne's bind failure and starts over on
+    another port, and checks the port it polls is held by its own web process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bind_failed(log: str, port: int) -> bool:
+    """daphne (twisted) could not listen on ``port``: its log says "Couldn't listen on HOST:PORT: ..."."""
+    return f"Couldn't listen on 127.0.0.1:{port}:" in log
+
+
+def listens_on(pid: int, port: int) -> bool:
+    """Process ``pid`` holds a listening TCP socket on ``port`` (from /proc/net/tcp* and its fds)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            f = row.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                inodes.add(f"socket:[{f[9]}]")
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
+class PortTaken(Exception):
+    pass
 
 
 def alive(pid: int) -> bool:
@@ -135,9 +172,29 @@ class Launcher:
         except (OSError, ValueError):
             return False
 
-    def wait_ready(self, timeout: float = 150) -> Launcher:
-        """Web answers, the worker said "ready." and has its pool child, beat started: all is up."""
-        wait_until(self.healthy, timeout, f"/healthz\n{self.report()}")
+    def web_up(self) -> bool:
+        """Our own daphne listens on self.port and answers /healthz (not some process that took the port
+        between free_port() and daphne's bind); PortTaken when daphne could not bind it."""
+        if bind_failed(self.log("web"), self.port):
+            raise PortTaken(self.port)
+        web = self.pids("web")
+        return bool(web) and listens_on(web[-1], self.port) and self.healthy()
+
+    def wait_ready(self, timeout: float = 150, tries: int = 3) -> Launcher:
+        """Web answers, the worker said "ready." and has its pool child, beat started: all is up. A port
+        taken by someone else before daphne bound it: stop, and start over on another (``tries`` in all)."""
+        for attempt in range(1, tries + 1):
+            try:
+                wait_until(self.web_up, timeout, f"/healthz\n{self.report()}")
+                break
+            except PortTaken:
+                if attempt == tries:
+                    raise AssertionError(
+                        f"port {self.port} was taken each of {tries} times:\n{self.report()}"
+                    ) from None
+                self.stop()
+                self.port = free_port()
+                self.start()
         wait_until(
             lambda: " ready." in self.log("worker") and "beat: Starting" in self.log("beat"),
             timeout,

@@ -1,15 +1,16 @@
 """Issue 6: what happens when things break. Every test runs a REAL worker process on a real Redis.
 
 kill -9 mid-job, a poison job that kills its worker every time, duplicate delivery, cancel during
-generation, and a Redis restart mid-job. The reaper is invoked the way production runs it
+generation, and a Redis restart mid-job. Nothing here is timed: each test waits for what it expects to
+happen (pytest-timeout guards hangs) and counts what did. The reaper is invoked the way production runs it
 (`manage.py reap_stale_jobs`, or celery beat's periodic task) - here from the test, on a short clock.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
-import time
 
 import pytest
 from django.core.management import call_command
@@ -37,6 +38,16 @@ def _job(user, weak_pair, n=N, **kw):
         params=params,
         **kw,
     )
+
+
+NOT_CLAIMED = "not claimed (finished, cancelled, or held by another worker)"
+
+
+def _task_returns(worker: WorkerProc) -> list[str]:
+    """What each job_run_task the worker finished returned (run_job's outcome), from its INFO log lines:
+    "Task jobs.tasks.job_run_task[<id>] succeeded in <seconds>s: '<return value>'"."""
+    log = worker.log_path.read_text(errors="replace")
+    return re.findall(r"Task jobs\.tasks\.job_run_task\[[0-9a-f-]+\] succeeded in \S+: '([^'\n]*)'", log)
 
 
 def _pairs(job) -> int:
@@ -93,8 +104,8 @@ def test_poison_job_fails_after_max_attempts_with_clear_message(celery_worker_pr
     # reject_on_worker_lost redelivers the same message; the third claim is past max_attempts.
     job = _finished(job, 60, celery_worker_proc)
     assert job.status == "failed"
-    assert job.error.startswith("gave up after 2 attempts; last error: worker"), job.error
-    assert "lost during attempt 2" in job.error
+    assert job.worker, "the worker that ran attempt 2 is kept on the row"
+    assert job.error == f"gave up after 2 attempts; last error: worker {job.worker} was lost during attempt 2"
     assert job.attempts == 2
     # and the worker is still healthy: it runs the next job
     ok = _job(user, weak_pair, n=3)
@@ -109,20 +120,35 @@ def test_duplicate_delivery_runs_once(celery_worker_proc, user, weak_pair):
     job_run_task.delay(job.pk)
     job = _finished(job, 60, celery_worker_proc)
     assert job.status == "succeeded" and job.attempts == 1
-    time.sleep(1.5)  # let the duplicates be consumed
+    # Three messages for one job, each consumed and answered: one run, two refusals (no timed wait).
+    wait_for(
+        lambda: len(_task_returns(celery_worker_proc)) >= 3,
+        60,
+        what=f"all three deliveries to be processed; worker log:\n{celery_worker_proc.tail()}",
+    )
+    assert sorted(_task_returns(celery_worker_proc)) == [NOT_CLAIMED, NOT_CLAIMED, "succeeded"]
+    job.refresh_from_db()
+    assert job.status == "succeeded" and job.attempts == 1
     assert _statuses(job) == ["queued", "running", "succeeded"]
     assert _pairs(job) == 20
 
 
-def test_cancel_during_generation_within_5s_and_worker_takes_next_job(celery_worker_proc, user, weak_pair):
+def test_cancel_during_generation_stops_within_a_few_rows_and_worker_takes_next_job(
+    celery_worker_proc, user, weak_pair
+):
     job = _job(user, weak_pair)
     wait_for(lambda: _pairs(job) >= 3, 60, what=f"first pairs; log:\n{celery_worker_proc.tail()}")
-    t0 = time.monotonic()
     services.job_cancel(job=job)
+    at_cancel = _pairs(job)
     job = wait_for(
-        lambda: Job.objects.filter(pk=job.pk, status="cancelled").first(), 5, interval=0.1, what="cancelled within 5 s"
+        lambda: Job.objects.filter(pk=job.pk, status="cancelled").first(),
+        60,
+        interval=0.1,
+        what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
     )
-    assert time.monotonic() - t0 < 5
+    # Counted, not timed: one-prompt batches and the cancel flag read every 0.5 s (a prompt takes tens of
+    # ms) leave a handful of rows past the cancel, far from the 120 an ignored cancel would write.
+    assert at_cancel <= _pairs(job) <= at_cancel + 20, (at_cancel, _pairs(job))
     assert job.partial and 0 < _pairs(job) < N
     assert all(Artifact.objects.filter(job=job).values_list("partial", flat=True))
     assert _statuses(job)[-2:] == ["cancelling", "cancelled"]
@@ -147,17 +173,19 @@ def test_redis_restart_mid_job_never_leaves_it_running(worker_env, user, weak_pa
         wait_for(lambda: _pairs(job) >= 5, 60, what=f"first pairs; log:\n{w.tail()}")
         embedded_redis.stop(sock)  # the broker goes away mid-job (queue contents lost: no persistence)
         procs[0].wait(timeout=10)
-        time.sleep(0.5)
+        # Redis returns only once the worker saw it go (the outage is what this test is about).
+        wait_for(lambda: "Connection to broker lost" in w.tail(10**6), 30, what=f"the worker to notice:\n{w.tail()}")
         procs.append(embedded_redis.start(sock))  # and comes back empty
         job = _finished(job, 120, w, reap=True)
-        assert job.status in ("succeeded", "failed")
-        if job.status == "failed":
-            assert job.error
-        else:
-            assert _pairs(job) == N
-        assert sorted(GeneratedPair.objects.filter(job=job).values_list("prompt_index", flat=True)) == list(
-            range(_pairs(job))
-        )
+        # The worker cancels its running job when the broker connection drops (the setting
+        # CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS): the job's heartbeat stops, the reaper
+        # requeues it on the fresh Redis, and attempt 2 resumes it to the end.
+        assert job.status == "succeeded", (job.error, w.tail())
+        assert job.attempts == 2 and not job.partial
+        assert _statuses(job) == ["queued", "running", "queued", "running", "succeeded"]
+        requeue = JobEvent.objects.filter(job=job, type="status", data__status="queued").order_by("seq").last()
+        assert "stopped sending heartbeats during attempt 1" in requeue.data["message"]
+        assert sorted(GeneratedPair.objects.filter(job=job).values_list("prompt_index", flat=True)) == list(range(N))
     finally:
         w.stop()
         point_celery_at(redis_url)

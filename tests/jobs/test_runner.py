@@ -9,6 +9,7 @@ import pytest
 
 from jobs.models import GeneratedPair
 from jobs.runner import PairMirror
+from ml import diagnose
 from ml.gold import get_gold
 
 from .test_services import _job
@@ -79,8 +80,26 @@ def test_preflight_runner_stores_the_verdict_in_results(user, weak_pair, model_r
     assert outcome == "succeeded", job.error
     assert job.status == Job.Status.SUCCEEDED
     r = job.results
-    assert r["verdict"] in ("raises", "no_gain", "lowers")
-    assert r["message"].startswith(("CD raises gold reward here", "CD does not raise gold reward here"))
+    # Which verdict comes out depends on what the tiny models sample; it must follow from the numbers stored
+    # beside it, as ml.diagnose decides: the gain of CD at the decision alpha over plain pi_post, and its
+    # 95% interval (above zero: raises; below zero: lowers; else no_gain).
+    cd = {c["alpha"]: c for c in r["sweep"]["cd"]}[r["decision_alpha"]]
+    assert r["decision_alpha"] == 0.4
+    assert r["gold_gain"] == pytest.approx(cd["gold_mean"] - r["sweep"]["plain_post"]["gold_mean"])
+    lo, hi = r["gold_gain_ci"]
+    assert lo <= r["gold_gain"] <= hi
+    expected = "raises" if lo > 0 else "lowers" if hi < 0 else "no_gain"
+    assert r["verdict"] == expected, (r["verdict"], r["gold_gain_ci"])
+    prefix = {
+        "raises": "CD raises gold reward here",
+        "lowers": "CD does not raise gold reward here; it lowers it",
+        "no_gain": "CD does not raise gold reward here:",
+    }
+    assert r["message"].startswith(prefix[expected]), r["message"]
+    # and the stored verdict is the one ml.diagnose gives for the stored sweep, message and all
+    again = diagnose.verdict(r["sweep"], r["decision_alpha"])
+    assert (r["verdict"], r["message"]) == (again["verdict"], again["message"])
+    assert r["gold_gain_ci"] == pytest.approx(again["gold_gain_ci"])
     assert r["gold"] == "test:positive_words" and r["n_prompts"] == 2
     assert [c["alpha"] for c in r["sweep"]["cd"]] == [0.0, 0.4, 1.0] and r["sweep"]["plain_post"]["n"] == 2
     assert any("pre-flight verdict" in str(e.data) for e in job.events.filter(type="log"))

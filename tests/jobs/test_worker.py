@@ -51,7 +51,7 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
     assert statuses == ["queued", "running", "succeeded"]
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and progress[-1]["data"]["done"] == progress[-1]["data"]["total"]
-    assert job.results["n"] == 6 if "n" in job.results else True
+    assert job.results["n"] == 6 and job.results["pairs"] == {"stored": 6, "score_errors": 0}
     assert c.get(f"/api/v1/jobs/{job_id}/results/").json()["artifacts"][0]["kind"] == "samples"
 
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from ml.io import read_jsonl, write_jsonl
@@ -94,11 +96,17 @@ def test_dpo_filter_keeps_pairs_where_chosen_has_higher_implicit_reward(base, tm
         max_steps=1,
         per_device_train_batch_size=2,
     )
-    if not expected:
-        with pytest.raises(ValueError, match="no preference pairs"):
-            dpo(cfg)
-        return
+    # The data is chosen so the filter has work both ways: it keeps some pairs and drops others.
+    assert 0 < len(expected) < len(prompts), (rc, rr)
     out = dpo(cfg)
     kept = read_jsonl(tmp_path / "dpo" / "pairs.jsonl")
     assert [r["prompt"] for r in kept] == expected
     assert out["n_pairs"] == len(expected) and out["n_pairs_before_filter"] == len(prompts)
+
+    # Only the pairs it dropped: nothing is left to train on, and dpo says so instead of training on nothing.
+    dropped = [i for i, (a, b) in enumerate(zip(rc, rr)) if not a > b]
+    write_jsonl(
+        tmp_path / "lost.jsonl", [{"prompt": prompts[i], "chosen": chosen[i], "rejected": rejected[i]} for i in dropped]
+    )
+    with pytest.raises(ValueError, match="no preference pairs"):
+        dpo(replace(cfg, data=str(tmp_path / "lost.jsonl"), output_dir=str(tmp_path / "dpo_lost")))
