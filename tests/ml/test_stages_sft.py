@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from ml.io import read_json
@@ -39,10 +37,13 @@ def test_sft_trains_saves_and_is_idempotent(base, tmp_path):
     assert model.config.vocab_size > 0
     assert any(name == "sft/loss" for name, _, _ in rep.of("metric"))
     assert rep.of("progress")[-1] == ("sft", 3, 3)
-    t0 = time.time()
-    again = sft(cfg(base, tmp_path))
+    # A finished stage returns its summary without training again: no step, no report, the model untouched.
+    rep2 = RecordingReporter()
+    mtime = (tmp_path / "sft" / "model" / "config.json").stat().st_mtime_ns
+    again = sft(cfg(base, tmp_path), rep2)
     assert again == read_json(tmp_path / "sft" / "DONE.json") == out
-    assert time.time() - t0 < 1.0
+    assert rep2.of("progress") == [] and rep2.of("metric") == []
+    assert (tmp_path / "sft" / "model" / "config.json").stat().st_mtime_ns == mtime
 
 
 def test_sft_stop_then_resume(base, tmp_path):
