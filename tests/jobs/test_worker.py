@@ -92,8 +92,11 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
         what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
     )
     assert job.status == "cancelled" and job.partial, (job.status, job.error)
-    # One-prompt batches, the cancel flag read every 0.5 s: a handful of rows past the cancel, not 21 x 30.
-    assert GeneratedPair.objects.filter(job_id=job_id).count() <= at_cancel + 10
+    # The cancel flag is read at most every 0.5 s and the pair mirror trails generation by up to one sync, so
+    # some rows land after the cancel (tens at the tiny models' speed: 17 seen on PostgreSQL); what matters is
+    # that the sweep stops within its first alphas, far from all 21 x 30 rows.
+    after = GeneratedPair.objects.filter(job_id=job_id).count()
+    assert after <= at_cancel + 60 and after < len(alphas) * 30 // 3, (at_cancel, after)
     folders = sorted(p.name for p in (settings.RUNS_DIR / str(job_id)).glob("cd_generate_*"))
     assert 1 <= len(folders) < len(alphas) and "cd_generate_a0.0" in folders
 
