@@ -31,6 +31,7 @@ from ml.spec import (
     TRAIN_METHODS,
     field_default,
     kind_spec,
+    knob_field,
     pipeline_stages_used,
     settable,
     top_settable,
@@ -194,8 +195,7 @@ def setting_groups(kind: str, limits: dict[str, Any] | None = None) -> list[Sett
         if key in top:
             tp, default = top[key][1], field_default(top[key][0])
         elif key in ks.knobs:
-            stage, name = ks.knobs[key][0].split(".", 1)
-            tp = (top_settable() if stage == "top" else settable(ks.stages[stage]))[name][1]
+            tp = knob_field(ks, key)[1]
             defaults = [default_of(t) for t in ks.knobs[key]]
             default = defaults[0] if all(d == defaults[0] for d in defaults) else DIFFERS
             if default is DIFFERS:  # "Defaults: sft 2.0, dpo 1.0" when the targets share a field name
@@ -207,11 +207,9 @@ def setting_groups(kind: str, limits: dict[str, Any] | None = None) -> list[Sett
                     )
                     + "."
                 )
-        else:  # alphas: its default is what resolve fills in when none are given
-            from ml.resolve import resolve
-
+        else:  # alphas
             tp = types.GenericAlias(list, (_PY_OF_JSON[s["items"]["type"]],))  # list[float]
-            default = resolve(kind, limits=limits).get(key)
+            default = s["default"]
         common.append(SettingInput(PREFIX + key, f"params.{key}", key, tp, default, doc, s.get("maximum")))
     groups = [SettingGroup(COMMON, "Common settings", "job-level shorthands; a stage's own setting wins", common)]
     for stage, st in ks.stages.items():

@@ -99,13 +99,14 @@ def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: O
     from ml.stages.generate import cd_generate
 
     rows: list[dict[str, Any]] = []
+    # Every alpha runs the same prompts (one max_prompts for all): count them once.
+    n = len(read_prompts(inputs.prompts, runs[0]["cd_generate"].max_prompts)) if runs else 0
     for k, run in enumerate(runs):
         cd = run["cd_generate"]
         # Checked before each alpha too: a finished alpha returns at once (resumed), so a long list of quick
         # alphas would never reach the stage's own between-batch check.
         if rep.should_stop():
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
-        n = len(read_prompts(inputs.prompts, cd.max_prompts))
         hook(str(Path(cd.output_dir) / SAMPLES), k * n)  # rows of alpha k get prompt indexes k*n ...
         s = cd_generate(cd, rep)
         if s.get("stopped"):

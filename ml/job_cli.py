@@ -15,21 +15,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ml.spec import DEFAULT_LIMITS, registry, settable, top_settable
-from ml.spec_schema import _scalar
+from ml.spec import DEFAULT_LIMITS, knob_field, registry, settable, top_settable
+from ml.spec_schema import add_flag
 
 FILES = ("weak_base", "weak_aligned", "strong", "prompts", "eval_prompts")
-
-
-def _flag(parser: argparse.ArgumentParser, flag: str, dest: str, tp: Any, doc: str) -> None:
-    base = _scalar(tp)
-    doc = doc.replace("%", "%%")
-    if base is bool:
-        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=doc)
-    elif "list" in str(tp):
-        parser.add_argument(flag, dest=dest, action="append", default=None, metavar="VALUE", help=doc + "; repeatable")
-    else:
-        parser.add_argument(flag, dest=dest, type=base, default=None, metavar=base.__name__.upper(), help=doc)
 
 
 def setting_flags(kind: str) -> dict[str, str]:
@@ -68,15 +57,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             stage, _, field = path.partition(".")
             if field:
                 f, tp = settable(ks.stages[stage])[field]
-                _flag(k, f"--{stage}.{field.replace('_', '-')}", dest, tp, str(f.metadata.get("help", "")))
+                add_flag(k, f"--{stage}.{field.replace('_', '-')}", dest, tp, str(f.metadata.get("help", "")))
             elif path in top_settable() and ks.pipeline:
                 f, tp = top_settable()[path]
-                _flag(k, f"--{path.replace('_', '-')}", dest, tp, str(f.metadata.get("help", "")))
+                add_flag(k, f"--{path.replace('_', '-')}", dest, tp, str(f.metadata.get("help", "")))
             else:
-                target = ks.knobs[path][0]
-                t_stage, t_field = target.split(".", 1)
-                f, tp = (top_settable() if t_stage == "top" else settable(ks.stages[t_stage]))[t_field]
-                _flag(k, f"--{path.replace('_', '-')}", dest, tp, f"sets {', '.join(ks.knobs[path])}")
+                _, tp = knob_field(ks, path)
+                add_flag(k, f"--{path.replace('_', '-')}", dest, tp, f"sets {', '.join(ks.knobs[path])}")
         k.set_defaults(func=_cmd_job)
 
 

@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ml.io import SAMPLES
 from ml.spec import (
     _WIRED_AS,
     DEFAULT_ALPHA,
     DEFAULT_LIMITS,
-    DEFAULT_SWEEP_ALPHAS,
     KINDS_WITH_ALPHA,
     PIPELINE_WIRING,
     SPEC_VERSION,
@@ -32,9 +32,11 @@ from ml.spec import (
     check_alpha,
     check_limit,
     check_type,
+    default_alphas,
     field_default,
     is_internal,
     kind_spec,
+    knob_field,
     pipeline_methods,
     pipeline_stages_used,
     settable,
@@ -54,10 +56,6 @@ class _Errors:
     def raise_if_any(self) -> None:
         if self.errors:
             raise SpecError(self.errors)
-
-
-def _all_field_names(spec: StageSpec) -> set[str]:
-    return {f.name for cls in spec.classes for f in fields(cls)}
 
 
 def _unknown_msg(name: str, spec: StageSpec, known: list[str]) -> str:
@@ -133,20 +131,13 @@ def _read_layer(
         elif key == "alphas" and ks.sweep:
             layer.alphas = _check_alphas(path, value, limits, errs)
         elif key in ks.knobs or key in top:
-            tp = top[key][1] if key in top else _knob_type(ks, key)
+            tp = top[key][1] if key in top else knob_field(ks, key)[1]
             ok, v = _check_value(path, key, value, tp, limits, errs)
             if ok:
                 (layer.top if key in top else layer.knobs)[key] = v
         elif strict:
             errs.add(path, _unknown_param_msg(ks, key, top))
     return layer
-
-
-def _knob_type(ks: KindSpec, knob: str) -> Any:
-    stage, name = ks.knobs[knob][0].split(".", 1)
-    if stage == "top":
-        return top_settable()[name][1]
-    return settable(ks.stages[stage])[name][1]
 
 
 def _unknown_param_msg(ks: KindSpec, key: str, top: Mapping[str, Any]) -> str:
@@ -184,7 +175,6 @@ def _apply(
     values: dict[str, dict[str, Any]],
     where: dict[str, dict[str, str]],
     ks: KindSpec,
-    used: list[str],
     knobs: dict[str, Any],
     origin: str,
 ) -> None:
@@ -233,7 +223,7 @@ def resolve(
     errs.raise_if_any()
 
     top = {name: field_default(f) for name, (f, _) in top_settable().items()} if ks.pipeline else {}
-    top.update({k: v for k, v in rec.top.items()})
+    top.update(rec.top)
     top.update({k: v for k, v in rec.knobs.items() if ks.knobs[k][0] == f"top.{k}"})
     top.update(req.top)
     top.update({k: v for k, v in req.knobs.items() if ks.knobs[k][0] == f"top.{k}"})
@@ -257,16 +247,13 @@ def resolve(
         values,
         where,
         ks,
-        used,
         {k: v for k, v in rec.knobs.items() if not ks.knobs[k][0].startswith("top.")},
         "dataset default",
     )
     for stage, vals in rec.stages.items():
         values[stage].update(vals)
         where[stage].update({k: f"dataset default {stage}.{k}" for k in vals})
-    _apply(
-        values, where, ks, used, {k: v for k, v in req.knobs.items() if not ks.knobs[k][0].startswith("top.")}, "params"
-    )
+    _apply(values, where, ks, {k: v for k, v in req.knobs.items() if not ks.knobs[k][0].startswith("top.")}, "params")
     for stage, vals in req.stages.items():
         values[stage].update(vals)
         where[stage].update({k: f"params.{stage}.{k}" for k in vals})
@@ -274,8 +261,7 @@ def resolve(
     spec["top"] = top
     spec["stages"] = values
     if ks.sweep:
-        default = list(DEFAULT_SWEEP_ALPHAS) if kind == "alpha_sweep" else [0.0, DEFAULT_ALPHA, 1.0]
-        spec["alphas"] = req.alphas or rec.alphas or default
+        spec["alphas"] = req.alphas or rec.alphas or default_alphas(kind)
     for stage in used:
         _check_stage(ks.stages[stage], stage, values[stage], where[stage], errs)
     errs.raise_if_any()
@@ -333,7 +319,7 @@ def _out(inputs: JobInputs, name: str) -> str:
 
 
 def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
-    """The typed configs a spec runs as, by kind (see ml.jobs.run for how each is run)."""
+    """The typed configs a spec runs as, by kind (ml.execute runs them)."""
     from ml.spec import alpha_tag
 
     kind, st = spec["kind"], spec["stages"]
@@ -358,40 +344,18 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
             )
         }
     if kind == "cd_generate":
-        return {
-            "cd_generate": make(
-                _cls("cd_generate"),
-                {
-                    "aligned": inputs.weak_aligned,
-                    "base": inputs.weak_base,
-                    "prompts": inputs.prompts,
-                    "output_dir": _out(inputs, "cd_generate"),
-                    "alpha": spec["alpha"],
-                    **st["cd_generate"],
-                },
-            )
-        }
+        return {"cd_generate": _cd_config(inputs, "cd_generate", spec["alpha"], st["cd_generate"])}
     if kind == "alpha_sweep":
         runs = []
         for a in spec["alphas"]:
             tag = alpha_tag(a)
-            cd = make(
-                _cls("cd_generate"),
-                {
-                    "aligned": inputs.weak_aligned,
-                    "base": inputs.weak_base,
-                    "prompts": inputs.prompts,
-                    "output_dir": _out(inputs, f"cd_generate_{tag}"),
-                    "alpha": a,
-                    **st["cd_generate"],
-                },
-            )
+            cd = _cd_config(inputs, f"cd_generate_{tag}", a, st["cd_generate"])
             ev = make(
                 _cls("evaluate"),
                 {
                     "output_dir": _out(inputs, f"evaluate_{tag}"),
                     "gold": inputs.gold,
-                    "samples": f"{cd.output_dir}/samples.jsonl",
+                    "samples": f"{cd.output_dir}/{SAMPLES}",
                     "name": tag,
                     **st["evaluate"],
                 },
@@ -432,6 +396,19 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
             "decision_alpha": spec["alpha"],
         }
     raise SpecError({"kind": [f"no builder for kind {kind!r}"]})
+
+
+def _cd_config(inputs: JobInputs, folder: str, alpha: float, settings: dict[str, Any]) -> Any:
+    """CD generation of the weak pair on the job's prompts at one alpha, into output_dir/<folder>."""
+    values = {
+        "aligned": inputs.weak_aligned,
+        "base": inputs.weak_base,
+        "prompts": inputs.prompts,
+        "output_dir": _out(inputs, folder),
+        "alpha": alpha,
+        **settings,
+    }
+    return make(_cls("cd_generate"), values)
 
 
 def _cls(name: str) -> type:

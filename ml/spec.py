@@ -297,6 +297,17 @@ def kind_spec(kind: str) -> KindSpec:
     return reg[kind]
 
 
+def knob_field(ks: KindSpec, knob: str) -> tuple[Field[Any], Any]:
+    """The field (and its type) a knob sets: its first target's, a top setting or a stage field."""
+    stage, name = ks.knobs[knob][0].split(".", 1)
+    return (top_settable() if stage == "top" else settable(ks.stages[stage]))[name]
+
+
+def default_alphas(kind: str) -> list[float]:
+    """The alphas a sweep kind runs when a request gives none: the sweep's grid, or the pre-flight's three."""
+    return list(DEFAULT_SWEEP_ALPHAS) if kind == "alpha_sweep" else [0.0, DEFAULT_ALPHA, 1.0]
+
+
 # --- checking values ------------------------------------------------------------------------------------------
 def type_name(tp: Any) -> str:
     if isinstance(tp, type):

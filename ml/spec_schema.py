@@ -14,9 +14,11 @@ from ml.spec import (
     DEFAULT_LIMITS,
     LIMIT_OF,
     KindSpec,
+    default_alphas,
     field_default,
     help_of,
     kind_spec,
+    knob_field,
     registry,
     settable,
     top_settable,
@@ -58,8 +60,7 @@ def params_schema(kind: str, limits: dict[str, Any] | None = None) -> dict[str, 
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     props: dict[str, Any] = {}
     for knob, targets in ks.knobs.items():
-        stage, name = targets[0].split(".", 1)
-        f, tp = (top_settable() if stage == "top" else settable(ks.stages[stage]))[name]
+        f, tp = knob_field(ks, knob)
         doc = f"Sets {', '.join(targets)}. {help_of(f)}"
         props[knob] = {**_setting(f, tp, limits, with_default=False), "description": doc}
     if ks.pipeline:
@@ -71,6 +72,7 @@ def params_schema(kind: str, limits: dict[str, Any] | None = None) -> dict[str, 
             "items": {"type": "number", "minimum": 0, "maximum": 1},
             "maxItems": limits["alphas"],
             "uniqueItems": True,
+            "default": default_alphas(kind),
             "description": "CD alphas to run, each in [0, 1], distinct.",
         }
     for stage, st in ks.stages.items():
@@ -113,18 +115,28 @@ def add_stage_flags(parser: argparse.ArgumentParser, ks: KindSpec, stage: str) -
     for name, (f, tp) in settable(ks.stages[stage]).items():
         flag = "--" + name.replace("_", "-")
         default = ks.stages[stage].defaults.get(name, field_default(f))
-        doc = f"{help_of(f)} (default: {default})".replace("%", "%%")
-        base = _scalar(tp)
-        if base is bool:
-            parser.add_argument(flag, dest=f"set_{name}", action=argparse.BooleanOptionalAction, default=None, help=doc)
-        elif typing.get_origin(tp) is list:
-            parser.add_argument(
-                flag, dest=f"set_{name}", action="append", default=None, metavar=name.upper(), help=doc + "; repeatable"
-            )
-        else:
-            parser.add_argument(flag, dest=f"set_{name}", type=base, default=None, metavar=name.upper(), help=doc)
+        add_flag(parser, flag, f"set_{name}", tp, f"{help_of(f)} (default: {default})", metavar=name.upper())
         names.append(name)
     return names
+
+
+def add_flag(
+    parser: argparse.ArgumentParser, flag: str, dest: str, tp: Any, doc: str, *, metavar: str | None = None
+) -> None:
+    """One optional flag for a setting of type tp (default None = the spec's default): --x/--no-x for a bool,
+    repeatable for a list, typed otherwise."""
+    base = _scalar(tp)
+    doc = doc.replace("%", "%%")  # argparse formats help with %
+    if base is bool:
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=doc)
+    elif typing.get_origin(base) is list:
+        parser.add_argument(
+            flag, dest=dest, action="append", default=None, metavar=metavar or "VALUE", help=doc + "; repeatable"
+        )
+    else:
+        parser.add_argument(
+            flag, dest=dest, type=base, default=None, metavar=metavar or base.__name__.upper(), help=doc
+        )
 
 
 def _scalar(tp: Any) -> Any:

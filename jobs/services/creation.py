@@ -118,7 +118,7 @@ def _check_quota(user) -> None:
     cap = int(getattr(settings, "JOB_MAX_ACTIVE_PER_USER", 20))
     if user is None or cap <= 0:
         return
-    active = Job.objects.filter(owner=user, status__in=[S.QUEUED, S.RUNNING, S.CANCELLING]).count()
+    active = Job.objects.filter(owner=user, status__in=Job.ACTIVE).count()
     if active >= cap:
         raise JobQuotaExceeded(
             f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
