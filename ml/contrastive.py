@@ -1,6 +1,6 @@
 """Contrastive decoding (CD) between an aligned weak model pi_post and its base pi_pre, batched.
 
-The score at each step follows the ConG reference code (see shared/CONG.md):
+The score at each step follows the ConG reference code (docs/METHOD.md):
 
     lp_post = log_softmax(logits_aligned), lp_pre = log_softmax(logits_base)
     V       = {v : lp_post[v] >= max(lp_post) + log(relative_top)}
