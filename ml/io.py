@@ -79,6 +79,12 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
+def is_empty_response(text: Any) -> bool:
+    """A response with no text but whitespace (the model stopped at once). One definition for the training
+    stages, which drop such rows (ml.stages._responses), and the web app, which flags and skips them in export."""
+    return text is None or not str(text).strip()
+
+
 def jsonable(value: Any) -> Any:
     """value as plain JSON: NaN/inf become None (JSON has neither), numpy/torch scalars become floats, tuples
     lists, anything else its string. One home for results, events and manifests."""

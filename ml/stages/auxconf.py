@@ -22,6 +22,7 @@ import torch
 
 from ml.io import stage_done
 from ml.reporter import Reporter, or_null
+from ml.stages._responses import EmptyResponses
 from ml.stages._train import TrainConfig, pad_collate, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
 from ml.stages.sft import load_encoded_pairs
@@ -30,7 +31,7 @@ STAGE = "auxconf"
 
 
 @dataclass(kw_only=True)
-class AuxConfConfig(TrainConfig):
+class AuxConfConfig(EmptyResponses, TrainConfig):
     data: str = field(
         default="", metadata={"internal": True, "help": "JSONL of weak samples: 'prompt' and 'response'."}
     )
@@ -113,7 +114,7 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    model, tok, encoded = load_encoded_pairs(config)
+    model, tok, encoded, n_empty = load_encoded_pairs(config, STAGE, reporter)
     # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
     feats = [
         {"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c}
@@ -141,4 +142,6 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
         processing_class=tok,
         callbacks=[callback],
     )
-    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats)})
+    return run_training(
+        trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats), "n_empty_dropped": n_empty}
+    )

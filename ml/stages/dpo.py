@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter, or_null
+from ml.stages._responses import EmptyResponses, drop_empty
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
 
@@ -27,7 +28,7 @@ STAGE = "dpo"
 
 
 @dataclass(kw_only=True)
-class DPOStageConfig(TrainConfig):
+class DPOStageConfig(EmptyResponses, TrainConfig):
     data: str = field(
         default="",
         metadata={
@@ -138,7 +139,8 @@ def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]
     return [float(s["sum"]) for s in scores]
 
 
-def load_preferences(cfg: DPOStageConfig) -> list[dict[str, Any]]:
+def load_preferences(cfg: DPOStageConfig, reporter: Reporter | None = None) -> tuple[list[dict[str, Any]], int]:
+    """(the preference rows to train on, how many pairs were dropped for an empty chosen or rejected side)."""
     if cfg.data:
         rows = read_jsonl(cfg.data, required=("prompt", "chosen", "rejected"))
     else:
@@ -146,15 +148,12 @@ def load_preferences(cfg: DPOStageConfig) -> list[dict[str, Any]]:
             read_jsonl(cfg.chosen_data, required=("prompt", "response")),
             read_jsonl(cfg.rejected_data, required=("prompt", "response")),
         )
-    # Identical or empty responses carry no preference signal.
-    rows = [
-        r
-        for r in rows
-        if str(r["chosen"]).strip()
-        and str(r["rejected"]).strip()
-        and str(r["chosen"]).strip() != str(r["rejected"]).strip()
-    ]
-    return rows[: cfg.max_examples] if cfg.max_examples else rows
+    # A pair with an empty side is no usable preference (ml.stages._responses), nor is one of two identical sides.
+    rows, n_empty = drop_empty(
+        rows, ("chosen", "rejected"), keep=cfg.keep_empty_responses, stage=STAGE, reporter=or_null(reporter)
+    )
+    rows = [r for r in rows if str(r["chosen"]).strip() != str(r["rejected"]).strip()]
+    return (rows[: cfg.max_examples] if cfg.max_examples else rows), n_empty
 
 
 def _trainer_class() -> type[DPOTrainer]:
@@ -225,11 +224,12 @@ def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict[str, A
     reporter = or_null(reporter)
     out = Path(config.output_dir)
     pairs_path = out / "pairs.jsonl"
-    extra: dict[str, Any] = {}
+    # Read on a resume too (it is cheap): the dropped count belongs in the result either way.
+    rows, n_empty = load_preferences(config, reporter)
+    extra: dict[str, Any] = {"n_empty_dropped": n_empty}
     if pairs_path.exists():  # resume: the (possibly filtered) pairs were settled on the first run
         rows = read_jsonl(pairs_path)
     else:
-        rows = load_preferences(config)
         extra["n_pairs_before_filter"] = len(rows)
         if config.filter_by_implicit_reward:
             reporter.log(f"{STAGE}: scoring {len(rows)} pairs under the weak pair for the implicit-reward filter")

@@ -9,11 +9,11 @@ Reference hyperparameters (CONG.md): lr 1e-5, 2 epochs, cosine, warmup 0.1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done
 from ml.reporter import Reporter, or_null
+from ml.stages._responses import EmptyResponses, drop_empty
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback
 
@@ -24,7 +24,7 @@ STAGE = "sft"
 
 
 @dataclass(kw_only=True)
-class SFTStageConfig(TrainConfig):
+class SFTStageConfig(EmptyResponses, TrainConfig):
     data: str = field(
         default="",
         metadata={
@@ -45,19 +45,27 @@ class SFTStageConfig(TrainConfig):
             raise ValueError("data is empty: give a JSONL file of prompt/response pairs")
 
 
-def load_pairs(path: str | Path, response_field: str = "response", limit: int | None = None) -> list[dict[str, Any]]:
-    rows = read_jsonl(path, required=("prompt", response_field))
-    # An empty response teaches nothing but "stop now"; drop it rather than bias towards silence.
-    rows = [r for r in rows if str(r[response_field]).strip()]
-    return rows[:limit] if limit else rows
+def load_pairs(
+    config: SFTStageConfig | AuxConfConfig, stage: str, reporter: Reporter
+) -> tuple[list[dict[str, Any]], int]:
+    """(the prompt/response rows of ``config.data`` to train on, how many empty responses were dropped).
+    Empty ones go first (ml.stages._responses says why), then ``max_examples`` caps what is left."""
+    rows = read_jsonl(config.data, required=("prompt", config.response_field))
+    rows, n_empty = drop_empty(
+        rows, (config.response_field,), keep=config.keep_empty_responses, stage=stage, reporter=reporter
+    )
+    return (rows[: config.max_examples] if config.max_examples else rows), n_empty
 
 
-def load_encoded_pairs(config: SFTStageConfig | AuxConfConfig) -> tuple[Any, Any, list[tuple[list[int], list[int]]]]:
-    """The model, its tokenizer and each (prompt ids, response ids + eos) pair of ``config.data``:
-    the shared start of every stage that trains on prompt/response pairs (SFT, AuxConf)."""
-    pairs = load_pairs(config.data, config.response_field, config.max_examples)
+def load_encoded_pairs(
+    config: SFTStageConfig | AuxConfConfig, stage: str, reporter: Reporter
+) -> tuple[Any, Any, list[tuple[list[int], list[int]]], int]:
+    """The model, its tokenizer, each (prompt ids, response ids + eos) pair of ``config.data`` and how many
+    empty responses were dropped: the shared start of every stage that trains on prompt/response pairs
+    (SFT, AuxConf)."""
+    pairs, n_empty = load_pairs(config, stage, reporter)
     if not pairs:
-        raise ValueError(f"{config.data} has no usable prompt/response pairs")
+        raise ValueError(f"{config.data} has no usable prompt/response pairs ({n_empty} empty responses dropped)")
     model, tok = load_for_training(config)
     encoded = [
         encode_pair(
@@ -69,7 +77,7 @@ def load_encoded_pairs(config: SFTStageConfig | AuxConfConfig) -> tuple[Any, Any
         )
         for r in pairs
     ]
-    return model, tok, encoded
+    return model, tok, encoded, n_empty
 
 
 def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -80,7 +88,7 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tok, encoded = load_encoded_pairs(config)
+    model, tok, encoded, n_empty = load_encoded_pairs(config, STAGE, reporter)
     rows = [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in encoded]
     dataset = Dataset.from_list(rows)
     args = SFTConfig(
@@ -92,4 +100,6 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     )
     callback = ReporterCallback(reporter, STAGE)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[callback])
-    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows)})
+    return run_training(
+        trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows), "n_empty_dropped": n_empty}
+    )

@@ -27,6 +27,7 @@ import torch
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter, or_null
+from ml.stages._responses import EmptyResponses, drop_empty
 from ml.stages._train import (
     TrainConfig,
     encode_pair,
@@ -45,7 +46,7 @@ STAGE = "wspo"
 
 
 @dataclass(kw_only=True)
-class WSPOConfig(TrainConfig):
+class WSPOConfig(EmptyResponses, TrainConfig):
     data: str = field(
         default="", metadata={"internal": True, "help": "JSONL of the chosen responses: 'prompt' and response_field."}
     )
@@ -195,13 +196,17 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
 
     model, tok = load_for_training(config)
     cache = Path(config.output_dir) / "wspo_data.jsonl"
+    # Read on a resume too (it is cheap): the dropped count belongs in the result either way.
+    rows = read_jsonl(config.data, required=("prompt", config.response_field))
+    rows, n_empty = drop_empty(
+        rows, (config.response_field,), keep=config.keep_empty_responses, stage=STAGE, reporter=reporter
+    )
+    rows = rows[: config.max_examples or None]
     if cache.exists():
         data = read_jsonl(cache)
     else:
-        rows = read_jsonl(config.data, required=("prompt", config.response_field))
-        rows = [r for r in rows if str(r[config.response_field]).strip()][: config.max_examples or None]
         if not rows:
-            raise ValueError(f"{config.data} has no usable prompt/response rows")
+            raise ValueError(f"{config.data} has no usable prompt/response rows ({n_empty} empty responses dropped)")
         reporter.log(f"{STAGE}: computing weak log-ratios and reference log-probs for {len(rows)} responses")
         data = weak_targets(config, rows, tok)
         model.eval()
@@ -236,4 +241,6 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
         processing_class=tok,
         callbacks=[callback],
     )
-    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats)})
+    return run_training(
+        trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats), "n_empty_dropped": n_empty}
+    )
