@@ -7,11 +7,12 @@ PORT ?= 8000
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test test-services lint format serve web worker beat bench stop clean help
+.PHONY: install demo test test-services mutate lint format serve web worker beat bench stop clean help
 
 help:
 	@echo "make demo   - build the toy world, start everything, run one ConG job, keep the dashboard up"
 	@echo "make test   - the whole test suite (embedded SQLite + embedded Redis)"
+	@echo "make mutate - mutation testing of the modules with guarantees (MODULE=cd|scoring|sft|dpo|wspo|lifecycle|selectors|spec); docs/TESTING.md"
 	@echo "make lint   - ruff check, ruff format --check, mypy (strict on ml/); make format fixes what it can"
 	@echo "make serve  - web + worker + embedded Redis in the foreground (PORT=$(PORT))"
 	@echo "make web | make worker | make beat | make bench | make install | make stop"
@@ -58,6 +59,11 @@ format: install
 # services (.ci/run does this against the machine's PostgreSQL and Redis).
 test-services: install
 	$(PY) -m pytest -m services $(PYTEST_ARGS)
+
+# Mutation testing (mutmut, in snapshots under var/mutate/, never in the working tree); prints a score per
+# module and the survivors. MODULE=name runs one. docs/TESTING.md records the results and each survivor's reason.
+mutate: install
+	nice -n 15 $(PY) tools/mutate.py $(if $(MODULE),$(foreach m,$(MODULE),--module $(m)),)
 
 bench: install
 	$(PY) bench/cd_throughput.py
