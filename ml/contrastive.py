@@ -35,7 +35,7 @@ import torch
 # "as" re-export keeps ``from ml.contrastive import CDConfig`` working, for mypy's no_implicit_reexport too.
 from ml.cd_config import REPETITION_PENALTY_SCOPES as REPETITION_PENALTY_SCOPES
 from ml.cd_config import CDConfig as CDConfig
-from ml.modeling import check_same_vocab, pad_batch
+from ml.modeling import check_same_vocab, context_of, pad_batch
 from ml.reporter import Reporter, or_null
 
 if TYPE_CHECKING:  # transformers is imported lazily at run time (keeps `import ml.contrastive` light)
@@ -172,12 +172,7 @@ def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
 
 
 def context_limit(model: Any) -> int | None:
-    cfg = model.config
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    return context_of(model.config)
 
 
 def batch_seed(seed: int, batch_no: int) -> int:

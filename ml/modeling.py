@@ -68,6 +68,37 @@ def _check_folder(path: Path) -> None:
         raise ValueError(f"{path} is not a Hugging Face model folder (no config.json in it)")
 
 
+# Where a model's config states its context (the most positions it can attend to): GPT-2 style configs name it
+# n_positions, most others max_position_embeddings; multimodal ones (Gemma 3) keep it in their text_config.
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings")
+
+
+def context_of(config: Any) -> int | None:
+    """The context length a model config states (a config.json's dict or a loaded config object), or None."""
+
+    def get(name: str) -> Any:
+        return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+    for name in CONTEXT_KEYS:
+        value = get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    text = get("text_config")
+    return context_of(text) if text is not None else None
+
+
+def context_length(path: str | Path) -> int | None:
+    """The context length of the HF folder at ``path``, read from its config.json without loading the model
+    (the web app asks at submit). None when there is no readable config.json or it names no context."""
+    import json
+
+    try:
+        config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return context_of(config) if isinstance(config, dict) else None
+
+
 # Models and tokenizers are typed Any here: transformers' own types (PreTrainedModel's wrapped .to(), Auto*
 # classes' return types) reject ordinary use, and callers only need attribute access.
 def load_tokenizer(path: str | Path) -> Any:

@@ -195,8 +195,10 @@ def resolve(
     method: Any = None,
     recommended: dict[str, Any] | None = None,
     limits: dict[str, int | float] | None = None,
+    contexts: Mapping[str, tuple[str, int | None]] | None = None,
 ) -> dict[str, Any]:
-    """The full spec for a request, or SpecError naming every bad key path."""
+    """The full spec for a request, or SpecError naming every bad key path. ``contexts`` (model field -> (name,
+    context length)) makes every stage's token budget fit the models it runs on (ml.budget)."""
     ks = kind_spec(kind)
     limits = {**DEFAULT_LIMITS, **(limits or {})}
     errs = _Errors()
@@ -265,6 +267,18 @@ def resolve(
     for stage in used:
         _check_stage(ks.stages[stage], stage, values[stage], where[stage], errs)
     errs.raise_if_any()
+    if contexts:
+        from ml.budget import context_errors
+
+        def path_of(stage: str, name: str) -> str:
+            # Where the value came from, when that is a request key (a knob); else the stage's own key.
+            origin = where[stage].get(name, "")
+            return origin if origin.startswith("params.") else f"params.{stage}.{name}"
+
+        for path, msgs in context_errors(spec, contexts, path_of).items():
+            for msg in msgs:
+                errs.add(path, msg)
+        errs.raise_if_any()
     return spec
 
 

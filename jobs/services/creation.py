@@ -95,7 +95,17 @@ def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
     )
 
 
-def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: Any, recommended: Any) -> dict[str, Any]:
+def _model_contexts(picked: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
+    """model field -> (name, context length from its config.json): a job whose token budget does not fit a
+    model it runs on is refused at submit, not failed in the worker (ml.budget says which budget runs where)."""
+    from ml.modeling import context_length
+
+    return {f: (m.name, context_length(m.path)) for f, m in picked.items() if m is not None}
+
+
+def _resolve_spec(
+    *, kind: str, alpha: Any, method: Any, methods: Any, params: Any, recommended: Any, contexts: Any = None
+) -> dict[str, Any]:
     """The full spec through ml's registry (ml.resolve); its key-path errors become ValidationErrors."""
     from ml.resolve import resolve
     from ml.spec import SpecError
@@ -109,6 +119,7 @@ def _resolve_spec(*, kind: str, alpha: Any, method: Any, methods: Any, params: A
             methods=methods,
             recommended=recommended,
             limits=getattr(settings, "JOB_LIMITS", None),
+            contexts=contexts,
         )
     except SpecError as exc:
         raise ValidationError(exc.errors) from None
@@ -177,6 +188,7 @@ def job_create(
         methods=methods,
         params=params,
         recommended=ds.defaults if ds is not None else None,
+        contexts=_model_contexts(picked),
     )
 
     wb, wa = picked.get("weak_base"), picked.get("weak_aligned")

@@ -30,11 +30,13 @@ def pytest_configure(config):
         db.setdefault("TEST", {})["NAME"] = str(path)
 
 
-def save_tiny_model(path: Path, words=WORDS, seed: int = 0) -> Path:
+def save_tiny_model(path: Path, words=WORDS, seed: int = 0, n_positions: int = 1024) -> Path:
+    """A tiny GPT-2 folder. Its context is GPT-2's own (1024 positions) so that every job kind's default token
+    budgets fit, as they do on real models: a smaller one makes job_create refuse the defaults (ml.budget)."""
     from ml.tiny import tiny_gpt2, word_tokenizer
 
     tok = word_tokenizer(words)
-    model = tiny_gpt2(len(tok), n_layer=1, n_embd=16, n_head=1, n_positions=256, seed=seed)
+    model = tiny_gpt2(len(tok), n_layer=1, n_embd=16, n_head=1, n_positions=n_positions, seed=seed)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
     tok.save_pretrained(str(path))

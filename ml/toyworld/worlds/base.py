@@ -94,6 +94,8 @@ def strong_stage_overrides(
         "wspo": {**train, "learning_rate": lr, "num_train_epochs": epochs},
         "auxconf": {**train, "learning_rate": lr, "num_train_epochs": epochs},
         "dpo": {**train, "learning_rate": dpo_lr, "num_train_epochs": 1.0, "beta": 0.5},
+        # The weak models share the strong one's context: training pi_pre must fit it too (512 would not).
+        "weak_align": {"max_length": max_length},
         "generate": {"batch_size": 64},
         "self_sample": {"batch_size": 64},
         "evaluate": {"n_samples": eval_samples, "batch_size": 64},
