@@ -248,6 +248,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Contrastive weak-to-strong generalization jobs: models, datasets, jobs, events, pairs.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Request bodies get their own components (JobCreateRequest ...), so a file field is a binary string in
+    # the upload's form and read-only fields stay out of requests: what client generators need.
+    "COMPONENT_SPLIT_REQUEST": True,
+    # 3.1: the params schemas (ml.spec_schema) say "may be null" as JSON Schema does, {"type": "null"},
+    # which 3.0 does not allow.
+    "OAS_VERSION": "3.1.0",
     # Three models have a "kind" field with different choices: name each enum after its model.
     "ENUM_NAME_OVERRIDES": {
         "ModelKindEnum": "jobs.models.ModelEntry.Kind",

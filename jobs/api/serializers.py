@@ -5,7 +5,8 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from jobs.api.json_checks import CheckedJSONDecoder, UnsafeJSON, check_jsonl
+from jobs.api import schema as shapes
+from jobs.api.json_checks import UnsafeJSON, check_jsonl
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
 from ml.pipeline import METHODS as CONG_METHODS
 from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
@@ -61,54 +62,90 @@ class DatasetUploadSerializer(serializers.Serializer):
         return f
 
 
-class CheckedJSONField(serializers.JSONField):
-    """A JSONField whose JSON text (sent in a form field) is parsed with the checks a JSON body gets
-    (jobs.api.json_checks); DRF's would json.loads it unchecked."""
+class StrictIntegerField(serializers.IntegerField):
+    """An integer that must be sent as a JSON integer: "1" or true is refused (DRF's IntegerField would take
+    both), so a client's type mistake is a 400 naming the field, not a silent conversion."""
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("decoder", CheckedJSONDecoder)
-        super().__init__(**kwargs)
+    default_error_messages = {"invalid": "must be an integer (an id), got {value}."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid", value=_shown(data))
+        return super().to_internal_value(data)
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number that must be sent as a JSON number (not a string or a boolean)."""
+
+    default_error_messages = {"invalid": "must be a number, got {value}."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, float)):
+            self.fail("invalid", value=_shown(data))
+        return super().to_internal_value(data)
+
+
+class StringListField(serializers.ListField):
+    """A list of strings, refused as a whole (one message under the field, not one per index)."""
+
+    child = serializers.CharField()
+    default_error_messages = {"invalid": "must be a list of strings, got {value}."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, list) or not all(isinstance(v, str) for v in data):
+            self.fail("invalid", value=_shown(data))
+        return list(data)
+
+
+def _shown(value) -> str:
+    return repr(value)[:80]
 
 
 def _params_schema() -> dict:
-    """params in the OpenAPI schema: one closed object per job kind, derived from ml's registry."""
+    """params in the OpenAPI schema: one closed object per job kind, derived from ml's registry. anyOf, not
+    oneOf: a small params object such as {"max_prompts": 2} is valid for several kinds at once."""
     from django.conf import settings
 
     from ml.spec import registry
     from ml.spec_schema import params_schema
 
     return {
-        "oneOf": [params_schema(k, getattr(settings, "JOB_LIMITS", None)) for k in registry()],
+        "anyOf": [params_schema(k, getattr(settings, "JOB_LIMITS", None)) for k in registry()],
         "description": "Settings for the job's kind (see each kind's schema; GET /api/v1/kinds/).",
     }
 
 
 @extend_schema_field(_params_schema())
-class ParamsField(CheckedJSONField):
-    """params, checked like every JSON input, described per job kind in the OpenAPI schema."""
+class ParamsField(serializers.JSONField):
+    """params, described per job kind in the OpenAPI schema (the JSON body's parser has checked it)."""
+
+
+def _id_field(what: str, **kwargs) -> StrictIntegerField:
+    return StrictIntegerField(required=False, allow_null=True, help_text=what, **kwargs)
 
 
 class JobCreateSerializer(serializers.Serializer):
-    """Loose types on purpose: jobs.services.job_create checks values and answers with field messages."""
+    """Types are checked here (ids are integers, alpha a number); jobs.services.job_create checks values and
+    answers with field messages."""
 
-    kind = serializers.CharField(help_text=f"One of {', '.join(Job.Kind.values)}.")
-    weak_base = CheckedJSONField(required=False, allow_null=True, help_text="Model id (pi_pre).")
-    weak_aligned = CheckedJSONField(required=False, allow_null=True, help_text="Model id (pi_post).")
-    strong = CheckedJSONField(required=False, allow_null=True, help_text="Model id of the strong model.")
-    prompts = CheckedJSONField(required=False, allow_null=True, help_text="Dataset id.")
-    eval_prompts = CheckedJSONField(
-        required=False,
-        allow_null=True,
-        help_text="kind=cong/train: held-out dataset id (default: the toy "
-        "world's -heldout split, else the training prompts).",
+    kind = serializers.ChoiceField(
+        choices=Job.Kind.choices,
+        error_messages={"invalid_choice": "unknown job kind {input!r}; use one of " + ", ".join(Job.Kind.values)},
     )
-    alpha = CheckedJSONField(
+    weak_base = _id_field("Model id (pi_pre).")
+    weak_aligned = _id_field("Model id (pi_post).")
+    strong = _id_field("Model id of the strong model.")
+    prompts = _id_field("Dataset id.")
+    eval_prompts = _id_field(
+        "kind=cong/train: held-out dataset id (default: the toy world's -heldout split, else the training prompts)."
+    )
+    alpha = StrictFloatField(
         required=False, allow_null=True, help_text=f"CD alpha in [0, 1] (default {DEFAULT_ALPHA})."
     )
     method = serializers.CharField(
         required=False, allow_null=True, allow_blank=True, help_text=f"kind=train: one of {', '.join(TRAIN_METHODS)}."
     )
-    methods = CheckedJSONField(
+    methods = StringListField(
         required=False, allow_null=True, help_text=f"kind=cong: list drawn from {', '.join(CONG_METHODS)}."
     )
     params = ParamsField(
@@ -122,6 +159,7 @@ class JobCreateSerializer(serializers.Serializer):
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     pair_count = serializers.SerializerMethodField()
+    config = shapes.described_json(shapes.JobConfigSerializer, read_only=True)
     spec = serializers.SerializerMethodField(
         help_text=(
             "The full configuration that runs: every stage's settings with defaults filled (null for an old job whose "
@@ -153,6 +191,7 @@ class JobSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
+    @extend_schema_field(shapes.JobSpecSerializer(allow_null=True))
     def get_spec(self, obj) -> dict | None:
         from jobs.selectors import job_spec_or_none
 
@@ -173,6 +212,8 @@ class JobSummarySerializer(JobSerializer):
 
 
 class JobEventSerializer(serializers.ModelSerializer):
+    data = shapes.described_json(shapes.EventDataSerializer, read_only=True)
+
     class Meta:
         model = JobEvent
         fields = ["seq", "type", "data", "created"]
@@ -212,6 +253,40 @@ class ArtifactSerializer(serializers.ModelSerializer):
         fields = ["stage", "kind", "path", "partial", "created"]
 
 
-class TokenRequestSerializer(serializers.Serializer):
+class JobResultsSerializer(serializers.ModelSerializer):
+    results = shapes.described_json(
+        shapes.ResultsSerializer(allow_null=True), read_only=True, help_text="null until the job finishes."
+    )
+    artifacts = ArtifactSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Job
+        fields = ["id", "status", "partial", "results", "artifacts"]
+        read_only_fields = fields
+
+
+class PresetBodySerializer(serializers.Serializer):
+    """A ready-made body for POST /api/v1/jobs/ (the ids are this server's)."""
+
+    kind = serializers.ChoiceField(choices=Job.Kind.choices)
+    weak_base = serializers.IntegerField(required=False)
+    weak_aligned = serializers.IntegerField(required=False)
+    strong = serializers.IntegerField(required=False)
+    prompts = serializers.IntegerField(required=False)
+    alpha = serializers.FloatField(required=False)
+    methods = serializers.ListField(child=serializers.CharField(), required=False)
+    params = shapes.described_json(shapes.OPEN_OBJECT, required=False)
+
+
+class PresetSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    request = PresetBodySerializer()
+
+
+class CredentialsSerializer(serializers.Serializer):
     username = serializers.CharField()
     password = serializers.CharField(style={"input_type": "password"}, trim_whitespace=False)
+
+
+class AuthTokenSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="Send it as the header Authorization: Token <token>.")

@@ -1,6 +1,9 @@
 """REST views: parse, call a selector or service, serialize. No rules here (see jobs.services).
 
 Objects a user may not see answer 404, exactly like objects that do not exist, so ids leak nothing.
+Bodies are JSON (jobs.api.parsers.SafeJSONParser), except the dataset upload's multipart form. Each
+operation's summary and description are what the OpenAPI schema shows a client's author; the error
+responses every operation declares come from jobs.api.schema.ApiSchema.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import Http404, StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.permissions import SAFE_METHODS, AllowAny
@@ -24,8 +28,13 @@ from rest_framework.views import APIView
 from jobs import selectors, services
 from jobs.api import login_guard
 from jobs.api import serializers as s
-from jobs.api.parsers import SafeFormParser, SafeJSONParser, SafeMultiPartParser, too_large
+from jobs.api.parsers import SafeJSONParser, SafeMultiPartParser, too_large
+from jobs.api.schema import TOO_MANY_REQUESTS, ApiSchema, KindSerializer
 from jobs.models import GeneratedPair, Job
+
+EVENTS_LIMIT = (1, 5000)  # GET /jobs/<id>/events/?limit=: the bounds ...
+EVENTS_LIMIT_DEFAULT = 1000  # ... and the default
+EXPORT_TYPES = ("application/jsonl", "application/octet-stream")  # the export's media types, the default first
 
 
 def choice_list(params, key: str, known: list[str]) -> str | None:
@@ -40,11 +49,15 @@ def choice_list(params, key: str, known: list[str]) -> str | None:
     return str(raw)
 
 
-def int_param(params, key: str, default: int) -> int:
+def int_param(params, key: str, default: int, bounds: tuple[int, int] | None = None) -> int:
     try:
-        return int(params.get(key, default))
+        value = int(params.get(key, default))
     except (TypeError, ValueError):
         raise ValidationError({key: [f"{key} must be an integer, got {params.get(key)!r}"]}) from None
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        # Out of range is refused rather than clamped: a client asking for 0 has a bug to hear about.
+        raise ValidationError({key: [f"{key} must be between {bounds[0]} and {bounds[1]}, got {value}"]})
+    return value
 
 
 class TooManyActiveJobs(APIException):
@@ -52,12 +65,16 @@ class TooManyActiveJobs(APIException):
     default_code = "too_many_active_jobs"
 
 
+# The base of every API view (no docstring: drf-spectacular would show it as every operation's description).
+# Bodies are JSON unless a view says otherwise; a service's django ValidationError becomes DRF's 400 with the
+# same field messages, or {"detail": message} when it names no field (docs/API.md, "Errors").
 class ServiceAPIView(APIView):
-    """Turns a service's django ValidationError into DRF's 400 with the same field messages."""
+    parser_classes = [SafeJSONParser]
+    schema = ApiSchema()
 
     def handle_exception(self, exc):
         if isinstance(exc, DjangoValidationError):
-            detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+            detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": " ".join(exc.messages)}
             exc = ValidationError(detail)
         elif isinstance(exc, services.JobQuotaExceeded):
             exc = TooManyActiveJobs(str(exc))
@@ -98,15 +115,20 @@ class TokenView(ServiceAPIView):
         raise Throttled(wait, detail=login_guard.lock_message(int(wait or 1)))
 
     @extend_schema(
-        request=s.TokenRequestSerializer,
-        responses={200: {"type": "object", "properties": {"token": {"type": "string"}}}},
+        summary="Get an API token",
+        description="Exchanges a username and password for the user's token (the same one on every call). "
+        "Send it on every other call as the header `Authorization: Token <token>`. Wrong credentials: 400 "
+        '`{"detail": "wrong username or password"}`. Repeated failures lock the username and the address '
+        "for a while: 429, whose message says when to try again.",
+        request=s.CredentialsSerializer,
+        responses={200: s.AuthTokenSerializer, 429: TOO_MANY_REQUESTS},
     )
     def post(self, request):
-        ser = s.TokenRequestSerializer(data=request.data)
+        ser = s.CredentialsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         user = authenticate(request, username=ser.validated_data["username"], password=ser.validated_data["password"])
         if user is None or not user.is_active:
-            raise ValidationError({"detail": ["wrong username or password"]})
+            raise ValidationError({"detail": "wrong username or password"})
         token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})
 
@@ -114,11 +136,22 @@ class TokenView(ServiceAPIView):
 class ModelListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
-    @extend_schema(responses=s.ModelEntrySerializer(many=True))
+    @extend_schema(
+        summary="List models",
+        description="The models you can use in jobs: your own and the shared ones (shared: true), newest first.",
+        responses=s.ModelEntrySerializer(many=True),
+    )
     def get(self, request):
         return self.paginate(request, selectors.models_visible(user=request.user), s.ModelEntrySerializer)
 
-    @extend_schema(request=s.ModelRegisterSerializer, responses={201: s.ModelEntrySerializer})
+    @extend_schema(
+        summary="Register a model",
+        description="Registers a Hugging Face model folder on the server (an absolute path under one of "
+        "MODEL_ROOTS) under a name unique among your models. Its tokenizer's vocabulary fingerprint is "
+        "stored: a weak pair must share one.",
+        request=s.ModelRegisterSerializer,
+        responses={201: s.ModelEntrySerializer},
+    )
     def post(self, request):
         ser = s.ModelRegisterSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -128,13 +161,25 @@ class ModelListView(ServiceAPIView):
 
 class DatasetListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    parser_classes = [SafeMultiPartParser, SafeFormParser]
+    # The one form body: a file upload. Form fields are checked like JSON bodies (jobs.api.parsers).
+    parser_classes = [SafeMultiPartParser]
 
-    @extend_schema(responses=s.DatasetSerializer(many=True))
+    @extend_schema(
+        summary="List datasets",
+        description="The prompt and preference datasets you can use in jobs: yours and the shared ones.",
+        responses=s.DatasetSerializer(many=True),
+    )
     def get(self, request):
         return self.paginate(request, selectors.datasets_visible(user=request.user), s.DatasetSerializer)
 
-    @extend_schema(request={"multipart/form-data": s.DatasetUploadSerializer}, responses={201: s.DatasetSerializer})
+    @extend_schema(
+        summary="Upload a dataset",
+        description="A multipart form with the JSONL file: UTF-8, one object per line with a non-empty "
+        "string prompt (preferences: prompt, chosen, rejected), each line at most 1 MB, the file at most "
+        "UPLOAD_MAX_BYTES. Errors name the line.",
+        request={"multipart/form-data": s.DatasetUploadSerializer},
+        responses={201: s.DatasetSerializer},
+    )
     def post(self, request):
         ser = s.DatasetUploadSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -147,12 +192,14 @@ class DatasetListView(ServiceAPIView):
 
 class JobListView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    parser_classes = [SafeJSONParser, SafeFormParser, SafeMultiPartParser]
 
     @extend_schema(
+        summary="List jobs",
+        description="Your jobs (staff: everyone's), newest first. Rows leave out config and spec; "
+        "GET /api/v1/jobs/{id}/ has them.",
         parameters=[
-            OpenApiParameter("status", str, description="comma-separated statuses"),
-            OpenApiParameter("kind", str, description="comma-separated kinds"),
+            OpenApiParameter("status", str, description="Only these statuses, comma-separated."),
+            OpenApiParameter("kind", str, description="Only these kinds, comma-separated."),
         ],
         responses=s.JobSummarySerializer(many=True),
     )
@@ -167,10 +214,13 @@ class JobListView(ServiceAPIView):
         return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
 
     @extend_schema(
+        summary="Create a job",
+        description="Checks the request as a worker would, stores the job with the configuration it will "
+        "run (config.spec) and queues it. Which fields a kind needs: docs/API.md and GET /api/v1/kinds/. "
+        "400: a message per field, or per setting's key path (params.sft.learning_rate); nothing is "
+        "created. 429: you already have JOB_MAX_ACTIVE_PER_USER jobs queued or running.",
         request=s.JobCreateSerializer,
-        responses={201: s.JobSerializer},
-        description="400: {field or params.key.path: [messages]}; 429: the per-user cap on queued and "
-        "running jobs (JOB_MAX_ACTIVE_PER_USER).",
+        responses={201: s.JobSerializer, 429: TOO_MANY_REQUESTS},
     )
     def post(self, request):
         ser = s.JobCreateSerializer(data=request.data)
@@ -180,20 +230,36 @@ class JobListView(ServiceAPIView):
 
 
 class JobDetailView(ServiceAPIView):
-    @extend_schema(responses=s.JobSerializer)
+    @extend_schema(
+        summary="Get a job",
+        description="The job's status, progress and the configuration it runs.",
+        responses=s.JobSerializer,
+    )
     def get(self, request, pk):
         return Response(s.JobSerializer(self.get_job(request, pk)).data)
 
 
 class JobCancelView(ServiceAPIView):
-    @extend_schema(request=None, responses=s.JobSerializer)
+    @extend_schema(
+        summary="Cancel a job",
+        description="A queued job is cancelled at once; a running one is asked to stop and stops within a "
+        "batch (keeping what it made, partial: true). A finished job: 400 on status.",
+        request=None,
+        responses=s.JobSerializer,
+    )
     def post(self, request, pk):
         job = services.job_cancel(job=self.get_job(request, pk), user=request.user)
         return Response(s.JobSerializer(job).data)
 
 
 class JobRetryView(ServiceAPIView):
-    @extend_schema(request=None, responses=s.JobSerializer)
+    @extend_schema(
+        summary="Retry a job",
+        description="Queues a failed or cancelled job again with the same configuration (any other status: "
+        "400 on status).",
+        request=None,
+        responses=s.JobSerializer,
+    )
     def post(self, request, pk):
         job = services.job_retry(job=self.get_job(request, pk), user=request.user)
         return Response(s.JobSerializer(job).data)
@@ -201,16 +267,24 @@ class JobRetryView(ServiceAPIView):
 
 class JobEventsView(ServiceAPIView):
     @extend_schema(
+        summary="List a job's events",
+        description="What the job reported, in order (seq counts from 1): status changes, progress, "
+        "metrics, samples and log lines. Poll with after = the last seq you have.",
         parameters=[
-            OpenApiParameter("after", int, description="only events with seq > after"),
-            OpenApiParameter("limit", int, description="at most this many (1..5000, default 1000)"),
+            OpenApiParameter("after", int, description="Only events with seq greater than this (default 0)."),
+            OpenApiParameter(
+                "limit",
+                {"type": "integer", "minimum": EVENTS_LIMIT[0], "maximum": EVENTS_LIMIT[1]},
+                description=f"At most this many ({EVENTS_LIMIT[0]}..{EVENTS_LIMIT[1]}, default "
+                f"{EVENTS_LIMIT_DEFAULT}); out of range is a 400.",
+            ),
         ],
         responses=s.JobEventSerializer(many=True),
     )
     def get(self, request, pk):
         job = self.get_job(request, pk)
         after = int_param(request.query_params, "after", 0)
-        limit = min(max(int_param(request.query_params, "limit", 1000), 1), 5000)
+        limit = int_param(request.query_params, "limit", EVENTS_LIMIT_DEFAULT, bounds=EVENTS_LIMIT)
         events = selectors.job_events(job=job, after=after, limit=limit)
         return Response(s.JobEventSerializer(events, many=True).data)
 
@@ -219,10 +293,15 @@ class JobPairsView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 
     @extend_schema(
+        summary="List a job's preference pairs",
+        description="The pairs contrastive decoding made (chosen: the CD response; rejected: the weak "
+        "model's), with their rewards and review state, in prompt order.",
         parameters=[
-            OpenApiParameter("review_status", str, description="comma-separated review statuses"),
-            OpenApiParameter("min_reward", float, description="implicit reward >= this"),
-            OpenApiParameter("search", str, description="text in the prompt or the chosen response"),
+            OpenApiParameter("review_status", str, description="Only these review states, comma-separated."),
+            OpenApiParameter("min_reward", float, description="Only pairs with an implicit reward at least this."),
+            OpenApiParameter(
+                "search", str, description="Only pairs with this text in the prompt or the chosen response."
+            ),
         ],
         responses=s.GeneratedPairSerializer(many=True),
     )
@@ -241,7 +320,12 @@ class JobPairsView(ServiceAPIView):
 
 
 class PairReviewView(ServiceAPIView):
-    @extend_schema(request=s.PairReviewSerializer, responses=s.GeneratedPairSerializer)
+    @extend_schema(
+        summary="Review a pair",
+        description="Approve, reject or edit (with edited_text) one pair; rejected pairs are left out of the export.",
+        request=s.PairReviewSerializer,
+        responses=s.GeneratedPairSerializer,
+    )
     def post(self, request, pk, pair_id):
         job = self.get_job(request, pk)
         pair = GeneratedPair.objects.filter(job=job, pk=pair_id).first()
@@ -254,33 +338,40 @@ class PairReviewView(ServiceAPIView):
 
 
 class PairsExportView(ServiceAPIView):
-    @extend_schema(responses={(200, "application/jsonl"): str})
+    @extend_schema(
+        summary="Export a job's pairs",
+        description="The pairs not rejected, as preference JSONL (one JSON object per line: prompt, chosen, "
+        "rejected, ...), streamed as a file download. The body is application/jsonl unless the request's "
+        "Accept prefers application/octet-stream (generated clients read that one as bytes); the bytes "
+        "are the same.",
+        responses={(200, media): OpenApiTypes.BINARY for media in EXPORT_TYPES},
+    )
     def get(self, request, pk):
         job = self.get_job(request, pk)
-        resp = StreamingHttpResponse(services.pairs_export(job=job), content_type="application/jsonl")
+        media = request.get_preferred_type(EXPORT_TYPES) or EXPORT_TYPES[0]
+        resp = StreamingHttpResponse(services.pairs_export(job=job), content_type=media)
         resp["Content-Disposition"] = f'attachment; filename="job-{job.pk}-pairs.jsonl"'
         return resp
 
 
 class JobResultsView(ServiceAPIView):
-    @extend_schema(responses={200: {"type": "object"}})
+    @extend_schema(
+        summary="Get a job's results",
+        description="The scores a finished job recorded (results: null before; their layout depends on the "
+        "kind, tagged with results_version) and the files it wrote (artifacts).",
+        responses=s.JobResultsSerializer,
+    )
     def get(self, request, pk):
-        job = self.get_job(request, pk)
-        return Response(
-            {
-                "id": job.pk,
-                "status": job.status,
-                "partial": job.partial,
-                "results": job.results,
-                "artifacts": s.ArtifactSerializer(job.artifacts.all(), many=True).data,
-            }
-        )
+        return Response(s.JobResultsSerializer(self.get_job(request, pk)).data)
 
 
 class KindListView(ServiceAPIView):
-    """Every job kind with the JSON Schema of its params (from ml's registry, with this server's limits)."""
-
-    @extend_schema(responses={200: {"type": "object", "additionalProperties": {"type": "object"}}})
+    @extend_schema(
+        summary="List job kinds",
+        description="Every job kind with its help, its stages, its knobs and the JSON Schema of its params "
+        "(from the ML core's registry, with this server's limits as maximum).",
+        responses={200: serializers.DictField(child=KindSerializer())},
+    )
     def get(self, request):
         from django.conf import settings
 
@@ -290,6 +381,11 @@ class KindListView(ServiceAPIView):
 
 
 class PresetListView(ServiceAPIView):
-    @extend_schema(responses={200: {"type": "array", "items": {"type": "object"}}})
+    @extend_schema(
+        summary="List presets",
+        description="Ready-made job requests for the registered toy worlds and offline models; POST a "
+        "preset's request to /api/v1/jobs/ as it is.",
+        responses=s.PresetSerializer(many=True),
+    )
     def get(self, request):
         return Response(selectors.presets(user=request.user))

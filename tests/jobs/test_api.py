@@ -49,9 +49,10 @@ def job_body(weak_pair, prompts_ds):
 
 def test_token_auth_flow(user):
     c = APIClient()
-    assert c.get("/api/v1/jobs/").status_code in (401, 403)
+    anonymous = c.get("/api/v1/jobs/")
+    assert anonymous.status_code == 401 and isinstance(anonymous.json()["detail"], str)
     bad = c.post("/api/v1/auth/token/", {"username": "alice", "password": "nope"}, format="json")
-    assert bad.status_code == 400
+    assert bad.status_code == 400 and bad.json() == {"detail": "wrong username or password"}
     res = c.post("/api/v1/auth/token/", {"username": "alice", "password": "pw-alice-123"}, format="json")
     assert res.status_code == 200
     c.credentials(HTTP_AUTHORIZATION=f"Token {res.json()['token']}")
@@ -71,6 +72,15 @@ def test_create_list_detail_and_filters(user, job_body):
     events = c.get(f"/api/v1/jobs/{job['id']}/events/?after=0").json()
     assert [e["seq"] for e in events] == [1] and events[0]["data"]["status"] == "queued"
     assert c.get(f"/api/v1/jobs/{job['id']}/events/?after=1").json() == []
+
+
+@pytest.mark.parametrize("limit", ["0", "5001", "-1"])
+def test_events_limit_out_of_range_is_a_400_naming_the_bounds(user, job_body, limit):
+    c = _client(user)
+    job_id = c.post("/api/v1/jobs/", job_body, format="json").json()["id"]
+    res = c.get(f"/api/v1/jobs/{job_id}/events/?limit={limit}")
+    assert res.status_code == 400 and res.json() == {"limit": [f"limit must be between 1 and 5000, got {limit}"]}
+    assert len(c.get(f"/api/v1/jobs/{job_id}/events/?limit=5000").json()) == 1
 
 
 def test_other_users_jobs_are_404_and_staff_sees_all(user, other_user, staff_user, job_body):
@@ -102,6 +112,12 @@ def test_other_users_jobs_are_404_and_staff_sees_all(user, other_user, staff_use
         ({"kind": "train", "strong": None, "method": "yolo"}, "method", "sft"),
         ({"kind": "cong", "methods": ["cong", "magic"]}, "methods", "magic"),
         ({"params": {"max_prompts": -3}}, "params.max_prompts", "max_prompts"),
+        # ids and alpha are typed: a string is refused, not converted
+        ({"weak_base": "1"}, "weak_base", "must be an integer"),
+        ({"prompts": True}, "prompts", "must be an integer"),
+        ({"strong": 1.5, "kind": "cong"}, "strong", "must be an integer"),
+        ({"alpha": "0.4"}, "alpha", "must be a number"),
+        ({"methods": "cong", "kind": "cong"}, "methods", "list of strings"),
     ],
 )
 def test_job_validation_400_creates_nothing(user, job_body, change, field, needle):
@@ -220,7 +236,7 @@ def test_pairs_list_review_export(user, other_user, job_body):
         services.pair_store(
             job_id=job_id, row={"index": i, "prompt": f"p{i}", "response": f"r{i}", "implicit_reward_mean": float(i)}
         )
-    page = c.get(f"/api/v1/jobs/{job_id}/pairs/?min_reward=1").json()
+    page = c.get(f"/api/v1/jobs/{job_id}/pairs/?min_reward_mean=1").json()
     assert [p["prompt_index"] for p in page["results"]] == [1, 2]
     pair_id = page["results"][0]["id"]
     assert (
@@ -236,6 +252,10 @@ def test_pairs_list_review_export(user, other_user, job_body):
     assert res.status_code == 200 and res["Content-Type"] == "application/jsonl"
     rows = [json.loads(line) for line in b"".join(res.streaming_content).decode().splitlines()]
     assert [r["prompt"] for r in rows] == ["p0", "p2"]
+    # The schema's second media type, for clients that read a download as bytes: the same body.
+    res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/", HTTP_ACCEPT="application/octet-stream")
+    assert res["Content-Type"] == "application/octet-stream"
+    assert [json.loads(line)["prompt"] for line in b"".join(res.streaming_content).splitlines()] == ["p0", "p2"]
     assert GeneratedPair.objects.filter(job_id=job_id).count() == 3
 
 
@@ -247,6 +267,134 @@ def test_schema_and_docs(user):
     for p in ("/api/v1/jobs/", "/api/v1/jobs/{id}/cancel/", "/api/v1/datasets/", "/api/v1/auth/token/"):
         assert p in body
     assert c.get("/api/v1/docs/").status_code == 200
+
+
+# --- the schema as a contract (tests/jobs/test_generated_client.py runs a generated client against it) ----------
+AUTHED = {401, 403}
+# Every operation's declared error statuses: 400 where input is read, 401/403 where a user is needed, 404 where
+# the path names an object or the answer is a page, 429 where a lock or a cap applies.
+DECLARED_ERRORS = {
+    "auth_token_create": {400, 429},
+    "models_list": AUTHED | {404},
+    "models_create": AUTHED | {400},
+    "datasets_list": AUTHED | {404},
+    "datasets_create": AUTHED | {400},
+    "presets_list": AUTHED,
+    "kinds_retrieve": AUTHED,
+    "jobs_list": AUTHED | {400, 404},
+    "jobs_create": AUTHED | {400, 429},
+    "jobs_retrieve": AUTHED | {404},
+    "jobs_cancel_create": AUTHED | {400, 404},
+    "jobs_retry_create": AUTHED | {400, 404},
+    "jobs_events_list": AUTHED | {400, 404},
+    "jobs_pairs_list": AUTHED | {400, 404},
+    "jobs_pairs_review_create": AUTHED | {400, 404},
+    "jobs_pairs_export_retrieve": AUTHED | {404},
+    "jobs_results_retrieve": AUTHED | {404},
+}
+
+
+def _schema(user) -> dict:
+    return _client(user).get("/api/v1/schema/", {"format": "json"}).json()
+
+
+def _operations(schema) -> dict[str, dict]:
+    return {op["operationId"]: op for item in schema["paths"].values() for op in item.values()}
+
+
+def _refs(fragment) -> set[str]:
+    if isinstance(fragment, dict):
+        own = {fragment["$ref"].rsplit("/", 1)[1]} if "$ref" in fragment else set()
+        return own.union(*(_refs(v) for v in fragment.values()))
+    if isinstance(fragment, list):
+        return set().union(*(_refs(v) for v in fragment))
+    return set()
+
+
+def test_schema_bodies_are_json_except_the_upload_whose_file_is_binary(user):
+    schema = _schema(user)
+    for op_id, op in _operations(schema).items():
+        media = list(op.get("requestBody", {}).get("content", {}))
+        expected = ["multipart/form-data"] if op_id == "datasets_create" else [["application/json"], []]
+        assert media in expected or media == expected, (op_id, media)
+    upload = schema["components"]["schemas"]["DatasetUploadRequest"]["properties"]["file"]
+    assert (upload["type"], upload["format"]) == ("string", "binary")
+
+
+def test_schema_declares_one_error_shape_on_every_operation(user):
+    schema = _schema(user)
+    ops = _operations(schema)
+    assert set(ops) == set(DECLARED_ERRORS)
+    for op_id, op in ops.items():
+        errors = {int(code) for code in op["responses"] if code.startswith("4")}
+        assert errors == DECLARED_ERRORS[op_id], op_id
+        for code in errors:
+            body = op["responses"][str(code)]["content"]["application/json"]["schema"]
+            assert body == {"$ref": f"#/components/schemas/{'ValidationError' if code == 400 else 'Error'}"}
+    components = schema["components"]["schemas"]
+    assert components["Error"]["properties"]["detail"]["type"] == "string"
+    assert components["ValidationError"]["properties"]["detail"]["type"] == "string"
+    assert components["ValidationError"]["additionalProperties"] == {"type": "array", "items": {"type": "string"}}
+
+
+def test_error_bodies_are_the_declared_shapes(user, job_body, settings):
+    import jsonschema
+
+    components = _schema(user)["components"]["schemas"]
+    c = _client(user)
+    field_400 = c.post("/api/v1/jobs/", {**job_body, "weak_base": "1"}, format="json")
+    whole_400 = c.post("/api/v1/jobs/", "{not json", content_type="application/json")
+    login_400 = APIClient().post("/api/v1/auth/token/", {"username": "alice", "password": "x"}, format="json")
+    no_user_401 = APIClient().get("/api/v1/models/")
+    missing_404 = c.get("/api/v1/jobs/424242/")
+    settings.JOB_MAX_ACTIVE_PER_USER = 1
+    assert c.post("/api/v1/jobs/", job_body, format="json").status_code == 201
+    capped_429 = c.post("/api/v1/jobs/", job_body, format="json")
+    for res, status, component in (
+        (field_400, 400, "ValidationError"),
+        (whole_400, 400, "ValidationError"),
+        (login_400, 400, "ValidationError"),
+        (no_user_401, 401, "Error"),
+        (missing_404, 404, "Error"),
+        (capped_429, 429, "Error"),
+    ):
+        assert res.status_code == status, res.content
+        jsonschema.validate(res.json(), components[component])
+    assert list(field_400.json()) == ["weak_base"] and isinstance(whole_400.json()["detail"], str)
+
+
+def test_schema_types_the_json_it_passes_through(user):
+    schema = _schema(user)
+    comp, ops = schema["components"]["schemas"], _operations(schema)
+    assert "JobConfig" in _refs(comp["Job"]["properties"]["config"])
+    assert "JobSpec" in _refs(comp["Job"]["properties"]["spec"])
+    assert "EventData" in _refs(comp["JobEvent"]["properties"]["data"])
+    assert "Results" in _refs(comp["JobResults"]["properties"]["results"])
+    assert {"ModelRef", "DatasetRef", "JobSpec"} <= _refs(comp["JobConfig"])
+    assert "results_version" in comp["Results"]["properties"]
+    assert "MethodResult" in _refs(comp["Results"]["properties"]["methods"])
+    ok = {op_id: op["responses"][next(c for c in op["responses"] if c.startswith("2"))] for op_id, op in ops.items()}
+    assert _refs(ok["presets_list"]) == {"Preset"} and "PresetBody" in _refs(comp["Preset"])
+    assert _refs(ok["kinds_retrieve"]) == {"Kind"} and _refs(ok["jobs_results_retrieve"]) == {"JobResults"}
+    assert _refs(ok["auth_token_create"]) == {"AuthToken"}
+    # The export: a media type that client generators read (bytes), beside application/jsonl.
+    export = ok["jobs_pairs_export_retrieve"]["content"]
+    assert export["application/octet-stream"]["schema"] == {"type": "string", "format": "binary"}
+    assert list(export) == ["application/jsonl", "application/octet-stream"]
+    # Ids in a job request are integers (strings are refused: test_job_validation_400_creates_nothing).
+    for field in ("weak_base", "weak_aligned", "strong", "prompts", "eval_prompts"):
+        assert comp["JobCreateRequest"]["properties"][field]["type"] == ["integer", "null"], field
+    limit = next(p for p in ops["jobs_events_list"]["parameters"] if p["name"] == "limit")["schema"]
+    assert (limit["minimum"], limit["maximum"]) == (1, 5000)
+
+
+def test_every_operation_has_its_own_summary_and_description(user):
+    """Not a base class's docstring repeated on every operation: each says what that call does."""
+    ops = _operations(_schema(user))
+    summaries = [op.get("summary") for op in ops.values()]
+    descriptions = [op.get("description") for op in ops.values()]
+    assert all(summaries) and len(set(summaries)) == len(ops)
+    assert all(descriptions) and len(set(descriptions)) == len(ops)
 
 
 def test_presets_from_shared_toy_models(user, model_root):
