@@ -7,15 +7,11 @@ Screenshots go to ``e2e_artifacts``: a temporary folder, or $E2E_ARTIFACTS; neve
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.daphne import daphne_server
 from tests.jobs.conftest import WorkerProc, db_url_for_worker, point_celery_at
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,15 +35,6 @@ def pytest_configure(config):
         import tempfile
 
         db.setdefault("TEST", {})["NAME"] = str(Path(tempfile.gettempdir()) / f"congweb-test-{os.getpid()}.sqlite3")
-
-
-def listening_socket() -> socket.socket:
-    """A loopback socket already bound (the kernel picks the port) and listening, to hand to daphne
-    (``--fd``): nobody can take the port between choosing it and serving on it."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    return sock
 
 
 @pytest.fixture(scope="session")
@@ -147,43 +134,8 @@ def web_stack(stack_env, tmp_path):
     worker."""
     env, manifest, registered = stack_env
     web_log = tmp_path / "web.log"
-    log = open(web_log, "ab")
-    with listening_socket() as sock:  # daphne adopts an inherited copy; ours closes
-        port = sock.getsockname()[1]
-        web = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "--fd", str(sock.fileno()), "congweb.asgi:application"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            pass_fds=(sock.fileno(),),
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if web.poll() is not None:
-                raise RuntimeError(f"daphne exited:\n{web_log.read_text(errors='replace')[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"daphne not up in 60s:\n{web_log.read_text(errors='replace')[-4000:]}")
-            time.sleep(0.3)
+    with daphne_server(env, web_log) as base:
         yield Stack(base, manifest, web_log, registered)
-    finally:
-        if web.poll() is None:
-            os.killpg(web.pid, 15)
-            try:
-                web.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(web.pid, 9)
-                web.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture
