@@ -19,6 +19,7 @@ from ml.spec import DEFAULT_LIMITS, knob_field, registry, settable, top_settable
 from ml.spec_schema import add_flag
 
 FILES = ("weak_base", "weak_aligned", "strong", "prompts", "eval_prompts")
+MODELS = FILES[:3]
 
 
 def setting_flags(kind: str) -> dict[str, str]:
@@ -86,6 +87,7 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_job(args: argparse.Namespace) -> int:
     from ml.cli import _print_json, console_reporter, setup_torch_threads
     from ml.execute import execute
+    from ml.modeling import context_length
     from ml.resolve import JobInputs, check, resolve
     from ml.spec import SpecError
 
@@ -100,6 +102,8 @@ def _cmd_job(args: argparse.Namespace) -> int:
             methods=methods,
             method=getattr(args, "method", None),
             limits={k: float("inf") for k in DEFAULT_LIMITS},
+            # ... but a model's context is: a budget it cannot hold fails here, as at the web app's submit.
+            contexts={f: (path, context_length(path)) for f in MODELS if (path := getattr(args, f))},
         )
         check(spec, inputs)
     except SpecError as exc:

@@ -144,3 +144,18 @@ def test_weak_align_preflight_and_evaluate_budgets():
     assert list(errs) == ["params.evaluate.max_new_tokens"]
     # alpha_sweep's evaluation scores the CD samples: only CD's budget counts.
     resolve("alpha_sweep", {"max_new_tokens": 15, "evaluate": {"max_new_tokens": 500}}, contexts=WEAK)
+
+
+def test_the_job_cli_refuses_the_same_budgets(gpt2_folder, tmp_path, capsys):
+    from ml.cli import main
+
+    path, _ = gpt2_folder
+    (tmp_path / "p.jsonl").write_text('{"prompt": "the cat"}\n')
+    args = ["job", "cd_generate", "--weak-base", str(path), "--weak-aligned", str(path)]
+    args += ["--prompts", str(tmp_path / "p.jsonl"), "--out", str(tmp_path / "out"), "--max-new-tokens", "16"]
+    assert main(args) == 2
+    assert (
+        f"error: params.max_new_tokens: 16 new tokens leave no room for a prompt in the context of weak_base '{path}'"
+        in (capsys.readouterr().out)
+    )
+    assert not (tmp_path / "out").exists()  # refused before anything ran
