@@ -50,6 +50,7 @@ class Module:
     files: dict[str, list[str]]  # source file -> the functions mutated in it ("f" or "Class.method")
     tests: list[str]
     extra: list[str] = field(default_factory=list)  # extra pytest arguments (e.g. -k to deselect)
+    preload: list[str] = field(default_factory=list)  # imports for the fork server (see PRELOAD)
 
 
 MODULES = [
@@ -86,12 +87,14 @@ MODULES = [
             "ml/stages/_train.py": ["encode_prompt", "encode_response", "encode_pair", "pad_collate"],
         },
         ["tests/ml/test_masks.py", "tests/ml/test_stages_sft.py"],
+        preload=["trl", "transformers.trainer"],
     ),
     # DPO data: pairing weak/strong responses into preferences, the filter, the implicit-reward sums.
     Module(
         "dpo",
         {"ml/stages/dpo.py": ["join_pairs", "filter_pairs", "_implicit_sums", "load_preferences"]},
         ["tests/ml/test_stages_dpo.py", "tests/ml/test_masks.py"],
+        preload=["trl", "transformers.trainer"],
     ),
     # WSPO: the loss, the weak-to-strong token value mapping, the targets, the per-token log-probs.
     Module(
@@ -101,6 +104,7 @@ MODULES = [
             "ml/stages/_train.py": ["shifted_token_logps"],
         },
         ["tests/ml/test_stages_wspo.py"],
+        preload=["transformers.trainer"],
     ),
     # Job lifecycle: cancel/retry/claim/heartbeat/finish/fail and the stale-job reaper.
     Module(
@@ -188,6 +192,51 @@ def snapshot(dest: Path, rev: str | None) -> None:
             shutil.copy2(src, dest / name)
 
 
+# Appended to the SNAPSHOT's tests/conftest.py (never the working tree's) for the modules tested against the
+# database: pytest-django would migrate a fresh SQLite database in every mutant's pytest session (~20 s a
+# mutant on this machine); instead each session starts from its own copy of one database migrated up front.
+FAST_DB = """
+
+# --- added by tools/mutate.py in its snapshot only ---
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    import shutil
+
+    from django.conf import settings
+    from django.db import connections
+
+    path = f"{os.environ['MUTATE_DB_TEMPLATE']}.{os.getpid()}"
+    shutil.copy(os.environ["MUTATE_DB_TEMPLATE"], path)
+    conn = connections["default"]
+    conn.close()
+    conn.settings_dict["NAME"] = settings.DATABASES["default"]["NAME"] = path
+    yield
+    conn.close()
+    os.remove(path)
+"""
+
+
+# Also appended to the snapshot's tests/conftest.py: mutmut's fork server collects the tests once and forks
+# every mutant's session from it, so what is imported here is imported once, not per mutant. transformers
+# imports its model classes lazily (~10 s the first time a test builds a tiny GPT-2 on this machine).
+PRELOAD = """
+
+# --- added by tools/mutate.py in its snapshot only: imported once in the fork server ---
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402,F401
+"""
+
+
+def migrate_template(where: Path, env: dict[str, str]) -> None:
+    template = where / "template.sqlite3"
+    env["MUTATE_DB_TEMPLATE"] = str(template)
+    migrate_env = {**env, "DATABASE_URL": f"sqlite:///{template}"}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=where, env=migrate_env, check=True
+    )
+    with open(where / "tests" / "conftest.py", "a") as fh:
+        fh.write(FAST_DB)
+
+
 def setup_cfg(mod: Module) -> str:
     lines = lambda xs: "".join(f"\n    {x}" for x in xs)
     pytest_args = ["-x", "-q", "-p", "no:randomly", *FAST, *mod.extra]
@@ -228,6 +277,10 @@ def run(mod: Module, rev: str | None, jobs: int) -> tuple[dict[str, int], list[s
     # and --jobs children already use the cores.
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.monotonic()
+    with open(where / "tests" / "conftest.py", "a") as fh:
+        fh.write(PRELOAD + "".join(f"import {m}  # noqa: E402,F401\n" for m in mod.preload))
+    if any(t.startswith("tests/jobs/") for t in mod.tests):
+        migrate_template(where, env)
     print(f"== {mod.name}: {', '.join(mod.files)} against {' '.join(mod.tests)}", flush=True)
     log = where / "mutmut.log"
     with open(log, "w") as fh:
