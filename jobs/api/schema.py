@@ -175,7 +175,8 @@ class EventDataSerializer(serializers.Serializer):
 class MethodResultSerializer(serializers.Serializer):
     """One evaluated method (cong, train), the evaluated model (evaluate) or one alpha (alpha_sweep)."""
 
-    label = serializers.CharField(required=False)
+    # The metaclass takes declared fields out of the class, so this "label" shadows no Field.label at runtime.
+    label = serializers.CharField(required=False)  # type: ignore[assignment]
     alpha = serializers.FloatField(required=False, help_text="alpha_sweep: the alpha this row ran with.")
     gold_mean = serializers.FloatField(required=False, allow_null=True, help_text="Mean gold reward.")
     gold_ci = serializers.ListField(

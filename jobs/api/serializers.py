@@ -212,7 +212,8 @@ class JobSummarySerializer(JobSerializer):
 
 
 class JobEventSerializer(serializers.ModelSerializer):
-    data = shapes.described_json(shapes.EventDataSerializer, read_only=True)
+    # The metaclass takes declared fields out of the class, so this does not shadow Serializer.data.
+    data = shapes.described_json(shapes.EventDataSerializer, read_only=True)  # type: ignore[assignment]
 
     class Meta:
         model = JobEvent
