@@ -205,7 +205,8 @@ def main() -> int:
             "weak_aligned": aligned,
             "prompts": ds,
             "alpha": 0.4,
-            "params": {"max_prompts": 4},
+            # The tiny models hold 128 positions: cd_generate's default 256 new tokens would be a 400.
+            "params": {"max_prompts": 4, "max_new_tokens": 32},
         }
         post = http_load(port, token, args.clients, args.posts, "POST", body)
         get = http_load(port, token, args.clients, args.requests, "GET", None)
