@@ -78,9 +78,15 @@ class RewardRangeFilter(admin.SimpleListFilter):
 
 
 class ImplicitRewardFilter(RewardRangeFilter):
-    title = "implicit reward"
+    title = "implicit reward (sum over tokens)"
     parameter_name = "implicit"
-    field_name = "implicit_reward"
+    field_name = "implicit_reward_sum"
+
+
+class ImplicitRewardMeanFilter(RewardRangeFilter):
+    title = "implicit reward per token"
+    parameter_name = "implicit_mean"
+    field_name = "implicit_reward_mean"
 
 
 class GoldRewardFilter(RewardRangeFilter):
@@ -100,11 +106,19 @@ class GeneratedPairAdmin(admin.ModelAdmin):
         "plain_col",
         "rejected_col",
         "implicit_col",
+        "implicit_mean_col",
         "gold_col",
         "review_col",
     )
     list_display_links = ("id",)
-    list_filter = ("job", "review_status", ImplicitRewardFilter, GoldRewardFilter)
+    list_filter = (
+        "job",
+        "review_status",
+        "empty_response",
+        ImplicitRewardFilter,
+        ImplicitRewardMeanFilter,
+        GoldRewardFilter,
+    )
     search_fields = ("prompt", "chosen")
     list_select_related = ("job", "reviewer")
     list_per_page = 50
@@ -113,7 +127,10 @@ class GeneratedPairAdmin(admin.ModelAdmin):
         "job",
         "prompt_index",
         "alpha",
-        "implicit_reward",
+        "implicit_reward_sum",
+        "implicit_reward_mean",
+        "n_tokens",
+        "empty_response",
         "gold_reward",
         "review_status",
         "reviewer",
@@ -131,7 +148,8 @@ class GeneratedPairAdmin(admin.ModelAdmin):
             "Scores and status",
             {
                 "fields": (
-                    ("implicit_reward", "gold_reward", "alpha"),
+                    ("implicit_reward_sum", "implicit_reward_mean", "n_tokens"),
+                    ("gold_reward", "alpha", "empty_response"),
                     ("review_status", "reviewer", "reviewed_at"),
                     ("job", "prompt_index"),
                 )
@@ -158,6 +176,8 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     def chosen_col(self, obj):
         if obj.review_status == GeneratedPair.Review.EDITED and obj.edited_text:
             return format_html('{}<span class="pair-note">edited</span>', _cell(obj.edited_text))
+        if obj.empty_response:  # left out of the export unless asked for: say why at a glance
+            return format_html('{}<span class="pair-note">empty response</span>', _cell(obj.chosen))
         return _cell(obj.chosen)
 
     @admin.display(description="plain pi_post")
@@ -168,9 +188,13 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     def rejected_col(self, obj):
         return _cell(obj.rejected)
 
-    @admin.display(description="implicit", ordering="implicit_reward")
+    @admin.display(description="implicit (sum)", ordering="implicit_reward_sum")
     def implicit_col(self, obj):
-        return "-" if obj.implicit_reward is None else f"{obj.implicit_reward:.3f}"
+        return "-" if obj.implicit_reward_sum is None else f"{obj.implicit_reward_sum:.3f}"
+
+    @admin.display(description="per token", ordering="implicit_reward_mean")
+    def implicit_mean_col(self, obj):
+        return "-" if obj.implicit_reward_mean is None else f"{obj.implicit_reward_mean:.3f}"
 
     @admin.display(description="gold", ordering="gold_reward")
     def gold_col(self, obj):

@@ -208,7 +208,20 @@ class GeneratedPair(models.Model):
     chosen = models.TextField(help_text="The contrastive-decoding response.")
     rejected = models.TextField(null=True, blank=True)
     plain = models.TextField(null=True, blank=True, help_text="Plain pi_post sample, when made.")
-    implicit_reward = models.FloatField(null=True, blank=True)
+    # Two named numbers, never one "implicit_reward": the implicit reward of docs/METHOD.md is the sum; the
+    # per-token mean is what a stored row held before migration 0011 (whose sum is unknown, so null).
+    implicit_reward_sum = models.FloatField(
+        null=True, blank=True, help_text="Implicit reward: log pi_post - log pi_pre summed over the response tokens."
+    )
+    implicit_reward_mean = models.FloatField(
+        null=True, blank=True, help_text="The implicit reward per token: the sum divided by n_tokens."
+    )
+    n_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Tokens in the generated response.")
+    empty_response = models.BooleanField(
+        default=False,
+        help_text="A generated response (chosen, or the rejected/plain one it is paired with) is empty or whitespace "
+        "only; the export leaves such pairs out unless asked (?include_empty=1).",
+    )
     gold_reward = models.FloatField(null=True, blank=True)
     score_error = models.TextField(
         blank=True,

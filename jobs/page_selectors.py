@@ -28,11 +28,13 @@ def alpha_sweep(kind: str, results: Any) -> list[dict[str, float | None]]:
 
 
 def pair_points(*, job: Job, limit: int = 600) -> list[list[float]]:
-    """(implicit reward, gold reward) of the job's generated pairs that have both, for the scatter plot."""
+    """(implicit reward, gold reward) of the job's generated pairs that have both, for the scatter plot. The
+    implicit reward summed over tokens, as the sweep and method points report it (one unit on one axis);
+    pairs stored before sums were (migration 0011) have none and are left out."""
     qs = (
-        GeneratedPair.objects.filter(job=job, implicit_reward__isnull=False, gold_reward__isnull=False)
+        GeneratedPair.objects.filter(job=job, implicit_reward_sum__isnull=False, gold_reward__isnull=False)
         .order_by("prompt_index")
-        .values_list("implicit_reward", "gold_reward")[:limit]
+        .values_list("implicit_reward_sum", "gold_reward")[:limit]
     )
     return [[float(a), float(b)] for a, b in qs if a is not None and b is not None]
 

@@ -80,13 +80,25 @@ def job_events(*, job: Job, after: int = 0, limit: int | None = None) -> QuerySe
 
 
 def job_pairs(
-    *, job: Job, review_status: str | None = None, min_reward: float | None = None, search: str | None = None
+    *,
+    job: Job,
+    review_status: str | None = None,
+    min_reward_sum: float | None = None,
+    min_reward_mean: float | None = None,
+    empty_response: bool | None = None,
+    search: str | None = None,
 ) -> QuerySet[GeneratedPair]:
+    """A job's pairs by prompt index. Each reward bound names the number it compares (the implicit reward
+    summed over tokens, or per token); a pair without that number never passes it."""
     qs = GeneratedPair.objects.filter(job=job)
     if review_status:
         qs = qs.filter(review_status__in=review_status.split(","))
-    if min_reward is not None:
-        qs = qs.filter(implicit_reward__gte=min_reward)
+    if min_reward_sum is not None:
+        qs = qs.filter(implicit_reward_sum__gte=min_reward_sum)
+    if min_reward_mean is not None:
+        qs = qs.filter(implicit_reward_mean__gte=min_reward_mean)
+    if empty_response is not None:
+        qs = qs.filter(empty_response=empty_response)
     if search:
         qs = qs.filter(Q(prompt__icontains=search) | Q(chosen__icontains=search))
     return qs.order_by("prompt_index")

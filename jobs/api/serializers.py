@@ -232,7 +232,11 @@ class GeneratedPairSerializer(serializers.ModelSerializer):
             "chosen",
             "rejected",
             "plain",
-            "implicit_reward",
+            # Named for the number each holds (models.GeneratedPair; docs/API.md): the sum is the implicit reward.
+            "implicit_reward_sum",
+            "implicit_reward_mean",
+            "n_tokens",
+            "empty_response",
             "gold_reward",
             "score_error",
             "alpha",

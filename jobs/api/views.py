@@ -60,6 +60,40 @@ def int_param(params, key: str, default: int, bounds: tuple[int, int] | None = N
     return value
 
 
+def float_param(params, key: str) -> float | None:
+    """A finite number, or None when absent or empty; else a 400 on ``key`` (nan would match nothing, silently)."""
+    raw = params.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise ValidationError({key: [f"{key} must be a finite number, got {raw!r}"]})
+    return value
+
+
+def bool_param(params, key: str) -> bool | None:
+    """1/true/yes or 0/false/no (any case), None when absent or empty; else a 400 on ``key``."""
+    raw = str(params.get(key) or "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "true", "yes"):
+        return True
+    if raw in ("0", "false", "no"):
+        return False
+    raise ValidationError({key: [f"{key} must be one of 1, true, yes, 0, false, no; got {params.get(key)!r}"]})
+
+
+# The pairs' implicit reward was one ambiguous number (a per-token mean the docs did not describe); the filter
+# on it is refused with the names that replaced it rather than silently re-read as one of them.
+GONE_PAIR_FILTERS = {
+    "min_reward": "min_reward is gone: use min_reward_sum (the implicit reward, summed over response tokens) or "
+    "min_reward_mean (per token)",
+}
+
+
 class TooManyActiveJobs(APIException):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_code = "too_many_active_jobs"
@@ -298,7 +332,17 @@ class JobPairsView(ServiceAPIView):
         "model's), with their rewards and review state, in prompt order.",
         parameters=[
             OpenApiParameter("review_status", str, description="Only these review states, comma-separated."),
-            OpenApiParameter("min_reward", float, description="Only pairs with an implicit reward at least this."),
+            OpenApiParameter(
+                "min_reward_sum",
+                float,
+                description="Only pairs whose implicit reward (summed over response tokens) is at least this.",
+            ),
+            OpenApiParameter(
+                "min_reward_mean", float, description="Only pairs whose implicit reward per token is at least this."
+            ),
+            OpenApiParameter(
+                "empty_response", bool, description="Only pairs with (true) or without (false) an empty response."
+            ),
             OpenApiParameter(
                 "search", str, description="Only pairs with this text in the prompt or the chosen response."
             ),
@@ -308,14 +352,17 @@ class JobPairsView(ServiceAPIView):
     def get(self, request, pk):
         job = self.get_job(request, pk)
         q = request.query_params
-        try:
-            min_reward = float(q["min_reward"]) if q.get("min_reward") not in (None, "") else None
-        except ValueError:
-            min_reward = math.nan
-        if min_reward is not None and not math.isfinite(min_reward):  # nan matches nothing, silently
-            raise ValidationError({"min_reward": [f"min_reward must be a finite number, got {q['min_reward']!r}"]})
-        review_status = choice_list(q, "review_status", GeneratedPair.Review.values)
-        qs = selectors.job_pairs(job=job, review_status=review_status, min_reward=min_reward, search=q.get("search"))
+        gone = {k: [msg] for k, msg in GONE_PAIR_FILTERS.items() if k in q}
+        if gone:
+            raise ValidationError(gone)
+        qs = selectors.job_pairs(
+            job=job,
+            review_status=choice_list(q, "review_status", GeneratedPair.Review.values),
+            min_reward_sum=float_param(q, "min_reward_sum"),
+            min_reward_mean=float_param(q, "min_reward_mean"),
+            empty_response=bool_param(q, "empty_response"),
+            search=q.get("search"),
+        )
         return self.paginate(request, qs, s.GeneratedPairSerializer)
 
 
@@ -343,13 +390,21 @@ class PairsExportView(ServiceAPIView):
         description="The pairs not rejected, as preference JSONL (one JSON object per line: prompt, chosen, "
         "rejected, ...), streamed as a file download. The body is application/jsonl unless the request's "
         "Accept prefers application/octet-stream (generated clients read that one as bytes); the bytes "
-        "are the same.",
+        "are the same. Pairs with an empty response are left out unless include_empty is true.",
+        parameters=[
+            OpenApiParameter(
+                "include_empty",
+                bool,
+                description="Also export pairs with an empty (whitespace-only) chosen or rejected response.",
+            ),
+        ],
         responses={(200, media): OpenApiTypes.BINARY for media in EXPORT_TYPES},
     )
     def get(self, request, pk):
         job = self.get_job(request, pk)
+        include_empty = bool(bool_param(request.query_params, "include_empty"))  # checked before streaming starts
         media = request.get_preferred_type(EXPORT_TYPES) or EXPORT_TYPES[0]
-        resp = StreamingHttpResponse(services.pairs_export(job=job), content_type=media)
+        resp = StreamingHttpResponse(services.pairs_export(job=job, include_empty=include_empty), content_type=media)
         resp["Content-Disposition"] = f'attachment; filename="job-{job.pk}-pairs.jsonl"'
         return resp
 

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from jobs.models import Artifact, GeneratedPair, Job
 from jobs.services._common import _err, _is_number
+from ml.io import is_empty_response
 
 
 def artifact_record(*, job_id: int, stage: str, kind: str, path: str, partial: bool = False) -> Artifact:
@@ -19,21 +20,43 @@ def artifact_record(*, job_id: int, stage: str, kind: str, path: str, partial: b
     return art
 
 
+def _number(x: Any) -> float | None:
+    return float(x) if _is_number(x) else None
+
+
+def _count(x: Any) -> int | None:
+    # PositiveIntegerField: 0 .. 2**31 - 1 on every backend.
+    return x if isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**31 else None
+
+
+def pair_is_empty(chosen: Any, rejected: Any) -> bool:
+    """No usable pair: the chosen response, or the rejected one it is paired with (when there is one), is empty
+    or whitespace only (ml.io.is_empty_response; the training stages drop the same rows)."""
+    return is_empty_response(chosen) or (rejected is not None and is_empty_response(rejected))
+
+
 def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tuple[GeneratedPair, bool]:
-    """Mirror one generated row (samples.jsonl) as a GeneratedPair; never duplicates."""
-    reward = row.get("implicit_reward_mean", row.get("implicit_reward"))
+    """Mirror one generated row (samples.jsonl, ml.stages.generate) as a GeneratedPair; never duplicates.
+
+    The row's ``implicit_reward_sum`` and ``implicit_reward_mean`` are stored under those names; a row with only
+    an unnamed ``implicit_reward`` stores neither (which one it is cannot be told)."""
+    chosen = str(row.get("response", ""))
+    rejected, plain = row.get("rejected"), row.get("plain")
     return GeneratedPair.objects.get_or_create(
         job_id=job_id,
         prompt_index=int(row["index"]) + index_offset,
         defaults={
             "prompt": str(row.get("prompt", "")),
-            "chosen": str(row.get("response", "")),
-            "rejected": row.get("rejected"),
-            "plain": row.get("plain"),
-            "implicit_reward": float(reward) if reward is not None and _is_number(reward) else None,
-            "gold_reward": float(row["gold"]) if _is_number(row.get("gold")) else None,
+            "chosen": chosen,
+            "rejected": rejected,
+            "plain": plain,
+            "implicit_reward_sum": _number(row.get("implicit_reward_sum")),
+            "implicit_reward_mean": _number(row.get("implicit_reward_mean")),
+            "n_tokens": _count(row.get("n_tokens")),
+            "empty_response": pair_is_empty(chosen, rejected if rejected is not None else plain),
+            "gold_reward": _number(row.get("gold")),
             "score_error": str(row.get("score_error") or ""),
-            "alpha": float(row["alpha"]) if _is_number(row.get("alpha")) else None,
+            "alpha": _number(row.get("alpha")),
         },
     )
 
@@ -57,11 +80,13 @@ def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = ""
     return pair
 
 
-def pairs_export(*, job: Job) -> Iterable[str]:
+def pairs_export(*, job: Job, include_empty: bool = False) -> Iterable[str]:
     """TRL preference JSONL: prompt/chosen/rejected; rejected-by-review pairs skipped, edits applied.
 
     Pairs without a rejected response (plain CD generation) export prompt/completion-style
-    prompt/chosen rows with rejected set to the plain sample when there is one.
+    prompt/chosen rows with rejected set to the plain sample when there is one. Rows with an empty side are
+    left out unless ``include_empty`` (they teach nothing but "stop now"); the rule reads the texts written, so a
+    reviewer's edit that gives an empty chosen response text brings its pair back.
     """
     for p in (
         GeneratedPair.objects.filter(job=job)
@@ -71,6 +96,8 @@ def pairs_export(*, job: Job) -> Iterable[str]:
     ):
         chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
         rejected = p.rejected if p.rejected is not None else p.plain
+        if not include_empty and pair_is_empty(chosen, rejected):
+            continue
         row = {"prompt": p.prompt, "chosen": chosen}
         if rejected is not None:
             row["rejected"] = rejected

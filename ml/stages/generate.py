@@ -220,6 +220,7 @@ def _run(
                 {
                     "stage": stage,
                     **{key: r[key] for key in ("index", "sample", "prompt", "response")},
+                    "implicit_reward_sum": r.get("implicit_reward_sum"),
                     "implicit_reward_mean": r.get("implicit_reward_mean"),
                 }
             )

@@ -156,8 +156,10 @@
       block.textContent = text;
       const meta = [];
       if (col === "strong" && label) meta.push(label);
-      const r = d.implicit_reward_mean ?? d.implicit_mean ?? d.implicit_reward;
-      if (typeof r === "number") meta.push(`implicit ${r.toFixed(3)}`);
+      // Two named numbers (docs/ML.md): the implicit reward is the sum over tokens; the mean is per token.
+      const sum = d.implicit_reward_sum ?? d.implicit_sum, mean = d.implicit_reward_mean ?? d.implicit_mean;
+      if (typeof sum === "number") meta.push(`implicit ${sum.toFixed(3)}`);
+      if (typeof mean === "number") meta.push(`per token ${mean.toFixed(3)}`);
       if (typeof d.gold === "number") meta.push(`gold ${d.gold.toFixed(3)}`);
       if (meta.length) { const m = document.createElement("span"); m.className = "meta"; m.textContent = meta.join(" · "); block.appendChild(m); }
       cell.appendChild(block);

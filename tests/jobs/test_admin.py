@@ -39,7 +39,7 @@ def pairs(user):
             chosen="good good film",
             plain="bad plot",
             rejected="awful acting",
-            implicit_reward=-2.0,
+            implicit_reward_sum=-2.0,
             gold_reward=0.1,
         ),
         dict(
@@ -49,7 +49,7 @@ def pairs(user):
             chosen="great acting",
             plain="not good",
             rejected=None,
-            implicit_reward=0.5,
+            implicit_reward_sum=0.5,
             gold_reward=0.6,
         ),
         dict(
@@ -59,7 +59,7 @@ def pairs(user):
             chosen="very good plot",
             plain=None,
             rejected=None,
-            implicit_reward=3.0,
+            implicit_reward_sum=3.0,
             gold_reward=None,
         ),
         dict(
@@ -69,7 +69,7 @@ def pairs(user):
             chosen="the film",
             plain="a film",
             rejected=None,
-            implicit_reward=1.0,
+            implicit_reward_sum=1.0,
             gold_reward=0.9,
         ),
     ]
@@ -156,6 +156,28 @@ def test_reward_range_filters(client, reviewer, pairs):
     # The offered choices are quartile ranges of the stored values, plus "no value".
     html = client.get(LIST).content.decode()
     assert "?implicit=none" in html and "?gold=none" in html and "implicit=%3A" in html
+
+
+def test_implicit_filters_name_the_sum_and_the_mean_and_empty_pairs_are_marked(client, reviewer, pairs):
+    """``implicit`` ranges over the implicit reward (the sum over tokens), ``implicit_mean`` over the per-token
+    mean: a pair with a large sum over many tokens has a small mean, and each filter sees its own number."""
+    client.force_login(reviewer)
+    a, b, c, d = pairs
+    for p, mean in ((a, -0.1), (b, 0.05), (c, 0.1), (d, 0.5)):
+        p.implicit_reward_mean = mean
+        p.save(update_fields=["implicit_reward_mean"])
+    assert _listed_ids(client.get(f"{LIST}?implicit=1:").content.decode()) == {c.pk, d.pk}
+    assert _listed_ids(client.get(f"{LIST}?implicit_mean=0.2:").content.decode()) == {d.pk}
+    assert _listed_ids(client.get(f"{LIST}?implicit_mean=:0").content.decode()) == {a.pk}
+    html = client.get(LIST).content.decode().lower()
+    assert "implicit (sum)" in html and "per token" in html and "0.500" in html
+    # An empty response is flagged in its column and can be listed on its own.
+    b.chosen, b.empty_response = " ", True
+    b.save(update_fields=["chosen", "empty_response"])
+    assert _listed_ids(client.get(f"{LIST}?empty_response__exact=1").content.decode()) == {b.pk}
+    assert "empty response" in client.get(f"{LIST}?empty_response__exact=1").content.decode()
+    form = client.get(f"{LIST}{b.pk}/change/").content.decode()
+    assert "empty response" in form and "per token 0.050" in form and "implicit 0.500" in form
 
 
 def test_other_admin_pages_load_for_superuser(client, django_user_model, pairs):

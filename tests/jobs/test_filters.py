@@ -2,7 +2,8 @@
 naming the query key it came in (never a silent empty list, never another key's name).
 
 - ``GET /jobs/?status=a,b&kind=c&page=N`` (comma lists; 50 per page, newest first)
-- ``GET /jobs/{id}/pairs/?review_status=a,b&min_reward=X&search=S`` (paginated, by prompt index)
+- ``GET /jobs/{id}/pairs/?review_status=a,b&min_reward_sum=X&min_reward_mean=Y&empty_response=B&search=S``
+  (paginated, by prompt index)
 - ``GET /jobs/{id}/events/?after=SEQ&limit=M`` (seq > after, at most M, by seq)
 
 Every assertion is on the exact ids, so a filter that returns too much (dropped) or too little (ANDed
@@ -106,26 +107,37 @@ def test_job_list_pagination_page_two(user, other_user):
 @pytest.fixture
 def pairs_job(user, other_user):
     job = Job.objects.create(owner=user, kind="cd_generate", status="succeeded", config={})
-    spec = [  # (review_status, implicit_reward, prompt, chosen)
-        ("pending", 0.5, "the movie was", "good film"),
-        ("approved", 0.05, "the plot", "a great movie"),
-        ("approved", 0.2, "the acting", "very bad"),
-        ("rejected", 0.9, "the movie 3", "awful"),
-        ("pending", None, "the movie 4", "unscored"),
-        ("edited", 0.3, "MOVIE time", "fine"),
-        ("pending", 0.1, "plain", "ok"),
+    # (review_status, implicit reward sum, its per-token mean, prompt, chosen): the sums and the means order the
+    # pairs differently (token counts differ), so a filter reading the wrong one fails.
+    spec = [
+        ("pending", 0.5, 0.05, "the movie was", "good film"),
+        ("approved", 0.05, 0.05, "the plot", "a great movie"),
+        ("approved", 0.2, 0.1, "the acting", "very bad"),
+        ("rejected", 0.9, 0.3, "the movie 3", "awful"),
+        ("pending", None, None, "the movie 4", "unscored"),
+        ("edited", 0.3, 0.3, "MOVIE time", "fine"),
+        ("pending", 0.1, 0.01, "plain", " "),
     ]
     pairs = [
         GeneratedPair.objects.create(
-            job=job, prompt_index=i, prompt=p, chosen=ch, implicit_reward=r, review_status=st, alpha=0.4
+            job=job,
+            prompt_index=i,
+            prompt=p,
+            chosen=ch,
+            implicit_reward_sum=rs,
+            implicit_reward_mean=rm,
+            empty_response=not ch.strip(),
+            review_status=st,
+            alpha=0.4,
         )
-        for i, (st, r, p, ch) in enumerate(spec)
+        for i, (st, rs, rm, p, ch) in enumerate(spec)
     ]
     # Another job's pairs (Alice's and Bob's) never leak into this job's list.
+    big = {"implicit_reward_sum": 5.0, "implicit_reward_mean": 5.0}
     other = Job.objects.create(owner=user, kind="cd_generate", status="succeeded", config={})
-    GeneratedPair.objects.create(job=other, prompt_index=0, prompt="the movie", chosen="x", implicit_reward=5.0)
+    GeneratedPair.objects.create(job=other, prompt_index=0, prompt="the movie", chosen="x", **big)
     bobs = Job.objects.create(owner=other_user, kind="cd_generate", status="succeeded", config={})
-    GeneratedPair.objects.create(job=bobs, prompt_index=0, prompt="the movie", chosen="x", implicit_reward=5.0)
+    GeneratedPair.objects.create(job=bobs, prompt_index=0, prompt="the movie", chosen="x", **big)
     return job, [p.pk for p in pairs]
 
 
@@ -136,24 +148,33 @@ def test_pairs_filters_each_and_combined(user, pairs_job):
     assert _ids(c.get(url)) == pk
     assert _ids(c.get(url + "?review_status=pending,approved")) == [pk[0], pk[1], pk[2], pk[4], pk[6]]
     assert _ids(c.get(url + "?review_status=edited")) == [pk[5]]
-    # min_reward is inclusive; unscored pairs (no reward) never pass a min_reward filter.
-    assert _ids(c.get(url + "?min_reward=0.2")) == [pk[0], pk[2], pk[3], pk[5]]
-    assert _ids(c.get(url + "?min_reward=-1")) == [pk[i] for i in (0, 1, 2, 3, 5, 6)]
-    assert _ids(c.get(url + "?min_reward=")) == pk  # empty = no filter
+    # Each bound reads the number it names and is inclusive; unscored pairs (no reward) never pass one.
+    assert _ids(c.get(url + "?min_reward_sum=0.2")) == [pk[0], pk[2], pk[3], pk[5]]
+    assert _ids(c.get(url + "?min_reward_sum=-1")) == [pk[i] for i in (0, 1, 2, 3, 5, 6)]
+    assert _ids(c.get(url + "?min_reward_mean=0.1")) == [pk[2], pk[3], pk[5]]
+    assert _ids(c.get(url + "?min_reward_mean=0.05")) == [pk[0], pk[1], pk[2], pk[3], pk[5]]
+    assert _ids(c.get(url + "?min_reward_sum=0.2&min_reward_mean=0.1")) == [pk[2], pk[3], pk[5]]
+    assert _ids(c.get(url + "?min_reward_sum=&min_reward_mean=")) == pk  # empty = no filter
+    # empty_response: the flagged pairs, or all the others.
+    assert _ids(c.get(url + "?empty_response=true")) == [pk[6]]
+    assert _ids(c.get(url + "?empty_response=0")) == pk[:6]
     # search: case-insensitive, in the prompt or the chosen response.
     assert _ids(c.get(url + "?search=movie")) == [pk[0], pk[1], pk[3], pk[4], pk[5]]
     assert _ids(c.get(url + "?search=BAD")) == [pk[2]]
-    combined = c.get(url + "?review_status=pending,approved&min_reward=0.1&search=movie")
+    combined = c.get(url + "?review_status=pending,approved&min_reward_sum=0.1&search=movie")
     assert _ids(combined) == [pk[0]] and combined.json()["count"] == 1
-    assert _ids(c.get(url + "?review_status=pending,approved&min_reward=0.01&search=movie")) == [pk[0], pk[1]]
+    assert _ids(c.get(url + "?review_status=pending,approved&min_reward_sum=0.01&search=movie")) == [pk[0], pk[1]]
+    assert _ids(c.get(url + "?review_status=pending,approved&min_reward_mean=0.1&search=movie")) == []
 
 
 @pytest.mark.parametrize(
     "query,key",
     [
-        ("min_reward=abc", "min_reward"),
-        ("min_reward=nan", "min_reward"),
-        ("min_reward=inf", "min_reward"),
+        ("min_reward_sum=abc", "min_reward_sum"),
+        ("min_reward_sum=inf", "min_reward_sum"),
+        ("min_reward_mean=nan", "min_reward_mean"),
+        ("min_reward_mean=-inf", "min_reward_mean"),
+        ("empty_response=maybe", "empty_response"),
         ("review_status=pending,maybe", "review_status"),
     ],
 )
@@ -161,6 +182,15 @@ def test_pairs_bad_values_are_400_naming_the_key(user, pairs_job, query, key):
     job, _ = pairs_job
     msg = _bad(_client(user).get(f"/api/v1/jobs/{job.pk}/pairs/?{query}"), key)
     assert query.split("=", 1)[1].split(",")[-1] in msg, msg
+
+
+@pytest.mark.parametrize("value", ["0.1", ""])
+def test_the_ambiguous_min_reward_is_refused_with_the_names_that_replace_it(user, pairs_job, value):
+    """``min_reward`` filtered on a per-token mean the docs did not describe; it is a 400 naming both new
+    filters, never silently read as one of them (nor ignored, which would return every pair)."""
+    job, _ = pairs_job
+    msg = _bad(_client(user).get(f"/api/v1/jobs/{job.pk}/pairs/?min_reward={value}"), "min_reward")
+    assert "min_reward_sum" in msg and "min_reward_mean" in msg, msg
 
 
 # --- events --------------------------------------------------------------------------------------------------

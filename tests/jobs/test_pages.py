@@ -343,7 +343,7 @@ def test_job_detail_results_table_and_plots(client, user, weak_pair, prompts_ds)
     Job.objects.filter(pk=job.pk).update(kind="cong", status="succeeded", results=PIPELINE_RESULTS)
     for i, (imp, gold) in enumerate([(0.5, 0.2), (1.5, 0.7)]):
         GeneratedPair.objects.create(
-            job=job, prompt_index=i, prompt=f"p{i}", chosen="c", implicit_reward=imp, gold_reward=gold
+            job=job, prompt_index=i, prompt=f"p{i}", chosen="c", implicit_reward_sum=imp, gold_reward=gold
         )
     client.force_login(user)
     html = client.get(f"/jobs/{job.pk}/").content.decode()
@@ -412,7 +412,20 @@ def test_scatter_falls_back_from_pairs_to_sweep_to_methods(user):
     assert page_selectors.scatter(job=job) == {"unit": "alphas", "points": [[2.0, 0.3, "alpha 0"]]}
     job.kind, job.results = "cong", PIPELINE_RESULTS
     assert page_selectors.scatter(job=job)["points"] == [[-1.5, 0.25, "WeakSFT"], [2.25, 0.61, "ConG"]]
-    GeneratedPair.objects.create(job=job, prompt_index=0, prompt="p", chosen="c", implicit_reward=1.0, gold_reward=0.5)
+    # A pair stored before sums were (only a per-token mean) is not a point: one unit, the sum, on the x axis.
+    GeneratedPair.objects.create(
+        job=job, prompt_index=1, prompt="p", chosen="c", implicit_reward_mean=0.1, gold_reward=0.5
+    )
+    assert page_selectors.scatter(job=job)["unit"] == "methods"
+    GeneratedPair.objects.create(
+        job=job,
+        prompt_index=0,
+        prompt="p",
+        chosen="c",
+        implicit_reward_sum=1.0,
+        implicit_reward_mean=0.25,
+        gold_reward=0.5,
+    )
     assert page_selectors.scatter(job=job) == {"unit": "pairs", "points": [[1.0, 0.5, ""]]}
 
 

@@ -37,8 +37,17 @@ def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, wea
     prompts = [world.sample_prompt(rng) for _ in range(3)]
     responses = [world.sample_response(p, rng) for p in prompts]
     responses[0] = "broken"  # scored too: gold penalises a broken template
+    # The implicit reward as ml.stages.generate writes it: the sum over tokens, the mean per token, the count.
     rows = [
-        {"index": i, "sample": 0, "prompt": prompts[i], "response": responses[i], "implicit_reward_mean": 0.1 * i}
+        {
+            "index": i,
+            "sample": 0,
+            "prompt": prompts[i],
+            "response": responses[i],
+            "n_tokens": 4 + i,
+            "implicit_reward_sum": 0.1 * i * (4 + i),
+            "implicit_reward_mean": 0.1 * i,
+        }
         for i in range(3)
     ]
     gold = get_gold("toy:review")
@@ -52,8 +61,23 @@ def test_mirror_scores_pairs_with_the_gold_reward_and_never_duplicates(user, wea
     assert [p.prompt_index for p in pairs] == [0, 1, 2]
     for p, r in zip(pairs, rows):
         assert p.gold_reward == pytest.approx(gold(r["prompt"], r["response"]))
-        assert p.implicit_reward == pytest.approx(r["implicit_reward_mean"])
+        assert p.implicit_reward_sum == pytest.approx(r["implicit_reward_sum"])
+        assert p.implicit_reward_mean == pytest.approx(r["implicit_reward_mean"])
+        assert p.n_tokens == r["n_tokens"] and p.empty_response is False
     assert pairs[0].gold_reward != pairs[1].gold_reward  # a real score, not a constant
+
+
+def test_mirror_flags_empty_responses(user, weak_pair, prompts_ds, tmp_path):
+    """A response with nothing but whitespace (CD stopped at once) is stored, flagged as empty; others are not."""
+    job = _job(user, weak_pair, prompts_ds)
+    path = tmp_path / "samples.jsonl"
+    texts = ["good film", "", "  \n", "ok"]
+    path.write_text(
+        "".join(json.dumps({"index": i, "sample": 0, "prompt": "p", "response": t}) + "\n" for i, t in enumerate(texts))
+    )
+    assert PairMirror(job.pk, path).sync() == 4
+    pairs = GeneratedPair.objects.filter(job=job).order_by("prompt_index")
+    assert [(p.chosen, p.empty_response) for p in pairs] == [(t, not t.strip()) for t in texts]
 
 
 def test_preflight_runner_stores_the_verdict_in_results(user, weak_pair, model_root):

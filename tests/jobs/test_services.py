@@ -309,7 +309,8 @@ def test_pair_store_never_duplicates_and_export(user, weak_pair, prompts_ds):
     services.pair_store(job_id=job.pk, row={"index": 1, "prompt": "p1", "response": "cd1", "plain": "pl1"})
     services.pair_store(job_id=job.pk, row={"index": 2, "prompt": "p2", "response": "cd2"})
     pairs = {p.prompt_index: p for p in GeneratedPair.objects.filter(job=job)}
-    assert pairs[0].chosen == "cd0" and pairs[0].implicit_reward == 0.5
+    # Named numbers only: a row's mean is stored as the mean; no sum was given, so none is made up.
+    assert pairs[0].chosen == "cd0" and pairs[0].implicit_reward_mean == 0.5 and pairs[0].implicit_reward_sum is None
     services.pair_review(pair=pairs[0], user=user, action="edit", edited_text="better")
     services.pair_review(pair=pairs[2], user=user, action="reject")
     import json
@@ -318,6 +319,36 @@ def test_pair_store_never_duplicates_and_export(user, weak_pair, prompts_ds):
     assert rows == [{"prompt": "p0", "chosen": "better"}, {"prompt": "p1", "chosen": "cd1", "rejected": "pl1"}]
     with pytest.raises(ValidationError):
         services.pair_review(pair=pairs[1], user=user, action="edit", edited_text=" ")
+
+
+def test_pair_store_flags_empty_responses_and_export_leaves_them_out_unless_asked(user, weak_pair, prompts_ds):
+    import json
+
+    job = _job(user, weak_pair, prompts_ds)
+    rows = [
+        {"index": 0, "prompt": "p0", "response": "cd0"},
+        {"index": 1, "prompt": "p1", "response": ""},  # CD stopped at once
+        {"index": 2, "prompt": "p2", "response": " \n\t"},  # whitespace only
+        {"index": 3, "prompt": "p3", "response": "cd3", "plain": "  "},  # the side it is paired with is empty
+        {"index": 4, "prompt": "p4", "response": "cd4", "rejected": "", "plain": "pl4"},  # rejected wins over plain
+        {"index": 5, "prompt": "p5", "response": "cd5", "rejected": "r5"},
+    ]
+    for row in rows:
+        services.pair_store(job_id=job.pk, row=row)
+    flags = dict(GeneratedPair.objects.filter(job=job).values_list("prompt_index", "empty_response"))
+    assert flags == {0: False, 1: True, 2: True, 3: True, 4: True, 5: False}
+
+    def export(**kw):
+        return [json.loads(line)["prompt"] for line in services.pairs_export(job=job, **kw)]
+
+    assert export() == ["p0", "p5"]
+    assert export(include_empty=True) == ["p0", "p1", "p2", "p3", "p4", "p5"]
+    # A reviewer's edit gives an empty chosen text: the pair is exported again, still flagged as generated empty.
+    services.pair_review(
+        pair=GeneratedPair.objects.get(job=job, prompt_index=1), user=user, action="edit", edited_text="ok"
+    )
+    assert export() == ["p0", "p1", "p5"]
+    assert GeneratedPair.objects.get(job=job, prompt_index=1).empty_response is True
 
 
 def test_toyworld_register_is_idempotent_and_shared(model_root, tmp_path, other_user):
