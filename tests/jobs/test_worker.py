@@ -42,7 +42,9 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
     assert job.attempts == 1 and job.progress == 1.0
     pairs = GeneratedPair.objects.filter(job=job).order_by("prompt_index")
     assert [p.prompt_index for p in pairs] == list(range(6))
-    assert all(p.alpha == 0.3 and p.implicit_reward is not None for p in pairs)
+    assert all(
+        p.alpha == 0.3 and p.implicit_reward_sum is not None and p.implicit_reward_mean is not None for p in pairs
+    )
     assert pairs[0].prompt == "the movie 0 was"
     events = c.get(f"/api/v1/jobs/{job_id}/events/").json()
     seqs = [e["seq"] for e in events]
