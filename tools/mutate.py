@@ -128,7 +128,7 @@ MODULES = [
                 "datasets_visible",
             ]
         },
-        ["tests/jobs/test_privacy.py", "tests/jobs/test_ownership.py"],
+        ["tests/jobs/test_selectors.py", "tests/jobs/test_privacy.py", "tests/jobs/test_ownership.py"],
         ["-k", "not worker"],
     ),
     # Spec validation: the layered resolve and its checks.
