@@ -21,6 +21,7 @@ from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.permissions import SAFE_METHODS, AllowAny
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import APIView
@@ -29,12 +30,12 @@ from jobs import selectors, services
 from jobs.api import login_guard
 from jobs.api import serializers as s
 from jobs.api.parsers import SafeJSONParser, SafeMultiPartParser, too_large
+from jobs.api.renderers import EXPORT_TYPES, JsonlRenderer, OctetStreamRenderer
 from jobs.api.schema import TOO_MANY_REQUESTS, ApiSchema, KindSerializer
 from jobs.models import GeneratedPair, Job
 
 EVENTS_LIMIT = (1, 5000)  # GET /jobs/<id>/events/?limit=: the bounds ...
 EVENTS_LIMIT_DEFAULT = 1000  # ... and the default
-EXPORT_TYPES = ("application/jsonl", "application/octet-stream")  # the export's media types, the default first
 
 
 def choice_list(params, key: str, known: list[str]) -> str | None:
@@ -385,6 +386,14 @@ class PairReviewView(ServiceAPIView):
 
 
 class PairsExportView(ServiceAPIView):
+    renderer_classes = [JSONRenderer, JsonlRenderer, OctetStreamRenderer]  # JSON first: what */* gets
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        # An error is a Response (the download is not): JSON, as the schema says, whatever Accept asked for.
+        if isinstance(response, Response):
+            request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+        return super().finalize_response(request, response, *args, **kwargs)
+
     @extend_schema(
         summary="Export a job's pairs",
         description="The pairs not rejected, as preference JSONL (one JSON object per line: prompt, chosen, "

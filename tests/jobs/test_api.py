@@ -256,6 +256,9 @@ def test_pairs_list_review_export(user, other_user, job_body):
     res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/", HTTP_ACCEPT="application/octet-stream")
     assert res["Content-Type"] == "application/octet-stream"
     assert [json.loads(line)["prompt"] for line in b"".join(res.streaming_content).splitlines()] == ["p0", "p2"]
+    # ... and an error under that Accept is still the declared JSON body.
+    res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/?include_empty=maybe", HTTP_ACCEPT="application/octet-stream")
+    assert res.status_code == 400 and res["Content-Type"] == "application/json" and "include_empty" in res.json()
     assert GeneratedPair.objects.filter(job_id=job_id).count() == 3
 
 
@@ -289,7 +292,7 @@ DECLARED_ERRORS = {
     "jobs_events_list": AUTHED | {400, 404},
     "jobs_pairs_list": AUTHED | {400, 404},
     "jobs_pairs_review_create": AUTHED | {400, 404},
-    "jobs_pairs_export_retrieve": AUTHED | {404},
+    "jobs_pairs_export_retrieve": AUTHED | {400, 404},
     "jobs_results_retrieve": AUTHED | {404},
 }
 
