@@ -110,7 +110,7 @@ MODULES = [
     Module(
         "lifecycle",
         {"jobs/services/lifecycle.py": ["*"]},
-        ["tests/jobs/test_lifecycle.py", "tests/jobs/test_services.py"],
+        ["tests/jobs/test_lifecycle_mutants.py", "tests/jobs/test_lifecycle.py", "tests/jobs/test_services.py"],
         ["-k", "not worker"],
     ),
     # Visibility: who sees which job, model, dataset.

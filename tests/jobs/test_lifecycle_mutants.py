@@ -1,0 +1,247 @@
+"""Job-lifecycle guarantees that ``make mutate`` found unchecked (docs/TESTING.md lists the mutants): each
+transition's exact effect on the row, the attempt budget, who may still touch a job, and the reaper's three
+outcomes. Real database rows; the only stand-in is ``dispatch.send`` (the broker boundary), recorded instead
+of sent, where a test checks WHICH job would be sent."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import Artifact, Job, JobEvent
+from jobs.services import dispatch, lifecycle
+
+S = Job.Status
+pytestmark = pytest.mark.django_db
+
+
+def _job(user, **kw) -> Job:
+    kw.setdefault("config", {"spec": {"kind": "cd_generate"}})
+    return Job.objects.create(owner=user, kind="cd_generate", **kw)
+
+
+def _stale(settings) -> object:
+    return timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS + 5)
+
+
+def _statuses(job: Job) -> list[tuple[str, str]]:
+    rows = JobEvent.objects.filter(job=job, type=JobEvent.Type.STATUS).order_by("seq").values_list("data", flat=True)
+    return [(d["status"], d.get("message", "")) for d in rows]
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    out: list[int] = []
+    monkeypatch.setattr(dispatch, "send", lambda pk: out.append(pk) or True)
+    return out
+
+
+# --- cancel -------------------------------------------------------------------------------------------------
+def test_cancel_of_a_queued_job_ends_it_at_once_and_of_a_cancelling_one_is_a_no_op(user):
+    job = services.job_cancel(job=_job(user))
+    assert (job.status, job.cancel_requested, job.error) == (S.CANCELLED, True, "cancelled before it started")
+    assert job.finished is not None
+    assert _statuses(job) == [(S.CANCELLED, "cancelled before it started")]
+    running = _job(user, status=S.RUNNING)
+    running = services.job_cancel(job=running)
+    assert (running.status, running.cancel_requested, running.finished) == (S.CANCELLING, True, None)
+    assert [s for s, _ in _statuses(running)] == [S.CANCELLING]
+    again = services.job_cancel(job=running)  # already cancelling: no error, no second event
+    assert again.status == S.CANCELLING and len(_statuses(running)) == 1
+    with pytest.raises(ValidationError):
+        services.job_cancel(job=_job(user, status=S.SUCCEEDED))
+
+
+# --- retry --------------------------------------------------------------------------------------------------
+def test_retry_resets_every_field_of_the_attempt_and_sends_the_job_on_commit(
+    user, sent, django_capture_on_commit_callbacks
+):
+    now = timezone.now()
+    job = _job(
+        user,
+        status=S.FAILED,
+        attempts=3,
+        error="boom",
+        cancel_requested=True,
+        finished=now,
+        partial=True,
+        heartbeat_at=now,
+        task_id="t9",
+        worker="h:1",
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        job = services.job_retry(job=job)
+    assert (job.status, job.attempts, job.error, job.cancel_requested) == (S.QUEUED, 0, "", False)
+    assert (job.finished, job.partial, job.heartbeat_at, job.task_id, job.worker) == (None, False, None, "", "")
+    assert sent == [job.pk]
+    assert _statuses(job) == [(S.QUEUED, "retry requested")]
+
+
+def test_retry_of_a_job_stored_before_specs_stores_a_resolved_spec_first(user, sent):
+    job = _job(user, status=S.CANCELLED, config={"params": {}, "alpha": 0.25})
+    job = services.job_retry(job=job)
+    assert job.config["spec"]["kind"] == "cd_generate" and job.config["spec"]["alpha"] == 0.25
+    assert job.config["alpha"] == 0.25  # the old keys are kept beside it
+    # a stored spec is never re-resolved
+    kept = _job(user, status=S.FAILED, config={"spec": {"kind": "cd_generate", "mark": 1}})
+    assert services.job_retry(job=kept).config == {"spec": {"kind": "cd_generate", "mark": 1}}
+
+
+def test_retry_of_a_pre_spec_job_whose_settings_no_longer_pass_names_the_setting(user, sent):
+    job = _job(user, status=S.FAILED, config={"alpha": 7})
+    with pytest.raises(ValidationError) as exc:
+        services.job_retry(job=job)
+    assert "alpha" in exc.value.message_dict
+    job.refresh_from_db()
+    assert job.status == S.FAILED and "spec" not in job.config
+
+
+# --- claim --------------------------------------------------------------------------------------------------
+def test_a_claim_of_a_queued_job_records_the_attempt_worker_and_task(user):
+    job = _job(user)
+    got = services.job_claim(job_id=job.pk, task_id="t1")
+    assert (got.status, got.attempts, got.task_id, got.worker) == (S.RUNNING, 1, "t1", lifecycle.worker_name())
+    assert got.heartbeat_at is not None and got.started is not None and got.error == ""
+    assert _statuses(job) == [(S.RUNNING, f"attempt 1 of 3 started on {lifecycle.worker_name()}")]
+    first_start = got.started
+    Job.objects.filter(pk=job.pk).update(heartbeat_at=None)
+    again = services.job_claim(job_id=job.pk, task_id="t2")  # no heartbeat at all: the holder is gone
+    assert again.attempts == 2 and again.started == first_start  # started is the first attempt's
+
+
+def test_a_stale_running_job_is_reclaimed_with_the_lost_worker_named(user, settings):
+    job = _job(user, status=S.RUNNING, attempts=1, worker="box:7", task_id="old", heartbeat_at=_stale(settings))
+    got = services.job_claim(job_id=job.pk, task_id="new")
+    assert got.attempts == 2 and got.error == "worker box:7 was lost during attempt 1"
+    assert _statuses(job)[-1][1].endswith("(after: worker box:7 was lost during attempt 1)")
+
+
+def test_a_claim_is_refused_for_a_live_holder_a_finished_job_or_no_job(user):
+    live = _job(user, status=S.RUNNING, attempts=1, task_id="t1", heartbeat_at=timezone.now())
+    assert services.job_claim(job_id=live.pk, task_id="t2") is None
+    assert services.job_claim(job_id=live.pk) is None
+    assert Job.objects.get(pk=live.pk).attempts == 1
+    for status in (S.SUCCEEDED, S.FAILED, S.CANCELLED):
+        assert services.job_claim(job_id=_job(user, status=status).pk, task_id="t") is None
+    assert services.job_claim(job_id=10**9, task_id="t") is None
+
+
+def test_past_its_attempt_budget_a_job_fails_with_the_last_error(user, settings):
+    job = _job(user, status=S.RUNNING, attempts=3, max_attempts=3, heartbeat_at=_stale(settings), worker="w:1")
+    assert services.job_claim(job_id=job.pk, task_id="t") is None
+    job.refresh_from_db()
+    msg = "gave up after 3 attempts; last error: worker w:1 was lost during attempt 3"
+    assert (job.status, job.error) == (S.FAILED, msg) and job.finished is not None
+    # a queued job at its budget fails too, naming 'worker lost' when there is no error
+    q = _job(user, attempts=2, max_attempts=2)
+    assert services.job_claim(job_id=q.pk) is None
+    q.refresh_from_db()
+    assert (q.status, q.error) == (S.FAILED, "gave up after 2 attempts; last error: worker lost")
+    # one attempt below the budget still runs
+    ok = _job(user, attempts=1, max_attempts=2)
+    assert services.job_claim(job_id=ok.pk).attempts == 2
+
+
+# --- heartbeat, progress, finish, fail, mark_cancelled --------------------------------------------------------
+def test_a_heartbeat_counts_only_for_the_holding_task_of_a_running_job(user, settings):
+    old = _stale(settings)
+    job = _job(user, status=S.RUNNING, task_id="t1", heartbeat_at=old)
+    assert services.job_heartbeat(job_id=job.pk, task_id="t2") is False
+    assert Job.objects.get(pk=job.pk).heartbeat_at == old
+    assert services.job_heartbeat(job_id=job.pk, task_id="t1") is True
+    assert Job.objects.get(pk=job.pk).heartbeat_at > old
+    assert services.job_heartbeat(job_id=job.pk) is True
+    assert services.job_heartbeat(job_id=_job(user, status=S.CANCELLING).pk) is True
+    assert services.job_heartbeat(job_id=_job(user).pk) is False  # queued: nobody's
+
+
+def test_progress_is_clamped_to_0_1(user):
+    job = _job(user)
+    for given, stored in ((1.7, 1.0), (-0.2, 0.0), (0.25, 0.25)):
+        services.job_set_progress(job_id=job.pk, stage="generate", progress=given)
+        job.refresh_from_db()
+        assert (job.stage, job.progress) == ("generate", stored)
+
+
+def test_finish_stores_results_and_clears_the_attempts_error(user):
+    job = _job(user, status=S.RUNNING, task_id="t1", error="earlier", partial=True, progress=0.3)
+    assert services.job_finish(job_id=job.pk, results={"a": 1}, task_id="other") is False
+    assert services.job_finish(job_id=job.pk, results={"a": 1}, task_id="t1") is True
+    job.refresh_from_db()
+    assert (job.status, job.results, job.progress, job.error, job.partial) == (S.SUCCEEDED, {"a": 1}, 1.0, "", False)
+    assert job.finished is not None and _statuses(job) == [(S.SUCCEEDED, "job succeeded")]
+    assert services.job_finish(job_id=_job(user).pk) is False  # queued: not finishable
+    assert services.job_finish(job_id=_job(user, status=S.CANCELLING).pk) is True
+
+
+def test_fail_keeps_5000_characters_and_a_task_can_fail_only_its_own_attempt(user):
+    job = _job(user, status=S.RUNNING, task_id="t1")
+    assert services.job_fail(job_id=job.pk, error="x", task_id="t2") is False
+    assert services.job_fail(job_id=job.pk, error="e" * 6000, task_id="t1") is True
+    job.refresh_from_db()
+    assert job.status == S.FAILED and job.error == "e" * 5000 and job.finished is not None
+    assert _statuses(job) == [(S.FAILED, "e" * 2000)]
+    queued = _job(user, task_id="t1")
+    assert services.job_fail(job_id=queued.pk, error="x", task_id="t1") is False  # requeued: not ours
+    assert services.job_fail(job_id=queued.pk, error="x") is True  # without a task: the job's own failure
+    assert services.job_fail(job_id=_job(user, status=S.CANCELLING).pk, error="x") is True
+    assert services.job_fail(job_id=_job(user, status=S.SUCCEEDED).pk, error="x") is False
+
+
+def test_mark_cancelled_keeps_results_and_marks_them_and_the_artifacts_partial(user):
+    job = _job(user, status=S.CANCELLING, task_id="t1")
+    Artifact.objects.create(job=job, stage="generate", kind="samples", path="/x")
+    other = _job(user, status=S.RUNNING)
+    Artifact.objects.create(job=other, stage="generate", kind="samples", path="/y")
+    assert services.job_mark_cancelled(job_id=job.pk, results={"n": 2}, task_id="t2") is False
+    assert not Artifact.objects.filter(job=job, partial=True).exists()
+    assert services.job_mark_cancelled(job_id=job.pk, results={"n": 2}, task_id="t1") is True
+    job.refresh_from_db()
+    assert (job.status, job.partial, job.results) == (S.CANCELLED, True, {"n": 2}) and job.finished is not None
+    assert Artifact.objects.get(job=job).partial is True and Artifact.objects.get(job=other).partial is False
+    assert _statuses(job) == [(S.CANCELLED, "cancelled; partial results kept")]
+    assert services.job_mark_cancelled(job_id=_job(user).pk) is False  # queued: cancel() ends those
+    assert services.job_mark_cancelled(job_id=_job(user, status=S.RUNNING).pk) is True
+
+
+def test_cancel_requested_reads_the_flag(user):
+    assert services.cancel_requested(job_id=_job(user, cancel_requested=True).pk) is True
+    assert services.cancel_requested(job_id=_job(user).pk) is False
+    assert services.cancel_requested(job_id=10**9) is False
+
+
+# --- the reaper -----------------------------------------------------------------------------------------------
+def test_the_reaper_requeues_fails_or_cancels_stale_jobs_and_leaves_live_ones(user, settings, sent):
+    old = _stale(settings)
+    requeue = _job(user, status=S.RUNNING, attempts=1, worker="w:1", task_id="t", heartbeat_at=old)
+    give_up = _job(user, status=S.RUNNING, attempts=3, max_attempts=3, worker="w:2", heartbeat_at=old)
+    cancel = _job(user, status=S.CANCELLING, attempts=1, cancel_requested=True, heartbeat_at=None)
+    live = _job(user, status=S.RUNNING, attempts=1, heartbeat_at=timezone.now())
+    done = services.jobs_reap_stale(send=True)
+    assert sorted(done) == sorted([(requeue.pk, "requeued"), (give_up.pk, "failed"), (cancel.pk, "cancelled")])
+    assert sent == [requeue.pk]
+    requeue.refresh_from_db()
+    lost = "worker w:1 stopped sending heartbeats during attempt 1"
+    assert (requeue.status, requeue.error, requeue.task_id, requeue.worker) == (S.QUEUED, lost, "", "")
+    assert _statuses(requeue) == [(S.QUEUED, f"requeued: {lost}")]
+    give_up.refresh_from_db()
+    msg = "gave up after 3 attempts; last error: worker w:2 stopped sending heartbeats during attempt 3"
+    assert (give_up.status, give_up.error) == (S.FAILED, msg) and give_up.finished is not None
+    cancel.refresh_from_db()
+    assert (cancel.status, cancel.partial) == (S.CANCELLED, True) and cancel.finished is not None
+    assert cancel.error == "worker ? stopped sending heartbeats during attempt 1"
+    assert Job.objects.get(pk=live.pk).status == S.RUNNING
+    assert services.jobs_reap_stale(send=True) == []  # nothing left to do
+
+
+def test_the_reaper_without_send_requeues_but_sends_nothing(user, settings, sent):
+    job = _job(user, status=S.RUNNING, attempts=1, heartbeat_at=_stale(settings))
+    pending = _job(user, send_pending=True)
+    assert services.jobs_reap_stale(send=False) == [(job.pk, "requeued")]
+    assert sent == []
+    assert services.jobs_reap_stale(send=True) == [(pending.pk, "resent")]
+    assert sent == [pending.pk]
