@@ -76,7 +76,7 @@ MODULES = [
                 "implicit_rewards",
             ]
         },
-        ["tests/ml/test_scoring.py", "tests/ml/test_contrastive.py"],
+        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_scoring.py", "tests/ml/test_contrastive.py"],
     ),
     # SFT data and labels: the pair loading and encoding (the label mask is prompt -> -100 in _train's
     # collator/encoding, which DPO and WSPO share).
@@ -86,7 +86,7 @@ MODULES = [
             "ml/stages/sft.py": ["load_pairs", "load_encoded_pairs"],
             "ml/stages/_train.py": ["encode_prompt", "encode_response", "encode_pair", "pad_collate"],
         },
-        ["tests/ml/test_masks.py", "tests/ml/test_stages_sft.py"],
+        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_masks.py", "tests/ml/test_stages_sft.py"],
         preload=["trl", "transformers.trainer"],
     ),
     # DPO data: pairing weak/strong responses into preferences, the filter, the implicit-reward sums.
@@ -103,7 +103,7 @@ MODULES = [
             "ml/stages/wspo.py": ["wspo_loss", "map_token_values", "_offsets", "weak_targets"],
             "ml/stages/_train.py": ["shifted_token_logps"],
         },
-        ["tests/ml/test_stages_wspo.py"],
+        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_stages_wspo.py"],
         preload=["transformers.trainer"],
     ),
     # Job lifecycle: cancel/retry/claim/heartbeat/finish/fail and the stale-job reaper.

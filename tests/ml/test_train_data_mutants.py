@@ -1,0 +1,82 @@
+"""Data and loss guarantees of the training stages and of teacher-forced scoring, checked on the pure
+functions (``make mutate``, docs/TESTING.md lists the mutants each kills): where a too-long pair is cut,
+what padding holds, which log-prob sits at which position, and the per-pair reward summary."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ml.scoring import _fit, _reward_dicts
+from ml.stages._train import encode_pair, encode_response, pad_collate, shifted_token_logps
+from ml.tiny import word_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return word_tokenizer("a b c d e f g h".split())  # a..h = ids 4..11, eos = 2
+
+
+def test_encode_pair_appends_eos_and_cuts_prompt_start_then_response_end(tok):
+    """Under the limit nothing is cut and the response ends with eos; over it the prompt keeps its END
+    (at most half the budget), the response keeps its START, and the pair fits the limit exactly."""
+    p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False)
+    assert (p, r) == ([4, 5, 6, 7, 8], [9, 10, 11, 2])
+    assert encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=9) == (p, r)
+    p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=6)
+    assert (p, r) == ([6, 7, 8], [9, 10, 11])
+    for limit in range(2, 12):  # at every budget: fits, keeps the prompt's end and the response's start
+        p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=limit)
+        assert len(p) + len(r) <= limit and p and r
+        assert p == [4, 5, 6, 7, 8][-len(p) :] and r == [9, 10, 11, 2][: len(r)]
+    # a short prompt is not cut to make room: the response loses its end instead
+    p, r = encode_pair(tok, "a", "b c d e f g h", use_chat_template=False, max_length=4)
+    assert (p, r) == ([4], [5, 6, 7])
+    # a tiny budget still leaves one prompt token and one response token
+    assert encode_pair(tok, "a b c", "d e", use_chat_template=False, max_length=2) == ([6], [7])
+
+
+def test_encode_response_adds_eos_only_when_asked(tok):
+    assert encode_response(tok, "f g") == [9, 10, 2]
+    assert encode_response(tok, "f g", add_eos=False) == [9, 10]
+
+
+def test_pad_collate_right_pads_ids_with_pad_id_and_the_rest_with_zero():
+    feats = [
+        {"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "target": [0.0, 0.5, 1.5]},
+        {"input_ids": [8], "labels": [8], "target": [2.5]},
+    ]
+    b = pad_collate(feats, pad_id=1)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 1, 1]] and b["input_ids"].dtype == torch.long
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, 0, 0]] and b["labels"].dtype == torch.long
+    assert b["target"].tolist() == [[0.0, 0.5, 1.5], [2.5, 0.0, 0.0]] and b["target"].dtype == torch.float32
+
+
+def test_shifted_token_logps_puts_log_p_of_token_t_at_t_and_zero_at_0():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6)
+    ids = torch.tensor([[1, 2, 3, 4], [5, 0, 5, 0]])
+    out = shifted_token_logps(logits, ids)
+    lp = torch.log_softmax(logits, -1)
+    assert out.shape == (2, 4)
+    for b in range(2):
+        assert out[b, 0] == 0.0
+        for t in range(1, 4):
+            assert out[b, t] == pytest.approx(float(lp[b, t - 1, ids[b, t]]), abs=1e-6)
+
+
+def test_fit_cuts_the_prompt_start_first_then_the_response_end():
+    """Teacher-forced scoring over the context limit: prompt loses its start (keeping >= 1 token), then
+    the response its end; under or at the limit nothing changes."""
+    assert _fit([1, 2, 3], [4, 5], None) == ([1, 2, 3], [4, 5])
+    assert _fit([1, 2, 3], [4, 5], 5) == ([1, 2, 3], [4, 5])
+    assert _fit([1, 2, 3, 4], [5, 6, 7], 5) == ([3, 4], [5, 6, 7])
+    assert _fit([1, 2], [3, 4, 5, 6, 7, 8], 5) == ([2], [3, 4, 5, 6])
+    assert _fit([1, 2], [3, 4, 5], 1) == ([2], [])
+
+
+def test_reward_dicts_sum_mean_and_count_the_per_token_log_ratio():
+    out = _reward_dicts([[-1.0, -2.0], [], [-0.5]], [[-2.0, -2.5], [], [-0.25]])
+    assert out[0] == {"sum": 1.5, "mean": 0.75, "n_tokens": 2}
+    assert out[1] == {"sum": 0.0, "mean": 0.0, "n_tokens": 0}  # an empty response: no division by zero
+    assert out[2] == {"sum": -0.25, "mean": -0.25, "n_tokens": 1}
