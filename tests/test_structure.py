@@ -78,3 +78,20 @@ def test_no_module_over_500_lines():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not long, f"modules over {MAX_LINES} lines (split them along a seam): {long}"
+
+
+def test_ml_tests_run_without_django():
+    """ml never needs Django, nor do its tests: the GPU check runs tests/ml with `-p no:django` on images that
+    have no Django. Any session-wide fixture that imports Django unconditionally fails this (it did once)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['django'] = None\n"  # `import django` now raises ImportError
+        "import pytest\n"
+        "sys.exit(pytest.main(['-p', 'no:django', '-o', 'addopts=', '-q', '-p', 'no:cacheprovider',"
+        " 'tests/ml/test_stats.py']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout, proc.stdout[-3000:]  # exit 0 with nothing collected would not prove it
