@@ -110,3 +110,25 @@ def test_models_and_datasets_visible_are_shared_plus_own_staff_all(user, other_u
     assert sorted(_pks(sel.datasets_visible(user=staff_user))) == sorted([shared_d.pk, mine_d.pk, theirs_d.pk])
     assert _pks(sel.models_visible(user=None)) == [shared_m.pk]
     assert _pks(sel.datasets_visible(user=None)) == [shared_d.pk]
+
+
+def test_job_list_takes_several_kinds_and_orders_by_creation_then_id(jobs, user):
+    """Newest CREATED first (not highest id: a restored or imported job can be older than its id), and
+    among jobs created at the same instant the later id first."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    mine, _ = jobs
+    assert _pks(sel.job_list(user=user, kind="cd_generate,cong")) == [j.pk for j in reversed(mine)]
+    t = timezone.now()
+    Job.objects.filter(pk=mine[0].pk).update(created=t + timedelta(hours=1))
+    Job.objects.filter(pk__in=[mine[1].pk, mine[2].pk]).update(created=t)
+    assert _pks(sel.job_list(user=user)) == [mine[0].pk, mine[2].pk, mine[1].pk]
+
+
+def test_listing_jobs_with_their_owner_is_one_query(jobs, staff_user, django_assert_num_queries):
+    """A list page shows each job's owner: the owner comes in the same query, not one query per job."""
+    with django_assert_num_queries(1):
+        names = [j.owner.username for j in sel.job_list(user=staff_user)]
+    assert sorted(set(names)) == ["alice", "bob"]
