@@ -232,9 +232,9 @@ REST_FRAMEWORK = {
     # JSON with lone surrogates, too deep or with out-of-range numbers is a 400 before any view runs;
     # bodies over DATA_UPLOAD_MAX_MEMORY_SIZE are a 413 (jobs.api.parsers).
     "DEFAULT_PARSER_CLASSES": [
+        # JSON only by default; the dataset upload sets its own multipart parser (the schema declares each
+        # operation's one content type, so generated clients send what the view reads).
         "jobs.api.parsers.SafeJSONParser",
-        "jobs.api.parsers.SafeFormParser",
-        "jobs.api.parsers.SafeMultiPartParser",
     ],
     # Only the proxies counted in TRUSTED_PROXY may name the client in X-Forwarded-For (DRF's default,
     # None, would believe any client's header).

@@ -125,24 +125,6 @@ def loads(text: str | bytes):
     return value
 
 
-class CheckedJSONDecoder(json.JSONDecoder):
-    """For DRF's ``JSONField(decoder=...)``: a JSON text sent in a form field is parsed by ``loads``.
-
-    The refusal is raised as DRF's ValidationError, which the serializer reports under the field's
-    name (JSONField itself would swallow a ValueError into "Value must be valid JSON.")."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-    def decode(self, s, *args, **kwargs):
-        from rest_framework.exceptions import ValidationError
-
-        try:
-            return loads(s)
-        except UnsafeJSON as exc:
-            raise ValidationError(str(exc)) from None
-
-
 def _lines(chunks: Iterable[bytes], line_limit: int) -> Iterator[bytes]:
     """Lines split on b"\\n" only, as jobs.validation splits them; stops at a line over the limit."""
     buf = b""

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from rest_framework import status
 from rest_framework.exceptions import APIException, ParseError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 
 from jobs.api import json_checks
 
@@ -80,18 +80,6 @@ class SafeJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - {exc}") from None
         except LookupError:
             raise ParseError(f'Unsupported charset "{encoding}" in request Content-Type header.') from None
-
-
-class SafeFormParser(FormParser):
-    def parse(self, stream, media_type=None, parser_context=None):
-        from io import BytesIO
-
-        try:
-            data = super().parse(BytesIO(read_limited(stream)), media_type, parser_context)
-        except TooManyFieldsSent:
-            raise ParseError(f"too many form fields (more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS})") from None
-        check_form(data)
-        return data
 
 
 class SafeMultiPartParser(MultiPartParser):
