@@ -136,7 +136,7 @@ MODULES = [
             "ml/resolve.py": ["_Errors.*", "_check_value", "_read_layer", "_check_alphas"],
             "ml/spec.py": ["check_type", "check_limit", "check_alpha"],
         },
-        ["tests/ml/test_spec.py", "tests/jobs/test_specs.py"],
+        ["tests/ml/test_spec_mutants.py", "tests/ml/test_spec.py", "tests/jobs/test_specs.py"],
         ["-k", "not worker"],
     ),
 ]
