@@ -1,4 +1,5 @@
-"""Issue 6: what happens when things break. Every test runs a REAL worker process on a real Redis.
+"""Issue 6: what happens when things break. Every test runs a REAL worker process on a real Redis: its
+own where the test kills or restarts it, else the module's shared one (``shared_celery_worker``).
 
 kill -9 mid-job, a poison job that kills its worker every time, duplicate delivery, cancel during
 generation, and a Redis restart mid-job. Nothing here is timed: each test waits for what it expects to
@@ -17,7 +18,7 @@ from django.core.management import call_command
 
 from jobs import services
 from jobs.models import Artifact, GeneratedPair, Job, JobEvent
-from tests.jobs.conftest import WorkerProc, make_prompts, point_celery_at, wait_for
+from tests.jobs.conftest import WorkerProc, finished_job, make_prompts, point_celery_at, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +47,7 @@ NOT_CLAIMED = "not claimed (finished, cancelled, or held by another worker)"
 def _task_returns(worker: WorkerProc) -> list[str]:
     """What each job_run_task the worker finished returned (run_job's outcome), from its INFO log lines:
     "Task jobs.tasks.job_run_task[<id>] succeeded in <seconds>s: '<return value>'"."""
-    log = worker.log_path.read_text(errors="replace")
+    log = worker.log_text()  # a shared worker's: since this test began
     return re.findall(r"Task jobs\.tasks\.job_run_task\[[0-9a-f-]+\] succeeded in \S+: '([^'\n]*)'", log)
 
 
@@ -62,7 +63,7 @@ def _finished(job, timeout, worker=None, reap=False):
     def done():
         if reap:
             call_command("reap_stale_jobs")
-        return Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).first()
+        return finished_job(job.pk)
 
     return wait_for(
         done, timeout, interval=0.5, what=f"job {job.pk} to finish; worker log:\n{worker.tail() if worker else ''}"
@@ -112,21 +113,21 @@ def test_poison_job_fails_after_max_attempts_with_clear_message(celery_worker_pr
     assert _finished(ok, 60, celery_worker_proc).status == "succeeded"
 
 
-def test_duplicate_delivery_runs_once(celery_worker_proc, user, weak_pair):
+def test_duplicate_delivery_runs_once(shared_celery_worker, user, weak_pair):
     from jobs.tasks import job_run_task
 
     job = _job(user, weak_pair, n=20)
     job_run_task.delay(job.pk)  # the same job sent twice (a client retry, a reaper race ...)
     job_run_task.delay(job.pk)
-    job = _finished(job, 60, celery_worker_proc)
+    job = _finished(job, 60, shared_celery_worker)
     assert job.status == "succeeded" and job.attempts == 1
     # Three messages for one job, each consumed and answered: one run, two refusals (no timed wait).
     wait_for(
-        lambda: len(_task_returns(celery_worker_proc)) >= 3,
+        lambda: len(_task_returns(shared_celery_worker)) >= 3,
         60,
-        what=f"all three deliveries to be processed; worker log:\n{celery_worker_proc.tail()}",
+        what=f"all three deliveries to be processed; worker log:\n{shared_celery_worker.tail()}",
     )
-    assert sorted(_task_returns(celery_worker_proc)) == [NOT_CLAIMED, NOT_CLAIMED, "succeeded"]
+    assert sorted(_task_returns(shared_celery_worker)) == [NOT_CLAIMED, NOT_CLAIMED, "succeeded"]
     job.refresh_from_db()
     assert job.status == "succeeded" and job.attempts == 1
     assert _statuses(job) == ["queued", "running", "succeeded"]
@@ -134,18 +135,19 @@ def test_duplicate_delivery_runs_once(celery_worker_proc, user, weak_pair):
 
 
 def test_cancel_during_generation_stops_within_a_few_rows_and_worker_takes_next_job(
-    celery_worker_proc, user, weak_pair
+    shared_celery_worker, user, weak_pair
 ):
     job = _job(user, weak_pair)
-    wait_for(lambda: _pairs(job) >= 3, 60, what=f"first pairs; log:\n{celery_worker_proc.tail()}")
+    wait_for(lambda: _pairs(job) >= 3, 60, what=f"first pairs; log:\n{shared_celery_worker.tail()}")
     services.job_cancel(job=job)
     at_cancel = _pairs(job)
     job = wait_for(
-        lambda: Job.objects.filter(pk=job.pk, status="cancelled").first(),
+        lambda: finished_job(job.pk),
         60,
         interval=0.1,
-        what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
+        what=f"the cancel to be honoured; worker log:\n{shared_celery_worker.tail()}",
     )
+    assert job.status == "cancelled", job.error
     # Counted, not timed: one-prompt batches and the cancel flag read every 0.5 s (a prompt takes tens of
     # ms) leave a handful of rows past the cancel, far from the 120 an ignored cancel would write.
     assert at_cancel <= _pairs(job) <= at_cancel + 20, (at_cancel, _pairs(job))
@@ -153,7 +155,7 @@ def test_cancel_during_generation_stops_within_a_few_rows_and_worker_takes_next_
     assert all(Artifact.objects.filter(job=job).values_list("partial", flat=True))
     assert _statuses(job)[-2:] == ["cancelling", "cancelled"]
     nxt = _job(user, weak_pair, n=3)
-    assert _finished(nxt, 60, celery_worker_proc).status == "succeeded"
+    assert _finished(nxt, 60, shared_celery_worker).status == "succeeded"
 
 
 def test_redis_restart_mid_job_never_leaves_it_running(worker_env, user, weak_pair, tmp_path, redis_url):
@@ -187,7 +189,7 @@ def test_redis_restart_mid_job_never_leaves_it_running(worker_env, user, weak_pa
         assert "stopped sending heartbeats during attempt 1" in requeue.data["message"]
         assert sorted(GeneratedPair.objects.filter(job=job).values_list("prompt_index", flat=True)) == list(range(N))
     finally:
-        w.stop()
+        w.discard()
         point_celery_at(redis_url)
         for p in procs:
             if p is not None and p.poll() is None:

@@ -1,5 +1,12 @@
-"""Fixtures for the jobs app: users, tiny model folders under a temporary model root, datasets, and a
-REAL Celery worker process (``celery_worker_proc``) sharing the test database and Redis.
+"""Fixtures for the jobs app: users, tiny model folders under a temporary model root, datasets, and
+REAL Celery worker processes sharing the test database and Redis:
+
+- ``shared_celery_worker``: one worker per test module, for tests that leave it healthy (they wait for
+  their jobs to finish). Between tests the broker must be idle, its queues are emptied and its runs dir
+  wiped; a worker that died, or is still busy, is replaced.
+- ``celery_worker_proc``: a worker of the test's own, for tests that kill or restart it (``worker_env`` for
+  tests that start their own ``WorkerProc``). Shared workers are stopped first: the test has the broker
+  to itself.
 
 The test database must be a FILE when SQLite is used, so a worker subprocess can open the same one
 (pytest-django's default SQLite test database lives in memory); see pytest_configure below.
@@ -8,6 +15,7 @@ The test database must be a FILE when SQLite is used, so a worker subprocess can
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +151,7 @@ class WorkerProc:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env = env
         self.log_path = log_path
+        self.log_mark = 0  # log_text() starts here: a shared worker's log holds earlier tests' lines
         self.proc: subprocess.Popen | None = None
 
     def start(self, wait: float = 60.0) -> None:
@@ -184,6 +193,19 @@ class WorkerProc:
             time.sleep(0.2)
         raise RuntimeError(f"worker not ready in {wait}s:\n{self.tail()}")
 
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def mark_log(self) -> None:
+        """From now on log_text() shows only what the worker logs after this point."""
+        self.log_mark = self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def log_text(self) -> str:
+        """The worker's log since the last mark_log() (the whole log for a worker of the test's own)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self.log_mark)
+            return f.read().decode(errors="replace")
+
     def tail(self, n: int = 4000) -> str:
         return self.log_path.read_bytes()[-n:].decode(errors="replace")
 
@@ -202,24 +224,52 @@ class WorkerProc:
         if getattr(self, "log", None):
             self.log.close()
 
+    def discard(self) -> None:
+        """End a worker whose test is over: kill -9, as a warm shutdown spends seconds tearing down the
+        interpreter (torch, transformers) and a job it still ran would be of no use to anyone."""
+        self.kill9()
+        if getattr(self, "log", None):
+            self.log.close()
 
-@pytest.fixture
-def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
-    """Environment for worker subprocesses: same DB, same Redis, same model root and runs dir."""
+
+# What every worker of the suite runs with, and the test process with it: identical for all the tests
+# one shared worker serves (the worker reads them once, at start).
+WORKER_SETTINGS = {"JOB_HEARTBEAT_SECONDS": 1, "JOB_STALE_AFTER_SECONDS": 4}
+BROKER_KEYS = ("gpu", "default", "unacked", "unacked_index")  # the queues the workers read, and kombu's
+# record of delivered, unacknowledged messages (acks_late: a job's message stays there until it finished)
+
+
+def purge_broker(redis_url: str) -> None:
+    """Drop broker state an earlier test left (messages no worker took) on a shared (CI) Redis."""
+    import redis as redis_lib
+
+    redis_lib.Redis.from_url(redis_url).delete(*BROKER_KEYS)
+
+
+def broker_idle(redis_url: str) -> bool:
+    """No message waits in a queue and none is delivered and unacknowledged: no worker has a job (the
+    workers ack late, after the task returned)."""
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(redis_url)
+    return not (client.llen("gpu") or client.llen("default") or client.hlen("unacked"))
+
+
+def use_test_broker(settings, redis_url: str) -> None:
+    """The test process sends to the test Redis, with the settings the workers run with."""
     from congweb.redis_urls import celery_url
 
-    settings.JOB_HEARTBEAT_SECONDS = 1
-    settings.JOB_STALE_AFTER_SECONDS = 4
+    for name, value in WORKER_SETTINGS.items():
+        setattr(settings, name, value)
     settings.CELERY_BROKER_URL = celery_url(redis_url)
     settings.CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [redis_url]}}
     }
     point_celery_at(redis_url)
-    # Drop stale broker state from earlier tests on a shared (CI) Redis.
-    import redis as redis_lib
 
-    client = redis_lib.Redis.from_url(redis_url)
-    client.delete("gpu", "default", "unacked", "unacked_index")
+
+def worker_process_env(redis_url: str, model_root: Path, var_dir: Path, runs_dir: Path) -> dict[str, str]:
+    """Environment for worker subprocesses: the test DB, the test Redis, the model root and runs dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "DJANGO_SETTINGS"))}
     env.update(
         {
@@ -227,10 +277,9 @@ def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
             "DATABASE_URL": db_url_for_worker(),
             "REDIS_URL": redis_url,
             "MODEL_ROOTS": str(model_root),
-            "VAR_DIR": str(settings.VAR_DIR),
-            "RUNS_DIR": str(settings.RUNS_DIR),
-            "JOB_HEARTBEAT_SECONDS": "1",
-            "JOB_STALE_AFTER_SECONDS": "4",
+            "VAR_DIR": str(var_dir),
+            "RUNS_DIR": str(runs_dir),
+            **{name: str(value) for name, value in WORKER_SETTINGS.items()},
             "OMP_WAIT_POLICY": "PASSIVE",
             "OMP_NUM_THREADS": "1",
             "PYTHONUNBUFFERED": "1",
@@ -240,9 +289,118 @@ def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
     return env
 
 
+class SharedWorker:
+    """One worker a test module's healthy tests share. It is started on first use and replaced when it
+    died; ``settle()`` ends each test: the broker idle (the worker finished what the test gave it), else
+    the worker is killed, so that nothing a test left running can write into the next one."""
+
+    def __init__(self, env: dict[str, str], redis_url: str, folder: Path, var_dir: Path) -> None:
+        self.env = env
+        self.redis_url = redis_url
+        self.folder = folder
+        self.var_dir = var_dir
+        self.runs_dir = var_dir / "runs"
+        self.worker: WorkerProc | None = None
+        self.starts = 0
+
+    def ensure(self) -> WorkerProc:
+        if self.worker is None or not self.worker.alive():
+            if self.worker is not None:
+                self.worker.discard()  # closes the dead one's log
+            self.starts += 1
+            self.worker = WorkerProc(self.env, self.folder / f"worker{self.starts}.log")
+            self.worker.start()
+            if self not in _LIVE_SHARED:
+                _LIVE_SHARED.append(self)
+        return self.worker
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Wait for the worker to finish what the test gave it (polled: the broker idle twice running, as
+        a message is briefly in neither the queue nor 'unacked' while the worker takes it); a worker still
+        busy after ``timeout`` (a test that failed half way) or dead is dropped. Then empty the queues
+        and the runs dir, so the next test starts clean."""
+        idle = [False]
+
+        def quiet() -> bool:
+            now = broker_idle(self.redis_url)
+            twice, idle[0] = now and idle[0], now
+            return twice
+
+        w = self.worker
+        try:
+            if w is not None and w.alive():
+                wait_for(quiet, timeout, what="the shared worker to finish the test's jobs")
+        except AssertionError:
+            self.stop()
+            raise
+        finally:
+            if w is not None and not w.alive():
+                self.stop()
+            purge_broker(self.redis_url)
+            for child in self.var_dir.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            self.worker.discard()
+        if self in _LIVE_SHARED:
+            _LIVE_SHARED.remove(self)
+
+    @staticmethod
+    def stop_all() -> None:
+        for shared in list(_LIVE_SHARED):
+            shared.stop()
+
+
+_LIVE_SHARED: list[SharedWorker] = []  # shared workers now running (one module's at a time)
+
+
+@pytest.fixture(scope="module")
+def module_celery_worker(redis_url, tiny_model_root, tmp_path_factory, django_db_setup):
+    """The module's shared worker (see ``shared_celery_worker``): its log, VAR_DIR and RUNS_DIR sit in one
+    folder for the whole module, so the paths it read at start stay the test process's too."""
+    folder = tmp_path_factory.mktemp("shared_worker")
+    var_dir = folder / "var"
+    var_dir.mkdir()
+    shared = SharedWorker(
+        worker_process_env(redis_url, tiny_model_root, var_dir, var_dir / "runs"), redis_url, folder, var_dir
+    )
+    yield shared
+    shared.stop()
+
+
+@pytest.fixture
+def shared_celery_worker(module_celery_worker, redis_url, transactional_db, model_root, settings):
+    """A started worker shared by the module's tests that leave it healthy: never kill, restart or
+    reconfigure it (use ``celery_worker_proc``). Each test gets an empty broker, an empty runs dir and
+    a clean database; its ``log_text()`` starts at the test."""
+    shared = module_celery_worker
+    use_test_broker(settings, redis_url)
+    settings.VAR_DIR = shared.var_dir
+    settings.RUNS_DIR = shared.runs_dir
+    purge_broker(redis_url)
+    w = shared.ensure()
+    w.mark_log()
+    yield w
+    shared.settle()  # before transactional_db's flush: the worker writes nothing into it
+
+
+@pytest.fixture
+def worker_env(redis_url, transactional_db, model_root, tmp_path, settings):
+    """Environment for a test's own worker subprocesses: same DB, same Redis, same model root and runs
+    dir. No shared worker runs beside them: it would take their jobs."""
+    SharedWorker.stop_all()
+    use_test_broker(settings, redis_url)
+    purge_broker(redis_url)
+    return worker_process_env(redis_url, model_root, settings.VAR_DIR, settings.RUNS_DIR)
+
+
 @pytest.fixture
 def celery_worker_proc(worker_env, tmp_path):
-    """A started worker; ``.kill9()`` it and ``WorkerProc(...).start()`` another to test recovery."""
+    """A started worker of the test's own; ``.kill9()`` it and ``.spawn()`` another to test recovery."""
     w = WorkerProc(worker_env, tmp_path / "worker.log")
     w.start()
     started = [w]
@@ -256,7 +414,18 @@ def celery_worker_proc(worker_env, tmp_path):
     w.spawn = spawn  # type: ignore[attr-defined]
     yield w
     for p in started:
-        p.stop()
+        p.discard()
+
+
+def finished_job(job_id: int):
+    """The job, once finished: its row says so AND its final status event is in (the event is written just
+    after the row, in a statement of its own), so a test may read the whole story straight away; else None."""
+    from jobs.models import Job, JobEvent
+
+    job = Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first()
+    if job and JobEvent.objects.filter(job_id=job_id, type="status", data__status=job.status).exists():
+        return job
+    return None
 
 
 def wait_for(pred, timeout: float, interval: float = 0.2, what: str = "condition"):

@@ -1,5 +1,6 @@
 """A real Celery worker process (prefork, -c 1) on the real Redis runs a tiny cd_generate job end to end:
-the API creates the job, the worker claims it, generates, mirrors pairs and reports events."""
+the API creates the job, the worker claims it, generates, mirrors pairs and reports events. The module's
+tests share one worker (``shared_celery_worker``): each waits for its jobs to finish and leaves it healthy."""
 
 from __future__ import annotations
 
@@ -7,14 +8,14 @@ import pytest
 from rest_framework.test import APIClient
 
 from jobs import services
-from jobs.models import GeneratedPair, Job
+from jobs.models import GeneratedPair
 
-from .conftest import make_prompts, wait_for
+from .conftest import finished_job, make_prompts, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, user, weak_pair):
+def test_cd_generate_job_runs_end_to_end_on_a_real_worker(shared_celery_worker, user, weak_pair):
     ds = services.dataset_create(name="p", chunks=[make_prompts(6)], owner=user)
     wb, wa = weak_pair
     c = APIClient()
@@ -34,11 +35,11 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
     assert res.status_code == 201, res.json()
     job_id = res.json()["id"]
     job = wait_for(
-        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        lambda: finished_job(job_id),
         90,
-        what=f"job to finish; worker log:\n{celery_worker_proc.tail()}",
+        what=f"job to finish; worker log:\n{shared_celery_worker.tail()}",
     )
-    assert job.status == "succeeded", (job.error, celery_worker_proc.tail())
+    assert job.status == "succeeded", (job.error, shared_celery_worker.tail())
     assert job.attempts == 1 and job.progress == 1.0
     pairs = GeneratedPair.objects.filter(job=job).order_by("prompt_index")
     assert [p.prompt_index for p in pairs] == list(range(6))
@@ -57,7 +58,7 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(celery_worker_proc, us
     assert c.get(f"/api/v1/jobs/{job_id}/results/").json()["artifacts"][0]["kind"] == "samples"
 
 
-def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worker_proc, user, weak_pair):
+def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(shared_celery_worker, user, weak_pair):
     """21 alphas of slow, one-prompt batches: cancel lands while the first alphas run, the worker stops within
     a batch (a few more pair rows at most, counted rather than timed), and every alpha that ran had its own
     folder."""
@@ -84,14 +85,14 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
     wait_for(
         lambda: GeneratedPair.objects.filter(job_id=job_id).count() >= 2,
         90,
-        what=f"the first pairs; worker log:\n{celery_worker_proc.tail()}",
+        what=f"the first pairs; worker log:\n{shared_celery_worker.tail()}",
     )
     assert c.post(f"/api/v1/jobs/{job_id}/cancel/").status_code == 200
     at_cancel = GeneratedPair.objects.filter(job_id=job_id).count()
     job = wait_for(
-        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        lambda: finished_job(job_id),
         60,
-        what=f"the cancel to be honoured; worker log:\n{celery_worker_proc.tail()}",
+        what=f"the cancel to be honoured; worker log:\n{shared_celery_worker.tail()}",
     )
     assert job.status == "cancelled" and job.partial, (job.status, job.error)
     # The cancel flag is read at most every 0.5 s and the pair mirror trails generation by up to one sync, so
@@ -103,7 +104,7 @@ def test_a_long_alpha_sweep_cancels_within_a_batch_on_a_real_worker(celery_worke
     assert 1 <= len(folders) < len(alphas) and "cd_generate_a0.0" in folders
 
 
-def test_unscorable_pairs_are_kept_and_counted_on_a_real_worker(celery_worker_proc, user, weak_pair):
+def test_unscorable_pairs_are_kept_and_counted_on_a_real_worker(shared_celery_worker, user, weak_pair):
     """The dataset's gold (toy:review) cannot score the tiny models' prompts: the job still stores every pair,
     each with its score error, and its results and log say how many (it used to 'succeed' with 0 pairs)."""
     ds = services.dataset_create(name="r", chunks=[make_prompts(4)], gold="toy:review", owner=user)
@@ -124,11 +125,11 @@ def test_unscorable_pairs_are_kept_and_counted_on_a_real_worker(celery_worker_pr
     assert res.status_code == 201, res.json()
     job_id = res.json()["id"]
     job = wait_for(
-        lambda: Job.objects.filter(pk=job_id, status__in=Job.FINISHED).first(),
+        lambda: finished_job(job_id),
         90,
-        what=f"job to finish; worker log:\n{celery_worker_proc.tail()}",
+        what=f"job to finish; worker log:\n{shared_celery_worker.tail()}",
     )
-    assert job.status == "succeeded", (job.error, celery_worker_proc.tail())
+    assert job.status == "succeeded", (job.error, shared_celery_worker.tail())
     assert job.results["pairs"] == {"stored": 4, "score_errors": 4}
     pairs = c.get(f"/api/v1/jobs/{job_id}/pairs/").json()["results"]
     assert len(pairs) == 4 and all("not a review prompt" in p["score_error"] for p in pairs)
