@@ -245,3 +245,27 @@ def test_the_reaper_without_send_requeues_but_sends_nothing(user, settings, sent
     assert sent == []
     assert services.jobs_reap_stale(send=True) == [(pending.pk, "resent")]
     assert sent == [pending.pk]
+
+
+@pytest.mark.parametrize("end", ["finish", "fail", "mark_cancelled", "heartbeat", "progress", "cancel"])
+def test_each_transition_touches_only_the_job_it_names(user, settings, end):
+    """Two running jobs held by the same task id (a redelivered id can repeat): acting on one must leave the
+    other exactly as it was."""
+    old = _stale(settings)
+    a = _job(user, status=S.RUNNING, task_id="t", heartbeat_at=old, progress=0.5)
+    b = _job(user, status=S.RUNNING, task_id="t", heartbeat_at=old, progress=0.5)
+    before = Job.objects.filter(pk=b.pk).values().get()
+    if end == "finish":
+        assert services.job_finish(job_id=a.pk, results={}, task_id="t")
+    elif end == "fail":
+        assert services.job_fail(job_id=a.pk, error="x", task_id="t")
+    elif end == "mark_cancelled":
+        assert services.job_mark_cancelled(job_id=a.pk, task_id="t")
+    elif end == "heartbeat":
+        assert services.job_heartbeat(job_id=a.pk, task_id="t")
+    elif end == "progress":
+        services.job_set_progress(job_id=a.pk, stage="s", progress=0.9)
+    else:
+        services.job_cancel(job=a)
+    assert Job.objects.filter(pk=b.pk).values().get() == before
+    assert not JobEvent.objects.filter(job=b).exists()
