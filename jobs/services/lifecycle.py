@@ -83,7 +83,7 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
     Each claim counts an attempt; past max_attempts the job fails with the last error.
     """
     now = timezone.now()
-    stale = now - timedelta(seconds=getattr(settings, "JOB_STALE_AFTER_SECONDS", 120))
+    stale = now - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
     gone = Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)
     if task_id:
         gone |= Q(task_id=task_id)
@@ -192,7 +192,7 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
     while the broker was down would stay queued forever. Returns (job id, what was done) pairs:
     requeued, failed, cancelled, resent, or "resend failed" (still pending; tried again next pass).
     """
-    stale = timezone.now() - timedelta(seconds=getattr(settings, "JOB_STALE_AFTER_SECONDS", 120))
+    stale = timezone.now() - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
     done: list[tuple[int, str]] = []
     unsent = (
         list(Job.objects.filter(status=S.QUEUED, send_pending=True).order_by("pk").values_list("pk", flat=True))

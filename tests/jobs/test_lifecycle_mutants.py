@@ -269,3 +269,15 @@ def test_each_transition_touches_only_the_job_it_names(user, settings, end):
         services.job_cancel(job=a)
     assert Job.objects.filter(pk=b.pk).values().get() == before
     assert not JobEvent.objects.filter(job=b).exists()
+
+
+def test_staleness_is_the_configured_job_stale_after_seconds(user, settings, sent):
+    """JOB_STALE_AFTER_SECONDS decides when a holder is gone, for the claim and for the reaper alike."""
+    settings.JOB_STALE_AFTER_SECONDS = 30
+    now = timezone.now()
+    fresh = _job(user, status=S.RUNNING, attempts=1, task_id="t1", heartbeat_at=now - timedelta(seconds=20))
+    gone = _job(user, status=S.RUNNING, attempts=1, task_id="t1", heartbeat_at=now - timedelta(seconds=40))
+    assert services.job_claim(job_id=fresh.pk, task_id="t2") is None
+    assert services.job_claim(job_id=gone.pk, task_id="t2").attempts == 2
+    Job.objects.filter(pk=gone.pk).update(heartbeat_at=now - timedelta(seconds=40))
+    assert services.jobs_reap_stale(send=False) == [(gone.pk, "requeued")]
