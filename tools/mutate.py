@@ -81,7 +81,7 @@ MODULES = [
     Module(
         "dpo",
         {"ml/stages/dpo.py": ["join_pairs", "filter_pairs"]},
-        ["tests/ml/test_stages_dpo.py", "tests/ml/test_masks.py"],
+        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_stages_dpo.py", "tests/ml/test_masks.py"],
         preload=["trl", "transformers.trainer"],
     ),
     # WSPO: the loss, the weak-to-strong token value mapping, the targets, the per-token log-probs.

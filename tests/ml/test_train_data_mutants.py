@@ -80,3 +80,29 @@ def test_reward_dicts_sum_mean_and_count_the_per_token_log_ratio():
     assert out[0] == {"sum": 1.5, "mean": 0.75, "n_tokens": 2}
     assert out[1] == {"sum": 0.0, "mean": 0.0, "n_tokens": 0}  # an empty response: no division by zero
     assert out[2] == {"sum": -0.25, "mean": -0.25, "n_tokens": 1}
+
+
+def test_join_pairs_matches_by_index_when_both_files_carry_it_else_by_position():
+    """DPO preferences: rows pair up by 'index' when BOTH sample files have it (order and gaps do not
+    matter; an index without a partner is left out) and keep that index; otherwise by position."""
+    from ml.stages.dpo import join_pairs
+
+    chosen = [{"index": 2, "prompt": "p2", "response": "c2"}, {"index": 0, "prompt": "p0", "response": "c0"}]
+    rejected = [
+        {"index": 0, "prompt": "p0", "response": "r0"},
+        {"index": 1, "prompt": "p1", "response": "r1"},
+        {"index": 2, "prompt": "p2", "response": "r2"},
+    ]
+    assert join_pairs(chosen, rejected) == [
+        {"prompt": "p2", "chosen": "c2", "rejected": "r2", "index": 2},
+        {"prompt": "p0", "chosen": "c0", "rejected": "r0", "index": 0},
+    ]
+    # only one side has indexes: by position, and the chosen row's index is still carried
+    plain = [{"prompt": "p0", "response": "r0"}, {"prompt": "p2", "response": "r2"}]
+    assert join_pairs([chosen[1], {"prompt": "p2", "response": "c2"}], plain) == [
+        {"prompt": "p0", "chosen": "c0", "rejected": "r0", "index": 0},
+        {"prompt": "p2", "chosen": "c2", "rejected": "r2"},
+    ]
+    with pytest.raises(ValueError, match="disagree"):
+        join_pairs(chosen, plain)  # by position: p2 vs p0
+    assert join_pairs(plain, plain, field_name="response")[0] == {"prompt": "p0", "chosen": "r0", "rejected": "r0"}
