@@ -281,3 +281,12 @@ def test_staleness_is_the_configured_job_stale_after_seconds(user, settings, sen
     assert services.job_claim(job_id=gone.pk, task_id="t2").attempts == 2
     Job.objects.filter(pk=gone.pk).update(heartbeat_at=now - timedelta(seconds=40))
     assert services.jobs_reap_stale(send=False) == [(gone.pk, "requeued")]
+
+
+def test_the_reaper_resends_only_queued_jobs_whose_send_is_pending(user, sent):
+    """A job cancelled (or finished) while its send was pending is never sent to a worker again."""
+    queued = _job(user, send_pending=True)
+    _job(user, status=S.CANCELLED, send_pending=True)
+    _job(user, status=S.SUCCEEDED, send_pending=True)
+    assert services.jobs_reap_stale(send=True) == [(queued.pk, "resent")]
+    assert sent == [queued.pk]

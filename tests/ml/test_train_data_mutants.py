@@ -106,3 +106,13 @@ def test_join_pairs_matches_by_index_when_both_files_carry_it_else_by_position()
     with pytest.raises(ValueError, match="disagree"):
         join_pairs(chosen, plain)  # by position: p2 vs p0
     assert join_pairs(plain, plain, field_name="response")[0] == {"prompt": "p0", "chosen": "r0", "rejected": "r0"}
+
+
+def test_filter_pairs_needs_one_reward_per_pair_on_each_side():
+    from ml.stages.dpo import filter_pairs
+
+    rows = [{"prompt": "p", "chosen": "c", "rejected": "r"}]
+    for chosen, rejected in (([1.0, 2.0], [0.0]), ([1.0], []), ([], [])):
+        with pytest.raises(ValueError, match="^one reward per pair is needed for chosen and for rejected$"):
+            filter_pairs(rows, chosen, rejected)
+    assert filter_pairs([], [], []) == []
