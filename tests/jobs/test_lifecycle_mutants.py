@@ -234,6 +234,7 @@ def test_the_reaper_requeues_fails_or_cancels_stale_jobs_and_leaves_live_ones(us
     cancel.refresh_from_db()
     assert (cancel.status, cancel.partial) == (S.CANCELLED, True) and cancel.finished is not None
     assert cancel.error == "worker ? stopped sending heartbeats during attempt 1"
+    assert _statuses(cancel) == [(S.CANCELLED, f"cancelled ({cancel.error})")]
     assert Job.objects.get(pk=live.pk).status == S.RUNNING
     assert services.jobs_reap_stale(send=True) == []  # nothing left to do
 
@@ -290,3 +291,27 @@ def test_the_reaper_resends_only_queued_jobs_whose_send_is_pending(user, sent):
     _job(user, status=S.SUCCEEDED, send_pending=True)
     assert services.jobs_reap_stale(send=True) == [(queued.pk, "resent")]
     assert sent == [queued.pk]
+
+
+def test_the_reaper_leaves_a_job_that_finished_while_it_was_reaping(user, settings, sent, monkeypatch):
+    """The reaper reads its candidates, then updates each one only if it is STILL running and stale: a job
+    whose worker finished it in between keeps its result. The interleaving is made deterministic by finishing
+    the other job (a real job_finish) right after the reaper's first status event."""
+    old = _stale(settings)
+    a = _job(user, status=S.RUNNING, attempts=1, task_id="ta", heartbeat_at=old)
+    b = _job(user, status=S.RUNNING, attempts=1, task_id="tb", heartbeat_at=old)
+    real = lifecycle._status_event
+    finished: list[int] = []
+
+    def then_the_other_finishes(job_id, *args, **kw):
+        real(job_id, *args, **kw)
+        if not finished and job_id in (a.pk, b.pk):
+            other = b if job_id == a.pk else a
+            finished.append(other.pk)
+            assert services.job_finish(job_id=other.pk, results={"ok": 1}, task_id=other.task_id)
+
+    monkeypatch.setattr(lifecycle, "_status_event", then_the_other_finishes)
+    done = services.jobs_reap_stale(send=False)
+    assert len(done) == 1 and done[0][1] == "requeued" and done[0][0] != finished[0]
+    other = Job.objects.get(pk=finished[0])
+    assert (other.status, other.results) == (S.SUCCEEDED, {"ok": 1})
