@@ -85,6 +85,18 @@ def is_empty_response(text: Any) -> bool:
     return text is None or not str(text).strip()
 
 
+def finite_number(x: Any) -> float | None:
+    """``x`` as a float when it is a finite JSON number (not a bool, not NaN/inf, not an integer beyond float
+    range such as 10**400), else None: what reading a number out of a results or samples row needs."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    try:
+        f = float(x)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
+
+
 def jsonable(value: Any) -> Any:
     """value as plain JSON: NaN/inf become None (JSON has neither), numpy/torch scalars become floats, tuples
     lists, anything else its string. One home for results, events and manifests."""

@@ -16,9 +16,10 @@ the same code wrote.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from ml.io import finite_number
 
 RESULTS_VERSION = 1
 
@@ -48,24 +49,18 @@ def stamp(kind: str, result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "results_version": RESULTS_VERSION, "kind": kind}
 
 
-def _num(x: Any) -> float | None:
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(float(x)) else None
-
-
 def _row(method: str, m: dict[str, Any], *, win_key: str = "") -> MethodRow:
     ci = m.get("gold_ci")
     lo, hi = (ci[0], ci[1]) if isinstance(ci, list) and len(ci) == 2 else (None, None)
     n = m.get("n")
     return MethodRow(
         method=method,
-        gold_mean=_num(m.get("gold_mean")),
-        gold_lo=_num(lo),
-        gold_hi=_num(hi),
-        valid_rate=_num(m.get("valid_rate")),
-        implicit_mean=_num(m.get("implicit_mean")),
-        win_rate=_num(m.get(win_key)) if win_key else None,
+        gold_mean=finite_number(m.get("gold_mean")),
+        gold_lo=finite_number(lo),
+        gold_hi=finite_number(hi),
+        valid_rate=finite_number(m.get("valid_rate")),
+        implicit_mean=finite_number(m.get("implicit_mean")),
+        win_rate=finite_number(m.get(win_key)) if win_key else None,
         win_vs=win_key.removeprefix("win_rate_vs_") if win_key else "",
         n=n if isinstance(n, int) and not isinstance(n, bool) else None,
     )
@@ -95,8 +90,8 @@ def sweep_points(kind: str, results: dict[str, Any] | None) -> list[SweepPoint]:
     else:
         return []
     pts = [
-        SweepPoint(float(p["alpha"]), _num(p.get("gold_mean")), _num(p.get("implicit_mean")))
+        SweepPoint(float(p["alpha"]), finite_number(p.get("gold_mean")), finite_number(p.get("implicit_mean")))
         for p in rows
-        if _num(p.get("alpha")) is not None
+        if finite_number(p.get("alpha")) is not None
     ]
     return sorted(pts, key=lambda p: p.alpha)

@@ -9,8 +9,8 @@ from typing import Any
 from django.utils import timezone
 
 from jobs.models import Artifact, GeneratedPair, Job
-from jobs.services._common import _err, _is_number
-from ml.io import is_empty_response
+from jobs.services._common import _err
+from ml.io import finite_number, is_empty_response
 
 
 def artifact_record(*, job_id: int, stage: str, kind: str, path: str, partial: bool = False) -> Artifact:
@@ -18,10 +18,6 @@ def artifact_record(*, job_id: int, stage: str, kind: str, path: str, partial: b
         job_id=job_id, stage=stage, kind=kind, defaults={"path": str(path), "partial": partial}
     )
     return art
-
-
-def _number(x: Any) -> float | None:
-    return float(x) if _is_number(x) else None
 
 
 def _count(x: Any) -> int | None:
@@ -50,13 +46,13 @@ def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tu
             "chosen": chosen,
             "rejected": rejected,
             "plain": plain,
-            "implicit_reward_sum": _number(row.get("implicit_reward_sum")),
-            "implicit_reward_mean": _number(row.get("implicit_reward_mean")),
+            "implicit_reward_sum": finite_number(row.get("implicit_reward_sum")),
+            "implicit_reward_mean": finite_number(row.get("implicit_reward_mean")),
             "n_tokens": _count(row.get("n_tokens")),
             "empty_response": pair_is_empty(chosen, rejected if rejected is not None else plain),
-            "gold_reward": _number(row.get("gold")),
+            "gold_reward": finite_number(row.get("gold")),
             "score_error": str(row.get("score_error") or ""),
-            "alpha": _number(row.get("alpha")),
+            "alpha": finite_number(row.get("alpha")),
         },
     )
 

@@ -247,7 +247,7 @@ def test_job_create_fuzzed_around_real_ids_never_500(user, weak_pair, prompts_ds
 
 def test_huge_json_integers_are_400_not_500(user, weak_pair, prompts_ds):
     """Regression (found by the fuzz above): an integer beyond float range (valid JSON) as alpha, a float
-    param or an entry of alphas crashed _is_number with OverflowError (HTTP 500)."""
+    param or an entry of alphas crashed the number check with OverflowError (HTTP 500)."""
     from rest_framework.test import APIClient
 
     wb, wa = weak_pair

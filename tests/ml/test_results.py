@@ -57,3 +57,13 @@ def test_evaluate_sweep_and_preflight_layouts():
     pf = {"verdict": "raises", "sweep": {"cd": [{"alpha": 0.4, "gold_mean": 0.3, "implicit_mean": 2.0}]}}
     assert sweep_points("preflight", pf)[0].alpha == 0.4 and method_rows("preflight", pf) == []
     assert method_rows("cd_generate", {"n": 4}) == [] and sweep_points("cong", {}) == []
+
+
+def test_numbers_that_are_not_finite_floats_read_as_missing():
+    """Results are JSON from disk or a database: a bool, NaN, a string or an integer beyond float range (10**400
+    once raised OverflowError here and broke the page) reads as None, a finite number as itself."""
+    method = {"label": "ConG", "gold_ci": [float("nan"), 10**400], "valid_rate": True, "implicit_mean": "1.5"}
+    (row,) = method_rows("cong", stamp("cong", {"methods": {"cong": {**method, "gold_mean": 10**400}}}))
+    assert (row.gold_mean, row.gold_lo, row.gold_hi, row.valid_rate, row.implicit_mean) == (None,) * 5
+    (row,) = method_rows("cong", stamp("cong", {"methods": {"cong": {**method, "gold_mean": 2}}}))
+    assert row.gold_mean == 2.0 and isinstance(row.gold_mean, float)
