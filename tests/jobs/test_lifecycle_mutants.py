@@ -231,6 +231,7 @@ def test_the_reaper_requeues_fails_or_cancels_stale_jobs_and_leaves_live_ones(us
     give_up.refresh_from_db()
     msg = "gave up after 3 attempts; last error: worker w:2 stopped sending heartbeats during attempt 3"
     assert (give_up.status, give_up.error) == (S.FAILED, msg) and give_up.finished is not None
+    assert _statuses(give_up) == [(S.FAILED, msg)]
     cancel.refresh_from_db()
     assert (cancel.status, cancel.partial) == (S.CANCELLED, True) and cancel.finished is not None
     assert cancel.error == "worker ? stopped sending heartbeats during attempt 1"
