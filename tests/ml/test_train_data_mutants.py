@@ -116,3 +116,14 @@ def test_filter_pairs_needs_one_reward_per_pair_on_each_side():
         with pytest.raises(ValueError, match="^one reward per pair is needed for chosen and for rejected$"):
             filter_pairs(rows, chosen, rejected)
     assert filter_pairs([], [], []) == []
+
+
+def test_map_token_values_keeps_the_value_of_a_zero_width_token():
+    """A source token covering no characters (offsets (s, s), e.g. a special token) keeps its value: it goes
+    to the destination token owning that position (past the text: the last token), nothing is lost."""
+    from ml.stages.wspo import map_token_values
+
+    assert map_token_values("ab", [(0, 2), (2, 2)], [1.0, 3.0], [(0, 2)]) == pytest.approx([4.0])
+    assert map_token_values("ab cd", [(0, 0), (0, 2), (3, 5)], [0.5, 1.0, 2.0], [(0, 2), (3, 5)]) == pytest.approx(
+        [1.5, 2.0]
+    )
