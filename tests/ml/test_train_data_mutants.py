@@ -124,6 +124,15 @@ def test_map_token_values_keeps_the_value_of_a_zero_width_token():
     from ml.stages.wspo import map_token_values
 
     assert map_token_values("ab", [(0, 2), (2, 2)], [1.0, 3.0], [(0, 2)]) == pytest.approx([4.0])
+    # a zero-width token where another one's value already lies adds to it
+    assert map_token_values("ab", [(0, 2), (0, 0)], [1.0, 0.5], [(0, 1), (1, 2)]) == pytest.approx([1.0, 0.5])
     assert map_token_values("ab cd", [(0, 0), (0, 2), (3, 5)], [0.5, 1.0, 2.0], [(0, 2), (3, 5)]) == pytest.approx(
         [1.5, 2.0]
     )
+
+
+def test_map_token_values_adds_overlapping_source_tokens():
+    """Byte-level tokenisers can give two tokens the same character (a multi-byte one): both values count."""
+    from ml.stages.wspo import map_token_values
+
+    assert map_token_values("ab", [(0, 2), (1, 2)], [2.0, 1.0], [(0, 1), (1, 2)]) == pytest.approx([1.0, 2.0])
