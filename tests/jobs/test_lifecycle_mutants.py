@@ -42,14 +42,16 @@ def sent(monkeypatch):
 
 # --- cancel -------------------------------------------------------------------------------------------------
 def test_cancel_of_a_queued_job_ends_it_at_once_and_of_a_cancelling_one_is_a_no_op(user):
+    bystander = _job(user)
     job = services.job_cancel(job=_job(user))
+    assert Job.objects.get(pk=bystander.pk).status == S.QUEUED  # only the job named
     assert (job.status, job.cancel_requested, job.error) == (S.CANCELLED, True, "cancelled before it started")
     assert job.finished is not None
     assert _statuses(job) == [(S.CANCELLED, "cancelled before it started")]
     running = _job(user, status=S.RUNNING)
     running = services.job_cancel(job=running)
     assert (running.status, running.cancel_requested, running.finished) == (S.CANCELLING, True, None)
-    assert [s for s, _ in _statuses(running)] == [S.CANCELLING]
+    assert _statuses(running) == [(S.CANCELLING, "cancel requested; the worker stops after its current batch")]
     again = services.job_cancel(job=running)  # already cancelling: no error, no second event
     assert again.status == S.CANCELLING and len(_statuses(running)) == 1
     with pytest.raises(ValidationError):
