@@ -136,3 +136,18 @@ def test_map_token_values_adds_overlapping_source_tokens():
     from ml.stages.wspo import map_token_values
 
     assert map_token_values("ab", [(0, 2), (1, 2)], [2.0, 1.0], [(0, 1), (1, 2)]) == pytest.approx([1.0, 2.0])
+
+
+def test_map_token_values_gives_uncovered_characters_to_the_next_token_else_the_last():
+    """A character no destination token covers (a space between words, text past the last token, a value
+    past the text) goes to the NEXT destination token by start, else to the last one (offsets in text order,
+    as a tokenizer gives them)."""
+    from ml.stages.wspo import map_token_values
+
+    text = "ab cd e"  # 7 characters, one value each (powers of two: every owner is visible in the sums)
+    src = [(i, i + 1) for i in range(7)] + [(7, 7)]
+    vals = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0]
+    assert map_token_values(text, src, vals, [(0, 2), (3, 5)]) == [3.0, 252.0]
+    assert map_token_values(text, src, vals, [(1, 2), (3, 4)]) == [3.0, 252.0]  # gaps before and between
+    assert map_token_values(text, src, vals, [(0, 1), (2, 3), (6, 7)]) == [1.0, 6.0, 248.0]
+    assert map_token_values(text, src, vals, []) == []
