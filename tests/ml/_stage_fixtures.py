@@ -64,3 +64,30 @@ def _register_test_gold() -> None:
 
 
 _register_test_gold()
+
+
+FAST = {"per_device_train_batch_size": 2, "learning_rate": 1e-3}
+
+
+def tiny_config(tmp_path, **kw) -> dict:
+    """A whole-pipeline config on tiny models (one training step per stage) for the pipeline and CLI tests."""
+    models = tmp_path / "models"
+    cfg = {
+        "weak_base": save_tiny(models / "pre", seed=11),
+        "strong": save_tiny(models / "strong", seed=12, n_embd=48),
+        "train_prompts": write_prompts(tmp_path / "train.jsonl"),
+        "eval_prompts": write_prompts(tmp_path / "eval.jsonl", ["tell me about the cat", "please tell me"]),
+        "gold": "test:count_a",
+        "output_dir": str(tmp_path / "run"),
+        "max_new_tokens": 6,
+        "train_max_steps": 1,
+        "weak_align": {"k": 3, **FAST},
+        "generate": {"batch_size": 4},
+        "sft": FAST,
+        "dpo": FAST,
+        "wspo": FAST,
+        "auxconf": FAST,
+        "evaluate": {"n_samples": 2, "batch_size": 4},
+    }
+    cfg.update(kw)
+    return cfg

@@ -10,7 +10,7 @@ import yaml
 
 from ml.cli import build_parser, main, stage_config
 from ml.io import read_jsonl, write_jsonl
-from tests.ml.test_pipeline import tiny_config
+from tests.ml._stage_fixtures import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -6,32 +6,7 @@ import yaml
 from ml.io import read_json, read_jsonl
 from ml.pipeline import DEFAULT_METHODS, METHODS, PipelineConfig, run
 from ml.reporter import RecordingReporter
-from tests.ml._stage_fixtures import save_tiny, write_prompts
-
-FAST = {"per_device_train_batch_size": 2, "learning_rate": 1e-3}
-
-
-def tiny_config(tmp_path, **kw) -> dict:
-    models = tmp_path / "models"
-    cfg = {
-        "weak_base": save_tiny(models / "pre", seed=11),
-        "strong": save_tiny(models / "strong", seed=12, n_embd=48),
-        "train_prompts": write_prompts(tmp_path / "train.jsonl"),
-        "eval_prompts": write_prompts(tmp_path / "eval.jsonl", ["tell me about the cat", "please tell me"]),
-        "gold": "test:count_a",
-        "output_dir": str(tmp_path / "run"),
-        "max_new_tokens": 6,
-        "train_max_steps": 1,
-        "weak_align": {"k": 3, **FAST},
-        "generate": {"batch_size": 4},
-        "sft": FAST,
-        "dpo": FAST,
-        "wspo": FAST,
-        "auxconf": FAST,
-        "evaluate": {"n_samples": 2, "batch_size": 4},
-    }
-    cfg.update(kw)
-    return cfg
+from tests.ml._stage_fixtures import tiny_config
 
 
 def test_end_to_end_with_weak_alignment_writes_all_methods(tmp_path):
