@@ -108,6 +108,8 @@ def visible(qs: QuerySet, user) -> QuerySet:
     """Models and datasets a user may use: shared ones (no owner) and their own; staff see all."""
     if user is not None and user.is_staff:
         return qs
+    if user is None or not user.is_authenticated:  # AnonymousUser is not a row: Q(owner=...) would raise
+        return qs.filter(owner__isnull=True)
     return qs.filter(Q(owner__isnull=True) | Q(owner=user))
 
 

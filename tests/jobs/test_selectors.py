@@ -110,6 +110,9 @@ def test_models_and_datasets_visible_are_shared_plus_own_staff_all(user, other_u
     assert sorted(_pks(sel.datasets_visible(user=staff_user))) == sorted([shared_d.pk, mine_d.pk, theirs_d.pk])
     assert _pks(sel.models_visible(user=None)) == [shared_m.pk]
     assert _pks(sel.datasets_visible(user=None)) == [shared_d.pk]
+    # A signed-out visitor (what request.user is then) sees the shared ones too, and no TypeError.
+    assert _pks(sel.models_visible(user=AnonymousUser())) == [shared_m.pk]
+    assert _pks(sel.datasets_visible(user=AnonymousUser())) == [shared_d.pk]
 
 
 def test_job_list_takes_several_kinds_and_orders_by_creation_then_id(jobs, user):
