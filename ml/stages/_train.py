@@ -69,9 +69,12 @@ def encode_pair(
     p = encode_prompt(tokenizer, prompt, use_chat_template)
     r = encode_response(tokenizer, response, use_chat_template)
     if max_length and len(p) + len(r) > max_length:
-        keep_p = min(len(p), max(1, max_length // 2), max_length - 1)
-        if len(p) + len(r) - (len(p) - keep_p) > max_length:
-            p = p[len(p) - keep_p :]
+        # The prompt keeps what the whole response leaves room for, but at least half the budget (and at least
+        # one token, never the whole budget); the response fills the rest. So a larger budget never keeps fewer
+        # tokens of either side (the previous rule kept 3 response tokens at 6 and 2 at 7).
+        floor_p = min(len(p), max(1, max_length // 2), max_length - 1)
+        keep_p = max(floor_p, min(len(p), max_length - len(r)))
+        p = p[len(p) - keep_p :]
         r = r[: max(1, max_length - len(p))]
     return p, r
 

@@ -25,10 +25,15 @@ def test_encode_pair_appends_eos_and_cuts_prompt_start_then_response_end(tok):
     assert encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=9) == (p, r)
     p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=6)
     assert (p, r) == ([6, 7, 8], [9, 10, 11])
+    kept = (0, 0)
     for limit in range(2, 12):  # at every budget: fits, keeps the prompt's end and the response's start
         p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=limit)
         assert len(p) + len(r) <= limit and p and r
         assert p == [4, 5, 6, 7, 8][-len(p) :] and r == [9, 10, 11, 2][: len(r)]
+        # a larger budget never keeps fewer tokens of either side (7 once kept 2 response tokens, 6 kept 3)
+        assert len(p) >= kept[0] and len(r) >= kept[1], (limit, p, r)
+        kept = (len(p), len(r))
+    assert encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=7) == ([6, 7, 8], [9, 10, 11, 2])
     # a short prompt is not cut to make room: the response loses its end instead
     p, r = encode_pair(tok, "a", "b c d e f g h", use_chat_template=False, max_length=4)
     assert (p, r) == ([4], [5, 6, 7])
