@@ -26,7 +26,9 @@ def test_serve_starts_everything_and_stops_cleanly(tmp_path):
         assert (tmp_path / "redis" / "redis.sock").exists()
         assert (tmp_path / "congweb.sqlite3").exists()
         tree = descendants(lr.proc.pid)
-        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0") for p in tree}
+        # Words, not argv entries: celery renames its processes (setproctitle) at some point after start, and the
+        # new title ("[celery beat] -A congweb beat ...") is one NUL-padded entry.
+        cmdlines = {p: Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").split() for p in tree}
         lr.proc.send_signal(signal.SIGTERM)
         lr.proc.wait(timeout=60)
         out = lr.console()
