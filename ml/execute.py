@@ -2,8 +2,9 @@
 
 ``execute(spec, inputs, reporter, on_generation=...)`` builds the kind's configs (ml.resolve.build) and runs them.
 ``on_generation(samples_path, index_offset)`` is called before each stage that writes generated pairs, so a
-caller can follow the file as it grows (the web worker mirrors rows into its database). The result is the
-stage's (or pipeline's) summary dict, with ``{"stopped": True, ...}`` when the reporter asked to stop.
+caller can follow the file as it grows (the web worker mirrors rows into its database). ``generation`` runs each
+generation stage, whole (the default) or in shards (ml.shards; the web worker spreads shards over its workers).
+The result is the stage's (or pipeline's) summary dict, with ``{"stopped": True, ...}`` when the reporter asked to stop.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ml.io import SAMPLES
 from ml.reporter import Reporter, or_null
 from ml.resolve import JobInputs, build
 from ml.results import stamp
+from ml.shards import GenerationRunner, run_whole
 
 OnGeneration = Callable[[str, int], None]
 
@@ -30,9 +32,12 @@ def execute(
     reporter: Reporter | None = None,
     *,
     on_generation: OnGeneration | None = None,
+    generation: GenerationRunner | None = None,
 ) -> dict[str, Any]:
     """Run the spec; the result is stamped with its layout's version and kind (ml.results reads it)."""
-    return stamp(spec["kind"], _run(spec, inputs, reporter, on_generation=on_generation))
+    return stamp(
+        spec["kind"], _run(spec, inputs, reporter, on_generation=on_generation, generation=generation or run_whole)
+    )
 
 
 def _run(
@@ -41,6 +46,7 @@ def _run(
     reporter: Reporter | None = None,
     *,
     on_generation: OnGeneration | None = None,
+    generation: GenerationRunner = run_whole,
 ) -> dict[str, Any]:
     rep = or_null(reporter)
     hook = on_generation or _noop
@@ -51,15 +57,15 @@ def _run(
 
         cfg = built["pipeline"]
         hook(str(Path(cfg.output_dir) / "cd_generate" / SAMPLES), 0)
-        return run(cfg, rep)
+        return run(cfg, rep, generation=generation)
     if kind == "cd_generate":
         from ml.stages.generate import cd_generate
 
         cfg = built["cd_generate"]
         hook(str(Path(cfg.output_dir) / SAMPLES), 0)
-        return cd_generate(cfg, rep)
+        return generation("cd_generate", cd_generate, cfg, rep)
     if kind == "alpha_sweep":
-        return _sweep(built["alphas"], inputs, rep, hook)
+        return _sweep(built["alphas"], inputs, rep, hook, generation)
     if kind == "weak_align":
         from ml.stages.weak_align import weak_align
 
@@ -93,7 +99,9 @@ def _run(
     raise ValueError(f"no runner for kind {kind!r}")
 
 
-def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: OnGeneration) -> dict[str, Any]:
+def _sweep(
+    runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: OnGeneration, generation: GenerationRunner
+) -> dict[str, Any]:
     from ml.io import read_prompts
     from ml.stages.evaluate import evaluate
     from ml.stages.generate import cd_generate
@@ -108,7 +116,7 @@ def _sweep(runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: O
         if rep.should_stop():
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
         hook(str(Path(cd.output_dir) / SAMPLES), k * n)  # rows of alpha k get prompt indexes k*n ...
-        s = cd_generate(cd, rep)
+        s = generation(f"cd_generate_{run['tag']}", cd_generate, cd, rep)
         if s.get("stopped"):
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
         m = evaluate(run["evaluate"], rep)

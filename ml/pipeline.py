@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
 from ml.results import RESULTS_VERSION
+from ml.shards import GenerationRunner, run_whole
 
 # The paper's methods (the default) and the options this project measures beside them.
 DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
@@ -186,10 +187,13 @@ _Cfg = TypeVar("_Cfg", bound=_StageConfig)
 
 
 class _Runner:
-    def __init__(self, config: PipelineConfig, reporter: Reporter, dry: bool = False) -> None:
+    def __init__(
+        self, config: PipelineConfig, reporter: Reporter, dry: bool = False, generation: GenerationRunner | None = None
+    ) -> None:
         self.c = config
         self.r = reporter
         self.dry = dry
+        self.generation = generation or run_whole
         self.planned: dict[str, Any] = {}
         self.out = Path(config.output_dir)
         self.timings_path = self.out / "timings.json"
@@ -198,7 +202,10 @@ class _Runner:
     def dir(self, name: str) -> str:
         return str(self.out / name)
 
-    def stage(self, name: str, fn: Callable[[_Cfg, Reporter], dict[str, Any]], cfg: _Cfg) -> dict[str, Any]:
+    def stage(
+        self, name: str, fn: Callable[[_Cfg, Reporter], dict[str, Any]], cfg: _Cfg, *, generation: bool = False
+    ) -> dict[str, Any]:
+        """Run (or resume) one stage; a generation stage goes through the generation runner (whole or sharded)."""
         from ml.io import stage_done
 
         if self.dry:  # check(): every stage config was built (and validated); nothing runs
@@ -208,7 +215,7 @@ class _Runner:
         if not cached:
             self.r.log(f"pipeline: stage {name}")
         t0 = time.time()
-        summary = fn(cfg, self.r)
+        summary = self.generation(name, fn, cfg, self.r) if generation else fn(cfg, self.r)
         if summary.get("stopped"):
             raise _Stopped(name, summary)
         if not cached or name not in self.timings:
@@ -249,12 +256,15 @@ def check(config: PipelineConfig) -> dict[str, Any]:
     return R.planned
 
 
-def run(config: PipelineConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+def run(
+    config: PipelineConfig, reporter: Reporter | None = None, *, generation: GenerationRunner | None = None
+) -> dict[str, Any]:
     """Run (or resume) the pipeline; returns the results dict (also in output_dir/results.json), or
-    {"stopped": True, "stage": ...} when the reporter asked to stop."""
+    {"stopped": True, "stage": ...} when the reporter asked to stop. ``generation`` runs the generation stages
+    (ml.shards: whole by default)."""
     c = config
     rep = or_null(reporter)
-    R = _Runner(c, rep)
+    R = _Runner(c, rep, generation=generation)
     R.out.mkdir(parents=True, exist_ok=True)
     write_json(R.out / "config.json", c.to_dict())
     t_start = time.time()
@@ -317,7 +327,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
             cd=R.decoding(alpha=c.alpha),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
             **common,
         )
-        cd_samples = R.stage("cd_generate", cd_generate, cd_cfg)["samples"]
+        cd_samples = R.stage("cd_generate", cd_generate, cd_cfg, generation=True)["samples"]
         s = SFTStageConfig(
             **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"), "data": cd_samples, **c.sft})
         )
@@ -365,7 +375,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
             sampling=R.decoding(),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
             **common,
         )
-        plain = R.stage("plain_generate", plain_generate, pg)["samples"]
+        plain = R.stage("plain_generate", plain_generate, pg, generation=True)["samples"]
         if "weak_sft" in methods:
             s = SFTStageConfig(
                 **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"), "data": plain, **c.sft})

@@ -282,6 +282,12 @@ def resolve(
     return spec
 
 
+# Internal fields that stay unset unless the caller sets them: 'samples' and 'reference' are alternatives to 'model'
+# in EvaluateConfig, device and dtype are picked per machine, and a generation stage runs whole unless a runner
+# gives it a shard (ml.shards).
+_OPTIONAL_INTERNAL = ("samples", "reference", "device", "dtype", "shard")
+
+
 def placeholders(cls: type) -> dict[str, Any]:
     """Values for a config's internal fields good enough to run its own checks (no file is opened)."""
     from ml.spec import _hints
@@ -289,8 +295,7 @@ def placeholders(cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
     hints = _hints(cls)
     for f in fields(cls):
-        # 'samples' and 'reference' are alternatives to 'model' in EvaluateConfig: leave them unset.
-        if is_internal(f) and f.name not in ("samples", "reference", "device", "dtype") and "str" in str(hints[f.name]):
+        if is_internal(f) and f.name not in _OPTIONAL_INTERNAL and "str" in str(hints[f.name]):
             out[f.name] = PLACEHOLDER
     return out
 

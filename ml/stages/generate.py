@@ -12,6 +12,10 @@ Resumption: the work is split into fixed chunks (prompts sorted by token length,
 skips chunks whose rows are all there and regenerates the others whole, writing only the missing
 rows: the result is the same as an uninterrupted run, sampled or greedy. When all chunks are done
 the file is rewritten in (index, sample) order and DONE.json holds the summary.
+
+Sharding (ml.shards): with ``shard="i/n"`` a run takes only chunks i, i+n, ... into its own folder under
+``output_dir/shards/``; ``merge_shards`` joins the n shards into the same samples.jsonl and DONE.json that one
+unsharded run writes (chunk seeds are the chunk's number in the whole stage, so the rows are identical).
 """
 
 from __future__ import annotations
@@ -34,8 +38,18 @@ from ml.contrastive import (
     encode_prompt,
     eos_ids_of,
 )
-from ml.io import SAMPLES, append_jsonl, mark_done, read_prompts, repair_jsonl, stage_done, write_json, write_jsonl
+from ml.io import (
+    SAMPLES,
+    append_jsonl,
+    mark_done,
+    read_prompts,
+    repair_jsonl,
+    stage_done,
+    write_json,
+    write_jsonl,
+)
 from ml.reporter import Reporter, or_null
+from ml.shards import Shard
 
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
 _Config = TypeVar("_Config", bound="_GenerateCommon")
@@ -83,6 +97,13 @@ class _GenerateCommon:
         default=None, metadata={"internal": True, "help": "float32, bfloat16, float16 (None = per device)."}
     )
     report_samples: int = field(default=2, metadata={"help": "Rows per batch sent to reporter.sample()."})
+    shard: str | None = field(
+        default=None,
+        metadata={
+            "internal": True,
+            "help": "i/n: generate only shard i of n (chunks i, i+n, ...) into output_dir/shards/ (ml.shards).",
+        },
+    )
 
     def _check_common(self, decoding: CDConfig) -> None:
         if not self.prompts:
@@ -100,6 +121,19 @@ class _GenerateCommon:
             )
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
+        if self.shard is not None:
+            Shard.parse(self.shard)
+
+    def decoding_config(self) -> CDConfig:
+        raise NotImplementedError
+
+    def work_dir(self) -> Path:
+        """Where this run writes: output_dir, or its shard's folder under it."""
+        return Shard.parse(self.shard).dir(self.output_dir) if self.shard else Path(self.output_dir)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of a finished run: the whole stage's (merged) one, else this shard's."""
+        return stage_done(self.output_dir) or (stage_done(self.work_dir()) if self.shard else None)
 
 
 @dataclass
@@ -118,6 +152,9 @@ class CDGenerateConfig(_GenerateCommon):
             raise ValueError("CD needs both weak models: set aligned (pi_post) and base (pi_pre) folders")
         self.cd = _coerce_cd(self.cd, "CDGenerateConfig.cd")
         self._check_common(self.cd)
+
+    def decoding_config(self) -> CDConfig:
+        return self.cd
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CDGenerateConfig:
@@ -151,6 +188,9 @@ class PlainGenerateConfig(_GenerateCommon):
         self.sampling = _coerce_cd(self.sampling, "PlainGenerateConfig.sampling")
         self._check_common(self.sampling)
 
+    def decoding_config(self) -> CDConfig:
+        return self.sampling
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PlainGenerateConfig:
         return _from_flat(cls, data, "sampling")
@@ -160,6 +200,32 @@ class PlainGenerateConfig(_GenerateCommon):
 # The shared resumable driver
 
 ChunkFn = Callable[[list[str], int], list[dict[str, Any]]]  # (prompts, chunk no) -> one result per prompt
+
+
+def _chunks(config: _GenerateCommon, lengths: list[int]) -> list[list[tuple[int, int]]]:
+    """The stage's chunks of (prompt index, sample): longest prompts first, ``batch_size`` per chunk."""
+    batch = config.decoding_config().batch_size
+    items = [(i, s) for i in range(len(lengths)) for s in range(config.samples_per_prompt)]
+    items.sort(key=lambda it: (-lengths[it[0]], it[0], it[1]))
+    return [items[k : k + batch] for k in range(0, len(items), batch)]
+
+
+def stage_summary(
+    stage: str, config: _GenerateCommon, rows: list[dict[str, Any]], n_prompts: int, alpha: float | None
+) -> dict[str, Any]:
+    sums = [r["implicit_reward_sum"] for r in rows if r.get("implicit_reward_sum") is not None]
+    means = [r["implicit_reward_mean"] for r in rows if r.get("implicit_reward_mean") is not None]
+    return {
+        "stage": stage,
+        "n": len(rows),
+        "n_prompts": n_prompts,
+        "samples_per_prompt": config.samples_per_prompt,
+        "alpha": alpha,
+        "samples": str(Path(config.output_dir) / SAMPLES),
+        "mean_implicit_reward": sum(sums) / len(sums) if sums else None,
+        "mean_implicit_reward_per_token": sum(means) / len(means) if means else None,
+        "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
+    }
 
 
 def _run(
@@ -173,15 +239,15 @@ def _run(
     reporter: Reporter | None,
 ) -> dict[str, Any]:
     rep = or_null(reporter)
-    out_dir = Path(config.output_dir)
+    shard = Shard.parse(config.shard) if config.shard else None
+    out_dir = config.work_dir()
     path = out_dir / SAMPLES
     prompts = read_prompts(config.prompts, limit=config.max_prompts)
     if not prompts:
         raise ValueError(f"{config.prompts} holds no prompts")
     lengths = [len(encode_prompt(tokenizer, p, use_chat_template=decoding.use_chat_template)) for p in prompts]
-    items = [(i, s) for i in range(len(prompts)) for s in range(config.samples_per_prompt)]
-    items.sort(key=lambda it: (-lengths[it[0]], it[0], it[1]))
-    chunks = [items[k : k + decoding.batch_size] for k in range(0, len(items), decoding.batch_size)]
+    # Chunk numbers are the whole stage's: a shard seeds chunk k as the unsharded run does.
+    chunks = [(k, c) for k, c in enumerate(_chunks(config, lengths)) if shard is None or shard.takes(k)]
 
     have = repair_jsonl(path)
     stale = [r for r in have if r.get("alpha") != alpha]
@@ -193,10 +259,10 @@ def _run(
     present = {(int(r["index"]), int(r.get("sample", 0))) for r in have}
     write_json(out_dir / "config.json", {"stage": stage, **asdict(config)})
 
-    total = len(items)
-    n_done = sum(1 for it in items if it in present)
+    total = sum(len(c) for _, c in chunks)
+    n_done = sum(1 for _, c in chunks for it in c if it in present)
     new_tokens, gen_seconds = 0, 0.0
-    for k, chunk in enumerate(chunks):
+    for k, chunk in chunks:
         missing = [it for it in chunk if it not in present]
         if not missing:
             continue
@@ -231,21 +297,11 @@ def _run(
 
     rows = sorted(repair_jsonl(path), key=lambda r: (r["index"], r.get("sample", 0)))
     write_jsonl(path, rows)  # whole file in prompt order for readers
-    sums = [r["implicit_reward_sum"] for r in rows if r.get("implicit_reward_sum") is not None]
-    means = [r["implicit_reward_mean"] for r in rows if r.get("implicit_reward_mean") is not None]
-    summary = {
-        "stage": stage,
-        "n": len(rows),
-        "n_prompts": len(prompts),
-        "samples_per_prompt": config.samples_per_prompt,
-        "alpha": alpha,
-        "samples": str(path),
-        "mean_implicit_reward": sum(sums) / len(sums) if sums else None,
-        "mean_implicit_reward_per_token": sum(means) / len(means) if means else None,
-        "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
-        "tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else None,
-    }
-    return mark_done(out_dir, summary)
+    timing = {"new_tokens": new_tokens, "gen_seconds": gen_seconds}
+    if shard is not None:  # the merge reads these; the stage's summary is written by merge_shards
+        return mark_done(out_dir, {"stage": stage, "shard": str(shard), "n": len(rows), "total": total, **timing})
+    summary = stage_summary(stage, config, rows, len(prompts), alpha)
+    return mark_done(out_dir, {**summary, "tokens_per_s": new_tokens / gen_seconds if gen_seconds > 0 else None})
 
 
 def _load_pair(
@@ -276,7 +332,7 @@ def _row_result(token_ids: list[int], text: str, finish: str, reward: Mapping[st
 
 def cd_generate(config: CDGenerateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """One CD response per prompt (per sample) into output_dir/samples.jsonl; resumable, idempotent."""
-    done = stage_done(config.output_dir)
+    done = config.finished()
     if done is not None:
         return done
     tok, aligned, base, _ = _load_pair(config.aligned, config.base, config.device, config.dtype)
@@ -315,7 +371,7 @@ def _generated_scope_processors(sp: CDConfig, prompt_len: int) -> dict[str, Any]
 
 def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Plain samples from one model through ``model.generate`` (same processors and settings as CD)."""
-    done = stage_done(config.output_dir)
+    done = config.finished()
     if done is not None:
         return done
     from ml.scoring import implicit_rewards_from_ids
@@ -392,3 +448,11 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
         chunk_fn=chunk_fn,
         reporter=reporter,
     )
+
+
+# Generation stages by name, for a runner that rebuilds a stage's config from its dict (a shard on another worker).
+GENERATORS: dict[str, tuple[type[_GenerateCommon], Callable[..., dict[str, Any]]]] = {
+    "cd_generate": (CDGenerateConfig, cd_generate),
+    "plain_generate": (PlainGenerateConfig, plain_generate),
+}
+GenerateConfig = _GenerateCommon  # the base of every generation stage's config (ml.shards takes any of them)
