@@ -57,6 +57,53 @@ def test_pad_collate_right_pads_ids_with_pad_id_and_the_rest_with_zero():
     assert b["target"].tolist() == [[0.0, 0.5, 1.5], [2.5, 0.0, 0.0]] and b["target"].dtype == torch.float32
 
 
+def test_encode_pair_applies_the_chat_template_by_default_and_only_when_asked():
+    """The prompt is wrapped in the tokenizer's chat template unless use_chat_template=False (the default is
+    True, as in every stage config); the response is never templated."""
+    tt = word_tokenizer("a b c d".split())  # a..d = ids 4..7, eos = 2
+    tt.chat_template = (
+        "{% for m in messages %}a {{ m['content'] }}{% endfor %}{% if add_generation_prompt %} b{% endif %}"
+    )
+    assert encode_pair(tt, "c", "d") == ([4, 6, 5], [7, 2])
+    assert encode_pair(tt, "c", "d", use_chat_template=True) == ([4, 6, 5], [7, 2])
+    assert encode_pair(tt, "c", "d", use_chat_template=False) == ([6], [7, 2])
+
+
+def test_encode_pair_keeps_at_every_budget_what_the_rule_says(tok):
+    """Over the budget L the prompt keeps max(its share, the room the whole response leaves), its share being
+    half the budget (at least one token) and never more than it has; the response keeps the rest (at least one
+    token). Checked exactly for one pair at every budget and as that rule over many lengths."""
+    sizes = [encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=n) for n in range(2, 12)]
+    assert [(len(p), len(r)) for p, r in sizes] == [
+        (1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 4), (4, 4), (5, 4), (5, 4), (5, 4)
+    ]  # fmt: skip
+    # a budget of one cannot hold a token of each side: it still fits, and the response keeps its first token
+    p, r = encode_pair(tok, "a b c d e", "f g h", use_chat_template=False, max_length=1)
+    assert len(p) + len(r) <= 1 and r == [9]
+    words = "a b c d e f g h".split()
+    for n_p in range(1, 7):
+        for n_r in range(0, 8):  # + eos
+            prompt, response = " ".join(words[:n_p]), " ".join(words[:n_r])
+            for limit in range(2, 16):
+                p, r = encode_pair(tok, prompt, response, use_chat_template=False, max_length=limit)
+                if n_p + n_r + 1 <= limit:
+                    assert (len(p), len(r)) == (n_p, n_r + 1)
+                    continue
+                keep_p = max(min(n_p, limit // 2), min(n_p, limit - n_r - 1))
+                assert (len(p), len(r)) == (keep_p, min(n_r + 1, limit - keep_p)), (n_p, n_r, limit)
+    # e.g. a 3-token prompt under a budget of 8 keeps all 3 (half the budget is 4): the response is cut to 5
+    assert encode_pair(tok, "a b c", "d e f g h a b", use_chat_template=False, max_length=8) == (
+        [4, 5, 6],
+        [7, 8, 9, 10, 11],
+    )
+
+
+def test_pad_collate_takes_a_batch_of_one():
+    """The last batch of an epoch (or per_device_train_batch_size=1) may hold a single example."""
+    b = pad_collate([{"input_ids": [5, 6], "labels": [-100, 6]}], pad_id=1)
+    assert b["input_ids"].tolist() == [[5, 6]] and b["labels"].tolist() == [[-100, 6]]
+
+
 def test_shifted_token_logps_puts_log_p_of_token_t_at_t_and_zero_at_0():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6)
