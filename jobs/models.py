@@ -229,6 +229,10 @@ class GeneratedPair(models.Model):
         help_text=("Why the dataset's gold reward could not score this pair (empty = scored, or no gold)."),
     )
     alpha = models.FloatField(null=True, blank=True)
+    shard = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The shard that generated it (sharded stages)."
+    )
+    worker = models.CharField(max_length=200, blank=True, default="", help_text="The worker that generated it.")
     review_status = models.CharField(max_length=20, choices=Review.choices, default=Review.PENDING, db_index=True)
     edited_text = models.TextField(blank=True, default="")
     reviewer = models.ForeignKey(
@@ -258,3 +262,40 @@ class Artifact(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} {self.stage}/{self.kind}" + (" (partial)" if self.partial else "")
+
+
+class JobShard(models.Model):
+    """One part of a sharded generation stage (ml.shards): claimed by one worker at a time, like a job, by a
+    conditional update (jobs/services/shards.py); its rows live in its own JSONL under the job's run folder."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="shards")
+    stage = models.CharField(max_length=50, help_text="The generation stage it is part of.")
+    index = models.PositiveIntegerField()
+    count = models.PositiveIntegerField(help_text="How many shards the stage has.")
+    generator = models.CharField(max_length=50, help_text="ml.stages.generate.GENERATORS name.")
+    config = models.JSONField(default=dict, help_text="The stage's config (without the shard).")
+    index_offset = models.PositiveIntegerField(default=0, help_text="Added to its rows' prompt index (sweeps).")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    task_id = models.CharField(max_length=100, blank=True, default="")
+    worker = models.CharField(max_length=200, blank=True, default="", help_text="The worker running it.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    done = models.PositiveIntegerField(default=0, help_text="Rows written.")
+    total = models.PositiveIntegerField(default=0, help_text="Rows it writes.")
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["job", "stage", "index"]
+        constraints = [models.UniqueConstraint(fields=["job", "stage", "index"], name="jobshard_unique_index")]
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} {self.stage} shard {self.index}/{self.count} ({self.status})"

@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -26,12 +27,12 @@ log = logging.getLogger(__name__)
 
 
 class Heartbeat(threading.Thread):
-    """Refreshes job.heartbeat_at every JOB_HEARTBEAT_SECONDS from its own thread (and DB connection),
-    so a long step in the stage never makes a healthy job look dead to the reaper."""
+    """Calls ``beat`` (a job's or a shard's heartbeat service) every JOB_HEARTBEAT_SECONDS from its own thread
+    (and DB connection), so a long step in the stage never makes a healthy holder look dead to the reaper."""
 
-    def __init__(self, job_id: int, task_id: str) -> None:
-        super().__init__(name=f"heartbeat-{job_id}", daemon=True)
-        self.job_id, self.task_id = job_id, task_id
+    def __init__(self, what: str, beat: Callable[[], object]) -> None:
+        super().__init__(name=f"heartbeat-{what}", daemon=True)
+        self.what, self.beat = what, beat
         self.interval = float(getattr(settings, "JOB_HEARTBEAT_SECONDS", 15))
         self._stop_event = threading.Event()
 
@@ -39,9 +40,9 @@ class Heartbeat(threading.Thread):
         try:
             while not self._stop_event.wait(self.interval):
                 try:
-                    services.job_heartbeat(job_id=self.job_id, task_id=self.task_id)
+                    self.beat()
                 except Exception:  # a DB blip: try again next beat
-                    log.exception("heartbeat failed for job %s", self.job_id)
+                    log.exception("heartbeat failed for %s", self.what)
         finally:
             connection.close()
 
@@ -57,8 +58,18 @@ class PairMirror:
     (it does once, sorted, at the end) the offset is past the new size and reading restarts at 0.
     """
 
-    def __init__(self, job_id: int, path: Path, index_offset: int = 0, gold: str = "") -> None:
+    def __init__(
+        self,
+        job_id: int,
+        path: Path,
+        index_offset: int = 0,
+        gold: str = "",
+        *,
+        shard: int | None = None,
+        worker: str = "",
+    ) -> None:
         self.job_id, self.path, self.index_offset = job_id, Path(path), index_offset
+        self.shard, self.worker = shard, worker  # stored with each pair: who generated it
         self.offset = 0
         self.stored = self.score_errors = 0
         # Score each pair with the dataset's gold reward as it is mirrored, so reviewers can filter and
@@ -108,7 +119,9 @@ class PairMirror:
                     row = {**row, "gold": self.gold(str(row.get("prompt", "")), str(row.get("response", "")))}
                 except Exception as exc:  # a prompt the gold cannot score: keep the pair, say why
                     row = {**row, "score_error": f"{type(exc).__name__}: {exc}"[:2000]}
-            _, created = services.pair_store(job_id=self.job_id, row=row, index_offset=self.index_offset)
+            _, created = services.pair_store(
+                job_id=self.job_id, row=row, index_offset=self.index_offset, shard=self.shard, worker=self.worker
+            )
             new += int(created)
             self.stored += int(created)
             self.score_errors += int(created and bool(row.get("score_error")))
@@ -126,21 +139,29 @@ def _gold(job: Job) -> str:
     return gold
 
 
-def run_spec(job: Job, rep: ProgressReporter, mirrors: list[PairMirror]) -> dict:
+def run_spec(
+    job: Job, rep: ProgressReporter, mirrors: list[PairMirror], *, task_id: str = "", worker: str = ""
+) -> dict:
     """Run the job's spec through ml (ml.execute: the same path as `python -m ml job`), mirroring every
-    generation stage's rows as they appear, then record what it made."""
+    generation stage's rows as they appear, then record what it made. Generation stages go through the
+    Coordinator: whole on this worker, or in shards spread over the live workers (jobs.sharding)."""
+    from jobs.sharding import Coordinator
     from ml.execute import execute
 
     gold = _gold(job)
+    spec = selectors.job_spec(job=job)
+    requested = (spec.get("execution") or {}).get("shards", "auto")
+    coordinator = Coordinator(job, requested=requested, task_id=task_id, worker=worker, gold=gold)
 
     def on_generation(path: str, index_offset: int) -> None:
         samples = Path(path)
-        mirrors.append(PairMirror(job.pk, samples, index_offset, gold=gold))
+        mirrors.append(PairMirror(job.pk, samples, index_offset, gold=gold, worker=worker))
+        coordinator.offsets[str(samples.parent)] = index_offset
         services.artifact_record(job_id=job.pk, stage=samples.parent.name, kind="samples", path=str(samples))
 
     out = run_dir(job)
     result = execute(
-        selectors.job_spec(job=job), services.job_inputs(job.config, str(out)), rep, on_generation=on_generation
+        spec, services.job_inputs(job.config, str(out)), rep, on_generation=on_generation, generation=coordinator
     )
     for m in mirrors:
         m.sync()
@@ -213,14 +234,14 @@ def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
     return counts
 
 
-def run_job(*, job_id: int, task_id: str = "") -> str:
+def run_job(*, job_id: int, task_id: str = "", worker: str = "") -> str:
     """The body of job_run_task. Returns what happened (for the worker log); state lives in the DB."""
     from celery.exceptions import SoftTimeLimitExceeded
 
     job = services.job_claim(job_id=job_id, task_id=task_id)
     if job is None:
         return "not claimed (finished, cancelled, or held by another worker)"
-    beat = Heartbeat(job.pk, task_id)
+    beat = Heartbeat(f"job-{job.pk}", lambda: services.job_heartbeat(job_id=job.pk, task_id=task_id))
     beat.start()
     mirrors: list[PairMirror] = []
 
@@ -231,7 +252,7 @@ def run_job(*, job_id: int, task_id: str = "") -> str:
     rep = ProgressReporter(job.pk, on_progress=on_progress)
     try:
         services.job_check_access(job=job)  # the owner may still use all it names (docs/SECURITY.md section 2)
-        result = run_spec(job, rep, mirrors)
+        result = run_spec(job, rep, mirrors, task_id=task_id, worker=worker or services.worker_name())
         rep.close()
         for m in mirrors:
             m.sync()

@@ -8,7 +8,9 @@ and the attempt counter on the Job row (job_claim) decides whether to run it aga
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_ready, worker_shutdown
+
+_announcer = None
 
 
 @worker_init.connect
@@ -26,11 +28,36 @@ def _preload_ml(**_):
         pass
 
 
+@worker_ready.connect
+def _announce(sender=None, **_):
+    # The worker registry (jobs.workers): `shards: auto` counts the live workers of the generation queue.
+    global _announcer
+    from jobs.workers import Announcer
+
+    queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
+    _announcer = Announcer(getattr(sender, "hostname", "") or "worker", queues)
+    _announcer.start()
+
+
+@worker_shutdown.connect
+def _withdraw(**_):
+    if _announcer is not None:
+        _announcer.stop()
+
+
 @shared_task(name="jobs.tasks.job_run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
 def job_run_task(self, job_id: int) -> str:
     from jobs.runner import run_job
 
-    return run_job(job_id=job_id, task_id=self.request.id or "")
+    return run_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
+
+
+@shared_task(name="jobs.tasks.shard_run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
+def shard_run_task(self, shard_id: int) -> str:
+    # One part of a sharded generation stage (jobs.sharding); its job's coordinator merges the parts.
+    from jobs.sharding import run_shard_task
+
+    return run_shard_task(shard_id=shard_id, task_id=self.request.id or "", worker=self.request.hostname or "")
 
 
 @shared_task(name="jobs.tasks.offline_install_task")

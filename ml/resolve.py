@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from ml.execution import split_execution
 from ml.io import SAMPLES
 from ml.spec import (
     _WIRED_AS,
@@ -220,6 +221,9 @@ def resolve(
     elif alpha not in (None, ""):
         errs.add("alpha", f"alpha is not used by kind={kind}" + ("; give params.alphas" if ks.sweep else ""))
 
+    params, spec["execution"], exec_errors = split_execution(kind, params, limits)  # ml.execution: how it runs
+    for path, msg in exec_errors.items():
+        errs.add(path, msg)
     rec = _read_layer(ks, recommended, used, limits, _Errors(), strict=False)  # recommendations: keep what fits
     req = _read_layer(ks, params, used, limits, errs, strict=True)
     errs.raise_if_any()

@@ -10,6 +10,7 @@ import types
 import typing
 from typing import Any
 
+from ml.execution import params_properties
 from ml.spec import (
     DEFAULT_LIMITS,
     LIMIT_OF,
@@ -63,6 +64,7 @@ def params_schema(kind: str, limits: dict[str, Any] | None = None) -> dict[str, 
         f, tp = knob_field(ks, knob)
         doc = f"Sets {', '.join(targets)}. {help_of(f)}"
         props[knob] = {**_setting(f, tp, limits, with_default=False), "description": doc}
+    props.update(params_properties(kind, limits))
     if ks.pipeline:
         for name, (f, tp) in top_settable().items():
             props.setdefault(name, _setting(f, tp, limits))

@@ -194,6 +194,9 @@ JOB_SOFT_TIME_LIMIT = env.int("JOB_SOFT_TIME_LIMIT", default=JOB_HARD_TIME_LIMIT
 JOB_MAX_ATTEMPTS = env.int("JOB_MAX_ATTEMPTS", default=3)
 JOB_HEARTBEAT_SECONDS = env.int("JOB_HEARTBEAT_SECONDS", default=15)
 JOB_STALE_AFTER_SECONDS = env.int("JOB_STALE_AFTER_SECONDS", default=120)
+# A sharded stage's coordinator runs a shard it sent to the queue itself once no worker took it for this long
+# (docs/SCALING.md): long enough for an idle worker to pick it up, short enough that one busy worker is no wait.
+JOB_SHARD_STEAL_AFTER_SECONDS = env.float("JOB_SHARD_STEAL_AFTER_SECONDS", default=10.0)
 # Upper bounds on what one job request may ask for (ml.spec.DEFAULT_LIMITS names them and says which settings
 # each bounds); each is overridable as JOB_LIMIT_<NAME>, e.g. JOB_LIMIT_MAX_NEW_TOKENS=8192.
 JOB_LIMITS = {
@@ -219,7 +222,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": JOB_HARD_TIME_LIMIT + 3
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"jobs.tasks.job_run_task": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {"jobs.tasks.job_run_task": {"queue": "gpu"}, "jobs.tasks.shard_run_task": {"queue": "gpu"}}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
 # --- REST ---------------------------------------------------------------------------------------

@@ -140,6 +140,12 @@ class JobSpecSerializer(serializers.Serializer):
     stages = serializers.DictField(
         child=described_json(OPEN_OBJECT), help_text="{stage name: that stage's settings}, in the order they run."
     )
+    execution = described_json(
+        OPEN_OBJECT,
+        required=False,
+        help_text="How it runs (never what it computes): shards per generation stage. Absent in specs from before "
+        "these settings; the defaults apply.",
+    )
 
 
 class JobConfigSerializer(serializers.Serializer):

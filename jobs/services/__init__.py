@@ -13,6 +13,7 @@ One module per sub-domain; callers use this package's names (``from jobs import 
     lifecycle  cancel, retry, claim, heartbeat, finish, fail, the stale-job reaper
     events     the job's event log (and the push to the browser, jobs.notify)
     pairs      artifacts and generated pairs: mirror, review, export
+    shards     the parts of a sharded generation stage: plan, claim, heartbeat, progress, end
     offline    the real offline models: registration and the staff install
     dispatch   sending tasks to workers (by name: no import of jobs.tasks)
 """
@@ -61,6 +62,14 @@ from jobs.services.offline import (
     offline_register,
 )
 from jobs.services.pairs import artifact_record, pair_review, pair_store, pairs_export
+from jobs.services.shards import (
+    shard_claim,
+    shard_end,
+    shard_heartbeat,
+    shard_progress,
+    shard_send,
+    shards_plan,
+)
 
 __all__ = [
     "ALIGNED_NAME_MARK",
@@ -100,6 +109,12 @@ __all__ = [
     "pair_review",
     "pair_store",
     "pairs_export",
+    "shard_claim",
+    "shard_end",
+    "shard_heartbeat",
+    "shard_progress",
+    "shard_send",
+    "shards_plan",
     "toyworld_register",
     "worker_name",
 ]

@@ -31,11 +31,14 @@ def pair_is_empty(chosen: Any, rejected: Any) -> bool:
     return is_empty_response(chosen) or (rejected is not None and is_empty_response(rejected))
 
 
-def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tuple[GeneratedPair, bool]:
+def pair_store(
+    *, job_id: int, row: dict[str, Any], index_offset: int = 0, shard: int | None = None, worker: str = ""
+) -> tuple[GeneratedPair, bool]:
     """Mirror one generated row (samples.jsonl, ml.stages.generate) as a GeneratedPair; never duplicates.
 
     The row's ``implicit_reward_sum`` and ``implicit_reward_mean`` are stored under those names; a row with only
-    an unnamed ``implicit_reward`` stores neither (which one it is cannot be told)."""
+    an unnamed ``implicit_reward`` stores neither (which one it is cannot be told). ``shard`` and ``worker`` say
+    who generated it (jobs.sharding)."""
     chosen = str(row.get("response", ""))
     rejected, plain = row.get("rejected"), row.get("plain")
     return GeneratedPair.objects.get_or_create(
@@ -53,6 +56,8 @@ def pair_store(*, job_id: int, row: dict[str, Any], index_offset: int = 0) -> tu
             "gold_reward": finite_number(row.get("gold")),
             "score_error": str(row.get("score_error") or ""),
             "alpha": finite_number(row.get("alpha")),
+            "shard": shard,
+            "worker": worker[:200],
         },
     )
 

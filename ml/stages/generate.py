@@ -451,7 +451,7 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
 
 
 # Generation stages by name, for a runner that rebuilds a stage's config from its dict (a shard on another worker).
-GENERATORS: dict[str, tuple[type[_GenerateCommon], Callable[..., dict[str, Any]]]] = {
+GENERATORS: dict[str, tuple[Any, Callable[..., dict[str, Any]]]] = {  # name -> (config class with from_dict, fn)
     "cd_generate": (CDGenerateConfig, cd_generate),
     "plain_generate": (PlainGenerateConfig, plain_generate),
 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,8 @@ class WorkerProc:
 
     def start(self, wait: float = 60.0) -> None:
         self.log = open(self.log_path, "ab")
+        # Its Celery node name, as pairs, shards and the worker registry record it (-n ...@%h).
+        self.node = f"test{time.monotonic_ns()}@{socket.gethostname()}"
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -176,7 +179,7 @@ class WorkerProc:
                 "--without-mingle",
                 "--without-heartbeat",
                 "-n",
-                f"test{time.monotonic_ns()}@%h",
+                self.node,
             ],
             cwd=ROOT,
             env=self.env,
@@ -243,7 +246,13 @@ def purge_broker(redis_url: str) -> None:
     """Drop broker state an earlier test left (messages no worker took) on a shared (CI) Redis."""
     import redis as redis_lib
 
-    redis_lib.Redis.from_url(redis_url).delete(*BROKER_KEYS)
+    client = redis_lib.Redis.from_url(redis_url)
+    client.delete(*BROKER_KEYS)
+    # The worker registry (jobs.workers): a worker killed by an earlier test stays listed for its TTL, and
+    # `shards: auto` would count it. A live worker announces itself again within ANNOUNCE_EVERY.
+    stale = list(client.scan_iter(match="congweb:worker:*"))
+    if stale:
+        client.delete(*stale)
 
 
 def broker_idle(redis_url: str) -> bool:

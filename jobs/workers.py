@@ -1,0 +1,96 @@
+"""Which workers are alive, and what they serve: a small registry in the broker's Redis.
+
+Each worker process announces itself (``congweb:worker:<node name>`` -> its queues and device count) every
+``ANNOUNCE_EVERY`` seconds with a time-to-live of ``TTL``, and removes the key on a clean shutdown; a worker
+killed outright drops out within ``TTL``. Reading it is one SCAN, so a job can ask "how many workers serve
+the generation queue?" (``shards: auto``) without Celery's broadcast inspect, which waits out its timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+PREFIX = "congweb:worker:"
+TTL = 30
+ANNOUNCE_EVERY = 10
+GENERATION_QUEUE = "gpu"  # where job and shard tasks go (CELERY_TASK_ROUTES)
+
+
+def _client() -> Any:
+    import redis
+
+    url = settings.CELERY_BROKER_URL
+    if url.startswith("redis+socket://"):  # Celery's spelling of a unix socket (congweb.redis_urls)
+        url = "unix://" + url[len("redis+socket://") :]
+    return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def device_count() -> int:
+    """WORKER_GPUS when set (documented override), else what torch sees (0 on a CPU host)."""
+    if os.environ.get("WORKER_GPUS", "").strip():
+        return max(0, int(os.environ["WORKER_GPUS"]))
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:
+        return 0
+
+
+def announce(name: str, queues: list[str], gpus: int) -> None:
+    _client().set(PREFIX + name, json.dumps({"name": name, "queues": queues, "gpus": gpus}), ex=TTL)
+
+
+def withdraw(name: str) -> None:
+    _client().delete(PREFIX + name)
+
+
+def live(queue: str = GENERATION_QUEUE) -> list[dict[str, Any]]:
+    """The live workers consuming ``queue`` (empty when the broker is not Redis or cannot be reached)."""
+    try:
+        client = _client()
+        keys = list(client.scan_iter(match=PREFIX + "*", count=500))
+        values = client.mget(keys) if keys else []
+    except Exception:
+        log.warning("could not read the worker registry", exc_info=True)
+        return []
+    out = []
+    for raw in values:
+        if raw:
+            w = json.loads(raw)
+            if queue in w.get("queues", []):
+                out.append(w)
+    return sorted(out, key=lambda w: w["name"])
+
+
+class Announcer(threading.Thread):
+    """The worker's announcement, refreshed from a daemon thread of the worker's main process."""
+
+    def __init__(self, name: str, queues: list[str]) -> None:
+        super().__init__(name="congweb-announce", daemon=True)
+        self.worker, self.queues, self.gpus = name, queues, device_count()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                announce(self.worker, self.queues, self.gpus)
+            except Exception:  # the broker is down: the worker itself reconnects; try again next round
+                log.warning("could not announce worker %s", self.worker, exc_info=True)
+            if self._stop_event.wait(ANNOUNCE_EVERY):
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        try:
+            withdraw(self.worker)
+        except Exception:
+            pass

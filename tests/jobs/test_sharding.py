@@ -1,0 +1,166 @@
+"""Sharded generation on Celery (jobs.sharding, jobs.services.shards): the claim rules of a shard, a sharded
+job in one process matching an unsharded one row for row, and the params that ask for it."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.utils import timezone
+
+from jobs import services
+from jobs.models import GeneratedPair, Job, JobEvent, JobShard
+from jobs.runner import run_job
+from tests.jobs.conftest import make_prompts
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+N = 12
+
+
+def _job(user, weak_pair, n=N, shards=None, **params):
+    ds = services.dataset_create(name=f"p{n}-{shards}", chunks=[make_prompts(n)], owner=user)
+    wb, wa = weak_pair
+    params = {"batch_size": 2, "max_new_tokens": 6, "do_sample": True, **params}
+    if shards is not None:
+        params["shards"] = shards
+    return services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk, alpha=0.4, params=params
+    )
+
+
+def _running(job) -> Job:
+    Job.objects.filter(pk=job.pk).update(status=Job.Status.RUNNING, attempts=1, heartbeat_at=timezone.now())
+    return Job.objects.get(pk=job.pk)
+
+
+def _plan(job, count=3):
+    return services.shards_plan(
+        job_id=job.pk, stage="cd_generate", count=count, generator="cd_generate", config={"output_dir": "/x"}
+    )
+
+
+@pytest.fixture
+def quiet_broker(worker_env):
+    """The test Redis as broker (shard tasks are sent there and nobody takes them), with the workers' settings."""
+    return worker_env
+
+
+def test_a_shard_is_claimed_once_and_a_holder_that_lost_it_is_told(user, weak_pair, quiet_broker):
+    job = _running(_job(user, weak_pair))
+    s0, s1, s2 = _plan(job)
+    a = services.shard_claim(shard_id=s0.pk, task_id="A", worker="wa")
+    assert a is not None and (a.status, a.attempts, a.worker) == ("running", 1, "wa")
+    assert services.shard_claim(shard_id=s0.pk, task_id="B", worker="wb") is None  # held and beating
+    # The coordinator waits before taking a shard it offered to others; a shard task takes it at once.
+    assert services.shard_claim(shard_id=s1.pk, task_id="C", worker="wc", steal_after=60) is None
+    assert services.shard_claim(shard_id=s1.pk, task_id="C", worker="wc", steal_after=0) is not None
+    # A's worker stops beating: after JOB_STALE_AFTER_SECONDS the shard is anyone's, and A is told it lost it.
+    JobShard.objects.filter(pk=s0.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=60))
+    b = services.shard_claim(shard_id=s0.pk, task_id="B", worker="wb")
+    assert b is not None and (b.attempts, b.worker, b.task_id) == (2, "wb", "B")
+    assert services.shard_progress(shard_id=s0.pk, task_id="A", done=1, total=4) is False
+    assert services.shard_end(shard_id=s0.pk, task_id="A", status="succeeded") is False
+    assert JobShard.objects.get(pk=s0.pk).status == "running"
+    assert services.shard_progress(shard_id=s0.pk, task_id="B", done=3, total=4) is True
+    # Nothing is claimed for a job being cancelled.
+    services.job_cancel(job=job)
+    assert services.shard_claim(shard_id=s2.pk, task_id="D", worker="wd") is None
+
+
+def test_a_shard_that_lost_its_worker_on_every_attempt_fails(user, weak_pair, quiet_broker):
+    job = _running(_job(user, weak_pair))
+    s0 = _plan(job, count=2)[0]
+    past = timezone.now() - timedelta(seconds=60)
+    JobShard.objects.filter(pk=s0.pk).update(status="running", attempts=job.max_attempts, heartbeat_at=past)
+    assert services.shard_claim(shard_id=s0.pk, task_id="X", worker="wx") is None
+    s0.refresh_from_db()
+    assert s0.status == "failed" and "lost on every attempt" in s0.error
+
+
+def test_a_planned_stage_keeps_its_count_and_requeues_what_failed(user, weak_pair, quiet_broker):
+    job = _running(_job(user, weak_pair))
+    first = _plan(job, count=3)
+    JobShard.objects.filter(pk=first[1].pk).update(status="failed", error="boom")
+    again = _plan(job, count=5)  # a later attempt would cut it otherwise: the files on disk are cut in 3
+    assert [(s.index, s.count, s.status, s.error) for s in again] == [(i, 3, "queued", "") for i in range(3)]
+
+
+def test_two_threads_claiming_one_shard_exactly_one_wins(user, weak_pair, quiet_broker):
+    job = _running(_job(user, weak_pair))
+    s0 = _plan(job, count=2)[0]
+    barrier, won = threading.Barrier(2), []
+
+    def claim(name):
+        try:
+            barrier.wait()
+            won.append(services.shard_claim(shard_id=s0.pk, task_id=name, worker=name))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in ("T1", "T2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len([w for w in won if w is not None]) == 1
+    assert JobShard.objects.get(pk=s0.pk).attempts == 1
+
+
+def _pairs(job):
+    return list(GeneratedPair.objects.filter(job=job).order_by("prompt_index"))
+
+
+def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, weak_pair, quiet_broker, settings):
+    """Nobody takes the offered shard: the coordinator runs it itself after the wait, and the pairs are those of
+    the same job run whole (sampled, same seed), each stamped with its shard and worker."""
+    settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
+    whole = _job(user, weak_pair, shards=1)
+    assert run_job(job_id=whole.pk, task_id="t-whole", worker="w-here") == "succeeded"
+    job = _job(user, weak_pair, shards=2)
+    assert job.config["spec"]["execution"] == {"shards": 2}
+    assert run_job(job_id=job.pk, task_id="t-sharded", worker="w-here") == "succeeded"
+    job.refresh_from_db()
+    a, b = _pairs(whole), _pairs(job)
+    assert [p.prompt_index for p in b] == list(range(N))
+    assert [(p.chosen, p.implicit_reward_sum) for p in a] == [(p.chosen, p.implicit_reward_sum) for p in b]
+    assert {p.shard for p in a} == {None} and {p.shard for p in b} == {0, 1}
+    assert {p.worker for p in a} == {p.worker for p in b} == {"w-here"}
+    shards = list(JobShard.objects.filter(job=job).order_by("index"))
+    assert [(s.status, s.attempts, s.done, s.total) for s in shards] == [("succeeded", 1, 6, 6)] * 2
+    assert job.results["n"] == N and job.results["shards"] == 2
+    # One bar for the stage: the shards' rows summed, ending at N of N.
+    bars = [e.data for e in JobEvent.objects.filter(job=job, type="progress").order_by("seq")]
+    assert {d["stage"] for d in bars} == {"cd_generate"}
+    assert (bars[-1]["done"], bars[-1]["total"]) == (N, N)
+    assert all(x["done"] <= y["done"] for x, y in zip(bars, bars[1:]))
+
+
+@pytest.mark.parametrize(
+    ("kind_params", "path", "message"),
+    [
+        ({"shards": 0}, "params.shards", 'must be "auto" or a whole number >= 1'),
+        ({"shards": True}, "params.shards", 'must be "auto" or a whole number >= 1'),
+        ({"shards": "all"}, "params.shards", 'must be "auto" or a whole number >= 1'),
+        ({"shards": 65}, "params.shards", "must be at most 64"),
+    ],
+)
+def test_bad_shards_are_refused_by_name(user, weak_pair, quiet_broker, kind_params, path, message):
+    with pytest.raises(ValidationError) as exc:
+        _job(user, weak_pair, **kind_params)
+    assert message in " ".join(exc.value.message_dict[path])
+
+
+def test_shards_is_refused_where_nothing_is_generated(user, weak_pair, quiet_broker):
+    from ml.resolve import resolve
+    from ml.spec import SpecError
+
+    with pytest.raises(SpecError) as exc:
+        resolve("evaluate", {"shards": 2})
+    assert exc.value.errors == {
+        "params.shards": ["shards applies to kinds cong, train, cd_generate, alpha_sweep, not evaluate"]
+    }
+    assert resolve("cd_generate", {})["execution"] == {"shards": "auto"}
