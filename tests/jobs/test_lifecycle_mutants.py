@@ -148,6 +148,17 @@ def test_past_its_attempt_budget_a_job_fails_with_the_last_error(user, settings)
     assert services.job_claim(job_id=ok.pk).attempts == 2
 
 
+def test_a_claim_without_a_task_id_records_none_and_matches_no_holders_task(user):
+    """task_id defaults to "no task" (a claim outside a broker delivery): the job then holds no task id, and
+    no live holder's task id counts as "this very message redelivered", whatever that id is."""
+    got = services.job_claim(job_id=_job(user).pk)
+    assert (got.status, got.task_id) == (S.RUNNING, "")
+    for held in ("XXXX", "t1"):
+        live = _job(user, status=S.RUNNING, attempts=1, task_id=held, heartbeat_at=timezone.now())
+        assert services.job_claim(job_id=live.pk) is None
+        assert Job.objects.get(pk=live.pk).attempts == 1
+
+
 # --- heartbeat, progress, finish, fail, mark_cancelled --------------------------------------------------------
 def test_a_heartbeat_counts_only_for_the_holding_task_of_a_running_job(user, settings):
     old = _stale(settings)
