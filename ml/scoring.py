@@ -67,6 +67,10 @@ def token_logprobs_from_ids(
     """log p(response token | prefix) for every response token of every (prompt_ids, response_ids)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if any(len(r) > 0 and len(p) == 0 for p, r in pairs):
+        # The first response token is predicted from the position before it; with no prompt there is none,
+        # and the batch would read a pad position's (alone: the next token's) logits instead.
+        raise ValueError("a pair has response ids but no prompt ids (encode_prompt starts an empty prompt at BOS)")
     device = _device_of(model)
     limit = context_limit(model)
     pairs = [_fit(list(p), list(r), limit) for p, r in pairs]
