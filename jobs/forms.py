@@ -23,6 +23,7 @@ from jobs import selectors
 from jobs.api import json_checks, login_guard
 from jobs.models import Job
 from jobs.page_selectors import show_value
+from ml.execution import SETTINGS as EXECUTION
 from ml.pipeline import LABELS, METHODS
 from ml.spec import (
     DEFAULT_ALPHA,
@@ -194,6 +195,8 @@ def setting_groups(kind: str, limits: dict[str, Any] | None = None) -> list[Sett
         doc = s.get("description", "")
         if key in top:
             tp, default = top[key][1], field_default(top[key][0])
+        elif key in EXECUTION:
+            tp, default = EXECUTION[key].tp, EXECUTION[key].default
         elif key in ks.knobs:
             tp = knob_field(ks, key)[1]
             defaults = [default_of(t) for t in ks.knobs[key]]

@@ -23,6 +23,7 @@ class ExecutionSetting:
     kinds: tuple[str, ...]
     help: str
     schema: dict[str, Any]
+    tp: Any  # how a form or the CLI reads it from text
 
 
 SHARDS = ExecutionSetting(
@@ -33,6 +34,7 @@ SHARDS = ExecutionSetting(
     '(the rows are those of one run). "auto" (default): one per live worker on the generation queue, at most one '
     "per batch of prompts; 1: one worker does it all.",
     {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]},
+    int | str,
 )
 SETTINGS = {s.name: s for s in (SHARDS,)}
 
@@ -42,13 +44,13 @@ def defaults() -> dict[str, Any]:
     return {name: s.default for name, s in SETTINGS.items()}
 
 
-def _check_shards(value: Any, limit: int) -> str | None:
+def _check_shards(value: Any, limit: float) -> str | None:
     if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         return f'must be "auto" or a whole number >= 1, got {value!r}'
     if value > limit:
-        return f"must be at most {limit} (this server's limit), got {value}"
+        return f"must be at most {limit:g} (this server's limit), got {value}"
     return None
 
 
@@ -69,7 +71,7 @@ def split_execution(
         if kind not in setting.kinds:
             errors[f"params.{key}"] = f"{key} applies to kinds {', '.join(setting.kinds)}, not {kind}"
             continue
-        msg = _check_shards(value, int(limits.get(key, DEFAULT_LIMITS[key])))
+        msg = _check_shards(value, limits.get(key, DEFAULT_LIMITS[key]))
         if msg:
             errors[f"params.{key}"] = msg
         else:
@@ -86,3 +88,8 @@ def params_properties(kind: str, limits: dict[str, int | float]) -> dict[str, An
             schema["anyOf"][0]["maximum"] = int(limits.get(name, DEFAULT_LIMITS[name]))
             out[name] = {**schema, "default": s.default, "description": s.help}
     return out
+
+
+def from_text(text: str) -> Any:
+    """A command line's value: a whole number, else the word as given (checked like a request's)."""
+    return int(text) if text.strip().lstrip("+-").isdigit() else text.strip()

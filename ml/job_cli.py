@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ml.execution import SETTINGS as EXECUTION
+from ml.execution import from_text
 from ml.spec import DEFAULT_LIMITS, knob_field, registry, settable, top_settable
 from ml.spec_schema import add_flag
 
@@ -54,6 +56,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         if ks.sweep:
             k.add_argument("--alphas", default=None, help="comma-separated CD alphas")
         k.add_argument("--quiet", action="store_true", help="no progress output")
+        for setting in EXECUTION.values():
+            if name in setting.kinds:
+                help_ = setting.help.replace("%", "%%") + " Here the shards run one after another in this process."
+                k.add_argument("--" + setting.name, dest=f"x__{setting.name}", type=from_text, default=None, help=help_)
         for dest, path in setting_flags(name).items():
             stage, _, field = path.partition(".")
             if field:
@@ -79,6 +85,9 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
             params.setdefault(stage, {})[field] = value
         else:
             params[path] = value
+    for setting in EXECUTION:
+        if getattr(args, f"x__{setting}", None) is not None:
+            params[setting] = getattr(args, f"x__{setting}")
     if getattr(args, "alphas", None):
         params["alphas"] = [float(a) for a in args.alphas.split(",") if a.strip()]
     return params
@@ -89,6 +98,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
     from ml.execute import execute
     from ml.modeling import context_length
     from ml.resolve import JobInputs, check, resolve
+    from ml.shards import run_shards_here
     from ml.spec import SpecError
 
     inputs = JobInputs(output_dir=args.out, gold=args.gold, **{f: getattr(args, f) for f in FILES})
@@ -111,6 +121,8 @@ def _cmd_job(args: argparse.Namespace) -> int:
             print(f"error: {key}: {' '.join(msgs)}")
         return 2
     setup_torch_threads()
-    result = execute(spec, inputs, console_reporter(args))
+    shards = spec["execution"]["shards"]  # one process: "auto" is 1; a number is each shard in turn (ml.shards)
+    generation = run_shards_here(shards) if isinstance(shards, int) and shards > 1 else None
+    result = execute(spec, inputs, console_reporter(args), generation=generation)
     _print_json(result)
     return 3 if result.get("stopped") else 0

@@ -10,6 +10,7 @@ from html.parser import HTMLParser
 import pytest
 from rest_framework.test import APIClient
 
+from ml.execution import SETTINGS as EXECUTION
 from ml.spec import field_default, registry, settable, top_settable
 
 pytestmark = pytest.mark.django_db
@@ -21,6 +22,7 @@ def _expected(kind: str) -> tuple[set[str], dict[str, dict[str, object]]]:
     top = set(ks.knobs) | set(ks.stages) | ({"alphas"} if ks.sweep else set())
     if ks.pipeline:
         top |= set(top_settable())
+    top |= {name for name, setting in EXECUTION.items() if kind in setting.kinds}  # ml.execution: how it runs
     stages = {
         s: {n: st.defaults.get(n, field_default(f)) for n, (f, _) in settable(st).items()}
         for s, st in ks.stages.items()

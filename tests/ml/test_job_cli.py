@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ml.cli import build_parser, main
+from ml.execution import SETTINGS as EXECUTION
 from ml.io import read_jsonl
 from ml.job_cli import setting_flags
 from ml.spec import registry, settable, top_settable
@@ -24,6 +25,7 @@ def test_every_setting_of_every_kind_is_a_flag():
             want |= {"--" + k.replace("_", "-") for k in top_settable()}
         for stage, st in ks.stages.items():
             want |= {f"--{stage}.{f.replace('_', '-')}" for f in settable(st)}
+        want |= {f"--{name}" for name, s in EXECUTION.items() if kind in s.kinds}  # ml.execution
         got = _flags(kind)
         assert want <= got, (kind, sorted(want - got))
         extra = (
@@ -71,3 +73,28 @@ def test_job_cd_generate_runs_and_a_bad_setting_is_refused(tmp_path, tiny_pair_d
     rows = read_jsonl(tmp_path / "cd_generate" / "samples.jsonl")
     assert summary["samples"].endswith("cd_generate/samples.jsonl") and len(rows) == 6
     assert all(r["n_tokens"] <= 3 for r in rows)
+
+
+def test_job_shards_runs_each_shard_here_and_matches_one_run(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
+    def run(out, *extra):
+        args = [
+            "job",
+            "cd_generate",
+            "--weak-base",
+            tiny_pair_dirs["base"],
+            "--weak-aligned",
+            tiny_pair_dirs["aligned"],
+        ]
+        args += ["--prompts", tiny_prompts_file, "--out", str(out), "--quiet", "--max-new-tokens", "4"]
+        return main([*args, "--cd_generate.batch-size", "2", *extra])
+
+    assert run(tmp_path / "bad", "--shards", "0") == 2
+    assert "params.shards: must be" in capsys.readouterr().out
+    assert run(tmp_path / "one") == 0
+    capsys.readouterr()
+    assert run(tmp_path / "three", "--shards", "3") == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["shards"] == 3 and (tmp_path / "three" / "cd_generate" / "shards" / "2-of-3" / "DONE.json").exists()
+    assert read_jsonl(tmp_path / "three" / "cd_generate" / "samples.jsonl") == read_jsonl(
+        tmp_path / "one" / "cd_generate" / "samples.jsonl"
+    )
