@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from jobs import services
-from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
 
 LIST_CHARS = 160  # how much of each text the pair list shows
 # Reviewing is reading side-by-side columns: give the page's width to them, not to the app sidebar.
@@ -109,12 +109,16 @@ class GeneratedPairAdmin(admin.ModelAdmin):
         "implicit_mean_col",
         "gold_col",
         "review_col",
+        "shard",
+        "worker",
     )
     list_display_links = ("id",)
     list_filter = (
         "job",
         "review_status",
         "empty_response",
+        "shard",
+        "worker",
         ImplicitRewardFilter,
         ImplicitRewardMeanFilter,
         GoldRewardFilter,
@@ -135,6 +139,8 @@ class GeneratedPairAdmin(admin.ModelAdmin):
         "review_status",
         "reviewer",
         "reviewed_at",
+        "shard",
+        "worker",
     )
     fieldsets = (
         (
@@ -152,6 +158,7 @@ class GeneratedPairAdmin(admin.ModelAdmin):
                     ("gold_reward", "alpha", "empty_response"),
                     ("review_status", "reviewer", "reviewed_at"),
                     ("job", "prompt_index"),
+                    ("shard", "worker"),
                 )
             },
         ),
@@ -257,6 +264,18 @@ class ArtifactInline(admin.TabularInline):
         return False
 
 
+class JobShardInline(admin.TabularInline):
+    """The parts of the job's sharded generation stages: who ran each, how often, how far."""
+
+    model = JobShard
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("stage", "index", "count", "status", "worker", "attempts", "done", "total", "error")
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
     list_display = (
@@ -275,7 +294,7 @@ class JobAdmin(admin.ModelAdmin):
     search_fields = ("owner__username", "error")
     list_select_related = ("owner",)
     actions = ("cancel_jobs",)
-    inlines = (ArtifactInline,)
+    inlines = (ArtifactInline, JobShardInline)
     readonly_fields = (
         "owner",
         "kind",

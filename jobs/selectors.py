@@ -6,7 +6,7 @@ from __future__ import annotations
 from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Value
 from django.db.models.functions import Coalesce
 
-from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.models import Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
 from jobs.names import OFFLINE_STRONG, OFFLINE_TRAIN, OFFLINE_WEAK
 from ml.spec import DEFAULT_ALPHA
 
@@ -77,6 +77,11 @@ def job_spec_or_none(*, job: Job) -> dict | None:
 def job_events(*, job: Job, after: int = 0, limit: int | None = None) -> QuerySet[JobEvent]:
     qs = JobEvent.objects.filter(job=job, seq__gt=after).order_by("seq")
     return qs[:limit] if limit else qs
+
+
+def job_shards(*, job: Job) -> QuerySet[JobShard]:
+    """The parts of the job's sharded generation stages (none when every stage ran whole)."""
+    return JobShard.objects.filter(job=job).order_by("stage", "index")
 
 
 def job_pairs(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -195,22 +194,3 @@ def _asdict(config: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(config)
-
-
-def shard_rows(job_id: int) -> list[dict[str, Any]]:
-    """Per-shard detail (the API's /jobs/{id}/shards/ and the job page)."""
-    return [
-        {
-            "stage": r.stage,
-            "index": r.index,
-            "count": r.count,
-            "status": r.status,
-            "worker": r.worker,
-            "attempts": r.attempts,
-            "done": r.done,
-            "total": r.total,
-            "error": r.error,
-            "folder": str(Path(r.config.get("output_dir", "")).name),
-        }
-        for r in JobShard.objects.filter(job_id=job_id).order_by("stage", "index")
-    ]

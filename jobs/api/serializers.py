@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 from jobs.api import schema as shapes
 from jobs.api.json_checks import UnsafeJSON, check_jsonl
-from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
 from ml.pipeline import METHODS as CONG_METHODS
 from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
 
@@ -240,11 +240,21 @@ class GeneratedPairSerializer(serializers.ModelSerializer):
             "gold_reward",
             "score_error",
             "alpha",
+            # Who generated it: the shard of a sharded stage (null when the stage ran whole) and the worker.
+            "shard",
+            "worker",
             "review_status",
             "edited_text",
             "reviewer",
             "reviewed_at",
         ]
+
+
+class JobShardSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = JobShard
+        fields = ["stage", "index", "count", "status", "worker", "attempts", "done", "total", "error", "finished"]
+        read_only_fields = fields
 
 
 class PairReviewSerializer(serializers.Serializer):

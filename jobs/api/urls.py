@@ -15,6 +15,7 @@ urlpatterns = [
     path("jobs/<int:pk>/cancel/", views.JobCancelView.as_view(), name="job-cancel"),
     path("jobs/<int:pk>/retry/", views.JobRetryView.as_view(), name="job-retry"),
     path("jobs/<int:pk>/events/", views.JobEventsView.as_view(), name="job-events"),
+    path("jobs/<int:pk>/shards/", views.JobShardsView.as_view(), name="job-shards"),
     path("jobs/<int:pk>/pairs/", views.JobPairsView.as_view(), name="job-pairs"),
     path("jobs/<int:pk>/pairs/export/", views.PairsExportView.as_view(), name="job-pairs-export"),
     path("jobs/<int:pk>/pairs/<int:pair_id>/review/", views.PairReviewView.as_view(), name="pair-review"),

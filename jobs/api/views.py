@@ -324,6 +324,19 @@ class JobEventsView(ServiceAPIView):
         return Response(s.JobEventSerializer(events, many=True).data)
 
 
+class JobShardsView(ServiceAPIView):
+    @extend_schema(
+        summary="List a job's generation shards",
+        description="Per-shard detail of the job's sharded generation stages (params.shards): which worker holds "
+        "or held each part, its attempts and rows written. Empty when every stage ran whole. The job's progress "
+        "events carry one bar per stage, summed over its shards.",
+        responses=s.JobShardSerializer(many=True),
+    )
+    def get(self, request, pk):
+        job = self.get_job(request, pk)
+        return Response(s.JobShardSerializer(selectors.job_shards(job=job), many=True).data)
+
+
 class JobPairsView(ServiceAPIView):
     pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
 

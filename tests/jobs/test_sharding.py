@@ -10,6 +10,7 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import connection
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from jobs import services
 from jobs.models import GeneratedPair, Job, JobEvent, JobShard
@@ -137,6 +138,28 @@ def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, we
     assert {d["stage"] for d in bars} == {"cd_generate"}
     assert (bars[-1]["done"], bars[-1]["total"]) == (N, N)
     assert all(x["done"] <= y["done"] for x, y in zip(bars, bars[1:]))
+
+
+def test_the_api_and_the_admin_show_who_generated_what(
+    user, other_user, django_user_model, weak_pair, quiet_broker, settings, client
+):
+    settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
+    job = _job(user, weak_pair, shards=2)
+    assert run_job(job_id=job.pk, task_id="t-api", worker="w-api") == "succeeded"
+    api = APIClient()
+    api.force_authenticate(user)
+    shards = api.get(f"/api/v1/jobs/{job.pk}/shards/").json()
+    assert [(r["stage"], r["index"], r["count"], r["status"], r["worker"]) for r in shards] == [
+        ("cd_generate", i, 2, "succeeded", "w-api") for i in range(2)
+    ]
+    assert [(r["done"], r["total"], r["attempts"]) for r in shards] == [(6, 6, 1)] * 2
+    pairs = api.get(f"/api/v1/jobs/{job.pk}/pairs/", {"page_size": 50}).json()["results"]
+    assert sorted((p["shard"], p["worker"]) for p in pairs) == [(0, "w-api")] * 6 + [(1, "w-api")] * 6
+    api.force_authenticate(other_user)
+    assert api.get(f"/api/v1/jobs/{job.pk}/shards/").status_code == 404  # another user's job: not even its parts
+    client.force_login(django_user_model.objects.create_superuser(username="su", password="pw-su-123"))
+    page = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
+    assert "Job shards" in page and page.count("w-api") >= 2
 
 
 @pytest.mark.parametrize(
