@@ -262,6 +262,8 @@ SPECTACULAR_SETTINGS = {
         "ModelKindEnum": "jobs.models.ModelEntry.Kind",
         "DatasetKindEnum": "jobs.models.Dataset.Kind",
         "JobKindEnum": "jobs.models.Job.Kind",
+        "JobStatusEnum": "jobs.models.Job.Status",
+        "ShardStatusEnum": "jobs.models.JobShard.Status",
     },
 }
 

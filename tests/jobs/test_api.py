@@ -290,6 +290,7 @@ DECLARED_ERRORS = {
     "jobs_cancel_create": AUTHED | {400, 404},
     "jobs_retry_create": AUTHED | {400, 404},
     "jobs_events_list": AUTHED | {400, 404},
+    "jobs_shards_list": AUTHED | {404},
     "jobs_pairs_list": AUTHED | {400, 404},
     "jobs_pairs_review_create": AUTHED | {400, 404},
     "jobs_pairs_export_retrieve": AUTHED | {400, 404},
