@@ -1,10 +1,13 @@
 """WSPO guarantees that ``make mutate`` found unchecked (docs/TESTING.md lists the mutants each kills): how
 ``map_token_values`` picks the destination token that owns a character when the destination tokens are not
-the plain left-to-right, gap-free case the other tests use."""
+the plain left-to-right, gap-free case the other tests use, and the loss's mean over very few tokens."""
 
 from __future__ import annotations
 
-from ml.stages.wspo import map_token_values
+import pytest
+import torch
+
+from ml.stages.wspo import map_token_values, wspo_loss
 
 # One value per character, powers of two: every owner is visible in the sums.
 TEXT = "abcdef"
@@ -37,3 +40,22 @@ def test_a_zero_width_destination_token_in_a_gap_takes_the_gap_character_at_its_
     assert map_token_values(text, offs, [1.0, 2.0, 4.0], offs) == [1.0, 2.0, 4.0]
     # Per-character source: the space (character 1) goes to the zero-width token, not past it.
     assert map_token_values(text, [(0, 1), (1, 2), (2, 3)], [1.0, 2.0, 4.0], offs) == [1.0, 2.0, 4.0]
+
+
+def test_what_lies_past_the_text_goes_to_the_last_token_even_with_several_at_the_end():
+    """A value past the text (a zero-width source token at its end) goes to the LAST destination token, not
+    to the first of several zero-width tokens sitting at the end of the text."""
+    text = "ab"
+    src = [(0, 1), (1, 2), (2, 2)]
+    assert map_token_values(text, src, [1.0, 2.0, 4.0], [(0, 2), (2, 2), (2, 2)]) == [3.0, 0.0, 4.0]
+
+
+def test_the_loss_of_a_batch_with_one_response_token_is_that_tokens_squared_error():
+    """The mean is over the masked tokens however few: one token's squared error is divided by 1, and a batch
+    with no response token gives 0, not NaN."""
+    policy = torch.tensor([[0.0, -1.0, -2.0]])
+    ref = torch.tensor([[0.0, -1.5, -1.0]])
+    target = torch.tensor([[9.0, 0.05, 9.0]])  # token 1: 0.5 * (-1.0 + 1.5) - 0.05 = 0.2
+    one = torch.tensor([[0.0, 1.0, 0.0]])
+    assert wspo_loss(policy, ref, target, one, 0.5).item() == pytest.approx(0.2**2)
+    assert wspo_loss(policy, ref, target, torch.zeros_like(one), 0.5).item() == 0.0
