@@ -48,7 +48,9 @@ def _withdraw(**_):
 @shared_task(name="jobs.tasks.job_run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
 def job_run_task(self, job_id: int) -> str:
     from jobs.runner import run_job
+    from jobs.workers import apply_torch_threads
 
+    apply_torch_threads(self.request.hostname or "")
     return run_job(job_id=job_id, task_id=self.request.id or "", worker=self.request.hostname or "")
 
 
@@ -56,7 +58,9 @@ def job_run_task(self, job_id: int) -> str:
 def shard_run_task(self, shard_id: int) -> str:
     # One part of a sharded generation stage (jobs.sharding); its job's coordinator merges the parts.
     from jobs.sharding import run_shard_task
+    from jobs.workers import apply_torch_threads
 
+    apply_torch_threads(self.request.hostname or "")
     return run_shard_task(shard_id=shard_id, task_id=self.request.id or "", worker=self.request.hostname or "")
 
 

@@ -54,7 +54,8 @@ def withdraw(name: str) -> None:
 
 
 def live(queue: str = GENERATION_QUEUE) -> list[dict[str, Any]]:
-    """The live workers consuming ``queue`` (empty when the broker is not Redis or cannot be reached)."""
+    """The live workers consuming ``queue`` (every queue: ``""``); empty when the broker is not Redis or cannot
+    be reached."""
     try:
         client = _client()
         keys = list(client.scan_iter(match=PREFIX + "*", count=500))
@@ -66,9 +67,28 @@ def live(queue: str = GENERATION_QUEUE) -> list[dict[str, Any]]:
     for raw in values:
         if raw:
             w = json.loads(raw)
-            if queue in w.get("queues", []):
+            if not queue or queue in w.get("queues", []):
                 out.append(w)
     return sorted(out, key=lambda w: w["name"])
+
+
+def torch_threads(node: str) -> int:
+    """torch CPU threads for a task on worker ``node`` (name@host): WORKER_TORCH_THREADS when set, else this
+    host's cores shared among the live workers on the same host, at least 1. Several workers on one host each
+    running torch's default (one thread per core) would oversubscribe the cores and all run slower."""
+    if os.environ.get("WORKER_TORCH_THREADS", "").strip():
+        return max(1, int(os.environ["WORKER_TORCH_THREADS"]))
+    host = node.rpartition("@")[2]
+    here = sum(1 for w in live(queue="") if w["name"].rpartition("@")[2] == host) if host else 0
+    return max(1, (os.cpu_count() or 1) // max(1, here))
+
+
+def apply_torch_threads(node: str) -> int:
+    import torch
+
+    n = torch_threads(node)
+    torch.set_num_threads(n)
+    return n
 
 
 class Announcer(threading.Thread):

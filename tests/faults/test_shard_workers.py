@@ -8,6 +8,7 @@ import pytest
 
 from jobs import services
 from jobs.models import GeneratedPair, Job, JobShard
+from jobs.workers import live
 from tests.jobs.conftest import finished_job, make_prompts, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -16,7 +17,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.django_db(transa
 def _job(user, weak_pair, n, **params):
     ds = services.dataset_create(name=f"p{n}", chunks=[make_prompts(n)], owner=user)
     wb, wa = weak_pair
-    params = {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}, "shards": 2, **params}
+    params = {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}, **params}
     return services.job_create(
         user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk, alpha=0.4, params=params
     )
@@ -33,9 +34,12 @@ def _done(job, timeout, *workers):
 
 def test_two_workers_share_a_job_and_it_ends_with_exactly_n_pairs(celery_worker_proc, user, weak_pair):
     w1, w2 = celery_worker_proc, celery_worker_proc.spawn()
+    # Both announced themselves (jobs.workers): `shards: auto`, the default, counts them.
+    wait_for(lambda: {w["name"] for w in live()} == {w1.node, w2.node}, 30, what="both workers in the registry")
     n = 40
     job = _done(_job(user, weak_pair, n), 120, w1, w2)
     assert job.status == "succeeded", job.error
+    assert job.results["shards"] == 2
     pairs = GeneratedPair.objects.filter(job=job)
     assert sorted(pairs.values_list("prompt_index", flat=True)) == list(range(n))
     assert set(pairs.values_list("shard", flat=True)) == {0, 1}
@@ -48,7 +52,7 @@ def test_kill9_of_a_shard_worker_reruns_that_shard_alone_with_exactly_n_pairs(ce
     w1, w2 = celery_worker_proc, celery_worker_proc.spawn()
     workers = {w1.node: w1, w2.node: w2}
     n = 120  # ~60 ms a prompt on one core: each shard runs for seconds, long enough to be killed half way
-    job = _job(user, weak_pair, n)
+    job = _job(user, weak_pair, n, shards=2)
     coordinator = wait_for(lambda: Job.objects.get(pk=job.pk).worker, 60, what="the job to start")
     assert coordinator
     s1 = wait_for(
