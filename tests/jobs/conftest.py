@@ -291,6 +291,7 @@ def worker_process_env(redis_url: str, model_root: Path, var_dir: Path, runs_dir
             **{name: str(value) for name, value in WORKER_SETTINGS.items()},
             "OMP_WAIT_POLICY": "PASSIVE",
             "OMP_NUM_THREADS": "1",
+            "WORKER_TORCH_THREADS": "1",  # the test process runs beside them on the same two cores
             "PYTHONUNBUFFERED": "1",
             "LOG_LEVEL": "INFO",
         }
