@@ -187,3 +187,24 @@ def test_shards_is_refused_where_nothing_is_generated(user, weak_pair, quiet_bro
         "params.shards": ["shards applies to kinds cong, train, cd_generate, alpha_sweep, not evaluate"]
     }
     assert resolve("cd_generate", {})["execution"] == {"shards": "auto"}
+
+
+def test_a_shard_that_fails_fails_the_job_with_its_message(user, weak_pair, quiet_broker, settings):
+    settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
+    import json
+
+    long = " ".join(["good"] * 1100)  # more tokens than the tiny models' 1024 positions
+    rows = [{"prompt": f"tell me {i}"} for i in range(N - 1)] + [{"prompt": long}]
+    ds = services.dataset_create(
+        name="with-a-long-one", chunks=["".join(json.dumps(r) + "\n" for r in rows).encode()], owner=user
+    )
+    wb, wa = weak_pair
+    job = services.job_create(
+        user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk, alpha=0.4,
+        params={"batch_size": 2, "max_new_tokens": 6, "shards": 2},
+    )  # fmt: skip
+    assert run_job(job_id=job.pk, task_id="t-fail", worker="w-here") == "failed"
+    job.refresh_from_db()
+    failed = JobShard.objects.get(job=job, status="failed")
+    assert job.status == "failed" and f"cd_generate: shard {failed.index}/2 failed: " in job.error
+    assert "positions" in failed.error and "positions" in job.error  # the ml error, named, not "worker lost"
