@@ -188,10 +188,15 @@ class TrainConfig:
             "gradient_accumulation_steps",
             "save_steps",
             "logging_steps",
-            "max_length",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.max_length < 2:
+            # A pair needs a prompt token to predict from and a response token to learn: at 1, encode_pair keeps
+            # the response's first token alone, and the stage trained on nothing (loss 0) yet reported success.
+            raise ValueError(
+                f"max_length must be >= 2: one prompt token and one response token (got {self.max_length})"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.lora_r < 0:

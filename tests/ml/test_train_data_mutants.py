@@ -104,6 +104,19 @@ def test_pad_collate_takes_a_batch_of_one():
     assert b["input_ids"].tolist() == [[5, 6]] and b["labels"].tolist() == [[-100, 6]]
 
 
+def test_a_training_budget_under_two_tokens_is_refused(tmp_path):
+    """At max_length=1 no pair keeps a prompt token to predict its response from: training would see no label
+    (loss 0) and still report success, so the config refuses it; 2 is the smallest budget that trains."""
+    from ml.stages.sft import SFTStageConfig
+
+    where = dict(model="m", output_dir=str(tmp_path), data=str(tmp_path / "d.jsonl"))
+    with pytest.raises(
+        ValueError, match=r"^max_length must be >= 2: one prompt token and one response token \(got 1\)$"
+    ):
+        SFTStageConfig(**where, max_length=1)
+    assert SFTStageConfig(**where, max_length=2).max_length == 2
+
+
 def test_shifted_token_logps_puts_log_p_of_token_t_at_t_and_zero_at_0():
     torch.manual_seed(0)
     logits = torch.randn(2, 4, 6)
