@@ -243,8 +243,9 @@ def test_an_empty_response_scores_as_empty_and_the_rest_of_the_work_still_runs(t
 def test_a_response_without_a_prompt_is_refused(tiny_pair):
     """Nothing predicts its first token; before, it was scored from a pad position (values depending on
     the batch and the pad id) or, alone, from the token after it."""
-    with pytest.raises(ValueError, match="no prompt ids"):
-        token_logprobs_from_ids(tiny_pair.aligned, [([3], [4]), ([], [5, 6])])
+    msg = r"^a pair has response ids but no prompt ids \(encode_prompt starts an empty prompt at BOS\)$"
+    with pytest.raises(ValueError, match=msg):
+        token_logprobs_from_ids(tiny_pair.aligned, [([3], [4]), ([], [5])])
     assert token_logprobs_from_ids(tiny_pair.aligned, [([], [])]) == [[]]
 
 
