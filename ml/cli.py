@@ -258,6 +258,13 @@ def _add_stage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("name", choices=names, help="stage to run")
     p.add_argument("--config", required=True, help="YAML file with the stage's settings")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="training stages: run as this many processes (torch.distributed, DDP; NCCL on GPUs, gloo on CPUs); "
+        "per_device_train_batch_size stays per process (docs/SCALING.md)",
+    )
     p.set_defaults(func=_cmd_stage)
 
 
@@ -298,13 +305,26 @@ def stage_config(name: str, data: dict[str, Any], base_dir: str | Path | None = 
 def _cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
+    from ml.distributed import is_main, launch, world
+
+    if args.nproc > 1 and world()[1] == 1:
+        if args.name not in TRAINING_STAGES:
+            raise ValueError(f"--nproc is for the training stages ({', '.join(TRAINING_STAGES)}), not {args.name}")
+        argv = ["stage", args.name, "--config", args.config] + (["--quiet"] if args.quiet else [])
+        return launch(argv, args.nproc)
+    if not is_main():
+        args.quiet = True  # one rank speaks for the group
     path = Path(args.config)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     cfg = stage_config(args.name, data, base_dir=path.parent)
     module, _, fn_name = _stage_table()[args.name]
     summary = getattr(importlib.import_module(module), fn_name)(cfg, console_reporter(args))
-    _print_json(summary)
+    if is_main():
+        _print_json(summary)
     return 3 if summary.get("stopped") else 0
+
+
+TRAINING_STAGES = ("weak_align", "sft", "dpo", "wspo", "auxconf")
 
 
 # ---------------------------------------------------------------------------------------------- golds

@@ -332,12 +332,18 @@ def run_training(
         "seconds": round(time.time() - t0, 3),
         **(extra or {}),
     }
+    # Several processes (ml.distributed): they trained one model; the first one saves it and says so.
+    world_size = int(trainer.args.world_size)
+    summary.update(world_size=world_size, distributed="ddp" if world_size > 1 else None)
     if callback.stopped:
         # The callback asked the Trainer to checkpoint the step it stopped at; a rerun resumes there.
         return {**summary, "stopped": True}
-    path = save_final(trainer.model, trainer.processing_class, cfg.output_dir)
-    summary["model_dir"] = str(path)
-    return mark_done(cfg.output_dir, summary)
+    summary["model_dir"] = str(Path(cfg.output_dir) / "model")
+    if trainer.is_world_process_zero():
+        save_final(trainer.model, trainer.processing_class, cfg.output_dir)
+        mark_done(cfg.output_dir, summary)
+    trainer.accelerator.wait_for_everyone()
+    return summary
 
 
 def sample_to_jsonl(

@@ -33,8 +33,13 @@ _METRIC_KEYS = (
 
 
 class ReporterCallback(TrainerCallback):
+    """Reports from the first process only when several train one model (ml.distributed); every process
+    reads should_stop, so that all of them stop at the same step."""
+
     def __init__(self, reporter: Reporter | None, stage: str) -> None:
-        self.reporter = or_null(reporter)
+        from ml.distributed import is_main
+
+        self.reporter = or_null(reporter) if is_main() else _Quiet(or_null(reporter))
         self.stage = stage
         self.stopped = False
 
@@ -78,3 +83,25 @@ class ReporterCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True  # checkpoint this step so the rerun loses nothing
             self.reporter.log(f"{self.stage}: stop requested; saving a checkpoint and stopping")
+
+
+class _Quiet:
+    """A reporter that says nothing but still answers should_stop (a process other than the first)."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        pass
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def sample(self, data: dict[str, Any]) -> None:
+        pass
+
+    def log(self, msg: str) -> None:
+        pass
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()

@@ -11,6 +11,8 @@ under the weak pair: a cheap way to drop pairs where the CD sample is not actual
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,7 +185,6 @@ def train_dpo(
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """DPO on preference rows; shared by ``dpo`` and ``weak_align``."""
-    from datasets import Dataset
     from trl import DPOConfig
 
     if not rows:
@@ -212,9 +213,30 @@ def train_dpo(
     )
     callback = ReporterCallback(reporter, stage)
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=Dataset.from_list(data), processing_class=tok, callbacks=[callback]
+        model=model,
+        args=args,
+        train_dataset=_shared_dataset(data, args, cfg),
+        processing_class=tok,
+        callbacks=[callback],
     )
     return run_training(trainer, cfg, callback, stage=stage, extra={"n_pairs": len(data), **(extra or {})})
+
+
+def _shared_dataset(data: list[dict[str, Any]], args: Any, cfg: DPOStageConfig) -> Any:
+    """The training rows as a Dataset. With several processes (ml.distributed) it lives on disk in the stage
+    folder, written by the first: TRL's precomputed reference log-probs are cached next to the dataset's files
+    and the first process writes that cache for all, which an in-memory dataset keeps in a private temp folder
+    the others cannot read."""
+    from datasets import Dataset, load_from_disk
+
+    if args.world_size == 1:
+        return Dataset.from_list(data)
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cfg.output_dir) / f"train_data-{digest}"
+    with args.main_process_first(desc="training data"):
+        if not (path / "dataset_info.json").exists():
+            Dataset.from_list(data).save_to_disk(str(path))
+        return load_from_disk(str(path))
 
 
 def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict[str, Any]:
