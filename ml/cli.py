@@ -262,7 +262,7 @@ def _add_stage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--nproc",
         type=int,
         default=1,
-        help="training stages: run as this many processes (torch.distributed, DDP; NCCL on GPUs, gloo on CPUs); "
+        help="sft, dpo: run as this many processes (torch.distributed, DDP; NCCL on GPUs, gloo on CPUs); "
         "per_device_train_batch_size stays per process (docs/SCALING.md)",
     )
     p.set_defaults(func=_cmd_stage)
@@ -308,8 +308,11 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     from ml.distributed import is_main, launch, world
 
     if args.nproc > 1 and world()[1] == 1:
-        if args.name not in TRAINING_STAGES:
-            raise ValueError(f"--nproc is for the training stages ({', '.join(TRAINING_STAGES)}), not {args.name}")
+        if args.name not in DISTRIBUTED_STAGES:
+            raise ValueError(
+                f"--nproc runs {' and '.join(DISTRIBUTED_STAGES)} so far; {args.name} runs in one process "
+                "(docs/SCALING.md)"
+            )
         argv = ["stage", args.name, "--config", args.config] + (["--quiet"] if args.quiet else [])
         return launch(argv, args.nproc)
     if not is_main():
@@ -324,7 +327,9 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 3 if summary.get("stopped") else 0
 
 
-TRAINING_STAGES = ("weak_align", "sft", "dpo", "wspo", "auxconf")
+# The training stages tested on several processes (tests/ml/test_distributed.py). weak_align samples and scores
+# before it trains and wspo precomputes weak targets: each process would write those files; not yet.
+DISTRIBUTED_STAGES = ("sft", "dpo")
 
 
 # ---------------------------------------------------------------------------------------------- golds

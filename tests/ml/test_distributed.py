@@ -66,3 +66,12 @@ def test_two_processes_end_where_one_does(stage, data, model, tmp_path):
     assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     assert one["final_loss"] < one["train_loss"]  # it trained: the last step's loss is below the run's mean
     assert (tmp_path / "two" / "out" / "model" / "config.json").exists()
+
+
+def test_nproc_is_refused_for_stages_not_yet_run_distributed(tmp_path, capsys):
+    from ml.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: m\n", encoding="utf-8")
+    assert main(["stage", "wspo", "--config", str(cfg), "--nproc", "2"]) == 2
+    assert "--nproc runs sft and dpo so far; wspo runs in one process" in capsys.readouterr().err
