@@ -115,6 +115,7 @@ def _pairs(job):
     return list(GeneratedPair.objects.filter(job=job).order_by("prompt_index"))
 
 
+@pytest.mark.slow  # runs whole jobs in this process (model loading, generation)
 def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, weak_pair, quiet_broker, settings):
     """Nobody takes the offered shard: the coordinator runs it itself after the wait, and the pairs are those of
     the same job run whole (sampled, same seed), each stamped with its shard and worker."""
@@ -140,6 +141,7 @@ def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, we
     assert all(x["done"] <= y["done"] for x, y in zip(bars, bars[1:]))
 
 
+@pytest.mark.slow  # runs whole jobs in this process (model loading, generation)
 def test_the_api_and_the_admin_show_who_generated_what(
     user, other_user, django_user_model, weak_pair, quiet_broker, settings, client
 ):
@@ -189,6 +191,7 @@ def test_shards_is_refused_where_nothing_is_generated(user, weak_pair, quiet_bro
     assert resolve("cd_generate", {})["execution"] == {"shards": "auto"}
 
 
+@pytest.mark.slow  # runs whole jobs in this process (model loading, generation)
 def test_a_shard_that_fails_fails_the_job_with_its_message(user, weak_pair, quiet_broker, settings):
     settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
     import json
