@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from ml.reporter import Reporter, or_null
+from ml.reporter import NullReporter, Reporter, or_null
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -85,23 +85,11 @@ class ReporterCallback(TrainerCallback):
             self.reporter.log(f"{self.stage}: stop requested; saving a checkpoint and stopping")
 
 
-class _Quiet:
+class _Quiet(NullReporter):
     """A reporter that says nothing but still answers should_stop (a process other than the first)."""
 
     def __init__(self, inner: Reporter) -> None:
         self.inner = inner
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        pass
-
-    def metric(self, name: str, value: float, step: int | None = None) -> None:
-        pass
-
-    def sample(self, data: dict[str, Any]) -> None:
-        pass
-
-    def log(self, msg: str) -> None:
-        pass
 
     def should_stop(self) -> bool:
         return self.inner.should_stop()
