@@ -8,8 +8,8 @@ from typing import Optional, Union
 
 import pytest
 
-from ml.resolve import _check_alphas, _check_value, _Errors
-from ml.spec import SpecError, check_alpha, check_limit, check_type
+from ml.resolve import _check_alphas, _check_value, _Errors, _Layer, _read_layer
+from ml.spec import DEFAULT_LIMITS, SpecError, check_alpha, check_limit, check_type, kind_spec
 
 # typing.Optional/Union on purpose: check_type must read them as well as the X | Y form.
 OPT_INT = Optional[int]  # noqa: UP045
@@ -132,3 +132,68 @@ def test_errors_collect_every_message_per_path_and_raise_them_together():
     with pytest.raises(SpecError) as exc:
         errs.raise_if_any()
     assert exc.value.errors == {"a": ["one", "two"], "b": ["three"]}
+
+
+def test_check_type_reads_a_union_whatever_the_order_of_its_members():
+    """None may come first in a union (``None | int``): it is skipped, not the end of the search."""
+    assert check_type(4, None | int) == 4 and check_type(None, None | int) is None
+    with pytest.raises(ValueError, match=r"^must be an integer or null, got 'a'$"):
+        check_type("a", None | int)
+
+
+def test_check_type_refuses_a_type_no_request_can_set_with_exactly_that():
+    with pytest.raises(ValueError) as exc:
+        check_type(1, dict)
+    assert str(exc.value) == "cannot be set through a request"
+
+
+def _read(params, *, strict, used=("cd_generate", "sft", "evaluate")):
+    # kind=cong with methods cong_s: the dpo stage is in the kind but does not run.
+    errs = _Errors()
+    layer = _read_layer(kind_spec("cong"), params, list(used), dict(DEFAULT_LIMITS), errs, strict=strict)
+    return layer, errs.errors
+
+
+def test_read_layer_takes_no_params_and_refuses_anything_but_an_object():
+    for nothing in (None, ""):
+        assert _read(nothing, strict=True) == (_Layer({}, {}, {}), {})
+    for bad in ([1], "x", 3):
+        assert _read(bad, strict=True) == (
+            _Layer({}, {}, {}),
+            {"params": ['params must be a JSON object, e.g. {"max_prompts": 100}']},
+        )
+
+
+def test_read_layer_reads_every_key_after_a_bad_one_and_says_why_each_is_refused():
+    """A request (strict) gets one error per bad key, under its path, and every good key is still read; a
+    dataset's recommendations (not strict) keep exactly what fits, silently. Bad keys come first here, so a
+    loop that stopped at one would lose what follows."""
+    params = {
+        "dpo": {"beta": 0.2},  # a stage of the kind that these methods do not run
+        "evaluate": 5,  # a stage's settings that are not an object
+        "sft": {"model": "x", "learning_rate": 1e-4},  # a setting the job chooses, then a good one
+        "cd_generate": {"alpha": 0.5, "bogus": 1, "temperature": 0.7},  # a wired one, an unknown one, a good one
+        "max_prompts": 7,  # a top setting
+        "temperature": 0.5,  # a knob
+    }
+    want = _Layer(
+        knobs={"temperature": 0.5},
+        top={"max_prompts": 7},
+        stages={"sft": {"learning_rate": 1e-4}, "cd_generate": {"temperature": 0.7}},
+    )
+    layer, errors = _read(params, strict=True)
+    assert layer == want
+    (bogus,) = errors.pop("params.cd_generate.bogus")
+    assert bogus.startswith("unknown setting; known: ") and "temperature" in bogus
+    assert errors == {
+        "params.dpo": ["the dpo stage does not run in this job (its methods do not use it)"],
+        "params.evaluate": ["evaluate settings must be an object of that stage's settings"],
+        "params.sft.model": [
+            "a file, model or device that the job chooses; it cannot be set in a request (pick models and "
+            "datasets by id)"
+        ],
+        "params.cd_generate.alpha": [
+            "set by the job itself, not per stage (alpha is the job's alpha; seed and lengths are params' own)"
+        ],
+    }
+    assert _read(params, strict=False) == (want, {})
