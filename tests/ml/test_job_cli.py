@@ -52,20 +52,14 @@ def test_every_setting_of_every_kind_is_a_flag():
         assert len(setting_flags(kind)) == len(set(setting_flags(kind).values()))
 
 
+def _cd_job(dirs: dict[str, str], prompts: str, out) -> list[str]:
+    """`python -m ml job cd_generate` on the tiny pair, quiet, into out."""
+    pair = ["--weak-base", dirs["base"], "--weak-aligned", dirs["aligned"]]
+    return ["job", "cd_generate", *pair, "--prompts", prompts, "--out", str(out), "--quiet"]
+
+
 def test_job_cd_generate_runs_and_a_bad_setting_is_refused(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
-    args = [
-        "job",
-        "cd_generate",
-        "--weak-base",
-        tiny_pair_dirs["base"],
-        "--weak-aligned",
-        tiny_pair_dirs["aligned"],
-        "--prompts",
-        tiny_prompts_file,
-        "--out",
-        str(tmp_path),
-        "--quiet",
-    ]
+    args = _cd_job(tiny_pair_dirs, tiny_prompts_file, tmp_path)
     assert main([*args, "--cd_generate.temperature", "-1"]) == 2
     assert "cd_generate.temperature" in capsys.readouterr().out
     assert main([*args, "--max-new-tokens", "3", "--cd_generate.batch-size", "2", "--no-do-sample"]) == 0
@@ -77,16 +71,8 @@ def test_job_cd_generate_runs_and_a_bad_setting_is_refused(tmp_path, tiny_pair_d
 
 def test_job_shards_runs_each_shard_here_and_matches_one_run(tmp_path, tiny_pair_dirs, tiny_prompts_file, capsys):
     def run(out, *extra):
-        args = [
-            "job",
-            "cd_generate",
-            "--weak-base",
-            tiny_pair_dirs["base"],
-            "--weak-aligned",
-            tiny_pair_dirs["aligned"],
-        ]
-        args += ["--prompts", tiny_prompts_file, "--out", str(out), "--quiet", "--max-new-tokens", "4"]
-        return main([*args, "--cd_generate.batch-size", "2", *extra])
+        args = _cd_job(tiny_pair_dirs, tiny_prompts_file, out)
+        return main([*args, "--max-new-tokens", "4", "--cd_generate.batch-size", "2", *extra])
 
     assert run(tmp_path / "bad", "--shards", "0") == 2
     assert "params.shards: must be" in capsys.readouterr().out
