@@ -159,6 +159,44 @@ def test_a_claim_without_a_task_id_records_none_and_matches_no_holders_task(user
         assert Job.objects.get(pk=live.pk).attempts == 1
 
 
+def test_a_claim_never_touches_a_job_it_may_not_take(user):
+    """A claim that is refused changes nothing: not a live holder's job that is being cancelled (only a LOST
+    holder's cancel is finished by a claim), not a finished job at its attempt budget; a claimable job elsewhere
+    in the table makes no difference."""
+    _job(user)  # claimable, but not the job asked for
+    live = _job(user, status=S.CANCELLING, cancel_requested=True, attempts=1, task_id="t1", heartbeat_at=timezone.now())
+    done = _job(user, status=S.SUCCEEDED, attempts=3, max_attempts=3)
+    for job in (live, done):
+        before = Job.objects.filter(pk=job.pk).values().get()
+        assert services.job_claim(job_id=job.pk, task_id="t2") is None
+        assert Job.objects.filter(pk=job.pk).values().get() == before
+        assert _statuses(job) == []
+
+
+def test_a_claim_that_finishes_a_lost_cancel_or_fails_a_spent_job_touches_only_that_job(
+    user, settings, django_capture_on_commit_callbacks
+):
+    """Both ends a claim can give instead of a run: the job named ends (with its event, sent on commit), and
+    jobs of the same status beside it stay as they were."""
+    old = _stale(settings)
+    running = _job(user, status=S.RUNNING, attempts=1, task_id="b1", heartbeat_at=timezone.now())
+    stopping = _job(
+        user, status=S.CANCELLING, cancel_requested=True, attempts=1, task_id="b2", heartbeat_at=timezone.now()
+    )
+    bystanders = {j.pk: Job.objects.filter(pk=j.pk).values().get() for j in (running, stopping)}
+    lost = _job(user, status=S.CANCELLING, cancel_requested=True, attempts=1, heartbeat_at=old)
+    spent = _job(user, status=S.RUNNING, attempts=3, max_attempts=3, worker="", heartbeat_at=old)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.job_claim(job_id=lost.pk, task_id="t") is None
+    with django_capture_on_commit_callbacks(execute=True):
+        assert services.job_claim(job_id=spent.pk, task_id="t") is None
+    assert {pk: Job.objects.filter(pk=pk).values().get() for pk in bystanders} == bystanders
+    assert Job.objects.get(pk=lost.pk).status == S.CANCELLED
+    msg = "gave up after 3 attempts; last error: worker ? was lost during attempt 3"  # "?": no worker recorded
+    assert (Job.objects.get(pk=spent.pk).status, Job.objects.get(pk=spent.pk).error) == (S.FAILED, msg)
+    assert _statuses(spent) == [(S.FAILED, msg)]
+
+
 # --- heartbeat, progress, finish, fail, mark_cancelled --------------------------------------------------------
 def test_a_heartbeat_counts_only_for_the_holding_task_of_a_running_job(user, settings):
     old = _stale(settings)
