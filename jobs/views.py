@@ -147,6 +147,7 @@ def job_detail(request, job_id: int):
             "models": page_selectors.job_models(job),
             "results": page_selectors.results_table(job.kind, job.results),
             "pair_count": GeneratedPair.objects.filter(job=job).count(),
+            "shards": list(selectors.job_shards(job=job)),
             "spec": page_selectors.spec_view(job=job),
             "request_lines": page_selectors.request_lines((job.config or {}).get("params")),
             "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),

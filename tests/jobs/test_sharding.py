@@ -162,6 +162,10 @@ def test_the_api_and_the_admin_show_who_generated_what(
     client.force_login(django_user_model.objects.create_superuser(username="su", password="pw-su-123"))
     page = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
     assert "Job shards" in page and page.count("w-api") >= 2
+    client.force_login(user)  # the job page: the detail on demand, under the one bar
+    page = client.get(f"/jobs/{job.pk}/").content.decode()
+    assert 'id="shards"' in page and "Shards: 2 parts" in page
+    assert 'data-shard="cd_generate/1"' in page and "6 of 6" in page
 
 
 @pytest.mark.parametrize(
