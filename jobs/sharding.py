@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -132,7 +133,7 @@ class Coordinator:
             count=count,
             generator=fn.__name__,
             config=base,
-            index_offset=self.offsets.get(str(config.output_dir), 0),
+            index_offset=self.offsets.get(str(Path(config.output_dir)), 0),
         )
         queued = [s for s in shards if s.status == SS.QUEUED]
         sent = {s.pk for s in queued[1:] if services.shard_send(s.pk)}  # the first is the coordinator's own

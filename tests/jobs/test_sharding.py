@@ -215,3 +215,25 @@ def test_a_shard_that_fails_fails_the_job_with_its_message(user, weak_pair, quie
     failed = JobShard.objects.get(job=job, status="failed")
     assert job.status == "failed" and f"cd_generate: shard {failed.index}/2 failed: " in job.error
     assert "positions" in failed.error and "positions" in job.error  # the ml error, named, not "worker lost"
+
+
+@pytest.mark.slow  # runs a whole sweep in this process
+def test_a_sharded_sweep_keeps_each_alphas_prompt_indexes(user, weak_pair, quiet_broker, settings):
+    """Each alpha's rows are mirrored at prompt index k*N + i (ml.execute's offsets): a shard must carry its
+    stage's offset, or two alphas' pairs would collide on one index and half of them would be lost."""
+    from ml.gold import GoldReward, register
+
+    register("test:words", lambda: GoldReward(name="test:words", score=lambda p, r: float(len(r.split()))))
+    settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
+    ds = services.dataset_create(name="sweep", chunks=[make_prompts(N)], gold="test:words", owner=user)
+    wb, wa = weak_pair
+    job = services.job_create(
+        user=user, kind="alpha_sweep", weak_base=wb.pk, weak_aligned=wa.pk, prompts=ds.pk,
+        params={"alphas": [0.0, 1.0], "batch_size": 2, "max_new_tokens": 4, "shards": 2},
+    )  # fmt: skip
+    assert run_job(job_id=job.pk, task_id="t-sweep", worker="w-here") == "succeeded"
+    pairs = GeneratedPair.objects.filter(job=job)
+    assert sorted(pairs.values_list("prompt_index", flat=True)) == list(range(2 * N))
+    assert sorted(set(pairs.values_list("alpha", "shard"))) == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
+    stages = sorted(set(JobShard.objects.filter(job=job).values_list("stage", "index_offset")))
+    assert [offset for _, offset in stages] == [0, N]
