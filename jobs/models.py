@@ -282,6 +282,7 @@ class JobShard(models.Model):
     generator = models.CharField(max_length=50, help_text="ml.stages.generate.GENERATORS name.")
     config = models.JSONField(default=dict, help_text="The stage's config (without the shard).")
     index_offset = models.PositiveIntegerField(default=0, help_text="Added to its rows' prompt index (sweeps).")
+    mirror_pairs = models.BooleanField(default=False, help_text="Its rows are stored as the job's pairs.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED)
     attempts = models.PositiveIntegerField(default=0)
     task_id = models.CharField(max_length=100, blank=True, default="")

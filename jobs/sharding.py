@@ -24,8 +24,7 @@ from jobs.models import Job, JobShard
 from jobs.progress import ProgressReporter
 from ml.io import SAMPLES
 from ml.reporter import Reporter
-from ml.shards import Shard, generation_plan, merge_shards, shard_count
-from ml.stages.generate import GENERATORS
+from ml.shards import Shard, config_from_dict, generation_plan, shard_count, shardable_stages
 
 log = logging.getLogger(__name__)
 SS = JobShard.Status
@@ -68,18 +67,24 @@ def run_shard(shard: JobShard, *, holder: str, worker: str, gold: str, after_pro
     """Run a shard this process has claimed (as ``holder``); record how it ended. Returns that status."""
     from jobs.runner import Heartbeat, PairMirror
 
-    cls, fn = GENERATORS[shard.generator]
-    cfg = cls.from_dict({**shard.config, "shard": str(Shard(shard.index, shard.count))})
+    cls, fn = shardable_stages()[shard.generator]
+    cfg = config_from_dict(cls, {**shard.config, "shard": str(Shard(shard.index, shard.count))})
     job_rep = ProgressReporter(shard.job_id)
-    mirror = PairMirror(
-        shard.job_id, cfg.work_dir() / SAMPLES, shard.index_offset, gold=gold, shard=shard.index, worker=worker
+    # Only the stages whose rows the job stores as pairs are mirrored (the job's on_generation said which).
+    mirror = (
+        PairMirror(
+            shard.job_id, cfg.work_dir() / SAMPLES, shard.index_offset, gold=gold, shard=shard.index, worker=worker
+        )
+        if shard.mirror_pairs
+        else None
     )
     rep = ShardReporter(shard, holder, job_rep, after_progress=lambda: _sync(mirror, after_progress))
     beat = Heartbeat(f"shard-{shard.pk}", lambda: services.shard_heartbeat(shard_id=shard.pk, task_id=holder))
     beat.start()
     try:
         out = fn(cfg, rep)
-        mirror.sync()
+        if mirror is not None:
+            mirror.sync()
         job_rep.close()
         status = SS.CANCELLED if out.get("stopped") else SS.SUCCEEDED
         services.shard_end(shard_id=shard.pk, task_id=holder, status=status)
@@ -96,7 +101,8 @@ def run_shard(shard: JobShard, *, holder: str, worker: str, gold: str, after_pro
 
 
 def _sync(mirror: Any, then: Any) -> None:
-    mirror.sync()
+    if mirror is not None:
+        mirror.sync()
     if then is not None:
         then()
 
@@ -121,19 +127,21 @@ class Coordinator:
         self.poll = 0.5
 
     def __call__(self, stage: str, fn: Any, config: Any, reporter: Reporter) -> dict[str, Any]:
-        if config.finished() is not None or fn.__name__ not in GENERATORS:
+        if fn.__name__ not in shardable_stages() or config.finished() is not None:
             return fn(config, reporter)
         count = self._count(stage, config)
         if count == 1:
             return fn(config, reporter)
         base = {k: v for k, v in _asdict(config).items() if k != "shard"}
+        folder = str(Path(config.output_dir))
         shards = services.shards_plan(
             job_id=self.job.pk,
             stage=stage,
             count=count,
             generator=fn.__name__,
             config=base,
-            index_offset=self.offsets.get(str(Path(config.output_dir)), 0),
+            index_offset=self.offsets.get(folder, 0),
+            mirror_pairs=folder in self.offsets,
         )
         queued = [s for s in shards if s.status == SS.QUEUED]
         sent = {s.pk for s in queued[1:] if services.shard_send(s.pk)}  # the first is the coordinator's own
@@ -169,7 +177,8 @@ class Coordinator:
                     break
             if not ran:
                 time.sleep(self.poll)
-        return merge_shards(config, count)
+        summary: dict[str, Any] = config.finish_shards(fn, count, reporter)
+        return summary
 
     def _count(self, stage: str, config: Any) -> int:
         have = JobShard.objects.filter(job_id=self.job.pk, stage=stage).values_list("count", flat=True).first()

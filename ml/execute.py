@@ -73,7 +73,7 @@ def _run(
     if kind == "evaluate":
         from ml.stages.evaluate import evaluate
 
-        return evaluate(built["evaluate"], rep)
+        return generation("evaluate", evaluate, built["evaluate"], rep)
     if kind == "preflight":
         from ml.diagnose import preflight_dirs
 
@@ -119,7 +119,7 @@ def _sweep(
         s = generation(f"cd_generate_{run['tag']}", cd_generate, cd, rep)
         if s.get("stopped"):
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
-        m = evaluate(run["evaluate"], rep)
+        m = generation(f"evaluate_{run['tag']}", evaluate, run["evaluate"], rep)
         if m.get("stopped"):
             return {"stopped": True, "stage": f"evaluate_{run['tag']}", "alphas": rows}
         scalars = {key: v for key, v in m.items() if not isinstance(v, (list, dict))}

@@ -13,7 +13,7 @@ from typing import Any
 from ml.spec import DEFAULT_LIMITS
 
 # The kinds that run a generation stage (ml.execute hands each one to its GenerationRunner).
-GENERATING_KINDS = ("cong", "train", "cd_generate", "alpha_sweep")
+GENERATING_KINDS = ("cong", "train", "cd_generate", "alpha_sweep", "evaluate")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,8 @@ SHARDS = ExecutionSetting(
     "shards",
     "auto",
     GENERATING_KINDS,
-    "Split each generation stage into this many parts, run by different workers and merged in prompt order "
+    "Split each generating stage (CD, plain and self sampling, evaluation sampling) into this many parts, run by "
+    "different workers and merged in prompt order "
     '(the rows are those of one run). "auto" (default): one per live worker on the generation queue, at most one '
     "per batch of prompts; 1: one worker does it all.",
     {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]},

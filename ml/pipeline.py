@@ -346,7 +346,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
                     **c.self_sample,
                 }
             )
-            own = R.stage("self_sample", self_sample, ss)["samples"]
+            own = R.stage("self_sample", self_sample, ss, generation=True)["samples"]
             dpo_kw = {
                 "model": models["cong_s"],
                 "chosen_data": cd_samples,
@@ -427,7 +427,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
                 **c.evaluate,
             }
         )
-        metrics[m] = R.stage(f"eval/{m}", evaluate, ev)
+        metrics[m] = R.stage(f"eval/{m}", evaluate, ev, generation=True)
     return weak_aligned, models, metrics
 
 

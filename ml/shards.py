@@ -19,13 +19,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done, write_jsonl
 from ml.reporter import Reporter
-
-if TYPE_CHECKING:
-    from ml.stages.generate import GenerateConfig
 
 SHARDS_DIR = "shards"
 
@@ -69,13 +66,59 @@ def shard_count(requested: int | str, live_workers: int, n_items: int, batch_siz
     return max(1, min(wanted, n_chunks(n_items, batch_size)))
 
 
-def generation_plan(config: GenerateConfig) -> tuple[int, int]:
-    """(rows the stage writes, rows per chunk): what a caller needs to decide how many shards make sense."""
-    n = len(read_prompts(config.prompts, limit=config.max_prompts))
-    return n * config.samples_per_prompt, config.decoding_config().batch_size
+SHARD_HELP = "i/n: run only shard i of n (its chunks or batches i, i+n, ...) into output_dir/shards/ (ml.shards)."
 
 
-def merge_shards(config: GenerateConfig, count: int) -> dict[str, Any]:
+class Shardable:
+    """What a stage's config offers to run in shards (the generation stages, self_sample, evaluate). The class
+    declares ``shard: str | None`` (internal, default None) beside its ``output_dir``."""
+
+    shard: str | None
+    output_dir: str
+
+    def work_dir(self) -> Path:
+        """Where this run writes: output_dir, or its shard's folder under it."""
+        return Shard.parse(self.shard).dir(self.output_dir) if self.shard else Path(self.output_dir)
+
+    def finished(self) -> dict[str, Any] | None:
+        """The summary of a finished run: the whole stage's, else this shard's."""
+        return stage_done(self.output_dir) or (stage_done(self.work_dir()) if self.shard else None)
+
+    def shard_plan(self) -> tuple[int, int] | None:
+        """(units the stage generates, units per batch), or None when this config generates nothing."""
+        raise NotImplementedError
+
+    def finish_shards(self, fn: GenerateFn, count: int, reporter: Reporter) -> dict[str, Any]:
+        """Once every shard has finished: join them and return the stage's summary."""
+        raise NotImplementedError
+
+
+def generation_plan(config: Any) -> tuple[int, int]:
+    """(units the stage generates, units per batch): what a caller needs to decide how many shards make sense;
+    (0, 1) for a config that generates nothing (it runs whole)."""
+    return config.shard_plan() or (0, 1)
+
+
+def join_sample_shards(config: Shardable, count: int, filename: str) -> list[dict[str, Any]]:
+    """Write the shards' ``filename`` rows into output_dir/filename in (index, sample) order, once; the stage then
+    runs whole and finds every batch there (ml.stages._train.sample_to_jsonl)."""
+    target = Path(config.output_dir) / filename
+    rows: list[dict[str, Any]] = []
+    for i in range(count):
+        part = Shard(i, count).dir(config.output_dir)
+        if stage_done(part) is None:
+            raise ValueError(f"shard {i}/{count} of {config.output_dir} has not finished; run it before the merge")
+        rows.extend(read_jsonl(part / filename))
+    rows.sort(key=lambda r: (int(r["index"]), int(r.get("sample", 0))))
+    keys = [(int(r["index"]), int(r.get("sample", 0))) for r in rows]
+    if len(keys) != len(set(keys)):
+        raise ValueError(f"the {count} shards of {config.output_dir} hold a row twice; delete its shards folder")
+    if not target.exists():
+        write_jsonl(target, rows)
+    return rows
+
+
+def merge_shards(config: Any, count: int) -> dict[str, Any]:
     """Join the finished shards 0..count-1 of a stage into its samples.jsonl (prompt order) and DONE.json, the
     same files one unsharded run writes; tokens_per_s is per generator (all new tokens over all shards' time)."""
     from ml.stages.generate import stage_summary
@@ -114,6 +157,26 @@ def merge_shards(config: GenerateConfig, count: int) -> dict[str, Any]:
 GenerateFn = Callable[[Any, Reporter], dict[str, Any]]
 
 
+def shardable_stages() -> dict[str, tuple[type, GenerateFn]]:
+    """The stages that run in shards, by function name: (config class, function). A runner on another worker
+    rebuilds a shard's config from its dict with these."""
+    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.generate import CDGenerateConfig, PlainGenerateConfig, cd_generate, plain_generate
+    from ml.stages.self_sample import SelfSampleConfig, self_sample
+
+    return {
+        "cd_generate": (CDGenerateConfig, cd_generate),
+        "plain_generate": (PlainGenerateConfig, plain_generate),
+        "self_sample": (SelfSampleConfig, self_sample),
+        "evaluate": (EvaluateConfig, evaluate),
+    }
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    from_dict = getattr(cls, "from_dict", None)
+    return from_dict(data) if from_dict is not None else cls(**data)
+
+
 class GenerationRunner(Protocol):
     """Runs one generation stage (``fn(config, reporter)``), whole or in shards, and returns its summary."""
 
@@ -129,12 +192,13 @@ def run_shards_here(count: int) -> GenerationRunner:
 
     def runner(stage: str, fn: GenerateFn, config: Any, reporter: Reporter) -> dict[str, Any]:
         n = shard_count(count, 1, *generation_plan(config))
-        if n == 1:
+        if n == 1 or config.finished() is not None:
             return fn(config, reporter)
         for i in range(n):
             out = fn(replace(config, shard=str(Shard(i, n))), reporter)
             if out.get("stopped"):
                 return out
-        return merge_shards(config, n)
+        summary: dict[str, Any] = config.finish_shards(fn, n, reporter)
+        return summary
 
     return runner

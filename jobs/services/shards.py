@@ -24,7 +24,14 @@ SS = JobShard.Status
 
 
 def shards_plan(
-    *, job_id: int, stage: str, count: int, generator: str, config: dict[str, Any], index_offset: int = 0
+    *,
+    job_id: int,
+    stage: str,
+    count: int,
+    generator: str,
+    config: dict[str, Any],
+    index_offset: int = 0,
+    mirror_pairs: bool = False,
 ) -> list[JobShard]:
     """The stage's shards, created on first call. A stage that has shards keeps their count (its files on disk
     are cut that way), whatever count a later attempt would choose; failed or cancelled shards are queued again
@@ -41,6 +48,7 @@ def shards_plan(
                     generator=generator,
                     config=config,
                     index_offset=index_offset,
+                    mirror_pairs=mirror_pairs,
                 )
                 for i in range(count)
             )

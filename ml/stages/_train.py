@@ -24,6 +24,7 @@ import torch
 
 from ml.modeling import pad_batch, pick_device, pick_dtype
 from ml.reporter import Reporter
+from ml.shards import Shard
 
 if TYPE_CHECKING:
     from ml.stages.callbacks import ReporterCallback
@@ -362,27 +363,33 @@ def sample_to_jsonl(
     seed: int = 0,
     use_chat_template: bool = True,
     device: str | None = None,
+    shard: Shard | None = None,
 ) -> bool:
-    """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response"}), batch by
-    batch; resumes after the last whole batch. Returns False when the reporter asked to stop."""
+    """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response"}), batch by batch;
+    a rerun keeps the batches written whole and generates the others. Batch k (prompts k*batch_size...) is
+    seeded by ``seed + k*batch_size`` wherever it runs, so ``shard`` i/n (batches i, i+n, ... into its own file,
+    ml.shards) writes exactly those rows of an unsharded run. Returns False when the reporter asked to stop."""
     from ml.io import append_jsonl, repair_jsonl, write_jsonl
     from ml.modeling import load_causal_lm, load_tokenizer
 
+    starts = [s for k, s in enumerate(range(0, len(prompts), batch_size)) if shard is None or shard.takes(k)]
     have = repair_jsonl(path)
-    done = len({r["index"] for r in have})
-    if done >= len(prompts):
+    present = {int(r["index"]) for r in have}
+    whole = {s for s in starts if all(i in present for i in range(s, min(s + batch_size, len(prompts))))}
+    kept = [r for r in have if int(r["index"]) - int(r["index"]) % batch_size in whole]
+    if len(kept) < len(have):  # a batch cut short by a crash is generated again whole, from its own seed
+        write_jsonl(path, kept)
+    todo = [s for s in starts if s not in whole]
+    total = sum(min(batch_size, len(prompts) - s) for s in starts)
+    done = total - sum(min(batch_size, len(prompts) - s) for s in todo)
+    if not todo:
         return True
-    # Restart at a batch boundary so every batch is generated whole, from its own seed.
-    restart = (done // batch_size) * batch_size
-    if restart < done:
-        write_jsonl(path, [r for r in have if r["index"] < restart])
-    done = restart
     model = load_causal_lm(model_dir, device=device)
     tok = load_tokenizer(model_dir)
-    while done < len(prompts):
+    for start in todo:
         if reporter.should_stop():
             return False
-        batch = prompts[done : done + batch_size]
+        batch = prompts[start : start + batch_size]
         outs = sample_responses(
             model,
             tok,
@@ -392,27 +399,22 @@ def sample_to_jsonl(
             top_p=top_p,
             max_new_tokens=max_new_tokens,
             use_chat_template=use_chat_template,
-            seed=seed + done,
+            seed=seed + start,
             do_sample=do_sample,
         )
         append_jsonl(
             path,
             [
-                {"index": done + i, "sample": j, "prompt": p, "response": r}
+                {"index": start + i, "sample": j, "prompt": p, "response": r}
                 for i, (p, rs) in enumerate(zip(batch, outs))
                 for j, r in enumerate(rs)
             ],
         )
         done += len(batch)
-        reporter.progress(progress_name, done, len(prompts))
+        reporter.progress(progress_name, done, total)
     return True
 
 
-# ----------------------------------------------------------------------------------------------
-# Per-token log-probs and padding for the custom-loss trainers (WSPO, AuxConf)
-
-
-@torch.no_grad()
 def token_logprobs(model: Any, seqs: list[list[int]], *, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
     """For each sequence, [0.0, log p(s1|s0), log p(s2|s0 s1), ...] (same length as the sequence).
 

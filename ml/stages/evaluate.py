@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
-from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done, write_json, write_jsonl
+from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
+from ml.shards import SHARD_HELP, Shard, Shardable, join_sample_shards
 from ml.stats import mean_ci, win_rate
 
 STAGE = "evaluate"
+GENERATED = "generated.jsonl"  # the sampled responses, before scoring (samples.jsonl holds them scored)
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig:
+class EvaluateConfig(Shardable):
     output_dir: str = field(
         metadata={"internal": True, "help": "Folder for samples.jsonl, metrics.json and DONE.json."}
     )
@@ -87,8 +89,19 @@ class EvaluateConfig:
     device: str | None = field(
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
     )
+    shard: str | None = field(default=None, metadata={"internal": True, "help": SHARD_HELP})
+
+    def shard_plan(self) -> tuple[int, int] | None:
+        """Only the sampling is sharded; scoring given samples is not generation."""
+        return (len(read_prompts(self.prompts, self.max_prompts)), self.batch_size) if self.model else None
+
+    def finish_shards(self, fn: Callable[..., dict[str, Any]], count: int, reporter: Reporter) -> dict[str, Any]:
+        join_sample_shards(self, count, GENERATED)
+        return evaluate(self, reporter)  # finds every response sampled: scores them and writes the metrics
 
     def __post_init__(self) -> None:
+        if self.shard is not None:
+            Shard.parse(self.shard)
         if bool(self.model) == bool(self.samples):
             raise ValueError("give exactly one of model (to sample from) or samples (a JSONL to score)")
         if self.model and not self.prompts:
@@ -126,6 +139,7 @@ def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
         seed=config.seed,
         use_chat_template=config.use_chat_template,
         device=config.device,
+        shard=Shard.parse(config.shard) if config.shard else None,
     )
 
 
@@ -160,16 +174,19 @@ def score_rows(rows: list[dict[str, Any]], gold: GoldReward) -> list[dict[str, A
 
 
 def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    done = stage_done(config.output_dir)
+    done = config.finished()
     if done is not None:
         return done
     reporter = or_null(reporter)
     t0 = time.time()
     out = Path(config.output_dir)
-    raw = out / "generated.jsonl"
+    raw = config.work_dir() / GENERATED
     if config.model:
         if not _generate(config, raw, reporter):
             return {"stage": STAGE, "name": config.name, "stopped": True}
+        if config.shard:  # one part of the sampling: the merge (ml.shards) joins the parts, then this scores them
+            n = len(read_jsonl(raw))
+            return mark_done(config.work_dir(), {"stage": STAGE, "name": config.name, "shard": config.shard, "n": n})
         rows = read_jsonl(raw)
     else:
         rows = read_jsonl(config.samples, required=("prompt", "response"))

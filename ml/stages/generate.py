@@ -44,12 +44,11 @@ from ml.io import (
     mark_done,
     read_prompts,
     repair_jsonl,
-    stage_done,
     write_json,
     write_jsonl,
 )
 from ml.reporter import Reporter, or_null
-from ml.shards import Shard
+from ml.shards import SHARD_HELP, Shard, Shardable, merge_shards
 
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
 _Config = TypeVar("_Config", bound="_GenerateCommon")
@@ -85,7 +84,7 @@ def _from_flat(cls: type[_Config], data: dict[str, Any], nested: str) -> _Config
 
 
 @dataclass
-class _GenerateCommon:
+class _GenerateCommon(Shardable):
     prompts: str = field(default="", metadata={"internal": True, "help": "JSONL file with a 'prompt' field per line."})
     output_dir: str = field(default="", metadata={"internal": True, "help": "Where samples.jsonl and DONE.json go."})
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts (None = all)."})
@@ -97,13 +96,7 @@ class _GenerateCommon:
         default=None, metadata={"internal": True, "help": "float32, bfloat16, float16 (None = per device)."}
     )
     report_samples: int = field(default=2, metadata={"help": "Rows per batch sent to reporter.sample()."})
-    shard: str | None = field(
-        default=None,
-        metadata={
-            "internal": True,
-            "help": "i/n: generate only shard i of n (chunks i, i+n, ...) into output_dir/shards/ (ml.shards).",
-        },
-    )
+    shard: str | None = field(default=None, metadata={"internal": True, "help": SHARD_HELP})
 
     def _check_common(self, decoding: CDConfig) -> None:
         if not self.prompts:
@@ -127,13 +120,12 @@ class _GenerateCommon:
     def decoding_config(self) -> CDConfig:
         raise NotImplementedError
 
-    def work_dir(self) -> Path:
-        """Where this run writes: output_dir, or its shard's folder under it."""
-        return Shard.parse(self.shard).dir(self.output_dir) if self.shard else Path(self.output_dir)
+    def shard_plan(self) -> tuple[int, int]:
+        n = len(read_prompts(self.prompts, limit=self.max_prompts))
+        return n * self.samples_per_prompt, self.decoding_config().batch_size
 
-    def finished(self) -> dict[str, Any] | None:
-        """The summary of a finished run: the whole stage's (merged) one, else this shard's."""
-        return stage_done(self.output_dir) or (stage_done(self.work_dir()) if self.shard else None)
+    def finish_shards(self, fn: Callable[..., dict[str, Any]], count: int, reporter: Reporter) -> dict[str, Any]:
+        return merge_shards(self, count)
 
 
 @dataclass
@@ -450,9 +442,4 @@ def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None
     )
 
 
-# Generation stages by name, for a runner that rebuilds a stage's config from its dict (a shard on another worker).
-GENERATORS: dict[str, tuple[Any, Callable[..., dict[str, Any]]]] = {  # name -> (config class with from_dict, fn)
-    "cd_generate": (CDGenerateConfig, cd_generate),
-    "plain_generate": (PlainGenerateConfig, plain_generate),
-}
-GenerateConfig = _GenerateCommon  # the base of every generation stage's config (ml.shards takes any of them)
+GenerateConfig = _GenerateCommon  # the base of every generation stage's config

@@ -6,19 +6,20 @@ output_dir/samples.jsonl ({"index", "sample", "prompt", "response"}) so a rerun 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, stage_done
+from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts
 from ml.reporter import Reporter, or_null
+from ml.shards import SHARD_HELP, Shard, Shardable, join_sample_shards
 from ml.stages._train import sample_to_jsonl
 
 STAGE = "self_sample"
 
 
 @dataclass(kw_only=True)
-class SelfSampleConfig:
+class SelfSampleConfig(Shardable):
     model: str = field(
         metadata={"internal": True, "help": "HF folder of the model to sample (the ConG-S strong model)."}
     )
@@ -39,8 +40,18 @@ class SelfSampleConfig:
     device: str | None = field(
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
     )
+    shard: str | None = field(default=None, metadata={"internal": True, "help": SHARD_HELP})
+
+    def shard_plan(self) -> tuple[int, int]:
+        return len(read_prompts(self.prompts, self.max_prompts)), self.batch_size
+
+    def finish_shards(self, fn: Callable[..., dict[str, Any]], count: int, reporter: Reporter) -> dict[str, Any]:
+        join_sample_shards(self, count, SAMPLES)
+        return self_sample(self, reporter)  # finds every batch written: writes the summary
 
     def __post_init__(self) -> None:
+        if self.shard is not None:
+            Shard.parse(self.shard)
         if not self.model or not self.prompts or not self.output_dir:
             raise ValueError("model, prompts and output_dir are all required")
         if self.temperature <= 0:
@@ -50,11 +61,11 @@ class SelfSampleConfig:
 
 
 def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    done = stage_done(config.output_dir)
+    done = config.finished()
     if done is not None:
         return done
     reporter = or_null(reporter)
-    path = Path(config.output_dir) / SAMPLES
+    path = config.work_dir() / SAMPLES
     prompts = read_prompts(config.prompts, config.max_prompts)
     finished = sample_to_jsonl(
         model_dir=config.model,
@@ -70,7 +81,10 @@ def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> d
         seed=config.seed,
         use_chat_template=config.use_chat_template,
         device=config.device,
+        shard=Shard.parse(config.shard) if config.shard else None,
     )
+    if config.shard and finished:  # one part of the stage: the merge (ml.shards) writes the summary
+        return mark_done(config.work_dir(), {"stage": STAGE, "shard": config.shard, "n": len(read_jsonl(path))})
     rows = read_jsonl(path) if path.exists() else []
     summary = {
         "stage": STAGE,

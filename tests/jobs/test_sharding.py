@@ -188,9 +188,9 @@ def test_shards_is_refused_where_nothing_is_generated(user, weak_pair, quiet_bro
     from ml.spec import SpecError
 
     with pytest.raises(SpecError) as exc:
-        resolve("evaluate", {"shards": 2})
+        resolve("weak_align", {"shards": 2})
     assert exc.value.errors == {
-        "params.shards": ["shards applies to kinds cong, train, cd_generate, alpha_sweep, not evaluate"]
+        "params.shards": ["shards applies to kinds cong, train, cd_generate, alpha_sweep, evaluate, not weak_align"]
     }
     assert resolve("cd_generate", {})["execution"] == {"shards": "auto"}
 
@@ -237,3 +237,26 @@ def test_a_sharded_sweep_keeps_each_alphas_prompt_indexes(user, weak_pair, quiet
     assert sorted(set(pairs.values_list("alpha", "shard"))) == [(0.0, 0), (0.0, 1), (1.0, 0), (1.0, 1)]
     stages = sorted(set(JobShard.objects.filter(job=job).values_list("stage", "index_offset")))
     assert [offset for _, offset in stages] == [0, N]
+
+
+@pytest.mark.slow  # a whole training pipeline in this process (tiny models, one step)
+def test_a_sharded_pipeline_shards_plain_sampling_and_evaluation_and_stores_no_plain_pairs(
+    user, weak_pair, quiet_broker, settings
+):
+    """In `train` (method weak_sft) the generation is plain pi_post sampling and the strong model's evaluation:
+    both run in shards, and the plain samples, which the job does not store as pairs, stay unstored."""
+    from ml.gold import GoldReward, register
+
+    register("test:words", lambda: GoldReward(name="test:words", score=lambda p, r: float(len(r.split()))))
+    settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
+    ds = services.dataset_create(name="train", chunks=[make_prompts(N)], gold="test:words", owner=user)
+    wb, wa = weak_pair
+    job = services.job_create(
+        user=user, kind="train", method="weak_sft", weak_base=wb.pk, weak_aligned=wa.pk, strong=wa.pk, prompts=ds.pk,
+        params={"shards": 2, "batch_size": 2, "max_new_tokens": 4, "train_max_steps": 1, "evaluate": {"batch_size": 2}},
+    )  # fmt: skip
+    assert run_job(job_id=job.pk, task_id="t-train", worker="w-here") == "succeeded", Job.objects.get(pk=job.pk).error
+    stages = dict(JobShard.objects.filter(job=job).values_list("stage", "mirror_pairs").distinct())
+    assert stages.get("plain_generate") is False and any(s.startswith("eval/") for s in stages)
+    assert set(JobShard.objects.filter(job=job).values_list("status", flat=True)) == {"succeeded"}
+    assert not GeneratedPair.objects.filter(job=job).exists()

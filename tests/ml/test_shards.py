@@ -120,3 +120,44 @@ def test_plain_generation_shards_and_the_local_runner(tiny_pair_dirs, tiny_promp
     out = run_shards_here(5)("plain_generate", plain_generate, cfg, RecordingReporter())
     assert out["shards"] == 3  # 6 rows at 2 per chunk: three chunks, so at most three shards
     assert rows(tmp_path / "sharded") == rows(tmp_path / "whole")
+
+
+def test_self_sample_and_evaluate_shards_give_the_unsharded_rows_and_metrics(tmp_path):
+    """The strong model's sampling (self_sample, and evaluate's responses) in shards: batch k is seeded by its
+    first prompt's index wherever it runs, so the joined rows, and evaluate's scores of them, are those of one
+    run. A stopped shard resumes alone."""
+    from ml.stages.evaluate import EvaluateConfig, evaluate
+    from ml.stages.self_sample import SelfSampleConfig, self_sample
+
+    from ._stage_fixtures import count_a, save_tiny, write_prompts
+
+    model = save_tiny(tmp_path / "m", seed=4)
+    prompts = write_prompts(tmp_path / "p.jsonl")
+
+    def ss(out) -> SelfSampleConfig:
+        return SelfSampleConfig(
+            model=model, prompts=prompts, output_dir=str(tmp_path / out), batch_size=2, max_new_tokens=5
+        )
+
+    def ev(out) -> EvaluateConfig:
+        return EvaluateConfig(
+            output_dir=str(tmp_path / out), gold=count_a, model=model, prompts=prompts, n_samples=2, batch_size=2,
+            max_new_tokens=5, seed=7,
+        )  # fmt: skip
+
+    assert ss("s").shard_plan() == (6, 2) and ev("e").shard_plan() == (6, 2)
+    whole_ss, whole_ev = self_sample(ss("ss-whole")), evaluate(ev("ev-whole"))
+    stopped = self_sample(replace(ss("ss-3"), shard="1/3"), RecordingReporter(stop_after=0))
+    assert stopped.get("stopped") is True
+    sharded_ss = run_shards_here(3)("self_sample", self_sample, ss("ss-3"), RecordingReporter())
+    sharded_ev = run_shards_here(2)("evaluate", evaluate, ev("ev-2"), RecordingReporter())
+    assert rows(tmp_path / "ss-3") == rows(tmp_path / "ss-whole")
+    assert {k: v for k, v in sharded_ss.items() if k != "samples"} == {
+        k: v for k, v in whole_ss.items() if k != "samples"
+    }
+    assert rows(tmp_path / "ev-2") == rows(tmp_path / "ev-whole")  # scored rows, in the same order
+    assert sharded_ev["gold_mean"] == whole_ev["gold_mean"] and sharded_ev["n"] == whole_ev["n"] == 12
+    given = EvaluateConfig(
+        output_dir=str(tmp_path / "given"), gold=count_a, samples=str(tmp_path / "ev-2" / "samples.jsonl")
+    )
+    assert given.shard_plan() is None  # scoring given samples generates nothing: it runs whole
