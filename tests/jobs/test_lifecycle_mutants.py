@@ -5,6 +5,7 @@ of sent, where a test checks WHICH job would be sent."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
@@ -119,7 +120,19 @@ def test_a_stale_running_job_is_reclaimed_with_the_lost_worker_named(user, setti
     job = _job(user, status=S.RUNNING, attempts=1, worker="box:7", task_id="old", heartbeat_at=_stale(settings))
     got = services.job_claim(job_id=job.pk, task_id="new")
     assert got.attempts == 2 and got.error == "worker box:7 was lost during attempt 1"
-    assert _statuses(job)[-1][1].endswith("(after: worker box:7 was lost during attempt 1)")
+    started = f"attempt 2 of 3 started on {lifecycle.worker_name()}"
+    assert _statuses(job)[-1][1] == f"{started} (after: worker box:7 was lost during attempt 1)"
+
+
+def test_a_claim_runs_only_the_job_it_names_and_its_event_says_who_runs_it(user):
+    """Other queued jobs stay queued (each is claimed by its own task), and the running event carries the
+    attempt, the worker and its process id (what the job page shows and an operator kills)."""
+    other = _job(user)
+    job = _job(user)
+    assert services.job_claim(job_id=job.pk, task_id="t1").status == S.RUNNING
+    assert Job.objects.get(pk=other.pk).status == S.QUEUED and _statuses(other) == []
+    data = JobEvent.objects.get(job=job, type=JobEvent.Type.STATUS).data
+    assert (data["attempt"], data["worker"], data["pid"]) == (1, lifecycle.worker_name(), os.getpid())
 
 
 def test_a_claim_is_refused_for_a_live_holder_a_finished_job_or_no_job(user):
