@@ -125,6 +125,7 @@ class Coordinator:
         self.job, self.requested, self.task_id, self.worker, self.gold = job, requested, task_id, worker, gold
         self.offsets: dict[str, int] = {}  # stage folder -> prompt index offset (ml.execute's on_generation)
         self.poll = 0.5
+        self._last: tuple[int, int] | None = None  # the last (done, total) reported
 
     def __call__(self, stage: str, fn: Any, config: Any, reporter: Reporter) -> dict[str, Any]:
         if fn.__name__ not in shardable_stages() or config.finished() is not None:
@@ -142,6 +143,7 @@ class Coordinator:
             config=base,
             index_offset=self.offsets.get(folder, 0),
             mirror_pairs=folder in self.offsets,
+            totals=[Shard(i, count).units(*generation_plan(config)) for i in range(count)],
         )
         queued = [s for s in shards if s.status == SS.QUEUED]
         sent = {s.pk for s in queued[1:] if services.shard_send(s.pk)}  # the first is the coordinator's own
@@ -195,7 +197,7 @@ class Coordinator:
             rows = list(JobShard.objects.filter(job_id=self.job.pk, stage=stage))
         done = sum(r.total if r.status == SS.SUCCEEDED else r.done for r in rows)
         total = sum(r.total for r in rows)
-        if total and (done, total) != getattr(self, "_last", None):
+        if total and (done, total) != self._last:
             self._last = (done, total)
             reporter.progress(stage, done, total)
 

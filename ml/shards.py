@@ -51,6 +51,12 @@ class Shard:
     def takes(self, chunk_no: int) -> bool:
         return chunk_no % self.count == self.index
 
+    def units(self, n_items: int, batch_size: int) -> int:
+        """How many of the stage's units (rows, or prompts for the sampling stages) this shard generates."""
+        return sum(
+            min(batch_size, n_items - k * batch_size) for k in range(n_chunks(n_items, batch_size)) if self.takes(k)
+        )
+
     def dir(self, output_dir: str | Path) -> Path:
         return Path(output_dir) / SHARDS_DIR / f"{self.index}-of-{self.count}"
 

@@ -32,10 +32,12 @@ def shards_plan(
     config: dict[str, Any],
     index_offset: int = 0,
     mirror_pairs: bool = False,
+    totals: list[int] | None = None,
 ) -> list[JobShard]:
     """The stage's shards, created on first call. A stage that has shards keeps their count (its files on disk
     are cut that way), whatever count a later attempt would choose; failed or cancelled shards are queued again
-    (a retried job resumes them from their files)."""
+    (a retried job resumes them from their files). ``totals``: the units each shard generates, so the stage's one
+    progress bar has its full length from the start."""
     with transaction.atomic():
         have = list(JobShard.objects.select_for_update().filter(job_id=job_id, stage=stage))
         if not have:
@@ -49,6 +51,7 @@ def shards_plan(
                     config=config,
                     index_offset=index_offset,
                     mirror_pairs=mirror_pairs,
+                    total=totals[i] if totals else 0,
                 )
                 for i in range(count)
             )

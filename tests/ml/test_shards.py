@@ -161,3 +161,10 @@ def test_self_sample_and_evaluate_shards_give_the_unsharded_rows_and_metrics(tmp
         output_dir=str(tmp_path / "given"), gold=count_a, samples=str(tmp_path / "ev-2" / "samples.jsonl")
     )
     assert given.shard_plan() is None  # scoring given samples generates nothing: it runs whole
+
+
+def test_shard_units_add_up_to_the_stage():
+    for n_items, batch, count in [(6, 2, 3), (7, 2, 2), (100, 8, 3), (1, 4, 1)]:
+        units = [Shard(i, count).units(n_items, batch) for i in range(count)]
+        assert sum(units) == n_items
+    assert [Shard(i, 2).units(7, 2) for i in range(2)] == [4, 3]  # chunks 2,2,2,1: 0 and 2 vs 1 and 3
