@@ -91,7 +91,7 @@ MODULES = [
             "ml/stages/wspo.py": ["wspo_loss", "map_token_values"],
             "ml/stages/_train.py": ["shifted_token_logps"],
         },
-        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_stages_wspo.py"],
+        ["tests/ml/test_train_data_mutants.py", "tests/ml/test_wspo_mutants.py", "tests/ml/test_stages_wspo.py"],
         preload=["transformers.trainer"],
     ),
     # Job lifecycle: cancel/retry/claim/heartbeat/finish/fail and the stale-job reaper.
