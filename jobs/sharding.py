@@ -22,6 +22,7 @@ from django.conf import settings
 from jobs import services
 from jobs.models import Job, JobShard
 from jobs.progress import ProgressReporter
+from jobs.worker_io import Heartbeat, PairMirror, job_gold
 from ml.io import SAMPLES
 from ml.reporter import Reporter
 from ml.shards import Shard, config_from_dict, generation_plan, shard_count, shardable_stages
@@ -65,8 +66,6 @@ class ShardReporter:
 
 def run_shard(shard: JobShard, *, holder: str, worker: str, gold: str, after_progress: Any = None) -> str:
     """Run a shard this process has claimed (as ``holder``); record how it ended. Returns that status."""
-    from jobs.runner import Heartbeat, PairMirror
-
     cls, fn = shardable_stages()[shard.generator]
     cfg = config_from_dict(cls, {**shard.config, "shard": str(Shard(shard.index, shard.count))})
     job_rep = ProgressReporter(shard.job_id)
@@ -110,12 +109,10 @@ def _sync(mirror: Any, then: Any) -> None:
 def run_shard_task(*, shard_id: int, task_id: str, worker: str) -> str:
     """The body of shard_run_task: claim the shard (a queued one at once; a running one only when its worker is
     gone) and run it; else leave it to whoever holds it."""
-    from jobs.runner import _gold
-
     shard = services.shard_claim(shard_id=shard_id, task_id=task_id, worker=worker or services.worker_name())
     if shard is None:
         return "not claimed (finished, held by another worker, or its job is not running)"
-    return run_shard(shard, holder=task_id, worker=shard.worker, gold=_gold(shard.job))
+    return run_shard(shard, holder=task_id, worker=shard.worker, gold=job_gold(shard.job))
 
 
 class Coordinator:
