@@ -87,7 +87,9 @@ def params_properties(kind: str, limits: dict[str, int | float]) -> dict[str, An
         if kind in s.kinds:
             schema = {"anyOf": [dict(a) for a in s.schema["anyOf"]]}
             schema["anyOf"][0]["maximum"] = int(limits.get(name, DEFAULT_LIMITS[name]))
-            out[name] = {**schema, "default": s.default, "description": s.help}
+            # No "default" key, like the knobs: a generated client would then send the default itself, so that a
+            # request's params no longer say what the user left unset.
+            out[name] = {**schema, "description": s.help}
     return out
 
 

@@ -262,7 +262,7 @@ SPECTACULAR_SETTINGS = {
         "ModelKindEnum": "jobs.models.ModelEntry.Kind",
         "DatasetKindEnum": "jobs.models.Dataset.Kind",
         "JobKindEnum": "jobs.models.Job.Kind",
-        "JobStatusEnum": "jobs.models.Job.Status",
+        "StatusEnum": "jobs.models.Job.Status",  # the name clients had before shards brought a second status
         "ShardStatusEnum": "jobs.models.JobShard.Status",
     },
 }

@@ -144,7 +144,7 @@ def test_the_worker_rechecks_every_model_and_dataset_before_running(
 ):
     wb, bad, ds = planted
     ran: list[int] = []
-    monkeypatch.setattr(runner, "run_spec", lambda job, rep, mirrors: ran.append(job.pk) or {})  # the stages
+    monkeypatch.setattr(runner, "run_spec", lambda job, rep, mirrors, **kw: ran.append(job.pk) or {})  # the stages
 
     def queued(owner, prompts, **models) -> Job:
         """A queued job as job_create records it, without job_create's checks (a job from before the fix)."""
