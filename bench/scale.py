@@ -88,9 +88,9 @@ def run_job(user, base: int, aligned: int, ds: int, shards: int, tokens: int, ba
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=128)
-    ap.add_argument("--tokens", type=int, default=48)
-    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
