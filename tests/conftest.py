@@ -18,6 +18,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 FAST_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
+# The fixtures that start a real Celery worker process (tests/jobs/conftest.py): their tests get the `worker`
+# marker, which make mutate deselects (a mutant must be checked in seconds). Marked by what a test uses, not by
+# its name: a test named "..._worker_..." that starts none still runs.
+WORKER_FIXTURES = ("celery_worker_proc", "shared_celery_worker", "module_celery_worker")
 SERVICE_FIXTURES = ("redis_url", "embedded_redis", "celery_worker_proc", "live_stack", "channel_layer")
 
 
@@ -47,6 +51,8 @@ def pytest_collection_modifyitems(config, items):
         )
         if uses_db or any(f in item.fixturenames for f in SERVICE_FIXTURES):
             item.add_marker(pytest.mark.services)
+        if any(f in item.fixturenames for f in WORKER_FIXTURES):
+            item.add_marker(pytest.mark.worker)
         if item.get_closest_marker("gpu") and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
 
