@@ -415,6 +415,11 @@ def sample_to_jsonl(
     return True
 
 
+# ----------------------------------------------------------------------------------------------
+# Per-token log-probs and padding for the custom-loss trainers (WSPO, AuxConf)
+
+
+@torch.no_grad()
 def token_logprobs(model: Any, seqs: list[list[int]], *, batch_size: int = 8, pad_id: int = 0) -> list[list[float]]:
     """For each sequence, [0.0, log p(s1|s0), log p(s2|s0 s1), ...] (same length as the sequence).
 
