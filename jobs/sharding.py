@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -127,10 +128,11 @@ class Coordinator:
     def __call__(self, stage: str, fn: Any, config: Any, reporter: Reporter) -> dict[str, Any]:
         if fn.__name__ not in shardable_stages() or config.finished() is not None:
             return fn(config, reporter)
-        count = self._count(stage, config)
+        plan = generation_plan(config)  # reads the prompts file: once per stage
+        count = self._count(stage, plan)
         if count == 1:
             return fn(config, reporter)
-        base = {k: v for k, v in _asdict(config).items() if k != "shard"}
+        base = {k: v for k, v in asdict(config).items() if k != "shard"}
         folder = str(Path(config.output_dir))
         shards = services.shards_plan(
             job_id=self.job.pk,
@@ -140,7 +142,7 @@ class Coordinator:
             config=base,
             index_offset=self.offsets.get(folder, 0),
             mirror_pairs=folder in self.offsets,
-            totals=[Shard(i, count).units(*generation_plan(config)) for i in range(count)],
+            totals=[Shard(i, count).units(*plan) for i in range(count)],
         )
         queued = [s for s in shards if s.status == SS.QUEUED]
         sent = {s.pk for s in queued[1:] if services.shard_send(s.pk)}  # the first is the coordinator's own
@@ -179,14 +181,14 @@ class Coordinator:
         summary: dict[str, Any] = config.finish_shards(fn, count, reporter)
         return summary
 
-    def _count(self, stage: str, config: Any) -> int:
+    def _count(self, stage: str, plan: tuple[int, int]) -> int:
         have = JobShard.objects.filter(job_id=self.job.pk, stage=stage).values_list("count", flat=True).first()
         if have is not None:
             return int(have)  # a resumed stage keeps the cut its files were made with
         from jobs.workers import live
 
         workers = len(live()) if self.requested == "auto" else 0
-        return shard_count(self.requested, workers, *generation_plan(config))
+        return shard_count(self.requested, workers, *plan)
 
     def _progress(self, stage: str, rows: list[JobShard] | None, reporter: Reporter) -> None:
         """One bar for the stage: rows written by all its shards, over all rows."""
@@ -197,9 +199,3 @@ class Coordinator:
         if total and (done, total) != self._last:
             self._last = (done, total)
             reporter.progress(stage, done, total)
-
-
-def _asdict(config: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(config)

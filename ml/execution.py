@@ -7,6 +7,7 @@ them, the params schema (ml.spec_schema) and the web app derive from these decla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,17 @@ class ExecutionSetting:
     help: str
     schema: dict[str, Any]
     tp: Any  # how a form or the CLI reads it from text
+    check: Callable[[Any, float], str | None]  # (value, this server's limit) -> what is wrong with it, or None
+
+
+def _check_shards(value: Any, limit: float) -> str | None:
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return f'must be "auto" or a whole number >= 1, got {value!r}'
+    if value > limit:
+        return f"must be at most {limit:g} (this server's limit), got {value}"
+    return None
 
 
 SHARDS = ExecutionSetting(
@@ -36,6 +48,7 @@ SHARDS = ExecutionSetting(
     "per batch of prompts; 1: one worker does it all.",
     {"anyOf": [{"type": "integer", "minimum": 1}, {"const": "auto"}]},
     int | str,
+    _check_shards,
 )
 SETTINGS = {s.name: s for s in (SHARDS,)}
 
@@ -43,16 +56,6 @@ SETTINGS = {s.name: s for s in (SHARDS,)}
 def defaults() -> dict[str, Any]:
     """The execution of a spec written before these settings existed."""
     return {name: s.default for name, s in SETTINGS.items()}
-
-
-def _check_shards(value: Any, limit: float) -> str | None:
-    if value == "auto":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return f'must be "auto" or a whole number >= 1, got {value!r}'
-    if value > limit:
-        return f"must be at most {limit:g} (this server's limit), got {value}"
-    return None
 
 
 def split_execution(
@@ -72,7 +75,7 @@ def split_execution(
         if kind not in setting.kinds:
             errors[f"params.{key}"] = f"{key} applies to kinds {', '.join(setting.kinds)}, not {kind}"
             continue
-        msg = _check_shards(value, limits.get(key, DEFAULT_LIMITS[key]))
+        msg = setting.check(value, limits.get(key, DEFAULT_LIMITS[key]))
         if msg:
             errors[f"params.{key}"] = msg
         else:

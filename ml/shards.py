@@ -82,9 +82,14 @@ class Shardable:
     shard: str | None
     output_dir: str
 
+    def part(self) -> Shard | None:
+        """The shard this run is (None: the whole stage); a malformed ``shard`` is a ValueError."""
+        return Shard.parse(self.shard) if self.shard is not None else None
+
     def work_dir(self) -> Path:
         """Where this run writes: output_dir, or its shard's folder under it."""
-        return Shard.parse(self.shard).dir(self.output_dir) if self.shard else Path(self.output_dir)
+        part = self.part()
+        return part.dir(self.output_dir) if part else Path(self.output_dir)
 
     def finished(self) -> dict[str, Any] | None:
         """The summary of a finished run: the whole stage's, else this shard's."""

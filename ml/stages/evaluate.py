@@ -20,7 +20,7 @@ from typing import Any
 from ml.gold import GoldReward, resolve_gold
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, write_json, write_jsonl
 from ml.reporter import Reporter, or_null
-from ml.shards import SHARD_HELP, Shard, Shardable, join_sample_shards
+from ml.shards import SHARD_HELP, Shardable, join_sample_shards
 from ml.stats import mean_ci, win_rate
 
 STAGE = "evaluate"
@@ -100,8 +100,7 @@ class EvaluateConfig(Shardable):
         return evaluate(self, reporter)  # finds every response sampled: scores them and writes the metrics
 
     def __post_init__(self) -> None:
-        if self.shard is not None:
-            Shard.parse(self.shard)
+        self.part()  # a malformed shard fails here, not mid-run
         if bool(self.model) == bool(self.samples):
             raise ValueError("give exactly one of model (to sample from) or samples (a JSONL to score)")
         if self.model and not self.prompts:
@@ -139,7 +138,7 @@ def _generate(config: EvaluateConfig, path: Path, reporter: Reporter) -> bool:
         seed=config.seed,
         use_chat_template=config.use_chat_template,
         device=config.device,
-        shard=Shard.parse(config.shard) if config.shard else None,
+        shard=config.part(),
     )
 
 

@@ -48,7 +48,7 @@ from ml.io import (
     write_jsonl,
 )
 from ml.reporter import Reporter, or_null
-from ml.shards import SHARD_HELP, Shard, Shardable, merge_shards
+from ml.shards import SHARD_HELP, Shardable, merge_shards
 
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
 _Config = TypeVar("_Config", bound="_GenerateCommon")
@@ -114,8 +114,7 @@ class _GenerateCommon(Shardable):
             )
         if self.report_samples < 0:
             raise ValueError(f"report_samples must be >= 0, got {self.report_samples}")
-        if self.shard is not None:
-            Shard.parse(self.shard)
+        self.part()  # a malformed shard fails here, not mid-run
 
     def decoding_config(self) -> CDConfig:
         raise NotImplementedError
@@ -231,7 +230,7 @@ def _run(
     reporter: Reporter | None,
 ) -> dict[str, Any]:
     rep = or_null(reporter)
-    shard = Shard.parse(config.shard) if config.shard else None
+    shard = config.part()
     out_dir = config.work_dir()
     path = out_dir / SAMPLES
     prompts = read_prompts(config.prompts, limit=config.max_prompts)

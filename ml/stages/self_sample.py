@@ -12,7 +12,7 @@ from typing import Any
 
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts
 from ml.reporter import Reporter, or_null
-from ml.shards import SHARD_HELP, Shard, Shardable, join_sample_shards
+from ml.shards import SHARD_HELP, Shardable, join_sample_shards
 from ml.stages._train import sample_to_jsonl
 
 STAGE = "self_sample"
@@ -50,8 +50,7 @@ class SelfSampleConfig(Shardable):
         return self_sample(self, reporter)  # finds every batch written: writes the summary
 
     def __post_init__(self) -> None:
-        if self.shard is not None:
-            Shard.parse(self.shard)
+        self.part()  # a malformed shard fails here, not mid-run
         if not self.model or not self.prompts or not self.output_dir:
             raise ValueError("model, prompts and output_dir are all required")
         if self.temperature <= 0:
@@ -81,7 +80,7 @@ def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> d
         seed=config.seed,
         use_chat_template=config.use_chat_template,
         device=config.device,
-        shard=Shard.parse(config.shard) if config.shard else None,
+        shard=config.part(),
     )
     if config.shard and finished:  # one part of the stage: the merge (ml.shards) writes the summary
         return mark_done(config.work_dir(), {"stage": STAGE, "shard": config.shard, "n": len(read_jsonl(path))})
