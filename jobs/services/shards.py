@@ -13,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
 from django.utils import timezone
 
 from jobs.models import Job, JobShard
@@ -72,22 +71,33 @@ def shard_send(shard_id: int) -> bool:
 
 def shard_claim(*, shard_id: int, task_id: str, worker: str, steal_after: float | None = None) -> JobShard | None:
     """Take the shard for this worker, or None. ``steal_after``: a queued shard is taken only when it has
-    waited that long (the coordinator's rule; a shard task takes it at once)."""
+    waited that long (the coordinator's rule; a shard task takes it at once).
+
+    The shard's row is locked (``select_for_update``) while its state is read and changed, as job_claim does: a
+    plain conditional UPDATE whose filter joins the job becomes ``id IN (subquery)`` on PostgreSQL, which a second
+    claimer's UPDATE does not re-check after waiting for the first, so both would win."""
     now = timezone.now()
     stale = now - timedelta(seconds=settings.JOB_STALE_AFTER_SECONDS)
-    queued = Q(status=SS.QUEUED)
-    if steal_after is not None:
-        queued &= Q(queued_at__lte=now - timedelta(seconds=steal_after))
-    gone = Q(status=SS.RUNNING) & (Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
-    spent = Q(attempts__gte=F("job__max_attempts"))
-    # A shard that lost its worker on every attempt (a poison prompt, OOM) fails; the coordinator fails the job.
-    JobShard.objects.filter(gone & spent, pk=shard_id).update(
-        status=SS.FAILED, finished=now, error="its worker was lost on every attempt (killed, out of memory?)"
-    )
-    n = JobShard.objects.filter(
-        (queued | gone) & ~spent, pk=shard_id, job__status=Job.Status.RUNNING, job__cancel_requested=False
-    ).update(status=SS.RUNNING, task_id=task_id, worker=worker, heartbeat_at=now, error="", attempts=F("attempts") + 1)
-    return JobShard.objects.get(pk=shard_id) if n == 1 else None
+    with transaction.atomic():
+        shard = JobShard.objects.select_for_update().select_related("job").filter(pk=shard_id).first()
+        if shard is None:
+            return None
+        queued = shard.status == SS.QUEUED and (
+            steal_after is None or shard.queued_at <= now - timedelta(seconds=steal_after)
+        )
+        gone = shard.status == SS.RUNNING and (shard.heartbeat_at is None or shard.heartbeat_at < stale)
+        if gone and shard.attempts >= shard.job.max_attempts:
+            # Its worker was lost on every attempt (a poison prompt, OOM): it fails; the coordinator fails the job.
+            JobShard.objects.filter(pk=shard_id).update(
+                status=SS.FAILED, finished=now, error="its worker was lost on every attempt (killed, out of memory?)"
+            )
+            return None
+        if not (queued or gone) or shard.job.status != Job.Status.RUNNING or shard.job.cancel_requested:
+            return None
+        JobShard.objects.filter(pk=shard_id).update(
+            status=SS.RUNNING, task_id=task_id, worker=worker, heartbeat_at=now, error="", attempts=shard.attempts + 1
+        )
+    return JobShard.objects.get(pk=shard_id)
 
 
 def shard_heartbeat(*, shard_id: int, task_id: str) -> bool:
