@@ -306,6 +306,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
     from ml.distributed import is_main, launch, world
+    from ml.stages import DISTRIBUTED_STAGES
 
     if args.nproc > 1 and world()[1] == 1:
         if args.name not in DISTRIBUTED_STAGES:
@@ -327,9 +328,6 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     return 3 if summary.get("stopped") else 0
 
 
-# The training stages tested on several processes (tests/ml/test_distributed.py). weak_align samples and scores
-# before it trains and wspo precomputes weak targets: each process would write those files; not yet.
-DISTRIBUTED_STAGES = ("sft", "dpo")
 
 
 # ---------------------------------------------------------------------------------------------- golds
