@@ -153,6 +153,12 @@ class Job(models.Model):
     send_pending = models.BooleanField(
         default=False, help_text="Its task could not be sent (broker down); the reaper sends it again."
     )
+    waiting_for = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        help_text="Why a queued job has not started, when no live worker can take it (e.g. it needs 4 GPUs).",
+    )
 
     class Meta:
         ordering = ["-created", "-id"]

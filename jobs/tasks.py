@@ -8,7 +8,7 @@ and the attempt counter on the Job row (job_claim) decides whether to run it aga
 from __future__ import annotations
 
 from celery import shared_task
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import celeryd_after_setup, worker_init, worker_ready, worker_shutdown
 
 _announcer = None
 
@@ -26,6 +26,18 @@ def _preload_ml(**_):
         import ml.stages.generate  # noqa: F401
     except Exception:  # a worker without the ml extras still serves the other queues
         pass
+
+
+@celeryd_after_setup.connect
+def _capacity_queues(sender=None, instance=None, **_):
+    # Capacity routing (jobs.workers): a worker of the generation queue with G devices also takes the jobs that
+    # train on 2..G of them. Added here, before the consumers start, so no -Q flag has to know the host's GPUs.
+    from jobs.workers import GENERATION_QUEUE, capacity_queues, device_count
+
+    queues = instance.app.amqp.queues
+    if GENERATION_QUEUE in queues.consume_from:
+        for name in capacity_queues(device_count()):
+            queues.select_add(name)
 
 
 @worker_ready.connect

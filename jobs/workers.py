@@ -1,8 +1,8 @@
 """Which workers are alive, and what they serve: a small registry in the broker's Redis.
 
-Each worker process announces itself (``congweb:worker:<node name>`` -> its queues and device count) every
-``ANNOUNCE_EVERY`` seconds with a time-to-live of ``TTL``, and removes the key on a clean shutdown; a worker
-killed outright drops out within ``TTL``. Reading it is one SCAN, so a job can ask "how many workers serve
+Each worker process announces itself (``congweb:worker:<node name>`` -> its queues, device count and whether it
+has CUDA) every ``ANNOUNCE_EVERY`` seconds with a time-to-live of ``TTL``, and removes the key on a clean shutdown;
+a worker killed outright drops out within ``TTL``. Reading it is one SCAN, so a job can ask "how many workers serve
 the generation queue?" (``shards: auto``) without Celery's broadcast inspect, which waits out its timeout.
 """
 
@@ -45,8 +45,49 @@ def device_count() -> int:
         return 0
 
 
-def announce(name: str, queues: list[str], gpus: int) -> None:
-    _client().set(PREFIX + name, json.dumps({"name": name, "queues": queues, "gpus": gpus}), ex=TTL)
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def announce(name: str, queues: list[str], gpus: int, cuda: bool = False) -> None:
+    payload = {"name": name, "queues": queues, "gpus": gpus, "cuda": cuda}
+    _client().set(PREFIX + name, json.dumps(payload), ex=TTL)
+
+
+# Capacity routing (docs/SCALING.md): a job training on N > 1 devices goes to queue "gpu-xN", and a worker that
+# serves the generation queue with G devices also consumes gpu-x2 ... gpu-xG (it adds them itself at start-up).
+# A worker never receives a job it cannot hold, and such a job waits in the broker, not on a worker.
+
+
+def queue_for(gpus: int) -> str:
+    """The queue of a job that trains on ``gpus`` devices (one device: the generation queue)."""
+    return GENERATION_QUEUE if gpus <= 1 else f"{GENERATION_QUEUE}-x{gpus}"
+
+
+def capacity_queues(gpus: int) -> list[str]:
+    """The extra queues a worker with ``gpus`` devices consumes."""
+    return [queue_for(n) for n in range(2, gpus + 1)]
+
+
+def waiting_reason(gpus: int) -> str:
+    """Why a job needing ``gpus`` devices cannot start now ("" when a live worker can take it)."""
+    if gpus <= 1 or any(w.get("gpus", 0) >= gpus for w in live(queue_for(gpus))):
+        return ""
+    most = max((int(w.get("gpus", 0)) for w in live()), default=0)
+    return (
+        f"waiting for a worker with {gpus} GPUs (the live workers have at most {most}); start one on a host with "
+        f"{gpus} devices, or set WORKER_GPUS"
+    )
+
+
+def any_cuda() -> bool:
+    """Whether a live worker of the generation queue has a CUDA device (what QLoRA needs)."""
+    return any(w.get("cuda") for w in live())
 
 
 def withdraw(name: str) -> None:
@@ -96,13 +137,13 @@ class Announcer(threading.Thread):
 
     def __init__(self, name: str, queues: list[str]) -> None:
         super().__init__(name="congweb-announce", daemon=True)
-        self.worker, self.queues, self.gpus = name, queues, device_count()
+        self.worker, self.queues, self.gpus, self.cuda = name, queues, device_count(), has_cuda()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
         while True:
             try:
-                announce(self.worker, self.queues, self.gpus)
+                announce(self.worker, self.queues, self.gpus, self.cuda)
             except Exception:  # the broker is down: the worker itself reconnects; try again next round
                 log.warning("could not announce worker %s", self.worker, exc_info=True)
             if self._stop_event.wait(ANNOUNCE_EVERY):

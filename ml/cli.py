@@ -69,9 +69,11 @@ def setup_torch_threads() -> None:
 
 def run_pipeline_and_print(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     """Run (or resume) a pipeline and print its results table; exit code 3 when it was stopped."""
+    from ml.distributed import DEFAULT_MODE, training_runner
     from ml.pipeline import results_markdown, run
 
-    res = run(cfg, console_reporter(args))
+    training = training_runner(getattr(args, "nproc", 1), getattr(args, "distributed", None) or DEFAULT_MODE)
+    res = run(cfg, console_reporter(args), training=training)
     if res.get("stopped"):
         print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
         return 3
@@ -140,6 +142,14 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--output-dir", default=None, help="override output_dir from the config")
     p.add_argument("--device", default=None, help="override device (cpu, cuda)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="run each training stage as this many processes (torch.distributed; one per GPU); generation and "
+        "evaluation stay in this process (docs/SCALING.md)",
+    )
+    add_distributed_arg(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -262,10 +272,27 @@ def _add_stage(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--nproc",
         type=int,
         default=1,
-        help="sft, dpo: run as this many processes (torch.distributed, DDP; NCCL on GPUs, gloo on CPUs); "
+        help="training stages: run as this many processes (torch.distributed; NCCL on GPUs, gloo on CPUs); "
         "per_device_train_batch_size stays per process (docs/SCALING.md)",
     )
+    add_distributed_arg(p)
+    # Set by ml.distributed.Launched, which runs a stage for a pipeline or a web job: reports go to a file it
+    # replays, and a STOP file there (or the launcher's death) stops the ranks.
+    p.add_argument("--report-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--watch-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_stage)
+
+
+def add_distributed_arg(p: argparse.ArgumentParser) -> None:
+    from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES
+
+    p.add_argument(
+        "--distributed",
+        choices=list(DISTRIBUTED_MODES),
+        default=None,
+        help=f"how the processes share the training (default {DEFAULT_MODE}): "
+        + "; ".join(f"{k}: {v}" for k, v in DISTRIBUTED_MODES.items()),
+    )
 
 
 _STAGE_PATH_KEYS = (
@@ -306,28 +333,38 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
     from ml.distributed import is_main, launch, world
+    from ml.reporter import FileReporter, Reporter, StopOnly
     from ml.stages import DISTRIBUTED_STAGES
 
+    if (args.nproc > 1 or args.distributed) and args.name not in DISTRIBUTED_STAGES:
+        raise ValueError(
+            f"--nproc and --distributed apply to the training stages ({', '.join(DISTRIBUTED_STAGES)}); "
+            f"{args.name} runs in one process (docs/SCALING.md)"
+        )
     if args.nproc > 1 and world()[1] == 1:
-        if args.name not in DISTRIBUTED_STAGES:
-            raise ValueError(
-                f"--nproc runs {' and '.join(DISTRIBUTED_STAGES)} so far; {args.name} runs in one process "
-                "(docs/SCALING.md)"
-            )
+        # The same command for each rank, without --nproc (a rank runs the stage itself).
         argv = ["stage", args.name, "--config", args.config] + (["--quiet"] if args.quiet else [])
+        for flag, value in (("--distributed", args.distributed), ("--report-dir", args.report_dir)):
+            argv += [flag, value] if value else []
+        argv += ["--watch-pid", str(args.watch_pid)] if args.watch_pid else []
         return launch(argv, args.nproc)
-    if not is_main():
-        args.quiet = True  # one rank speaks for the group
     path = Path(args.config)
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if args.distributed:
+        data["distributed"] = args.distributed
     cfg = stage_config(args.name, data, base_dir=path.parent)
     module, _, fn_name = _stage_table()[args.name]
-    summary = getattr(importlib.import_module(module), fn_name)(cfg, console_reporter(args))
+    rep: Reporter
+    if args.report_dir:
+        rep = FileReporter(Path(args.report_dir) / "events.jsonl", Path(args.report_dir) / "STOP", args.watch_pid)
+    else:
+        rep = console_reporter(args)
+    if not is_main():
+        rep = StopOnly(rep)  # one rank speaks for the group; all stop together
+    summary = getattr(importlib.import_module(module), fn_name)(cfg, rep)
     if is_main():
         _print_json(summary)
     return 3 if summary.get("stopped") else 0
-
-
 
 
 # ---------------------------------------------------------------------------------------------- golds

@@ -14,6 +14,17 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ml.reporter import Reporter
+
+# A stage function, and how a training stage is run: (pipeline's name for it, the function, its config, reporter).
+StageFn = Callable[[Any, "Reporter"], dict[str, Any]]
+TrainingRunner = Callable[[str, StageFn, Any, "Reporter"], dict[str, Any]]
 
 # How several processes share one training (params.distributed; the CLI's --distributed). Declared here once: the
 # stages map a mode to the Trainer's settings (ml.stages._train), the web app and the CLI offer these names.
@@ -61,10 +72,88 @@ def is_main() -> bool:
 
 def launch(argv: list[str], nproc: int) -> int:
     """Run ``python -m ml <argv>`` as ``nproc`` processes on this host; the exit status of the group."""
+    return launch_process(argv, nproc).wait()
+
+
+def launch_process(
+    argv: list[str], nproc: int, stdout: IO[bytes] | None = None, stderr: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m ml <argv>`` as ``nproc`` processes on this host (torch's launcher)."""
     env = dict(os.environ)
     # Processes share the host's cores: the launcher's default of one thread each is right on a small CPU box,
     # and a CUDA process does its work on the device anyway.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    return subprocess.call([*cmd, "-m", "ml", *argv], env=env)
+    # --standalone picks a free rendezvous port, so two groups on one host (two workers) never meet.
+    return subprocess.Popen([*cmd, "-m", "ml", *argv], env=env, stdout=stdout, stderr=stderr)
+
+
+class Launched:
+    """Runs a training stage as ``nproc`` processes in ``mode``: the pipeline's (and a web job's) training runner
+    when a job asks for several devices (``params.gpus``) or a mode other than DDP. It writes the stage's config to
+    ``<stage>/launch/config.yaml``, starts ``python -m ml stage NAME --nproc N --report-dir <stage>/launch`` and
+    meanwhile replays the ranks' reports into its own reporter; a stop request becomes the STOP file the ranks'
+    reporter watches (they checkpoint and stop; a rerun resumes like any stage). Same result as in-process: the
+    stage's DONE.json summary."""
+
+    def __init__(self, nproc: int, mode: str = DEFAULT_MODE, poll_seconds: float = 0.5) -> None:
+        if nproc < 1:
+            raise ValueError(f"nproc must be >= 1, got {nproc}")
+        why = mode_unavailable(mode)
+        if why:
+            raise ValueError(why)
+        self.nproc, self.mode, self.poll = nproc, mode, poll_seconds
+
+    def __call__(self, name: str, fn: StageFn, cfg: Any, rep: Reporter) -> dict[str, Any]:
+        import dataclasses
+
+        import yaml
+
+        from ml.io import read_json, stage_done
+        from ml.reporter import forward_events
+
+        done = stage_done(cfg.output_dir)
+        if done is not None:  # finished earlier: what an in-process stage returns at once when rerun
+            return done
+        d = Path(cfg.output_dir) / "launch"
+        d.mkdir(parents=True, exist_ok=True)
+        events, stop = d / "events.jsonl", d / "STOP"
+        events.write_bytes(b"")  # a previous attempt's reports were replayed then
+        stop.unlink(missing_ok=True)
+        data = {**dataclasses.asdict(cfg), "distributed": self.mode}
+        (d / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        # The stage's CLI name is its function's (ml.cli's stage table).
+        argv = ["stage", fn.__name__, "--config", str(d / "config.yaml"), "--quiet", "--report-dir", str(d)]
+        argv += ["--watch-pid", str(os.getpid())]
+        rep.log(f"{name}: training on {self.nproc} process(es), {self.mode}")
+        with (d / "stdout.log").open("wb") as out, (d / "stderr.log").open("wb") as err:
+            proc = launch_process(argv, self.nproc, stdout=out, stderr=err)
+            offset = 0
+            while proc.poll() is None:
+                offset = forward_events(events, offset, rep)
+                if rep.should_stop() and not stop.exists():
+                    stop.touch()
+                time.sleep(self.poll)
+            forward_events(events, offset, rep)
+        if proc.returncode == 3:  # the ranks stopped at a step boundary and checkpointed
+            return {"stopped": True, "stage": name}
+        if proc.returncode != 0:
+            tail = (d / "stderr.log").read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(
+                f"{name} on {self.nproc} processes ({self.mode}) failed with exit status {proc.returncode}; "
+                f"last output:\n{tail}"
+            )
+        summary: dict[str, Any] = read_json(Path(cfg.output_dir) / "DONE.json")
+        return summary
+
+
+def run_here(name: str, fn: StageFn, cfg: Any, rep: Reporter) -> dict[str, Any]:
+    """The default training runner: the stage in this process."""
+    return fn(cfg, rep)
+
+
+def training_runner(gpus: int, mode: str = DEFAULT_MODE) -> TrainingRunner:
+    """How a job with ``gpus`` devices and ``mode`` trains: in this process for one device in DDP (nothing to
+    distribute), else launched (one process per device; DeepSpeed wants its launcher even for one)."""
+    return run_here if gpus <= 1 and mode == DEFAULT_MODE else Launched(gpus, mode)

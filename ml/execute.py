@@ -4,6 +4,8 @@
 ``on_generation(samples_path, index_offset)`` is called before each stage that writes generated pairs, so a
 caller can follow the file as it grows (the web worker mirrors rows into its database). ``generation`` runs each
 generation stage, whole (the default) or in shards (ml.shards; the web worker spreads shards over its workers).
+The training stages run as the spec's execution says: in this process, or on ``gpus`` processes in the
+``distributed`` mode (ml.distributed).
 The result is the stage's (or pipeline's) summary dict, with ``{"stopped": True, ...}`` when the reporter asked to stop.
 """
 
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ml.distributed import DEFAULT_MODE, training_runner
 from ml.io import SAMPLES
 from ml.reporter import Reporter, or_null
 from ml.resolve import JobInputs, build
@@ -52,12 +55,14 @@ def _run(
     hook = on_generation or _noop
     built = build(spec, inputs)
     kind = spec["kind"]
+    execution = spec.get("execution") or {}
+    training = training_runner(execution.get("gpus", 1), execution.get("distributed", DEFAULT_MODE))
     if "pipeline" in built:
         from ml.pipeline import run
 
         cfg = built["pipeline"]
         hook(str(Path(cfg.output_dir) / "cd_generate" / SAMPLES), 0)
-        return run(cfg, rep, generation=generation)
+        return run(cfg, rep, generation=generation, training=training)
     if kind == "cd_generate":
         from ml.stages.generate import cd_generate
 
@@ -69,7 +74,7 @@ def _run(
     if kind == "weak_align":
         from ml.stages.weak_align import weak_align
 
-        return weak_align(built["weak_align"], rep)
+        return training("weak_align", weak_align, built["weak_align"], rep)
     if kind == "evaluate":
         from ml.stages.evaluate import evaluate
 

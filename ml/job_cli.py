@@ -58,7 +58,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         k.add_argument("--quiet", action="store_true", help="no progress output")
         for setting in EXECUTION.values():
             if name in setting.kinds:
-                help_ = setting.help.replace("%", "%%") + " Here the shards run one after another in this process."
+                help_ = (setting.help + setting.cli_note).replace("%", "%%")
                 k.add_argument("--" + setting.name, dest=f"x__{setting.name}", type=from_text, default=None, help=help_)
         for dest, path in setting_flags(name).items():
             stage, _, field = path.partition(".")
@@ -121,7 +121,7 @@ def _cmd_job(args: argparse.Namespace) -> int:
             print(f"error: {key}: {' '.join(msgs)}")
         return 2
     setup_torch_threads()
-    shards = spec["execution"]["shards"]  # one process: "auto" is 1; a number is each shard in turn (ml.shards)
+    shards = spec["execution"].get("shards", 1)  # one process: "auto" is 1; a number is each shard in turn (ml.shards)
     generation = run_shards_here(shards) if isinstance(shards, int) and shards > 1 else None
     result = execute(spec, inputs, console_reporter(args), generation=generation)
     _print_json(result)

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ml.distributed import TrainingRunner, run_here
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
 from ml.results import RESULTS_VERSION
@@ -188,12 +189,18 @@ _Cfg = TypeVar("_Cfg", bound=_StageConfig)
 
 class _Runner:
     def __init__(
-        self, config: PipelineConfig, reporter: Reporter, dry: bool = False, generation: GenerationRunner | None = None
+        self,
+        config: PipelineConfig,
+        reporter: Reporter,
+        dry: bool = False,
+        generation: GenerationRunner | None = None,
+        training: TrainingRunner | None = None,
     ) -> None:
         self.c = config
         self.r = reporter
         self.dry = dry
         self.generation = generation or run_whole
+        self.training = training or run_here
         self.planned: dict[str, Any] = {}
         self.out = Path(config.output_dir)
         self.timings_path = self.out / "timings.json"
@@ -205,7 +212,8 @@ class _Runner:
     def stage(
         self, name: str, fn: Callable[[_Cfg, Reporter], dict[str, Any]], cfg: _Cfg, *, generation: bool = False
     ) -> dict[str, Any]:
-        """Run (or resume) one stage; a generation stage goes through the generation runner (whole or sharded)."""
+        """Run (or resume) one stage; a generation stage goes through the generation runner (whole or sharded), a
+        training stage through the training runner (here, or launched on several processes: ml.distributed)."""
         from ml.io import stage_done
 
         if self.dry:  # check(): every stage config was built (and validated); nothing runs
@@ -215,7 +223,7 @@ class _Runner:
         if not cached:
             self.r.log(f"pipeline: stage {name}")
         t0 = time.time()
-        summary = self.generation(name, fn, cfg, self.r) if generation else fn(cfg, self.r)
+        summary = self.generation(name, fn, cfg, self.r) if generation else self.training(name, fn, cfg, self.r)
         if summary.get("stopped"):
             raise _Stopped(name, summary)
         if not cached or name not in self.timings:
@@ -257,14 +265,18 @@ def check(config: PipelineConfig) -> dict[str, Any]:
 
 
 def run(
-    config: PipelineConfig, reporter: Reporter | None = None, *, generation: GenerationRunner | None = None
+    config: PipelineConfig,
+    reporter: Reporter | None = None,
+    *,
+    generation: GenerationRunner | None = None,
+    training: TrainingRunner | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline; returns the results dict (also in output_dir/results.json), or
     {"stopped": True, "stage": ...} when the reporter asked to stop. ``generation`` runs the generation stages
-    (ml.shards: whole by default)."""
+    (ml.shards: whole by default), ``training`` the training stages (ml.distributed: in this process by default)."""
     c = config
     rep = or_null(reporter)
-    R = _Runner(c, rep, generation=generation)
+    R = _Runner(c, rep, generation=generation, training=training)
     R.out.mkdir(parents=True, exist_ok=True)
     write_json(R.out / "config.json", c.to_dict())
     t_start = time.time()

@@ -7,8 +7,11 @@ of work (batches, training steps) and return early, keeping what they wrote, whe
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -119,3 +122,67 @@ class ConsoleReporter(NullReporter):
 
 def or_null(reporter: Reporter | None) -> Reporter:
     return reporter if reporter is not None else NullReporter()
+
+
+class FileReporter(NullReporter):
+    """The reporter of a stage run in other processes (ml.distributed.Launched): every call is one JSON line
+    appended to ``events``, and ``should_stop()`` is true once the ``stop`` file exists or the process that
+    launched this one is gone (killed outright: the orphaned ranks then checkpoint and stop instead of training on
+    for nobody). ``forward_events`` replays the lines into the launcher's own reporter."""
+
+    def __init__(self, events: str | Path, stop: str | Path, watch_pid: int | None = None) -> None:
+        self.events, self.stop, self.watch_pid = Path(events), Path(stop), watch_pid
+
+    def _put(self, kind: str, *args: Any) -> None:
+        with self.events.open("a", encoding="utf-8") as f:
+            f.write(json.dumps([kind, *args], default=str) + "\n")
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        self._put("progress", stage, done, total)
+
+    def metric(self, name: str, value: float, step: int | None = None) -> None:
+        self._put("metric", name, value, step)
+
+    def sample(self, data: dict[str, Any]) -> None:
+        self._put("sample", data)
+
+    def log(self, msg: str) -> None:
+        self._put("log", msg)
+
+    def should_stop(self) -> bool:
+        if self.stop.exists():
+            return True
+        if self.watch_pid is not None:
+            try:
+                os.kill(self.watch_pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:  # alive, owned by someone else
+                pass
+        return False
+
+
+def forward_events(path: Path, offset: int, reporter: Reporter) -> int:
+    """Replay the complete lines of ``path`` from byte ``offset`` into ``reporter``; the offset to resume from (a
+    line still being written waits for the next call)."""
+    if not path.exists():
+        return offset
+    with path.open("rb") as f:
+        f.seek(offset)
+        chunk = f.read()
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].splitlines():
+        kind, *args = json.loads(line)
+        getattr(reporter, kind)(*args)
+    return offset + end
+
+
+class StopOnly(NullReporter):
+    """Says nothing but answers should_stop like ``inner``: the reporter of every process but the first when
+    several run one stage (one speaks for the group; all must stop together)."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def should_stop(self) -> bool:
+        return self.inner.should_stop()

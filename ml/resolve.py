@@ -287,9 +287,10 @@ def resolve(
 
 
 # Internal fields that stay unset unless the caller sets them: 'samples' and 'reference' are alternatives to 'model'
-# in EvaluateConfig, device and dtype are picked per machine, and a generation stage runs whole unless a runner
-# gives it a shard (ml.shards).
-_OPTIONAL_INTERNAL = ("samples", "reference", "device", "dtype", "shard")
+# in EvaluateConfig, device and dtype are picked per machine, a generation stage runs whole unless a runner
+# gives it a shard (ml.shards), and a training stage in DDP unless the training runner launches it in the job's
+# mode (ml.distributed).
+_OPTIONAL_INTERNAL = ("samples", "reference", "device", "dtype", "shard", "distributed")
 
 
 def placeholders(cls: type) -> dict[str, Any]:

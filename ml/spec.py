@@ -41,6 +41,7 @@ DEFAULT_LIMITS: dict[str, int | float] = {
     "max_steps": 1_000_000,
     "max_length": 32_768,
     "shards": 64,  # parts of one generation stage (ml.execution)
+    "gpus": 8,  # devices (processes) of one training stage (ml.execution)
 }
 LIMIT_OF = {
     "max_new_tokens": "max_new_tokens",

@@ -179,6 +179,7 @@ class JobSerializer(serializers.ModelSerializer):
             "attempts",
             "max_attempts",
             "error",
+            "waiting_for",
             "cancel_requested",
             "partial",
             "created",

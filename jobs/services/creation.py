@@ -248,6 +248,7 @@ def job_create(
             "row_count": eval_ds.row_count,
         }
     _check_buildable(spec, config)
+    _check_deployment(spec)
     config["spec"] = spec
     attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
     with transaction.atomic():
@@ -256,6 +257,19 @@ def job_create(
         job_id = job.pk
         transaction.on_commit(lambda: dispatch.send(job_id))
     return job
+
+
+def _check_deployment(spec: dict[str, Any]) -> None:
+    """What this deployment cannot run is refused now, not after the job has waited in the queue: QLoRA without a
+    CUDA worker (the live workers say whether they have one: jobs.workers), a distributed mode whose package is not
+    installed (checked with the spec's other execution settings: ml.execution)."""
+    from jobs.workers import any_cuda
+    from ml.distributed import qlora_unavailable
+
+    wants = [name for name, stage in spec.get("stages", {}).items() if stage.get("load_in_4bit")]
+    why = qlora_unavailable(any_cuda()) if wants else None
+    if why:
+        raise ValidationError({f"params.{name}.load_in_4bit": [why] for name in wants})
 
 
 def _check_buildable(spec: dict[str, Any], config: dict[str, Any]) -> None:

@@ -17,11 +17,14 @@ def send(job_id: int) -> bool:
     (committed) job: it stays queued with ``send_pending`` set and a log event that says so, and the reaper
     (jobs_reap_stale) sends it again once the broker is back; claims make duplicate messages harmless."""
     from congweb.celery import app
+    from jobs.workers import queue_for
 
+    gpus = job_gpus(job_id)
     try:
         app.send_task(
             JOB_TASK,
             (job_id,),
+            queue=queue_for(gpus),  # capacity routing: only a worker with that many devices consumes it
             retry=True,
             retry_policy={"max_retries": 3, "interval_start": 0, "interval_step": 0.5},
         )
@@ -45,7 +48,25 @@ def send(job_id: int) -> bool:
         Job.objects.filter(pk=job_id, send_pending=True).update(send_pending=False)
     except Exception:  # the message is out; a stale flag only costs one harmless duplicate send
         log.exception("could not clear send_pending for job %s", job_id)
+    note_waiting(job_id, gpus)
     return True
+
+
+def job_gpus(job_id: int) -> int:
+    """The devices the job trains on (its spec's execution; 1 for a job from before the setting)."""
+    config = Job.objects.filter(pk=job_id).values_list("config", flat=True).first() or {}
+    return int(((config.get("spec") or {}).get("execution") or {}).get("gpus", 1))
+
+
+def note_waiting(job_id: int, gpus: int | None = None) -> None:
+    """Record why a queued job cannot start (no live worker with its devices), or clear a reason that no longer
+    holds; a new reason is also a log event. The reaper calls it on every pass, so the reason follows the workers."""
+    from jobs.workers import waiting_reason
+
+    reason = waiting_reason(job_gpus(job_id) if gpus is None else gpus)
+    if Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).exclude(waiting_for=reason).update(waiting_for=reason):
+        if reason:
+            event_append(job_id=job_id, type=JobEvent.Type.LOG, data={"message": reason})
 
 
 def send_named(task: str, *args: object) -> None:

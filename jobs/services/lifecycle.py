@@ -118,6 +118,7 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
             task_id=task_id,
             worker=worker_name(),
             error=job.error,
+            waiting_for="",
         )
         if n != 1:
             return None
@@ -225,4 +226,7 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
             done.append((pk, "requeued"))
     for pk in unsent:  # read before the requeues above: a requeue whose own send just failed waits a pass
         done.append((pk, "resent" if dispatch.send(pk) else "resend failed"))
+    # Jobs waiting for a worker with enough devices: their reason follows the live workers.
+    for pk in Job.objects.filter(status=S.QUEUED, config__spec__execution__gpus__gt=1).values_list("pk", flat=True):
+        dispatch.note_waiting(pk)
     return done

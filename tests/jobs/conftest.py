@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from jobs.workers import capacity_queues
+
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = "the a good bad movie film great awful plot acting was is very not".split()
 
@@ -238,8 +240,9 @@ class WorkerProc:
 # What every worker of the suite runs with, and the test process with it: identical for all the tests
 # one shared worker serves (the worker reads them once, at start).
 WORKER_SETTINGS = {"JOB_HEARTBEAT_SECONDS": 1, "JOB_STALE_AFTER_SECONDS": 4}
-BROKER_KEYS = ("gpu", "default", "unacked", "unacked_index")  # the queues the workers read, and kombu's
-# record of delivered, unacknowledged messages (acks_late: a job's message stays there until it finished)
+BROKER_KEYS = ("gpu", "default", "unacked", "unacked_index", *capacity_queues(8))  # the queues the workers
+# read (with the capacity queues of jobs on several devices), and kombu's record of delivered, unacknowledged
+# messages (acks_late: a job's message stays there until it finished)
 
 
 def purge_broker(redis_url: str) -> None:
