@@ -364,7 +364,12 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     summary = getattr(importlib.import_module(module), fn_name)(cfg, rep)
     if is_main():
         _print_json(summary)
-    return 3 if summary.get("stopped") else 0
+        if args.report_dir:  # the launcher reads the outcome here: torch's launcher reports any exit but 0 as a crash
+            from ml.distributed import RESULT
+            from ml.io import write_json
+
+            write_json(Path(args.report_dir) / RESULT, summary)
+    return 0 if args.report_dir else 3 if summary.get("stopped") else 0
 
 
 # ---------------------------------------------------------------------------------------------- golds

@@ -37,6 +37,7 @@ DISTRIBUTED_MODES = {
     "bigger models).",
 }
 DEFAULT_MODE = "ddp"
+RESULT = "result.json"  # a launched stage's summary, stopped or finished, written by its first rank (ml.cli)
 
 
 def mode_unavailable(mode: str) -> str | None:
@@ -121,6 +122,7 @@ class Launched:
         events, stop = d / "events.jsonl", d / "STOP"
         events.write_bytes(b"")  # a previous attempt's reports were replayed then
         stop.unlink(missing_ok=True)
+        (d / RESULT).unlink(missing_ok=True)
         data = {**dataclasses.asdict(cfg), "distributed": self.mode}
         (d / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         # The stage's CLI name is its function's (ml.cli's stage table).
@@ -136,15 +138,15 @@ class Launched:
                     stop.touch()
                 time.sleep(self.poll)
             forward_events(events, offset, rep)
-        if proc.returncode == 3:  # the ranks stopped at a step boundary and checkpointed
-            return {"stopped": True, "stage": name}
-        if proc.returncode != 0:
+        if proc.returncode != 0 or not (d / RESULT).exists():
             tail = (d / "stderr.log").read_text(encoding="utf-8", errors="replace")[-2000:]
             raise RuntimeError(
                 f"{name} on {self.nproc} processes ({self.mode}) failed with exit status {proc.returncode}; "
                 f"last output:\n{tail}"
             )
-        summary: dict[str, Any] = read_json(Path(cfg.output_dir) / "DONE.json")
+        summary: dict[str, Any] = read_json(d / RESULT)
+        if summary.get("stopped"):  # the ranks stopped together at a step boundary and checkpointed
+            return {"stopped": True, "stage": name}
         return summary
 
 
