@@ -1,34 +1,28 @@
 """How much GPU memory one device needs to train a model: a per-device estimate from the model's config.json.
 
-The terms, in bytes per device (what the Trainer here holds, ml.stages._train):
-- weights, gradients, optimizer states. ``load_for_training`` loads fp32 weights and the HF Trainer trains them
-  under bf16 autocast (``training_kwargs``: bf16=True on CUDA): the fp32 weights ARE the master copy, so there is
-  no second one; gradients match the weights (fp32) and torch AdamW keeps two fp32 states (exp_avg, exp_avg_sq):
-  4 + 4 + 8 = 16 bytes per trained parameter (ddp, fsdp). DeepSpeed (zero3*) instead casts the model to bf16
-  and keeps the fp32 master copy inside its optimizer: 2 + 2 + (4 + 8) = 16 bytes, split differently.
-  LoRA freezes the base (no gradients, no optimizer states); QLoRA (ml.modeling.load_causal_lm) stores the base's
-  decoder linears in 4-bit NF4 with double quantisation: 0.5 byte per weight, one 8-bit absmax per 64 weights and
-  one fp32 constant per 256 blocks; peft's prepare_model_for_kbit_training casts the rest to fp32.
-- activations, per decoder layer, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
-  Transformer Models", section 4.1: 34*s*b*h + 5*a*s^2*b bytes for GPT with 16-bit activations), recounted for
-  the shapes here: what each layer keeps for its backward is the attention input (h), q, k, v (q + 2 kv with
-  grouped-query attention), the attention output (q), the MLP input (h) and its intermediates (gated: gate, up,
-  act(gate), product = 4 I; plain: fc1 output and activation = 2 I), all in the compute dtype, plus each norm's
-  input in the residual stream's dtype (fp32 under autocast: the embeddings are fp32). No s^2 term: the models
-  run SDPA attention, which does not keep the attention matrix; no dropout masks (dropout 0). With GPT's shapes
-  this gives Korthikanti's 34*s*b*h less the 2 dropout masks. Gradient checkpointing (HF: per decoder layer)
-  keeps each layer's input and recomputes one layer at a time in the backward: L * s*b*h + one layer.
-- logits: b * s * vocab for the lm_head's output in the compute dtype, its fp32 upcast (the losses call
-  ``.float()``) and the fp32 log-softmax kept for the backward; for small models often the biggest term.
-- DPO-family stages (dpo, weak_align) run chosen and rejected in one forward (TRL's concatenated forward): twice
-  the batch. Their reference log-probs are precomputed (``precompute_ref_log_probs``, on by default), so no
-  reference model is held; with it off, TRL keeps a frozen copy (none with LoRA: the adapter is disabled
-  instead). WSPO and AuxConf train one model (WSPO's reference log-probs are precomputed too).
+The terms, in bytes per device (what the training stages hold: ml.stages._train, ml.stages._scale):
+- weights, gradients, optimizer states. The stages load fp32 weights and the HF Trainer trains them under bf16
+  autocast: the fp32 weights ARE the master copy (no second one), gradients are fp32 and torch AdamW keeps two fp32
+  states: 4 + 4 + 8 = 16 bytes per trained parameter (ddp, fsdp). DeepSpeed (zero3*) casts the model to bf16 and
+  keeps the fp32 master inside its optimizer: 2 + 2 + (4 + 8). LoRA freezes the base (no gradients, no optimizer
+  states); QLoRA (ml.modeling.load_causal_lm) stores the decoder's linears in NF4 with double quantisation (0.5
+  byte per weight, an 8-bit absmax per 64 weights, an fp32 constant per 256 blocks), the rest in fp32 (peft's
+  prepare_model_for_kbit_training).
+- activations, after Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+  section 4.1: 34*s*b*h + 5*a*s^2*b bytes per layer for GPT, 16-bit), recounted for these shapes: per layer, what
+  the backward needs (ModelShape.layer_activations). No s^2 term: SDPA keeps no attention matrix; no dropout
+  masks (dropout 0). Gradient checkpointing (per decoder layer) keeps each layer's input and recomputes one layer
+  at a time: L * s*b*h + one layer. tests/ml/test_memory.py measures the tensors autograd keeps: within 10%.
+- logits: b*s*vocab for the lm_head's output, its fp32 upcast (the losses call ``.float()``) and the fp32
+  log-softmax kept for the backward; for small models often the biggest term. casts: the bf16 weight copies
+  autocast keeps for the backward.
+- DPO-family stages (dpo, weak_align) run chosen and rejected in one forward (TRL): twice the batch. Reference
+  log-probs are precomputed (``precompute_ref_log_probs``, default), so no reference model is held; with it off
+  TRL keeps a frozen copy (none with LoRA: the adapter is disabled instead). WSPO and AuxConf train one model.
 - sharding: ddp holds everything on every device; fsdp and zero3 divide weights, gradients and optimizer states
-  by the world size and gather, for compute, the layers being run (two decoder layers: the current and the
-  prefetched one, plus the embeddings/lm_head); zero3_offload keeps weights, gradients and optimizer states in
-  CPU memory, reported separately.
-Not counted: CUDA context and allocator fragmentation (keep 10-20% headroom), temporaries inside one op.
+  by the world size and gather, for compute, two decoder layers (current and prefetched) and the embeddings;
+  zero3_offload keeps weights, gradients and optimizer states in CPU memory, reported separately.
+Not counted: the CUDA context and allocator fragmentation (keep 10-20% headroom), temporaries inside one op.
 """
 
 from __future__ import annotations
@@ -43,14 +37,8 @@ from typing import Any
 GIB = 2**30
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit weights, 8-bit absmax per 64, fp32 per 256 blocks
 # Settings read from a stage config, named and defaulted as TrainConfig declares them.
-STAGE_SETTINGS = (
-    "per_device_train_batch_size",
-    "max_length",
-    "lora_r",
-    "lora_target_modules",
-    "gradient_checkpointing",
-    "load_in_4bit",
-    "bf16",
+STAGE_SETTINGS = tuple(
+    "per_device_train_batch_size max_length lora_r lora_target_modules gradient_checkpointing load_in_4bit bf16".split()
 )
 GPUS, DISTRIBUTED = "gpus", "distributed"  # the execution settings (ml.execution) a job's stages train under
 SHARDED = ("fsdp", "zero3", "zero3_offload")
@@ -82,6 +70,7 @@ class ModelShape:
     attention_bias: bool = False  # q, k, v (and o for llama-style; gpt2/neox: every linear has one)
     mlp_bias: bool = False
     positions: int = 0  # learned position embeddings (gpt2)
+    act: str = ""  # the MLP's activation (what its backward keeps depends on it)
 
     @property
     def style(self) -> str:
@@ -120,6 +109,7 @@ class ModelShape:
             attention_bias=gpt or mt == "qwen2" or bool(config.get("attention_bias") or False),
             mlp_bias=gpt or bool(config.get("mlp_bias") or False),
             positions=int(get("n_positions", default=1024)) if mt == "gpt2" else 0,
+            act=str(config.get("activation_function") or config.get("hidden_act") or ""),
         )
 
     @classmethod
@@ -192,6 +182,23 @@ class ModelShape:
         """Exactly sum(p.numel() for p in model.parameters()) of the HF model (tied weights counted once)."""
         return self.num_hidden_layers * sum(self.layer_parameters()) + self.embedding_parameters()
 
+    def layer_activations(self, a_b: int, r_b: int) -> int:
+        """Bytes one decoder layer keeps per token for its backward; a_b: the compute dtype's size, r_b: the residual
+        stream's (fp32 under autocast: the embeddings are fp32). In the compute dtype: the attention's input (h),
+        q, k, v (q + 2 kv with grouped-query attention), its output (q), the MLP's input (h) and intermediates
+        (gated: gate, up, act(gate), product = 4 I; plain: fc1 output and activation = 2 I; gpt2's gelu_new, written
+        out in Python, 3 I more). HF's RMSNorms compute in fp32 and keep their input and the normalised copy;
+        LayerNorm keeps its input."""
+        h, q, kv, i = self.hidden_size, self.num_attention_heads * self.head_dim, self.kv_dim, self.intermediate_size
+        gemma4 = self.model_type in ("gemma2", "gemma3_text", "gemma3")  # pre and post norms around both blocks
+        rms = self.style in ("llama", "gemma")
+        # gpt_neox's parallel residual (its default, Pythia's) normalises one input twice: kept once.
+        norms = (4 if gemma4 else 1 if self.style == "gpt_neox" else 2) * (r_b + 4 if rms else r_b) * h
+        if self.model_type in ("qwen3", "gemma3_text", "gemma3"):
+            norms += 2 * 4 * (q + kv)  # q_norm and k_norm: the fp32 input and the normalised copy
+        mlp = 4 * i if rms else (5 if self.act == "gelu_new" else 2) * i  # gated: gate, up, act, product
+        return a_b * (h + q + 2 * kv + q) + norms + a_b * (h + mlp)
+
     def lora_targets(self, targets: str) -> list[tuple[str, int, int]]:
         """The linears LoRA wraps: 'all-linear' (PEFT: every linear but the lm_head) or comma-separated names,
         matched as PEFT does (the module's name, or its last parts)."""
@@ -216,14 +223,9 @@ _PRESET_SHAPES = {
     "8b": (4096, 32, 14336, 32, 8, 128256, False),  # Llama 3.1 8B
 }
 _PRESET_KEYS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "intermediate_size",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "vocab_size",
-    "tie_word_embeddings",
-)
+    "hidden_size num_hidden_layers intermediate_size num_attention_heads num_key_value_heads vocab_size "
+    "tie_word_embeddings"
+).split()
 PRESETS: dict[str, dict[str, Any]] = {k: dict(zip(_PRESET_KEYS, v)) for k, v in _PRESET_SHAPES.items()}
 
 
@@ -258,6 +260,7 @@ class Estimate:
     optimizer: int
     activations: int
     logits: int
+    casts: int  # bf16 copies of fp32 weights that autocast keeps for the backward
     reference: int  # a frozen reference model held on the device (DPO without precomputed log-probs)
     gathered: int  # fsdp/zero3: full layers gathered for compute
     cpu: int
@@ -265,8 +268,7 @@ class Estimate:
     trainable: int
     settings: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-
-    TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "reference", "gathered")
+    TERMS = ("weights", "gradients", "optimizer", "activations", "logits", "casts", "reference", "gathered")
 
     @property
     def total(self) -> int:
@@ -274,10 +276,8 @@ class Estimate:
 
     def text(self) -> str:
         parts = ", ".join(f"{t} {getattr(self, t) / GIB:.1f}" for t in self.TERMS if getattr(self, t))
-        out = f"about {self.total / GIB:.1f} GiB per GPU ({parts})"
-        if self.cpu:
-            out += f", plus {self.cpu / GIB:.1f} GiB of CPU memory per GPU"
-        return out
+        cpu = f", plus {self.cpu / GIB:.1f} GiB of CPU memory per GPU" if self.cpu else ""
+        return f"about {self.total / GIB:.1f} GiB per GPU ({parts}){cpu}"
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "total": self.total, "text": self.text()}
@@ -300,16 +300,8 @@ def estimate(
 ) -> Estimate:
     """Per-device bytes to train ``shape``; None = the setting's default. ``preference``: a DPO-family stage
     (chosen and rejected in one batch); ``reference_model``: it keeps a reference model (no precomputed log-probs)."""
-    given = dict(
-        per_device_train_batch_size=per_device_train_batch_size,
-        max_length=max_length,
-        lora_r=lora_r,
-        lora_target_modules=lora_target_modules,
-        gradient_checkpointing=gradient_checkpointing,
-        load_in_4bit=load_in_4bit,
-        bf16=bf16,
-    )
-    s = {**setting_defaults(), **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in locals().items() if k in STAGE_SETTINGS and v is not None}  # the arguments given
+    s = {**setting_defaults(), **given}
     x = {**execution_defaults(), **{k: v for k, v in ((GPUS, gpus), (DISTRIBUTED, distributed)) if v is not None}}
     n, mode = int(x[GPUS]), str(x[DISTRIBUTED])
     from ml.distributed import DISTRIBUTED_MODES
@@ -364,10 +356,8 @@ def estimate(
     tokens = b * int(s["max_length"])
     a_b = 2 if half else 4  # the compute dtype under autocast
     r_b = 2 if (deepspeed and half) else 4  # the residual stream: the embeddings' dtype
-    h, q, kv, i = shape.hidden_size, shape.num_attention_heads * shape.head_dim, shape.kv_dim, shape.intermediate_size
-    norms = 4 if shape.model_type in ("gemma2", "gemma3_text", "gemma3") else 2
-    mlp = 4 * i if shape.style in ("llama", "gemma") else 2 * i
-    per_layer = tokens * (a_b * (h + q + 2 * kv + q) + norms * r_b * h + a_b * (h + mlp))
+    per_layer = tokens * shape.layer_activations(a_b, r_b)
+    h = shape.hidden_size
     layers = shape.num_hidden_layers
     if s["gradient_checkpointing"]:
         activations = layers * tokens * h * r_b + per_layer
@@ -375,12 +365,21 @@ def estimate(
         activations = layers * per_layer
     activations += tokens * h * r_b  # the final norm's input
     logits = tokens * shape.vocab_size * (a_b + (4 if a_b < 4 else 0) + 4)
+    # bf16 autocast over fp32 weights (the Trainer, unsharded) keeps for the backward the bf16 copy of each weight it
+    # multiplied by: every decoder linear (one layer's under checkpointing) and the lm_head. Sharded modes compute on
+    # weights already in bf16 (FSDP's mixed-precision policy, DeepSpeed's bf16 model); 4-bit linears dequantise
+    # inside their own op, which keeps only the 4-bit weights.
+    casts = 0
+    if half and mode not in SHARDED:
+        kept = 1 if s["gradient_checkpointing"] else layers
+        casts = 2 * ((0 if q4 else kept * layer_w) + shape.vocab_size * h)
     return Estimate(
         weights=math.ceil(weights),
         gradients=math.ceil(grads),
         optimizer=math.ceil(optim),
         activations=int(activations),
         logits=int(logits),
+        casts=casts,
         reference=math.ceil(reference),
         gathered=int(gathered),
         cpu=math.ceil(cpu),

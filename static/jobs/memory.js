@@ -9,7 +9,7 @@
   if (!form || !panel) return;
   const text = document.getElementById("memory-text");
   const table = document.getElementById("memory-stages");
-  const TERMS = ["weights", "gradients", "optimizer", "activations", "logits", "reference", "gathered"];
+  const TERMS = ["weights", "gradients", "optimizer", "activations", "logits", "casts", "reference", "gathered"];
   const gib = b => (b / 2 ** 30).toFixed(1);
   let timer = null;
   let seq = 0;

@@ -22,7 +22,7 @@ SMALL: dict[str, Any] = dict(
 )
 
 
-def _configs():
+def _configs(small: dict[str, Any] = SMALL):
     from transformers import (
         Gemma3TextConfig,
         GPTNeoXConfig,
@@ -33,14 +33,14 @@ def _configs():
     )
 
     return {
-        "llama_untied_gqa": LlamaConfig(**SMALL, num_key_value_heads=2, tie_word_embeddings=False),
-        "llama_tied_mha": LlamaConfig(**SMALL, num_key_value_heads=4, tie_word_embeddings=True),
-        "llama_biases": LlamaConfig(**SMALL, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
-        "mistral": MistralConfig(**SMALL, num_key_value_heads=1),
-        "qwen2_tied": Qwen2Config(**SMALL, num_key_value_heads=2, tie_word_embeddings=True),
-        "qwen3": Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16),
-        "gemma3_text": Gemma3TextConfig(**SMALL, num_key_value_heads=1, head_dim=16),
-        "gpt_neox": GPTNeoXConfig(**{**SMALL, "intermediate_size": 64}),
+        "llama_untied_gqa": LlamaConfig(**small, num_key_value_heads=2, tie_word_embeddings=False),
+        "llama_tied_mha": LlamaConfig(**small, num_key_value_heads=4, tie_word_embeddings=True),
+        "llama_biases": LlamaConfig(**small, num_key_value_heads=2, attention_bias=True, mlp_bias=True),
+        "mistral": MistralConfig(**small, num_key_value_heads=1),
+        "qwen2_tied": Qwen2Config(**small, num_key_value_heads=2, tie_word_embeddings=True),
+        "qwen3": Qwen3Config(**small, num_key_value_heads=2, head_dim=16),
+        "gemma3_text": Gemma3TextConfig(**small, num_key_value_heads=1, head_dim=16),
+        "gpt_neox": GPTNeoXConfig(**{**small, "intermediate_size": 4 * small["hidden_size"]}),
     }
 
 
@@ -327,3 +327,41 @@ def test_estimate_equals_what_a_training_step_holds(tmp_path, arch, lora_r):
     )
     assert est.trainable == held["trainable"]
     assert (est.weights, est.gradients, est.optimizer) == (held["weights"], held["gradients"], held["optimizer"])
+
+
+# --- the activation terms against what autograd keeps ---------------------------------------------------------
+def _kept_for_backward(model, ids, autocast: bool) -> int:
+    """Bytes of the tensors autograd saves in one forward with the loss (each storage once; the parameters, which
+    are weights rather than activations, left out), as the Trainer runs it: under bf16 autocast or not."""
+    import contextlib
+
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), cast:
+        model(input_ids=ids, labels=ids)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("name", ["llama_untied_gqa", "qwen3", "gemma3_text", "gpt_neox", "gpt2"])
+def test_activations_logits_and_casts_are_what_autograd_keeps(name, autocast):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    wide = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=3, num_attention_heads=8, vocab_size=1000)
+    if name == "gpt2":
+        cfg = GPT2Config(n_embd=256, n_layer=3, n_head=8, vocab_size=1000, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0)
+    else:
+        cfg = _configs(wide)[name]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).train()
+    ids = torch.randint(0, 1000, (2, 96))
+    kept = _kept_for_backward(model, ids, autocast)
+    est = estimate(ModelShape.from_config(cfg.to_dict()), per_device_train_batch_size=2, max_length=96, bf16=autocast)
+    assert (est.casts > 0) == autocast  # bf16 copies of the fp32 weights exist only under autocast
+    assert est.activations + est.logits + est.casts == pytest.approx(kept, rel=0.1)
