@@ -139,15 +139,26 @@ class Launched:
                 time.sleep(self.poll)
             forward_events(events, offset, rep)
         if proc.returncode != 0 or not (d / RESULT).exists():
-            tail = (d / "stderr.log").read_text(encoding="utf-8", errors="replace")[-2000:]
             raise RuntimeError(
-                f"{name} on {self.nproc} processes ({self.mode}) failed with exit status {proc.returncode}; "
-                f"last output:\n{tail}"
+                f"{name} on {self.nproc} processes ({self.mode}) failed with exit status {proc.returncode}: "
+                f"{_why(d / 'stderr.log')}"
             )
         summary: dict[str, Any] = read_json(d / RESULT)
         if summary.get("stopped"):  # the ranks stopped together at a step boundary and checkpointed
             return {"stopped": True, "stage": name}
         return summary
+
+
+def _why(stderr: Path) -> str:
+    """What a rank said when it failed: ml.cli's one-line "error: ..." (a bad setting or file), else the last
+    exception of a traceback, else the launcher's last lines (a crash: its report names the rank and signal)."""
+    text = stderr.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    said = [ln for ln in lines if ln.startswith("error: ")]
+    if said:
+        return said[0][len("error: ") :]
+    raised = [ln for ln in lines if ln and not ln[0].isspace() and ("Error: " in ln or "Exception: " in ln)]
+    return raised[0] if raised else "last output:\n" + text[-2000:]
 
 
 def run_here(name: str, fn: StageFn, cfg: Any, rep: Reporter) -> dict[str, Any]:

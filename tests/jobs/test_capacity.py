@@ -137,3 +137,55 @@ def test_zero3_without_deepspeed_is_a_400_that_says_what_to_install(user, weak_p
         res.json()["params.distributed"]
     )
     assert not Job.objects.exists()
+
+
+def _sort_model(path) -> None:
+    """A tiny model speaking the toy sort world, whose gold reward (toy:sort) every worker process knows."""
+    from ml.tiny import tiny_gpt2, word_tokenizer
+    from ml.toyworld.worlds.sort import DIGITS, STYLE
+
+    tok = word_tokenizer(["sort", ":", ".", STYLE, *DIGITS])
+    tiny_gpt2(len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=64, seed=5).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+
+
+@pytest.mark.slow  # a worker of its own runs a weak alignment on two processes
+def test_a_worker_with_two_devices_takes_a_two_gpu_job_and_trains_it_on_two_processes(
+    user, model_root, worker_env, tmp_path
+):
+    from jobs.services import model_register
+    from tests.jobs.conftest import WorkerProc
+
+    if not (model_root / "sort").exists():
+        _sort_model(model_root / "sort")
+    base = model_register(name="sort", path=str(model_root / "sort"), kind="weak", owner=user)
+    rows = "".join(f'{{"prompt": "sort {" ".join(d)} :"}}\n' for d in ("312", "975", "040", "821", "563", "190"))
+    ds = services.dataset_create(name="sort-prompts", chunks=[rows.encode()], gold="toy:sort", owner=user)
+    worker = WorkerProc({**worker_env, "WORKER_GPUS": "2"}, tmp_path / "worker2.log")
+    worker.start()
+    try:
+        params = {
+            "gpus": 2,
+            "k": 4,
+            "max_new_tokens": 6,
+            "weak_align": {"max_steps": 2, "max_examples": 4, "max_length": 64},
+        }
+        res = _api(user).post(
+            "/api/v1/jobs/",
+            {"kind": "weak_align", "weak_base": base.pk, "prompts": ds.pk, "params": params},
+            format="json",
+        )
+        assert res.status_code == 201, res.content
+        job_id = res.json()["id"]
+        assert Job.objects.get(pk=job_id).waiting_for == ""  # a live worker has 2 devices
+        job = wait_for(lambda: finished_job(job_id), 300, what="the two-device job to finish")
+        assert job.status == "succeeded", job.error + worker.tail()
+        assert (job.results["world_size"], job.results["distributed"], job.results["steps"]) == (2, "ddp", 2)
+        logs = [e.data.get("message", "") for e in JobEvent.objects.filter(job_id=job_id, type="log")]
+        assert "weak_align: training on 2 process(es), ddp" in logs
+        # The ranks' progress reached the job's bar through the launcher.
+        bars = JobEvent.objects.filter(job_id=job_id, type="progress", data__stage="weak_align")
+        assert bars.filter(data__done=2, data__total=2).exists()
+        assert "gpu-x2" in worker.log_text()  # the queue it added for itself (celery lists its queues at start)
+    finally:
+        worker.discard()
