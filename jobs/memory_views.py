@@ -2,20 +2,18 @@
 would need per device (ml.memory), answered as JSON while the user edits the form (static/jobs/memory.js).
 
 The job is built exactly as submitting would build it: the page's own form (jobs.forms.JobForm) parses the post,
-and jobs.services.job_create validates it and resolves the spec, inside a transaction rolled back before it
-commits, so no job is stored or sent and every rule stays in one place. A form that submit would refuse is a 400
-carrying the same errors the page would show.
+and jobs.services.job_build (what job_create stores) validates it and resolves the spec; nothing is stored or sent
+and every rule stays in one place. A form that submit would refuse is a 400 carrying the same errors the page
+would show.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.http import JsonResponse
 from django.views.decorators.http import require_POST
 
@@ -23,25 +21,6 @@ from jobs import services
 from jobs.forms import JobForm
 
 FIX_FORM = "Fix the form to see an estimate."
-
-
-class _Built(Exception):
-    """Carries the stored config of the job job_create made out of the transaction that is then rolled back."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        super().__init__("preview")
-        self.config = config
-
-
-def _job_config(user: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The config (spec included) job_create stores for these arguments, without keeping the job: the savepoint is
-    rolled back, which also drops the on-commit send to the workers."""
-    try:
-        with transaction.atomic():
-            job = services.job_create(user=user, **kwargs)
-            raise _Built(job.config)
-    except _Built as built:
-        return built.config
 
 
 def _invalid(form: JobForm) -> JsonResponse:
@@ -61,11 +40,9 @@ def job_memory_estimate(request):
     if not form.is_valid():
         return _invalid(form)
     try:
-        config = _job_config(request.user, form.service_kwargs())
+        config = services.job_build(user=request.user, **form.service_kwargs())
     except ValidationError as exc:
         form.add_service_errors(exc)
         return _invalid(form)
-    except services.JobQuotaExceeded as exc:
-        return JsonResponse({"text": f"No estimate: {exc}."}, status=429)
     inputs = services.job_inputs(config, str(Path(settings.RUNS_DIR) / "pending"))
     return JsonResponse({"kind": config["kind"], **estimate_spec(config["spec"], inputs)})

@@ -32,6 +32,7 @@ from jobs.services.catalog import (
 from jobs.services.creation import (
     KIND_NEEDS,
     JobQuotaExceeded,
+    job_build,
     job_check_access,
     job_create,
     job_inputs,
@@ -90,6 +91,7 @@ __all__ = [
     "job_cancel",
     "job_check_access",
     "job_claim",
+    "job_build",
     "job_create",
     "job_fail",
     "job_finish",

@@ -137,7 +137,22 @@ def _check_quota(user) -> None:
         )
 
 
-def job_create(
+def job_create(*, user, max_attempts: int | None = None, **request: Any) -> Job:
+    """Validate a job request (``job_build``'s arguments), store the Job with its request and resolved spec, and
+    send it on commit. Within the user's cap of active jobs."""
+    if request.get("kind") in Job.Kind.values:  # an unknown kind says so first (job_build)
+        _check_quota(user)
+    config = job_build(user=user, **request)
+    attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
+    with transaction.atomic():
+        job = Job.objects.create(owner=user, kind=config["kind"], config=config, max_attempts=attempts)
+        event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "job queued"})
+        job_id = job.pk
+        transaction.on_commit(lambda: dispatch.send(job_id))
+    return job
+
+
+def job_build(
     *,
     user,
     kind: str,
@@ -150,9 +165,9 @@ def job_create(
     methods: list[str] | None = None,
     params: dict[str, Any] | None = None,
     eval_prompts: Any = None,
-    max_attempts: int | None = None,
-) -> Job:
-    """Validate a job request, store the Job with its request and resolved spec, and send it on commit.
+) -> dict[str, Any]:
+    """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
+    ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it).
 
     Everything a worker would check is checked here: the spec is built through ml's registry and every
     stage config it runs is constructed once with the resolved files (ml.resolve.check)."""
@@ -170,7 +185,6 @@ def job_create(
 
     if kind not in Job.Kind.values:
         raise _err("kind", f"unknown job kind {kind!r}; use one of {', '.join(Job.Kind.values)}")
-    _check_quota(user)
     needs = list(KIND_NEEDS[kind])
     if kind == Job.Kind.TRAIN and method in WEAK_PAIR_TRAIN_METHODS:
         needs = ["weak_base", "weak_aligned", *needs]
@@ -250,13 +264,7 @@ def job_create(
     _check_buildable(spec, config)
     _check_deployment(spec)
     config["spec"] = spec
-    attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
-    with transaction.atomic():
-        job = Job.objects.create(owner=user, kind=kind, config=config, max_attempts=attempts)
-        event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "job queued"})
-        job_id = job.pk
-        transaction.on_commit(lambda: dispatch.send(job_id))
-    return job
+    return config
 
 
 def _check_deployment(spec: dict[str, Any]) -> None:
