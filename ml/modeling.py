@@ -15,10 +15,13 @@ import torch
 
 
 def pick_device(requested: str | None = None) -> torch.device:
-    """``requested`` wins ("cpu", "cuda", "cuda:1"); otherwise CUDA when present, else CPU."""
-    if requested:
-        return torch.device(requested)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``requested`` wins ("cpu", "cuda", "cuda:1"); otherwise CUDA when present, else CPU. A bare "cuda" in one of
+    several processes (ml.distributed: torch's launcher sets LOCAL_RANK) is that process's own GPU, so N processes
+    never stack N copies of a model on GPU 0 before the Trainer moves them."""
+    dev = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return dev
 
 
 def pick_dtype(device: torch.device, requested: str | None = None) -> torch.dtype:
@@ -117,15 +120,28 @@ def load_causal_lm(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     eval_mode: bool = True,
+    load_in_4bit: bool = False,
 ) -> Any:
+    """The model of an HF folder on ``device`` in ``dtype``. ``load_in_4bit``: QLoRA's base (CUDA + bitsandbytes):
+    linear weights stored 4-bit NF4 with double quantisation, matmuls computed in ``dtype``."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
     _check_folder(path)
     dev = device if isinstance(device, torch.device) else pick_device(device)
     dt = dtype if isinstance(dtype, torch.dtype) else pick_dtype(dev, dtype)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False)
-    model.to(dev)
+    kw: dict[str, Any] = {}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dt
+        )
+        # bitsandbytes places quantized weights while loading; such a model refuses .to() afterwards.
+        kw = dict(quantization_config=quant, device_map={"": dev})
+    model: Any = AutoModelForCausalLM.from_pretrained(str(path), dtype=dt, trust_remote_code=False, **kw)
+    if not load_in_4bit:
+        model.to(dev)
     if eval_mode:
         model.eval()
     return model
@@ -197,6 +213,21 @@ def save_hf_folder(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     return out_dir
+
+
+def merge_adapter(
+    base: str | Path, adapter_dir: str | Path, tokenizer: Any, out_dir: str | Path, *, dtype: str | torch.dtype
+) -> Path:
+    """Save the LoRA adapter folder ``adapter_dir`` merged into a fresh copy of its base model (loaded on the CPU in
+    ``dtype``) as a plain HF folder. For adapters trained where the in-memory model cannot be merged: on a 4-bit
+    base (merging into quantized weights would round the update away), or sharded across processes."""
+    from peft import PeftModel
+
+    model = load_causal_lm(base, device="cpu", dtype=dtype)
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    if merged.generation_config.pad_token_id is None:
+        merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    return save_hf_folder(merged, tokenizer, out_dir)
 
 
 def pad_batch(seqs: list[list[int]], pad_id: int, *, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,6 +2,7 @@
 config dataclass; it writes under ``config.output_dir``, leaves ``DONE.json`` (its summary) when
 finished, returns that summary at once when rerun, and resumes partial work after a crash."""
 
-# The training stages tested on several processes (tests/ml/test_distributed.py). weak_align samples and scores
-# before it trains and wspo precomputes weak targets: each process would write those files; not yet.
-DISTRIBUTED_STAGES = ("sft", "dpo")
+# The training stages, which run on several processes (ml.distributed; tests/ml/test_distributed.py). What a stage
+# computes before training (weak_align's labelled samples, wspo's targets, dpo's filtered pairs) is computed by the
+# first process alone and read by the others (ml.stages._scale.prepare_once).
+DISTRIBUTED_STAGES = ("sft", "dpo", "weak_align", "wspo", "auxconf")

@@ -22,9 +22,11 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
+from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES
 from ml.modeling import pad_batch, pick_device, pick_dtype
 from ml.reporter import Reporter
 from ml.shards import Shard
+from ml.stages._scale import check_runnable, load_base, mode_kwargs, mode_used, save_final
 
 if TYPE_CHECKING:
     from ml.stages.callbacks import ReporterCallback
@@ -169,7 +171,19 @@ class TrainConfig:
     lora_dropout: float = _help("LoRA dropout (used when lora_r > 0).", 0.0)
     lora_target_modules: str = _help("LoRA target modules: 'all-linear' or comma-separated names.", "all-linear")
     use_chat_template: bool = _help("Format prompts with the tokenizer's chat template when it has one.", True)
+    load_in_4bit: bool = _help(
+        "QLoRA: load the base weights 4-bit (NF4, bitsandbytes) and train LoRA (lora_r > 0) on top; needs a CUDA "
+        "GPU and one of several processes in ddp. model/ is the base reloaded in bf16 with the adapter merged.",
+        False,
+    )
+    bf16: bool = _help(
+        "bf16 mixed precision on CUDA (fp16 where the GPU lacks bf16); ignored on CPU (fp32).",
+        True,
+    )
     gradient_checkpointing: bool = _help("Trade compute for memory (useful for big models on GPU).", False)
+    distributed: str = _internal(
+        f"How several processes share the training: {', '.join(DISTRIBUTED_MODES)} (ml.distributed).", DEFAULT_MODE
+    )
     device: str | None = _internal("'cpu', 'cuda', 'cuda:1'; None = CUDA when present.", None)
     dtype: str | None = _internal("Weights dtype: float32/bfloat16/float16; None = bf16 on CUDA, fp32 on CPU.", None)
 
@@ -202,6 +216,14 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
         if self.lora_r < 0:
             raise ValueError(f"lora_r must be >= 0, 0 meaning full fine-tune (got {self.lora_r})")
+        if self.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED_MODES)} (got {self.distributed!r})")
+        if self.load_in_4bit and self.lora_r == 0:
+            raise ValueError("load_in_4bit (QLoRA) trains LoRA adapters on the frozen 4-bit base: set lora_r > 0")
+        if self.load_in_4bit and self.distributed != "ddp":
+            # fsdp and ZeRO-3 shard the weights themselves; sharding 4-bit weights needs a matching quant storage
+            # dtype and loader settings this code does not set up (nor test), so the pair is refused.
+            raise ValueError(f"load_in_4bit (QLoRA) runs in one process or several in ddp, not {self.distributed}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -214,12 +236,16 @@ class TrainConfig:
         return cls(**data)
 
 
-def training_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """TrainingArguments values every stage uses: local only, checkpoints for resume, right precision."""
+def training_kwargs(cfg: TrainConfig, model: Any = None) -> dict[str, Any]:
+    """TrainingArguments values every stage uses: local only, checkpoints for resume, right precision, and the
+    settings of ``cfg.distributed`` (fsdp needs ``model``: it wraps the model's own decoder-layer class)."""
+    check_runnable(cfg)
     device = pick_device(cfg.device)
     dtype = pick_dtype(device, cfg.dtype)
     on_cuda = device.type == "cuda"
-    return dict(
+    # Mixed precision only on CUDA; on CPU bf16 autocast is slow and fp16 unsupported.
+    mixed = on_cuda and cfg.bf16
+    kw: dict[str, Any] = dict(
         output_dir=str(Path(cfg.output_dir) / "checkpoints"),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.num_train_epochs,
@@ -240,23 +266,22 @@ def training_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         dataloader_num_workers=0,
         dataloader_pin_memory=on_cuda,
         use_cpu=not on_cuda,
-        # Mixed precision only on CUDA; on CPU bf16 autocast is slow and fp16 unsupported.
-        bf16=on_cuda and dtype == torch.bfloat16,
-        fp16=on_cuda and dtype == torch.float16,
+        bf16=mixed and dtype == torch.bfloat16,
+        fp16=mixed and dtype == torch.float16,
         activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name; the old one warns
         remove_unused_columns=False,
         disable_tqdm=True,
     )
+    # A mode's settings win over the plain ones (fsdp moves activation checkpointing into its own config).
+    return kw | mode_kwargs(cfg.distributed, model, gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def load_for_training(cfg: TrainConfig) -> tuple[Any, Any]:
-    """(model, tokenizer) on the configured device; LoRA-wrapped when lora_r > 0."""
-    from ml.modeling import load_causal_lm, load_tokenizer
+    """(model, tokenizer) to train; LoRA-wrapped when lora_r > 0."""
+    from ml.modeling import load_tokenizer
 
-    device = pick_device(cfg.device)
-    # Train in fp32 master weights on CPU; on CUDA the Trainer's bf16 autocast handles speed, and
-    # full-precision weights keep small learning rates (6e-7) from vanishing in bf16 rounding.
-    model = load_causal_lm(cfg.model, device=device, dtype=cfg.dtype or "float32", eval_mode=False)
+    check_runnable(cfg)
+    model = load_base(cfg)
     tok = load_tokenizer(cfg.model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tok.pad_token_id
@@ -288,15 +313,6 @@ def last_checkpoint(cfg: TrainConfig) -> str | None:
     # transformers leaves get_last_checkpoint unannotated; it returns the folder's path or None.
     found: str | None = get_last_checkpoint(str(ckpt_dir))  # type: ignore[no-untyped-call]
     return found
-
-
-def save_final(model: Any, tokenizer: Any, output_dir: str | Path) -> Path:
-    """Write output_dir/model as a plain HF folder (LoRA merged), atomically."""
-    from ml.modeling import save_hf_folder
-
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    return save_hf_folder(model, tokenizer, Path(output_dir) / "model")
 
 
 def run_training(
@@ -334,14 +350,12 @@ def run_training(
         **(extra or {}),
     }
     # Several processes (ml.distributed): they trained one model; the first one saves it and says so.
-    world_size = int(trainer.args.world_size)
-    summary.update(world_size=world_size, distributed="ddp" if world_size > 1 else None)
+    summary.update(world_size=int(trainer.args.world_size), distributed=mode_used(trainer, cfg))
     if callback.stopped:
         # The callback asked the Trainer to checkpoint the step it stopped at; a rerun resumes there.
         return {**summary, "stopped": True}
-    summary["model_dir"] = str(Path(cfg.output_dir) / "model")
+    summary["model_dir"] = str(save_final(trainer, cfg))
     if trainer.is_world_process_zero():
-        save_final(trainer.model, trainer.processing_class, cfg.output_dir)
         mark_done(cfg.output_dir, summary)
     trainer.accelerator.wait_for_everyone()
     return summary

@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from ml.io import stage_done
-from ml.reporter import Reporter, or_null
+from ml.reporter import Reporter
 from ml.stages._responses import EmptyResponses
+from ml.stages._scale import check_runnable
 from ml.stages._train import TrainConfig, pad_collate, run_training, training_kwargs
-from ml.stages.callbacks import ReporterCallback
+from ml.stages.callbacks import ReporterCallback, for_rank
 from ml.stages.sft import load_encoded_pairs
 
 STAGE = "auxconf"
@@ -110,7 +111,10 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
     done = stage_done(config.output_dir)
     if done is not None:
         return done
-    reporter = or_null(reporter)
+    check_runnable(config)
+    # Several processes (ml.distributed): nothing is computed or written before training (the pairs are read and
+    # tokenised in memory by each process alike), so every process runs this as it is; only the first reports.
+    reporter = for_rank(reporter)
     from datasets import Dataset
     from transformers import TrainingArguments
 
@@ -136,7 +140,7 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
     callback = ReporterCallback(reporter, STAGE)
     trainer = cls(
         model=model,
-        args=TrainingArguments(**training_kwargs(config)),
+        args=TrainingArguments(**training_kwargs(config, model)),
         train_dataset=Dataset.from_list(feats),
         data_collator=collate,
         processing_class=tok,

@@ -37,9 +37,7 @@ class ReporterCallback(TrainerCallback):
     reads should_stop, so that all of them stop at the same step."""
 
     def __init__(self, reporter: Reporter | None, stage: str) -> None:
-        from ml.distributed import is_main
-
-        self.reporter = or_null(reporter) if is_main() else _Quiet(or_null(reporter))
+        self.reporter = for_rank(reporter)
         self.stage = stage
         self.stopped = False
 
@@ -83,6 +81,14 @@ class ReporterCallback(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True  # checkpoint this step so the rerun loses nothing
             self.reporter.log(f"{self.stage}: stop requested; saving a checkpoint and stopping")
+
+
+def for_rank(reporter: Reporter | None) -> Reporter:
+    """``reporter`` in the first process; in the others one that only answers should_stop (one process speaks for
+    a group training one model, ml.distributed). The stages report through it before training too."""
+    from ml.distributed import is_main
+
+    return or_null(reporter) if is_main() else _Quiet(or_null(reporter))
 
 
 class _Quiet(NullReporter):

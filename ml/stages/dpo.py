@@ -4,6 +4,15 @@ ConG (CONG.md step 5): chosen = the CD response, rejected = the SFT'd strong mod
 reference beta 0.5, lr 6e-7, 1 epoch, sigmoid loss. Reference log-probs are precomputed once (TRL's
 ``precompute_ref_log_probs``), so no second copy of the strong model sits in memory while training.
 
+Precomputed reference log-probs with several processes and sharded modes: the pinned TRL (1.16,
+``DPOTrainer._precompute_ref_logps``) supports them all, so no pass of our own is needed. Each process scores its
+share of the batches, the scores are gathered, the first process writes them to a cache file named by a fingerprint
+it broadcasts, and every process reads that file: ``_shared_dataset`` keeps the data set in the stage folder so the
+cache lands where all processes can read it. Under ZeRO-3 TRL wraps the not-yet-sharded model in a DeepSpeed
+inference engine for that pass; under fsdp (the policy is sharded only when training starts) it loads the
+reference from the model folder for the pass and frees it; with LoRA the reference is the model with its adapter
+disabled (TRL's copy of the untrained adapter, which is the same).
+
 ``filter_by_implicit_reward`` (off by default = the paper's recipe) keeps only pairs whose chosen
 response has a higher implicit reward log pi_post/pi_pre (summed over tokens) than the rejected one
 under the weak pair: a cheap way to drop pairs where the CD sample is not actually better.
@@ -18,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done, write_jsonl
-from ml.reporter import Reporter, or_null
+from ml.reporter import Reporter
 from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
-from ml.stages.callbacks import ReporterCallback
+from ml.stages.callbacks import ReporterCallback, for_rank
 
 if TYPE_CHECKING:
     from trl import DPOTrainer
@@ -152,7 +162,7 @@ def load_preferences(cfg: DPOStageConfig, reporter: Reporter | None = None) -> t
         )
     # A pair with an empty side is no usable preference (ml.stages._responses), nor is one of two identical sides.
     rows, n_empty = drop_empty(
-        rows, ("chosen", "rejected"), keep=cfg.keep_empty_responses, stage=STAGE, reporter=or_null(reporter)
+        rows, ("chosen", "rejected"), keep=cfg.keep_empty_responses, stage=STAGE, reporter=for_rank(reporter)
     )
     rows = [r for r in rows if str(r["chosen"]).strip() != str(r["rejected"]).strip()]
     return (rows[: cfg.max_examples] if cfg.max_examples else rows), n_empty
@@ -204,7 +214,7 @@ def train_dpo(
         )
         data.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": j})
     args = DPOConfig(
-        **training_kwargs(cfg),
+        **training_kwargs(cfg, model),
         beta=cfg.beta,
         loss_type=[cfg.loss_type],
         max_length=cfg.max_length,
@@ -243,23 +253,29 @@ def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict[str, A
     done = stage_done(config.output_dir)
     if done is not None:
         return done
-    reporter = or_null(reporter)
+    check_runnable(config)
+    reporter = for_rank(reporter)
     out = Path(config.output_dir)
     pairs_path = out / "pairs.jsonl"
     # Read on a resume too (it is cheap): the dropped count belongs in the result either way.
     rows, n_empty = load_preferences(config, reporter)
     extra: dict[str, Any] = {"n_empty_dropped": n_empty}
-    if pairs_path.exists():  # resume: the (possibly filtered) pairs were settled on the first run
-        rows = read_jsonl(pairs_path)
-    else:
+
+    def settle_pairs() -> bool:  # the first process only (prepare_once): the filter's scoring runs once
         extra["n_pairs_before_filter"] = len(rows)
+        kept = rows
         if config.filter_by_implicit_reward:
             reporter.log(f"{STAGE}: scoring {len(rows)} pairs under the weak pair for the implicit-reward filter")
             prompts = [str(r["prompt"]) for r in rows]
             chosen = _implicit_sums(config, prompts, [str(r["chosen"]) for r in rows])
             rejected = _implicit_sums(config, prompts, [str(r["rejected"]) for r in rows])
-            rows = filter_pairs(rows, chosen, rejected)
-            reporter.log(f"{STAGE}: kept {len(rows)} of {extra['n_pairs_before_filter']} pairs")
-        write_jsonl(pairs_path, rows)
+            kept = filter_pairs(rows, chosen, rejected)
+            reporter.log(f"{STAGE}: kept {len(kept)} of {len(rows)} pairs")
+        write_jsonl(pairs_path, kept)
+        return True
+
+    # On a resume the (possibly filtered) pairs were settled on the first run.
+    if not pairs_path.exists() and not prepare_once(pairs_path.exists, settle_pairs, reporter):
+        return {"stage": STAGE, "stopped": True}
     extra["filtered"] = config.filter_by_implicit_reward
-    return train_dpo(config, rows, reporter, stage=STAGE, extra=extra)
+    return train_dpo(config, read_jsonl(pairs_path), reporter, stage=STAGE, extra=extra)

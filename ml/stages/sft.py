@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done
-from ml.reporter import Reporter, or_null
+from ml.reporter import Reporter
 from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._scale import check_runnable
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
-from ml.stages.callbacks import ReporterCallback
+from ml.stages.callbacks import ReporterCallback, for_rank
 
 if TYPE_CHECKING:
     from ml.stages.auxconf import AuxConfConfig
@@ -84,7 +85,8 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     done = stage_done(config.output_dir)
     if done is not None:
         return done
-    reporter = or_null(reporter)
+    check_runnable(config)
+    reporter = for_rank(reporter)
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -92,7 +94,7 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     rows = [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in encoded]
     dataset = Dataset.from_list(rows)
     args = SFTConfig(
-        **training_kwargs(config),
+        **training_kwargs(config, model),
         completion_only_loss=True,
         max_length=config.max_length,
         dataset_num_proc=None,

@@ -4,6 +4,8 @@ Preferences come from a JSONL (``prompt``, ``chosen``, ``rejected``) or are made
 way: sample k responses per prompt from pi_pre (k=5, temperature 0.8, top-p 0.95), score them with a
 gold reward, chosen = best, rejected = worst; prompts whose samples all tie are skipped (no signal).
 Labelled pairs are appended to output_dir/preferences.jsonl batch by batch, so sampling resumes.
+With several processes (ml.distributed) the first one labels and the others wait for labelled.json to say it is
+complete, then read the same file (``prepare_once``): one sampler, one writer.
 Training: DPO, reference beta 0.1, sigmoid loss.
 """
 
@@ -15,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
-from ml.io import append_jsonl, read_prompts, repair_jsonl, stage_done
-from ml.reporter import Reporter, or_null
+from ml.io import append_jsonl, read_json, read_prompts, repair_jsonl, stage_done, write_json
+from ml.reporter import Reporter
+from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import sample_responses
+from ml.stages.callbacks import for_rank
 from ml.stages.dpo import DPOStageConfig, train_dpo
 
 STAGE = "weak_align"
@@ -74,21 +78,26 @@ def best_worst(prompt: str, responses: list[str], gold: GoldReward) -> dict[str,
     return {"prompt": prompt, "chosen": hi[1], "rejected": lo[1], "chosen_gold": hi[0], "rejected_gold": lo[0]}
 
 
+def _labelled(config: WeakAlignConfig) -> int:
+    """How many prompts are labelled (labelled.json; ties leave no row in preferences.jsonl, so it counts apart)."""
+    progress_path = Path(config.output_dir) / "labelled.json"
+    return int(read_json(progress_path)["prompts_done"]) if progress_path.exists() else 0
+
+
+def labelling_complete(config: WeakAlignConfig) -> bool:
+    return _labelled(config) >= len(read_prompts(config.prompts, config.max_prompts))
+
+
 def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path, bool]:
     """Sample, score and append pairs to preferences.jsonl; returns (path, finished)."""
-    from ml.io import write_json
     from ml.modeling import load_causal_lm, load_tokenizer
 
     out = Path(config.output_dir)
     path = out / "preferences.jsonl"
-    progress_path = out / "labelled.json"  # how many prompts are done (ties leave no row, so count apart)
+    progress_path = out / "labelled.json"
     prompts = read_prompts(config.prompts, config.max_prompts)
     repair_jsonl(path)
-    done = 0
-    if progress_path.exists():
-        from ml.io import read_json
-
-        done = int(read_json(progress_path)["prompts_done"])
+    done = _labelled(config)
     if done >= len(prompts):
         return path, True
     if config.gold is None:  # __post_init__ requires gold when there is no preference file
@@ -136,7 +145,8 @@ def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dic
     done = stage_done(config.output_dir)
     if done is not None:
         return done
-    reporter = or_null(reporter)
+    check_runnable(config)
+    reporter = for_rank(reporter)
     from ml.io import read_jsonl
 
     extra: dict[str, Any] = {}
@@ -144,7 +154,10 @@ def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dic
         rows = read_jsonl(config.data, required=("prompt", "chosen", "rejected"))
         extra["preferences"] = config.data
     else:
-        path, finished = label_preferences(config, reporter)
+        path = Path(config.output_dir) / "preferences.jsonl"
+        finished = prepare_once(
+            lambda: labelling_complete(config), lambda: label_preferences(config, reporter)[1], reporter
+        )
         if not finished:
             return {"stage": STAGE, "stopped": True, "preferences": str(path)}
         rows = _dedupe(read_jsonl(path))

@@ -7,6 +7,8 @@ Per response token t of the chosen responses:
 averaged over all response tokens of a batch; pi_ref is the strong model before training (reference
 beta 0.1, lr 1e-5). Both the target (weak log-ratios) and pi_ref's log-probs are computed ONCE before
 training and cached in output_dir/wspo_data.jsonl, so training holds one model and a resume reuses them.
+With several processes (ml.distributed) the first one computes that file and the others wait for it and read it
+(``prepare_once``); pi_ref is the strong model loaded as training loads it, before LoRA (identity at start).
 
 Different tokenizers. The weak pair and the strong model may split a response differently. We move the
 weak per-token log-ratios onto strong tokens through characters: each weak token spreads its value
@@ -26,8 +28,9 @@ from typing import Any
 import torch
 
 from ml.io import read_jsonl, stage_done, write_jsonl
-from ml.reporter import Reporter, or_null
+from ml.reporter import Reporter
 from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._scale import check_runnable, load_base, prepare_once
 from ml.stages._train import (
     TrainConfig,
     encode_pair,
@@ -40,7 +43,7 @@ from ml.stages._train import (
     token_logprobs,
     training_kwargs,
 )
-from ml.stages.callbacks import ReporterCallback
+from ml.stages.callbacks import ReporterCallback, for_rank
 
 STAGE = "wspo"
 
@@ -190,11 +193,13 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
     done = stage_done(config.output_dir)
     if done is not None:
         return done
-    reporter = or_null(reporter)
+    check_runnable(config)
+    reporter = for_rank(reporter)
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    model, tok = load_for_training(config)
+    from ml.modeling import load_tokenizer, pick_device
+
     cache = Path(config.output_dir) / "wspo_data.jsonl"
     # Read on a resume too (it is cheap): the dropped count belongs in the result either way.
     rows = read_jsonl(config.data, required=("prompt", config.response_field))
@@ -202,21 +207,28 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
         rows, (config.response_field,), keep=config.keep_empty_responses, stage=STAGE, reporter=reporter
     )
     rows = rows[: config.max_examples or None]
-    if cache.exists():
-        data = read_jsonl(cache)
-    else:
+
+    def precompute() -> bool:  # the first process only (prepare_once)
         if not rows:
             raise ValueError(f"{config.data} has no usable prompt/response rows ({n_empty} empty responses dropped)")
         reporter.log(f"{STAGE}: computing weak log-ratios and reference log-probs for {len(rows)} responses")
+        tok = load_tokenizer(config.model)
         data = weak_targets(config, rows, tok)
-        model.eval()
+        # On this process's device even when training shards the model (load_base's default is then the CPU).
+        ref_model = load_base(config, pick_device(config.device)).eval()
         ref = token_logprobs(
-            model, [d["input_ids"] for d in data], batch_size=config.score_batch_size, pad_id=tok.pad_token_id or 0
+            ref_model, [d["input_ids"] for d in data], batch_size=config.score_batch_size, pad_id=tok.pad_token_id or 0
         )
-        model.train()
+        del ref_model
         for d, lp in zip(data, ref):
             d["ref"] = lp[d["prompt_len"] :]
         write_jsonl(cache, data)
+        return True
+
+    if not cache.exists() and not prepare_once(cache.exists, precompute, reporter):
+        return {"stage": STAGE, "stopped": True}
+    data = read_jsonl(cache)
+    model, tok = load_for_training(config)
     feats = []
     for d in data:
         n, p = len(d["input_ids"]), d["prompt_len"]
@@ -235,7 +247,7 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
     callback = ReporterCallback(reporter, STAGE)
     trainer = cls(
         model=model,
-        args=TrainingArguments(**training_kwargs(config)),
+        args=TrainingArguments(**training_kwargs(config, model)),
         train_dataset=Dataset.from_list(feats),
         data_collator=lambda f: pad_collate(f, pad),
         processing_class=tok,

@@ -1,5 +1,7 @@
 """Training on two processes (ml.distributed): `python -m ml stage NAME --nproc 2` runs DDP over gloo on this CPU
-machine, and ends where one process ends at the same global batch."""
+machine, and ends where one process ends at the same global batch. Stages that compute something before training
+(weak_align's labelled samples, wspo's targets) compute it once, in the first process: the files match a one-process
+run's. The one-process references of those stages run in this process (cheaper than another launch)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml.io import read_json
+from ml.io import read_json, read_jsonl, write_jsonl
+from ml.tiny import tiny_gpt2, word_tokenizer
 
 from ._stage_fixtures import PROMPTS, save_tiny, write_pairs, write_prefs
 
@@ -68,10 +71,83 @@ def test_two_processes_end_where_one_does(stage, data, model, tmp_path):
     assert (tmp_path / "two" / "out" / "model" / "config.json").exists()
 
 
-def test_nproc_is_refused_for_stages_not_yet_run_distributed(tmp_path, capsys):
+def test_nproc_is_refused_for_stages_that_do_not_train(tmp_path, capsys):
     from ml.cli import main
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: m\n", encoding="utf-8")
-    assert main(["stage", "wspo", "--config", str(cfg), "--nproc", "2"]) == 2
-    assert "--nproc runs sft and dpo so far; wspo runs in one process" in capsys.readouterr().err
+    assert main(["stage", "evaluate", "--config", str(cfg), "--nproc", "2"]) == 2
+    assert "evaluate runs in one process" in capsys.readouterr().err
+
+
+def _in_process(name: str, cfg: dict, folder: Path) -> dict:
+    """Stage ``name`` (its module and function share the name) in this process, from the same settings."""
+    import importlib
+
+    from ml.cli import stage_config
+
+    fn = getattr(importlib.import_module(f"ml.stages.{name}"), name)
+    return fn(stage_config(name, {**cfg, "output_dir": str(folder / "out")}))
+
+
+def _sort_model(path: Path) -> str:
+    """A tiny model speaking the toy sort world, whose gold reward (toy:sort) is registered in every process."""
+    from ml.toyworld.worlds.sort import DIGITS, STYLE
+
+    tok = word_tokenizer(["sort", ":", ".", STYLE, *DIGITS])
+    tiny_gpt2(len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=64, seed=5).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def test_weak_align_labels_once_and_trains_on_two_processes(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": f"sort {a} {b} {c} :"} for a, b, c in ("312", "975", "040", "821", "563", "190")])
+    # 4 pairs (max_examples), 4 per step on one process, 2 per process on two: the same global batch.
+    cfg = {
+        "model": _sort_model(tmp_path / "pre"),
+        "prompts": str(prompts),
+        "gold": "toy:sort",
+        "k": 4,
+        "max_new_tokens": 6,
+        "sample_batch_size": 3,
+        "max_examples": 4,
+        "use_chat_template": False,
+        **COMMON,
+    }
+    one = _in_process("weak_align", {**cfg, "per_device_train_batch_size": 4}, tmp_path / "one")
+    two = _stage("weak_align", {**cfg, "per_device_train_batch_size": 2}, tmp_path / "two", 2)
+    assert (one["world_size"], one["distributed"], two["world_size"], two["distributed"]) == (1, None, 2, "ddp")
+    # Labelled once: the first process sampled and appended alone (a second writer would duplicate or
+    # interleave rows), and with the same seeds as one process.
+    prefs = {k: read_jsonl(tmp_path / k / "out" / "preferences.jsonl") for k in ("one", "two")}
+    assert prefs["two"] == prefs["one"] and len({r["prompt"] for r in prefs["two"]}) == len(prefs["two"])
+    assert read_json(tmp_path / "two" / "out" / "labelled.json") == {"prompts_done": 6}
+    assert one["n_pairs"] == two["n_pairs"] == 4 and one["steps"] == two["steps"] == 4
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)  # as in the sft/dpo test above
+
+
+@pytest.fixture(scope="module")
+def weak_pair(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("weak")
+    return {"weak_aligned": save_tiny(root / "post", seed=6), "weak_base": save_tiny(root / "pre", seed=7)}
+
+
+@pytest.mark.parametrize("stage", ["wspo", "auxconf"])
+def test_custom_loss_stages_on_two_processes_end_where_one_does(stage, model, weak_pair, tmp_path):
+    cfg = {"model": model, "data": write_pairs(tmp_path / "pairs.jsonl"), "use_chat_template": False, **COMMON}
+    if stage == "wspo":
+        cfg.update(weak_pair)
+    n = len(PROMPTS)
+    one = _in_process(stage, {**cfg, "per_device_train_batch_size": n}, tmp_path / "one")
+    two = _stage(stage, {**cfg, "per_device_train_batch_size": n // 2}, tmp_path / "two", 2)
+    assert (one["world_size"], one["distributed"], two["world_size"], two["distributed"]) == (1, None, 2, "ddp")
+    assert one["steps"] == two["steps"] == 4
+    # Every response has the same token count, so the per-process token means average to the one-process mean.
+    assert two["final_loss"] == pytest.approx(one["final_loss"], rel=1e-4)
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
+    if stage == "wspo":  # the targets and reference log-probs were computed once, by the first process
+        cached = [read_jsonl(tmp_path / k / "out" / "wspo_data.jsonl") for k in ("one", "two")]
+        assert [r["input_ids"] for r in cached[1]] == [r["input_ids"] for r in cached[0]]
+        for a, b in zip(cached[0], cached[1]):
+            assert b["target"] == pytest.approx(a["target"], abs=1e-6) and b["ref"] == pytest.approx(a["ref"], abs=1e-6)
