@@ -100,12 +100,14 @@ def zero3_config(*, offload: bool) -> dict[str, Any]:
 
 def load_base(cfg: TrainConfig, device: str | torch.device | None = None) -> Any:
     """The model to train as it is before training, without LoRA (identity at initialisation): 4-bit and prepared
-    for k-bit training under QLoRA, else in fp32 master weights. Default device: this process's (fsdp and ZeRO-3:
-    the CPU, each process then keeps only its shard on its GPU)."""
+    for k-bit training under QLoRA, else in fp32 master weights. Default device: this process's GPU, except under
+    ZeRO-3: the CPU, and DeepSpeed places each process's shard (weights never whole on one GPU). fsdp shards only
+    when training starts, and TRL's DPO runs the unsharded model before that (reference log-probs of a LoRA model),
+    so under fsdp the whole fp32 weights must fit one GPU once; a bigger model wants zero3."""
     from ml.modeling import load_causal_lm
 
     if device is None:
-        device = pick_device(cfg.device) if cfg.distributed == "ddp" else "cpu"
+        device = "cpu" if cfg.distributed.startswith("zero3") else pick_device(cfg.device)
     if cfg.load_in_4bit:
         from peft import prepare_model_for_kbit_training
 

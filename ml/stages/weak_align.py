@@ -84,10 +84,6 @@ def _labelled(config: WeakAlignConfig) -> int:
     return int(read_json(progress_path)["prompts_done"]) if progress_path.exists() else 0
 
 
-def labelling_complete(config: WeakAlignConfig) -> bool:
-    return _labelled(config) >= len(read_prompts(config.prompts, config.max_prompts))
-
-
 def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path, bool]:
     """Sample, score and append pairs to preferences.jsonl; returns (path, finished)."""
     from ml.modeling import load_causal_lm, load_tokenizer
@@ -155,8 +151,9 @@ def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dic
         extra["preferences"] = config.data
     else:
         path = Path(config.output_dir) / "preferences.jsonl"
+        n_prompts = len(read_prompts(config.prompts, config.max_prompts))
         finished = prepare_once(
-            lambda: labelling_complete(config), lambda: label_preferences(config, reporter)[1], reporter
+            lambda: _labelled(config) >= n_prompts, lambda: label_preferences(config, reporter)[1], reporter
         )
         if not finished:
             return {"stage": STAGE, "stopped": True, "preferences": str(path)}

@@ -214,7 +214,7 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
         reporter.log(f"{STAGE}: computing weak log-ratios and reference log-probs for {len(rows)} responses")
         tok = load_tokenizer(config.model)
         data = weak_targets(config, rows, tok)
-        # On this process's device even when training shards the model (load_base's default is then the CPU).
+        # On this process's device even under zero3 (where load_base's default is the CPU).
         ref_model = load_base(config, pick_device(config.device)).eval()
         ref = token_logprobs(
             ref_model, [d["input_ids"] for d in data], batch_size=config.score_batch_size, pad_id=tok.pad_token_id or 0

@@ -17,7 +17,7 @@ import torch
 from ml.distributed import DISTRIBUTED_MODES, mode_unavailable, qlora_unavailable
 from ml.modeling import load_causal_lm, load_tokenizer, pick_device
 from ml.reporter import RecordingReporter
-from ml.stages._scale import mode_kwargs, prepare_once, save_final, zero3_config
+from ml.stages._scale import load_base, mode_kwargs, prepare_once, save_final, zero3_config
 from ml.stages._train import TrainConfig, load_for_training, training_kwargs
 from ml.stages.sft import SFTStageConfig, sft
 
@@ -127,8 +127,7 @@ def test_fsdp_settings_reach_the_trainer(model, tmp_path, lora_r, checkpointing)
         tmp_path, model=model, device="cuda", bf16=False, distributed="fsdp", lora_r=lora_r,
         gradient_checkpointing=checkpointing,
     )  # fmt: skip
-    m, _ = load_for_training(cfg)
-    assert next(m.parameters()).device.type == "cpu"  # sharded modes load on the CPU; FSDP moves shards to GPUs
+    m, _ = load_for_training(dataclasses.replace(cfg, device="cpu", distributed="ddp"))  # the same model, here
     args = TrainingArguments(**training_kwargs(cfg, m))
     plugin = args.fsdp_plugin_args
     assert plugin["transformer_cls_names_to_wrap"] == "GPT2Block"  # the tiny GPT-2's decoder layer, from the model
@@ -137,6 +136,12 @@ def test_fsdp_settings_reach_the_trainer(model, tmp_path, lora_r, checkpointing)
     assert plugin["state_dict_type"] == "FULL_STATE_DICT"
     assert plugin["activation_checkpointing"] is checkpointing and args.activation_checkpointing is False
     assert args.deepspeed is None
+
+
+def test_zero3_loads_on_the_cpu_and_deepspeed_places_the_shards(model, tmp_path):
+    # device "cuda" on this CPU machine: a load onto the GPU would fail, so the model being here proves the rule.
+    m = load_base(_cfg(tmp_path, model=model, device="cuda", distributed="zero3_offload"))
+    assert next(m.parameters()).device == torch.device("cpu") and next(m.parameters()).dtype == torch.float32
 
 
 def test_fsdp_needs_a_model_with_decoder_layers(tmp_path):
