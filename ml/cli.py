@@ -75,7 +75,7 @@ def run_pipeline_and_print(cfg: PipelineConfig, args: argparse.Namespace) -> int
     from ml.distributed import DEFAULT_MODE, training_runner
     from ml.pipeline import results_markdown, run
 
-    training = training_runner(getattr(args, "nproc", 1), getattr(args, "distributed", None) or DEFAULT_MODE)
+    training = training_runner(getattr(args, "nproc", 1), getattr(cfg, "distributed", DEFAULT_MODE))
     res = run(cfg, console_reporter(args), training=training)
     if res.get("stopped"):
         print(f"stopped during {res['stage']}; run the same command again to resume", file=sys.stderr)
@@ -166,6 +166,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg = replace(cfg, output_dir=str(Path(args.output_dir).resolve()))
     if args.device:
         cfg = replace(cfg, device=args.device)
+    if args.distributed:
+        cfg = replace(cfg, distributed=args.distributed)
     return run_pipeline_and_print(cfg, args)
 
 

@@ -40,12 +40,17 @@ DEFAULT_MODE = "ddp"
 RESULT = "result.json"  # a launched stage's summary, stopped or finished, written by its first rank (ml.cli)
 
 
-def mode_unavailable(mode: str) -> str | None:
-    """Why ``mode`` cannot run with what is installed here, or None. Checked at submit (a 400) and at run time."""
+def mode_unavailable(mode: str, cuda: bool | None = None) -> str | None:
+    """Why ``mode`` cannot run with what is installed here, or None. ``cuda``: whether the run has CUDA GPUs (None:
+    not known yet, as when a request is parsed). Checked at submit (a 400) and at run time."""
     if mode not in DISTRIBUTED_MODES:
         return f"unknown distributed mode {mode!r}; use one of {', '.join(DISTRIBUTED_MODES)}"
     if mode.startswith("zero3") and importlib.util.find_spec("deepspeed") is None:
         return f"{mode} runs through DeepSpeed, which is not installed here (pip install deepspeed); use ddp or fsdp"
+    if mode == "fsdp" and cuda is False:
+        # accelerate applies an FSDP plugin only to GPU process groups: on CPU (gloo) the Trainer silently trains
+        # in DDP instead (tried with torch 2.13, transformers 5.24, accelerate 1.15), so fsdp is GPU-only.
+        return "fsdp shards the model across CUDA GPUs and this deployment has none; use ddp"
     return None
 
 
@@ -124,6 +129,12 @@ class Launched:
         stop.unlink(missing_ok=True)
         (d / RESULT).unlink(missing_ok=True)
         data = {**dataclasses.asdict(cfg), "distributed": self.mode}
+        held = [k for k, v in data.items() if callable(v)]
+        if held:  # e.g. a gold reward given as a Python function: the ranks read their settings from a file
+            raise ValueError(
+                f"{name}: a stage launched on several processes takes its settings from a file; {', '.join(held)} "
+                "is a Python callable there (use a registered name: python -m ml golds)"
+            )
         (d / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
         # The stage's CLI name is its function's (ml.cli's stage table).
         argv = ["stage", fn.__name__, "--config", str(d / "config.yaml"), "--quiet", "--report-dir", str(d)]

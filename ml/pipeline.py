@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ml.distributed import TrainingRunner, run_here
+from ml.distributed import DEFAULT_MODE, TrainingRunner, run_here
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
 from ml.results import RESULTS_VERSION
@@ -90,6 +90,13 @@ class PipelineConfig:
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
     device: str | None = field(
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
+    )
+    distributed: str = field(
+        default=DEFAULT_MODE,
+        metadata={
+            "internal": True,
+            "help": "How a training stage on several processes shares the model (ml.distributed).",
+        },
     )
     # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
     weak_align: dict[str, Any] = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
@@ -236,6 +243,7 @@ class _Runner:
             "seed": self.c.seed,
             "device": self.c.device,
             "use_chat_template": self.c.use_chat_template,
+            "distributed": self.c.distributed,
         }
         if self.c.train_max_steps > 0:
             kw["max_steps"] = self.c.train_max_steps

@@ -269,7 +269,7 @@ def resolve(
     if ks.sweep:
         spec["alphas"] = req.alphas or rec.alphas or default_alphas(kind)
     for stage in used:
-        _check_stage(ks.stages[stage], stage, values[stage], where[stage], errs)
+        _check_stage(ks.stages[stage], stage, values[stage], where[stage], errs, _mode(spec))
     errs.raise_if_any()
     if contexts:
         from ml.budget import context_errors
@@ -311,9 +311,13 @@ def make(cls: type, values: dict[str, Any]) -> Any:
     return from_dict(values) if from_dict is not None else cls(**values)
 
 
-def _check_stage(st: StageSpec, stage: str, vals: dict[str, Any], where: dict[str, str], errs: _Errors) -> None:
+def _check_stage(
+    st: StageSpec, stage: str, vals: dict[str, Any], where: dict[str, str], errs: _Errors, mode: str
+) -> None:
+    # A training stage is checked in the job's distributed mode: what the mode cannot run fails on its setting.
+    wired = {"distributed": mode} if any(f.name == "distributed" for f in fields(st.cls)) else {}
     try:
-        make(st.cls, {**placeholders(st.cls), **vals})
+        make(st.cls, {**placeholders(st.cls), **wired, **vals})
     except (ValueError, TypeError) as exc:
         msg = str(exc)
         # Pin the message on the setting it names, where that setting came from (the request, a knob, a default).
@@ -342,6 +346,14 @@ def _out(inputs: JobInputs, name: str) -> str:
     return f"{inputs.output_dir.rstrip('/')}/{name}"
 
 
+def _mode(spec: dict[str, Any]) -> str:
+    """The job's distributed mode (ml.execution): its training configs are built in it, so a setting the mode cannot
+    run with (QLoRA under fsdp) is refused when the spec is checked, at submit."""
+    from ml.distributed import DEFAULT_MODE
+
+    return str((spec.get("execution") or {}).get("distributed", DEFAULT_MODE))
+
+
 def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
     """The typed configs a spec runs as, by kind (ml.execute runs them)."""
     from ml.spec import alpha_tag
@@ -363,6 +375,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 output_dir=inputs.output_dir,
                 alpha=spec["alpha"],
                 methods=list(spec["methods"]),
+                distributed=_mode(spec),
                 **spec["top"],
                 **stage_dicts,
             )
@@ -395,7 +408,13 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
         return {
             "weak_align": make(
                 _cls("weak_align"),
-                {"model": inputs.weak_base, "output_dir": _out(inputs, "weak_align"), **src, **st["weak_align"]},
+                {
+                    "model": inputs.weak_base,
+                    "output_dir": _out(inputs, "weak_align"),
+                    "distributed": _mode(spec),
+                    **src,
+                    **st["weak_align"],
+                },
             )
         }
     if kind == "evaluate":

@@ -268,16 +268,22 @@ def job_build(
 
 
 def _check_deployment(spec: dict[str, Any]) -> None:
-    """What this deployment cannot run is refused now, not after the job has waited in the queue: QLoRA without a
-    CUDA worker (the live workers say whether they have one: jobs.workers), a distributed mode whose package is not
-    installed (checked with the spec's other execution settings: ml.execution)."""
+    """What this deployment cannot run is refused now, not after the job has waited in the queue: QLoRA or fsdp
+    without a CUDA worker (the live workers say whether they have one: jobs.workers); a distributed mode whose
+    package is not installed is refused with the spec's other execution settings (ml.execution)."""
     from jobs.workers import any_cuda
-    from ml.distributed import qlora_unavailable
+    from ml.distributed import DEFAULT_MODE, mode_unavailable, qlora_unavailable
 
+    mode = (spec.get("execution") or {}).get("distributed", DEFAULT_MODE)
     wants = [name for name, stage in spec.get("stages", {}).items() if stage.get("load_in_4bit")]
-    why = qlora_unavailable(any_cuda()) if wants else None
-    if why:
-        raise ValidationError({f"params.{name}.load_in_4bit": [why] for name in wants})
+    if mode == DEFAULT_MODE and not wants:
+        return  # nothing to ask the workers
+    cuda = any_cuda()
+    errors = {f"params.{name}.load_in_4bit": [why] for name in wants if (why := qlora_unavailable(cuda))}
+    if why := mode_unavailable(mode, cuda):
+        errors["params.distributed"] = [why]
+    if errors:
+        raise ValidationError(errors)
 
 
 def _check_buildable(spec: dict[str, Any], config: dict[str, Any]) -> None:

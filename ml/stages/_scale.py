@@ -28,14 +28,10 @@ if TYPE_CHECKING:
 def check_runnable(cfg: TrainConfig) -> None:
     """Refuse, before anything loads, a mode or QLoRA this host cannot run (the web app refuses such jobs at submit
     with the same ml.distributed checks; this is the second line of defence)."""
-    why = mode_unavailable(cfg.distributed)
+    cuda = pick_device(cfg.device).type == "cuda"
+    why = mode_unavailable(cfg.distributed, cuda)
     if why:
         raise ValueError(why)
-    cuda = pick_device(cfg.device).type == "cuda"
-    if cfg.distributed == "fsdp" and not cuda:
-        # accelerate applies an FSDP plugin only to GPU process groups: on CPU (gloo) the Trainer silently trains
-        # in DDP instead (tried with torch 2.13, transformers 5.24, accelerate 1.15), so fsdp is GPU-only.
-        raise ValueError("fsdp shards the model across CUDA GPUs and this run is on the CPU; use ddp")
     if cfg.load_in_4bit:
         why = qlora_unavailable(cuda and torch.cuda.is_available())
         if why:

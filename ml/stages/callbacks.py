@@ -6,11 +6,12 @@ True we ask the Trainer to save a checkpoint of that step and stop, so a rerun r
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
-from ml.reporter import NullReporter, Reporter, or_null
+from ml.reporter import Reporter, StopOnly, or_null
 
 if TYPE_CHECKING:
     from transformers import TrainerControl, TrainerState, TrainingArguments
@@ -76,7 +77,7 @@ class ReporterCallback(TrainerCallback):
         return control
 
     def _check_stop(self, control: TrainerControl) -> None:
-        if not self.stopped and self.reporter.should_stop():
+        if not self.stopped and _agreed(self.reporter.should_stop()):
             self.stopped = True
             control.should_training_stop = True
             control.should_save = True  # checkpoint this step so the rerun loses nothing
@@ -88,14 +89,20 @@ def for_rank(reporter: Reporter | None) -> Reporter:
     a group training one model, ml.distributed). The stages report through it before training too."""
     from ml.distributed import is_main
 
-    return or_null(reporter) if is_main() else _Quiet(or_null(reporter))
+    return or_null(reporter) if is_main() else StopOnly(or_null(reporter))
 
 
-class _Quiet(NullReporter):
-    """A reporter that says nothing but still answers should_stop (a process other than the first)."""
+def _agreed(stop: bool) -> bool:
+    """True in every process when any of them was asked to stop. Each process reads its own stop signal (a file,
+    the database) at a slightly different moment; stopping one step apart would leave the others waiting in a
+    gradient all-reduce or the checkpoint's barrier for a process that already left. One tiny all-reduce per step."""
+    import torch
+    import torch.distributed as dist
 
-    def __init__(self, inner: Reporter) -> None:
-        self.inner = inner
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return stop
 
-    def should_stop(self) -> bool:
-        return self.inner.should_stop()
+    on = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if dist.get_backend() == "nccl" else "cpu"
+    flag = torch.tensor([1 if stop else 0], device=on)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())

@@ -189,3 +189,43 @@ def test_a_worker_with_two_devices_takes_a_two_gpu_job_and_trains_it_on_two_proc
         assert "gpu-x2" in worker.log_text()  # the queue it added for itself (celery lists its queues at start)
     finally:
         worker.discard()
+
+
+def test_qlora_on_a_cpu_deployment_is_a_400_that_follows_the_workers(user, weak_pair, registry):
+    qlora = {"weak_align": {"max_steps": 2, "lora_r": 8, "load_in_4bit": True}}
+    workers.announce("cpu@h", ["gpu"], 0, cuda=False)
+    res = _api(user).post("/api/v1/jobs/", _weak_align_body(weak_pair, user, **qlora), format="json")
+    assert res.status_code == 400
+    assert res.json()["params.weak_align.load_in_4bit"] == [
+        "QLoRA (load_in_4bit) needs a CUDA GPU and this deployment has none; use LoRA (lora_r > 0) without "
+        "load_in_4bit, or run on a GPU worker"
+    ]
+    # A CUDA worker joins: the GPU rule is met; what is left is the package (absent on this machine).
+    workers.announce("cuda@h", ["gpu"], 1, cuda=True)
+    res = _api(user).post("/api/v1/jobs/", _weak_align_body(weak_pair, user, **qlora), format="json")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        assert res.json()["params.weak_align.load_in_4bit"] == [
+            "QLoRA (load_in_4bit) needs the bitsandbytes package (pip install bitsandbytes)"
+        ]
+    else:
+        assert res.status_code == 201, res.content
+    assert not Job.objects.filter(status="queued").exclude(config__params__weak_align__load_in_4bit=True).exists()
+
+
+def test_fsdp_needs_a_cuda_worker_and_qlora_does_not_shard(user, weak_pair, registry):
+    workers.announce("cpu@h", ["gpu"], 2, cuda=False)
+    res = _api(user).post("/api/v1/jobs/", _weak_align_body(weak_pair, user, gpus=2, distributed="fsdp"), format="json")
+    assert res.status_code == 400
+    assert res.json()["params.distributed"] == [
+        "fsdp shards the model across CUDA GPUs and this deployment has none; use ddp"
+    ]
+    # The job's mode reaches its training configs when the spec is checked: QLoRA under fsdp is refused by name.
+    workers.announce("cuda@h", ["gpu", "gpu-x2"], 2, cuda=True)
+    qlora = {"weak_align": {"lora_r": 8, "load_in_4bit": True}}
+    res = _api(user).post(
+        "/api/v1/jobs/", _weak_align_body(weak_pair, user, gpus=2, distributed="fsdp", **qlora), format="json"
+    )
+    assert res.status_code == 400
+    assert res.json() == {
+        "params.weak_align.load_in_4bit": ["load_in_4bit (QLoRA) runs in one process or several in ddp, not fsdp"]
+    }

@@ -109,7 +109,35 @@ def test_launched_sft_reports_stops_at_a_checkpoint_and_resumes_on_two_processes
 
 def test_a_launched_stage_that_fails_says_why(tmp_path):
     cfg = _sft_config(tmp_path, max_steps=1)
-    (tmp_path / "pairs.jsonl").write_text("not json\n", encoding="utf-8")
+    (tmp_path / "pairs.jsonl").write_text('{"question": "q", "answer": "a"}\n' * 3, encoding="utf-8")
     with pytest.raises(RuntimeError, match=r"sft on 2 processes \(ddp\) failed with exit status") as exc:
         Launched(2, poll_seconds=0.05)("sft", sft, cfg, RecordingReporter())
-    assert "not json" in str(exc.value) or "JSON" in str(exc.value), str(exc.value)
+    # What the rank said (ml.cli's "error: ..." line), not the launcher's report.
+    assert "pairs.jsonl:1: missing field(s) prompt, response" in str(exc.value), str(exc.value)
+    assert "ChildFailedError" not in str(exc.value)
+
+
+def _vote(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from ml.stages.callbacks import _agreed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # Only the first process was asked to stop; both must stop at this step, or the other would wait forever.
+        with open(f"{out}.{rank}", "w") as f:
+            f.write(f"{_agreed(rank == 0)} {_agreed(False)}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_process_stops_when_any_was_asked(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_vote, args=(port, str(tmp_path / "vote")), nprocs=2)
+    assert [(tmp_path / f"vote.{r}").read_text() for r in (0, 1)] == ["True False", "True False"]
