@@ -141,3 +141,19 @@ def test_every_process_stops_when_any_was_asked(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_vote, args=(port, str(tmp_path / "vote")), nprocs=2)
     assert [(tmp_path / f"vote.{r}").read_text() for r in (0, 1)] == ["True False", "True False"]
+
+
+@pytest.mark.slow  # a small pipeline whose training stage runs on two processes
+def test_run_nproc_trains_each_training_stage_on_that_many_processes(tmp_path, capsys):
+    from ml.cli import main
+    from tests.ml._stage_fixtures import tiny_config
+
+    cfg = tiny_config(tmp_path, weak_aligned=save_tiny(tmp_path / "models" / "post", seed=13), methods=["weak_sft"])
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    assert main(["run", str(path), "--nproc", "2", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("# ConG results")  # the results table
+    done = read_json(tmp_path / "run" / "sft_weak" / "DONE.json")
+    assert (done["world_size"], done["distributed"]) == (2, "ddp")
+    assert (tmp_path / "run" / "sft_weak" / "launch" / "config.yaml").exists()  # it went through the launcher
+    assert read_json(tmp_path / "run" / "results.json")["methods"]["weak_sft"]["model"].endswith("sft_weak/model")
