@@ -143,6 +143,7 @@ def job_create(*, user, max_attempts: int | None = None, **request: Any) -> Job:
     if request.get("kind") in Job.Kind.values:  # an unknown kind says so first (job_build)
         _check_quota(user)
     config = job_build(user=user, **request)
+    _check_deployment(config["spec"])
     attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
     with transaction.atomic():
         job = Job.objects.create(owner=user, kind=config["kind"], config=config, max_attempts=attempts)
@@ -167,7 +168,8 @@ def job_build(
     eval_prompts: Any = None,
 ) -> dict[str, Any]:
     """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
-    ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it).
+    ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it, so
+    it also estimates a job this deployment's workers cannot run now: job_create refuses that, _check_deployment).
 
     Everything a worker would check is checked here: the spec is built through ml's registry and every
     stage config it runs is constructed once with the resolved files (ml.resolve.check)."""
@@ -262,7 +264,6 @@ def job_build(
             "row_count": eval_ds.row_count,
         }
     _check_buildable(spec, config)
-    _check_deployment(spec)
     config["spec"] = spec
     return config
 

@@ -103,6 +103,38 @@ def weak_pair(model_root, user):
 
 
 @pytest.fixture
+def pipeline_inputs(user, weak_pair, model_root):
+    """What a cong job needs on top of the weak pair: a strong model and a prompt set with a gold reward."""
+    from jobs import services
+
+    wb, wa = weak_pair
+    strong = services.model_register(name="st", path=str(model_root / "other_vocab"), kind="strong", owner=user)
+    gold = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
+    return {
+        "kind": "cong",
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "strong": strong.pk,
+        "prompts": gold.pk,
+        "alpha": "0.4",
+        "methods": ["cong_s"],
+    }
+
+
+@pytest.fixture
+def registry(settings, redis_url):
+    """The worker registry (jobs.workers) on the test Redis, empty before and after the test."""
+    from congweb.redis_urls import celery_url
+    from jobs import workers
+
+    settings.CELERY_BROKER_URL = celery_url(redis_url)
+    client = workers._client()
+    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
+    yield client
+    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
+
+
+@pytest.fixture
 def prompts_ds(model_root, user):
     from jobs.services import dataset_create
 

@@ -18,17 +18,6 @@ from tests.jobs.conftest import finished_job, make_prompts, wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def registry(settings, redis_url):
-    from congweb.redis_urls import celery_url
-
-    settings.CELERY_BROKER_URL = celery_url(redis_url)
-    client = workers._client()
-    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
-    yield client
-    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
-
-
 def test_a_job_on_n_devices_has_its_own_queue_and_a_worker_consumes_those_it_can_hold():
     assert workers.queue_for(1) == workers.GENERATION_QUEUE == "gpu"
     assert workers.queue_for(4) == "gpu-x4"

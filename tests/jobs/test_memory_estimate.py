@@ -24,24 +24,9 @@ def sent(monkeypatch):
 
 
 @pytest.fixture
-def cong_form(user, weak_pair, model_root):
+def cong_form(pipeline_inputs):
     """A cong job's form (ConG-S: one SFT stage on the strong model), as the page posts it."""
-    from .conftest import make_prompts
-
-    wb, wa = weak_pair
-    strong = services.model_register(name="st", path=str(model_root / "other_vocab"), kind="strong", owner=user)
-    gold = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
-    return {
-        "kind": "cong",
-        "weak_base": wb.pk,
-        "weak_aligned": wa.pk,
-        "strong": strong.pk,
-        "prompts": gold.pk,
-        "alpha": "0.4",
-        "methods": ["cong_s"],
-        "p__sft__per_device_train_batch_size": "2",
-        "p__sft__max_length": "64",
-    }
+    return {**pipeline_inputs, "p__sft__per_device_train_batch_size": "2", "p__sft__max_length": "64"}
 
 
 def _post(client, user, data, django_capture_on_commit_callbacks):

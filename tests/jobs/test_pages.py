@@ -174,25 +174,6 @@ def test_new_job_form_shows_service_errors_next_to_fields(client, user, weak_pai
     assert not Job.objects.exists()
 
 
-@pytest.fixture
-def pipeline_inputs(user, weak_pair, model_root):
-    """What a cong job needs on top of the weak pair: a strong model and a prompt set with a gold reward."""
-    from .conftest import make_prompts
-
-    wb, wa = weak_pair
-    strong = services.model_register(name="st", path=str(model_root / "other_vocab"), kind="strong", owner=user)
-    gold = services.dataset_create(name="g", chunks=[make_prompts(4)], gold="toy:review", owner=user)
-    return {
-        "kind": "cong",
-        "weak_base": wb.pk,
-        "weak_aligned": wa.pk,
-        "strong": strong.pk,
-        "prompts": gold.pk,
-        "alpha": "0.4",
-        "methods": ["cong_s"],
-    }
-
-
 def test_new_job_form_stage_settings_reach_the_spec(client, user, pipeline_inputs):
     client.force_login(user)
     html = client.get("/jobs/new/").content.decode()

@@ -5,19 +5,7 @@ from __future__ import annotations
 
 import os
 
-import pytest
-
-from congweb.redis_urls import celery_url
 from jobs import workers
-
-
-@pytest.fixture
-def registry(settings, redis_url):
-    settings.CELERY_BROKER_URL = celery_url(redis_url)
-    client = workers._client()
-    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
-    yield client
-    client.delete(*client.scan_iter(match=workers.PREFIX + "*"), "congweb:none")
 
 
 def test_live_lists_announced_workers_by_queue_until_they_withdraw(registry):
