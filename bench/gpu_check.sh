@@ -14,10 +14,17 @@
 #      SmolLM2 is; with no real model, or if that run fails, one toy-world seed instead
 #   6. writes gpu_check.md (paste into docs/BENCHMARKS.md) plus the raw JSON to $OUT (the device tool's
 #      output folder) or bench/results/
+#   7. (run before 5) training checks, one result line each: an SFT stage through `--nproc 1` and, with 2+
+#      GPUs, `--nproc 2` (DDP over NCCL) at the same global batch; then LoRA (lora_r 8) and QLoRA (lora_r 8,
+#      load_in_4bit: bitsandbytes, carried as a wheel in $WHEELS like the others) on the real SmolLM2 when
+#      it is here, else on a toy Llama built by the script (nn.Linear layers, which 4-bit quantization
+#      replaces; the toy GPT-2's Conv1D layers it would leave alone). NOT YET RUN ON A GPU: written
+#      2026-11-30 without one; the first session that runs them checks their result lines and removes this note.
 # Every step is time-boxed against BUDGET seconds (default 540) so the whole check ends in time.
 # Usage: bash bench/gpu_check.sh
 #   env: SIZE, PAIR (cross|self|toy, default: what is installed), MAX_PROMPTS, MAX_EVAL_PROMPTS, SKIP_TESTS,
-#        SKIP_CONG, BUDGET, WHEELS, SITE, CONGWEB_DATA_DIR, PYTHON
+#        SKIP_CD, SKIP_TRAIN, SKIP_CONG, BUDGET, WHEELS, SITE, CONGWEB_DATA_DIR, PYTHON
+#   only the training checks: SKIP_TESTS=1 SKIP_CD=1 SKIP_CONG=1 bash bench/gpu_check.sh
 #   dry run of the script itself on a CPU: DEVICE=cpu CD_PROMPTS=8 CD_TOKENS=8 CD_BATCHES=1,4 SKIP_CONG=1
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -115,9 +122,89 @@ else
            --max-new-tokens "${CD_TOKENS:-64}" --aligned "$OFF/smollm2_135m_instruct" --base "$OFF/smollm2_135m_instruct")
 fi
 CD_ARGS+=(--device "$DEVICE" --repeats 2 --json)
-log "CD throughput: ${CD_ARGS[*]}"
-timeout "$(left 180)" "$PY" bench/cd_throughput.py "${CD_ARGS[@]}" > "$RES/cd_throughput.json" 2>>"$RES/gpu_check.log"
-log "CD throughput exit $?"
+if [ -n "${SKIP_CD:-}" ]; then
+  log "CD throughput skipped (SKIP_CD set)"
+else
+  log "CD throughput: ${CD_ARGS[*]}"
+  timeout "$(left 180)" "$PY" bench/cd_throughput.py "${CD_ARGS[@]}" > "$RES/cd_throughput.json" 2>>"$RES/gpu_check.log"
+  log "CD throughput exit $?"
+fi
+
+# Training checks. NOT YET RUN ON A GPU (written 2026-11-30 on a CPU machine; only `bash -n` and the CPU dry
+# run below have run them): expect first-run fixes. One line each in $RES/train_checks.txt and the log:
+#   TRAIN <check> OK|FAIL|SKIP ...
+# CPU dry run of this step (30 s here; QLoRA: SKIP): DEVICE=cpu SKIP_TESTS=1 SKIP_CD=1 SKIP_CONG=1 bash bench/gpu_check.sh
+TRAIN_OUT="$RES/train_checks.txt"
+: > "$TRAIN_OUT"
+if [ -n "${SKIP_TRAIN:-}" ]; then
+  log "training checks skipped (SKIP_TRAIN set)"
+else
+  TW=/tmp/congweb-train
+  rm -rf "$TW"; mkdir -p "$TW"
+  NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  if have smollm2_135m_instruct; then TMODEL="$OFF/smollm2_135m_instruct"; TKIND=SmolLM2-135M; else TMODEL="$TW/toy-llama"; TKIND=toy-llama; fi
+  "$PY" - "$TW" "$TMODEL" >>"$RES/gpu_check.log" 2>&1 <<'PY'
+# 32 SFT pairs of equal length (so DDP's mean of per-process means is the one-process mean), and the toy
+# Llama when no real model is here.
+import os, random, sys
+from ml.io import write_jsonl
+from ml.tiny import word_tokenizer
+work, model = sys.argv[1], sys.argv[2]
+words = "a b c d e f g h good bad ok yes no please tell me about the cat dog".split()
+rng = random.Random(0)
+say = lambda k: " ".join(rng.choice(words) for _ in range(k))
+write_jsonl(f"{work}/pairs.jsonl", [{"prompt": say(8), "response": say(12)} for _ in range(32)])
+if not os.path.exists(f"{model}/config.json"):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+    tok = word_tokenizer(words)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    LlamaForCausalLM(cfg).save_pretrained(model)
+    tok.save_pretrained(model)
+PY
+  # train NAME NPROC YAML-LINES...: one `python -m ml stage sft` run, then its result line from DONE.json.
+  train() {
+    local name=$1 n=$2; shift 2
+    local dir="$TW/$name"; mkdir -p "$dir"
+    printf '%s\n' "model: $TMODEL" "data: $TW/pairs.jsonl" "output_dir: $dir/out" "use_chat_template: false" \
+      "max_steps: 4" "learning_rate: 1.0e-4" "warmup_ratio: 0.0" "lr_scheduler_type: constant" "seed: 0" \
+      "save_steps: 4" "max_length: 64" "$@" > "$dir/config.yaml"
+    if [ -n "${CPU_DRY:-}" ]; then echo "device: cpu" >> "$dir/config.yaml"; fi
+    timeout "$(left 150)" "$PY" -m ml stage sft --config "$dir/config.yaml" --quiet --nproc "$n" \
+      > "$dir/stdout.txt" 2> "$dir/stderr.txt"
+    local rc=$?
+    local line
+    if [ "$rc" = 0 ] && [ -f "$dir/out/DONE.json" ]; then
+      line=$("$PY" -c 'import json, sys; d = json.load(open(sys.argv[1])); print("OK", *(f"{k}={d.get(k)}" for k in sys.argv[2:]))' \
+        "$dir/out/DONE.json" steps seconds final_loss train_loss world_size distributed 2>&1)
+    else
+      line="FAIL exit $rc: $(grep -v '^\s*$' "$dir/stderr.txt" | tail -n 1 | cut -c1-300)"
+    fi
+    echo "TRAIN $name ($TKIND, nproc $n) $line" | tee -a "$TRAIN_OUT"
+  }
+  [ "$DEVICE" = cpu ] && CPU_DRY=1
+  log "training checks on $TKIND ($TMODEL), $NGPU GPU(s)"
+  # Full fine-tuning through the stage CLI: global batch 8 either way (8 x 1 process, 4 x 2 processes).
+  train sft-nproc1 1 "per_device_train_batch_size: 8"
+  # On a CPU dry run two processes share the cores (DDP over gloo), so the launcher path is tried there too.
+  if [ "$NGPU" -ge 2 ] || [ -n "${CPU_DRY:-}" ]; then
+    train sft-nproc2 2 "per_device_train_batch_size: 4"
+  else
+    echo "TRAIN sft-nproc2 SKIP: $NGPU GPU here; --nproc 2 needs 2" | tee -a "$TRAIN_OUT"
+  fi
+  train lora 1 "per_device_train_batch_size: 8" "lora_r: 8"
+  why=$("$PY" -c 'import sys, torch; from ml.distributed import qlora_unavailable
+print(qlora_unavailable(torch.cuda.is_available() and sys.argv[1] != "cpu") or "")' "$DEVICE" 2>&1)
+  if [ -z "$why" ]; then
+    train qlora 1 "per_device_train_batch_size: 8" "lora_r: 8" "load_in_4bit: true"
+  else
+    echo "TRAIN qlora SKIP: $why" | tee -a "$TRAIN_OUT"
+  fi
+  cat "$TRAIN_OUT" >> "$RES/gpu_check.log"
+fi
 
 RAN=toy
 if [ -n "${SKIP_CONG:-}" ]; then
@@ -141,4 +228,8 @@ fi
 
 "$PY" bench/gpu_report.py --dir "$RES" --ran "$RAN" --size "$SIZE" --seconds "$(( $(date +%s) - T0 ))" \
   > "$RES/gpu_check.md" 2>>"$RES/gpu_check.log"
+if [ -s "$TRAIN_OUT" ]; then
+  { echo; echo "### Training checks (sft stage, 4 steps; not yet run on a GPU before this run)"; echo
+    sed 's/^/    /' "$TRAIN_OUT"; } >> "$RES/gpu_check.md"
+fi
 cat "$RES/gpu_check.md"
