@@ -25,6 +25,14 @@
 #   env: SIZE, PAIR (cross|self|toy, default: what is installed), MAX_PROMPTS, MAX_EVAL_PROMPTS, SKIP_TESTS,
 #        SKIP_CD, SKIP_TRAIN, SKIP_CONG, BUDGET, WHEELS, SITE, CONGWEB_DATA_DIR, PYTHON
 #   only the training checks: SKIP_TESTS=1 SKIP_CD=1 SKIP_CONG=1 bash bench/gpu_check.sh
+#   QLoRA needs bitsandbytes, not in the GPU image as gpu_prepare.sh lists it. Its wheel (0.50.2, manylinux
+#   x86_64, 41 MiB) does not fit one 64 MiB transfer beside the other wheels, so it travels in a call of its own on
+#   the same warm machine (the earlier call's $SITE, with trl and peft, is reused):
+#     here, once: pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#                   --platform manylinux_2_24_x86_64 -d bench/gpu_wheels/qlora bitsandbytes==0.50.2
+#     call 1: as usual, carrying bench/gpu_wheels/call1 (a whole bench/gpu_wheels would take qlora/ along)
+#     call 2: SKIP_TESTS=1 SKIP_CD=1 SKIP_CONG=1 WHEELS=bench/gpu_wheels/qlora bash bench/gpu_check.sh
+#             carrying bench/gpu_wheels/qlora
 #   dry run of the script itself on a CPU: DEVICE=cpu CD_PROMPTS=8 CD_TOKENS=8 CD_BATCHES=1,4 SKIP_CONG=1
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -143,7 +143,7 @@ def main() -> int:
     ap.add_argument("--response-words", type=int, default=32)
     ap.add_argument("--global-batch", type=int, default=16, help="examples per optimizer step, all processes")
     ap.add_argument("--steps", type=int, default=24, help="SFT optimizer steps")
-    ap.add_argument("--dpo-steps", type=int, default=16, help="DPO optimizer steps (a DPO step costs ~3 SFT steps)")
+    ap.add_argument("--dpo-steps", type=int, default=16, help="DPO optimizer steps (a DPO step costs ~2 SFT steps)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads-total", type=int, default=2, help="torch threads: all to 1 process, split over 2")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "bench" / "scale_train", help="work + results")
