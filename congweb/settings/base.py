@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI's and Redoc's files as static files: the API docs work offline
     "channels",
     "jobs",
 ]
@@ -265,6 +266,10 @@ SPECTACULAR_SETTINGS = {
         "StatusEnum": "jobs.models.Job.Status",  # the name clients had before shards brought a second status
         "ShardStatusEnum": "jobs.models.JobShard.Status",
     },
+    # Swagger UI and Redoc from drf_spectacular_sidecar's static files, not a CDN: the product runs offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 LOGGING = {

@@ -70,8 +70,8 @@ def policy_header(extra: dict[str, str] | None = None) -> str:
 
 
 class ContentSecurityPolicyMiddleware:
-    """Adds settings.CONTENT_SECURITY_POLICY to every response. A view that needs more (the Swagger page
-    loads its assets from a CDN) is wrapped in ``csp_extend``; the policy stays strict everywhere else."""
+    """Adds settings.CONTENT_SECURITY_POLICY to every response. A view that needs more (the API docs pages'
+    inline styles, congweb/urls.py) is wrapped in ``csp_extend``; the policy stays strict everywhere else."""
 
     def __init__(self, get_response):
         self.get_response = get_response

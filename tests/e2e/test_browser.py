@@ -299,3 +299,49 @@ def test_new_job_settings_fields_and_the_spec_table(
     assert "sft.num_train_epochs = 3.0" in page.inner_text("#request-params")  # the request, as key = value lines
     screenshot(page, "10_job_spec")
     assert page.console_errors == [], page.console_errors
+
+
+def test_api_docs_render_with_the_network_cut_off(web_stack, browser_page, screenshot):
+    """Swagger UI (/api/v1/docs/) and Redoc (/api/v1/redoc/) draw the API's operations while every request to
+    a host other than this machine is refused: their files come from /static/ (drf_spectacular_sidecar), and
+    their Content-Security-Policy lets them run (a refusal would be a console error)."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    page, base = browser_page, web_stack.base_url
+    offsite: list[str] = []
+
+    def local_only(route):
+        url = urlsplit(route.request.url)
+        host = (url.hostname or "").strip("[]")
+        loopback = host == "localhost"
+        if not loopback:
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                pass
+        if url.scheme in ("http", "https", "ws", "wss") and not loopback:
+            offsite.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    page.route("**/*", local_only)
+    page.goto(f"{base}/api/v1/docs/")
+    jobs = page.locator('.opblock-summary-path[data-path="/api/v1/jobs/"]')
+    jobs.first.wait_for(timeout=30_000)
+    assert jobs.count() == 2  # GET (list) and POST (create)
+    assert page.locator(".opblock").count() > 10  # every operation, not only the first
+    screenshot(page, "11_api_docs_swagger")
+    assert page.console_errors == [], page.console_errors
+
+    page.goto(f"{base}/api/v1/redoc/")
+    page.locator('[data-section-id="tag/jobs"]').first.wait_for(timeout=30_000)
+    assert page.get_by_text("/api/v1/jobs/", exact=True).count() >= 1
+    screenshot(page, "12_api_docs_redoc")
+    assert offsite == [], offsite
+    # Redoc's sidebar shows Redocly's logo from Redocly's CDN (built into its bundle, no option turns it off):
+    # the page's policy refuses it, Redoc drops the broken image, and no request leaves the machine. That
+    # refusal is the one console error allowed.
+    logo = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+    assert all(logo in e and "Content Security Policy" in e for e in page.console_errors), page.console_errors
