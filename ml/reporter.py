@@ -76,14 +76,23 @@ class RecordingReporter(NullReporter):
 
 
 class ConsoleReporter(NullReporter):
-    """CLI reporter: one tqdm bar per stage, logs and metrics on stderr."""
+    """CLI reporter: progress, logs and metrics on stderr. On a terminal, one tqdm bar per stage; elsewhere (CI, a
+    log file, ``2> log``) no carriage returns or cursor escapes: a plain line "stage: done/total" at the first
+    report, at most every ``line_every`` seconds after it, and at the end, the stage's latest metrics on it."""
 
-    def __init__(self, quiet: bool = False) -> None:
+    def __init__(self, quiet: bool = False, line_every: float = 10.0) -> None:
         self.quiet = quiet
+        self.lines = not on_terminal()
+        self.line_every = line_every
         self._bars: dict[str, Any] = {}
+        self._last_line: dict[str, float] = {}  # stage -> when its last progress line was written (line mode)
+        self._post: dict[str, dict[str, str]] = {}  # stage -> its latest metrics, for its next line
 
     def progress(self, stage: str, done: int, total: int) -> None:
         if self.quiet:
+            return
+        if self.lines:
+            self._progress_line(stage, done, total)
             return
         from tqdm import tqdm
 
@@ -98,14 +107,32 @@ class ConsoleReporter(NullReporter):
             bar.close()
             self._bars.pop(stage, None)
 
+    def _progress_line(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        end = bool(total) and done >= total
+        last = self._last_line.get(stage)
+        if not end and last is not None and now - last < self.line_every:
+            return
+        post = " ".join(f"{k}={v}" for k, v in self._post.get(stage, {}).items())
+        self._write(f"{stage}: {done}/{total or '?'}" + (f" ({post})" if post else ""))
+        if end:  # the stage is over: a rerun of it (resume) starts with a line again
+            self._last_line.pop(stage, None)
+            self._post.pop(stage, None)
+        else:
+            self._last_line[stage] = now
+
     def metric(self, name: str, value: float, step: int | None = None) -> None:
         if self.quiet:
             return
-        # Metrics of a running stage ("sft/loss" while the "sft" bar is open) ride on its bar instead
-        # of breaking it with a new line every few steps.
-        for stage, bar in self._bars.items():
+        # Metrics of a running stage ("sft/loss" while the "sft" bar is open) ride on its bar (or its next progress
+        # line) instead of breaking it with a new line every few steps.
+        for stage in self._last_line if self.lines else self._bars:
             if name.startswith(stage + "/"):
-                bar.set_postfix_str(f"{name[len(stage) + 1 :]}={value:.4g}", refresh=True)
+                key, text = name[len(stage) + 1 :], f"{value:.4g}"
+                if self.lines:
+                    self._post.setdefault(stage, {})[key] = text
+                else:
+                    self._bars[stage].set_postfix_str(f"{key}={text}", refresh=True)
                 return
         at = f" @ {step}" if step is not None else ""
         self._write(f"{name} = {value:.4g}{at}")
@@ -115,9 +142,60 @@ class ConsoleReporter(NullReporter):
             self._write(msg)
 
     def _write(self, line: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {line}"
+        if self.lines:
+            print(line, file=sys.stderr, flush=True)
+            return
         from tqdm import tqdm
 
-        tqdm.write(f"[{time.strftime('%H:%M:%S')}] {line}", file=sys.stderr)
+        tqdm.write(line, file=sys.stderr)
+
+
+def on_terminal() -> bool:
+    """Whether stderr is a terminal (where progress bars redraw themselves) rather than a file or a pipe."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced by an object without it, or closed
+        return False
+
+
+# Known harmless warnings of the libraries, silenced by exact message where a process starts (quiet_libraries),
+# each with why it is harmless. A new warning still shows.
+HARMLESS_WARNINGS: list[tuple[str, type[Warning]]] = [
+    # TRL's DPOTrainer reads the old property name (transformers 5 renamed it is_activation_checkpointing and keeps
+    # the old one as an alias until v6): the value it reads is the same. Nothing of ours calls it.
+    ("`is_gradient_checkpointing` is deprecated", FutureWarning),
+]
+
+
+def quiet_libraries() -> None:
+    """Called where a process starts (``python -m ml``, the Celery worker), never in library code. Always: silence
+    HARMLESS_WARNINGS. Off a terminal: turn off the libraries' own progress bars, which would write carriage returns
+    into a log: transformers' ("Loading weights", "Writing model shards"), huggingface_hub's, datasets' ("Building
+    labels ...") and every other tqdm bar (TQDM_DISABLE: tqdm reads it when imported, TRL's DPO "Computing reference
+    log probs" when it starts). The environment reaches libraries imported later and the processes this one starts
+    (``--nproc`` ranks); a library already imported is told directly."""
+    import re
+    import warnings
+
+    for message, category in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(message), category=category)
+    if on_terminal():
+        return
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        os.environ.setdefault(name, "1")
+    if "transformers" in sys.modules:  # it read HF_HUB_DISABLE_PROGRESS_BARS when imported
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "datasets" in sys.modules:
+        import datasets
+
+        datasets.disable_progress_bars()
 
 
 def or_null(reporter: Reporter | None) -> Reporter:
