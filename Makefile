@@ -39,7 +39,8 @@ web: install
 worker: install
 	$(VENV)/bin/celery -A congweb worker -Q gpu,default --concurrency 1 --loglevel INFO
 
-# One beat per deployment: it schedules the stale-job reaper (make serve runs its own).
+# Optional: every worker of the gpu queue runs the stale-job reaper itself (docs/RELIABILITY.md), so `make web` +
+# `make worker` need no beat. Beat schedules the same reaper (harmless beside the workers'); make serve runs one.
 beat: install
 	$(VENV)/bin/celery -A congweb beat --loglevel INFO -s var/celerybeat-schedule
 

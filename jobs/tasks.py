@@ -11,6 +11,16 @@ from celery import shared_task
 from celery.signals import celeryd_after_setup, worker_init, worker_ready, worker_shutdown
 
 _announcer = None
+_reaper = None
+
+
+@worker_init.connect
+def _quiet_libraries(**_):
+    # A worker's log is a file (make serve, CI): no progress bars that redraw with carriage returns, and no known
+    # harmless library warnings (ml.reporter.quiet_libraries). Forked pool children inherit both.
+    from ml.reporter import quiet_libraries
+
+    quiet_libraries()
 
 
 @worker_init.connect
@@ -51,10 +61,25 @@ def _announce(sender=None, **_):
     _announcer.start()
 
 
+@worker_ready.connect
+def _start_reaper(sender=None, **_):
+    # Every worker of the generation queue reaps stale jobs itself (jobs.workers.Reaper), so a job whose worker was
+    # killed is requeued and finished by the next worker with no celery beat running; beat's task below duplicates
+    # it harmlessly. Workers of the other queues only (offline installs) run none: they cannot run the job anyway.
+    global _reaper
+    from jobs.workers import GENERATION_QUEUE, Reaper
+
+    if sender is not None and GENERATION_QUEUE in sender.app.amqp.queues.consume_from:
+        _reaper = Reaper(getattr(sender, "hostname", "") or "worker")
+        _reaper.start()
+
+
 @worker_shutdown.connect
 def _withdraw(**_):
     if _announcer is not None:
         _announcer.stop()
+    if _reaper is not None:
+        _reaper.stop()
 
 
 @shared_task(name="jobs.tasks.job_run_task", bind=True, acks_late=True, reject_on_worker_lost=True)
@@ -94,10 +119,9 @@ def jobs_reap_stale_task() -> list:
 
 
 def _reap_interval() -> float:
-    from django.conf import settings
+    from jobs.workers import reap_interval
 
-    # Half the stale window: a dead worker's job is requeued at most 1.5 windows after its last beat.
-    return max(1.0, min(60.0, getattr(settings, "JOB_STALE_AFTER_SECONDS", 120) / 2))
+    return reap_interval()
 
 
 try:
@@ -105,7 +129,8 @@ try:
 
     @_app.on_after_finalize.connect
     def _schedule_reaper(sender, **kwargs):
-        # Runs under `celery beat` (or `worker -B`); `manage.py reap_stale_jobs --loop` is the alternative.
+        # Runs under `celery beat` (or `worker -B`); `manage.py reap_stale_jobs --loop` is the alternative. Optional:
+        # every worker of the generation queue runs the same reaper itself (jobs.workers.Reaper).
         sender.add_periodic_task(
             _reap_interval(), jobs_reap_stale_task.s(), name="reap stale jobs", expires=_reap_interval()
         )

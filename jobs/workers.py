@@ -155,3 +155,68 @@ class Announcer(threading.Thread):
             withdraw(self.worker)
         except Exception:
             pass
+
+
+# The stale-job reaper (jobs.services.jobs_reap_stale) in every worker of the generation queue, so that a job whose
+# worker was killed is requeued with no celery beat running (`make web` + `make worker` alone). Beat's periodic task
+# stays supported: several reapers at once are safe, as every change the reaper makes is an UPDATE conditional on
+# the job still being running/cancelling with a stale heartbeat, so exactly one of them wins each job.
+#
+# The reaper talks to the database from a thread of the worker's main process, which forks a pool child for every
+# job. A child inherits the thread's open connection and, as it frees the dead thread's state after the fork, closes
+# it: for PostgreSQL that sends a Terminate over the socket the parent still uses. So a pass closes its connections
+# when it ends, and a fork waits (os.register_at_fork) for a pass under way to finish.
+_REAP_LOCK = threading.Lock()
+_fork_guarded = False
+
+
+def reap_interval() -> float:
+    """Seconds between reaper passes: half the stale window (1..60 s), so a dead worker's job is requeued at most
+    1.5 windows after its last heartbeat."""
+    return max(1.0, min(60.0, settings.JOB_STALE_AFTER_SECONDS / 2))
+
+
+def _guard_forks() -> None:
+    global _fork_guarded
+    if not _fork_guarded:  # once per process: at-fork hooks cannot be removed
+        os.register_at_fork(
+            before=_REAP_LOCK.acquire, after_in_parent=_REAP_LOCK.release, after_in_child=_REAP_LOCK.release
+        )
+        _fork_guarded = True
+
+
+class Reaper(threading.Thread):
+    """jobs_reap_stale from a daemon thread of the worker's main process: once at start, then every
+    ``reap_interval()`` seconds. Logs one line per job it touched: "reaper on <worker>: job 12 requeued"."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name="congweb-reaper", daemon=True)
+        self.worker, self.interval = name, reap_interval()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        _guard_forks()
+        while not self._stop_event.is_set():
+            self.reap_once()
+            if self._stop_event.wait(self.interval):
+                return
+
+    def reap_once(self) -> list[tuple[int, str]]:
+        from django.db import connections
+
+        from jobs.services import jobs_reap_stale
+
+        done: list[tuple[int, str]] = []
+        with _REAP_LOCK:
+            try:
+                done = jobs_reap_stale()
+            except Exception:  # the database or broker is down: the next pass tries again
+                log.warning("the reaper on %s could not finish a pass", self.worker, exc_info=True)
+            finally:
+                connections.close_all()  # this thread's connections only; see above
+        for job_id, what in done:
+            log.info("reaper on %s: job %s %s", self.worker, job_id, what)
+        return done
+
+    def stop(self) -> None:
+        self._stop_event.set()
