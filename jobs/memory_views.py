@@ -3,8 +3,9 @@ would need per device (ml.memory), answered as JSON while the user edits the for
 
 The job is built exactly as submitting would build it: the page's own form (jobs.forms.JobForm) parses the post,
 and jobs.services.job_build (what job_create stores) validates it and resolves the spec; nothing is stored or sent
-and every rule stays in one place. A form that submit would refuse is a 400 carrying the same errors the page
-would show.
+and every rule stays in one place. A form that submit would refuse is answered with ``"valid": false`` and the
+same errors the page would show, as a 200: a form being filled in is incomplete most of the time, which is an
+answer, not a failed request (a 400 per keystroke would fill the browser's console with errors).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ FIX_FORM = "Fix the form to see an estimate."
 
 def _invalid(form: JobForm) -> JsonResponse:
     errors = {k: [str(m) for m in v] for k, v in form.errors.items()}
-    return JsonResponse({"text": FIX_FORM, "errors": errors}, status=400)
+    return JsonResponse({"valid": False, "text": FIX_FORM, "errors": errors})
 
 
 @login_required
@@ -45,4 +46,4 @@ def job_memory_estimate(request):
         form.add_service_errors(exc)
         return _invalid(form)
     inputs = services.job_inputs(config, str(Path(settings.RUNS_DIR) / "pending"))
-    return JsonResponse({"kind": config["kind"], **estimate_spec(config["spec"], inputs)})
+    return JsonResponse({"valid": True, "kind": config["kind"], **estimate_spec(config["spec"], inputs)})

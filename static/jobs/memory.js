@@ -66,14 +66,15 @@
       data = {text: "No estimate: the server did not answer."};
     }
     if (mine !== seq) return;  // a later edit's answer is on its way
-    panel.dataset.state = status === 200 ? "ok" : "error";
+    const ok = status === 200 && data.valid;
+    panel.dataset.state = ok ? "ok" : "error";
     let line = data.text || "";
-    if (status === 400 && data.errors) {
+    if (data.errors) {
       const first = Object.entries(data.errors).map(([k, v]) => (k === "__all__" ? v[0] : `${k}: ${v[0]}`))[0];
       if (first) line += ` (${first})`;
     }
     text.textContent = line;
-    show(status === 200 ? data : {});
+    show(ok ? data : {});
   }
 
   function schedule() {
