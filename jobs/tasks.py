@@ -67,10 +67,11 @@ def _start_reaper(sender=None, **_):
     # killed is requeued and finished by the next worker with no celery beat running; beat's task below duplicates
     # it harmlessly. Workers of the other queues only (offline installs) run none: they cannot run the job anyway.
     global _reaper
+    from jobs.services import jobs_reap_stale
     from jobs.workers import GENERATION_QUEUE, Reaper
 
     if sender is not None and GENERATION_QUEUE in sender.app.amqp.queues.consume_from:
-        _reaper = Reaper(getattr(sender, "hostname", "") or "worker")
+        _reaper = Reaper(getattr(sender, "hostname", "") or "worker", jobs_reap_stale)
         _reaper.start()
 
 

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -186,12 +187,13 @@ def _guard_forks() -> None:
 
 
 class Reaper(threading.Thread):
-    """jobs_reap_stale from a daemon thread of the worker's main process: once at start, then every
-    ``reap_interval()`` seconds. Logs one line per job it touched: "reaper on <worker>: job 12 requeued"."""
+    """``reap`` (jobs.services.jobs_reap_stale, passed in by jobs.tasks: this module is below the services) from a
+    daemon thread of the worker's main process: once at start, then every ``reap_interval()`` seconds. Logs one line
+    per job it touched: "reaper on <worker>: job 12 requeued"."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, reap: Callable[[], list[tuple[int, str]]]) -> None:
         super().__init__(name="congweb-reaper", daemon=True)
-        self.worker, self.interval = name, reap_interval()
+        self.worker, self.reap, self.interval = name, reap, reap_interval()
         self._stop_event = threading.Event()
 
     def run(self) -> None:
@@ -204,12 +206,10 @@ class Reaper(threading.Thread):
     def reap_once(self) -> list[tuple[int, str]]:
         from django.db import connections
 
-        from jobs.services import jobs_reap_stale
-
         done: list[tuple[int, str]] = []
         with _REAP_LOCK:
             try:
-                done = jobs_reap_stale()
+                done = self.reap()
             except Exception:  # the database or broker is down: the next pass tries again
                 log.warning("the reaper on %s could not finish a pass", self.worker, exc_info=True)
             finally:
