@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 
@@ -271,8 +272,13 @@ def test_new_job_settings_fields_and_the_spec_table(
     page.select_option("#id_cong-p__sft__gradient_checkpointing", "true")
     assert sft.locator("[data-filled]").inner_text() == "2 set"
     assert page.locator("#id_cong-p__sft__learning_rate").get_attribute("placeholder") == "1e-05"
+    # The memory panel follows the form: an estimate per training stage, then the form's error once it has one.
+    expect(page.locator("#memory-text")).to_contain_text("per GPU", timeout=20_000)
+    assert "sft_cong_s" in page.locator("#memory-stages").inner_text()
     cong.locator('details[data-group="cd_generate"] summary').click()
     page.fill("#id_cong-p__cd_generate__temperature", "-1")
+    expect(page.locator("#memory-text")).to_contain_text("Fix the form", timeout=20_000)
+    assert page.locator("#memory-stages").is_hidden()
     screenshot(page, "9_new_job_settings")
     page.click("#submit-job")
     page.wait_for_load_state()
