@@ -162,28 +162,12 @@ class Announcer(threading.Thread):
 # worker was killed is requeued with no celery beat running (`make web` + `make worker` alone). Beat's periodic task
 # stays supported: several reapers at once are safe, as every change the reaper makes is an UPDATE conditional on
 # the job still being running/cancelling with a stale heartbeat, so exactly one of them wins each job.
-#
-# The reaper talks to the database from a thread of the worker's main process, which forks a pool child for every
-# job. A child inherits the thread's open connection and, as it frees the dead thread's state after the fork, closes
-# it: for PostgreSQL that sends a Terminate over the socket the parent still uses. So a pass closes its connections
-# when it ends, and a fork waits (os.register_at_fork) for a pass under way to finish.
-_REAP_LOCK = threading.Lock()
-_fork_guarded = False
 
 
 def reap_interval() -> float:
     """Seconds between reaper passes: half the stale window (1..60 s), so a dead worker's job is requeued at most
     1.5 windows after its last heartbeat."""
     return max(1.0, min(60.0, settings.JOB_STALE_AFTER_SECONDS / 2))
-
-
-def _guard_forks() -> None:
-    global _fork_guarded
-    if not _fork_guarded:  # once per process: at-fork hooks cannot be removed
-        os.register_at_fork(
-            before=_REAP_LOCK.acquire, after_in_parent=_REAP_LOCK.release, after_in_child=_REAP_LOCK.release
-        )
-        _fork_guarded = True
 
 
 class Reaper(threading.Thread):
@@ -197,7 +181,6 @@ class Reaper(threading.Thread):
         self._stop_event = threading.Event()
 
     def run(self) -> None:
-        _guard_forks()
         while not self._stop_event.is_set():
             self.reap_once()
             if self._stop_event.wait(self.interval):
@@ -207,13 +190,14 @@ class Reaper(threading.Thread):
         from django.db import connections
 
         done: list[tuple[int, str]] = []
-        with _REAP_LOCK:
-            try:
-                done = self.reap()
-            except Exception:  # the database or broker is down: the next pass tries again
-                log.warning("the reaper on %s could not finish a pass", self.worker, exc_info=True)
-            finally:
-                connections.close_all()  # this thread's connections only; see above
+        try:
+            done = self.reap()
+        except Exception:  # the database or broker is down: the next pass tries again
+            log.warning("the reaper on %s could not finish a pass", self.worker, exc_info=True)
+        finally:
+            # This thread's connections only. None is held idle between passes: a restarted database costs no
+            # failed pass, and the pool children forked meanwhile inherit no open connection of this thread.
+            connections.close_all()
         for job_id, what in done:
             log.info("reaper on %s: job %s %s", self.worker, job_id, what)
         return done
