@@ -106,7 +106,12 @@ def test_poison_job_fails_after_max_attempts_with_clear_message(celery_worker_pr
     job = _finished(job, 60, celery_worker_proc)
     assert job.status == "failed"
     assert job.worker, "the worker that ran attempt 2 is kept on the row"
-    assert job.error == f"gave up after 2 attempts; last error: worker {job.worker} was lost during attempt 2"
+    # Either the redelivered message's claim notices first, or the worker's own reaper does (Celery's pool looks
+    # for dead children every 5 s, longer than the tests' 4 s stale window).
+    assert job.error in {
+        f"gave up after 2 attempts; last error: worker {job.worker} {how} during attempt 2"
+        for how in ("was lost", "stopped sending heartbeats")
+    }, job.error
     assert job.attempts == 2
     # and the worker is still healthy: it runs the next job
     ok = _job(user, weak_pair, n=3)
