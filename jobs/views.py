@@ -125,11 +125,28 @@ def offline_install(request):
 @login_required
 def job_detail(request, job_id: int):
     job = _job_or_404(request.user, job_id)
+    # The seq the rendered header covers. Read BEFORE the job row: every change of the row is stored before
+    # the event that records it, so the row read next reflects every event up to here; the page lets only
+    # later events move its header (a replayed "cancelled" of an earlier attempt must not).
+    render_seq = selectors.job_events(job=job).order_by("-seq").values_list("seq", flat=True).first() or 0
+    job.refresh_from_db()
     events = [e.as_message() for e in selectors.job_events(job=job, after=0, limit=INITIAL_EVENTS)]
     live = {
         "job_id": job.pk,
-        "status": job.status,
         "finished": job.is_finished,
+        "render_seq": render_seq,
+        "header": {
+            "status": job.status,
+            "attempt": job.attempts,
+            "max_attempts": job.max_attempts,
+            "worker": job.worker,
+            "stage": job.stage,
+            "progress": job.progress,
+            "partial": job.partial,
+            "error": job.error,
+            "finished": job.finished.isoformat() if job.finished else None,
+            "waiting_for": job.waiting_for,
+        },
         "events": events,
         "events_url": f"{API}/jobs/{job.pk}/events/",
         "ws_path": f"/ws/jobs/{job.pk}/",

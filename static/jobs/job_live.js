@@ -1,10 +1,19 @@
-/* Live job page: applies the job's events (progress, metric, sample, log, status) in seq order.
+/* Live job page: one client-side state for the job, fed by its events (progress, metric, sample, log,
+ * status) in seq order.
  *
  * Sources: the events embedded in the page, then the websocket ws://HOST/ws/jobs/<id>/ (fast path),
- * and REST GET events/?after=<last seq> (reliable path) on every (re)connect and whenever a gap in
- * seq shows up. Events are applied strictly in seq order exactly once: a seq at or below the last
- * applied one is a duplicate and dropped; one beyond the next expected is held until the gap is
- * filled from REST. The socket reconnects with exponential backoff while the job is active.
+ * and REST GET events/?after=<last seq> (reliable path) on every (re)connect, whenever a gap in seq
+ * shows up, and now and then while the job is active (a push lost on the way never shows as a gap when
+ * it is the last one). Events are applied strictly in seq order exactly once: a seq at or below the
+ * last applied one is a duplicate and dropped; one beyond the next expected is held until the gap is
+ * filled from REST. The socket reconnects with exponential backoff while the job is active, and opens
+ * again when a retry makes a finished job active.
+ *
+ * The header (status badge, attempt N of M, stage, banners) starts from the server-rendered state,
+ * which covers every event up to cfg.render_seq; only events after it change the header. So the
+ * replayed history of earlier attempts (a "cancelled" before a retry) fills the log and charts but never
+ * drives the page. The page reloads at most once, for the server-rendered results: when the job's
+ * latest status is terminal and came after the render.
  */
 (function () {
   "use strict";
@@ -13,8 +22,13 @@
   const FINISHED = ["succeeded", "failed", "cancelled"];
   const MAX_CARDS = 30, MAX_LOG = 300, MAX_CHARTS = 8;
 
+  // What jobs.services.job_retry resets when it puts a finished job back in the queue.
+  const RETRY_RESETS = {attempt: 0, partial: false, error: "", finished: null, worker: ""};
+  const RELOAD_DELAY_MS = 1500, RESYNC_MS = 10000;
+
   const state = {
-    lastSeq: 0, pending: new Map(), status: cfg.status,
+    lastSeq: 0, pending: new Map(), status: cfg.header.status,
+    header: {...cfg.header}, statusSeq: 0, lastEventAt: Date.now(), reloadQueued: false,
     stages: new Map(),   // stage -> {done, total, t0, d0, t, order}
     metrics: new Map(),  // name -> [[step, value], ...]
     cards: new Map(),    // prompt -> {el, order}
@@ -38,6 +52,9 @@
       try { apply(ev); } catch (e) { console.error("event", ev, e); }
     }
     schedule();
+    // Decided per batch, not per event: a batch may hold a finish and the retry after it.
+    maybeReload();
+    ensureLive();
   }
 
   let fetching = false, again = false;
@@ -76,6 +93,8 @@
   function apply(ev) {
     const d = ev.data || {};
     state.applied++;
+    state.lastEventAt = Date.now();
+    const fresh = ev.seq > cfg.render_seq;  // not yet in the server-rendered header
     const t = ev.created ? Date.parse(ev.created) : Date.now();
     if (ev.type === "progress") {
       const name = d.stage || "job";
@@ -84,6 +103,10 @@
       if ((d.done || 0) < s.d0) { s.t0 = t; s.d0 = d.done || 0; }  // a restarted stage (resume)
       Object.assign(s, {done: d.done || 0, total: d.total || 0, t: t});
       dirty.stages = true;
+      if (fresh) {
+        Object.assign(state.header, {stage: name, progress: s.total ? s.done / s.total : 0});
+        dirty.header = true;
+      }
     } else if (ev.type === "metric") {
       if (typeof d.value !== "number" || !d.name) return;
       const pts = state.metrics.get(d.name) || [];
@@ -96,7 +119,7 @@
       addLog(t, d.message || JSON.stringify(d));
     } else if (ev.type === "status") {
       addLog(t, `[${d.status}] ${d.message || ""}`);
-      if (d.status) setStatus(d.status);
+      if (d.status && fresh) statusChange(ev, d);
     }
   }
 
@@ -167,7 +190,7 @@
   }
 
   // ---------------------------------------------------------------- rendering (batched per frame)
-  const dirty = {stages: false, metrics: false, log: false};
+  const dirty = {stages: false, metrics: false, log: false, header: true};
   let frameQueued = false;
   function schedule() {
     if (frameQueued) return;
@@ -228,32 +251,79 @@
       pre.textContent = state.log.join("\n") || "(no log lines yet)";
       if (stick) pre.scrollTop = pre.scrollHeight;
     }
+    if (dirty.header) { dirty.header = false; renderHeader(); }
     $("last-seq").textContent = String(state.lastSeq);
   }
 
-  function setStatus(status) {
-    const was = state.status;
-    state.status = status;
-    const badge = $("status");
-    badge.textContent = status;
-    badge.className = `badge ${status}`;
-    $("cancel-form").hidden = !["queued", "running"].includes(status);
-    $("retry-form").hidden = !["failed", "cancelled"].includes(status);
-    dirty.stages = true;
-    // The results table and plots are rendered by the server: reload once when the job ends live.
-    if (FINISHED.includes(status) && !FINISHED.includes(was) && !cfg.finished && !state.reloadQueued) {
-      state.reloadQueued = true;
-      setTimeout(() => location.reload(), 1500);
+  // ---------------------------------------------------------------- the header (status, attempt, banners)
+  // One status event after the render moves the header the way jobs.services.lifecycle moves the row.
+  function statusChange(ev, d) {
+    const h = state.header, was = h.status;
+    state.statusSeq = ev.seq;
+    h.status = d.status;
+    if (d.status === "queued" && FINISHED.includes(was)) Object.assign(h, RETRY_RESETS);
+    else if (d.status === "queued") Object.assign(h, {worker: "", error: (d.message || "").replace(/^requeued: /, "")});
+    if (d.status === "running") {
+      if (typeof d.attempt === "number") h.attempt = d.attempt;
+      if (d.worker) h.worker = d.worker;
+      h.finished = null;
     }
+    if (FINISHED.includes(d.status)) h.finished = ev.created || new Date().toISOString();
+    if (d.status === "succeeded") Object.assign(h, {partial: false, error: ""});
+    if (d.status === "failed") h.error = d.message || h.error;
+    // Cancelled from running keeps what was written (partial); from queued it never started.
+    if (d.status === "cancelled") {
+      h.partial = was !== "queued";
+      if (was === "queued") h.error = d.message || h.error;
+    }
+    state.status = h.status;
+    dirty.stages = true;
+    dirty.header = true;
+    // Flash messages ("Job 2 queued.", "Cancel requested.") describe the action that led here; the badge
+    // now says where the job is.
+    document.querySelectorAll("ul.messages").forEach(el => el.remove());
+  }
+
+  function attemptText(h) {
+    return h.attempt ? `attempt ${h.attempt} of ${h.max_attempts}` : `not started yet (up to ${h.max_attempts} attempts)`;
+  }
+
+  function renderHeader() {
+    const h = state.header;
+    const badge = $("status");
+    badge.textContent = h.status;
+    badge.className = `badge ${h.status}`;
+    const att = $("attempt");
+    att.textContent = attemptText(h) + (h.worker && h.attempt ? ` · ${h.worker}` : "");
+    att.dataset.attempt = String(h.attempt);
+    $("job-stage").textContent = h.stage ? `${h.stage} · ${Math.round(100 * (h.progress || 0))}%` : "-";
+    $("finished-at").textContent = h.finished ? new Date(h.finished).toLocaleTimeString("en-GB") : "";
+    $("job-error").textContent = h.error || "";
+    const show = {finished: !!h.finished, partial: !!h.partial, error: !!h.error,
+                  waiting: h.status === "queued" && !!h.waiting_for};
+    document.querySelectorAll("[data-banner]").forEach(el => { el.hidden = !show[el.dataset.banner]; });
+    $("cancel-form").hidden = !["queued", "running"].includes(h.status);
+    $("retry-form").hidden = !["failed", "cancelled"].includes(h.status);
+  }
+
+  // The results table and plots are rendered by the server: reload once when the job's latest status is
+  // terminal and arrived after the render. Checked again when the timer fires: a retry may come between.
+  function maybeReload() {
+    if (state.reloadQueued || !FINISHED.includes(state.status) || state.statusSeq <= cfg.render_seq) return;
+    state.reloadQueued = true;
+    setTimeout(() => {
+      if (FINISHED.includes(state.status)) location.reload();
+      else state.reloadQueued = false;
+    }, RELOAD_DELAY_MS);
   }
 
   function setConn(text) { const el = $("conn"); if (el) el.textContent = text; }
 
   // ---------------------------------------------------------------- websocket with backoff
-  let ws = null, retryTimer = null;
+  let ws = null, retryTimer = null, polling = false;
   state.dropSocket = () => { if (ws) ws.close(); };  // lets the browser test cut the fast path
   function connect() {
-    if (!("WebSocket" in window)) { pollLoop(); return; }
+    retryTimer = null;
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     ws = new WebSocket(`${proto}//${location.host}${cfg.ws_path}?after=${state.lastSeq}`);
     ws.onopen = () => { state.socketOpen = true; state.reconnects = 0; setConn("live"); catchUp(); };
@@ -266,7 +336,7 @@
       state.socketOpen = false;
       ws = null;
       if (e.code === 4401 || e.code === 4404) { setConn("not allowed (signed out?)"); return; }
-      if (FINISHED.includes(state.status)) { setConn("finished"); catchUp(); return; }
+      if (FINISHED.includes(state.status)) { setConn("finished"); catchUp(); return; }  // a retry reopens it
       const delay = Math.min(30000, 1000 * 2 ** state.reconnects) * (0.75 + Math.random() * 0.5);
       state.reconnects++;
       setConn(`reconnecting in ${Math.round(delay / 1000)}s`);
@@ -275,9 +345,29 @@
     };
   }
 
-  function pollLoop() {  // browsers without websockets: poll REST
-    catchUp().then(() => { if (!FINISHED.includes(state.status)) setTimeout(pollLoop, 3000); });
+  // An active job has a stream (or a poll) open: at start, and again when a retry brings a finished job
+  // back. A finished job's open socket is kept: it carries the retry's events the moment they happen.
+  function ensureLive() {
+    if (FINISHED.includes(state.status) || ws || retryTimer || polling) return;
+    if ("WebSocket" in window) connect();
+    else { polling = true; pollLoop(); }
   }
+
+  function pollLoop() {  // browsers without websockets: poll REST
+    catchUp().then(() => {
+      if (!FINISHED.includes(state.status)) setTimeout(pollLoop, 3000);
+      else polling = false;
+    });
+  }
+
+  // A push can be lost on the way (channels_redis drops when a group is full); when it is the newest
+  // event no later seq shows the gap, so a quiet stream of an active job is checked against REST.
+  setInterval(() => {
+    if (!FINISHED.includes(state.status) && Date.now() - state.lastEventAt >= RESYNC_MS) {
+      state.lastEventAt = Date.now();
+      catchUp();
+    }
+  }, RESYNC_MS / 2);
 
   // ---------------------------------------------------------------- cancel / retry through the API
   function csrf() {
@@ -298,8 +388,9 @@
                                     headers: {"X-CSRFToken": csrf(), Accept: "application/json"}});
         const body = await r.json().catch(() => ({}));
         if (!r.ok) throw new Error(body.detail || (body.status && body.status.join ? body.status.join(" ") : "") || `HTTP ${r.status}`);
-        if (body.status) setStatus(body.status);
-        catchUp();
+        // The action's status event is stored before the response: the stream brings it, in seq order,
+        // and a retry's "queued" opens the stream again (ensureLive).
+        await catchUp();
       } catch (err) {
         $("action-error").textContent = err.message;
       } finally {
@@ -314,8 +405,7 @@
   render();
   wire("cancel-form", cfg.cancel_url);
   wire("retry-form", cfg.retry_url);
-  if (!cfg.finished) connect();
-  else catchUp();  // a finished job: just make sure nothing past the embedded events is missed
+  if (FINISHED.includes(state.status)) catchUp();  // finished: just make sure nothing past the page is missed
 
   // Results plots (data embedded by the server).
   if (cfg.sweep && cfg.sweep.length && $("sweep-gold")) {
