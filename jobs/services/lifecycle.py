@@ -15,6 +15,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from jobs.models import Artifact, Job, JobEvent
+from jobs.notify import notify
 from jobs.services import dispatch
 from jobs.services._common import S, _err
 from jobs.services.events import _status_event, event_append
@@ -65,7 +66,11 @@ def job_retry(*, job: Job, user=None) -> Job:
         if not n:
             job.refresh_from_db()
             raise _err("status", f"only failed or cancelled jobs can be retried; this one is {job.status}")
-        event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "retry requested"})
+        ev = event_append(
+            job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "retry requested"}
+        )
+        # Pushed like every status event, so each open page of the job follows the new attempt at once.
+        transaction.on_commit(lambda: notify(job.pk, ev))
         transaction.on_commit(lambda: dispatch.send(job.pk))
     job.refresh_from_db()
     return job

@@ -150,3 +150,24 @@ def test_should_stop_reads_cancel_flag_at_most_every_interval(job, django_assert
         assert not any(rep.should_stop() for _ in range(100))
     rep.stop_check_interval = 0.05  # once the interval has passed, the next call reads the flag again
     wait_for(rep.should_stop, timeout=10, interval=0.01, what="should_stop() to read the cancel flag")
+
+
+def test_a_retry_reaches_a_page_that_is_already_open(channel_layer, job, user, monkeypatch):
+    """The queued event of a retry is pushed like every status event: another open page of the job follows the
+    new attempt at once instead of at its next poll."""
+    from jobs import services
+
+    monkeypatch.setattr(services.dispatch, "send", lambda job_id: True)  # no worker here: the message stays unsent
+    Job.objects.filter(pk=job.pk).update(status="cancelled")
+
+    async def go():
+        comm = WebsocketCommunicator(_app(user), f"/ws/jobs/{job.pk}/")
+        connected, _ = await comm.connect(timeout=5)
+        assert connected
+        assert await comm.receive_nothing(timeout=0.3)  # nothing written yet
+        await sync_to_async(services.job_retry)(job=job)
+        pushed = await comm.receive_json_from(timeout=5)
+        assert pushed["type"] == "status" and pushed["data"] == {"status": "queued", "message": "retry requested"}
+        await comm.disconnect()
+
+    async_to_sync(go)()
