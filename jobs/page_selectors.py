@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from django.db.models import Avg
+
 from jobs import selectors
 from jobs.models import GeneratedPair, Job
 from ml.results import method_rows, sweep_points
@@ -25,6 +27,54 @@ def alpha_sweep(kind: str, results: Any) -> list[dict[str, float | None]]:
     """Points (alpha, gold, implicit) of an alpha sweep or a pre-flight check's CD runs, sorted by alpha."""
     pts = sweep_points(kind, results if isinstance(results, dict) else None)
     return [{"alpha": p.alpha, "gold": p.gold, "implicit": p.implicit} for p in pts]
+
+
+def sweep_with_pair_implicit(*, job: Job) -> list[dict[str, float | None]]:
+    """alpha_sweep's points with each missing implicit reward taken from the job's stored pairs of that alpha
+    (their mean implicit reward summed over tokens, the unit the sweep reports): a sweep whose results lack it
+    still has it in its pairs, which the scatter plots, so the chart must not say "no data"."""
+    pts = alpha_sweep(job.kind, job.results)
+    if all(p["implicit"] is not None for p in pts):
+        return pts
+    rows = (
+        GeneratedPair.objects.filter(job=job, implicit_reward_sum__isnull=False, alpha__isnull=False)
+        .values("alpha")
+        .annotate(mean=Avg("implicit_reward_sum"))
+        .values_list("alpha", "mean")
+    )
+    by_alpha = {round(float(a), 9): float(m) for a, m in rows if a is not None and m is not None}
+    for p in pts:
+        alpha = p["alpha"]
+        if p["implicit"] is None and alpha is not None:
+            p["implicit"] = by_alpha.get(round(float(alpha), 9))
+    return pts
+
+
+# What the samples box says while it has no sample, per kind and status: a finished job's note says why it has
+# none; an active job's changes live (static/jobs/job_live.js) when it starts running.
+SAMPLES_RUNNING = "No samples yet; they appear here as the job produces them."
+_NO_SAMPLES_KIND = {
+    "weak_align": "weak_align trains the weak aligned model (pi_post); it makes no samples.",
+}
+_NO_SAMPLES_STATUS: dict[str, str] = {
+    Job.Status.SUCCEEDED: "This job reported no samples.",
+    Job.Status.FAILED: "The job failed before it reported any sample.",
+    Job.Status.CANCELLED: "The job was cancelled before it reported any sample.",
+}
+
+
+def samples_note(*, job: Job) -> str:
+    """The samples box's text while it has no sample."""
+    if job.status == Job.Status.QUEUED:
+        return f"Waiting to start: {job.waiting_for}" if job.waiting_for else "Waiting to start."
+    if job.status in Job.ACTIVE:
+        return SAMPLES_RUNNING
+    if job.kind == "preflight":
+        verdict = (job.results or {}).get("verdict") if isinstance(job.results, dict) else None
+        if verdict:
+            return f"A pre-flight check's result is its verdict ({verdict}, above); it keeps no samples."
+        return "The pre-flight check ended without a verdict; see the error and the log."
+    return _NO_SAMPLES_KIND.get(job.kind) or _NO_SAMPLES_STATUS.get(str(job.status), "This job reported no samples.")
 
 
 def pair_points(*, job: Job, limit: int = 600) -> list[list[float]]:

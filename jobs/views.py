@@ -152,8 +152,10 @@ def job_detail(request, job_id: int):
         "ws_path": f"/ws/jobs/{job.pk}/",
         "cancel_url": f"{API}/jobs/{job.pk}/cancel/",
         "retry_url": f"{API}/jobs/{job.pk}/retry/",
-        "sweep": page_selectors.alpha_sweep(job.kind, job.results),
+        "sweep": page_selectors.sweep_with_pair_implicit(job=job),
         "scatter": page_selectors.scatter(job=job),
+        "samples_running": page_selectors.SAMPLES_RUNNING,
+        "pairs_url": f"{API}/jobs/{job.pk}/pairs/",
     }
     return render(
         request,
@@ -166,6 +168,7 @@ def job_detail(request, job_id: int):
             "pair_count": GeneratedPair.objects.filter(job=job).count(),
             "shards": list(selectors.job_shards(job=job)),
             "spec": page_selectors.spec_view(job=job),
+            "samples_note": page_selectors.samples_note(job=job),
             "request_lines": page_selectors.request_lines((job.config or {}).get("params")),
             "can_cancel": job.status in (Job.Status.QUEUED, Job.Status.RUNNING),
             "can_retry": job.status in (Job.Status.FAILED, Job.Status.CANCELLED),
