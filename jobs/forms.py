@@ -264,8 +264,11 @@ class JobForm(forms.Form):
     alpha = forms.FloatField(
         required=False,
         initial=DEFAULT_ALPHA,
-        help_text="0 = pure log ratio log pi_post - log pi_pre, 1 = plain pi_post sampling.",
-        widget=forms.NumberInput(attrs={"type": "range", "min": "0", "max": "1", "step": "0.05"}),
+        help_text="0 = pure log ratio log pi_post - log pi_pre, 1 = plain pi_post sampling. Type any value from 0 "
+        "to 1, or drag the slider.",
+        # The box is the field (any value, kept as typed after an error); the slider beside it (the template's,
+        # unnamed, so never sent) is a second way to set it, kept in step by job_new.js.
+        widget=forms.NumberInput(attrs={"min": "0", "max": "1", "step": "any", "inputmode": "decimal"}),
     )
     methods = forms.MultipleChoiceField(
         required=False,
@@ -280,6 +283,8 @@ class JobForm(forms.Form):
         choices=[("", "-")] + [(m, METHOD_LABELS.get(m, m)) for m in TRAIN_METHODS],
     )
 
+    METHODS_NONE = "choose at least one method to train and evaluate"
+
     def __init__(self, *args, user, **kwargs):
         super().__init__(*args, **kwargs)
         models = list(selectors.models_visible(user=user))
@@ -292,6 +297,11 @@ class JobForm(forms.Form):
             # Preferred kinds first, the rest after: any registered model may fill any role.
             ordered = [m for m in models if m.kind in kinds] + [m for m in models if m.kind not in kinds]
             self.fields[name].choices = empty + [(str(m.pk), f"{m.name} ({m.kind})") for m in ordered]
+        for name in ("weak_base", "weak_aligned", "strong", "prompts"):
+            # Django's own says "Select a valid choice. 7 is not one of ...": an id the user never saw.
+            self.fields[name].error_messages["invalid_choice"] = (
+                "that choice is no longer available (removed, or not shared with you); choose another"
+            )
         self.fields["prompts"].choices = empty + [
             (str(d.pk), f"{d.name} ({d.row_count} rows{', gold ' + d.gold if d.gold else ''})")
             for d in selectors.datasets_visible(user=user)
@@ -345,8 +355,27 @@ class JobForm(forms.Form):
                 self.add_error(
                     None, f"{name}: not a setting of kind={self.active_kind}; empty it, or pick the kind it belongs to"
                 )
+        # An unchecked box group sends nothing, which the service reads as "the default methods": on the page,
+        # where the boxes start checked, no box checked is a choice of none, so it is refused, not defaulted.
+        if data.get("kind") == Job.Kind.CONG and not data.get("methods") and "methods" not in self.errors:
+            self.add_error("methods", self.METHODS_NONE)
         self.params = params
         return data
+
+    @property
+    def alpha_slider(self) -> float:
+        """Where the slider stands: the box's number clamped to [0, 1] (the box keeps what was typed)."""
+        try:
+            value = float(self["alpha"].value())
+        except (TypeError, ValueError):
+            return DEFAULT_ALPHA
+        return min(1.0, max(0.0, value)) if math.isfinite(value) else DEFAULT_ALPHA
+
+    @property
+    def can_check(self) -> bool:
+        """Whether the service can judge the rest of an invalid form (its kind parsed), so that every error is
+        shown at once rather than the service's only after the parse errors are fixed."""
+        return "kind" in getattr(self, "cleaned_data", {})
 
     def service_kwargs(self) -> dict:
         """Arguments for jobs.services.job_create from the cleaned data."""
@@ -371,6 +400,7 @@ class JobForm(forms.Form):
         (and listed at the top), ``params.dpo`` on the dpo group, a form field's name on that field."""
         rows = {row.path: row for group in self.active_groups for row in group.rows}
         groups = {f"params.{group.key}": group for group in self.active_groups}
+        refused = set(self.errors)  # fields the form refused reached the service empty: its "needs ..." adds nothing
         for key, msgs in exc.message_dict.items():
             for msg in msgs:
                 path = re.sub(r"(\[\d+\])+$", "", key)  # params.alphas[2] -> the alphas input
@@ -380,7 +410,8 @@ class JobForm(forms.Form):
                     groups[path].errors.append(msg)
                     self.add_error(None, f"{key}: {msg}")
                 elif key in self.fields:
-                    self.add_error(key, msg)
+                    if key not in refused:
+                        self.add_error(key, msg)
                 else:
                     self.add_error(None, msg if key == "__all__" else f"{key}: {msg}")
 

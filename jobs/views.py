@@ -67,6 +67,13 @@ def job_new(request):
             else:
                 messages.success(request, f"Job {job.pk} queued.")
                 return redirect("job_detail", job_id=job.pk)
+        elif form.can_check:
+            # Every error at once: the service judges what did parse (job_build stores nothing), so a typo in
+            # one setting does not hide that, say, a model is missing.
+            try:
+                services.job_build(user=request.user, **form.service_kwargs())
+            except ValidationError as exc:
+                form.add_service_errors(exc)
     else:
         initial = {}
         chosen = next((p for p in presets if p["name"] == request.GET.get("preset")), None)

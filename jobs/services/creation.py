@@ -29,6 +29,14 @@ KIND_NEEDS: dict[str, tuple[str, ...]] = {
     Job.Kind.PREFLIGHT: ("weak_base", "weak_aligned", "prompts"),
 }
 
+# What each of those fields holds, for "needs ..." messages: the page picks by name and the API by id, so the
+# message names the role and neither way of giving it.
+NEEDED_ROLES: dict[str, str] = {
+    "weak_base": "the weak base model, pi_pre",
+    "weak_aligned": "the weak aligned model, pi_post",
+    "strong": "the strong model to train or evaluate",
+    "prompts": "the prompt dataset",
+}
 
 JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong")
 
@@ -192,10 +200,18 @@ def job_build(
         needs = ["weak_base", "weak_aligned", *needs]
 
     picked: dict[str, Any] = {}
-    for f, ident in (("weak_base", weak_base), ("weak_aligned", weak_aligned), ("strong", strong)):
-        if f in needs:
+    for f, ident in (
+        ("weak_base", weak_base),
+        ("weak_aligned", weak_aligned),
+        ("strong", strong),
+        ("prompts", prompts),
+    ):
+        if f in needs and ident in (None, ""):
+            what = "this model" if f in JOB_MODEL_FIELDS else "a prompt dataset"
+            errors.setdefault(f, []).append(f"a {kind} job needs {what} ({NEEDED_ROLES[f]}); choose one")
+        elif f in needs and f in JOB_MODEL_FIELDS:
             picked[f] = collect(_pick_model, user, ident, f)
-    ds = collect(_pick_dataset, user, prompts, "prompts") if "prompts" in needs else None
+    ds = collect(_pick_dataset, user, prompts, "prompts") if "prompts" in needs and prompts not in (None, "") else None
     spec = collect(
         _resolve_spec,
         kind=kind,

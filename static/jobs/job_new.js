@@ -3,10 +3,22 @@
 (function () {
   "use strict";
   const form = document.getElementById("job-form");
+  // alpha: the number box is the field (any value in [0, 1]); the unnamed slider beside it moves with it. A value
+  // out of range stays in the box as typed (the server says why); the slider then rests at the nearer end.
   const alpha = document.getElementById("id_alpha");
+  const slider = document.getElementById("alpha-slider");
   const out = document.getElementById("alpha-value");
-  const show = () => { out.textContent = Number(alpha.value).toFixed(2); };
+  const show = () => {
+    const v = Number(alpha.value);
+    if (alpha.value.trim() === "" || !Number.isFinite(v)) return;
+    slider.value = String(Math.min(1, Math.max(0, v)));
+    out.textContent = v.toFixed(2);
+  };
   alpha.addEventListener("input", show);
+  slider.addEventListener("input", () => {
+    alpha.value = slider.value;
+    out.textContent = Number(slider.value).toFixed(2);
+  });
   show();
 
   // Which fields each kind uses (display only; jobs.services.job_create decides what is valid).
