@@ -31,7 +31,9 @@
     header: {...cfg.header}, statusSeq: 0, lastEventAt: Date.now(), reloadQueued: false,
     stages: new Map(),   // stage -> {done, total, t0, d0, t, order}
     metrics: new Map(),  // name -> [[step, value], ...]
-    cards: new Map(),    // prompt -> {el, order}
+    cards: new Map(),    // prompt -> {el}: the samples grid's rows
+    columns: new Map(),  // source key -> {key, order, label}: the samples grid's columns
+    grid: null,
     log: [], applied: 0, socketOpen: false, reconnects: 0,
   };
   window.congLive = state;  // for the browser test and for curious humans
@@ -129,56 +131,105 @@
     dirty.log = true;
   }
 
-  // Which column a sample belongs to. Generation stages send {stage, prompt, response}; evaluation
-  // sends {stage: "evaluate", method, prompt, response}; a runner may also send plain/cd/strong keys.
-  function columnsOf(d) {
+  // The samples grid: one row per prompt (newest first), one column per source, the sources' names as the
+  // column headers. A source is where a text came from: plain pi_post, contrastive decoding, one alpha of a
+  // sweep, or one method evaluated after training. Generation stages send {stage, prompt, response}; evaluation
+  // sends {stage: "evaluate", method, prompt, response}; a sweep's stages are cd_generate_<tag> and
+  // evaluate_<tag> with <tag> = "a" + alpha (ml.spec.alpha_tag); a runner may also send plain/cd/strong keys.
+  const FIXED = {plain: [0, "plain pi_post"], cd: [1, "contrastive decoding"], strong: [50, "strong after training"]};
+  function sourcesOf(d) {
     const out = [];
-    for (const k of ["plain", "cd", "strong"]) if (typeof d[k] === "string") out.push([k, d[k], ""]);
+    for (const k of ["plain", "cd", "strong"]) if (typeof d[k] === "string") out.push([k, d[k]]);
     if (out.length || typeof d.response !== "string") return out;
-    const stage = String(d.stage || "").toLowerCase(), method = String(d.method || "");
-    let col = "cd";
-    if (stage.includes("plain") || /pi_post|weak_post|weak_aligned|^plain/i.test(method)) col = "plain";
-    else if (stage.includes("evaluate") || stage.includes("self_sample") || method) col = "strong";
-    out.push([col, d.response, method || stage]);
+    const stage = String(d.stage || ""), method = String(d.method || "");
+    const sweep = stage.match(/^(?:cd_generate|evaluate)_a(.+)$/);
+    let key;
+    if (sweep) key = `alpha:${sweep[1]}`;
+    else if (/plain/i.test(stage) || /pi_post|weak_post|weak_aligned|^plain/i.test(method)) key = "plain";
+    else if (method) key = `method:${method}`;
+    else if (stage === "cd_generate" || !stage) key = "cd";
+    else key = `stage:${stage}`;
+    out.push([key, d.response]);
     return out;
+  }
+
+  function column(key) {
+    let c = state.columns.get(key);
+    if (c) return c;
+    if (FIXED[key]) c = {order: FIXED[key][0], label: FIXED[key][1]};
+    else if (key.startsWith("alpha:")) {
+      const a = key.slice(6);
+      c = {order: 2 + (isFinite(Number(a)) ? Number(a) : 0.999), label: `CD alpha ${a}`};
+    } else c = {order: 100 + state.columns.size, label: key.replace(/^(method|stage):/, "")};
+    c.key = key;
+    state.columns.set(key, c);
+    const grid = ensureGrid();
+    const next = nextColumn(c);
+    const th = document.createElement("th");
+    th.dataset.col = key;
+    th.textContent = c.label;
+    grid.head.insertBefore(th, next ? grid.head.querySelector(`[data-col="${CSS.escape(next.key)}"]`) : null);
+    for (const card of state.cards.values()) addCell(card.el, c, next);
+    return c;
+  }
+
+  function nextColumn(c) {  // the column that follows c, in order (null: c is the last)
+    let best = null;
+    for (const o of state.columns.values()) if (o.order > c.order && (!best || o.order < best.order)) best = o;
+    return best;
+  }
+
+  function addCell(row, c, next) {
+    const td = document.createElement("td");
+    td.dataset.col = c.key;
+    td.innerHTML = '<span class="empty">-</span>';
+    row.insertBefore(td, next ? row.querySelector(`[data-col="${CSS.escape(next.key)}"]`) : null);
+    return td;
+  }
+
+  function ensureGrid() {
+    if (state.grid) return state.grid;
+    const table = document.createElement("table");
+    table.className = "grid samples-grid";
+    table.id = "samples-grid";
+    table.innerHTML = '<thead><tr class="samples-head"><th data-col="prompt">prompt</th></tr></thead><tbody></tbody>';
+    $("samples").appendChild(table);
+    $("samples-empty") && $("samples-empty").remove();
+    state.grid = {table, head: table.querySelector("thead tr"), body: table.querySelector("tbody")};
+    return state.grid;
   }
 
   function addSample(d) {
     const prompt = typeof d.prompt === "string" ? d.prompt : "";
-    const cols = columnsOf(d);
-    if (!cols.length) return;
+    const sources = sourcesOf(d);
+    if (!sources.length) return;
+    const cols = sources.map(([key]) => column(key));
     let card = state.cards.get(prompt);
     if (!card) {
-      const el = document.createElement("div");
+      const el = document.createElement("tr");
       el.className = "sample-card";
-      el.innerHTML = '<div data-col="prompt"><span class="col-title">prompt</span></div>' +
-        '<div data-col="plain"><span class="col-title">plain pi_post</span><span class="empty">-</span></div>' +
-        '<div data-col="cd"><span class="col-title">contrastive decoding</span><span class="empty">-</span></div>' +
-        '<div data-col="strong"><span class="col-title">strong after training</span><span class="empty">-</span></div>';
-      el.querySelector('[data-col="prompt"]').appendChild(document.createTextNode(prompt));
+      const p = document.createElement("td");
+      p.dataset.col = "prompt";
+      p.textContent = prompt;
+      el.appendChild(p);
+      [...state.columns.values()].sort((a, b) => a.order - b.order).forEach(c => addCell(el, c, null));
       card = {el};
       state.cards.set(prompt, card);
-      const box = $("samples");
-      box.insertBefore(el, box.firstChild);
-      $("samples-empty") && $("samples-empty").remove();
-      while (box.children.length > MAX_CARDS) {
-        const last = box.lastChild;
+      const body = ensureGrid().body;
+      body.insertBefore(el, body.firstChild);
+      while (body.children.length > MAX_CARDS) {
+        const last = body.lastChild;
         for (const [k, c] of state.cards) if (c.el === last) state.cards.delete(k);
         last.remove();
       }
     }
-    for (const [col, text, label] of cols) {
-      const cell = card.el.querySelector(`[data-col="${col}"]`);
-      const empty = cell.querySelector(".empty");
-      if (empty) empty.remove();
-      if (col !== "strong") {  // one text per column; strong lists one entry per method
-        [...cell.childNodes].forEach(n => { if (!(n.classList && n.classList.contains("col-title"))) n.remove(); });
-      }
+    sources.forEach(([, text], i) => {
+      const cell = card.el.querySelector(`td[data-col="${CSS.escape(cols[i].key)}"]`);
+      cell.textContent = "";  // one text per prompt and source: the latest
       const block = document.createElement("div");
       block.className = "sample-text";
       block.textContent = text;
       const meta = [];
-      if (col === "strong" && label) meta.push(label);
       // Two named numbers (docs/ML.md): the implicit reward is the sum over tokens; the mean is per token.
       const sum = d.implicit_reward_sum ?? d.implicit_sum, mean = d.implicit_reward_mean ?? d.implicit_mean;
       if (typeof sum === "number") meta.push(`implicit ${sum.toFixed(3)}`);
@@ -186,7 +237,7 @@
       if (typeof d.gold === "number") meta.push(`gold ${d.gold.toFixed(3)}`);
       if (meta.length) { const m = document.createElement("span"); m.className = "meta"; m.textContent = meta.join(" · "); block.appendChild(m); }
       cell.appendChild(block);
-    }
+    });
   }
 
   // ---------------------------------------------------------------- rendering (batched per frame)
@@ -277,6 +328,7 @@
       if (was === "queued") h.error = d.message || h.error;
     }
     state.status = h.status;
+    if (d.status === "running" && $("samples-empty")) $("samples-empty").textContent = cfg.samples_running;
     dirty.stages = true;
     dirty.header = true;
     // Flash messages ("Job 2 queued.", "Cancel requested.") describe the action that led here; the badge
@@ -376,11 +428,12 @@
     return m ? decodeURIComponent(m[1]) : (input ? input.value : "");
   }
 
-  function wire(formId, url) {
+  function wire(formId, url, ask) {
     const form = $(formId);
     if (!form) return;
     form.addEventListener("submit", async e => {
       e.preventDefault();
+      if (ask && !window.confirm(ask())) return;
       const btn = form.querySelector("button");
       btn.disabled = true;
       try {
@@ -403,7 +456,9 @@
   (cfg.events || []).forEach(ev => state.pending.set(ev.seq, ev));
   drain();
   render();
-  wire("cancel-form", cfg.cancel_url);
+  // Cancelling a running job stops it for good (a retry starts a new attempt): ask first.
+  wire("cancel-form", cfg.cancel_url, () => `Cancel job ${cfg.job_id}? ` +
+    (state.status === "queued" ? "It has not started; it will not run." : "It stops within a batch and keeps what it wrote, marked partial."));
   wire("retry-form", cfg.retry_url);
   if (FINISHED.includes(state.status)) catchUp();  // finished: just make sure nothing past the page is missed
 
@@ -411,8 +466,13 @@
   if (cfg.sweep && cfg.sweep.length && $("sweep-gold")) {
     congCharts.line($("sweep-gold"), {title: "gold reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
       series: [{name: "gold", points: cfg.sweep.map(p => [p.alpha, p.gold])}]});
-    congCharts.line($("sweep-implicit"), {title: "implicit reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
-      series: [{name: "implicit", points: cfg.sweep.map(p => [p.alpha, p.implicit]), color: "#d9480f"}]});
+    const implicit = cfg.sweep.filter(p => typeof p.implicit === "number" && isFinite(p.implicit));
+    if (implicit.length) {
+      congCharts.line($("sweep-implicit"), {title: "implicit reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
+        series: [{name: "implicit", points: implicit.map(p => [p.alpha, p.implicit]), color: "#d9480f"}]});
+    } else {  // truly none: neither the sweep's results nor its stored pairs carry an implicit reward
+      $("sweep-implicit").innerHTML = '<p class="muted">implicit reward vs alpha: neither this sweep\'s results nor its pairs carry an implicit reward.</p>';
+    }
   }
   const sc = cfg.scatter || {};
   if (sc.points && sc.points.length && $("scatter")) {

@@ -168,6 +168,7 @@ def test_live_page_misses_nothing_across_a_dropped_socket(
     assert page.locator("#log").inner_text().count("line ") == 11
 
     # Cancel posts to the REST API with the session and the CSRF token; the status event follows.
+    page.once("dialog", lambda d: d.accept())
     page.click("#cancel-form button")
     page.wait_for_function("() => document.getElementById('status').textContent === 'cancelling'", timeout=10_000)
     page.wait_for_function(

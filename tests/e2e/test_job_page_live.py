@@ -104,6 +104,7 @@ def test_cancel_then_retry_follows_the_new_attempt_live(
     page.wait_for_function(f"() => {STATUS} === 'running' && window.congLive.stages.size > 0", timeout=60_000)
 
     # Cancel: the page was rendered before the job finished, so it reloads once for the server's view of it.
+    page.once("dialog", lambda d: d.accept())
     with page.expect_navigation(timeout=60_000):
         page.click("#cancel-form button")
     page.wait_for_function(f"() => window.congLive && {STATUS} === 'cancelled'", timeout=20_000)
