@@ -140,6 +140,7 @@ def job_detail(request, job_id: int):
     events = [e.as_message() for e in selectors.job_events(job=job, after=0, limit=INITIAL_EVENTS)]
     live = {
         "job_id": job.pk,
+        "kind": job.kind,
         "finished": job.is_finished,
         "render_seq": render_seq,
         "header": {

@@ -142,9 +142,11 @@
     for (const k of ["plain", "cd", "strong"]) if (typeof d[k] === "string") out.push([k, d[k]]);
     if (out.length || typeof d.response !== "string") return out;
     const stage = String(d.stage || ""), method = String(d.method || "");
-    const sweep = stage.match(/^(?:cd_generate|evaluate)_a(.+)$/);
+    // A sweep's alpha: the sample's own "alpha", else its stage's or evaluation's tag ("a0.25").
+    const tag = (stage.match(/^(?:cd_generate|evaluate)_a(.+)$/) || method.match(/^a(\d.*)$/) || [])[1];
+    const alpha = cfg.kind === "alpha_sweep" && typeof d.alpha === "number" ? d.alpha : (tag === undefined ? NaN : Number(tag));
     let key;
-    if (sweep) key = `alpha:${sweep[1]}`;
+    if (isFinite(alpha)) key = `alpha:${alpha}`;
     else if (/plain/i.test(stage) || /pi_post|weak_post|weak_aligned|^plain/i.test(method)) key = "plain";
     else if (method) key = `method:${method}`;
     else if (stage === "cd_generate" || !stage) key = "cd";
@@ -156,10 +158,11 @@
   function column(key) {
     let c = state.columns.get(key);
     if (c) return c;
-    if (FIXED[key]) c = {order: FIXED[key][0], label: FIXED[key][1]};
+    if (key === "cd" && cfg.kind === "alpha_sweep") c = {order: 1, label: "contrastive decoding (alpha not reported)"};
+    else if (FIXED[key]) c = {order: FIXED[key][0], label: FIXED[key][1]};
     else if (key.startsWith("alpha:")) {
       const a = key.slice(6);
-      c = {order: 2 + (isFinite(Number(a)) ? Number(a) : 0.999), label: `CD alpha ${a}`};
+      c = {order: 2 + Number(a), label: `CD alpha ${a}`};
     } else c = {order: 100 + state.columns.size, label: key.replace(/^(method|stage):/, "")};
     c.key = key;
     state.columns.set(key, c);

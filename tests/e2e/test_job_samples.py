@@ -157,3 +157,31 @@ def test_a_queued_job_says_it_waits_and_why(web_stack, browser_page, django_user
     assert page.locator("#samples-empty").inner_text() == "Waiting to start: a GPU worker"
     assert page.locator("#pairs").count() == 0  # no pairs yet: no list
     assert page.console_errors == [], page.console_errors
+
+
+def test_a_sweep_has_one_column_per_alpha(web_stack, browser_page, django_user_model, monkeypatch):
+    """A sweep's evaluation names each run by its alpha tag (ml.spec.alpha_tag); its CD rows say their alpha
+    only when the stage sends it: those without one get a column that says so, never 'strong after training'."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from jobs.models import Job
+    from jobs.services import event_append
+
+    user = django_user_model.objects.create_user(username="uma", password=PASSWORD)
+    job = Job.objects.create(owner=user, kind="alpha_sweep", config={}, status="running", stage="cd_generate")
+    p = "review hotel :"
+    event_append(job_id=job.pk, type="sample", data={"stage": "cd_generate", "prompt": p, "response": "cd ?"})
+    event_append(
+        job_id=job.pk, type="sample", data={"stage": "cd_generate", "prompt": p, "response": "x", "alpha": 1.0}
+    )
+    for tag in ("a1.0", "a0.25"):
+        event_append(
+            job_id=job.pk, type="sample", data={"stage": "evaluate", "method": tag, "prompt": p, "response": tag}
+        )
+    page, base = browser_page, web_stack.base_url
+    _login(page, base, "uma")
+    page.goto(f"{base}/jobs/{job.pk}/")
+    page.wait_for_function("() => window.congLive && window.congLive.lastSeq === 4")
+    g = _grid(page)
+    assert g["headers"] == ["prompt", "contrastive decoding (alpha not reported)", "CD alpha 0.25", "CD alpha 1"], g
+    assert g["rows"] == [[f"prompt={p}", "cd=cd ?", "alpha:0.25=a0.25", "alpha:1=a1.0"]], g
+    assert page.console_errors == [], page.console_errors
