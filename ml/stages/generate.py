@@ -279,6 +279,7 @@ def _run(
                     **{key: r[key] for key in ("index", "sample", "prompt", "response")},
                     "implicit_reward_sum": r.get("implicit_reward_sum"),
                     "implicit_reward_mean": r.get("implicit_reward_mean"),
+                    "alpha": r.get("alpha"),  # a sweep's page puts the sample under its alpha
                 }
             )
         rewards = [r["implicit_reward_mean"] for r in rows if r.get("implicit_reward_mean") is not None]

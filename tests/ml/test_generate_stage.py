@@ -62,6 +62,7 @@ def test_cd_generate_writes_rows_and_summary(tiny_pair_dirs, tiny_prompts_file, 
     progress = rep.of("progress")
     assert progress[-1] == ("cd_generate", 6, 6) and len(progress) == 3
     assert len(rep.of("sample")) == 6  # two per batch of two
+    assert {e["alpha"] for e in rep.of("sample")} == {0.4}  # a sweep's page files each sample under its alpha
 
 
 def test_cd_generate_resumes_after_stop_and_matches_uninterrupted_run(tiny_pair_dirs, tiny_prompts_file, tmp_path):
