@@ -101,7 +101,9 @@ def test_launched_sft_reports_stops_at_a_checkpoint_and_resumes_on_two_processes
     assert done["resumed_from"]  # from the stop's checkpoint
     bars = [p for p in rep.of("progress") if p[0] == "sft"]
     assert bars[-1] == ("sft", 4, 4)  # rank 0's progress reached the caller
-    assert [m for m in rep.of("metric") if m[0] == "sft/loss"]
+    # The losses reached the caller (in the first run or the resumed one: on a loaded machine the ranks may reach
+    # the last step before the launcher has seen the first report and written STOP).
+    assert [m for m in stopping.of("metric") + rep.of("metric") if m[0] == "sft/loss"]
     assert yaml.safe_load((tmp_path / "out" / "launch" / "config.yaml").read_text())["distributed"] == "ddp"
     # Finished: a rerun returns the summary at once, as an in-process stage does.
     assert Launched(2)("sft_cong_s", sft, cfg, RecordingReporter()) == done
