@@ -179,3 +179,12 @@ def browser_page(tmp_path):
         finally:
             context.close()
             browser.close()
+
+
+def login(page, base: str, username: str, password: str) -> None:
+    """Sign in through the log-in page, as a user would, and land on the dashboard."""
+    page.goto(f"{base}/accounts/login/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/")

@@ -13,6 +13,8 @@ import re
 import pytest
 from playwright.sync_api import expect
 
+from tests.e2e.conftest import login
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 
 PASSWORD = "pw-e2e-admin-123"
@@ -109,14 +111,6 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, scre
     assert page.console_errors == [], page.console_errors
 
 
-def _login(page, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
-
-
 def test_live_page_misses_nothing_across_a_dropped_socket(
     web_stack, browser_page, django_user_model, monkeypatch, settings, redis_url
 ):
@@ -137,7 +131,7 @@ def test_live_page_misses_nothing_across_a_dropped_socket(
 
     emit("log", {"message": "line 1 before the page"})
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "bo", PASSWORD)
+    login(page, base, "bo", PASSWORD)
     page.goto(f"{base}/jobs/{job.pk}/")
     page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=20_000)
     for i in range(2, 6):
@@ -222,7 +216,7 @@ def test_results_and_compare_pages_draw_tables_and_plots(
     ]
     b = Job.objects.create(owner=user, kind="alpha_sweep", status="succeeded", config={}, results={"alphas": sweep})
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "cy", PASSWORD)
+    login(page, base, "cy", PASSWORD)
 
     page.goto(f"{base}/jobs/{a.pk}/")
     assert page.locator("#results tbody tr").count() == 3
@@ -254,7 +248,7 @@ def test_new_job_settings_fields_and_the_spec_table(
 
     django_user_model.objects.create_user(username="di", password=PASSWORD)
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "di", PASSWORD)
+    login(page, base, "di", PASSWORD)
     page.goto(f"{base}/jobs/new/")
     page.get_by_role("button", name=re.compile("full ConG pipeline")).click()
     assert page.locator("#id_kind").input_value() == "cong"

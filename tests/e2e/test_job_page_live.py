@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.e2e.conftest import login
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
 PASSWORD = "pw-e2e-live-123"
@@ -41,11 +43,7 @@ def _job(stack, user, alphas: int = 21):
 
 def _signed_in(page, base: str, django_user_model, username: str):
     user = django_user_model.objects.create_user(username=username, password=PASSWORD)
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
+    login(page, base, username, PASSWORD)
     return user
 
 

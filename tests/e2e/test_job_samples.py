@@ -10,19 +10,13 @@ from __future__ import annotations
 
 import pytest
 
+from tests.e2e.conftest import login
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(150)]
 
 PASSWORD = "pw-e2e-samples-123"
 PROMPTS = ["review hotel :", "review movie :", "review book :"]
 METHODS = ["cong", "weak_sft", "strong_base"]
-
-
-def _login(page, base: str, username: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
 
 
 def _grid(page) -> dict:
@@ -73,7 +67,7 @@ def test_samples_grid_pairs_list_and_cancel_confirmation(
         for i in range(60)
     )
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "ines")
+    login(page, base, "ines", PASSWORD)
     page.goto(f"{base}/jobs/{job.pk}/")
     page.wait_for_function("() => document.getElementById('conn').textContent === 'live'", timeout=20_000)
 
@@ -151,7 +145,7 @@ def test_a_queued_job_says_it_waits_and_why(web_stack, browser_page, django_user
     user = django_user_model.objects.create_user(username="otto", password=PASSWORD)
     job = Job.objects.create(owner=user, kind="cong", config={}, status="queued", waiting_for="a GPU worker")
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "otto")
+    login(page, base, "otto", PASSWORD)
     page.goto(f"{base}/jobs/{job.pk}/")
     page.wait_for_function("() => window.congLive && window.congLive.lastSeq >= 0")
     assert page.locator("#samples-empty").inner_text() == "Waiting to start: a GPU worker"
@@ -178,7 +172,7 @@ def test_a_sweep_has_one_column_per_alpha(web_stack, browser_page, django_user_m
             job_id=job.pk, type="sample", data={"stage": "evaluate", "method": tag, "prompt": p, "response": tag}
         )
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "uma")
+    login(page, base, "uma", PASSWORD)
     page.goto(f"{base}/jobs/{job.pk}/")
     page.wait_for_function("() => window.congLive && window.congLive.lastSeq === 4")
     g = _grid(page)

@@ -8,17 +8,11 @@ import re
 
 import pytest
 
+from tests.e2e.conftest import login
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
 
 PASSWORD = "pw-e2e-form-123"
-
-
-def _login(page, base: str, username: str, password: str) -> None:
-    page.goto(f"{base}/accounts/login/")
-    page.fill("#id_username", username)
-    page.fill("#id_password", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/")
 
 
 def _errors(page, field: str) -> str:
@@ -36,7 +30,7 @@ def test_alpha_box_and_every_error_next_to_its_field(
 
     django_user_model.objects.create_user(username="nu", password=PASSWORD)
     page, base = browser_page, web_stack.base_url
-    _login(page, base, "nu", PASSWORD)
+    login(page, base, "nu", PASSWORD)
     page.goto(f"{base}/jobs/new/")
 
     # The Kind select is as wide as its longest label (nothing cut off), measured with the select's own font.

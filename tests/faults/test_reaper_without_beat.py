@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from jobs import services
 from jobs.models import GeneratedPair, Job, JobEvent
-from tests.jobs.conftest import finished_job, make_prompts, wait_for
+from tests.faults.conftest import SLOW_N, slow_cd_job
+from tests.jobs.conftest import finished_job, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-N = 120  # prompts; at batch_size 1 and 16 forced tokens a tiny model takes ~60 ms each: a ~8 s job
+N = SLOW_N
 
 
 def _pairs(job) -> int:
@@ -23,17 +23,7 @@ def _pairs(job) -> int:
 
 
 def test_a_killed_workers_job_is_requeued_by_the_next_workers_own_reaper(celery_worker_proc, user, weak_pair):
-    wb, wa = weak_pair
-    ds = services.dataset_create(name="p", chunks=[make_prompts(N)], owner=user)
-    job = services.job_create(
-        user=user,
-        kind="cd_generate",
-        weak_base=wb.pk,
-        weak_aligned=wa.pk,
-        prompts=ds.pk,
-        alpha=0.4,
-        params={"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}},
-    )
+    job = slow_cd_job(user, weak_pair)
     wait_for(lambda: _pairs(job) >= 10, 60, what=f"first pairs; log:\n{celery_worker_proc.tail()}")
     celery_worker_proc.kill9()  # main process and pool child: no cleanup, its reaper thread dies with it
     assert 0 < _pairs(job) < N, "the job must be killed half way"

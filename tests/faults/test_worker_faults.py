@@ -18,27 +18,13 @@ from django.core.management import call_command
 
 from jobs import services
 from jobs.models import Artifact, GeneratedPair, Job, JobEvent
-from tests.jobs.conftest import WorkerProc, finished_job, make_prompts, point_celery_at, wait_for
+from tests.faults.conftest import SLOW_N, slow_cd_job
+from tests.jobs.conftest import WorkerProc, finished_job, point_celery_at, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-N = 120  # prompts; at batch_size 1 and 16 forced tokens a tiny model takes ~60 ms each: a ~8 s job
-
-
-def _job(user, weak_pair, n=N, **kw):
-    ds = services.dataset_create(name=f"p{n}", chunks=[make_prompts(n)], owner=user)
-    wb, wa = weak_pair
-    params = {"batch_size": 1, "max_new_tokens": 16, "cd_generate": {"ignore_eos": True}}
-    return services.job_create(
-        user=user,
-        kind="cd_generate",
-        weak_base=wb.pk,
-        weak_aligned=wa.pk,
-        prompts=ds.pk,
-        alpha=0.4,
-        params=params,
-        **kw,
-    )
+N = SLOW_N
+_job = slow_cd_job
 
 
 NOT_CLAIMED = "not claimed (finished, cancelled, or held by another worker)"
