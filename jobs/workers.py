@@ -77,9 +77,12 @@ def capacity_queues(gpus: int) -> list[str]:
 
 def waiting_reason(gpus: int) -> str:
     """Why a job needing ``gpus`` devices cannot start now ("" when a live worker can take it)."""
-    if gpus <= 1 or any(w.get("gpus", 0) >= gpus for w in live(queue_for(gpus))):
+    if gpus <= 1:
         return ""
-    most = max((int(w.get("gpus", 0)) for w in live()), default=0)
+    everyone = live(queue="")  # one registry read for both questions
+    if any(w.get("gpus", 0) >= gpus and queue_for(gpus) in w.get("queues", []) for w in everyone):
+        return ""
+    most = max((int(w.get("gpus", 0)) for w in everyone if GENERATION_QUEUE in w.get("queues", [])), default=0)
     return (
         f"waiting for a worker with {gpus} GPUs (the live workers have at most {most}); start one on a host with "
         f"{gpus} devices, or set WORKER_GPUS"

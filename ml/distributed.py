@@ -37,6 +37,13 @@ DISTRIBUTED_MODES = {
     "bigger models).",
 }
 DEFAULT_MODE = "ddp"
+
+
+def modes_help() -> str:
+    """The modes and what each does, as one line of help text (the web form's setting, the CLI's flag)."""
+    return "; ".join(f"{k}: {v}" for k, v in DISTRIBUTED_MODES.items())
+
+
 RESULT = "result.json"  # a launched stage's summary, stopped or finished, written by its first rank (ml.cli)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES, mode_unavailable
+from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES, mode_unavailable, modes_help
 from ml.spec import DEFAULT_LIMITS
 
 # The kinds that run a generation stage (ml.execute hands each one to its GenerationRunner), and those that train
@@ -76,7 +76,7 @@ DISTRIBUTED = ExecutionSetting(
     "distributed",
     DEFAULT_MODE,
     TRAINING_KINDS,
-    "How the training processes share the model: " + "; ".join(f"{k}: {v}" for k, v in DISTRIBUTED_MODES.items()),
+    "How the training processes share the model: " + modes_help(),
     lambda limit: {"enum": list(DISTRIBUTED_MODES)},
     str,
     _check_mode,

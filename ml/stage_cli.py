@@ -53,14 +53,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def add_distributed_arg(p: argparse.ArgumentParser) -> None:
-    from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES
+    from ml.distributed import DEFAULT_MODE, DISTRIBUTED_MODES, modes_help
 
     p.add_argument(
         "--distributed",
         choices=list(DISTRIBUTED_MODES),
         default=None,
-        help=f"how the processes share the training (default {DEFAULT_MODE}): "
-        + "; ".join(f"{k}: {v}" for k, v in DISTRIBUTED_MODES.items()),
+        help=f"how the processes share the training (default {DEFAULT_MODE}): {modes_help()}",
     )
 
 
@@ -102,7 +101,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
     import yaml
 
     from ml.distributed import is_main, launch, world
-    from ml.reporter import FileReporter, Reporter, StopOnly
+    from ml.reporter import FileReporter, Reporter
     from ml.stages import DISTRIBUTED_STAGES
 
     if (args.nproc > 1 or args.distributed) and args.name not in DISTRIBUTED_STAGES:
@@ -130,8 +129,7 @@ def _cmd_stage(args: argparse.Namespace) -> int:
         rep = FileReporter(Path(args.report_dir) / "events.jsonl", Path(args.report_dir) / "STOP", args.watch_pid)
     else:
         rep = console_reporter(args)
-    if not is_main():
-        rep = StopOnly(rep)  # one rank speaks for the group; all stop together
+    # Only the first rank reports: every training stage wraps its reporter itself (ml.stages.callbacks.for_rank).
     summary = getattr(importlib.import_module(module), fn_name)(cfg, rep)
     if is_main():
         _print_json(summary)

@@ -48,7 +48,8 @@ def send(job_id: int) -> bool:
         Job.objects.filter(pk=job_id, send_pending=True).update(send_pending=False)
     except Exception:  # the message is out; a stale flag only costs one harmless duplicate send
         log.exception("could not clear send_pending for job %s", job_id)
-    note_waiting(job_id, gpus)
+    if gpus > 1:  # a one-device job is never waiting for capacity: its reason stays empty
+        note_waiting(job_id, gpus)
     return True
 
 

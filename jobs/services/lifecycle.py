@@ -232,6 +232,7 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
     for pk in unsent:  # read before the requeues above: a requeue whose own send just failed waits a pass
         done.append((pk, "resent" if dispatch.send(pk) else "resend failed"))
     # Jobs waiting for a worker with enough devices: their reason follows the live workers.
-    for pk in Job.objects.filter(status=S.QUEUED, config__spec__execution__gpus__gt=1).values_list("pk", flat=True):
-        dispatch.note_waiting(pk)
+    waiting = Job.objects.filter(status=S.QUEUED, config__spec__execution__gpus__gt=1)
+    for pk, gpus in waiting.values_list("pk", "config__spec__execution__gpus"):
+        dispatch.note_waiting(pk, int(gpus))
     return done
