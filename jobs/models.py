@@ -159,6 +159,11 @@ class Job(models.Model):
         default="",
         help_text="Why a queued job has not started, when no live worker can take it (e.g. it needs 4 GPUs).",
     )
+    review_guidelines = models.TextField(
+        blank=True,
+        default="",
+        help_text="What reviewers of its pairs should approve, reject or edit; shown on its review desk.",
+    )
 
     class Meta:
         ordering = ["-created", "-id"]

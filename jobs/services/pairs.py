@@ -62,18 +62,21 @@ def pair_store(
     )
 
 
+# Each review action and the state it leaves a pair in (the review desk's bulk actions read the same table).
+REVIEW_ACTIONS = {
+    "approve": GeneratedPair.Review.APPROVED,
+    "reject": GeneratedPair.Review.REJECTED,
+    "edit": GeneratedPair.Review.EDITED,
+}
+
+
 def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = "") -> GeneratedPair:
     """approve / reject / edit one generated pair (edit keeps the text used in exports)."""
-    actions = {
-        "approve": GeneratedPair.Review.APPROVED,
-        "reject": GeneratedPair.Review.REJECTED,
-        "edit": GeneratedPair.Review.EDITED,
-    }
-    if action not in actions:
-        raise _err("action", f"action must be one of {', '.join(actions)}")
+    if action not in REVIEW_ACTIONS:
+        raise _err("action", f"action must be one of {', '.join(REVIEW_ACTIONS)}")
     if action == "edit" and not (edited_text or "").strip():
         raise _err("edited_text", "an edit needs the new response text")
-    pair.review_status = actions[action]
+    pair.review_status = REVIEW_ACTIONS[action]
     pair.edited_text = edited_text if action == "edit" else pair.edited_text
     pair.reviewer = user
     pair.reviewed_at = timezone.now()
