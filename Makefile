@@ -24,7 +24,16 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-install: $(VENV)/.installed
+# The pages' browser libraries (uPlot for the charts), pinned by package-lock.json, from the npm registry into
+# static/vendor/ (ignored by git, never a CDN): package.json's "vendor" script names the files. The stamp re-runs
+# npm only when the lock file changed. Without npm the pages still load and say "charts need `make install`".
+VENDOR := static/vendor/.installed
+$(VENDOR): package.json package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --omit=dev --no-audit --no-fund --loglevel=error && npm run --silent vendor && touch $@; \
+	else echo "make install: npm not found; skipping the charts library (static/vendor/): the job pages will say 'charts need make install'"; fi
+
+install: $(VENV)/.installed $(VENDOR)
 
 demo: install
 	$(PY) -m congweb.launcher demo --port $(PORT) $(if $(DEMO_EXIT),--exit,)
