@@ -1,8 +1,9 @@
-"""Django admin: the review desk for generated pairs, and read-mostly views of everything else.
+"""Django admin: the list and review of generated pairs, and read-mostly views of everything else.
 
-Every review (bulk approve/reject, the change form's buttons, editing the chosen text) goes through
-jobs.services.pair_review, which records the reviewer and the time. Models and datasets are registered
-through the API/services (path and file checks), so the admin does not add them.
+Each pair links to its job's review desk (/jobs/<id>/review/, jobs/review_views.py), which reviews one pair
+at a time by keyboard. Every review (bulk approve/reject, the change form's buttons, editing the chosen
+text) goes through jobs.services.pair_review, which records the reviewer and the time. Models and datasets
+are registered through the API/services (path and file checks), so the admin does not add them.
 """
 
 from __future__ import annotations
@@ -173,7 +174,14 @@ class GeneratedPairAdmin(admin.ModelAdmin):
 
     @admin.display(description="job", ordering="job")
     def job_link(self, obj):
-        return format_html('<a href="{}">{}</a>', reverse("job_detail", args=[obj.job_id]), obj.job_id)
+        # The job's review desk (jobs/review_views.py): the same review, one pair at a time, by keyboard.
+        return format_html(
+            '<a href="{}">{}</a><span class="pair-note"><a href="{}?pair={}">review desk</a></span>',
+            reverse("job_detail", args=[obj.job_id]),
+            obj.job_id,
+            reverse("review_desk", args=[obj.job_id]),
+            obj.pk,
+        )
 
     @admin.display(description="prompt")
     def prompt_col(self, obj):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import memory_views, views
+from . import memory_views, review_views, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -12,4 +12,9 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel_page"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry_page"),
+    path("jobs/<int:job_id>/review/", review_views.review_desk, name="review_desk"),
+    path("jobs/<int:job_id>/review/state/", review_views.review_state, name="review_state"),
+    path("jobs/<int:job_id>/review/act/", review_views.review_act, name="review_act"),
+    path("jobs/<int:job_id>/review/bulk/", review_views.review_bulk, name="review_bulk"),
+    path("jobs/<int:job_id>/review/guidelines/", review_views.review_guidelines, name="review_guidelines"),
 ]
