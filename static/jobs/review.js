@@ -52,7 +52,7 @@
   }
 
   function side(name, text) {
-    const box = document.querySelector(`[data-side="${name}"] .review-text`);
+    const box = document.querySelector(`[data-side="${name}"] > .review-text`);
     const missing = text === null || text === undefined;
     const blank = !missing && !String(text).trim();
     box.textContent = missing ? NOT_GENERATED : (blank ? EMPTY : text);
