@@ -20,7 +20,8 @@
   const cfg = JSON.parse(document.getElementById("live-config").textContent);
   const $ = id => document.getElementById(id);
   const FINISHED = ["succeeded", "failed", "cancelled"];
-  const MAX_CARDS = 30, MAX_LOG = 300, MAX_CHARTS = 8;
+  const MAX_CARDS = 30, MAX_LOG = 300;
+  const charts = congJobCharts(cfg, schedule);  // metrics and results plots: static/jobs/job_charts.js
 
   // What jobs.services.job_retry resets when it puts a finished job back in the queue.
   const RETRY_RESETS = {attempt: 0, partial: false, error: "", finished: null, worker: ""};
@@ -30,7 +31,7 @@
     lastSeq: 0, pending: new Map(), status: cfg.header.status,
     header: {...cfg.header}, statusSeq: 0, lastEventAt: Date.now(), reloadQueued: false,
     stages: new Map(),   // stage -> {done, total, t0, d0, t, order}
-    metrics: new Map(),  // name -> [[step, value], ...]
+    metrics: charts.metrics,  // name -> series key (stage) -> Map step -> value
     cards: new Map(),    // prompt -> {el}: the samples grid's rows
     columns: new Map(),  // source key -> {key, order, label}: the samples grid's columns
     grid: null,
@@ -110,14 +111,11 @@
         dirty.header = true;
       }
     } else if (ev.type === "metric") {
-      if (typeof d.value !== "number" || !d.name) return;
-      const pts = state.metrics.get(d.name) || [];
-      pts.push([typeof d.step === "number" ? d.step : pts.length, d.value]);
-      state.metrics.set(d.name, pts);
-      dirty.metrics = true;
+      charts.metric(d);
     } else if (ev.type === "sample") {
       addSample(d);
     } else if (ev.type === "log") {
+      charts.log(d.message);  // a pipeline's "pipeline: stage X" names the series of the metrics after it
       addLog(t, d.message || JSON.stringify(d));
     } else if (ev.type === "status") {
       addLog(t, `[${d.status}] ${d.message || ""}`);
@@ -244,7 +242,7 @@
   }
 
   // ---------------------------------------------------------------- rendering (batched per frame)
-  const dirty = {stages: false, metrics: false, log: false, header: true};
+  const dirty = {stages: false, log: false, header: true};
   let frameQueued = false;
   function schedule() {
     if (frameQueued) return;
@@ -284,20 +282,7 @@
       }
       if (!state.stages.size) box.innerHTML = '<p class="muted">No progress reported yet.</p>';
     }
-    if (dirty.metrics) {
-      dirty.metrics = false;
-      const box = $("metrics");
-      // Losses first (the loss curve is what people look for), then the rest by name.
-      const names = [...state.metrics.keys()].sort((a, b) => (!/loss/i.test(a)) - (!/loss/i.test(b)) || a.localeCompare(b));
-      box.textContent = "";
-      names.slice(0, MAX_CHARTS).forEach(n => {
-        const el = document.createElement("div");
-        el.dataset.metric = n;
-        box.appendChild(el);
-        congCharts.line(el, {title: n, series: [{name: n, points: state.metrics.get(n)}], xLabel: "step"});
-      });
-      if (!names.length) box.innerHTML = '<p class="muted">No metrics yet.</p>';
-    }
+    charts.render();  // the metrics' charts whose data changed
     if (dirty.log) {
       dirty.log = false;
       const pre = $("log");
@@ -465,21 +450,5 @@
   wire("retry-form", cfg.retry_url);
   if (FINISHED.includes(state.status)) catchUp();  // finished: just make sure nothing past the page is missed
 
-  // Results plots (data embedded by the server).
-  if (cfg.sweep && cfg.sweep.length && $("sweep-gold")) {
-    congCharts.line($("sweep-gold"), {title: "gold reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
-      series: [{name: "gold", points: cfg.sweep.map(p => [p.alpha, p.gold])}]});
-    const implicit = cfg.sweep.filter(p => typeof p.implicit === "number" && isFinite(p.implicit));
-    if (implicit.length) {
-      congCharts.line($("sweep-implicit"), {title: "implicit reward vs alpha", xLabel: "alpha", xDomain: [0, 1],
-        series: [{name: "implicit", points: implicit.map(p => [p.alpha, p.implicit]), color: "#d9480f"}]});
-    } else {  // truly none: neither the sweep's results nor its stored pairs carry an implicit reward
-      $("sweep-implicit").innerHTML = '<p class="muted">implicit reward vs alpha: neither this sweep\'s results nor its pairs carry an implicit reward.</p>';
-    }
-  }
-  const sc = cfg.scatter || {};
-  if (sc.points && sc.points.length && $("scatter")) {
-    congCharts.scatter($("scatter"), {title: `implicit vs gold reward (${sc.points.length} ${sc.unit})`,
-      points: sc.points, xLabel: "implicit reward", yLabel: "gold"});
-  }
+  charts.results();  // the results plots (data embedded by the server)
 })();
