@@ -243,6 +243,9 @@ def test_act_reviews_and_moves_to_the_next_pending_under_the_filter(client, job,
         post(client, url(job, "act"), {"pair": pair(job, 3).pk, "action": "edit", "edited_text": 5}).status_code == 400
     )
     assert client.post(url(job, "act"), data="[1", content_type="application/json").status_code == 400
+    unstorable = post(client, url(job, "act"), {"pair": pair(job, 3).pk, "action": "edit", "edited_text": "\ud800"})
+    assert unstorable.status_code == 400 and "body" in unstorable.json()["errors"]  # a lone surrogate
+    assert pair(job, 3).review_status == "pending"
     assert client.get(url(job, "act")).status_code == 405
     # The last pending under the filter: the desk stays on it.
     out = post(client, f"{url(job, 'act')}?{f}", {"pair": pair(job, 5).pk, "action": "reject"}).json()
