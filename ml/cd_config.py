@@ -8,8 +8,10 @@ ml.contrastive re-exports both names, so ``from ml.contrastive import CDConfig``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 REPETITION_PENALTY_SCOPES = ("all", "generated")
+COMPILE_MODES = ("off", "on", "auto")
 
 
 @dataclass
@@ -67,6 +69,14 @@ class CDConfig:
         default=None,
         metadata={"help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."},
     )
+    compile: str = field(
+        default="off",
+        metadata={
+            "help": "Decode with the compiled path (ml.cd_compiled: static KV caches, torch.compile, finished rows "
+            "refilled with the next prompt): 'off' = the eager loop, 'on' = compiled (an error if the models "
+            "cannot be), 'auto' = compiled on CUDA GPUs, eager elsewhere (docs/ML.md). Greedy output is the same."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -103,6 +113,10 @@ class CDConfig:
                 f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
             ),
             (
+                self.compile in COMPILE_MODES,
+                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}",
+            ),
+            (
                 self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
                 f"max_prompt_tokens must be None or >= 1, got {self.max_prompt_tokens}",
             ),
@@ -110,3 +124,14 @@ class CDConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"CDConfig: {msg}")
+
+
+# One setting, offered by the CD job (CDGenerateConfig.plain) and the pipelines (PipelineConfig.plain).
+PLAIN_FIELD_HELP = (
+    "Also sample plain pi_post for the same prompts, so every generated pair shows CD beside a plain sample "
+    "(the review's comparison side, and the WeakSFT/WSPO/AuxConf data; false saves that generation)."
+)
+
+
+def plain_field() -> Any:
+    return field(default=True, metadata={"help": PLAIN_FIELD_HELP})

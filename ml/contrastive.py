@@ -12,9 +12,9 @@ Where the reference decodes one prompt at a time, this module decodes a batch: p
 length (less padding), LEFT padded, and fed with explicit position ids (GPT-2 style absolute positions
 would otherwise count the pads). Each model keeps its own KV cache. Rows that reach EOS are dropped
 from the batch (their cache rows too) once enough of them have finished, so finished rows stop costing
-compute. Refilling freed rows with new prompts (continuous batching) would need ragged per-row cache
-lengths, which DynamicCache does not have; sorting by prompt length plus dropping finished rows gets
-most of that benefit with far less machinery.
+compute. Refilling freed rows with new prompts (continuous batching) needs ragged per-row cache lengths,
+which DynamicCache does not have: that is the compiled path's job (ml.cd_compiled, ``CDConfig.compile``),
+which calls the same per-step arithmetic (``processed_scores``, ``pick_next``).
 
 Token accounting: ``Generation.token_ids`` holds the generated ids up to and INCLUDING the EOS that
 ended the row (so a training step that appends EOS sees the same sequence); ``Generation.text`` is the
@@ -31,11 +31,18 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-# CDConfig lives in ml.cd_config (this module would otherwise pass the 500-line limit); the explicit
-# "as" re-export keeps ``from ml.contrastive import CDConfig`` working, for mypy's no_implicit_reexport too.
+# CDConfig lives in ml.cd_config and the prompt helpers in ml.cd_prompts (this module would otherwise pass the
+# 500-line limit); the explicit "as" re-exports keep ``from ml.contrastive import CDConfig, encode_prompt, ...``
+# working, for mypy's no_implicit_reexport too.
 from ml.cd_config import REPETITION_PENALTY_SCOPES as REPETITION_PENALTY_SCOPES
 from ml.cd_config import CDConfig as CDConfig
-from ml.modeling import check_same_vocab, context_of, pad_batch
+from ml.cd_prompts import check_weak_pair as check_weak_pair
+from ml.cd_prompts import context_limit as context_limit
+from ml.cd_prompts import encode_prompt as encode_prompt
+from ml.cd_prompts import encode_response as encode_response
+from ml.cd_prompts import eos_ids_of as eos_ids_of
+from ml.cd_prompts import model_vocab_size as model_vocab_size
+from ml.modeling import pad_batch
 from ml.reporter import Reporter, or_null
 
 if TYPE_CHECKING:  # transformers is imported lazily at run time (keeps `import ml.contrastive` light)
@@ -104,75 +111,7 @@ def cd_scores(
 
 
 # ---------------------------------------------------------------------------------------------------
-# Prompts and checks shared with scoring
-
-
-def encode_prompt(tokenizer: Any, prompt: str, *, use_chat_template: bool) -> list[int]:
-    """Prompt ids exactly as generation sees them; scoring uses the same function, then appends the
-    separately tokenized response, so rewards and generations agree on the prompt/response boundary."""
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])  # the template has its specials
-    else:
-        ids = list(tokenizer(prompt)["input_ids"])
-    if not ids:
-        # An empty prompt still needs one position to predict from; BOS is what it means.
-        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if start is None:
-            raise ValueError("empty prompt and the tokenizer has neither a BOS nor an EOS token to start from")
-        ids = [int(start)]
-    return ids
-
-
-def encode_response(tokenizer: Any, response: str) -> list[int]:
-    return list(tokenizer(response, add_special_tokens=False)["input_ids"])
-
-
-def model_vocab_size(model: Any) -> int:
-    return (
-        int(model.get_output_embeddings().weight.shape[0])
-        if model.get_output_embeddings() is not None
-        else int(model.config.vocab_size)
-    )
-
-
-def check_weak_pair(aligned: Any, base: Any, tokenizer: Any, base_tokenizer: Any = None) -> None:
-    """CD compares logits id by id: same token->id map and same output size, or a clear ValueError."""
-    if base_tokenizer is not None:
-        check_same_vocab(tokenizer, base_tokenizer)
-    va, vb = model_vocab_size(aligned), model_vocab_size(base)
-    if va != vb:
-        raise ValueError(
-            f"the weak aligned model has {va} output tokens and the weak base model {vb}; contrastive "
-            "decoding needs both from the same family with the same vocabulary; pick another pair"
-        )
-    if len(tokenizer) > va:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the models only {va} outputs; "
-            "use the tokenizer that belongs to these models"
-        )
-    da, db = next(aligned.parameters()).device, next(base.parameters()).device
-    if da != db:
-        raise ValueError(f"the weak models are on different devices ({da} and {db}); load both on one")
-
-
-def eos_ids_of(model: Any, tokenizer: Any) -> list[int]:
-    """EOS ids from the tokenizer and the generation config (chat models often have several)."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(int(i) for i in gen_eos)
-    return sorted(ids)
-
-
-def context_limit(model: Any) -> int | None:
-    return context_of(model.config)
+# Seeds
 
 
 def batch_seed(seed: int, batch_no: int) -> int:
@@ -265,6 +204,47 @@ class GeneratedOnlyRepetitionPenalty:
         return penalised
 
 
+def processed_scores(
+    la: torch.Tensor,
+    lb: torch.Tensor,
+    rep_ids: torch.Tensor | None,
+    seen_ids: torch.Tensor,
+    procs: _Processors,
+    config: CDConfig,
+    log_rt: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One decode step's scores after the processors, plus both log-softmaxes: the whole per-step CD
+    arithmetic, shared by the eager loop here and the compiled one (ml.cd_compiled), so they cannot drift.
+
+    ``rep_ids``: the ids the repetition penalty sees (None: none yet); ids >= vocab are ignored by
+    transformers' processor, which is how both loops pad them. ``seen_ids``: what the warpers get (they
+    ignore it: temperature and top-p only look at the scores)."""
+    score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
+    if procs.rep is not None and rep_ids is not None:
+        score = procs.rep(rep_ids, score)
+    if config.do_sample:
+        for w in procs.warpers:
+            score = w(seen_ids, score)
+    return score, lp_post, lp_pre
+
+
+def pick_next(
+    score: torch.Tensor,
+    lp_post: torch.Tensor,
+    lp_pre: torch.Tensor,
+    *,
+    do_sample: bool,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(next token per row, its log pi_post - log pi_pre): a sample or the argmax of the scores."""
+    if do_sample:
+        tok = torch.multinomial(torch.softmax(score, dim=-1), 1, generator=generator).squeeze(1)
+    else:
+        tok = score.argmax(dim=-1)
+    tk = tok.unsqueeze(1)
+    return tok, (lp_post.gather(1, tk) - lp_pre.gather(1, tk)).squeeze(1)
+
+
 @dataclass
 class _Row:
     index: int
@@ -322,17 +302,11 @@ def _decode_batch(
         lb = b.prefill(ids, mask, pos)
         steps = 0
         for t in range(T):
-            score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
-            if procs.rep is not None and P + t > rep_from:
-                score = procs.rep(seen[:, rep_from : P + t], score)
-            if config.do_sample:
-                for w in procs.warpers:
-                    score = w(seen[:, : P + t], score)
-                tok = torch.multinomial(torch.softmax(score, dim=-1), 1, generator=generator).squeeze(1)
-            else:
-                tok = score.argmax(dim=-1)
+            rep_ids = seen[:, rep_from : P + t] if P + t > rep_from else None
+            scored = processed_scores(la, lb, rep_ids, seen[:, : P + t], procs, config, log_rt)
+            tok, ratio = pick_next(*scored, do_sample=config.do_sample, generator=generator)
             tk = tok.unsqueeze(1)
-            ratios[:, t] = (lp_post.gather(1, tk) - lp_pre.gather(1, tk)).squeeze(1)
+            ratios[:, t] = ratio
             gen[:, t] = tok
             seen[:, P + t] = tok
             steps = t + 1
@@ -453,6 +427,11 @@ def contrastive_generate(
         raise ValueError("the tokenizer has no EOS token; set ignore_eos=True to generate fixed lengths")
     eos = torch.tensor(eos_list or [-1], dtype=torch.long, device=device)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos_list or [0])[0]
+    if config.compile != "off":
+        from ml.cd_compiled import compiled_generate, use_compiled
+
+        if use_compiled(config.compile, aligned, base, rep):
+            return compiled_generate(aligned, base, tokenizer, rows, config, eos_list, int(pad_id), reporter=rep)
     a, b, procs = _Stepper(aligned), _Stepper(base), _Processors(config)
 
     # Longest first: batches of similar length waste little on padding, and memory peaks show up early.

@@ -41,6 +41,7 @@ TEXT_SETTINGS = {
     "loss_type",
     "lora_target_modules",
     "repetition_penalty_scope",
+    "compile",
     "ci_method",
     "stop_strings",
 }
