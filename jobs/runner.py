@@ -41,9 +41,9 @@ def run_spec(
     requested = (spec.get("execution") or {}).get("shards", "auto")
     coordinator = Coordinator(job, requested=requested, task_id=task_id, worker=worker, gold=gold)
 
-    def on_generation(path: str, index_offset: int) -> None:
+    def on_generation(path: str, index_offset: int, side: str) -> None:
         samples = Path(path)
-        mirrors.append(PairMirror(job.pk, samples, index_offset, gold=gold, worker=worker))
+        mirrors.append(PairMirror(job.pk, samples, index_offset, gold=gold, worker=worker, side=side))
         coordinator.offsets[str(samples.parent)] = index_offset
         services.artifact_record(job_id=job.pk, stage=samples.parent.name, kind="samples", path=str(samples))
 
@@ -111,7 +111,13 @@ def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
     """How many pairs the job stored and how many its gold could not score (counted from the rows, so a
     resumed attempt counts the first attempt's too); the unscored ones are said in the job's log."""
     pairs = GeneratedPair.objects.filter(job_id=job.pk)
-    counts = {"stored": pairs.count(), "score_errors": pairs.exclude(score_error="").count()}
+    counts = {
+        "stored": pairs.count(),
+        "score_errors": pairs.exclude(score_error="").count(),
+        # Both sides of a pair (jobs.worker_io.PairMirror): a plain pi_post sample, the strong model's own sample.
+        "with_plain": pairs.filter(plain__isnull=False).count(),
+        "with_rejected": pairs.filter(rejected__isnull=False).count(),
+    }
     if counts["score_errors"]:
         first = pairs.exclude(score_error="").order_by("prompt_index").first()
         assert first is not None  # counted just above

@@ -24,7 +24,7 @@ from jobs import services
 from jobs.models import Job, JobShard
 from jobs.progress import ProgressReporter
 from jobs.worker_io import Heartbeat, PairMirror, job_gold
-from ml.io import SAMPLES
+from ml.io import PAIR_SIDES, SAMPLES
 from ml.reporter import Reporter
 from ml.shards import Shard, config_from_dict, generation_plan, shard_count, shardable_stages
 
@@ -73,7 +73,13 @@ def run_shard(shard: JobShard, *, holder: str, worker: str, gold: str, after_pro
     # Only the stages whose rows the job stores as pairs are mirrored (the job's on_generation said which).
     mirror = (
         PairMirror(
-            shard.job_id, cfg.work_dir() / SAMPLES, shard.index_offset, gold=gold, shard=shard.index, worker=worker
+            shard.job_id,
+            cfg.work_dir() / SAMPLES,
+            shard.index_offset,
+            gold=gold,
+            shard=shard.index,
+            worker=worker,
+            side=PAIR_SIDES[shard.generator],
         )
         if shard.mirror_pairs
         else None

@@ -61,15 +61,19 @@ class PairMirror:
         *,
         shard: int | None = None,
         worker: str = "",
+        side: str = "chosen",
     ) -> None:
         self.job_id, self.path, self.index_offset = job_id, Path(path), index_offset
+        # "chosen" rows (CD) make the pairs; "plain" and "rejected" rows fill that side of the pair with the same
+        # prompt index (ml.io.PAIR_SIDES says which stage makes which).
+        self.side = side
         self.shard, self.worker = shard, worker  # stored with each pair: who generated it
         self.offset = 0
         self.stored = self.score_errors = 0
         # Score each pair with the dataset's gold reward as it is mirrored, so reviewers can filter and
         # sort by it (generation rows carry only the implicit reward). Programmatic golds are cheap.
         self.gold = None
-        if gold:
+        if gold and side == "chosen":
             from ml.gold import get_gold
 
             self.gold = get_gold(gold)
@@ -103,6 +107,8 @@ class PairMirror:
     def _store(self, rows: list[dict]) -> int:
         if not rows:
             return 0
+        if self.side != "chosen":
+            return self._store_side(rows)
         have = set(GeneratedPair.objects.filter(job_id=self.job_id).values_list("prompt_index", flat=True))
         new = 0
         for row in rows:
@@ -120,6 +126,18 @@ class PairMirror:
             self.stored += int(created)
             self.score_errors += int(created and bool(row.get("score_error")))
         return new
+
+    def _store_side(self, rows: list[dict]) -> int:
+        # A row whose pair was never made is skipped; the job's results count the pairs with each side filled.
+        return sum(
+            services.pair_side_store(
+                job_id=self.job_id,
+                prompt_index=int(row["index"]) + self.index_offset,
+                side=self.side,
+                text=row.get("response", ""),
+            )
+            for row in rows
+        )
 
 
 def job_gold(job: Job) -> str:

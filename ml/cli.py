@@ -73,7 +73,8 @@ def setup_torch_threads() -> None:
 def run_pipeline_and_print(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     """Run (or resume) a pipeline and print its results table; exit code 3 when it was stopped."""
     from ml.distributed import DEFAULT_MODE, training_runner
-    from ml.pipeline import results_markdown, run
+    from ml.pipeline import run
+    from ml.results import results_markdown
 
     training = training_runner(getattr(args, "nproc", 1), getattr(cfg, "distributed", DEFAULT_MODE))
     res = run(cfg, console_reporter(args), training=training)

@@ -1,8 +1,9 @@
 """Run a job's spec: the one path from a resolved spec (ml.resolve) to the stages, for the web worker and the CLI.
 
 ``execute(spec, inputs, reporter, on_generation=...)`` builds the kind's configs (ml.resolve.build) and runs them.
-``on_generation(samples_path, index_offset)`` is called before each stage that writes generated pairs, so a
-caller can follow the file as it grows (the web worker mirrors rows into its database). ``generation`` runs each
+``on_generation(samples_path, index_offset, side)`` is called before each stage that writes a side of the generated
+pairs (ml.io.PAIR_SIDES: the CD response, the plain pi_post sample, the strong model's own sample), so a caller
+can follow the file as it grows (the web worker mirrors rows into its database). ``generation`` runs each
 generation stage, whole (the default) or in shards (ml.shards; the web worker spreads shards over its workers).
 The training stages run as the spec's execution says: in this process, or on ``gpus`` processes in the
 ``distributed`` mode (ml.distributed).
@@ -16,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from ml.distributed import DEFAULT_MODE, training_runner
-from ml.io import SAMPLES
+from ml.io import PAIR_SIDES, SAMPLES
 from ml.reporter import Reporter, or_null
 from ml.resolve import JobInputs, build
 from ml.results import stamp
 from ml.shards import GenerationRunner, run_whole
 
-OnGeneration = Callable[[str, int], None]
+OnGeneration = Callable[[str, int, str], None]
 
 
-def _noop(path: str, offset: int) -> None:
+def _noop(path: str, offset: int, side: str) -> None:
     return None
 
 
@@ -58,17 +59,15 @@ def _run(
     execution = spec.get("execution") or {}
     training = training_runner(execution.get("gpus", 1), execution.get("distributed", DEFAULT_MODE))
     if "pipeline" in built:
-        from ml.pipeline import run
+        from ml.pipeline import CD_METHODS, run
 
         cfg = built["pipeline"]
-        hook(str(Path(cfg.output_dir) / "cd_generate" / SAMPLES), 0)
+        if CD_METHODS & set(cfg.methods):  # the CD samples make pairs; the other stages fill their other sides
+            for stage, side in PAIR_SIDES.items():  # the pipeline's stage folders carry the stages' names
+                hook(str(Path(cfg.output_dir) / stage / SAMPLES), 0, side)
         return run(cfg, rep, generation=generation, training=training)
     if kind == "cd_generate":
-        from ml.stages.generate import cd_generate
-
-        cfg = built["cd_generate"]
-        hook(str(Path(cfg.output_dir) / SAMPLES), 0)
-        return generation("cd_generate", cd_generate, cfg, rep)
+        return _cd_job(built["cd_generate"], rep, hook, generation)
     if kind == "alpha_sweep":
         return _sweep(built["alphas"], inputs, rep, hook, generation)
     if kind == "weak_align":
@@ -104,6 +103,23 @@ def _run(
     raise ValueError(f"no runner for kind {kind!r}")
 
 
+def _cd_job(cfg: Any, rep: Reporter, hook: OnGeneration, generation: GenerationRunner) -> dict[str, Any]:
+    """The CD job: CD samples, then (unless ``plain`` is off) plain pi_post samples for the same prompts, the side
+    each pair is reviewed against. The result is CD's summary, with the plain samples' under "plain"."""
+    from ml.stages.generate import cd_generate, plain_generate
+
+    hook(str(Path(cfg.output_dir) / SAMPLES), 0, PAIR_SIDES["cd_generate"])
+    out = generation("cd_generate", cd_generate, cfg, rep)
+    if out.get("stopped") or not cfg.plain:
+        return dict(out)
+    plain = cfg.plain_config(str(Path(cfg.output_dir).parent / "plain_generate"))
+    hook(str(Path(plain.output_dir) / SAMPLES), 0, PAIR_SIDES["plain_generate"])
+    p = generation("plain_generate", plain_generate, plain, rep)
+    if p.get("stopped"):
+        return {**p, "stage": "plain_generate"}
+    return {**out, "plain": {k: v for k, v in p.items() if not isinstance(v, (list, dict))}}
+
+
 def _sweep(
     runs: list[dict[str, Any]], inputs: JobInputs, rep: Reporter, hook: OnGeneration, generation: GenerationRunner
 ) -> dict[str, Any]:
@@ -120,7 +136,7 @@ def _sweep(
         # alphas would never reach the stage's own between-batch check.
         if rep.should_stop():
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}
-        hook(str(Path(cd.output_dir) / SAMPLES), k * n)  # rows of alpha k get prompt indexes k*n ...
+        hook(str(Path(cd.output_dir) / SAMPLES), k * n, PAIR_SIDES["cd_generate"])  # alpha k: indexes k*n ...
         s = generation(f"cd_generate_{run['tag']}", cd_generate, cd, rep)
         if s.get("stopped"):
             return {"stopped": True, "stage": f"cd_generate_{run['tag']}", "alphas": rows}

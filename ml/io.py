@@ -16,6 +16,10 @@ from typing import Any
 
 DONE_MARKER = "DONE.json"
 SAMPLES = "samples.jsonl"  # every generation/evaluation stage writes its rows here
+# The side of a reviewable pair that each generation stage's rows fill, by stage function name: the CD response is
+# the chosen side, a plain pi_post sample for the same prompt the comparison, and the strong model's own sample the
+# rejected side of ConG's DPO pair. The web worker's mirror and its shards read it from here.
+PAIR_SIDES = {"cd_generate": "chosen", "plain_generate": "plain", "self_sample": "rejected"}
 
 
 def read_jsonl(path: str | Path, *, required: Iterable[str] = ()) -> list[dict[str, Any]]:

@@ -6,12 +6,13 @@ crash or a stop skips what finished and resumes the one in progress):
 
     weak_align      pi_pre -> pi_post by DPO on gold-labelled pi_pre samples   (only if weak_aligned is unset)
     cd_generate     CD samples of (pi_post, pi_pre) on the training prompts     (cong_s, cong)
+    plain_generate  plain pi_post samples on the same prompts                   (weak_sft, wspo, auxconf;
+                    and beside CD unless plain=false: each pair's review side)
     sft_cong_s      SFT of the strong model on CD samples = ConG-S               (cong_s, cong)
     self_sample     ConG-S's own responses on the training prompts               (cong)
     dpo_cong        DPO: chosen = CD sample, rejected = own sample = ConG         (cong)
     dpo_cong_filtered  the same DPO keeping only pairs whose chosen has the higher
                     implicit reward (a measured option, never the paper's recipe) (cong_filtered)
-    plain_generate  plain pi_post samples on the training prompts                (weak_sft, wspo, auxconf)
     sft_weak        SFT of the strong model on plain samples = WeakSFT           (weak_sft)
     wspo            WSPO baseline on the plain samples                           (wspo)
     auxconf         AuxConf baseline on the plain samples                        (auxconf)
@@ -28,15 +29,18 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from ml.cd_config import plain_field
 from ml.distributed import DEFAULT_MODE, TrainingRunner, run_here
 from ml.io import SAMPLES, read_json, write_json
 from ml.reporter import Reporter, or_null
-from ml.results import RESULTS_VERSION
+from ml.results import RESULTS_VERSION, results_markdown
 from ml.shards import GenerationRunner, run_whole
 
 # The paper's methods (the default) and the options this project measures beside them.
 DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
 METHODS = (*DEFAULT_METHODS, "cong_filtered")
+PLAIN_METHODS = frozenset({"weak_sft", "wspo", "auxconf"})  # trained on plain pi_post samples
+CD_METHODS = frozenset({"cong_s", "cong", "cong_filtered"})  # trained on CD samples: the job's pairs
 LABELS = {
     "strong_base": "Strong (untrained)",
     "weak_sft": "WeakSFT",
@@ -88,6 +92,7 @@ class PipelineConfig:
     )
     lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
+    plain: bool = plain_field()
     device: str | None = field(
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
     )
@@ -339,7 +344,8 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
     common: dict[str, Any] = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
 
-    if methods & {"cong_s", "cong", "cong_filtered"}:
+    cong = methods & CD_METHODS
+    if cong:
         cd_cfg = CDGenerateConfig(
             aligned=weak_aligned,
             base=c.weak_base,
@@ -348,6 +354,20 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
             **common,
         )
         cd_samples = R.stage("cd_generate", cd_generate, cd_cfg, generation=True)["samples"]
+    plain = ""
+    if methods & PLAIN_METHODS or (cong and c.plain):
+        # Plain pi_post on the training prompts: the baselines' data, and the side each CD pair is reviewed against;
+        # made right after CD, so both sides of a pair are there before any training starts.
+        pg = PlainGenerateConfig(
+            model=weak_aligned,
+            base=c.weak_base,
+            output_dir=R.dir("plain_generate"),
+            sampling=R.decoding(),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
+            **common,
+        )
+        plain = R.stage("plain_generate", plain_generate, pg, generation=True)["samples"]
+
+    if cong:
         s = SFTStageConfig(
             **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_cong_s"), "data": cd_samples, **c.sft})
         )
@@ -387,39 +407,28 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
                 )
                 models["cong_filtered"] = R.stage("dpo_cong_filtered", dpo, d)["model_dir"]
 
-    if methods & {"weak_sft", "wspo", "auxconf"}:
-        pg = PlainGenerateConfig(
-            model=weak_aligned,
-            base=c.weak_base,
-            output_dir=R.dir("plain_generate"),
-            sampling=R.decoding(),  # type: ignore[arg-type]  # a dict of CDConfig fields: __post_init__ coerces it
-            **common,
+    if "weak_sft" in methods:
+        s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"), "data": plain, **c.sft}))
+        models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
+    if "wspo" in methods:
+        w = WSPOConfig(
+            **R.strong_kw(
+                {
+                    "model": c.strong,
+                    "output_dir": R.dir("wspo"),
+                    "data": plain,
+                    "weak_aligned": weak_aligned,
+                    "weak_base": c.weak_base,
+                    **c.wspo,
+                }
+            )
         )
-        plain = R.stage("plain_generate", plain_generate, pg, generation=True)["samples"]
-        if "weak_sft" in methods:
-            s = SFTStageConfig(
-                **R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"), "data": plain, **c.sft})
-            )
-            models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
-        if "wspo" in methods:
-            w = WSPOConfig(
-                **R.strong_kw(
-                    {
-                        "model": c.strong,
-                        "output_dir": R.dir("wspo"),
-                        "data": plain,
-                        "weak_aligned": weak_aligned,
-                        "weak_base": c.weak_base,
-                        **c.wspo,
-                    }
-                )
-            )
-            models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
-        if "auxconf" in methods:
-            a = AuxConfConfig(
-                **R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain, **c.auxconf})
-            )
-            models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
+        models["wspo"] = R.stage("wspo", wspo, w)["model_dir"]
+    if "auxconf" in methods:
+        a = AuxConfConfig(
+            **R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain, **c.auxconf})
+        )
+        models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
     models["strong_base"] = c.strong
     models["weak_post"] = weak_aligned
 
@@ -463,34 +472,3 @@ def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
     }
     row["win_rate_vs_weak_sft"] = 0.5 if name == "weak_sft" else m.get("win_rate_vs_weak_sft")
     return row
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def results_markdown(results: dict[str, Any]) -> str:
-    cfg = results["config"]
-    lines = [
-        f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}",
-        "",
-        "| Method | Gold mean | 95% CI | Valid | Implicit reward | Win vs WeakSFT | n |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in results["methods"].values():
-        lo, hi = r["gold_ci"]
-        lines.append(
-            f"| {r['label']} | {_fmt(r['gold_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['valid_rate'], 2)} "
-            f"| {_fmt(r['implicit_mean'])} | {_fmt(r['win_rate_vs_weak_sft'], 2)} | {r['n']} |"
-        )
-    lines += [
-        "",
-        "Implicit reward: log pi_post(y|x) - log pi_pre(y|x) summed over response tokens, under the weak "
-        "pair. Win rate: paired by prompt and sample against WeakSFT, ties count half.",
-        "",
-    ]
-    return "\n".join(lines)

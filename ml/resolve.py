@@ -60,6 +60,8 @@ class _Errors:
 
 
 def _unknown_msg(name: str, spec: StageSpec, known: list[str]) -> str:
+    if name in spec.refused:
+        return spec.refused[name]
     if name in spec.wired:
         return "set by the job itself, not per stage (alpha is the job's alpha; seed and lengths are params' own)"
     internal = any(f.name == name and is_internal(f) for cls in spec.classes for f in fields(cls))
@@ -225,8 +227,9 @@ def resolve(
     for path, msg in exec_errors.items():
         errs.add(path, msg)
     rec = _read_layer(ks, recommended, used, limits, _Errors(), strict=False)  # recommendations: keep what fits
+    # A value refused here (unknown, mistyped, over a limit) is left out, so the stages are still checked below on
+    # the rest: one submit reports every error, not the first kind found.
     req = _read_layer(ks, params, used, limits, errs, strict=True)
-    errs.raise_if_any()
 
     top = {name: field_default(f) for name, (f, _) in top_settable().items()} if ks.pipeline else {}
     top.update(rec.top)

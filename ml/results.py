@@ -95,3 +95,35 @@ def sweep_points(kind: str, results: dict[str, Any] | None) -> list[SweepPoint]:
         if finite_number(p.get("alpha")) is not None
     ]
     return sorted(pts, key=lambda p: p.alpha)
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """The pipeline's results.md: one table row per method (ml.pipeline writes it beside results.json)."""
+    cfg = results["config"]
+    lines = [
+        f"# ConG results — gold `{cfg['gold']}`, alpha {cfg['alpha']}",
+        "",
+        "| Method | Gold mean | 95% CI | Valid | Implicit reward | Win vs WeakSFT | n |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in results["methods"].values():
+        lo, hi = r["gold_ci"]
+        lines.append(
+            f"| {r['label']} | {_fmt(r['gold_mean'])} | [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(r['valid_rate'], 2)} "
+            f"| {_fmt(r['implicit_mean'])} | {_fmt(r['win_rate_vs_weak_sft'], 2)} | {r['n']} |"
+        )
+    lines += [
+        "",
+        "Implicit reward: log pi_post(y|x) - log pi_pre(y|x) summed over response tokens, under the weak "
+        "pair. Win rate: paired by prompt and sample against WeakSFT, ties count half.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -87,6 +87,7 @@ class StageSpec:
     wired: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     extra: tuple[type, ...] = ()  # further classes whose settable fields this stage also takes (flat CD fields)
+    refused: dict[str, str] = field(default_factory=dict)  # fields this kind does not use -> why, said to the caller
 
     @property
     def classes(self) -> tuple[type, ...]:
@@ -104,7 +105,7 @@ def settable(spec: StageSpec) -> dict[str, tuple[Field[Any], Any]]:
     for cls in spec.classes:
         hints = _hints(cls)
         for f in fields(cls):
-            if f.name in out or is_internal(f) or f.name in spec.wired:
+            if f.name in out or is_internal(f) or f.name in spec.wired or f.name in spec.refused:
                 continue
             if isinstance(hints.get(f.name), type) and hints[f.name].__module__.startswith("ml."):
                 continue  # a nested config (CDGenerateConfig.cd): its fields are offered flat through `extra`
@@ -175,6 +176,12 @@ TRAIN_STAGES = ("sft", "dpo", "wspo", "auxconf")
 def registry() -> dict[str, KindSpec]:
     c = _classes()
     cd_alone = StageSpec(c["cd_generate"], wired=("alpha",), extra=(c["cd"],))
+    cd_sweep = StageSpec(
+        c["cd_generate"],
+        wired=("alpha",),
+        extra=(c["cd"],),
+        refused={"plain": "a sweep makes no plain samples: its pairs are CD responses at each alpha"},
+    )
     cd_knobs: dict[str, tuple[str, ...]] = {
         k: (f"cd_generate.{k}",) for k in ("max_prompts", "max_new_tokens", "seed", *DECODING_KNOBS)
     }
@@ -210,11 +217,16 @@ def registry() -> dict[str, KindSpec]:
             pipeline_knobs,
             pipeline=True,
         ),
-        KindSpec("cd_generate", "Contrastive decoding samples of the weak pair.", {"cd_generate": cd_alone}, cd_knobs),
+        KindSpec(
+            "cd_generate",
+            "Contrastive decoding samples of the weak pair, each beside a plain pi_post sample.",
+            {"cd_generate": cd_alone},
+            {**cd_knobs, "plain": ("cd_generate.plain",)},
+        ),
         KindSpec(
             "alpha_sweep",
             "CD at several alphas, each scored with the gold reward.",
-            {"cd_generate": cd_alone, "evaluate": evaluate},
+            {"cd_generate": cd_sweep, "evaluate": evaluate},
             cd_knobs,
             sweep=True,
         ),
@@ -402,9 +414,11 @@ KINDS_WITH_ALPHA = ("cong", "train", "cd_generate", "preflight")
 
 def pipeline_stages_used(methods: list[str]) -> list[str]:
     """The pipeline stages that run for these methods (mirrors ml.pipeline._execute's branches)."""
+    from ml.pipeline import CD_METHODS
+
     m = set(methods)
     used = ["cd_generate"]  # CD settings also drive plain sampling, and every method is evaluated
-    if m & {"cong_s", "cong", "cong_filtered", "weak_sft"}:
+    if m & (CD_METHODS | {"weak_sft"}):
         used.append("sft")
     if m & {"cong", "cong_filtered"}:
         used += ["self_sample", "dpo"]

@@ -62,7 +62,7 @@ from jobs.services.offline import (
     offline_params,
     offline_register,
 )
-from jobs.services.pairs import artifact_record, pair_review, pair_store, pairs_export
+from jobs.services.pairs import artifact_record, pair_review, pair_side_store, pair_store, pairs_export
 from jobs.services.shards import (
     shard_claim,
     shard_end,
@@ -109,6 +109,7 @@ __all__ = [
     "offline_params",
     "offline_register",
     "pair_review",
+    "pair_side_store",
     "pair_store",
     "pairs_export",
     "shard_claim",

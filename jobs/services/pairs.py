@@ -70,6 +70,22 @@ REVIEW_ACTIONS = {
 }
 
 
+def pair_side_store(*, job_id: int, prompt_index: int, side: str, text: Any) -> bool:
+    """Fill one side of a stored pair from a later stage (ml.io.PAIR_SIDES): ``plain`` (a plain pi_post sample
+    for the same prompt) or ``rejected`` (the strong model's own sample: ConG's DPO pair as trained). False when
+    the job has no pair for that prompt (its CD row was never made), so the caller can count it."""
+    if side not in ("plain", "rejected"):
+        raise ValueError(f"side must be plain or rejected, not {side!r}")
+    pair = GeneratedPair.objects.filter(job_id=job_id, prompt_index=prompt_index).first()
+    if pair is None:
+        return False
+    setattr(pair, side, str(text))
+    # The empty rule reads the side the export pairs the chosen response with (rejected first, else plain).
+    pair.empty_response = pair_is_empty(pair.chosen, pair.rejected if pair.rejected is not None else pair.plain)
+    pair.save(update_fields=[side, "empty_response"])
+    return True
+
+
 def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = "") -> GeneratedPair:
     """approve / reject / edit one generated pair (edit keeps the text used in exports)."""
     if action not in REVIEW_ACTIONS:
@@ -85,12 +101,13 @@ def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = ""
 
 
 def pairs_export(*, job: Job, include_empty: bool = False) -> Iterable[str]:
-    """TRL preference JSONL: prompt/chosen/rejected; rejected-by-review pairs skipped, edits applied.
+    """TRL preference JSONL, one {"prompt", "chosen", "rejected"} object per line; pairs rejected by review skipped,
+    edits applied to the chosen side.
 
-    Pairs without a rejected response (plain CD generation) export prompt/completion-style
-    prompt/chosen rows with rejected set to the plain sample when there is one. Rows with an empty side are
-    left out unless ``include_empty`` (they teach nothing but "stop now"); the rule reads the texts written, so a
-    reviewer's edit that gives an empty chosen response text brings its pair back.
+    The rejected side is the pair's own (ConG's DPO pair: the strong model's sample), else its plain pi_post
+    sample. A pair with neither (a job that made no plain samples) is no preference data and is left out. Rows
+    with an empty side are left out unless ``include_empty`` (they teach nothing but "stop now"); the rule reads
+    the texts written, so a reviewer's edit that gives an empty chosen response text brings its pair back.
     """
     for p in (
         GeneratedPair.objects.filter(job=job)
@@ -100,9 +117,6 @@ def pairs_export(*, job: Job, include_empty: bool = False) -> Iterable[str]:
     ):
         chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
         rejected = p.rejected if p.rejected is not None else p.plain
-        if not include_empty and pair_is_empty(chosen, rejected):
+        if rejected is None or (not include_empty and pair_is_empty(chosen, rejected)):
             continue
-        row = {"prompt": p.prompt, "chosen": chosen}
-        if rejected is not None:
-            row["rejected"] = rejected
-        yield json.dumps(row, ensure_ascii=False) + "\n"
+        yield json.dumps({"prompt": p.prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False) + "\n"

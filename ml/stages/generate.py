@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from ml.cd_config import plain_field
 from ml.contrastive import (
     CDConfig,
     batch_seed,
@@ -137,6 +138,8 @@ class CDGenerateConfig(_GenerateCommon):
         default_factory=CDConfig,
         metadata={"help": "Contrastive decoding settings (a CDConfig or a dict of its fields)."},
     )
+    # Read by the CD job (ml.execute), which then runs plain_generate from plain_config(); cd_generate ignores it.
+    plain: bool = plain_field()
 
     def __post_init__(self) -> None:
         if not self.aligned or not self.base:
@@ -146,6 +149,21 @@ class CDGenerateConfig(_GenerateCommon):
 
     def decoding_config(self) -> CDConfig:
         return self.cd
+
+    def plain_config(self, output_dir: str) -> PlainGenerateConfig:
+        """Plain pi_post samples for the same prompts with the same sampling settings (one per prompt: the side a
+        pair shows beside the CD response), scored against pi_pre like the CD rows."""
+        return PlainGenerateConfig(
+            model=self.aligned,
+            base=self.base,
+            prompts=self.prompts,
+            output_dir=output_dir,
+            max_prompts=self.max_prompts,
+            device=self.device,
+            dtype=self.dtype,
+            report_samples=self.report_samples,
+            sampling=self.cd,
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CDGenerateConfig:

@@ -236,6 +236,7 @@ def test_pairs_list_review_export(user, other_user, job_body):
         services.pair_store(
             job_id=job_id, row={"index": i, "prompt": f"p{i}", "response": f"r{i}", "implicit_reward_mean": float(i)}
         )
+        services.pair_side_store(job_id=job_id, prompt_index=i, side="plain", text=f"plain{i}")
     page = c.get(f"/api/v1/jobs/{job_id}/pairs/?min_reward_mean=1").json()
     assert [p["prompt_index"] for p in page["results"]] == [1, 2]
     pair_id = page["results"][0]["id"]
@@ -251,7 +252,10 @@ def test_pairs_list_review_export(user, other_user, job_body):
     res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/")
     assert res.status_code == 200 and res["Content-Type"] == "application/jsonl"
     rows = [json.loads(line) for line in b"".join(res.streaming_content).decode().splitlines()]
-    assert [r["prompt"] for r in rows] == ["p0", "p2"]
+    assert rows == [
+        {"prompt": "p0", "chosen": "r0", "rejected": "plain0"},
+        {"prompt": "p2", "chosen": "r2", "rejected": "plain2"},
+    ]
     # The schema's second media type, for clients that read a download as bytes: the same body.
     res = c.get(f"/api/v1/jobs/{job_id}/pairs/export/", HTTP_ACCEPT="application/octet-stream")
     assert res["Content-Type"] == "application/octet-stream"

@@ -59,6 +59,16 @@ def test_every_error_comes_back_at_once(client, user, cong_post):
     assert not Job.objects.exists()  # judged, never stored
 
 
+def test_an_over_limit_setting_does_not_hide_a_stage_error(client, user, cong_post):
+    """Limits and stage checks are judged in one pass: the over-limit value is left out, the stages still checked."""
+    client.force_login(user)
+    r = client.post("/jobs/new/", {**cong_post, "p__max_prompts": "200000", "p__sft__learning_rate": "-1"})
+    assert r.status_code == 400
+    html = r.content.decode()
+    assert "over the limit" in _errors(html, "p__max_prompts")
+    assert "learning_rate must be &gt; 0" in _errors(html, "p__sft__learning_rate")
+
+
 def test_a_field_the_form_refused_is_not_also_reported_empty(client, user, cong_post):
     client.force_login(user)
     r = client.post("/jobs/new/", {**cong_post, "strong": "987654", "p__sft__num_train_epochs": "two"})

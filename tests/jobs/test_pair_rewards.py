@@ -72,9 +72,12 @@ def test_export_leaves_empty_responses_out_unless_asked(user, other_user):
     job = Job.objects.create(owner=user, kind="cd_generate", status="succeeded", config={})
     for i, text in enumerate(["good film", "", "  \n", "fine acting"]):
         services.pair_store(job_id=job.pk, row={"index": i, "prompt": f"p{i}", "response": text})
+        assert services.pair_side_store(job_id=job.pk, prompt_index=i, side="plain", text=f"plain {i}")
+    # One-sided: no plain sample was made for it, so it is no preference data and never exported.
+    services.pair_store(job_id=job.pk, row={"index": 4, "prompt": "p4", "response": "alone"})
     c = _client(user)
     listed = c.get(f"/api/v1/jobs/{job.pk}/pairs/").json()["results"]
-    assert [p["empty_response"] for p in listed] == [False, True, True, False]
+    assert [p["empty_response"] for p in listed] == [False, True, True, False, False]
 
     def export(query: str = "") -> list[str]:
         res = c.get(f"/api/v1/jobs/{job.pk}/pairs/export/{query}")

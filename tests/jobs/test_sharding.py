@@ -118,7 +118,8 @@ def _pairs(job):
 @pytest.mark.slow  # runs whole jobs in this process (model loading, generation)
 def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, weak_pair, quiet_broker, settings):
     """Nobody takes the offered shard: the coordinator runs it itself after the wait, and the pairs are those of
-    the same job run whole (sampled, same seed), each stamped with its shard and worker."""
+    the same job run whole (sampled, same seed), each stamped with its shard and worker; their plain side, made
+    in shards too, is the whole run's as well."""
     settings.JOB_SHARD_STEAL_AFTER_SECONDS = 0
     whole = _job(user, weak_pair, shards=1)
     assert run_job(job_id=whole.pk, task_id="t-whole", worker="w-here") == "succeeded"
@@ -129,16 +130,21 @@ def test_a_sharded_job_on_one_worker_stores_exactly_the_unsharded_pairs(user, we
     a, b = _pairs(whole), _pairs(job)
     assert [p.prompt_index for p in b] == list(range(N))
     assert [(p.chosen, p.implicit_reward_sum) for p in a] == [(p.chosen, p.implicit_reward_sum) for p in b]
+    assert [p.plain for p in a] == [p.plain for p in b] and None not in [p.plain for p in b]
     assert {p.shard for p in a} == {None} and {p.shard for p in b} == {0, 1}
     assert {p.worker for p in a} == {p.worker for p in b} == {"w-here"}
-    shards = list(JobShard.objects.filter(job=job).order_by("index"))
-    assert [(s.status, s.attempts, s.done, s.total) for s in shards] == [("succeeded", 1, 6, 6)] * 2
+    shards = list(JobShard.objects.filter(job=job).order_by("stage", "index"))
+    assert [(s.stage, s.status, s.attempts, s.done, s.total, s.mirror_pairs) for s in shards] == [
+        (stage, "succeeded", 1, 6, 6, True) for stage in ("cd_generate", "plain_generate") for _ in range(2)
+    ]
     assert job.results["n"] == N and job.results["shards"] == 2
-    # One bar for the stage: the shards' rows summed, ending at N of N.
+    # One bar per stage: the shards' rows summed, ending at N of N.
     bars = [e.data for e in JobEvent.objects.filter(job=job, type="progress").order_by("seq")]
-    assert {d["stage"] for d in bars} == {"cd_generate"}
-    assert (bars[-1]["done"], bars[-1]["total"]) == (N, N)
-    assert all(x["done"] <= y["done"] for x, y in zip(bars, bars[1:]))
+    assert [d["stage"] for d in bars] == sorted((d["stage"] for d in bars), key=["cd_generate", "plain_generate"].index)
+    for stage in ("cd_generate", "plain_generate"):
+        mine = [d for d in bars if d["stage"] == stage]
+        assert (mine[-1]["done"], mine[-1]["total"]) == (N, N)
+        assert all(x["done"] <= y["done"] for x, y in zip(mine, mine[1:]))
 
 
 @pytest.mark.slow  # runs whole jobs in this process (model loading, generation)
@@ -152,9 +158,9 @@ def test_the_api_and_the_admin_show_who_generated_what(
     api.force_authenticate(user)
     shards = api.get(f"/api/v1/jobs/{job.pk}/shards/").json()
     assert [(r["stage"], r["index"], r["count"], r["status"], r["worker"]) for r in shards] == [
-        ("cd_generate", i, 2, "succeeded", "w-api") for i in range(2)
+        (stage, i, 2, "succeeded", "w-api") for stage in ("cd_generate", "plain_generate") for i in range(2)
     ]
-    assert [(r["done"], r["total"], r["attempts"]) for r in shards] == [(6, 6, 1)] * 2
+    assert [(r["done"], r["total"], r["attempts"]) for r in shards] == [(6, 6, 1)] * 4
     pairs = api.get(f"/api/v1/jobs/{job.pk}/pairs/", {"page_size": 50}).json()["results"]
     assert sorted((p["shard"], p["worker"]) for p in pairs) == [(0, "w-api")] * 6 + [(1, "w-api")] * 6
     api.force_authenticate(other_user)
@@ -164,7 +170,7 @@ def test_the_api_and_the_admin_show_who_generated_what(
     assert "Job shards" in page and page.count("w-api") >= 2
     client.force_login(user)  # the job page: the detail on demand, under the one bar
     page = client.get(f"/jobs/{job.pk}/").content.decode()
-    assert 'id="shards"' in page and "Shards: 2 parts" in page
+    assert 'id="shards"' in page and "Shards: 4 parts" in page  # two stages (CD, plain pi_post), two shards each
     assert 'data-shard="cd_generate/1"' in page and "6 of 6" in page
 
 

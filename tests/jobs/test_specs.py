@@ -194,7 +194,7 @@ def test_an_unscorable_pair_is_stored_counted_and_visible(user, weak_pair):
     )
     assert run_job(job_id=job.pk) == "succeeded"
     job.refresh_from_db()
-    assert job.results["pairs"] == {"stored": 3, "score_errors": 3}
+    assert job.results["pairs"] == {"stored": 3, "score_errors": 3, "with_plain": 3, "with_rejected": 0}
     pairs = _client(user).get(f"/api/v1/jobs/{job.pk}/pairs/").json()["results"]
     assert len(pairs) == 3 and all(
         "not a review prompt" in p["score_error"] and p["gold_reward"] is None for p in pairs

@@ -54,7 +54,12 @@ def test_cd_generate_job_runs_end_to_end_on_a_real_worker(shared_celery_worker, 
     assert statuses == ["queued", "running", "succeeded"]
     progress = [e for e in events if e["type"] == "progress"]
     assert progress and progress[-1]["data"]["done"] == progress[-1]["data"]["total"]
-    assert job.results["n"] == 6 and job.results["pairs"] == {"stored": 6, "score_errors": 0}
+    assert job.results["n"] == 6 and job.results["pairs"] == {
+        "stored": 6,
+        "score_errors": 0,
+        "with_plain": 6,
+        "with_rejected": 0,
+    }
     assert c.get(f"/api/v1/jobs/{job_id}/results/").json()["artifacts"][0]["kind"] == "samples"
 
 
@@ -130,7 +135,7 @@ def test_unscorable_pairs_are_kept_and_counted_on_a_real_worker(shared_celery_wo
         what=f"job to finish; worker log:\n{shared_celery_worker.tail()}",
     )
     assert job.status == "succeeded", (job.error, shared_celery_worker.tail())
-    assert job.results["pairs"] == {"stored": 4, "score_errors": 4}
+    assert job.results["pairs"] == {"stored": 4, "score_errors": 4, "with_plain": 4, "with_rejected": 0}
     pairs = c.get(f"/api/v1/jobs/{job_id}/pairs/").json()["results"]
     assert len(pairs) == 4 and all("not a review prompt" in p["score_error"] for p in pairs)
     assert any("could not be scored" in str(e["data"]) for e in c.get(f"/api/v1/jobs/{job_id}/events/").json())
