@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPETITION_PENALTY_SCOPES = ("all", "generated")
+COMPILE_MODES = ("off", "on", "auto")
 
 
 @dataclass
@@ -68,6 +69,14 @@ class CDConfig:
         default=None,
         metadata={"help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."},
     )
+    compile: str = field(
+        default="off",
+        metadata={
+            "help": "Decode with the compiled path (ml.cd_compiled: static KV caches, torch.compile, finished rows "
+            "refilled with the next prompt): 'off' = the eager loop, 'on' = compiled (an error if the models "
+            "cannot be), 'auto' = compiled on CUDA GPUs, eager elsewhere (docs/ML.md). Greedy output is the same."
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_strings, str):
@@ -102,6 +111,10 @@ class CDConfig:
             (
                 all(isinstance(s, str) and s for s in self.stop_strings),
                 f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
+            ),
+            (
+                self.compile in COMPILE_MODES,
+                f"compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}",
             ),
             (
                 self.max_prompt_tokens is None or self.max_prompt_tokens >= 1,
