@@ -11,6 +11,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
+from django.http import HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.text import Truncator
@@ -127,7 +128,7 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     search_fields = ("prompt", "chosen")
     list_select_related = ("job", "reviewer")
     list_per_page = 50
-    actions = ("approve_pairs", "reject_pairs")
+    actions = ("approve_pairs", "reject_pairs", "train_on_reviewed")
     readonly_fields = (
         "job",
         "prompt_index",
@@ -239,6 +240,13 @@ class GeneratedPairAdmin(admin.ModelAdmin):
     @admin.action(description="Reject selected pairs")
     def reject_pairs(self, request, queryset):
         self._review(request, queryset, "reject")
+
+    @admin.action(description="Train on the reviewed pairs of the selected pairs' jobs")
+    def train_on_reviewed(self, request, queryset):
+        # The new-job page, filled in as a train job whose pairs_from names those jobs (jobs.services.review_loop):
+        # it trains on their pairs as reviewed, all of each job's, not only the pairs ticked here.
+        ids = sorted(set(queryset.values_list("job_id", flat=True)))
+        return HttpResponseRedirect(f"{reverse('job_new')}?pairs_from={','.join(map(str, ids))}")
 
     def save_model(self, request, obj, form, change):
         """The form only edits the text; approve/reject buttons and edits go through the service."""

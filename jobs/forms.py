@@ -283,6 +283,23 @@ class JobForm(forms.Form):
         choices=[("", "-")] + [(m, METHOD_LABELS.get(m, m)) for m in TRAIN_METHODS],
     )
 
+    pairs_from = forms.CharField(
+        required=False,
+        label="Train on reviewed pairs of jobs",
+        help_text="Job numbers, comma-separated (your jobs with generated pairs): their pairs as reviewed are the "
+        "training data instead of new generation, the same rows as their exports. Method SFT or DPO.",
+        widget=forms.TextInput(attrs={"placeholder": "e.g. 12, 15", "inputmode": "numeric"}),
+    )
+    include_pending = forms.ChoiceField(
+        required=False,
+        label="Pending pairs",
+        choices=[
+            ("", "only from jobs with no pair reviewed yet"),
+            ("yes", "include them"),
+            ("no", "leave them out"),
+        ],
+    )
+
     METHODS_NONE = "choose at least one method to train and evaluate"
 
     def __init__(self, *args, user, **kwargs):
@@ -362,6 +379,14 @@ class JobForm(forms.Form):
         self.params = params
         return data
 
+    def clean_pairs_from(self) -> list[int] | None:
+        raw = str(self.cleaned_data.get("pairs_from") or "").replace(",", " ").split()
+        if not raw:
+            return None
+        if not all(part.isdigit() for part in raw):
+            raise ValidationError("give job numbers separated by commas, e.g. 12, 15")
+        return [int(part) for part in raw]
+
     @property
     def alpha_slider(self) -> float:
         """Where the slider stands: the box's number clamped to [0, 1] (the box keeps what was typed)."""
@@ -393,6 +418,10 @@ class JobForm(forms.Form):
             "methods": list(d.get("methods") or []) if kind == Job.Kind.CONG else None,
             "method": (d.get("method") or None) if kind == Job.Kind.TRAIN else None,
             "params": self.params,
+            "pairs_from": d.get("pairs_from") if kind == Job.Kind.TRAIN else None,
+            "include_pending": {"yes": True, "no": False}.get(d.get("include_pending") or "")
+            if kind == Job.Kind.TRAIN and d.get("pairs_from")
+            else None,
         }
 
     def add_service_errors(self, exc: ValidationError) -> None:

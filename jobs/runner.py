@@ -48,11 +48,18 @@ def run_spec(
         services.artifact_record(job_id=job.pk, stage=samples.parent.name, kind="samples", path=str(samples))
 
     out = run_dir(job)
-    result = execute(
-        spec, services.job_inputs(job.config, str(out)), rep, on_generation=on_generation, generation=coordinator
-    )
+    inputs = services.job_inputs(job.config, str(out))
+    reviewed: dict = {}
+    if inputs.pairs:  # pairs_from: its sources' pairs as reviewed, written once (a retry trains on the same rows)
+        reviewed = services.pairs_training_file(job=job, path=inputs.pairs)
+        rep.log(
+            f"training on {reviewed['train_examples']} reviewed pairs of job(s) {', '.join(reviewed['review'])} "
+            f"({inputs.pairs})"
+        )
+    result = execute(spec, inputs, rep, on_generation=on_generation, generation=coordinator)
     for m in mirrors:
         m.sync()
+    result = {**result, **reviewed}
     if result.get("stopped"):
         return result
     if job.kind == Job.Kind.EVALUATE and result.get("samples"):

@@ -94,6 +94,8 @@ def job_new(request):
                 )
                 if req.get(k) is not None
             }
+        if request.GET.get("pairs_from"):  # "Train on reviewed pairs" (job page, review desk, admin)
+            initial = {"kind": Job.Kind.TRAIN, "method": "dpo", "pairs_from": request.GET["pairs_from"]}
         form = JobForm(user=request.user, initial=initial or None)
     offline = None
     if request.user.is_staff:  # the install button and its state (jobs.services.offline_install_request)

@@ -25,165 +25,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ml.cd_config import plain_field
-from ml.distributed import DEFAULT_MODE, TrainingRunner, run_here
+from ml.distributed import TrainingRunner, run_here
 from ml.io import SAMPLES, read_json, write_json
+from ml.pipeline_config import (
+    CD_METHODS,
+    DEFAULT_METHODS,
+    LABELS,
+    METHODS,
+    PAIRS_METHODS,
+    PLAIN_METHODS,
+    PipelineConfig,
+)
 from ml.reporter import Reporter, or_null
 from ml.results import RESULTS_VERSION, results_markdown
 from ml.shards import GenerationRunner, run_whole
 
-# The paper's methods (the default) and the options this project measures beside them.
-DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
-METHODS = (*DEFAULT_METHODS, "cong_filtered")
-PLAIN_METHODS = frozenset({"weak_sft", "wspo", "auxconf"})  # trained on plain pi_post samples
-CD_METHODS = frozenset({"cong_s", "cong", "cong_filtered"})  # trained on CD samples: the job's pairs
-LABELS = {
-    "strong_base": "Strong (untrained)",
-    "weak_sft": "WeakSFT",
-    "wspo": "WSPO",
-    "auxconf": "AuxConf",
-    "cong_s": "ConG-S",
-    "cong": "ConG",
-    "weak_post": "Weak aligned (pi_post)",
-    "cong_filtered": "ConG + implicit-reward filter",
-}
-_PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
-_STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
-
-
-@dataclass(kw_only=True)
-class PipelineConfig:
-    weak_base: str = field(metadata={"internal": True, "help": "pi_pre: the weak base model's folder."})
-    strong: str = field(metadata={"internal": True, "help": "The strong model's folder (trained by every method)."})
-    train_prompts: str = field(
-        metadata={"internal": True, "help": "Prompt JSONL for weak alignment, generation and training."}
-    )
-    eval_prompts: str = field(metadata={"internal": True, "help": "Held-out prompt JSONL for evaluation."})
-    gold: str = field(
-        metadata={"internal": True, "help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."}
-    )
-    output_dir: str = field(metadata={"internal": True, "help": "Run folder; each stage gets a subfolder."})
-    weak_aligned: str = field(
-        default="",
-        metadata={
-            "internal": True,
-            "help": "pi_post folder. Empty: make it first by DPO of weak_base on gold-labelled samples.",
-        },
-    )
-    alpha: float = field(default=0.4, metadata={"help": "CD weight of pi_post (reference 0.4)."})
-    methods: list[str] = field(
-        default_factory=lambda: list(DEFAULT_METHODS),
-        metadata={
-            "help": f"Which methods to train and evaluate, any of: {', '.join(METHODS)} (default: all but "
-            "cong_filtered, ConG's DPO on only the pairs whose chosen has the higher implicit reward)."
-        },
-    )
-    seed: int = field(default=0, metadata={"help": "Seed for every stage."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N training prompts."})
-    max_eval_prompts: int | None = field(default=None, metadata={"help": "Use only the first N eval prompts."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Longest generated response (all stages)."})
-    train_max_steps: int = field(
-        default=-1,
-        metadata={"help": "Cap every training stage at this many steps (-1 = epochs as configured); for smoke runs."},
-    )
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
-    use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
-    plain: bool = plain_field()
-    device: str | None = field(
-        default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
-    )
-    distributed: str = field(
-        default=DEFAULT_MODE,
-        metadata={
-            "internal": True,
-            "help": "How a training stage on several processes shares the model (ml.distributed).",
-        },
-    )
-    # Per-stage overrides: dicts of that stage config's fields (see docs/ML.md).
-    weak_align: dict[str, Any] = field(default_factory=dict, metadata={"help": "WeakAlignConfig overrides."})
-    generate: dict[str, Any] = field(
-        default_factory=dict,
-        metadata={
-            "help": "CDConfig overrides for cd_generate and plain_generate (temperature, top_p, batch_size, ...)."
-        },
-    )
-    sft: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "SFTStageConfig overrides (ConG-S and WeakSFT)."}
-    )
-    self_sample: dict[str, Any] = field(default_factory=dict, metadata={"help": "SelfSampleConfig overrides."})
-    dpo: dict[str, Any] = field(default_factory=dict, metadata={"help": "DPOStageConfig overrides (ConG's DPO)."})
-    wspo: dict[str, Any] = field(default_factory=dict, metadata={"help": "WSPOConfig overrides."})
-    auxconf: dict[str, Any] = field(default_factory=dict, metadata={"help": "AuxConfConfig overrides."})
-    evaluate: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "EvaluateConfig overrides (n_samples, ...)."}
-    )
-
-    def __post_init__(self) -> None:
-        for name in ("weak_base", "strong", "train_prompts", "eval_prompts", "gold", "output_dir"):
-            if not getattr(self, name):
-                raise ValueError(f"{name} is required")
-        if isinstance(self.methods, str):
-            self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        for name in _STAGE_FIELDS:
-            if not isinstance(getattr(self, name), dict):
-                raise ValueError(f"{name} must be a mapping of that stage's settings")
-        self._check_stage_keys()
-
-    def _check_stage_keys(self) -> None:
-        """Every per-stage key is a setting of that stage's config class (files, folders and devices are the
-        pipeline's to wire): a typo fails here, naming stage.key, not as a TypeError stages later."""
-        from dataclasses import fields as dc_fields
-
-        from ml.spec import _classes, is_internal
-
-        classes = _classes()
-        cls_of = {"generate": classes["cd"], **{n: classes[n] for n in _STAGE_FIELDS if n != "generate"}}
-        for name in _STAGE_FIELDS:
-            known = {f.name for f in dc_fields(cls_of[name]) if not is_internal(f)}
-            unknown = sorted(set(getattr(self, name)) - known)
-            if unknown:
-                raise ValueError(
-                    f"unknown {name} setting(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
-                    f"known: {', '.join(sorted(known))} (files, folders and the device are set at the top level)"
-                )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], base_dir: str | Path | None = None) -> PipelineConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown pipeline setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        data = dict(data)
-        if base_dir is not None:
-            for k in _PATH_FIELDS:
-                if data.get(k) and not Path(str(data[k])).is_absolute():
-                    data[k] = str((Path(base_dir) / str(data[k])).resolve())
-        return cls(**data)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> PipelineConfig:
-        """Load a YAML config; relative paths in it are relative to the YAML file's folder."""
-        import yaml
-
-        path = Path(path)
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of settings")
-        return cls.from_dict(data, base_dir=path.parent)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# The methods and the config live in ml.pipeline_config; callers find them here, where they always were.
+__all__ = [
+    "CD_METHODS",
+    "DEFAULT_METHODS",
+    "LABELS",
+    "METHODS",
+    "PAIRS_METHODS",
+    "PLAIN_METHODS",
+    "PipelineConfig",
+    "check",
+    "run",
+]
 
 
 class _Stopped(Exception):
@@ -344,7 +215,9 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         weak_aligned = R.stage("weak_align", weak_align, wa)["model_dir"]
     common: dict[str, Any] = {"prompts": c.train_prompts, "max_prompts": c.max_prompts, "device": c.device}
 
-    cong = methods & CD_METHODS
+    if c.pairs:  # reviewed pairs replace the weak pair's generation (a train job's pairs_from)
+        models.update(_train_on_pairs(c, R, weak_aligned))
+    cong = methods & CD_METHODS if not c.pairs else set()
     if cong:
         cd_cfg = CDGenerateConfig(
             aligned=weak_aligned,
@@ -458,6 +331,35 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         )
         metrics[m] = R.stage(f"eval/{m}", evaluate, ev, generation=True)
     return weak_aligned, models, metrics
+
+
+def _train_on_pairs(c: PipelineConfig, R: _Runner, weak_aligned: str) -> dict[str, str]:
+    """ConG's two steps on reviewed pairs: SFT of the strong model on the chosen side (ConG-S), then DPO on the
+    pairs as they are (ConG), the same rows the job's export gives."""
+    from ml.stages.dpo import DPOStageConfig, dpo
+    from ml.stages.sft import SFTStageConfig, sft
+
+    s = SFTStageConfig(
+        **R.strong_kw(
+            {"model": c.strong, "output_dir": R.dir("sft_cong_s"), "data": c.pairs, "response_field": "chosen", **c.sft}
+        )
+    )
+    models = {"cong_s": R.stage("sft_cong_s", sft, s)["model_dir"]}
+    if "cong" in c.methods:
+        d = DPOStageConfig(
+            **R.strong_kw(
+                {
+                    "model": models["cong_s"],
+                    "output_dir": R.dir("dpo_cong"),
+                    "data": c.pairs,
+                    "weak_aligned": weak_aligned,
+                    "weak_base": c.weak_base,
+                    **c.dpo,
+                }
+            )
+        )
+        models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
+    return models
 
 
 def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:

@@ -343,6 +343,7 @@ class JobInputs:
     prompts_kind: str = "prompts"  # or "preferences" (weak_align trains on the pairs directly)
     eval_prompts: str = ""
     gold: str = ""
+    pairs: str = ""  # reviewed preference JSONL replacing generation (ml.pipeline.PipelineConfig.pairs)
 
 
 def _out(inputs: JobInputs, name: str) -> str:
@@ -379,6 +380,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 alpha=spec["alpha"],
                 methods=list(spec["methods"]),
                 distributed=_mode(spec),
+                pairs=inputs.pairs,
                 **spec["top"],
                 **stage_dicts,
             )

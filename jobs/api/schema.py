@@ -161,6 +161,11 @@ class JobConfigSerializer(serializers.Serializer):
     strong = ModelRefSerializer(required=False)
     prompts = DatasetRefSerializer(required=False)
     eval_prompts = DatasetRefSerializer(required=False)
+    pairs_from = described_json(
+        OPEN_OBJECT,
+        required=False,
+        help_text='kind=train on reviewed pairs: {"jobs": [{"id", "kind"}], "include_pending": true|false|null}.',
+    )
     spec = JobSpecSerializer(required=False)
 
 

@@ -8,6 +8,7 @@ from rest_framework import serializers
 from jobs.api import schema as shapes
 from jobs.api.json_checks import UnsafeJSON, check_jsonl
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
+from jobs.services.review_loop import PAIRS_FROM_MAX
 from ml.pipeline import METHODS as CONG_METHODS
 from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
 
@@ -153,6 +154,20 @@ class JobCreateSerializer(serializers.Serializer):
         allow_null=True,
         help_text='Settings: job-level knobs and per-stage objects, e.g. {"max_prompts": 100, '
         '"sft": {"num_train_epochs": 3}}; GET /api/v1/kinds/ lists them.',
+    )
+    pairs_from = serializers.ListField(
+        child=StrictIntegerField(),
+        required=False,
+        allow_null=True,
+        max_length=PAIRS_FROM_MAX,
+        help_text="kind=train (method sft or dpo): ids of your jobs whose pairs, as reviewed, are the training data "
+        "instead of new generation (the same rows as their exports).",
+    )
+    include_pending = serializers.BooleanField(
+        required=False,
+        allow_null=True,
+        help_text="With pairs_from: train on pending pairs too (true) or not (false); absent: a source job's pending "
+        "pairs count only when none of its pairs was reviewed.",
     )
 
 

@@ -409,9 +409,10 @@ class PairsExportView(ServiceAPIView):
 
     @extend_schema(
         summary="Export a job's pairs",
-        description="The pairs not rejected, as preference JSONL (one JSON object per line: prompt, chosen, "
-        "rejected, ...), streamed as a file download. The body is application/jsonl unless the request's "
-        "Accept prefers application/octet-stream (generated clients read that one as bytes); the bytes "
+        description="The pairs as reviewed, as TRL preference JSONL (one JSON object per line: prompt, chosen, "
+        "rejected), streamed as a file download: rejected pairs skipped, edits applied, one-sided pairs left out. "
+        "A train job's pairs_from trains on exactly these rows. The body is application/jsonl unless the "
+        "request's Accept prefers application/octet-stream (generated clients read that one as bytes); the bytes "
         "are the same. Pairs with an empty response are left out unless include_empty is true.",
         parameters=[
             OpenApiParameter(
@@ -419,14 +420,22 @@ class PairsExportView(ServiceAPIView):
                 bool,
                 description="Also export pairs with an empty (whitespace-only) chosen or rejected response.",
             ),
+            OpenApiParameter(
+                "include_pending",
+                bool,
+                description="Export pending (unreviewed) pairs too, or not; absent: only while none of the job's "
+                "pairs has been reviewed.",
+            ),
         ],
         responses={(200, media): OpenApiTypes.BINARY for media in EXPORT_TYPES},
     )
     def get(self, request, pk):
         job = self.get_job(request, pk)
         include_empty = bool(bool_param(request.query_params, "include_empty"))  # checked before streaming starts
+        include_pending = bool_param(request.query_params, "include_pending")
         media = request.get_preferred_type(EXPORT_TYPES) or EXPORT_TYPES[0]
-        resp = StreamingHttpResponse(services.pairs_export(job=job, include_empty=include_empty), content_type=media)
+        rows = services.pairs_export(job=job, include_empty=include_empty, include_pending=include_pending)
+        resp = StreamingHttpResponse(rows, content_type=media)
         resp["Content-Disposition"] = f'attachment; filename="job-{job.pk}-pairs.jsonl"'
         return resp
 

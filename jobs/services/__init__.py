@@ -63,6 +63,7 @@ from jobs.services.offline import (
     offline_register,
 )
 from jobs.services.pairs import artifact_record, pair_review, pair_side_store, pair_store, pairs_export
+from jobs.services.review_loop import pairs_training_file
 from jobs.services.shards import (
     shard_claim,
     shard_end,
@@ -112,6 +113,7 @@ __all__ = [
     "pair_side_store",
     "pair_store",
     "pairs_export",
+    "pairs_training_file",
     "shard_claim",
     "shard_end",
     "shard_heartbeat",

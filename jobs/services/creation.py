@@ -16,6 +16,7 @@ from jobs.services import dispatch
 from jobs.services._common import S, _err
 from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model
 from jobs.services.events import event_append
+from jobs.services.review_loop import REVIEWED_PAIRS, pairs_from_check
 
 # Which model/dataset fields each kind needs (weak pair = weak_base + weak_aligned).
 KIND_NEEDS: dict[str, tuple[str, ...]] = {
@@ -100,6 +101,8 @@ def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
         prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
         eval_prompts=path("eval_prompts"),
         gold=str((config.get("prompts") or {}).get("gold") or ""),
+        # Written when the job first runs (jobs.services.review_loop), from the jobs its pairs_from names.
+        pairs=f"{output_dir.rstrip('/')}/{REVIEWED_PAIRS}" if config.get("pairs_from") else "",
     )
 
 
@@ -174,6 +177,8 @@ def job_build(
     methods: list[str] | None = None,
     params: dict[str, Any] | None = None,
     eval_prompts: Any = None,
+    pairs_from: Any = None,
+    include_pending: Any = None,
 ) -> dict[str, Any]:
     """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
     ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it, so
@@ -251,6 +256,18 @@ def job_build(
         errors.setdefault("prompts", []).append(
             f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)"
         )
+    reviewed = None
+    if pairs_from not in (None, []):
+        reviewed = collect(
+            pairs_from_check,
+            user=user,
+            kind=kind,
+            method=method,
+            pairs_from=pairs_from,
+            include_pending=include_pending,
+        )
+    elif include_pending is not None:
+        errors["include_pending"] = ["include_pending is only used with pairs_from"]
     if errors:
         raise ValidationError(errors)
 
@@ -279,6 +296,8 @@ def job_build(
             "path": eval_ds.path,
             "row_count": eval_ds.row_count,
         }
+    if reviewed is not None:
+        config["pairs_from"] = reviewed
     _check_buildable(spec, config)
     config["spec"] = spec
     return config

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from django.utils import timezone
@@ -100,23 +100,38 @@ def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = ""
     return pair
 
 
-def pairs_export(*, job: Job, include_empty: bool = False) -> Iterable[str]:
-    """TRL preference JSONL, one {"prompt", "chosen", "rejected"} object per line; pairs rejected by review skipped,
-    edits applied to the chosen side.
+def pending_included(*, job: Job, include_pending: bool | None = None) -> bool:
+    """Whether a job's pending pairs go into its export and its training rows: as asked, else only while none of
+    its pairs has been reviewed (once a reviewer has started, what they have not seen is left out)."""
+    if include_pending is not None:
+        return include_pending
+    return not GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.PENDING).exists()
 
-    The rejected side is the pair's own (ConG's DPO pair: the strong model's sample), else its plain pi_post
-    sample. A pair with neither (a job that made no plain samples) is no preference data and is left out. Rows
-    with an empty side are left out unless ``include_empty`` (they teach nothing but "stop now"); the rule reads
-    the texts written, so a reviewer's edit that gives an empty chosen response text brings its pair back.
+
+def preference_rows(
+    *, job: Job, include_empty: bool = False, include_pending: bool | None = None
+) -> Iterator[dict[str, str]]:
+    """The job's pairs as reviewed, as TRL preference rows {"prompt", "chosen", "rejected"}: what its export
+    writes and what a train job's ``pairs_from`` trains on (one definition for both).
+
+    Rejected-by-review pairs are skipped, edits applied to the chosen side; pending pairs follow
+    ``pending_included``. The rejected side is the pair's own (ConG's DPO pair: the strong model's sample), else its
+    plain pi_post sample; a pair with neither (a job run with plain=false) is no preference data and is left out.
+    Rows with an empty side are left out unless ``include_empty`` (they teach nothing but "stop now"); the rule
+    reads the texts written, so a reviewer's edit that gives an empty chosen response text brings its pair back.
     """
-    for p in (
-        GeneratedPair.objects.filter(job=job)
-        .exclude(review_status=GeneratedPair.Review.REJECTED)
-        .order_by("prompt_index")
-        .iterator()
-    ):
+    pairs = GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.REJECTED)
+    if not pending_included(job=job, include_pending=include_pending):
+        pairs = pairs.exclude(review_status=GeneratedPair.Review.PENDING)
+    for p in pairs.order_by("prompt_index").iterator():
         chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
         rejected = p.rejected if p.rejected is not None else p.plain
         if rejected is None or (not include_empty and pair_is_empty(chosen, rejected)):
             continue
-        yield json.dumps({"prompt": p.prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False) + "\n"
+        yield {"prompt": p.prompt, "chosen": chosen, "rejected": rejected}
+
+
+def pairs_export(*, job: Job, include_empty: bool = False, include_pending: bool | None = None) -> Iterable[str]:
+    """TRL preference JSONL of the job's pairs as reviewed (``preference_rows``), one object per line."""
+    for row in preference_rows(job=job, include_empty=include_empty, include_pending=include_pending):
+        yield json.dumps(row, ensure_ascii=False) + "\n"

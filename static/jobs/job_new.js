@@ -28,13 +28,15 @@
     alpha_sweep: ["weak_base", "weak_aligned", "prompts"],
     preflight: ["weak_base", "weak_aligned", "prompts"],
     weak_align: ["weak_base", "prompts"],
-    train: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "method"],
+    train: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "method", "pairs_from", "include_pending"],
     evaluate: ["strong", "prompts"],
   };
   const kind = document.getElementById("id_kind");
   function toggle() {
     const uses = USES[kind.value] || [];
-    for (const name of ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods", "method"]) {
+    const names = ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods", "method", "pairs_from",
+      "include_pending"];
+    for (const name of names) {
       const box = document.getElementById(`field-${name}`);
       if (!box) continue;
       const hide = !uses.includes(name) && !box.classList.contains("has-error");

@@ -1,5 +1,6 @@
 """End to end in a real browser: sign in, start a toy contrastive-decoding job from the new-job page,
-watch progress and sample cards arrive live (no reload), then reject one of its pairs in the admin.
+watch progress and sample cards arrive live (no reload), reject one of its pairs in the admin, then train on the
+rest (the admin's "train on reviewed pairs" action, a train job with pairs_from, run by the worker).
 
 Real processes throughout: daphne (HTTP + websockets), a Celery worker, Redis, the shared test database
 and headless Chromium. Screenshots land in the e2e artifacts folder (tests/e2e/conftest.py: a temporary
@@ -109,6 +110,45 @@ def test_job_live_in_browser_then_review_in_admin(live_stack, browser_page, scre
     row = page.locator(f'#result_list tr:has(input[value="{target.pk}"])')
     assert "rejected" in row.locator(".pair-status").inner_text() and "by ada" in row.inner_text()
     screenshot(page, "5b_admin_after_reject")
+    assert target.plain is not None  # a CD job's pair has its plain pi_post side too (issue 14)
+
+    # 6. Train on the rest: the admin's action opens the new-job page as a train job on this job's reviewed pairs.
+    page.locator(f'#result_list input[name=_selected_action][value="{target.pk}"]').check()
+    page.select_option("select[name=action]", "train_on_reviewed")
+    page.click("button[name=index]")
+    page.wait_for_url(re.compile(rf"/jobs/new/\?pairs_from={job_id}$"))
+    assert page.locator("#id_kind").input_value() == "train" and page.locator("#id_method").input_value() == "dpo"
+    assert page.locator("#id_pairs_from").input_value() == str(job_id)
+    models, datasets = live_stack.registered["models"], live_stack.registered["datasets"]
+    for field, entry in (
+        ("weak_base", models["weak_base"]),
+        ("weak_aligned", models["weak_aligned"]),
+        ("strong", models["strong_base"]),
+        ("prompts", datasets["train"]),
+    ):
+        page.select_option(f"#id_{field}", str(entry.pk))
+    page.select_option("#id_include_pending", "yes")  # one pair is reviewed: the pending rest only when asked
+    page.fill("#id_train-p__train_max_steps", "1")
+    page.fill("#id_train-p__max_eval_prompts", "2")
+    page.fill("#id_train-p__max_new_tokens", "4")
+    screenshot(page, "6_train_on_reviewed")
+    page.click("#submit-job")
+    page.wait_for_url(re.compile(rf"{re.escape(base)}/jobs/\d+/$"))
+    trained = Job.objects.get(pk=int(page.url.rstrip("/").rsplit("/", 1)[1]))
+    assert trained.config["pairs_from"] == {"jobs": [{"id": job_id, "kind": "cd_generate"}], "include_pending": True}
+    expect(page.locator("#status")).to_have_text("succeeded", timeout=150_000)
+    trained.refresh_from_db()
+    assert trained.status == "succeeded", (trained.error, live_stack.worker.tail())
+    from django.conf import settings
+
+    from jobs.services.pairs import preference_rows
+    from ml.io import read_jsonl
+
+    rows = read_jsonl(settings.RUNS_DIR / str(trained.pk) / "reviewed_pairs.jsonl")
+    assert rows == list(preference_rows(job=job, include_pending=True))  # the rest, as the export gives them
+    assert trained.results["train_examples"] == len(rows) and target.prompt not in {r["prompt"] for r in rows}
+    assert trained.results["review"][str(job_id)]["rejected"] == 1
+    screenshot(page, "7_trained_on_reviewed")
     assert page.console_errors == [], page.console_errors
 
 

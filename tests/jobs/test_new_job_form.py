@@ -136,3 +136,17 @@ def test_methods_are_labelled_in_words(client, user):
     for value, label in labels:
         assert label.strip() == METHOD_LABELS[value] and label.strip() != value
     assert {"Strong (untrained)", "ConG-S", "ConG", "WeakSFT", "WSPO", "AuxConf"} <= {lb for _, lb in labels}
+
+
+def test_train_on_reviewed_pairs_opens_filled_and_reads_its_job_numbers(client, user, cong_post):
+    """The "train on reviewed pairs" links land on a train job with pairs_from filled; the box takes numbers."""
+    client.force_login(user)
+    html = client.get("/jobs/new/?pairs_from=7").content.decode()
+    assert re.search(r'<option value="train" selected>', html) and 'name="pairs_from" value="7"' in html
+    train = {**cong_post, "kind": "train", "method": "dpo", "methods": [], "include_pending": "yes"}
+    r = client.post("/jobs/new/", {**train, "pairs_from": "7, seven"})
+    assert r.status_code == 400
+    assert "give job numbers separated by commas" in _errors(r.content.decode(), "pairs_from")
+    r = client.post("/jobs/new/", {**train, "pairs_from": "999999"})  # parsed, then judged by the service
+    assert "job 999999 does not exist or is not yours" in _errors(r.content.decode(), "pairs_from")
+    assert not Job.objects.exists()
