@@ -17,6 +17,9 @@ class ModelEntry(models.Model):
         WEAK = "weak", "weak"
         STRONG = "strong", "strong"
         ANY = "any", "any"
+        # A sequence-classification folder with one label: a judge (gold "rm:<id>"), never a model a job trains
+        # or samples (jobs.services.catalog checks both).
+        REWARD = "reward", "reward"
 
     # Unique per owner, not globally: a global name let one user pre-empt another's (or the toy world's)
     # registration and told anyone which private names exist. Shared entries (owner NULL) have their own
