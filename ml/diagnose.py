@@ -24,7 +24,7 @@ from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
 from ml.reporter import Reporter, or_null
-from ml.stats import mean_ci
+from ml.stats import clustered_mean_ci, fisher_z_mean_ci, mean_ci, pearson_ci
 
 SWEEP_STAGE = "diagnose/sweep"
 
@@ -46,8 +46,9 @@ def pearson(xs: list[float], ys: list[float]) -> float:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """gold mean with a 95% interval over samples, valid rate, mean implicit reward, n."""
-    g = mean_ci([r["gold"] for r in rows])
+    """gold mean with a 95% interval, valid rate, mean implicit reward, n. The interval counts prompts, not samples:
+    several samples of one prompt are not independent (ml.stats.clustered_mean_ci)."""
+    g = clustered_mean_ci([r["gold"] for r in rows], [r["prompt"] for r in rows])
     imp = [r["implicit"] for r in rows if r.get("implicit") is not None]
     return {
         "gold_mean": g.mean,
@@ -202,6 +203,8 @@ def run_sweep(
         "cd": [],
         "implicit_gold_pearson": pearson([r["implicit"] for r in post], [r["gold"] for r in post]),
     }
+    # Its 95% interval from the n samples (Fisher's z), so one seed's correlation is read with its uncertainty.
+    out["implicit_gold_pearson_ci"] = list(pearson_ci(out["implicit_gold_pearson"], len(post)))
     rows: dict[str, list[dict[str, Any]]] = {"pre": pre, "plain_post": post}
     for k, a in enumerate(alphas):
         cd = cd_samples(
@@ -347,7 +350,7 @@ def verdict_over_seeds(sweeps: list[dict[str, Any]], decision_alpha: float = 0.4
         ratio_effect = (e.mean, e.lo, e.hi)
     pearsons = [sw.get("implicit_gold_pearson") for sw in sweeps]
     rs: list[float] = [x for x in pearsons if x is not None and not math.isnan(x)]
-    r = sum(rs) / len(rs) if rs else None
+    r = fisher_z_mean_ci(rs).mean if rs else None  # averaged as z, where correlations add up
     r_txt = (
         f"mean implicit-vs-gold Pearson on plain pi_post samples r = {r:.2f}"
         if r is not None

@@ -113,3 +113,47 @@ def win_rate(ours: Mapping[Any, float], theirs: Mapping[Any, float]) -> dict[str
     n = len(keys)
     rate = (wins + 0.5 * ties) / n if n else float("nan")
     return {"win_rate": rate, "wins": wins, "ties": ties, "losses": n - wins - ties, "n": n}
+
+
+def paired_diff(ours: Mapping[Any, float | None], theirs: Mapping[Any, float | None]) -> dict[str, Any]:
+    """ours - theirs paired by key (a seed: both measured on the same data and models), with a Student-t 95%
+    interval over the differences; keys missing or None on either side are left out and not counted."""
+    diffs = [
+        float(a) - float(b)
+        for k, a in ours.items()
+        if a is not None and (b := theirs.get(k)) is not None and math.isfinite(a) and math.isfinite(b)
+    ]
+    return mean_ci(diffs).as_dict()
+
+
+def clustered_mean_ci(values: Sequence[float], clusters: Sequence[Any]) -> MeanCI:
+    """Mean with a 95% interval that treats each cluster (a prompt: its several samples are not independent) as one
+    observation: the mean of the cluster means, with a t interval over clusters. ``n`` counts the clusters."""
+    if len(values) != len(clusters):
+        raise ValueError("one cluster per value is needed")
+    groups: dict[Any, list[float]] = {}
+    for v, c in zip(values, clusters):
+        groups.setdefault(c, []).append(float(v))
+    return mean_ci([sum(g) / len(g) for g in groups.values()])
+
+
+def _atanh(r: float) -> float:
+    # |r| = 1 has an infinite z: clip to just inside, so one perfect correlation does not make the interval infinite.
+    r = max(-0.999999, min(0.999999, r))
+    return 0.5 * math.log((1 + r) / (1 - r))
+
+
+def pearson_ci(r: float, n: int) -> tuple[float, float]:
+    """95% interval of one Pearson correlation from n pairs (Fisher's z: atanh(r) +- 1.96 / sqrt(n - 3))."""
+    if n <= 3 or not math.isfinite(r):
+        return (float("nan"), float("nan"))
+    z, half = _atanh(r), _Z975 / math.sqrt(n - 3)
+    return (math.tanh(z - half), math.tanh(z + half))
+
+
+def fisher_z_mean_ci(rs: Sequence[float]) -> MeanCI:
+    """Correlations averaged in Fisher's z space (where their sampling distribution is near normal), with a t
+    interval over them, mapped back to r: the interval stays inside [-1, 1] and is asymmetric where it should be."""
+    zs = [_atanh(float(r)) for r in rs if r is not None and math.isfinite(r)]
+    s = mean_ci(zs)
+    return MeanCI(math.tanh(s.mean), math.tanh(s.lo), math.tanh(s.hi), s.n) if zs else s

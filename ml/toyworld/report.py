@@ -23,7 +23,7 @@ from typing import Any
 from ml.io import read_json, read_prompts, write_json
 from ml.pipeline import DEFAULT_METHODS, METHODS
 from ml.reporter import Reporter, or_null
-from ml.stats import mean_ci
+from ml.stats import fisher_z_mean_ci, mean_ci, paired_diff
 
 from .build import build
 from .diagnose import verdict, verdict_over_seeds
@@ -300,6 +300,19 @@ def _agg(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+PAIRED_BASELINES = ("weak_sft", "cong_s")  # each strong method's gold is also reported minus these, paired by seed
+
+
+def _paired(seeds: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Each method's gold minus each baseline's, seed by seed (one seed's methods share its weak pair, data and
+    strong base, so the difference cancels what varies between seeds), with a t interval over the seeds."""
+    gold = {k: {s["seed"]: s["strong"][k]["gold_mean"] for s in seeds} for k in methods}
+    return {
+        k: {f"minus_{b}": paired_diff(gold[k], gold[b]) for b in PAIRED_BASELINES if b in gold and b != k}
+        for k in methods
+    }
+
+
 def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
     w: dict[str, Any] = {"description": get_world(world).description, "seeds": [s["seed"] for s in seeds]}
     w["pre"] = _agg([s["sweep"]["pre"] for s in seeds])
@@ -311,9 +324,13 @@ def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dic
         w["alpha_sweep_no_repetition_penalty"] = [
             {"alpha": a, **_agg([s["ablation"]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)
         ]
-    r_mean, r_ci, r_over = _over_seeds([s["sweep"]["implicit_gold_pearson"] for s in seeds])
-    w["implicit_gold_pearson"] = r_mean
-    w["implicit_gold_pearson_ci"] = r_ci
+    rs = [s["sweep"]["implicit_gold_pearson"] for s in seeds]
+    if len(seeds) > 1:  # over seeds, averaged as Fisher z (correlations are not averaged as they are)
+        z = fisher_z_mean_ci([r for r in rs if r is not None])
+        w["implicit_gold_pearson"], w["implicit_gold_pearson_ci"] = z.mean, [z.lo, z.hi]
+    else:  # one seed: its own interval from its samples (ml.diagnose)
+        w["implicit_gold_pearson"] = rs[0]
+        w["implicit_gold_pearson_ci"] = seeds[0]["sweep"].get("implicit_gold_pearson_ci") or [rs[0], rs[0]]
     w["implicit_gold_pearson_per_seed"] = [s["sweep"]["implicit_gold_pearson"] for s in seeds]
     if seeds[0]["strong"]:
         w["strong"] = {
@@ -321,6 +338,7 @@ def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dic
             for k in (*STRONG_METHODS, *EXTRA_METHODS)
             if all(k in s["strong"] for s in seeds)
         }
+        w["paired"] = _paired(seeds, list(w["strong"]))
         cw: list[float] = [s["cd_chosen_win_rate"] for s in seeds if s.get("cd_chosen_win_rate") is not None]
         w["cong_dpo_chosen_win_rate"] = sum(cw) / len(cw) if cw else None
     else:
@@ -389,6 +407,11 @@ def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "
             seeds.append(s)
         result["worlds"][world] = aggregate(world, seeds, cfg)
     result["seconds"] = round(time.time() - t0, 1)
+    # A rerun reuses each world/seed's cached result: its own wall time is short, so the time the reused runs
+    # took when they were made (summed over them; with --jobs N they overlapped) is reported beside it.
+    result["seconds_computed"] = round(
+        sum(sum(s.values()) for w in result["worlds"].values() for s in w["seconds_per_seed"]), 1
+    )
     write_json(out / "report.json", result)
     plots = make_plots(result, out)
     (out / "REPORT.md").write_text(markdown(result, plots), encoding="utf-8")

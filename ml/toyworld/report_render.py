@@ -70,7 +70,7 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
         lines += [
             "",
             f"Implicit-vs-gold Pearson on plain pi_post samples: {_f(w['implicit_gold_pearson'], 2)} "
-            f"{_ci(w['implicit_gold_pearson_ci'])} (per seed: "
+            f"{_ci(w['implicit_gold_pearson_ci'])} (Fisher z; per seed: "
             f"{', '.join(_f(x, 2) for x in w['implicit_gold_pearson_per_seed'])}).",
             "",
             f"Pre-flight verdict: **{w['verdict']['verdict']}** — {w['verdict']['message']} "
@@ -89,6 +89,23 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                     f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
                     f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |"
                 )
+            paired = w.get("paired") or {}
+            cols = [b for b in ("weak_sft", "cong_s") if any(f"minus_{b}" in d for d in paired.values())]
+            if cols and len(w.get("seeds", [])) > 1:
+                lines += [
+                    "",
+                    "Paired by seed (each seed's methods share its weak pair, data and strong base): gold difference,"
+                    " mean over seeds with a 95% t interval.",
+                    "",
+                    "| Method | " + " | ".join(f"minus {LABELS.get(b, b)}" for b in cols) + " |",
+                    "|---|" + "---|" * len(cols),
+                ]
+                for k, d in paired.items():
+                    cells = [
+                        f"{_f(d[f'minus_{b}']['mean'])} {_ci(d[f'minus_{b}']['ci'])}" if f"minus_{b}" in d else "-"
+                        for b in cols
+                    ]
+                    lines.append(f"| {LABELS.get(k, k)} | " + " | ".join(cells) + " |")
             if w.get("cong_dpo_chosen_win_rate") is not None:
                 lines += [
                     "",
@@ -104,7 +121,12 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                 "Seconds per seed: " + "; ".join(", ".join(f"{k} {v:.0f}" for k, v in s.items()) for s in secs),
                 "",
             ]
-    lines += [f"Total wall time: {result.get('seconds', 0):.0f} s.", ""]
+    computed = result.get("seconds_computed")
+    lines += [
+        f"Total wall time: {result.get('seconds', 0):.0f} s"
+        + (f"; the world/seed runs took {computed:.0f} s when they were made (summed)." if computed else "."),
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -95,6 +95,18 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     for png in ("review_alpha.png", "review_scatter.png", "review_strong.png"):
         assert (tmp_path / "rep" / png).stat().st_size > 1000
     assert res["worlds"]["review"]["strong"]["cong"]["gold_mean"] == w["strong"]["cong"]["gold_mean"]
+    # Paired differences for every method (one seed: the difference itself, n=1); the baselines not against
+    # themselves.
+    assert w["paired"]["cong"]["minus_weak_sft"]["mean"] == pytest.approx(
+        w["strong"]["cong"]["gold_mean"] - w["strong"]["weak_sft"]["gold_mean"]
+    )
+    assert "minus_weak_sft" not in w["paired"]["weak_sft"] and "minus_cong_s" not in w["paired"]["cong_s"]
+    lo, hi = w["implicit_gold_pearson_ci"]  # one seed: the interval from its samples (Fisher z)
+    assert math.isnan(lo) or lo <= w["implicit_gold_pearson"] <= hi
+    # A cached rerun reports the time the reused runs took, not only its own short wall time.
+    again = report(cfg, command="test")
+    assert again["seconds_computed"] == res["seconds_computed"] > again["seconds"]
+    assert again["worlds"]["review"]["strong"] == res["worlds"]["review"]["strong"]
 
 
 def test_parallel_report_equals_the_sequential_one(tiny_review, tmp_path):
@@ -117,6 +129,22 @@ def test_parallel_report_equals_the_sequential_one(tiny_review, tmp_path):
         assert par["worlds"]["review"][key] == seq["worlds"]["review"][key], key
     with pytest.raises(ValueError, match="jobs"):
         ReportConfig(out=str(tmp_path / "x"), jobs=0)
+
+
+def test_paired_differences_cancel_what_the_seeds_share():
+    from ml.toyworld.report import _paired
+
+    # Seed levels differ a lot; ConG beats WeakSFT by exactly 0.1 in each seed: paired, the interval is that.
+    seeds = [
+        {"seed": i, "strong": {"weak_sft": {"gold_mean": lvl}, "cong_s": {"gold_mean": lvl + 0.05},
+                               "cong": {"gold_mean": lvl + 0.1}}}
+        for i, lvl in enumerate([0.1, 0.9, 0.4])
+    ]  # fmt: skip
+    p = _paired(seeds, ["weak_sft", "cong_s", "cong"])
+    assert p["cong"]["minus_weak_sft"]["mean"] == pytest.approx(0.1)
+    assert p["cong"]["minus_weak_sft"]["ci"] == pytest.approx([0.1, 0.1]) and p["cong"]["minus_weak_sft"]["n"] == 3
+    assert p["cong"]["minus_cong_s"]["mean"] == pytest.approx(0.05)
+    assert set(p["weak_sft"]) == {"minus_cong_s"} and set(p["cong_s"]) == {"minus_weak_sft"}
 
 
 def test_verdict_over_seeds_pairs_gains_by_seed():
