@@ -73,7 +73,11 @@ def _run(
     if kind == "weak_align":
         from ml.stages.weak_align import weak_align
 
-        return training("weak_align", weak_align, built["weak_align"], rep)
+        from ml.model_card import write_model_cards
+
+        out = training("weak_align", weak_align, built["weak_align"], rep)
+        write_model_cards({"weak_align": built["weak_align"]})  # pi_post's README.md, once it is trained
+        return out
     if kind == "evaluate":
         from ml.stages.evaluate import evaluate
 

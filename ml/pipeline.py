@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from ml.distributed import TrainingRunner, run_here
 from ml.io import SAMPLES, read_json, write_json
+from ml.model_card import write_model_cards
 from ml.pipeline_config import (
     CD_METHODS,
     DEFAULT_METHODS,
@@ -99,8 +100,8 @@ class _Runner:
         training stage through the training runner (here, or launched on several processes: ml.distributed)."""
         from ml.io import stage_done
 
+        self.planned[name] = cfg  # check() returns them; run() writes each trained model's card from them
         if self.dry:  # check(): every stage config was built (and validated); nothing runs
-            self.planned[name] = cfg
             return {"model_dir": str(Path(cfg.output_dir) / "model"), "samples": str(Path(cfg.output_dir) / SAMPLES)}
         cached = stage_done(cfg.output_dir) is not None
         if not cached:
@@ -180,6 +181,7 @@ def run(
     }
     write_json(R.out / "results.json", results)
     (R.out / "results.md").write_text(results_markdown(results), encoding="utf-8")
+    write_model_cards(R.planned, results)  # a README.md in each model folder a stage trained (ml.model_card)
     rep.log(f"pipeline: results in {R.out / 'results.md'}")
     return results
 
@@ -313,7 +315,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         ev = EvaluateConfig(
             **{
                 "output_dir": R.dir(f"eval/{m}"),
-                "gold": c.gold,
+                "gold": c.eval_gold or c.gold,
                 "model": models[m],
                 "prompts": c.eval_prompts,
                 "name": m,
