@@ -66,7 +66,7 @@ class ModelEntry(models.Model):
 
 
 class Dataset(models.Model):
-    """A validated JSONL file stored under VAR_DIR/datasets/."""
+    """A validated JSONL file stored under VAR_DIR/datasets/ (converted from the uploaded format, see ml.data_formats)."""
 
     class Kind(models.TextChoices):
         PROMPTS = "prompts", "prompts"
@@ -76,6 +76,11 @@ class Dataset(models.Model):
     kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.PROMPTS)
     path = models.CharField(max_length=1000, help_text="Where the validated file is stored.")
     row_count = models.PositiveIntegerField(default=0)
+    format = models.CharField(
+        max_length=20,
+        default="jsonl",
+        help_text="The format of the file as uploaded (ml.data_formats.FORMATS); what is stored is always JSONL.",
+    )
     gold = models.CharField(
         max_length=100, blank=True, default="", help_text="Registered gold reward for these prompts, e.g. 'toy:review'."
     )
