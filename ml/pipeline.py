@@ -315,7 +315,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         ev = EvaluateConfig(
             **{
                 "output_dir": R.dir(f"eval/{m}"),
-                "gold": c.gold,
+                "gold": c.eval_gold or c.gold,
                 "model": models[m],
                 "prompts": c.eval_prompts,
                 "name": m,

@@ -42,6 +42,14 @@ class PipelineConfig:
         metadata={"internal": True, "help": "Registered gold reward name, e.g. 'toy:review' (python -m ml golds)."}
     )
     output_dir: str = field(metadata={"internal": True, "help": "Run folder; each stage gets a subfolder."})
+    eval_gold: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "Gold reward of the evaluations when it differs from gold (which labels weak alignment's "
+            "samples); empty = gold. A registered name or rm:<reward model folder>.",
+        },
+    )
     weak_aligned: str = field(
         default="",
         metadata={
@@ -106,9 +114,11 @@ class PipelineConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("weak_base", "strong", "train_prompts", "eval_prompts", "gold", "output_dir"):
+        for name in ("weak_base", "strong", "train_prompts", "eval_prompts", "output_dir"):
             if not getattr(self, name):
                 raise ValueError(f"{name} is required")
+        if not (self.gold or self.eval_gold):  # weak alignment, when it runs, needs gold itself (WeakAlignConfig)
+            raise ValueError("gold is required")
         if isinstance(self.methods, str):
             self.methods = [m.strip() for m in self.methods.split(",") if m.strip()]
         unknown = [m for m in self.methods if m not in METHODS]

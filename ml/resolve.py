@@ -342,8 +342,13 @@ class JobInputs:
     prompts: str = ""
     prompts_kind: str = "prompts"  # or "preferences" (weak_align trains on the pairs directly)
     eval_prompts: str = ""
-    gold: str = ""
+    gold: str = ""  # labels: weak alignment's best-vs-worst and the pairs' scores (a name, or rm:<folder>)
+    eval_gold: str = ""  # scores the evaluations; empty = gold
     pairs: str = ""  # reviewed preference JSONL replacing generation (ml.pipeline.PipelineConfig.pairs)
+
+
+def _eval_gold(inputs: JobInputs) -> str:
+    return inputs.eval_gold or inputs.gold
 
 
 def _out(inputs: JobInputs, name: str) -> str:
@@ -376,6 +381,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 train_prompts=inputs.prompts,
                 eval_prompts=inputs.eval_prompts or inputs.prompts,
                 gold=inputs.gold,
+                eval_gold=_eval_gold(inputs),
                 output_dir=inputs.output_dir,
                 alpha=spec["alpha"],
                 methods=list(spec["methods"]),
@@ -396,7 +402,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 _cls("evaluate"),
                 {
                     "output_dir": _out(inputs, f"evaluate_{tag}"),
-                    "gold": inputs.gold,
+                    "gold": _eval_gold(inputs),
                     "samples": f"{cd.output_dir}/{SAMPLES}",
                     "name": tag,
                     **st["evaluate"],
@@ -428,7 +434,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 _cls("evaluate"),
                 {
                     "output_dir": _out(inputs, "evaluate"),
-                    "gold": inputs.gold,
+                    "gold": _eval_gold(inputs),
                     "model": inputs.strong,
                     "prompts": inputs.prompts,
                     "name": inputs.strong_name or "model",

@@ -19,6 +19,7 @@ from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, write_json, write_jsonl
+from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, join_sample_shards
 from ml.stats import mean_ci, win_rate
@@ -59,7 +60,9 @@ class EvaluateConfig(Shardable):
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling top-p."})
     do_sample: bool = field(default=True, metadata={"help": "Sample (True) or greedy decode (False)."})
     max_new_tokens: int = field(default=64, metadata={"help": "Longest response, in tokens."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate() call."})
+    batch_size: int = field(
+        default=8, metadata={"help": "Prompts per generate() call (and pairs per batch of a reward-model gold)."}
+    )
     max_prompts: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
     seed: int = field(default=0, metadata={"help": "Sampling seed (each batch is seeded from it)."})
     reference: str = field(
@@ -162,13 +165,10 @@ def _implicit(config: EvaluateConfig, rows: list[dict[str, Any]]) -> list[dict[s
 
 
 def score_rows(rows: list[dict[str, Any]], gold: GoldReward) -> list[dict[str, Any]]:
+    # One batched call: a reward model scores the rows in batches (GoldReward.score_many), a programmatic gold per row.
+    scores = gold.score_many([(str(r["prompt"]), str(r["response"])) for r in rows])
     return [
-        {
-            **r,
-            "gold": gold(str(r["prompt"]), str(r["response"])),
-            "valid": gold.is_valid(str(r["prompt"]), str(r["response"])),
-        }
-        for r in rows
+        {**r, "gold": s, "valid": gold.is_valid(str(r["prompt"]), str(r["response"]))} for r, s in zip(rows, scores)
     ]
 
 
@@ -196,7 +196,9 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[s
         if config.max_prompts:
             keep = sorted({r["index"] for r in rows})[: config.max_prompts]
             rows = [r for r in rows if r["index"] in set(keep)]
-    gold = resolve_gold(config.gold)
+    # A reward model (rm:<folder>) runs on the stage's device, in batches of its batch_size, and keeps its scores
+    # next to the outputs, so a stage resumed after a crash does not score them again (ml.judge.reward_model).
+    gold = resolve_gold(config.gold, device=config.device, batch_size=config.batch_size, cache_file=out / GOLD_CACHE)
     rows = score_rows(rows, gold)
     metrics: dict[str, Any] = {"stage": STAGE, "name": config.name, "gold_name": gold.name}
     g = mean_ci([r["gold"] for r in rows], method=config.ci_method, seed=config.seed)

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.gold import GoldReward, resolve_gold
+from ml.gold import GoldReward, release_gold_models, resolve_gold
 from ml.io import append_jsonl, read_json, read_prompts, repair_jsonl, stage_done, write_json
+from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter
 from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import sample_responses
@@ -68,9 +69,12 @@ class WeakAlignConfig(DPOStageConfig):
             self.data = ""
 
 
-def best_worst(prompt: str, responses: list[str], gold: GoldReward) -> dict[str, Any] | None:
-    """The preference row for one prompt, or None when every sample scores the same."""
-    scored = [(gold(prompt, r), r) for r in responses]
+def best_worst(
+    prompt: str, responses: list[str], gold: GoldReward, scores: list[float] | None = None
+) -> dict[str, Any] | None:
+    """The preference row for one prompt, or None when every sample scores the same. ``scores``: the responses'
+    gold scores when the caller scored them already (a batch at once)."""
+    scored = list(zip(scores if scores is not None else gold.score_many([(prompt, r) for r in responses]), responses))
     hi = max(scored, key=lambda s: s[0])
     lo = min(scored, key=lambda s: s[0])
     if hi[0] == lo[0]:
@@ -98,7 +102,11 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
         return path, True
     if config.gold is None:  # __post_init__ requires gold when there is no preference file
         raise ValueError("sampling preferences needs gold: a registered gold name or a callable")
-    gold = resolve_gold(config.gold)
+    # A reward model (rm:<folder>) scores on the stage's device, sample_batch_size pairs at a time, and keeps its
+    # scores next to the preferences, so a resumed labelling rescores nothing (ml.judge.reward_model).
+    gold = resolve_gold(
+        config.gold, device=config.device, batch_size=config.sample_batch_size, cache_file=out / GOLD_CACHE
+    )
     model = load_causal_lm(config.model, device=config.device)
     tok = load_tokenizer(config.model)
     bs = config.sample_batch_size
@@ -117,7 +125,13 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
             use_chat_template=config.use_chat_template,
             seed=config.seed + done,
         )
-        rows = [row for p, rs in zip(batch, samples) if (row := best_worst(p, rs, gold)) is not None]
+        # The batch's k samples per prompt scored in one call (batched for a reward model), then split per prompt.
+        flat = iter(gold.score_many([(p, r) for p, rs in zip(batch, samples) for r in rs]))
+        rows = [
+            row
+            for p, rs in zip(batch, samples)
+            if (row := best_worst(p, rs, gold, [next(flat) for _ in rs])) is not None
+        ]
         append_jsonl(path, rows)
         done += len(batch)
         # Written after the rows: a crash between the two re-labels this batch, and the duplicate
@@ -155,6 +169,7 @@ def weak_align(config: WeakAlignConfig, reporter: Reporter | None = None) -> dic
         finished = prepare_once(
             lambda: _labelled(config) >= n_prompts, lambda: label_preferences(config, reporter)[1], reporter
         )
+        release_gold_models()  # a reward model's memory goes back before training
         if not finished:
             return {"stage": STAGE, "stopped": True, "preferences": str(path)}
         rows = _dedupe(read_jsonl(path))
