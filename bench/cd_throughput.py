@@ -10,6 +10,14 @@ Measures, on the same models, prompts and token counts (every row generates exac
   bound      the two-model bound: plain batched model.generate of pi_post, then of pi_pre, for the same
              prompts and tokens at the largest batch size (min_new_tokens = max_new_tokens). CD needs
              both forwards per token, so CD at that batch size can at best match this.
+  compiled   contrastive_generate with CDConfig.compile="on" (ml.cd_compiled) at the largest batch size,
+             same models, prompts and tokens; its compile time is measured apart (an untimed first call)
+             and the greedy tokens are checked against the eager path's (--no-compiled skips this);
+  ragged     (toy models only) generation lengths drawn from a long-tailed distribution with EOS honoured,
+             where refilling finished rows matters: pairs/s of the compiled path against the eager one.
+             pi_post is a "countdown" toy GPT-2 (same shape as the others) that continues word w_k with
+             w_(k-1) and w_0 with EOS, so a prompt ending in w_k yields exactly k + 1 tokens whatever the
+             sampling settings (its relative_top cut leaves one token); pi_pre is the usual toy model.
 
 Default models are toy-sized tiny GPT-2s built here (2 layers, d=64, ~200-word vocabulary); pass
 --aligned/--base folders for real ones. Usage:
@@ -36,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from ml.contrastive import CDConfig, contrastive_generate, encode_prompt  # noqa: E402
+from ml.reporter import RecordingReporter  # noqa: E402
 
 WORDS = [f"w{i}" for i in range(196)]  # with the 4 specials: a 200-token vocabulary
 
@@ -47,6 +56,65 @@ def toy_models(seed_aligned: int = 1, seed_base: int = 2):
     aligned = tiny_gpt2(len(tok), n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=seed_aligned)
     base = tiny_gpt2(len(tok), n_layer=2, n_embd=64, n_head=2, n_positions=256, seed=seed_base)
     return tok, aligned, base
+
+
+def countdown_gpt2(vocab_size: int, n_positions: int = 256):
+    """A toy GPT-2 of the usual shape whose output depends on the current token only: word w_k -> w_(k-1),
+    w_0 -> EOS, with a margin of ~20 nats. The blocks' output projections and the position embeddings are
+    zero (the residual stream is the token embedding), and the untied head maps each embedding to its
+    predecessor's. Same FLOPs per token as the random toy models."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(3)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_positions=n_positions,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    m = GPT2LMHeadModel(cfg)
+    with torch.no_grad():
+        emb = torch.randn(vocab_size, 64)
+        emb = emb - emb.mean(-1, keepdim=True)
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        m.transformer.wte.weight.copy_(emb)
+        m.transformer.wpe.weight.zero_()
+        for blk in m.transformer.h:
+            for proj in (blk.attn.c_proj, blk.mlp.c_proj):
+                proj.weight.zero_()
+                proj.bias.zero_()
+        head = torch.zeros(vocab_size, 64)
+        first = 4  # w_0's id: the word tokenizer's 4 specials come first
+        for k in range(1, len(WORDS)):
+            head[first + k - 1] = emb[first + k]  # reading w_k predicts w_(k-1)
+        head[2] = emb[first]  # reading w_0 predicts EOS
+        m.lm_head.weight.copy_(head * 5.0)
+    m.generation_config.pad_token_id, m.generation_config.eos_token_id = 0, 2
+    return m.eval()
+
+
+def ragged_lengths(n: int, max_new: int, seed: int = 0) -> list[int]:
+    """Response lengths (EOS included) from a log-normal with median 12 tokens and sigma 1 (long right
+    tail: mean ~20, 1 in 10 over 40), clipped to [1, max_new]."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.exp(math.log(12.0) + torch.randn(n, generator=g))
+    return [int(v) for v in x.round().clamp(1, max_new).tolist()]
+
+
+def ragged_prompts(lengths: list[int], seed: int = 0) -> list[str]:
+    """4..16 random words, then w_(L-1): the countdown model answers w_(L-2) ... w_0 EOS, L tokens."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for L in lengths:
+        k = int(torch.randint(3, 16, (1,), generator=g))
+        words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)]
+        out.append(" ".join([*words, WORDS[L - 1]]))
+    return out
 
 
 def toy_prompts(n: int, seed: int = 0) -> list[str]:
@@ -117,6 +185,49 @@ def plain_generate_batched(model, tok, prompts: list[str], cfg: CDConfig, batch_
     return total
 
 
+def compiled_part(aligned, base, tok, prompts, cfg: CDConfig, big: int, args, toy: bool) -> tuple[dict, dict]:
+    """The compiled path's timed variants (name -> fn returning a count) and its one-off results: compile
+    times (each first call, untimed in the rounds), the greedy check, the ragged set-up."""
+
+    def run(ps, c, a=aligned, b=base, reporter=None):
+        return contrastive_generate(aligned=a, base=b, tokenizer=tok, prompts=ps, config=c, reporter=reporter)
+
+    def first_call(ps, c, **kw):
+        rec = RecordingReporter()
+        out = run(ps, c, reporter=rec, **kw)
+        return out, sum(v for name, v, _ in rec.of("metric") if name == "cd_compile_seconds")
+
+    on = CDConfig(**{**cfg.__dict__, "batch_size": big, "compile": "on"})
+    compile_s = {"throughput": first_call(prompts, on)[1]}
+    variants = {f"compiled{big}": lambda: sum(len(g.token_ids) for g in run(prompts, on))}
+    greedy = {**cfg.__dict__, "batch_size": big, "do_sample": False, "ignore_eos": False}
+    eager_g = run(prompts, CDConfig(**greedy))
+    comp_g, compile_s["greedy_check"] = first_call(prompts, CDConfig(**{**greedy, "compile": "on"}))
+    info = {
+        "compiled_matches_eager": [g.token_ids for g in eager_g] == [g.token_ids for g in comp_g],
+        "compile_seconds": compile_s,
+    }
+    if toy and args.ragged_prompts:
+        countdown = countdown_gpt2(len(tok))
+        lengths = ragged_lengths(args.ragged_prompts, args.ragged_max_new_tokens)
+        rp = ragged_prompts(lengths)
+        rc = {**cfg.__dict__, "batch_size": big, "ignore_eos": False, "max_new_tokens": args.ragged_max_new_tokens}
+        r_eager, r_on = CDConfig(**rc), CDConfig(**{**rc, "compile": "on"})
+        eager_r = run(rp, r_eager, a=countdown)
+        comp_r, compile_s["ragged"] = first_call(rp, r_on, a=countdown)
+        info["ragged"] = {
+            "prompts": len(rp),
+            "max_new_tokens": args.ragged_max_new_tokens,
+            "lengths": {q: sorted(lengths)[int(q / 100 * (len(lengths) - 1))] for q in (10, 50, 90, 99, 100)},
+            "mean_length": statistics.mean(lengths),
+            "lengths_as_drawn": [len(g.token_ids) for g in eager_r] == lengths,
+            "matches_eager": [g.token_ids for g in eager_r] == [g.token_ids for g in comp_r],
+        }
+        variants["ragged_eager"] = lambda: len(run(rp, r_eager, a=countdown))  # counts pairs, not tokens
+        variants["ragged_compiled"] = lambda: len(run(rp, r_on, a=countdown))
+    return variants, info
+
+
 def timed(fn, device) -> tuple[float, int]:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -148,6 +259,14 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--compiled",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the compiled path (CDConfig.compile='on') and the ragged run (default: on)",
+    )
+    ap.add_argument("--ragged-prompts", type=int, default=256, help="prompts of the ragged run (0: skip it)")
+    ap.add_argument("--ragged-max-new-tokens", type=int, default=128, help="length cap of the ragged run")
     args = ap.parse_args(argv)
 
     if args.threads:
@@ -210,6 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     variants["plain_post"] = lambda: plain_generate_batched(aligned, tok, prompts, cfg, big, device)
     variants["plain_pre"] = lambda: plain_generate_batched(base, tok, prompts, cfg, big, device)
+    compiled_info: dict = {}
+    if args.compiled:
+        more, compiled_info = compiled_part(aligned, base, tok, prompts, cfg, big, args, toy=not args.aligned)
+        variants.update(more)
     # On CUDA the short warm-up above is not enough: a first full-length round still paid for cache growth
     # and clock ramp-up (measured on an H200: batch-64 CD at 502 tok/s in round 1, 1034 in round 2), so
     # one whole round runs untimed first.
@@ -233,6 +356,14 @@ def main(argv: list[str] | None = None) -> dict:
     batched = {b: best[f"cd{b}"] for b in batch_sizes}
     bound = best["bound"]
 
+    if args.compiled:
+        compiled_info["compiled_tok_s"] = best[f"compiled{big}"]
+        compiled_info["compiled_speedup"] = med([r[f"compiled{big}"] / r[f"cd{big}"] for r in rounds])
+        if "ragged" in compiled_info:
+            rg = compiled_info["ragged"]
+            rg["eager_pairs_s"], rg["compiled_pairs_s"] = best["ragged_eager"], best["ragged_compiled"]
+            rg["speedup"] = med([r["ragged_compiled"] / r["ragged_eager"] for r in rounds])
+
     result = {
         "reference_tok_s": best["reference"],
         "batched_tok_s": {str(b): v for b, v in batched.items()},
@@ -253,6 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
+        **compiled_info,  # compiled_speedup, compiled_matches_eager, compile_seconds, ragged (per_round: pairs/s)
     }
     if args.json:
         print(json.dumps(result))
@@ -265,6 +397,18 @@ def main(argv: list[str] | None = None) -> dict:
             f"speedup vs reference: {result['speedup_vs_reference']:.1f}x; "
             f"fraction of bound: {result['fraction_of_bound']:.2f} (medians over {len(rounds)} rounds)"
         )
+        if args.compiled:
+            print(
+                f"compiled batch {big}: {compiled_info['compiled_tok_s']:.0f} tok/s, "
+                f"{compiled_info['compiled_speedup']:.2f}x eager (median); greedy identical: "
+                f"{compiled_info['compiled_matches_eager']}; compile seconds: {compiled_info['compile_seconds']}"
+            )
+        if "ragged" in compiled_info:
+            rg = compiled_info["ragged"]
+            print(
+                f"ragged ({rg['prompts']} prompts, lengths p50 {rg['lengths'][50]}, p99 {rg['lengths'][99]}): eager "
+                f"{rg['eager_pairs_s']:.1f} pairs/s, compiled {rg['compiled_pairs_s']:.1f} ({rg['speedup']:.2f}x)"
+            )
     return result
 
 

@@ -115,11 +115,14 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]  # transform
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, h, _, dk = key_states.shape
-        col = self.cols.view(-1, 1, 1, 1)
         assert self.keys is not None and self.values is not None
-        self.keys.scatter_(2, col.expand(b, h, 1, dk), key_states)
-        self.values.scatter_(2, col.expand(b, h, 1, value_states.shape[-1]), value_states)
+        b, h, width, _ = self.keys.shape
+        # Row r, head j goes to flat row (r * h + j) * width + cols[r] of the [b * h * width, head_dim] view.
+        # index_copy_ rather than scatter_: inductor updates the buffer in place for it, while it copied the
+        # whole cache for every scatter_ (measured: 2.5 ms of a 4 ms toy step).
+        at = (torch.arange(b * h, device=self.keys.device).view(b, h) * width + self.cols.unsqueeze(1)).view(-1)
+        self.keys.view(b * h * width, -1).index_copy_(0, at, key_states.reshape(b * h, -1))
+        self.values.view(b * h * width, -1).index_copy_(0, at, value_states.reshape(b * h, -1))
         return self.keys, self.values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
