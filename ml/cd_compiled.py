@@ -14,9 +14,10 @@ on CUDA): the two model forwards of a step (reused for every config on the same 
 ``processed_scores`` of ml.contrastive (the CD score + processors, the very function the eager loop calls,
 so the two paths cannot drift; it recompiles per distinct alpha/penalty/... up to dynamo's limit). Token
 choice (``pick_next``), EOS checks and refills run eagerly. Compiled graphs, caches and buffers live in an
-engine kept per process (``MAX_ENGINES``) and keyed by the models, slots and cache width (rounded up to
-``WIDTH_BUCKET``), so later calls in the same worker reuse them; the time the first calls of an engine
-(and of a new config) take is reported as the metric ``cd_compile_seconds``.
+engine kept per process (up to ``MAX_ENGINES``, all for the last pair of models used; ``clear_engines``
+frees them) and keyed by the models, slots and cache width (rounded up to ``WIDTH_BUCKET``), so later calls
+in the same worker reuse them; the time the first calls of an engine (and of a new config) take is reported
+as the metric ``cd_compile_seconds``.
 
 Greedy output equals the eager path's. Sampling is reproducible (one generator per call, seeded with
 ``batch_seed(seed, 0)``) but draws differently from the eager loop, whose batches each seed their own.
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from typing import Any
 
 import torch
@@ -51,7 +51,7 @@ from ml.reporter import Reporter, or_null
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 WIDTH_BUCKET = 64  # cache widths round up to this: calls with similar prompt lengths share one engine and graph
-MAX_ENGINES = 2  # engines (caches + compiled graphs) a process keeps; the oldest is dropped beyond this
+MAX_ENGINES = 2  # engines (caches + compiled graphs) kept for the current models; the oldest is dropped beyond it
 DEFAULT = "default"  # backend/mode sentinel: compile_settings(device) decides
 
 
@@ -141,7 +141,7 @@ class _Engine:
     """Static caches, per-row state and compiled step functions for one (models, slots, width); reused."""
 
     def __init__(self, aligned: Any, base: Any, slots: int, width: int, backend: str | None, mode: str | None):
-        self.refs = (weakref.ref(aligned), weakref.ref(base))
+        self.models = (aligned, base)
         self.slots, self.width, self.backend, self.mode = slots, width, backend, mode
         self.steppers = (_Stepper(aligned), _Stepper(base))
         dev = self.device = next(aligned.parameters()).device
@@ -185,12 +185,18 @@ class _Engine:
         return [t for c in self.caches for layer in c.layers for t in (layer.keys, layer.values)]
 
     def matches(self, aligned: Any, base: Any, slots: int, width: int, backend: str | None, mode: str | None) -> bool:
-        return (self.refs[0]() is aligned and self.refs[1]() is base) and (slots, width, backend, mode) == (
+        key = (slots, width, backend, mode, next(aligned.parameters()).device, next(aligned.parameters()).dtype)
+        return self.same_models(aligned, base) and key == (
             self.slots,
             self.width,
             self.backend,
             self.mode,
+            self.device,
+            self.caches[0].layers[0].keys.dtype,
         )
+
+    def same_models(self, aligned: Any, base: Any) -> bool:
+        return self.models[0] is aligned and self.models[1] is base
 
     def _forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """One decode step of both models: every row feeds its token at its own column and position."""
@@ -244,12 +250,20 @@ class _Engine:
 _ENGINES: list[_Engine] = []
 
 
+def clear_engines() -> None:
+    """Drop every kept engine (its caches, and its references to the models) to free their memory."""
+    _ENGINES.clear()
+
+
 def _engine_for(
     aligned: Any, base: Any, slots: int, width: int, backend: str | None, mode: str | None
 ) -> tuple[_Engine, bool]:
     for e in _ENGINES:
         if e.matches(aligned, base, slots, width, backend, mode):
             return e, True
+    # Engines hold their models: keeping those of an earlier pair would keep its weights and caches in memory
+    # for as long as the worker lives.
+    _ENGINES[:] = [e for e in _ENGINES if e.same_models(aligned, base)]
     e = _Engine(aligned, base, slots, width, backend, mode)
     _ENGINES.insert(0, e)
     del _ENGINES[MAX_ENGINES:]

@@ -14,7 +14,8 @@ import shutil
 import pytest
 import torch
 
-from ml.cd_compiled import compiled_generate, use_compiled
+from ml import cd_compiled
+from ml.cd_compiled import clear_engines, compiled_generate, use_compiled
 from ml.contrastive import CDConfig, contrastive_generate, eos_ids_of, prepare_rows
 from ml.reporter import RecordingReporter
 from ml.tiny import word_tokenizer
@@ -172,6 +173,20 @@ def test_a_stop_request_returns_the_finished_rows_only(llama_pair):
     same(got, [want[g.index] for g in got])
     assert rec.of("progress")[0] == ("cd_generate", len(got), len(PROMPTS))
     assert any(name == "cd_compile_seconds" for name, _, _ in rec.of("metric"))
+
+
+def test_engines_are_reused_for_the_same_pair_and_dropped_for_another(llama_pair, tiny_pair):
+    """Caches and graphs are kept per worker for the models in use, and only for them: an engine holds its
+    models, so a worker moving to another pair must not keep the old one's weights and caches alive."""
+    first, again = {}, {}
+    compiled(llama_pair, PROMPTS, greedy(), backend=None, stats=first)
+    compiled(llama_pair, PROMPTS[1:], greedy(), backend=None, stats=again)  # same slots and cache width
+    assert again["engine_reused"] and (again["slots"], again["width"]) == (first["slots"], first["width"])
+    gpt2 = (tiny_pair.tokenizer, tiny_pair.aligned, tiny_pair.base)
+    compiled(gpt2, PROMPTS, greedy(), backend=None)
+    assert cd_compiled._ENGINES and all(e.same_models(gpt2[1], gpt2[2]) for e in cd_compiled._ENGINES)
+    clear_engines()
+    assert not cd_compiled._ENGINES
 
 
 def test_compile_setting_is_checked_and_auto_is_eager_on_cpu(llama_pair):
