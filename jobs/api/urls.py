@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.api import views
+from jobs.api import artifacts, views
 
 app_name = "api"
 
@@ -20,4 +20,10 @@ urlpatterns = [
     path("jobs/<int:pk>/pairs/export/", views.PairsExportView.as_view(), name="job-pairs-export"),
     path("jobs/<int:pk>/pairs/<int:pair_id>/review/", views.PairReviewView.as_view(), name="pair-review"),
     path("jobs/<int:pk>/results/", views.JobResultsView.as_view(), name="job-results"),
+    path("jobs/<int:pk>/artifacts/", artifacts.JobArtifactsView.as_view(), name="job-artifacts"),
+    path(
+        "jobs/<int:pk>/artifacts/<int:artifact_id>/download/",
+        artifacts.ArtifactDownloadView.as_view(),
+        name="job-artifact-download",
+    ),
 ]

@@ -301,6 +301,8 @@ DECLARED_ERRORS = {
     "jobs_pairs_review_create": AUTHED | {400, 404},
     "jobs_pairs_export_retrieve": AUTHED | {400, 404},
     "jobs_results_retrieve": AUTHED | {404},
+    "jobs_artifacts_list": AUTHED | {404},
+    "jobs_artifacts_download_retrieve": AUTHED | {404},
 }
 
 
