@@ -59,7 +59,7 @@ def run_spec(
     result = execute(spec, inputs, rep, on_generation=on_generation, generation=coordinator)
     for m in mirrors:
         m.sync()
-    result = {**result, **reviewed}
+    result = {**result, **reviewed, **_gold_labels(job)}
     if result.get("stopped"):
         return result
     if job.kind == Job.Kind.EVALUATE and result.get("samples"):
@@ -73,6 +73,17 @@ def run_spec(
         services.artifact_record(job_id=job.pk, stage="weak_align", kind="model", path=result["model_dir"])
         result = {**result, **_register_aligned(job, rep, result["model_dir"])}
     return result
+
+
+def _gold_labels(job: Job) -> dict[str, str]:
+    """Which gold scored what, as the results say it (names, never paths: rm:<reward model name>): "gold" labelled
+    (weak alignment's pairs, the pairs' scores), "eval_gold" scored the evaluations. Jobs from before job-level golds
+    name their dataset's."""
+    config = job.config or {}
+    out = {f: str(config[f].get("label") or "") for f in ("gold", "eval_gold") if isinstance(config.get(f), dict)}
+    if not out and (config.get("prompts") or {}).get("gold"):
+        out["gold"] = str(config["prompts"]["gold"])
+    return {k: v for k, v in out.items() if v}
 
 
 def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:

@@ -70,8 +70,9 @@ class PairMirror:
         self.shard, self.worker = shard, worker  # stored with each pair: who generated it
         self.offset = 0
         self.stored = self.score_errors = 0
-        # Score each pair with the dataset's gold reward as it is mirrored, so reviewers can filter and
-        # sort by it (generation rows carry only the implicit reward). Programmatic golds are cheap.
+        # Score each pair with the job's (labelling) gold as it is mirrored, so reviewers can filter and sort by it
+        # (generation rows carry only the implicit reward). Programmatic golds are cheap; a reward model (rm:<folder>)
+        # scores each sync's new rows in batches, in this worker process, on its default device.
         self.gold = None
         if gold and side == "chosen":
             from ml.gold import get_gold
@@ -111,14 +112,7 @@ class PairMirror:
             return self._store_side(rows)
         have = set(GeneratedPair.objects.filter(job_id=self.job_id).values_list("prompt_index", flat=True))
         new = 0
-        for row in rows:
-            if int(row["index"]) + self.index_offset in have:
-                continue
-            if self.gold is not None and "gold" not in row:
-                try:
-                    row = {**row, "gold": self.gold(str(row.get("prompt", "")), str(row.get("response", "")))}
-                except Exception as exc:  # a prompt the gold cannot score: keep the pair, say why
-                    row = {**row, "score_error": f"{type(exc).__name__}: {exc}"[:2000]}
+        for row in self._scored([r for r in rows if int(r["index"]) + self.index_offset not in have]):
             _, created = services.pair_store(
                 job_id=self.job_id, row=row, index_offset=self.index_offset, shard=self.shard, worker=self.worker
             )
@@ -126,6 +120,30 @@ class PairMirror:
             self.stored += int(created)
             self.score_errors += int(created and bool(row.get("score_error")))
         return new
+
+    def _scored(self, rows: list[dict]) -> list[dict]:
+        """The rows with their gold score, or the reason there is none (score_error): all at once (one batched call
+        to a reward model), else, when the batch fails, row by row, so one unscorable prompt costs only its own."""
+        todo = [i for i, r in enumerate(rows) if "gold" not in r] if self.gold is not None else []
+        if not todo:
+            return rows
+        assert self.gold is not None  # todo is empty without a gold
+        gold = self.gold
+
+        def pair(row: dict) -> tuple[str, str]:
+            return str(row.get("prompt", "")), str(row.get("response", ""))
+
+        out = list(rows)
+        try:
+            for i, score in zip(todo, gold.score_many([pair(rows[i]) for i in todo])):
+                out[i] = {**rows[i], "gold": score}
+        except Exception:
+            for i in todo:
+                try:
+                    out[i] = {**rows[i], "gold": gold(*pair(rows[i]))}
+                except Exception as exc:  # a prompt the gold cannot score: keep the pair, say why
+                    out[i] = {**rows[i], "score_error": f"{type(exc).__name__}: {exc}"[:2000]}
+        return out
 
     def _store_side(self, rows: list[dict]) -> int:
         # A row whose pair was never made is skipped; the job's results count the pairs with each side filled.
@@ -141,8 +159,11 @@ class PairMirror:
 
 
 def job_gold(job: Job) -> str:
-    """The gold reward that scores the job's pairs as they are mirrored (its prompt dataset's)."""
-    gold = (job.config.get("prompts") or {}).get("gold") or ""
+    """The gold reward that scores the job's pairs as they are mirrored: its labelling gold (the request's, else its
+    prompt dataset's), as ml resolves it."""
+    from jobs.services.creation import job_gold_name
+
+    gold = job_gold_name(job.config or {})
     import ml.toyworld  # noqa: F401  (registers the toy world golds)
 
     return gold

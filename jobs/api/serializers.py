@@ -169,6 +169,21 @@ class JobCreateSerializer(serializers.Serializer):
         help_text="With pairs_from: train on pending pairs too (true) or not (false); absent: a source job's pending "
         "pairs count only when none of its pairs was reviewed.",
     )
+    gold = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=100,
+        help_text="The gold that labels (weak alignment's best vs worst, the pairs' scores): a registered name such as "
+        "toy:review, or rm:<id> of a reward model (kind reward). Default: the prompt dataset's gold.",
+    )
+    eval_gold = serializers.CharField(
+        required=False,
+        allow_null=True,
+        allow_blank=True,
+        max_length=100,
+        help_text="kind=evaluate/alpha_sweep/cong/train: the gold that scores the evaluations, as gold. Default: gold.",
+    )
 
 
 class JobSerializer(serializers.ModelSerializer):

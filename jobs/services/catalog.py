@@ -16,6 +16,7 @@ from jobs.models import Dataset, ModelEntry
 from jobs.selectors import visible as _visible
 from jobs.services._common import _err
 from jobs.validation import resolve_model_path, validate_jsonl
+from ml.gold import RM_PREFIX
 from ml.toyworld.manifest import ToyManifest
 
 
@@ -101,6 +102,12 @@ def model_register(
     if ModelEntry.objects.filter(owner=owner, name=name).exists():  # owner=None filters IS NULL
         raise _err("name", taken)
     resolved = resolve_model_path(path, user=owner)
+    if kind == ModelEntry.Kind.REWARD:
+        from ml.judge.reward_model import check_reward_folder
+
+        why = check_reward_folder(resolved)  # config.json only: nothing is loaded, no remote code ever
+        if why:
+            raise _err("path", why)
     fp = _fingerprint(resolved)
     try:
         with transaction.atomic():
@@ -128,7 +135,7 @@ def dataset_create(
         raise _err("kind", f"kind must be one of {', '.join(Dataset.Kind.values)}")
     gold = (gold or "").strip()
     if gold:
-        _check_gold(gold)
+        _check_gold(gold, owner)
     data, rows = validate_jsonl(chunks, kind=kind)
     # Write the file first under a unique name; the row points at it. If the row fails, remove the file.
     path = datasets_dir() / f"{uuid.uuid4().hex}.jsonl"
@@ -143,19 +150,39 @@ def dataset_create(
         raise
 
 
-def _check_gold(gold: str) -> None:
+def _check_gold(gold: str, user=None, field: str = "gold") -> None:
+    if gold.startswith(RM_PREFIX):  # a reward model the uploader may use; jobs check it again for their owner
+        gold_pick(user, gold, field)
+        return
     try:
         import ml.toyworld  # noqa: F401  (registers the toy golds)
         from ml.gold import get_gold
 
         get_gold(gold)
     except (KeyError, ValueError) as exc:
-        raise _err("gold", f"unknown gold reward {gold!r}: {exc}") from None
+        raise _err(field, f"unknown gold reward {gold!r}: {exc}") from None
     except ImportError:  # the registry is not importable here: accept, the runner will check
         pass
 
 
-def _pick_model(user, ident: Any, field: str) -> ModelEntry:
+def gold_pick(user, gold: str, field: str) -> dict[str, Any]:
+    """A gold as a job stores it: {"name": what ml resolves (a registered name, or rm:<folder> for a reward model),
+    "label": what pages and results show (rm:<model name>), "model": the reward model's ref (re-checked when the job
+    runs, like the job's other models)}. ``gold`` is a registered name or rm:<model id> of a reward model ``user``
+    may use; a ValidationError on ``field`` otherwise."""
+    if not gold.startswith(RM_PREFIX):
+        _check_gold(gold, field=field)
+        return {"name": gold, "label": gold}
+    ident = gold[len(RM_PREFIX) :].strip()
+    if not ident.isdigit():
+        raise _err(field, f"{gold!r}: a reward-model gold is rm:<model id>, e.g. rm:12 (register it with kind reward)")
+    m = _pick_model(user, ident, field, reward=True)
+    return {"name": f"{RM_PREFIX}{m.path}", "label": f"{RM_PREFIX}{m.name}", "model": _model_ref(m)}
+
+
+def _pick_model(user, ident: Any, field: str, *, reward: bool = False) -> ModelEntry:
+    """A model ``user`` may use, by id: a reward model when ``reward`` (a gold), else any other kind (a model a job
+    samples or trains; a reward model's one-number head cannot generate)."""
     if ident in (None, ""):
         raise _err(field, "this job kind needs this model; give its id")
     try:
@@ -178,6 +205,12 @@ def _pick_model(user, ident: Any, field: str) -> ModelEntry:
         )
     if not (Path(m.path) / "config.json").is_file():
         raise _err(field, f"model {m.name!r} is no longer on disk at {m.path}")
+    if reward and m.kind != ModelEntry.Kind.REWARD:
+        raise _err(field, f"model {m.name!r} is not a reward model (kind {m.kind}); register one with kind reward")
+    if not reward and m.kind == ModelEntry.Kind.REWARD:
+        raise _err(
+            field, f"model {m.name!r} is a reward model: it scores, it cannot generate; name it as gold rm:{m.pk}"
+        )
     return m
 
 

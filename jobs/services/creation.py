@@ -14,7 +14,7 @@ from jobs.models import Dataset, Job, JobEvent, ModelEntry
 from jobs.selectors import visible as _visible
 from jobs.services import dispatch
 from jobs.services._common import S, _err
-from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model
+from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model, gold_pick
 from jobs.services.events import event_append
 from jobs.services.review_loop import REVIEWED_PAIRS, pairs_from_check
 
@@ -44,6 +44,11 @@ JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong")
 
 JOB_DATASET_FIELDS = ("prompts", "eval_prompts")
 
+# A job's golds (jobs.services.catalog.gold_pick): "gold" labels (weak alignment's best vs worst, the pairs' scores),
+# "eval_gold" scores the evaluations, only in the kinds that evaluate (EVAL_GOLD_KINDS; default: gold).
+JOB_GOLD_FIELDS = ("gold", "eval_gold")
+EVAL_GOLD_KINDS = (Job.Kind.EVALUATE, Job.Kind.ALPHA_SWEEP, Job.Kind.CONG, Job.Kind.TRAIN)
+
 
 def job_check_access(*, job: Job) -> None:
     """The worker's check, just before a job runs, that its owner may still use every model and dataset
@@ -58,11 +63,12 @@ def job_check_access(*, job: Job) -> None:
 
     user, config = job.owner, job.config or {}
     problems: list[str] = []
-    for field, qs, what in [
-        *((f, ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
-        *((f, Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS),
+    for field, ref, qs, what in [
+        *((f, config.get(f), ModelEntry.objects.all(), "model") for f in JOB_MODEL_FIELDS),
+        *((f, config.get(f), Dataset.objects.all(), "dataset") for f in JOB_DATASET_FIELDS),
+        # A reward model named as gold is a model the job runs like the others.
+        *((f, (config.get(f) or {}).get("model"), ModelEntry.objects.all(), "model") for f in JOB_GOLD_FIELDS),
     ]:
-        ref = config.get(field)
         if not ref:
             continue
         ident = ref.get("id") if isinstance(ref, dict) else None
@@ -100,10 +106,19 @@ def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
         prompts=path("prompts"),
         prompts_kind=str((config.get("prompts") or {}).get("kind") or "prompts"),
         eval_prompts=path("eval_prompts"),
-        gold=str((config.get("prompts") or {}).get("gold") or ""),
+        gold=job_gold_name(config),
+        eval_gold=str((config.get("eval_gold") or {}).get("name") or ""),
         # Written when the job first runs (jobs.services.review_loop), from the jobs its pairs_from names.
         pairs=f"{output_dir.rstrip('/')}/{REVIEWED_PAIRS}" if config.get("pairs_from") else "",
     )
+
+
+def job_gold_name(config: dict[str, Any]) -> str:
+    """The labelling gold's name as ml resolves it (rm:<folder> for a reward model); jobs from before job-level golds
+    stored only their dataset's."""
+    if isinstance(config.get("gold"), dict):
+        return str(config["gold"].get("name") or "")
+    return str((config.get("prompts") or {}).get("gold") or "")
 
 
 def _model_contexts(picked: dict[str, Any]) -> dict[str, tuple[str, int | None]]:
@@ -179,6 +194,8 @@ def job_build(
     eval_prompts: Any = None,
     pairs_from: Any = None,
     include_pending: Any = None,
+    gold: Any = None,
+    eval_gold: Any = None,
 ) -> dict[str, Any]:
     """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
     ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it, so
@@ -252,9 +269,11 @@ def job_build(
         Job.Kind.TRAIN,
         Job.Kind.PREFLIGHT,
     )
-    if ds is not None and kind in needs_gold and not ds.gold and ds.kind != Dataset.Kind.PREFERENCES:
+    golds = _pick_golds(user, kind, ds, gold, eval_gold, collect, errors)
+    if ds is not None and kind in needs_gold and not golds and ds.kind != Dataset.Kind.PREFERENCES:
         errors.setdefault("prompts", []).append(
-            f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review)"
+            f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review, or "
+            "give gold)"
         )
     reviewed = None
     if pairs_from not in (None, []):
@@ -298,9 +317,47 @@ def job_build(
         }
     if reviewed is not None:
         config["pairs_from"] = reviewed
+    config.update(golds)
     _check_buildable(spec, config)
     config["spec"] = spec
     return config
+
+
+def _pick_golds(
+    user, kind: str, ds: Dataset | None, gold: Any, eval_gold: Any, collect: Any, errors: dict[str, list[str]]
+) -> dict[str, dict[str, Any]]:
+    """The job's golds as stored ({"gold": ..., "eval_gold": ...}, each as gold_pick makes it): gold is the request's,
+    else the dataset's; eval_gold the request's, else gold, in the kinds that evaluate. Problems go to ``errors``."""
+    out: dict[str, dict[str, Any]] = {}
+    for field, given in (("gold", gold), ("eval_gold", eval_gold)):
+        if given not in (None, "") and not isinstance(given, str):
+            errors.setdefault(field, []).append(f"{field} must be a string: a gold name or rm:<reward model id>")
+            return out
+    if eval_gold and kind not in EVAL_GOLD_KINDS:
+        errors.setdefault("eval_gold", []).append(
+            f"eval_gold is only used by the kinds that evaluate ({', '.join(EVAL_GOLD_KINDS)}); give gold"
+        )
+    if (gold or "").strip():
+        picked = collect(gold_pick, user, gold.strip(), "gold")
+    elif ds is not None and ds.gold:
+        picked = collect(_dataset_gold, user, ds)
+    else:
+        picked = None
+    if picked is not None:
+        out["gold"] = picked
+    if kind in EVAL_GOLD_KINDS:
+        picked = collect(gold_pick, user, eval_gold.strip(), "eval_gold") if (eval_gold or "").strip() else None
+        if picked is not None or "gold" in out:
+            out["eval_gold"] = picked if picked is not None else out["gold"]
+    return out
+
+
+def _dataset_gold(user, ds: Dataset) -> dict[str, Any]:
+    # A dataset's rm:<id> is checked for the job's owner: the uploader's reward model may not be theirs to use.
+    try:
+        return gold_pick(user, ds.gold, "prompts")
+    except ValidationError as exc:
+        raise _err("prompts", f"dataset {ds.name!r}'s gold {ds.gold}: {'; '.join(exc.messages)}") from None
 
 
 def _check_deployment(spec: dict[str, Any]) -> None:
