@@ -160,8 +160,8 @@ def _pipeline_data(pipeline: Mapping[str, Any]) -> list[str]:
 
 
 def _weak_pair(results: Mapping[str, Any] | None, run: Path) -> list[str]:
-    """The pipeline's weak pair, whose samples (CD or plain pi_post) made the data (results["weak_aligned"]: the pi_post it
-    used)."""
+    """The pipeline's weak pair, whose samples (CD or plain pi_post) made the data (results["weak_aligned"]: the
+    pi_post it used)."""
     r = results or {}
     pre, post = (r.get("config") or {}).get("weak_base"), r.get("weak_aligned")
     if not pre or not post:
