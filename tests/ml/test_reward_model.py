@@ -17,6 +17,7 @@ from ml.judge.reward_model import CACHE_FILE, check_reward_folder
 from ._reward_fixtures import save_reward_model
 from .conftest import TINY_WORDS
 
+CPU = "cpu"  # float32 everywhere, so batched and one-by-one scores agree to float error (CUDA would run bf16)
 SCORES = {"good": 1.0, "happy": 2.0, "bad": -1.0, "sad": -2.0}
 PAIRS = [
     ("tell me about the dog", "it was very happy"),
@@ -44,11 +45,11 @@ def _fresh_process_cache():
 
 
 def test_batched_scores_equal_one_by_one_and_follow_the_model(rm_path):
-    gold = get_gold(f"{RM_PREFIX}{rm_path}", batch_size=4)
+    gold = get_gold(f"{RM_PREFIX}{rm_path}", batch_size=4, device=CPU)
     assert gold.name == f"rm:{rm_path.resolve()}" and gold.batch is not None
     batched = gold.score_many(PAIRS)
     reward_model._scores.clear()  # nothing remembered: each pair through the model on its own
-    one_by_one = [get_gold(f"rm:{rm_path}", batch_size=1)(p, r) for p, r in PAIRS]
+    one_by_one = [get_gold(f"rm:{rm_path}", batch_size=1, device=CPU)(p, r) for p, r in PAIRS]
     assert batched == pytest.approx(one_by_one, abs=1e-5)
     # The head reads the response's last word: happy > good > three (no score) > bad > sad.
     happy, good, sad, three, bad, _ = batched
@@ -57,13 +58,13 @@ def test_batched_scores_equal_one_by_one_and_follow_the_model(rm_path):
     # The same judge as ml.scoring's RewardModelJudge, directly.
     from ml.scoring import RewardModelJudge
 
-    direct = RewardModelJudge(rm_path).score_batch([p for p, _ in PAIRS], [r for _, r in PAIRS])
+    direct = RewardModelJudge(rm_path, device=CPU).score_batch([p for p, _ in PAIRS], [r for _, r in PAIRS])
     assert batched == pytest.approx(direct, abs=1e-5)
 
 
 def test_scores_are_cached_in_the_process_and_in_the_stage_file(rm_path, tmp_path):
     cache = tmp_path / CACHE_FILE
-    first = resolve_gold(f"rm:{rm_path}", batch_size=2, cache_file=cache)
+    first = resolve_gold(f"rm:{rm_path}", device=CPU, batch_size=2, cache_file=cache)
     scores = first.score_many(PAIRS)
     scorer = first.score
     assert scorer.computed == 5  # 6 pairs, one repeated
@@ -71,20 +72,20 @@ def test_scores_are_cached_in_the_process_and_in_the_stage_file(rm_path, tmp_pat
     assert [(r["prompt"], r["response"]) for r in rows] == list(dict.fromkeys(PAIRS))
     assert [r["score"] for r in rows] == pytest.approx(scores[:5])
 
-    again = resolve_gold(f"rm:{rm_path}", batch_size=2)  # same process: the LRU answers
+    again = resolve_gold(f"rm:{rm_path}", device=CPU, batch_size=2)  # same process: the LRU answers
     assert again.score_many(PAIRS) == scores and again.score.computed == 0
 
     # A new process (nothing loaded, nothing remembered) resuming the stage reads its file back: nothing rescored.
     release_gold_models()
     reward_model._scores.clear()
-    resumed = resolve_gold(f"rm:{rm_path}", batch_size=2, cache_file=cache)
+    resumed = resolve_gold(f"rm:{rm_path}", device=CPU, batch_size=2, cache_file=cache)
     assert resumed.score_many(PAIRS) == scores and resumed.score.computed == 0
     assert not reward_model._loaded  # and the model was never even loaded
     # A new pair is scored (and appended); a torn last line from a kill mid-write is dropped, not fatal.
     with cache.open("a") as fh:
         fh.write('{"gold": "rm:x", "prompt": "tor')
     reward_model._scores.clear()
-    more = resolve_gold(f"rm:{rm_path}", batch_size=2, cache_file=cache)
+    more = resolve_gold(f"rm:{rm_path}", device=CPU, batch_size=2, cache_file=cache)
     assert more.score_many([("the", "happy")])[0] == pytest.approx(scores[0], abs=1e-5)
     assert more.score.computed == 1 and len(read_jsonl(cache)) == 6
 
@@ -134,8 +135,9 @@ def test_evaluate_stage_scores_with_the_reward_model(rm_path, tmp_path):
 
     samples = tmp_path / "samples.jsonl"
     write_jsonl(samples, [{"index": i, "prompt": p, "response": r} for i, (p, r) in enumerate(PAIRS[:5])])
-    out = evaluate(EvaluateConfig(output_dir=str(tmp_path / "eval"), gold=f"rm:{rm_path}", samples=str(samples)))
-    expected = get_gold(f"rm:{rm_path}").score_many(PAIRS[:5])
+    cfg = EvaluateConfig(output_dir=str(tmp_path / "eval"), gold=f"rm:{rm_path}", samples=str(samples), device=CPU)
+    out = evaluate(cfg)
+    expected = get_gold(f"rm:{rm_path}", device=CPU).score_many(PAIRS[:5])
     assert [r["gold"] for r in read_jsonl(tmp_path / "eval" / "samples.jsonl")] == pytest.approx(expected)
     assert out["gold_mean"] == pytest.approx(sum(expected) / 5) and out["gold_name"] == f"rm:{rm_path.resolve()}"
     assert len(read_jsonl(tmp_path / "eval" / CACHE_FILE)) == 5  # kept beside the stage's outputs
@@ -161,7 +163,7 @@ def test_weak_alignment_labels_best_vs_worst_by_the_reward_model(rm_path, tmp_pa
     path, finished = label_preferences(cfg, or_null(None))
     rows = read_jsonl(path)
     assert finished and rows, "the tiny model's samples should not all tie under the reward model"
-    gold = get_gold(f"rm:{rm_path}")
+    gold = get_gold(f"rm:{rm_path}", device=CPU)
     for r in rows:
         assert r["chosen_gold"] == pytest.approx(gold(r["prompt"], r["chosen"]), abs=1e-5)
         assert r["rejected_gold"] == pytest.approx(gold(r["prompt"], r["rejected"]), abs=1e-5)
