@@ -1,8 +1,8 @@
 """Reward models as judges, through the app: POST /models/ with kind "reward" registers a one-label sequence
 classifier (others are refused); gold "rm:<id>" works wherever a gold is named (a dataset's gold, a job's gold and
 eval_gold) and is resolved at submit to the folder, re-checked when the job runs; a real worker scores an evaluate
-job and labels a weak_align job with it; a ConG job whose eval_gold differs from its gold reports both, each having
-scored what it says."""
+job and labels a weak_align job with it; the mirror scores a CD job's pairs with it; a ConG job whose eval_gold
+differs from its gold reports both, each having scored what it says."""
 
 from __future__ import annotations
 
@@ -232,3 +232,28 @@ def test_a_cong_job_with_an_eval_gold_apart_from_its_gold_reports_both(user, wea
     pairs = list(GeneratedPair.objects.filter(job=job))
     assert len(pairs) == 3
     assert all(p.gold_reward == positive(p.prompt, p.chosen) for p in pairs)
+
+
+@pytest.mark.django_db
+def test_the_pairs_of_a_cd_job_are_scored_by_its_reward_model_gold(user, weak_pair, rm_folders, monkeypatch):
+    """The worker's mirror scores the pairs with the job's gold, in batches: a reward model named on the job."""
+    _no_broker(monkeypatch)
+    rm_id = _register_rm(user, rm_folders["judge"])
+    ds = services.dataset_create(name="p", chunks=[make_prompts(5)], gold="toy:review", owner=user)
+    wb, wa = weak_pair
+    job = services.job_create(
+        user=user,
+        kind="cd_generate",
+        weak_base=wb.pk,
+        weak_aligned=wa.pk,
+        prompts=ds.pk,
+        gold=f"rm:{rm_id}",  # the job's gold wins over its dataset's
+        params={"max_new_tokens": 4, "plain": False},
+    )
+    assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
+    job.refresh_from_db()
+    pairs = list(GeneratedPair.objects.filter(job=job).order_by("prompt_index"))
+    assert len(pairs) == 5 and job.results["pairs"]["score_errors"] == 0
+    judged = _rm_scores(rm_folders["judge"], [{"prompt": p.prompt, "response": p.chosen} for p in pairs])
+    assert [p.gold_reward for p in pairs] == pytest.approx(judged, abs=TOLERANCE)
+    assert job.results["gold"] == "rm:judge" and "eval_gold" not in job.results
