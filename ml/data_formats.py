@@ -36,15 +36,8 @@ from pathlib import Path
 from typing import Any
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "arrow")
-EXTENSIONS = {
-    ".jsonl": "jsonl",
-    ".ndjson": "jsonl",
-    ".json": "json",
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".arrow": "arrow",
-    ".feather": "arrow",
-}
+EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+EXTENSIONS |= {".arrow": "arrow", ".feather": "arrow"}
 SHAPES = {
     "prompt": "prompt only",
     "prompt_response": "prompt and response",
@@ -126,15 +119,17 @@ def detect_format(path: str | Path, name: str | None = None) -> str:
         return "parquet"
     if head.startswith(b"ARROW1") or head.startswith(b"\xff\xff\xff\xff"):
         return "arrow"  # the IPC file format, or the stream format `datasets` saves
-    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
-    if text.startswith(b"["):
-        return "json"
-    if text.startswith(b"{"):
-        return "jsonl"
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"[", b"{"):
+        return json_layout(head)
     raise DataFormatError(
         f"could not tell the file's format from its name or content; give format: one of {', '.join(FORMATS)}",
         field="format",
     )
+
+
+def json_layout(data: bytes) -> str:
+    """ "json" (one array) or "jsonl" (one object per line): `datasets` reads both, the first character decides."""
+    return "json" if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[") else "jsonl"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,7 +450,7 @@ def load_rows(
     lines: list[int] | None = None
     if data is not None and fmt in ("jsonl", "json"):
         # `datasets` reads both; which one a file is comes from its first character.
-        fmt = "json" if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[") else "jsonl"
+        fmt = json_layout(data)
         if fmt == "jsonl":
             lines = _jsonl_lines(data, line_limit)
         else:

@@ -1,13 +1,14 @@
 from django.urls import path
 
-from jobs.api import artifacts, views
+from jobs.api import artifacts, datasets, views
 
 app_name = "api"
 
 urlpatterns = [
     path("auth/token/", views.TokenView.as_view(), name="token"),
     path("models/", views.ModelListView.as_view(), name="models"),
-    path("datasets/", views.DatasetListView.as_view(), name="datasets"),
+    path("datasets/", datasets.DatasetListView.as_view(), name="datasets"),
+    path("datasets/preview/", datasets.DatasetPreviewView.as_view(), name="datasets-preview"),
     path("presets/", views.PresetListView.as_view(), name="presets"),
     path("kinds/", views.KindListView.as_view(), name="kinds"),
     path("jobs/", views.JobListView.as_view(), name="jobs"),

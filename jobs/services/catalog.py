@@ -3,6 +3,7 @@ shared entries the toy world registers."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import Iterable
@@ -125,9 +126,20 @@ def datasets_dir() -> Path:
 
 
 def dataset_create(
-    *, name: str, kind: str = Dataset.Kind.PROMPTS, chunks: Iterable[bytes], gold: str = "", owner=None
+    *,
+    name: str,
+    kind: str = Dataset.Kind.PROMPTS,
+    chunks: Iterable[bytes] = (),
+    rows: list[dict[str, str]] | None = None,
+    format: str = "jsonl",
+    gold: str = "",
+    owner=None,
 ) -> Dataset:
-    """Validate an uploaded JSONL (see jobs.validation) and store it under VAR_DIR/datasets/."""
+    """Validate a JSONL (see jobs.validation) and store it under VAR_DIR/datasets/.
+
+    ``rows``, instead of ``chunks``: rows already normalised from an upload in ``format`` (ml.data_formats, via
+    jobs.services.dataset_files), stored as JSONL under the same checks; the upload limit applied to the file
+    as sent, so not again to its JSONL (a Parquet file grows when written out as text)."""
     name = (name or "").strip()
     if not name:
         raise _err("name", "give the dataset a name")
@@ -136,7 +148,11 @@ def dataset_create(
     gold = (gold or "").strip()
     if gold:
         _check_gold(gold, owner)
-    data, rows = validate_jsonl(chunks, kind=kind)
+    max_bytes = None
+    if rows is not None:
+        chunks = ["".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")]
+        max_bytes = len(chunks[0])
+    data, count = validate_jsonl(chunks, kind=kind, max_bytes=max_bytes)
     # Write the file first under a unique name; the row points at it. If the row fails, remove the file.
     path = datasets_dir() / f"{uuid.uuid4().hex}.jsonl"
     tmp = path.with_suffix(".tmp")
@@ -144,7 +160,9 @@ def dataset_create(
     os.replace(tmp, path)
     try:
         with transaction.atomic():
-            return Dataset.objects.create(name=name, kind=kind, path=str(path), row_count=rows, gold=gold, owner=owner)
+            return Dataset.objects.create(
+                name=name, kind=kind, path=str(path), row_count=count, format=format, gold=gold, owner=owner
+            )
     except Exception:
         path.unlink(missing_ok=True)
         raise

@@ -288,6 +288,7 @@ DECLARED_ERRORS = {
     "models_create": AUTHED | {400},
     "datasets_list": AUTHED | {404},
     "datasets_create": AUTHED | {400},
+    "datasets_preview_create": AUTHED | {400},
     "presets_list": AUTHED,
     "kinds_retrieve": AUTHED,
     "jobs_list": AUTHED | {400, 404},
@@ -327,7 +328,8 @@ def test_schema_bodies_are_json_except_the_upload_whose_file_is_binary(user):
     schema = _schema(user)
     for op_id, op in _operations(schema).items():
         media = list(op.get("requestBody", {}).get("content", {}))
-        expected = ["multipart/form-data"] if op_id == "datasets_create" else [["application/json"], []]
+        multipart = op_id in ("datasets_create", "datasets_preview_create")
+        expected = ["multipart/form-data"] if multipart else [["application/json"], []]
         assert media in expected or media == expected, (op_id, media)
     upload = schema["components"]["schemas"]["DatasetUploadRequest"]["properties"]["file"]
     assert (upload["type"], upload["format"]) == ("string", "binary")
