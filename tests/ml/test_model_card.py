@@ -63,3 +63,21 @@ def test_a_stage_that_did_not_finish_gets_no_card(tmp_path):
     (path,) = write_model_cards({"sft_cong_s": cfg})
     text = path.read_text()
     assert "Not evaluated by the pipeline" in text and "| learning_rate | 1e-05 |" in text
+
+
+def test_a_weak_align_job_leaves_a_card_in_pi_post(tmp_path, capsys):
+    """`python -m ml job weak_align` (ml.execute, the web worker's path too): pi_post gets its card, no results."""
+    from ml.cli import main
+    from tests.ml._stage_fixtures import save_tiny, write_prompts
+
+    base = save_tiny(tmp_path / "models" / "pre", seed=11)
+    prompts = write_prompts(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    args = ["job", "weak_align", "--weak-base", base, "--prompts", prompts, "--gold", "test:count_a"]
+    flags = ["--max-new-tokens", "4", "--weak_align.k", "3", "--weak_align.max-steps", "1"]
+    flags += ["--weak_align.max-length", "32"]  # the tiny model's context is 64
+    assert main([*args, "--out", str(out), "--quiet", *flags]) == 0, capsys.readouterr()
+    card = (out / "weak_align" / "model" / CARD).read_text()
+    assert card.startswith("# Weak alignment", card.index("---\n\n") + 5)
+    assert "- model: `pre`" in card and "- prompts: `train.jsonl` (6 rows)" in card and "| k | 3 |" in card
+    assert "Not evaluated by the pipeline" in card
