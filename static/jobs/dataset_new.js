@@ -77,7 +77,8 @@
     try {
       const body = new FormData(form);
       body.set("action", "preview");
-      const r = await fetch(form.action || window.location.pathname, {
+      // form.action would be the buttons named "action"; the page posts to itself.
+      const r = await fetch(form.getAttribute("action") || window.location.pathname, {
         method: "POST", body, credentials: "same-origin", headers: {Accept: "application/json"},
       });
       const data = await r.json();
