@@ -65,12 +65,19 @@ def encode_response(tokenizer: Any, response: str, use_chat_template: bool = Tru
 
 
 def encode_pair(
-    tokenizer: Any, prompt: str, response: str, *, use_chat_template: bool = True, max_length: int | None = None
+    tokenizer: Any,
+    prompt: str,
+    response: str,
+    *,
+    use_chat_template: bool = True,
+    max_length: int | None = None,
+    eos: bool = True,
 ) -> tuple[list[int], list[int]]:
-    """(prompt_ids, response_ids) with eos; over ``max_length`` the prompt loses its start and the
-    response its end (the response keeps at least one token, so every pair still carries a signal)."""
+    """(prompt_ids, response_ids) with eos (unless ``eos`` is false: a response cut at the length limit, which did not
+    end); over ``max_length`` the prompt loses its start and the response its end (the response keeps at least one
+    token, so every pair still carries a signal)."""
     p = encode_prompt(tokenizer, prompt, use_chat_template)
-    r = encode_response(tokenizer, response, use_chat_template)
+    r = encode_response(tokenizer, response, use_chat_template, add_eos=eos)
     if max_length and len(p) + len(r) > max_length:
         # The prompt keeps what the whole response leaves room for, but at least half the budget (and at least
         # one token, never the whole budget); the response fills the rest. So a larger budget never keeps fewer
@@ -92,7 +99,7 @@ def decode_response(tokenizer: Any, ids: list[int]) -> str:
 
 
 @torch.no_grad()
-def sample_responses(
+def sample_finished(
     model: Any,
     tokenizer: Any,
     prompts: list[str],
@@ -104,10 +111,10 @@ def sample_responses(
     use_chat_template: bool = True,
     seed: int | None = None,
     do_sample: bool = True,
-) -> list[list[str]]:
-    """n sampled (or greedy) responses for each prompt, as text: one ``generate`` call, left padding,
-    no repetition penalty. Seeded per call so a resumed run regenerates the same batch. Public: the
-    stages and the pre-flight diagnostic (ml.diagnose) sample through it."""
+) -> list[list[tuple[str, str]]]:
+    """n sampled (or greedy) responses for each prompt, as (text, finish_reason: "eos" or "length"): one
+    ``generate`` call, left padding, no repetition penalty. Seeded per call so a resumed run regenerates the same
+    batch. Public: the stages and the pre-flight diagnostic (ml.diagnose) sample through it."""
     if seed is not None:
         torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -127,8 +134,18 @@ def sample_responses(
     else:
         kw.update(do_sample=False)
     out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-    texts = [decode_response(tokenizer, seq[width:].tolist()) for seq in out]
-    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+    eos = tokenizer.eos_token_id
+    # generate() stops a row at EOS (then pads it with pad, which may be EOS too); a row with no EOS ran to the limit.
+    got = [
+        (decode_response(tokenizer, seq[width:].tolist()), "eos" if eos in seq[width:].tolist() else "length")
+        for seq in out
+    ]
+    return [got[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def sample_responses(model: Any, tokenizer: Any, prompts: list[str], **kw: Any) -> list[list[str]]:
+    """``sample_finished`` without the finish reasons: n responses per prompt, as text."""
+    return [[text for text, _ in rows] for rows in sample_finished(model, tokenizer, prompts, **kw)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,7 +396,8 @@ def sample_to_jsonl(
     device: str | None = None,
     shard: Shard | None = None,
 ) -> bool:
-    """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response"}), batch by batch;
+    """Sample n responses per prompt into a JSONL ({"index","sample","prompt","response","finish_reason"}), batch
+    by batch;
     a rerun keeps the batches written whole and generates the others. Batch k (prompts k*batch_size...) is
     seeded by ``seed + k*batch_size`` wherever it runs, so ``shard`` i/n (batches i, i+n, ... into its own file,
     ml.shards) writes exactly those rows of an unsharded run. Returns False when the reporter asked to stop."""
@@ -404,7 +422,7 @@ def sample_to_jsonl(
         if reporter.should_stop():
             return False
         batch = prompts[start : start + batch_size]
-        outs = sample_responses(
+        outs = sample_finished(
             model,
             tok,
             batch,
@@ -419,9 +437,9 @@ def sample_to_jsonl(
         append_jsonl(
             path,
             [
-                {"index": start + i, "sample": j, "prompt": p, "response": r}
+                {"index": start + i, "sample": j, "prompt": p, "response": r, "finish_reason": why}
                 for i, (p, rs) in enumerate(zip(batch, outs))
-                for j, r in enumerate(rs)
+                for j, (r, why) in enumerate(rs)
             ],
         )
         done += len(batch)

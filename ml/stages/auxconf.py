@@ -118,7 +118,7 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
     from datasets import Dataset
     from transformers import TrainingArguments
 
-    model, tok, encoded, n_empty = load_encoded_pairs(config, STAGE, reporter)
+    model, tok, encoded, dropped = load_encoded_pairs(config, STAGE, reporter)
     # Prompt tokens are labelled -100: the loss covers the weak response (and eos) only.
     feats = [
         {"input_ids": p + c, "attention_mask": [1] * (len(p) + len(c)), "labels": [-100] * len(p) + c}
@@ -146,6 +146,4 @@ def auxconf(config: AuxConfConfig, reporter: Reporter | None = None) -> dict[str
         processing_class=tok,
         callbacks=[callback],
     )
-    return run_training(
-        trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats), "n_empty_dropped": n_empty}
-    )
+    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats), **dropped})

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter
-from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete
 from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback, for_rank
@@ -114,6 +114,9 @@ def join_pairs(
         row = {"prompt": c["prompt"], "chosen": c[field_name], "rejected": r[field_name]}
         if "index" in c:
             row["index"] = c["index"]
+        for side, src in (("chosen", c), ("rejected", r)):  # whether each side was cut (ml.stages._responses)
+            if "finish_reason" in src:
+                row[f"{side}_finish_reason"] = src["finish_reason"]
         out.append(row)
     return out
 
@@ -151,8 +154,11 @@ def _implicit_sums(cfg: DPOStageConfig, prompts: list[str], responses: list[str]
     return [float(s["sum"]) for s in scores]
 
 
-def load_preferences(cfg: DPOStageConfig, reporter: Reporter | None = None) -> tuple[list[dict[str, Any]], int]:
-    """(the preference rows to train on, how many pairs were dropped for an empty chosen or rejected side)."""
+def load_preferences(
+    cfg: DPOStageConfig, reporter: Reporter | None = None
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(the preference rows to train on, {"n_empty_dropped", "n_truncated_dropped"}: pairs left out for an empty
+    side or a side cut at the length limit)."""
     if cfg.data:
         rows = read_jsonl(cfg.data, required=("prompt", "chosen", "rejected"))
     else:
@@ -164,8 +170,16 @@ def load_preferences(cfg: DPOStageConfig, reporter: Reporter | None = None) -> t
     rows, n_empty = drop_empty(
         rows, ("chosen", "rejected"), keep=cfg.keep_empty_responses, stage=STAGE, reporter=for_rank(reporter)
     )
+    rows, n_cut = drop_truncated(
+        rows,
+        ("chosen_finish_reason", "rejected_finish_reason"),
+        drop=cfg.drop_truncated,
+        stage=STAGE,
+        reporter=for_rank(reporter),
+    )
     rows = [r for r in rows if str(r["chosen"]).strip() != str(r["rejected"]).strip()]
-    return (rows[: cfg.max_examples] if cfg.max_examples else rows), n_empty
+    dropped = {"n_empty_dropped": n_empty, "n_truncated_dropped": n_cut}
+    return (rows[: cfg.max_examples] if cfg.max_examples else rows), dropped
 
 
 def _trainer_class() -> type[DPOTrainer]:
@@ -202,8 +216,14 @@ def train_dpo(
     model, tok = load_for_training(cfg)
     data = []
     for r in rows:
+        # A side cut at the length limit gets no EOS (ml.stages._responses; kept only with drop_truncated off).
         p, c = encode_pair(
-            tok, str(r["prompt"]), str(r["chosen"]), use_chat_template=cfg.use_chat_template, max_length=cfg.max_length
+            tok,
+            str(r["prompt"]),
+            str(r["chosen"]),
+            use_chat_template=cfg.use_chat_template,
+            max_length=cfg.max_length,
+            eos=ends_complete(r, "chosen_finish_reason"),
         )
         _, j = encode_pair(
             tok,
@@ -211,6 +231,7 @@ def train_dpo(
             str(r["rejected"]),
             use_chat_template=cfg.use_chat_template,
             max_length=cfg.max_length,
+            eos=ends_complete(r, "rejected_finish_reason"),
         )
         data.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": j})
     args = DPOConfig(
@@ -258,8 +279,8 @@ def dpo(config: DPOStageConfig, reporter: Reporter | None = None) -> dict[str, A
     out = Path(config.output_dir)
     pairs_path = out / "pairs.jsonl"
     # Read on a resume too (it is cheap): the dropped count belongs in the result either way.
-    rows, n_empty = load_preferences(config, reporter)
-    extra: dict[str, Any] = {"n_empty_dropped": n_empty}
+    rows, dropped = load_preferences(config, reporter)
+    extra: dict[str, Any] = dict(dropped)
 
     def settle_pairs() -> bool:  # the first process only (prepare_once): the filter's scoring runs once
         extra["n_pairs_before_filter"] = len(rows)

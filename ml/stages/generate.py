@@ -50,6 +50,7 @@ from ml.io import (
 )
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, merge_shards
+from ml.stages._responses import truncated_rate
 
 _CD_FIELDS = {f.name for f in fields(CDConfig)}
 _Config = TypeVar("_Config", bound="_GenerateCommon")
@@ -234,6 +235,7 @@ def stage_summary(
         "mean_implicit_reward": sum(sums) / len(sums) if sums else None,
         "mean_implicit_reward_per_token": sum(means) / len(means) if means else None,
         "mean_tokens": sum(r["n_tokens"] for r in rows) / len(rows),
+        "truncated_rate": truncated_rate(rows),  # cut at max_new_tokens: training leaves them out by default
     }
 
 

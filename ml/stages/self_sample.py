@@ -13,6 +13,7 @@ from typing import Any
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, join_sample_shards
+from ml.stages._responses import truncated_rate
 from ml.stages._train import sample_to_jsonl
 
 STAGE = "self_sample"
@@ -90,6 +91,7 @@ def self_sample(config: SelfSampleConfig, reporter: Reporter | None = None) -> d
         "n_prompts": len({r["index"] for r in rows}),
         "n_samples": len(rows),
         "samples": str(path),
+        "truncated_rate": truncated_rate(rows),
     }
     if not finished:
         return {**summary, "stopped": True}

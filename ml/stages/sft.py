@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done
 from ml.reporter import Reporter
-from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete
 from ml.stages._scale import check_runnable
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback, for_rank
@@ -48,25 +48,30 @@ class SFTStageConfig(EmptyResponses, TrainConfig):
 
 def load_pairs(
     config: SFTStageConfig | AuxConfConfig, stage: str, reporter: Reporter
-) -> tuple[list[dict[str, Any]], int]:
-    """(the prompt/response rows of ``config.data`` to train on, how many empty responses were dropped).
-    Empty ones go first (ml.stages._responses says why), then ``max_examples`` caps what is left."""
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """(the prompt/response rows of ``config.data`` to train on, {"n_empty_dropped", "n_truncated_dropped"}).
+    Empty and length-cut ones go first (ml.stages._responses says why), then ``max_examples`` caps what is left."""
     rows = read_jsonl(config.data, required=("prompt", config.response_field))
     rows, n_empty = drop_empty(
         rows, (config.response_field,), keep=config.keep_empty_responses, stage=stage, reporter=reporter
     )
-    return (rows[: config.max_examples] if config.max_examples else rows), n_empty
+    rows, n_cut = drop_truncated(rows, ("finish_reason",), drop=config.drop_truncated, stage=stage, reporter=reporter)
+    dropped = {"n_empty_dropped": n_empty, "n_truncated_dropped": n_cut}
+    return (rows[: config.max_examples] if config.max_examples else rows), dropped
 
 
 def load_encoded_pairs(
     config: SFTStageConfig | AuxConfConfig, stage: str, reporter: Reporter
-) -> tuple[Any, Any, list[tuple[list[int], list[int]]], int]:
-    """The model, its tokenizer, each (prompt ids, response ids + eos) pair of ``config.data`` and how many
-    empty responses were dropped: the shared start of every stage that trains on prompt/response pairs
-    (SFT, AuxConf)."""
-    pairs, n_empty = load_pairs(config, stage, reporter)
+) -> tuple[Any, Any, list[tuple[list[int], list[int]]], dict[str, int]]:
+    """The model, its tokenizer, each (prompt ids, response ids + eos) pair of ``config.data`` (no eos after a
+    response cut at the length limit) and the dropped counts: the shared start of every stage that trains on
+    prompt/response pairs (SFT, AuxConf)."""
+    pairs, dropped = load_pairs(config, stage, reporter)
     if not pairs:
-        raise ValueError(f"{config.data} has no usable prompt/response pairs ({n_empty} empty responses dropped)")
+        raise ValueError(
+            f"{config.data} has no usable prompt/response pairs ({dropped['n_empty_dropped']} empty and "
+            f"{dropped['n_truncated_dropped']} length-cut responses dropped)"
+        )
     model, tok = load_for_training(config)
     encoded = [
         encode_pair(
@@ -75,10 +80,11 @@ def load_encoded_pairs(
             str(r[config.response_field]),
             use_chat_template=config.use_chat_template,
             max_length=config.max_length,
+            eos=ends_complete(r),
         )
         for r in pairs
     ]
-    return model, tok, encoded, n_empty
+    return model, tok, encoded, dropped
 
 
 def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -90,7 +96,7 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    model, tok, encoded, n_empty = load_encoded_pairs(config, STAGE, reporter)
+    model, tok, encoded, dropped = load_encoded_pairs(config, STAGE, reporter)
     rows = [{"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)} for p, c in encoded]
     dataset = Dataset.from_list(rows)
     args = SFTConfig(
@@ -102,6 +108,4 @@ def sft(config: SFTStageConfig, reporter: Reporter | None = None) -> dict[str, A
     )
     callback = ReporterCallback(reporter, STAGE)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[callback])
-    return run_training(
-        trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows), "n_empty_dropped": n_empty}
-    )
+    return run_training(trainer, config, callback, stage=STAGE, extra={"n_examples": len(rows), **dropped})

@@ -29,7 +29,7 @@ import torch
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter
-from ml.stages._responses import EmptyResponses, drop_empty
+from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete
 from ml.stages._scale import check_runnable, load_base, prepare_once
 from ml.stages._train import (
     TrainConfig,
@@ -136,8 +136,9 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict[str, Any]], strong_tok: Any) -
     same_tok = vocab_fingerprint(weak_tok) == vocab_fingerprint(strong_tok)
     prompts = [str(r["prompt"]) for r in rows]
     responses = [str(r[cfg.response_field]) for r in rows]
+    ends = [ends_complete(r) for r in rows]  # a response cut at the length limit gets no EOS (ml.stages._responses)
     wp = [encode_prompt(weak_tok, p, cfg.use_chat_template) for p in prompts]
-    wr = [encode_response(weak_tok, r, cfg.use_chat_template) for r in responses]
+    wr = [encode_response(weak_tok, r, cfg.use_chat_template, add_eos=e) for r, e in zip(responses, ends)]
     seqs = [p + r for p, r in zip(wp, wr)]
     ratios: list[list[float]] = []
     lp: dict[str, list[list[float]]] = {}
@@ -151,17 +152,22 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict[str, Any]], strong_tok: Any) -
     out = []
     for i, (prompt, response) in enumerate(zip(prompts, responses)):
         sp, sr = encode_pair(
-            strong_tok, prompt, response, use_chat_template=cfg.use_chat_template, max_length=cfg.max_length
+            strong_tok,
+            prompt,
+            response,
+            use_chat_template=cfg.use_chat_template,
+            max_length=cfg.max_length,
+            eos=ends[i],
         )
-        full_sr = encode_response(strong_tok, response, cfg.use_chat_template)
+        full_sr = encode_response(strong_tok, response, cfg.use_chat_template, add_eos=ends[i])
         if same_tok:
             target = ratios[i][: len(full_sr)]
         else:
-            # Last value of each list is EOS: map the text tokens through characters, EOS to EOS.
+            # With EOS, the last value of each list is EOS's: map the text tokens through characters, EOS to EOS.
             src_off = _offsets(weak_tok, response)
             dst_off = _offsets(strong_tok, response)
             body = map_token_values(response, src_off, ratios[i][: len(src_off)], dst_off)
-            target = body + [ratios[i][-1]]
+            target = body + [ratios[i][-1]] if ends[i] else body
         target = target[: len(sr)]
         out.append({"input_ids": sp + sr, "prompt_len": len(sp), "target": [float(t) for t in target]})
     return out
@@ -206,6 +212,7 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
     rows, n_empty = drop_empty(
         rows, (config.response_field,), keep=config.keep_empty_responses, stage=STAGE, reporter=reporter
     )
+    rows, n_cut = drop_truncated(rows, ("finish_reason",), drop=config.drop_truncated, stage=STAGE, reporter=reporter)
     rows = rows[: config.max_examples or None]
 
     def precompute() -> bool:  # the first process only (prepare_once)
@@ -254,5 +261,9 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
         callbacks=[callback],
     )
     return run_training(
-        trainer, config, callback, stage=STAGE, extra={"n_examples": len(feats), "n_empty_dropped": n_empty}
+        trainer,
+        config,
+        callback,
+        stage=STAGE,
+        extra={"n_examples": len(feats), "n_empty_dropped": n_empty, "n_truncated_dropped": n_cut},
     )

@@ -112,7 +112,14 @@ def test_a_cong_job_stores_the_dpo_pairs_as_trained(user, weak_pair):
         weak_aligned=wa.pk,
         strong=wb.pk,
         prompts=ds.pk,
-        params={"max_new_tokens": 3, "train_max_steps": 1, "max_eval_prompts": 1},
+        params={
+            "max_new_tokens": 3,
+            "train_max_steps": 1,
+            "max_eval_prompts": 1,
+            # 3 tokens cut every tiny-model sample; trained on anyway here (tests/ml/test_truncation.py: the default)
+            "sft": {"drop_truncated": False},
+            "dpo": {"drop_truncated": False},
+        },
     )
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     job.refresh_from_db()

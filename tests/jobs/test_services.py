@@ -302,7 +302,7 @@ def test_event_seq_is_monotonic_under_concurrent_writers(user):
 # --- pairs -----------------------------------------------------------------------------------------------------
 def test_pair_store_never_duplicates_and_export(user, weak_pair, prompts_ds):
     job = _job(user, weak_pair, prompts_ds)
-    row = {"index": 0, "prompt": "p0", "response": "cd0", "implicit_reward_mean": 0.5, "alpha": 0.4}
+    row = {"index": 0, "prompt": "p0", "response": "cd0", "plain": "pl0", "implicit_reward_mean": 0.5, "alpha": 0.4}
     _, created = services.pair_store(job_id=job.pk, row=row)
     _, again = services.pair_store(job_id=job.pk, row={**row, "response": "other"})
     assert created and not again
@@ -315,8 +315,15 @@ def test_pair_store_never_duplicates_and_export(user, weak_pair, prompts_ds):
     services.pair_review(pair=pairs[2], user=user, action="reject")
     import json
 
+    # Reviewed: the edit is the chosen side, the rejected pair is out, the pending one too unless asked for; the
+    # one-sided pair 2 (no plain, no rejected) is no preference data either way.
     rows = [json.loads(line) for line in services.pairs_export(job=job)]
-    assert rows == [{"prompt": "p0", "chosen": "better"}, {"prompt": "p1", "chosen": "cd1", "rejected": "pl1"}]
+    assert rows == [{"prompt": "p0", "chosen": "better", "rejected": "pl0"}]
+    rows = [json.loads(line) for line in services.pairs_export(job=job, include_pending=True)]
+    assert rows == [
+        {"prompt": "p0", "chosen": "better", "rejected": "pl0"},
+        {"prompt": "p1", "chosen": "cd1", "rejected": "pl1"},
+    ]
     with pytest.raises(ValidationError):
         services.pair_review(pair=pairs[1], user=user, action="edit", edited_text=" ")
 
@@ -326,9 +333,9 @@ def test_pair_store_flags_empty_responses_and_export_leaves_them_out_unless_aske
 
     job = _job(user, weak_pair, prompts_ds)
     rows = [
-        {"index": 0, "prompt": "p0", "response": "cd0"},
-        {"index": 1, "prompt": "p1", "response": ""},  # CD stopped at once
-        {"index": 2, "prompt": "p2", "response": " \n\t"},  # whitespace only
+        {"index": 0, "prompt": "p0", "response": "cd0", "plain": "pl0"},
+        {"index": 1, "prompt": "p1", "response": "", "plain": "pl1"},  # CD stopped at once
+        {"index": 2, "prompt": "p2", "response": " \n\t", "plain": "pl2"},  # whitespace only
         {"index": 3, "prompt": "p3", "response": "cd3", "plain": "  "},  # the side it is paired with is empty
         {"index": 4, "prompt": "p4", "response": "cd4", "rejected": "", "plain": "pl4"},  # rejected wins over plain
         {"index": 5, "prompt": "p5", "response": "cd5", "rejected": "r5"},
@@ -347,7 +354,8 @@ def test_pair_store_flags_empty_responses_and_export_leaves_them_out_unless_aske
     services.pair_review(
         pair=GeneratedPair.objects.get(job=job, prompt_index=1), user=user, action="edit", edited_text="ok"
     )
-    assert export() == ["p0", "p1", "p5"]
+    assert export(include_pending=True) == ["p0", "p1", "p5"]
+    assert export() == ["p1"]  # once a pair is reviewed, the pending ones are left out unless asked for
     assert GeneratedPair.objects.get(job=job, prompt_index=1).empty_response is True
 
 

@@ -170,7 +170,11 @@ def test_train_job_runs_the_epochs_its_spec_says(user, weak_pair, model_root):
         weak_aligned=wa.pk,
         strong=wb.pk,
         prompts=ds.pk,
-        params={"max_new_tokens": 3, "sft": {"num_train_epochs": 3, "per_device_train_batch_size": 4}},
+        # drop_truncated off: 3 tokens cut every tiny-model sample (tests/ml/test_truncation.py checks the default).
+        params={
+            "max_new_tokens": 3,
+            "sft": {"num_train_epochs": 3, "per_device_train_batch_size": 4, "drop_truncated": False},
+        },
     )
     assert job.config["spec"]["stages"]["sft"]["num_train_epochs"] == 3
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error

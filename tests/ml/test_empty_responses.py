@@ -46,7 +46,8 @@ def test_sft_drops_empty_responses_reports_the_count_and_keeps_them_when_asked(s
     assert len(_dropped_logs(rep, "sft")) == 1
     # The rows it trains on are exactly the non-empty ones, in file order.
     kept, n = load_pairs(SFTStageConfig(model=strong, output_dir="o", data=data), "sft", RecordingReporter())
-    assert [r["response"] for r in kept] == ["good a", "yes ok c", "good good b", "no d"] and n == N_EMPTY
+    assert [r["response"] for r in kept] == ["good a", "yes ok c", "good good b", "no d"]
+    assert n == {"n_empty_dropped": N_EMPTY, "n_truncated_dropped": 0}
     # Kept on request: every row trains, nothing is reported as dropped.
     rep = RecordingReporter()
     cfg = SFTStageConfig(model=strong, output_dir=str(tmp_path / "keep"), data=data, keep_empty_responses=True, **TRAIN)
@@ -80,7 +81,7 @@ def test_dpo_drops_pairs_with_either_side_empty(strong, tmp_path):
     assert dpo(cfg)["n_empty_dropped"] == 2
     keep = DPOStageConfig(model=strong, output_dir="o", data=str(tmp_path / "p.jsonl"), keep_empty_responses=True)
     kept, n = load_preferences(keep)
-    assert len(kept) == 4 and n == 0
+    assert len(kept) == 4 and n["n_empty_dropped"] == 0
 
 
 def test_dpo_joined_from_cd_and_own_samples_drops_an_empty_rejected(strong, tmp_path):
@@ -90,7 +91,7 @@ def test_dpo_joined_from_cd_and_own_samples_drops_an_empty_rejected(strong, tmp_
     write_jsonl(tmp_path / "own.jsonl", own)
     cfg = DPOStageConfig(model=strong, output_dir="o", chosen_data=chosen, rejected_data=str(tmp_path / "own.jsonl"))
     rows, n = load_preferences(cfg)
-    assert n == N_EMPTY + 1 and [r["index"] for r in rows] == [2, 4, 5]
+    assert n["n_empty_dropped"] == N_EMPTY + 1 and [r["index"] for r in rows] == [2, 4, 5]
 
 
 def test_wspo_and_auxconf_drop_empty_responses(strong, tmp_path):
