@@ -15,7 +15,8 @@ optional column mapping ({"prompt": "question"}: the file's column ``question`` 
 
 The stages take a prompt as one string (the chat template wraps it as one user turn), so turns become text: a
 single user turn is its content; anything longer (a system turn, earlier exchanges) is each turn on its own
-paragraph, ``"User: ..."``, ``"Assistant: ..."``, ``"System: ..."`` (``render_turns``).
+paragraph, ``"User: ..."``, ``"Assistant: ..."``, ``"System: ..."`` (``render_turns``). A row's rules live in
+ml.data_rows; this module reads the files.
 
 Output rows hold the kind's fields only: ``prompts`` keeps ``prompt`` (and ``response`` where the shape has one),
 ``preferences`` ``prompt``/``chosen``/``rejected``. Every failure is a DataFormatError naming the row (data rows
@@ -27,13 +28,17 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ml.data_rows import CHAT_COLUMNS, PREFERENCE_SHAPES, SURROGATE, Row, normalise, type_name
+from ml.data_rows import DataFormatError as DataFormatError  # re-exported: callers catch it from here
+from ml.data_rows import render_turns as render_turns
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "arrow")
 EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -47,39 +52,10 @@ SHAPES = {
     "alpaca": "Alpaca (instruction, input, output)",
 }
 KIND_FIELDS = {"prompts": ("prompt",), "preferences": ("prompt", "chosen", "rejected")}
-PREFERENCE_SHAPES = ("preferences", "preferences_messages")
 # The names a mapping may set: every column some shape reads.
 MAPPABLE = ("prompt", "response", "chosen", "rejected", "messages", "conversations", "instruction", "input", "output")
-CHAT_COLUMNS = ("messages", "conversations")
-# Role names as OpenAI and ShareGPT write them, to the three a prompt can hold.
-ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "model": "assistant"}
-ROLES |= {"bot": "assistant", "system": "system"}
-ROLE_LABELS = {"user": "User", "assistant": "Assistant", "system": "System"}
 PREVIEW_ROWS = 5
-SURROGATE = re.compile("[\ud800-\udfff]")
 _BATCH = 1024  # rows per read from the loaded table
-
-
-class DataFormatError(ValueError):
-    """A file that cannot become a dataset. ``row`` (1-based data row) and ``column`` say where, when known;
-    ``field`` is the upload field at fault when it is not the file (``mapping``, ``format``)."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        row: int | None = None,
-        column: str | None = None,
-        line: int | None = None,
-        field: str = "",
-    ) -> None:
-        where = ""
-        if row is not None:
-            where = f"row {row}" + (f" (line {line})" if line is not None and line != row else "")
-        if column is not None:
-            where += (", " if where else "") + f"column {column!r}"
-        super().__init__(f"{where}: {message}" if where else message)
-        self.message, self.row, self.column, self.line, self.field = message, row, column, line, field
 
 
 @dataclass
@@ -100,10 +76,6 @@ class Parsed:
             "row_count": len(self.rows),
             "rows": self.rows[:n],
         }
-
-
-def _type_name(value: Any) -> str:
-    return "null (or a missing value)" if value is None else type(value).__name__
 
 
 def detect_format(path: str | Path, name: str | None = None) -> str:
@@ -128,7 +100,7 @@ def detect_format(path: str | Path, name: str | None = None) -> str:
 
 
 def json_layout(data: bytes) -> str:
-    """ "json" (one array) or "jsonl" (one object per line): `datasets` reads both, the first character decides."""
+    """Whether JSON text is one array ("json") or one object per line ("jsonl"): its first character decides."""
     return "json" if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[") else "jsonl"
 
 
@@ -196,7 +168,7 @@ def _check_json_array(data: bytes) -> None:
         )
     for i, item in enumerate(value, start=1):
         if not isinstance(item, dict):
-            raise DataFormatError(f"expected a JSON object, got {_type_name(item)}", row=i)
+            raise DataFormatError(f"expected a JSON object, got {type_name(item)}", row=i)
         if _has_surrogate(item):
             raise DataFormatError("contains a lone UTF-16 surrogate; send valid Unicode", row=i)
 
@@ -232,140 +204,6 @@ def _iter_rows(ds: Any) -> Iterator[dict[str, Any]]:
         yield from (dict(zip(cols, values)) for values in zip(*(batch[c] for c in cols)))
 
 
-# ----------------------------------------------------------------------------------------------
-# Normalising
-
-
-def render_turns(turns: list[tuple[str, str]]) -> str:
-    """Chat turns as one prompt string: a lone user turn is its text; else one ``Role: text`` paragraph each."""
-    if len(turns) == 1 and turns[0][0] == "user":
-        return turns[0][1]
-    return "\n\n".join(f"{ROLE_LABELS[role]}: {text}" for role, text in turns)
-
-
-class _Row:
-    """One source row being normalised; errors name it and the column."""
-
-    def __init__(self, n: int, line: int | None, values: dict[str, Any], json_cells: bool) -> None:
-        self.n, self.line, self.values, self.json_cells = n, line, values, json_cells
-
-    def error(self, column: str | None, message: str) -> DataFormatError:
-        return DataFormatError(message, row=self.n, column=column, line=self.line)
-
-    def text(self, column: str, *, optional: bool = False) -> str:
-        value = self.values.get(column)
-        if optional and (value is None or value == ""):
-            return ""
-        if not isinstance(value, str):
-            raise self.error(column, f"expected a string, got {_type_name(value)}")
-        return self._clean(column, value)
-
-    def _clean(self, column: str, value: str) -> str:
-        if not value.strip():
-            raise self.error(column, "is empty; every row needs text here")
-        if SURROGATE.search(value):
-            raise self.error(column, "contains a lone UTF-16 surrogate; send valid Unicode")
-        return value
-
-    def message_list(self, value: Any) -> list[Any] | None:
-        """``value`` as a message list: a list, or in a CSV (whose cells are text) a JSON array of objects."""
-        if isinstance(value, list):
-            return value
-        if self.json_cells and isinstance(value, str) and value.lstrip().startswith("["):
-            try:
-                parsed = json.loads(value)
-            except json.JSONDecodeError:
-                return None
-            if isinstance(parsed, list) and parsed and all(isinstance(m, dict) for m in parsed):
-                return parsed
-        return None
-
-    def turns(self, column: str, value: Any) -> list[tuple[str, str]]:
-        as_list = self.message_list(value)
-        value = as_list if as_list is not None else value
-        if not isinstance(value, list) or not value:
-            raise self.error(column, f"expected a non-empty list of messages, got {_type_name(value)}")
-        out: list[tuple[str, str]] = []
-        for j, m in enumerate(value, start=1):
-            if not isinstance(m, dict):
-                raise self.error(column, f"message {j} must be an object with role and content, got {_type_name(m)}")
-            role = m.get("role") if m.get("role") is not None else m.get("from")
-            content = m.get("content") if m.get("content") is not None else m.get("value")
-            if role not in ROLES:
-                raise self.error(
-                    column, f"message {j} has role {role!r}; known roles: {', '.join(ROLES)} (in 'role' or 'from')"
-                )
-            if not isinstance(content, str):
-                raise self.error(column, f"message {j}'s content must be a string, got {_type_name(content)}")
-            if SURROGATE.search(content):
-                raise self.error(column, f"message {j} contains a lone UTF-16 surrogate; send valid Unicode")
-            out.append((ROLES[role], content))
-        return out
-
-    def split_chat(self, column: str, value: Any) -> tuple[list[tuple[str, str]], str | None]:
-        """(the turns before the last assistant turn, its text); (all turns, None) when no assistant turn ends it."""
-        turns = self.turns(column, value)
-        if turns[-1][0] != "assistant":
-            return turns, None
-        if not turns[-1][1].strip():
-            raise self.error(column, "the last assistant turn is empty")
-        return turns[:-1], turns[-1][1]
-
-    def prompt_value(self, column: str = "prompt") -> str:
-        """The prompt column: a string, or a message list rendered as text."""
-        value = self.values.get(column)
-        if self.message_list(value) is not None:
-            return self._clean(column, render_turns(self.turns(column, value)))
-        return self.text(column)
-
-    def answer(self, column: str) -> tuple[str, list[tuple[str, str]] | None]:
-        """A chosen/rejected side: (its text, the turns before it when it was a message list)."""
-        value = self.values.get(column)
-        if isinstance(value, str) and self.message_list(value) is None:
-            return self._clean(column, value), None
-        if not isinstance(value, (list, str)):
-            raise self.error(column, f"expected a string or a list of messages, got {_type_name(value)}")
-        context, text = self.split_chat(column, value)
-        if text is None:
-            raise self.error(column, "the message list does not end with an assistant turn (the answer)")
-        return text, context
-
-
-def _normalise(shape: str, kind: str, r: _Row) -> dict[str, str]:
-    """One row in the stored form of ``kind``."""
-    response: str | None = None
-    if shape in PREFERENCE_SHAPES:
-        chosen, chosen_ctx = r.answer("chosen")
-        rejected, rejected_ctx = r.answer("rejected")
-        if "prompt" in r.values and r.values["prompt"] is not None:
-            prompt = r.prompt_value()
-        else:
-            if not chosen_ctx:
-                raise r.error("chosen", "no 'prompt' column and no turns before the answer to take the prompt from")
-            if rejected_ctx is not None and rejected_ctx != chosen_ctx:
-                raise r.error("rejected", "its turns before the answer differ from the chosen side's (the prompt)")
-            prompt = r._clean("chosen", render_turns(chosen_ctx))
-        if kind == "preferences":
-            return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-        return {"prompt": prompt}
-    if shape == "messages":
-        column = next(c for c in CHAT_COLUMNS if c in r.values)
-        context, response = r.split_chat(column, r.values[column])
-        if not context:
-            raise r.error(column, "has only an assistant turn; a prompt needs at least one turn before it")
-        prompt = r._clean(column, render_turns(context))
-    elif shape == "alpaca":
-        instruction = r.text("instruction")
-        extra = r.text("input", optional=True) if "input" in r.values else ""
-        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-        response = r.text("output")
-    else:
-        prompt = r.prompt_value()
-        if shape == "prompt_response":
-            response = r.text("response")
-    return {"prompt": prompt} | ({"response": response} if response is not None else {})
-
-
 def detect_shape(columns: list[str]) -> str:
     cols = set(columns)
     if {"chosen", "rejected"} <= cols:
@@ -391,7 +229,7 @@ def check_mapping(mapping: Any) -> dict[str, str]:
         return {}
     if not isinstance(mapping, dict):
         raise DataFormatError(
-            f'mapping must be an object like {{"prompt": "question"}}, got {_type_name(mapping)}', field="mapping"
+            f'mapping must be an object like {{"prompt": "question"}}, got {type_name(mapping)}', field="mapping"
         )
     out: dict[str, str] = {}
     for target, source in mapping.items():
@@ -403,7 +241,7 @@ def check_mapping(mapping: Any) -> dict[str, str]:
             continue  # an empty field of the page's form: no mapping for that column
         if not isinstance(source, str):
             raise DataFormatError(
-                f"mapping: {target!r} must name a column (a string), got {_type_name(source)}", field="mapping"
+                f"mapping: {target!r} must name a column (a string), got {type_name(source)}", field="mapping"
             )
         out[target] = source
     return out
@@ -455,8 +293,9 @@ def load_rows(
             lines = _jsonl_lines(data, line_limit)
         else:
             _check_json_array(data)
-    elif data is not None:
-        _check_utf8(data)
+    elif data is not None:  # a CSV: its first record is the header
+        if len(list(itertools.islice((r for r in csv.reader(io.StringIO(_check_utf8(data))) if r), 2))) < 2:
+            raise DataFormatError("the file is empty: a dataset needs at least one row after the CSV's header")
     try:
         ds = _load(path, fmt, data)
     except DataFormatError:
@@ -477,10 +316,10 @@ def load_rows(
     rows: list[dict[str, str]] = []
     for i, source in enumerate(_iter_rows(ds)):
         values = {names[c]: v for c, v in source.items() if c in names}
-        r = _Row(i + 1, lines[i] if lines else None, values, json_cells=fmt == "csv")
+        r = Row(i + 1, lines[i] if lines else None, values, json_cells=fmt == "csv")
         if i == 0 and shape == "preferences" and r.message_list(values.get("chosen")) is not None:
             shape = "preferences_messages"  # the label; each row may hold either form
-        row = _normalise(shape, kind, r)
+        row = normalise(shape, kind, r)
         if line_limit is not None and len(json.dumps(row, ensure_ascii=False).encode("utf-8")) > line_limit:
             raise r.error(None, f"is longer than {line_limit} bytes once stored (1 MB per row at most)")
         rows.append(row)

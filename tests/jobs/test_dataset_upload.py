@@ -193,3 +193,28 @@ def test_page_save_errors_stay_on_the_page(client, user, model_root):
     res = client.post("/datasets/new/", {**_page_form("jsonl", rows, name="x", map_prompt="nope"), "action": "save"})
     assert res.status_code == 400 and "mapping names column(s) &#x27;nope&#x27;" in res.content.decode()
     assert not Dataset.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "name,payload,form,field",
+    [
+        ("d.csv", b"prompt\n", {}, "file"),  # a header and no rows
+        ("d.csv", b'prompt,x\n"a,1\n', {}, "file"),  # an unclosed quote
+        ("d.csv", b"\x89PNG\r\n\x1a\n\x00\x00", {}, "file"),  # not text
+        ("d.bin", b"\x00\x01\x02", {}, "format"),  # no extension, no known first bytes
+        ("d.bin", b"\x00\x01\x02", {"format": "arrow"}, "file"),
+        ("d.json", b"{}", {}, "file"),  # one object, no rows
+        ("d.json", b'{"prompt": 1}', {}, "file"),
+        ("d.jsonl", b'{"prompt": "a"}', {"mapping": "[1]"}, "mapping"),
+        ("d.jsonl", b'{"prompt": "a"}', {"mapping": '{"prompt": 5}'}, "mapping"),
+        ("d.jsonl", b'{"prompt": "a"}', {"mapping": "[" * 200 + "]" * 200}, "mapping"),
+        ("d.jsonl", b'{"prompt": {"nested": "x"}}', {}, "file"),
+        ("d.jsonl", b'{"messages": "not a list"}', {}, "file"),
+        ("d.jsonl", b'{"messages": [{"role": "user"}]}', {}, "file"),
+    ],
+)
+def test_odd_files_are_400s_never_500s(user, model_root, name, payload, form, field):
+    f = io.BytesIO(payload)
+    f.name = name
+    res = _client(user).post("/api/v1/datasets/preview/", {"file": f, **form}, format="multipart")
+    assert res.status_code == 400 and list(res.json()) == [field], res.content[:400]

@@ -194,6 +194,9 @@ def test_text_format_errors(tmp_path):
     bad = tmp_path / "d.json"
     bad.write_bytes(b'[{"prompt": "a"},')
     assert str(_error(bad)).startswith("not valid JSON (Expecting value at line 1")
+    header_only = tmp_path / "h.csv"
+    header_only.write_bytes(b"prompt,response\n\n")
+    assert str(_error(header_only)) == "the file is empty: a dataset needs at least one row after the CSV's header"
     csv_bad = tmp_path / "d.csv"
     csv_bad.write_bytes(b"prompt\nok\n" + b"caf\xe9\n")
     assert str(_error(csv_bad)) == "line 3 is not valid UTF-8 (byte 3); save the file as UTF-8"
