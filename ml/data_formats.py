@@ -135,7 +135,9 @@ def _jsonl_lines(data: bytes, line_limit: int | None) -> list[int]:
             raise DataFormatError(f"line {n} is not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(row, dict):
             raise DataFormatError(f'line {n} must be a JSON object like {{"prompt": "..."}}')
-        if _has_surrogate(row):  # the JSON reader refuses the whole file on one; say where
+        # Strict UTF-8 has no surrogates: only a \u escape can make one. The JSON reader refuses the whole file on
+        # one, so say where.
+        if b"\\u" in raw and _has_surrogate(row):
             raise DataFormatError(f"line {n} contains a lone UTF-16 surrogate; send valid Unicode")
         lines.append(n)
     return lines
@@ -320,7 +322,9 @@ def load_rows(
         if i == 0 and shape == "preferences" and r.message_list(values.get("chosen")) is not None:
             shape = "preferences_messages"  # the label; each row may hold either form
         row = normalise(shape, kind, r)
-        if line_limit is not None and len(json.dumps(row, ensure_ascii=False).encode("utf-8")) > line_limit:
+        # JSON text is at most 6 bytes a character (\u escapes): only a row near the limit is measured.
+        near = line_limit is not None and 6 * sum(len(v) for v in row.values()) + 100 > line_limit
+        if near and len(json.dumps(row, ensure_ascii=False).encode("utf-8")) > (line_limit or 0):
             raise r.error(None, f"is longer than {line_limit} bytes once stored (1 MB per row at most)")
         rows.append(row)
     if not rows:
