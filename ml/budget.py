@@ -18,13 +18,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ml.pipeline import CD_METHODS, PLAIN_METHODS
+from ml.pipeline import CD_METHODS, PICKED_METHODS, PLAIN_METHODS
 from ml.spec import TRAIN_STAGES
 
 WEAK_PAIR = ("weak_base", "weak_aligned")
 # Pipeline methods whose data comes from sampling the weak pair (CD for ConG's, plain pi_post sampling for the
 # others); both take the cd_generate settings (ml.pipeline._execute).
-WEAK_SAMPLED = CD_METHODS | PLAIN_METHODS
+WEAK_SAMPLED = CD_METHODS | PLAIN_METHODS | PICKED_METHODS
 
 
 @dataclass(frozen=True)

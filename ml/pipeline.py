@@ -37,9 +37,11 @@ from ml.pipeline_config import (
     LABELS,
     METHODS,
     PAIRS_METHODS,
+    PICKED_METHODS,
     PLAIN_METHODS,
     PipelineConfig,
 )
+from ml.pipeline_refs import pgr, reference_models
 from ml.reporter import Reporter, or_null
 from ml.results import RESULTS_VERSION, results_markdown
 from ml.shards import GenerationRunner, run_whole
@@ -51,6 +53,7 @@ __all__ = [
     "LABELS",
     "METHODS",
     "PAIRS_METHODS",
+    "PICKED_METHODS",
     "PLAIN_METHODS",
     "PipelineConfig",
     "check",
@@ -175,7 +178,7 @@ def run(
         "results_version": RESULTS_VERSION,  # the layout ml.results reads (results.json and the job's results)
         "config": c.to_dict(),
         "weak_aligned": weak_aligned,
-        "methods": {m: _method_row(m, metrics[m], models[m]) for m in c.methods},
+        "methods": _with_pgr({m: _method_row(m, metrics[m], models[m]) for m in c.methods}),
         "stages": R.timings,
         "seconds": round(time.time() - t_start, 3),
     }
@@ -304,6 +307,14 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
             **R.strong_kw({"model": c.strong, "output_dir": R.dir("auxconf"), "data": plain, **c.auxconf})
         )
         models["auxconf"] = R.stage("auxconf", auxconf, a)["model_dir"]
+    if "weak_sft_1ep" in methods:
+        s = SFTStageConfig(
+            **R.strong_kw(
+                {"model": c.strong, "output_dir": R.dir("sft_weak_1ep"), "data": plain, **c.sft, "num_train_epochs": 1}
+            )
+        )
+        models["weak_sft_1ep"] = R.stage("sft_weak_1ep", sft, s)["model_dir"]
+    models.update(reference_models(c, R, weak_aligned, common))  # best_of_n, ceiling (ml.pipeline_refs)
     models["strong_base"] = c.strong
     models["weak_post"] = weak_aligned
 
@@ -364,6 +375,11 @@ def _train_on_pairs(c: PipelineConfig, R: _Runner, weak_aligned: str) -> dict[st
     return models
 
 
+def _with_pgr(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    gaps = pgr(rows)  # None everywhere unless both weak_post and ceiling were evaluated
+    return {m: {**r, "pgr": gaps[m]} for m, r in rows.items()}
+
+
 def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "label": LABELS[name],
@@ -372,6 +388,7 @@ def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
         "valid_rate": m["valid_rate"],
         "implicit_mean": m.get("implicit_mean"),
         "n": m["n"],
+        "truncated_rate": m.get("truncated_rate"),  # its evaluation answers cut at max_new_tokens
         "model": model,
     }
     row["win_rate_vs_weak_sft"] = 0.5 if name == "weak_sft" else m.get("win_rate_vs_weak_sft")

@@ -12,8 +12,12 @@ from ml.distributed import DEFAULT_MODE
 
 # The paper's methods (the default) and the options this project measures beside them.
 DEFAULT_METHODS = ("strong_base", "weak_sft", "wspo", "auxconf", "cong_s", "cong", "weak_post")
-METHODS = (*DEFAULT_METHODS, "cong_filtered")
-PLAIN_METHODS = frozenset({"weak_sft", "wspo", "auxconf"})  # trained on plain pi_post samples
+# Measured references beside the paper's (ml.pipeline_refs): the best of N by implicit reward, the gold-picked
+# ceiling that pgr is measured against, and WeakSFT for one epoch.
+REFERENCE_METHODS = ("best_of_n", "ceiling", "weak_sft_1ep")
+METHODS = (*DEFAULT_METHODS, "cong_filtered", *REFERENCE_METHODS)
+PLAIN_METHODS = frozenset({"weak_sft", "wspo", "auxconf", "weak_sft_1ep"})  # trained on plain pi_post samples
+PICKED_METHODS = frozenset({"best_of_n", "ceiling"})  # trained on the best of several pi_post samples
 CD_METHODS = frozenset({"cong_s", "cong", "cong_filtered"})  # trained on CD samples: the job's pairs
 PAIRS_METHODS = frozenset({"cong_s", "cong"})  # what reviewed pairs (PipelineConfig.pairs) can train
 LABELS = {
@@ -25,6 +29,9 @@ LABELS = {
     "cong": "ConG",
     "weak_post": "Weak aligned (pi_post)",
     "cong_filtered": "ConG + implicit-reward filter",
+    "best_of_n": "Best-of-N (implicit reward)",
+    "ceiling": "Ceiling (gold best-of-k)",
+    "weak_sft_1ep": "WeakSFT (1 epoch)",
 }
 _PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
 _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
@@ -76,6 +83,16 @@ class PipelineConfig:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
     plain: bool = plain_field()
+    best_of_n_samples: int = field(
+        default=2,
+        metadata={
+            "help": "best_of_n: plain pi_post samples per prompt, the best by implicit reward trains the strong model "
+            "(2 costs what CD costs: two forwards per token)."
+        },
+    )
+    ceiling_samples: int = field(
+        default=4, metadata={"help": "ceiling: plain pi_post samples per prompt, the best by the evaluation gold."}
+    )
     pairs: str = field(
         default="",
         metadata={
@@ -124,6 +141,8 @@ class PipelineConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if self.best_of_n_samples < 1 or self.ceiling_samples < 1:
+            raise ValueError("best_of_n_samples and ceiling_samples must be >= 1")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1] (got {self.alpha})")
         if self.max_new_tokens < 1:

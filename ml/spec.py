@@ -414,11 +414,11 @@ KINDS_WITH_ALPHA = ("cong", "train", "cd_generate", "preflight")
 
 def pipeline_stages_used(methods: list[str]) -> list[str]:
     """The pipeline stages that run for these methods (mirrors ml.pipeline._execute's branches)."""
-    from ml.pipeline import CD_METHODS
+    from ml.pipeline import CD_METHODS, PICKED_METHODS
 
     m = set(methods)
     used = ["cd_generate"]  # CD settings also drive plain sampling, and every method is evaluated
-    if m & (CD_METHODS | {"weak_sft"}):
+    if m & (CD_METHODS | PICKED_METHODS | {"weak_sft", "weak_sft_1ep"}):
         used.append("sft")
     if m & {"cong", "cong_filtered"}:
         used += ["self_sample", "dpo"]

@@ -22,7 +22,8 @@ from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, write_json, writ
 from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, join_sample_shards
-from ml.stats import mean_ci, win_rate
+from ml.stages._responses import truncated_rate
+from ml.stats import clustered_mean_ci, mean_ci, win_rate
 
 STAGE = "evaluate"
 GENERATED = "generated.jsonl"  # the sampled responses, before scoring (samples.jsonl holds them scored)
@@ -190,7 +191,13 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[s
     else:
         rows = read_jsonl(config.samples, required=("prompt", "response"))
         rows = [
-            {"index": r.get("index", i), "sample": r.get("sample", 0), "prompt": r["prompt"], "response": r["response"]}
+            {
+                "index": r.get("index", i),
+                "sample": r.get("sample", 0),
+                "prompt": r["prompt"],
+                "response": r["response"],
+                **({"finish_reason": r["finish_reason"]} if "finish_reason" in r else {}),
+            }
             for i, r in enumerate(rows)
         ]
         if config.max_prompts:
@@ -201,11 +208,19 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[s
     gold = resolve_gold(config.gold, device=config.device, batch_size=config.batch_size, cache_file=out / GOLD_CACHE)
     rows = score_rows(rows, gold)
     metrics: dict[str, Any] = {"stage": STAGE, "name": config.name, "gold_name": gold.name}
-    g = mean_ci([r["gold"] for r in rows], method=config.ci_method, seed=config.seed)
+    golds = [r["gold"] for r in rows]
+    # The t interval counts prompts, not samples: n_samples answers to one prompt are not independent.
+    g = (
+        clustered_mean_ci(golds, [r["index"] for r in rows])
+        if config.ci_method == "t"
+        else mean_ci(golds, method=config.ci_method, seed=config.seed)
+    )
     metrics.update(
         gold_mean=g.mean,
         gold_ci=[g.lo, g.hi],
-        n=g.n,
+        n=len(rows),
+        n_prompts=len({r["index"] for r in rows}),
+        truncated_rate=truncated_rate(rows),
         valid_rate=(sum(r["valid"] for r in rows) / len(rows)) if rows else float("nan"),
         mean_words=(sum(len(str(r["response"]).split()) for r in rows) / len(rows)) if rows else 0.0,
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from ml.io import read_json, read_prompts, write_json
 from ml.pipeline import DEFAULT_METHODS, METHODS
+from ml.pipeline_config import REFERENCE_METHODS
 from ml.reporter import Reporter, or_null
 from ml.stats import fisher_z_mean_ci, mean_ci, paired_diff
 
@@ -45,8 +46,8 @@ __all__ = [
 ]
 
 # The paper's methods and the measured options beside them, labelled as everywhere else (ml.pipeline).
-STRONG_METHODS = DEFAULT_METHODS
-EXTRA_METHODS = tuple(m for m in METHODS if m not in DEFAULT_METHODS)
+STRONG_METHODS = (*DEFAULT_METHODS, *REFERENCE_METHODS)
+EXTRA_METHODS = tuple(m for m in METHODS if m not in STRONG_METHODS)
 
 
 @dataclass(kw_only=True)
@@ -238,7 +239,16 @@ def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None
         for name, row in res["methods"].items():
             out["strong"][name] = {
                 k: row.get(k)
-                for k in ("gold_mean", "gold_ci", "valid_rate", "implicit_mean", "n", "win_rate_vs_weak_sft")
+                for k in (
+                    "gold_mean",
+                    "gold_ci",
+                    "valid_rate",
+                    "implicit_mean",
+                    "n",
+                    "win_rate_vs_weak_sft",
+                    "pgr",
+                    "truncated_rate",
+                )
             }
         t["pipeline"] = time.time() - t0
         if "cong_filtered" in out["strong"]:
@@ -297,7 +307,14 @@ def _agg(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "valid_rate": sum(r["valid_rate"] for r in rows) / len(rows),
         "implicit_mean": sum(imp) / len(imp) if imp else None,
         "per_seed": [r["gold_mean"] for r in rows],
+        # Means over seeds of what each seed's row has (None where a seed has none: a sample set has no pgr).
+        **{k: _mean_of(rows, k) for k in ("pgr", "truncated_rate")},
     }
+
+
+def _mean_of(rows: list[dict[str, Any]], key: str) -> float | None:
+    vals = [r[key] for r in rows if r.get(key) is not None]
+    return sum(vals) / len(vals) if vals else None
 
 
 PAIRED_BASELINES = ("weak_sft", "cong_s")  # each strong method's gold is also reported minus these, paired by seed
