@@ -4,6 +4,8 @@ the response, a character made of several byte tokens arrives whole, and the two
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from ml.contrastive import CDConfig, contrastive_generate
@@ -15,7 +17,7 @@ from .conftest import TINY_PROMPTS
 
 
 def _cfg(**kw) -> CDConfig:
-    base = dict(do_sample=False, max_new_tokens=12, use_chat_template=False, repetition_penalty=1.3)
+    base: dict[str, Any] = dict(do_sample=False, max_new_tokens=12, use_chat_template=False, repetition_penalty=1.3)
     base.update(kw)
     return CDConfig(**base)
 
