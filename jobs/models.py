@@ -319,3 +319,64 @@ class JobShard(models.Model):
 
     def __str__(self) -> str:
         return f"job {self.job_id} {self.stage} shard {self.index}/{self.count} ({self.status})"
+
+
+# --- notifications (jobs/services/webhooks.py; docs/NOTIFICATIONS.md) -------------------------------------------
+class Webhook(models.Model):
+    """A URL of a user's that gets a signed JSON POST when one of their jobs ends."""
+
+    class Event(models.TextChoices):
+        SUCCEEDED = "job.succeeded", "job succeeded"
+        FAILED = "job.failed", "job failed"
+        CANCELLED = "job.cancelled", "job cancelled"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(max_length=500)
+    # Kept as given: it signs every request (HMAC needs the key itself). Shown once, when the webhook is created.
+    secret = models.CharField(max_length=200)
+    events = models.JSONField(default=list, help_text="The events it receives (Webhook.Event values).")
+    active = models.BooleanField(default=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created", "id"]
+
+    def __str__(self) -> str:
+        return f"webhook {self.pk} of {self.owner_id}: {self.url}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver one event to one webhook; a retry is a new row with the same delivery_id."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"  # queued; not tried yet
+        DELIVERED = "delivered", "delivered"  # answered 2xx
+        RETRYING = "retrying", "failed, retried"  # failed; the next attempt (a new row) is scheduled
+        FAILED = "failed", "failed"  # failed for good (4xx, or no attempts left)
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    job = models.ForeignKey("Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    event = models.CharField(max_length=30, help_text="A Webhook.Event value, or ping.")
+    delivery_id = models.UUIDField(db_index=True, help_text="The same on every attempt of one event's delivery.")
+    payload = models.JSONField(default=dict, help_text="The JSON body, the same on every attempt.")
+    attempt = models.PositiveIntegerField(default=1)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.PENDING)
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True, default="")
+    response_excerpt = models.CharField(max_length=500, blank=True, default="")
+    created = models.DateTimeField(auto_now_add=True)
+    attempted_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True, help_text="When the next attempt is due (retrying).")
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"delivery {self.delivery_id} attempt {self.attempt} ({self.state})"
+
+
+class NotificationSettings(models.Model):
+    """A user's notification choices beyond webhooks."""
+
+    owner = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    email_on_job_end = models.BooleanField(default=False, help_text="E-mail the user when one of their jobs ends.")

@@ -112,6 +112,24 @@ def offline_install_task(size: str = "cpu") -> str:
     return ", ".join(m.name for m in out["models"].values())
 
 
+@shared_task(name="jobs.tasks.webhook_deliver_task", acks_late=False)
+def webhook_deliver_task(delivery_id: int) -> str:
+    # Default queue. One attempt of one webhook delivery; the service records it and schedules the next attempt
+    # itself (a new row, sent with a countdown), so there is no Celery retry here. Acked on receipt: a worker
+    # dying mid-POST loses that attempt rather than posting it twice (receivers dedupe on the delivery id anyway).
+    from jobs.services.webhooks import delivery_attempt
+
+    return delivery_attempt(delivery_id=delivery_id)
+
+
+@shared_task(name="jobs.tasks.job_email_task")
+def job_email_task(job_id: int) -> bool:
+    # Default queue: the job-ended e-mail, through settings.EMAIL_BACKEND (console unless configured).
+    from jobs.services.webhooks import job_email
+
+    return job_email(job_id=job_id)
+
+
 @shared_task(name="jobs.tasks.jobs_reap_stale_task")
 def jobs_reap_stale_task() -> list:
     from jobs.services import jobs_reap_stale

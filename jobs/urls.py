@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dataset_views, memory_views, review_views, views
+from . import dataset_views, memory_views, notification_views, review_views, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -9,6 +9,7 @@ urlpatterns = [
     path("jobs/new/memory/", memory_views.job_memory_estimate, name="job_memory_estimate"),
     path("jobs/compare/", views.compare, name="compare"),
     path("datasets/new/", dataset_views.dataset_new, name="dataset_new"),
+    path("settings/notifications/", notification_views.notifications, name="notifications"),
     path("models/offline/install/", views.offline_install, name="offline_install"),
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel_page"),

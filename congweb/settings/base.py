@@ -226,6 +226,31 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"jobs.tasks.job_run_task": {"queue": "gpu"}, "jobs.tasks.shard_run_task": {"queue": "gpu"}}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 
+# --- notifications: webhooks and e-mail when a job ends (jobs.services.webhooks, docs/NOTIFICATIONS.md) ---------
+# The address links in webhook payloads and e-mails start with (the server's own name as its users reach it).
+SITE_URL = env.str("SITE_URL", default="http://127.0.0.1:8000").rstrip("/")
+# Seconds to wait for a receiver's answer (connect and read).
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+# A failed attempt (no answer, 429, 5xx) is retried after these many seconds, one after the other; so a delivery
+# is tried at most len(...) + 1 times.
+WEBHOOK_RETRY_DELAYS = env.list("WEBHOOK_RETRY_DELAYS", cast=int, default=[30, 120, 600, 3600])
+WEBHOOKS_MAX_PER_USER = env.int("WEBHOOKS_MAX_PER_USER", default=10)
+# Webhooks to private, loopback or link-local addresses (SSRF: the server's own network). Unset: allowed exactly
+# when DEBUG is on (development); the production settings force DEBUG off, so there they are refused.
+WEBHOOKS_ALLOW_PRIVATE = env.bool("WEBHOOKS_ALLOW_PRIVATE", default=None)
+# E-mail: printed to the process's console unless configured, e.g. EMAIL_URL=smtp+tls://user:pw@host:587 (or
+# EMAIL_BACKEND, EMAIL_HOST, EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD, EMAIL_USE_TLS one by one).
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+if "EMAIL_URL" in os.environ:
+    globals().update(env.email_url("EMAIL_URL"))
+EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="congweb <congweb@localhost>")
+
 # --- REST ---------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.api import artifacts, datasets, views
+from jobs.api import artifacts, datasets, views, webhooks
 
 app_name = "api"
 
@@ -27,4 +27,8 @@ urlpatterns = [
         artifacts.ArtifactDownloadView.as_view(),
         name="job-artifact-download",
     ),
+    path("webhooks/", webhooks.WebhookListView.as_view(), name="webhooks"),
+    path("webhooks/<int:pk>/", webhooks.WebhookDetailView.as_view(), name="webhook-detail"),
+    path("webhooks/<int:pk>/deliveries/", webhooks.WebhookDeliveriesView.as_view(), name="webhook-deliveries"),
+    path("webhooks/<int:pk>/test/", webhooks.WebhookTestView.as_view(), name="webhook-test"),
 ]

@@ -19,6 +19,14 @@ from jobs.notify import notify
 from jobs.services import dispatch
 from jobs.services._common import S, _err
 from jobs.services.events import _status_event, event_append
+from jobs.services.webhooks import job_ended
+
+
+def _ended(job_id: int, status: str, message: str) -> None:
+    """Every move of a job to a final status ends here: its status event, then its owner's notifications
+    (webhooks, e-mail: jobs.services.webhooks), sent once the caller's transaction commits."""
+    _status_event(job_id, status, message)
+    job_ended(job_id=job_id, status=status)
 
 
 def job_cancel(*, job: Job, user=None) -> Job:
@@ -27,7 +35,7 @@ def job_cancel(*, job: Job, user=None) -> Job:
     if Job.objects.filter(pk=job.pk, status=S.QUEUED).update(
         status=S.CANCELLED, cancel_requested=True, finished=now, error="cancelled before it started"
     ):
-        _status_event(job.pk, S.CANCELLED, "cancelled before it started")
+        _ended(job.pk, S.CANCELLED, "cancelled before it started")
     elif Job.objects.filter(pk=job.pk, status=S.RUNNING).update(status=S.CANCELLING, cancel_requested=True):
         _status_event(job.pk, S.CANCELLING, "cancel requested; the worker stops after its current batch")
     else:
@@ -104,16 +112,14 @@ def job_claim(*, job_id: int, task_id: str = "") -> Job | None:
             if job.cancel_requested:
                 # It was being cancelled when its worker died: finish the cancel instead of rerunning.
                 Job.objects.filter(pk=job_id, status=was).update(status=S.CANCELLED, finished=now, partial=True)
-                transaction.on_commit(
-                    lambda: _status_event(job_id, S.CANCELLED, "cancelled (worker lost while stopping)")
-                )
+                transaction.on_commit(lambda: _ended(job_id, S.CANCELLED, "cancelled (worker lost while stopping)"))
                 return None
         attempts = job.attempts + 1
         if attempts > job.max_attempts:
             msg = f"gave up after {job.attempts} attempts; last error: {job.error or 'worker lost'}"
             n = Job.objects.filter(pk=job_id, status=was).update(status=S.FAILED, error=msg, finished=now)
             if n:
-                transaction.on_commit(lambda: _status_event(job_id, S.FAILED, msg))
+                transaction.on_commit(lambda: _ended(job_id, S.FAILED, msg))
             return None
         n = Job.objects.filter(claimable, pk=job_id, status=was).update(
             status=S.RUNNING,
@@ -154,7 +160,7 @@ def job_finish(*, job_id: int, results: dict[str, Any] | None = None, task_id: s
         qs = qs.filter(task_id=task_id)
     n = qs.update(status=S.SUCCEEDED, results=results, finished=now, progress=1.0, error="", partial=False)
     if n:
-        _status_event(job_id, S.SUCCEEDED, "job succeeded")
+        _ended(job_id, S.SUCCEEDED, "job succeeded")
     return bool(n)
 
 
@@ -166,7 +172,7 @@ def job_fail(*, job_id: int, error: str, task_id: str = "") -> bool:
         qs = qs.filter(task_id=task_id, status__in=[S.RUNNING, S.CANCELLING])
     n = qs.update(status=S.FAILED, error=error[:5000], finished=now)
     if n:
-        _status_event(job_id, S.FAILED, error[:2000])
+        _ended(job_id, S.FAILED, error[:2000])
     return bool(n)
 
 
@@ -181,7 +187,7 @@ def job_mark_cancelled(*, job_id: int, results: dict[str, Any] | None = None, ta
         if n:
             Artifact.objects.filter(job_id=job_id).update(partial=True)
     if n:
-        _status_event(job_id, S.CANCELLED, "cancelled; partial results kept")
+        _ended(job_id, S.CANCELLED, "cancelled; partial results kept")
     return bool(n)
 
 
@@ -217,12 +223,12 @@ def jobs_reap_stale(*, send: bool = True) -> list[tuple[int, str]]:
         )
         if cancel:
             if Job.objects.filter(still).update(status=S.CANCELLED, finished=timezone.now(), partial=True, error=lost):
-                _status_event(pk, S.CANCELLED, f"cancelled ({lost})")
+                _ended(pk, S.CANCELLED, f"cancelled ({lost})")
                 done.append((pk, "cancelled"))
         elif attempts >= max_attempts:
             msg = f"gave up after {attempts} attempts; last error: {lost}"
             if Job.objects.filter(still).update(status=S.FAILED, finished=timezone.now(), error=msg):
-                _status_event(pk, S.FAILED, msg)
+                _ended(pk, S.FAILED, msg)
                 done.append((pk, "failed"))
         elif Job.objects.filter(still).update(status=S.QUEUED, error=lost, task_id="", worker=""):
             _status_event(pk, S.QUEUED, f"requeued: {lost}")

@@ -304,6 +304,12 @@ DECLARED_ERRORS = {
     "jobs_results_retrieve": AUTHED | {404},
     "jobs_artifacts_list": AUTHED | {404},
     "jobs_artifacts_download_retrieve": AUTHED | {404},
+    "webhooks_list": AUTHED,
+    "webhooks_create": AUTHED | {400},
+    "webhooks_retrieve": AUTHED | {404},
+    "webhooks_destroy": AUTHED | {400, 404},
+    "webhooks_deliveries_list": AUTHED | {404},
+    "webhooks_test_create": AUTHED | {400, 404},
 }
 
 
