@@ -77,8 +77,13 @@ def seeded(user, weak_pair, prompts_ds, redis_url, settings, tmp_path):
     services.pair_store(
         job_id=job.pk, row={"index": 0, "prompt": "the movie was", "response": "good", "implicit_reward_mean": 0.5}
     )
+    # A real file in the job's run folder, so the artifact download's own code is reached too.
+    samples = settings.RUNS_DIR / str(job.pk) / "cd_generate" / "samples.jsonl"
+    samples.parent.mkdir(parents=True, exist_ok=True)
+    samples.write_text('{"index": 0, "prompt": "the movie was", "response": "good"}\n')
+    art = services.artifact_record(job_id=job.pk, stage="cd_generate", kind="samples", path=str(samples))
     token, _ = Token.objects.get_or_create(user=user)
-    yield {"token": token.key, "job": job, "pair": job.pairs.get()}
+    yield {"token": token.key, "job": job, "pair": job.pairs.get(), "artifact": art}
     channel_layers.backends.clear()
 
 
@@ -133,7 +138,7 @@ def wsgi_app():
 def test_no_input_makes_the_api_answer_5xx(seeded, wsgi_app):
     schema = schemathesis.openapi.from_wsgi(SCHEMA_PATH, wsgi_app)
     auth = {"Authorization": f"Token {seeded['token']}"}
-    real_ids = {"id": seeded["job"].pk, "pair_id": seeded["pair"].pk}
+    real_ids = {"id": seeded["job"].pk, "pair_id": seeded["pair"].pk, "artifact_id": seeded["artifact"].pk}
     failures: list[str] = []
     labels: list[str] = []
     started = time.monotonic()

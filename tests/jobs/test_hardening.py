@@ -58,7 +58,17 @@ def world(user, weak_pair, prompts_ds):
         user=user, kind="cd_generate", weak_base=wb.pk, weak_aligned=wa.pk, prompts=prompts_ds.pk, alpha=0.4
     )
     services.pair_store(job_id=job.pk, row={"index": 0, "prompt": "p", "response": "r"})
-    return {"pk": job.pk, "pair_id": job.pairs.get().pk, "job": job, "weak_pair": weak_pair, "prompts": prompts_ds}
+    art = services.artifact_record(
+        job_id=job.pk, stage="cd_generate", kind="samples", path="/nonexistent/samples.jsonl"
+    )
+    return {
+        "pk": job.pk,
+        "pair_id": job.pairs.get().pk,
+        "artifact_id": art.pk,
+        "job": job,
+        "weak_pair": weak_pair,
+        "prompts": prompts_ds,
+    }
 
 
 def snapshot():
