@@ -14,7 +14,7 @@ help:
 	@echo "make test   - the whole test suite (embedded SQLite + embedded Redis)"
 	@echo "make mutate - mutation testing of the modules with guarantees (MODULE=cd|scoring|sft|dpo|wspo|lifecycle|selectors|spec); docs/TESTING.md"
 	@echo "make lint   - ruff check, ruff format --check, mypy (strict on ml/); make format fixes what it can"
-	@echo "make serve  - web + worker + embedded Redis in the foreground (PORT=$(PORT))"
+	@echo "make serve  - web (WEB_CONCURRENCY processes) + worker + beat + embedded Redis in the foreground (PORT=$(PORT))"
 	@echo "make web | make worker | make beat | make bench | make install | make stop"
 
 # The stamp re-runs pip only when a requirements file changed: `make install` is fast when nothing did.
@@ -41,9 +41,10 @@ demo: install
 serve: install
 	$(PY) -m congweb.launcher serve --port $(PORT)
 
+# WEB_CONCURRENCY web processes (gunicorn + uvicorn workers, HTTP and websockets; default in congweb/settings).
 web: install
 	$(PY) manage.py migrate --noinput
-	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) congweb.asgi:application
+	$(PY) -m congweb.web --bind 127.0.0.1:$(PORT)
 
 worker: install
 	$(VENV)/bin/celery -A congweb worker -Q gpu,default --concurrency 1 --loglevel INFO

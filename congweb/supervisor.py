@@ -15,8 +15,6 @@ Used by congweb.launcher (serve) and congweb.demo (demo); both import it, it imp
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import signal
 import subprocess
@@ -27,6 +25,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from congweb.parent_death import exit_with_parent, libc
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -34,7 +34,6 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 STOP_GRACE_S = 15.0
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def say(msg: str) -> None:
@@ -42,23 +41,12 @@ def say(msg: str) -> None:
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn that makes the child get SIGKILL when this process dies (Linux only).
-
-    The kernel sends the signal when the *thread* that forked the child exits: the launcher forks
-    from its main thread only, which lives as long as the process.
-    """
+    """A Popen preexec_fn that makes the child get SIGKILL when this process dies (exit_with_parent)."""
     if not sys.platform.startswith("linux"):
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc()  # loaded before the fork: the child between fork and exec should do as little as it can
     parent = os.getpid()
-
-    def preexec() -> None:
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-        if os.getppid() != parent:  # the launcher died between fork and prctl: no signal will come
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return preexec
+    return lambda: exit_with_parent(parent)
 
 
 def kill_group(pgid: int, sig: int) -> None:
@@ -200,8 +188,13 @@ class Stack:
         say(f"{name}: started (pid {child.proc.pid if child.proc else '?'}), log {log_path}")
 
     def start_services(self) -> None:
-        """web (daphne), one Celery worker and celery beat, each its own supervised process."""
-        self.spawn("web", "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "congweb.asgi:application")
+        """web (gunicorn: WEB_CONCURRENCY uvicorn processes, congweb.web), one Celery worker and celery beat,
+        each its own supervised process (web's workers are the gunicorn master's to restart)."""
+        from congweb import web  # not at the top: it imports uvicorn and gunicorn, which demo's import needs not
+
+        workers = web.web_concurrency()
+        self.spawn("web", *web.argv(f"127.0.0.1:{self.port}", workers))
+        say(f"web: {workers} processes (WEB_CONCURRENCY)")
         self.spawn(
             "worker",
             "-m",

@@ -79,6 +79,15 @@ CONTENT_SECURITY_POLICY = {
 LOGIN_FAILURE_LIMIT = env.int("LOGIN_FAILURE_LIMIT", default=10)
 LOGIN_FAILURE_WINDOW = env.int("LOGIN_FAILURE_WINDOW", default=15 * 60)
 
+# --- web tier (congweb.web) ----------------------------------------------------------------------
+# Web processes (gunicorn with uvicorn workers) that `make serve`, `make demo`, `make web` and the docker web
+# service run. Django serves one request at a time per process, so this is how many it serves at once.
+# Default: one per CPU this process may use, at most 4 (the workers and Redis need some too).
+WEB_CONCURRENCY = env.int(
+    "WEB_CONCURRENCY",
+    default=min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
+)
+
 # --- apps ---------------------------------------------------------------------------------------
 INSTALLED_APPS = [
     "daphne",  # its runserver serves HTTP and websockets from one ASGI app
@@ -134,8 +143,12 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'congweb.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    # Web, worker and event writers share one SQLite file: wait for locks instead of failing at once.
-    DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 30, "transaction_mode": "IMMEDIATE"})
+    # Web processes, workers and event writers share one SQLite file: wait for locks instead of failing at
+    # once, and write-ahead logging, so readers (every web process's pages) never wait for a writer nor it
+    # for them; only writers queue, one at a time.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL"}
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # ModelBackend plus the log-in throttle: every authenticate() call (log-in page, admin, token

@@ -27,7 +27,7 @@ from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from jobs import selectors, services
-from jobs.api import login_guard
+from jobs.api import job_rows, login_guard
 from jobs.api import serializers as s
 from jobs.api.parsers import SafeJSONParser, SafeMultiPartParser, too_large
 from jobs.api.renderers import EXPORT_TYPES, JsonlRenderer, OctetStreamRenderer
@@ -245,8 +245,11 @@ class JobListView(ServiceAPIView):
             status=choice_list(q, "status", Job.Status.values),
             kind=choice_list(q, "kind", Job.Kind.values),
         )
-        # Config and results can be large JSON: a list neither loads nor sends them.
-        return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
+        # Plain rows of the columns the list shows (config and results, large JSON, are not among them), turned
+        # into JSON by JobSummarySerializer's own fields without a model and a serializer per job (job_rows).
+        paginator = self.pagination_class()
+        page = paginator.paginate_queryset(qs.values(*job_rows.lookups()), request, view=self)
+        return paginator.get_paginated_response(job_rows.rows(page))
 
     @extend_schema(
         summary="Create a job",

@@ -24,7 +24,7 @@ PID_LINE = re.compile(r"^congweb \| (\w+): (?:started|restarted) \(pid (\d+)\)",
 
 def free_port() -> int:
     """A port free now. The launcher binds it itself later (it takes a number, not a socket), so another
-    process may take it first: ``Launcher.wait_ready`` notices daphne's bind failure and starts over on
+    process may take it first: ``Launcher.wait_ready`` notices the web server's bind failure and starts over on
     another port, and checks the port it polls is held by its own web process."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,8 +32,9 @@ def free_port() -> int:
 
 
 def bind_failed(log: str, port: int) -> bool:
-    """daphne (twisted) could not listen on ``port``: its log says "Couldn't listen on HOST:PORT: ..."."""
-    return f"Couldn't listen on 127.0.0.1:{port}:" in log
+    """The web server could not listen on ``port``: gunicorn (congweb.web) logs "Connection in use: (HOST, PORT)"
+    (and retries, then gives up); daphne "Couldn't listen on HOST:PORT: ..."."""
+    return f"Connection in use: ('127.0.0.1', {port})" in log or f"Couldn't listen on 127.0.0.1:{port}:" in log
 
 
 def listens_on(pid: int, port: int) -> bool:
@@ -173,8 +174,8 @@ class Launcher:
             return False
 
     def web_up(self) -> bool:
-        """Our own daphne listens on self.port and answers /healthz (not some process that took the port
-        between free_port() and daphne's bind); PortTaken when daphne could not bind it."""
+        """Our own web server listens on self.port and answers /healthz (not some process that took the port
+        between free_port() and its bind); PortTaken when it could not bind it."""
         if bind_failed(self.log("web"), self.port):
             raise PortTaken(self.port)
         web = self.pids("web")
@@ -182,7 +183,7 @@ class Launcher:
 
     def wait_ready(self, timeout: float = 150, tries: int = 3) -> Launcher:
         """Web answers, the worker said "ready." and has its pool child, beat started: all is up. A port
-        taken by someone else before daphne bound it: stop, and start over on another (``tries`` in all)."""
+        taken by someone else before the web server bound it: stop, and start over on another (``tries`` in all)."""
         for attempt in range(1, tries + 1):
             try:
                 wait_until(self.web_up, timeout, f"/healthz\n{self.report()}")
