@@ -13,8 +13,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from ml.data_formats import KIND_FIELDS
+
 MAX_LINE_BYTES = 1024 * 1024  # one JSONL row may not exceed 1 MB
-REQUIRED_FIELDS = {"prompts": ("prompt",), "preferences": ("prompt", "chosen", "rejected")}
+REQUIRED_FIELDS = KIND_FIELDS  # each dataset kind's fields, declared once in ml.data_formats
 
 
 def model_roots() -> list[Path]:

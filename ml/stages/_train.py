@@ -35,19 +35,6 @@ if TYPE_CHECKING:
 # Text and tokens
 
 
-def has_chat_template(tokenizer: Any) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_prompt(tokenizer: Any, prompt: str, use_chat_template: bool = True) -> str:
-    if use_chat_template and has_chat_template(tokenizer):
-        text: str = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return text
-    return prompt
-
-
 def encode_prompt(tokenizer: Any, prompt: str, use_chat_template: bool = True) -> list[int]:
     # Delegates to contrastive decoding's encoder so training and generation agree token for token.
     from ml.contrastive import encode_prompt as _encode_prompt
