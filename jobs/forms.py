@@ -21,9 +21,11 @@ from django.core.exceptions import ValidationError
 
 from jobs import selectors
 from jobs.api import json_checks, login_guard
-from jobs.models import Job
+from jobs.models import Job, ModelEntry
 from jobs.page_selectors import show_value
+from jobs.services.creation import EVAL_GOLD_KINDS
 from ml.execution import SETTINGS as EXECUTION
+from ml.gold import known_golds
 from ml.pipeline import LABELS, METHODS
 from ml.spec import (
     DEFAULT_ALPHA,
@@ -283,6 +285,18 @@ class JobForm(forms.Form):
         choices=[("", "-")] + [(m, METHOD_LABELS.get(m, m)) for m in TRAIN_METHODS],
     )
 
+    gold = forms.ChoiceField(
+        required=False,
+        label="Gold reward (labelling)",
+        help_text="What labels and scores: weak alignment's best vs worst, the pairs' gold scores. Empty: the prompt "
+        "dataset's gold. A reward model you registered (kind reward) or a built-in gold.",
+    )
+    eval_gold = forms.ChoiceField(
+        required=False,
+        label="Gold reward (evaluation)",
+        help_text="What scores the evaluations, when it should differ from the labelling gold (labeler is not "
+        "evaluator). Empty: the labelling gold.",
+    )
     pairs_from = forms.CharField(
         required=False,
         label="Train on reviewed pairs of jobs",
@@ -306,6 +320,9 @@ class JobForm(forms.Form):
         super().__init__(*args, **kwargs)
         models = list(selectors.models_visible(user=user))
         empty = [("", "-")]
+        # A reward model only judges (gold, eval_gold): it is never offered as a model to generate with or train.
+        judges = [m for m in models if m.kind == ModelEntry.Kind.REWARD]
+        models = [m for m in models if m.kind != ModelEntry.Kind.REWARD]
         for name, kinds in (
             ("weak_base", ("weak", "any")),
             ("weak_aligned", ("weak", "any")),
@@ -314,6 +331,9 @@ class JobForm(forms.Form):
             # Preferred kinds first, the rest after: any registered model may fill any role.
             ordered = [m for m in models if m.kind in kinds] + [m for m in models if m.kind not in kinds]
             self.fields[name].choices = empty + [(str(m.pk), f"{m.name} ({m.kind})") for m in ordered]
+        golds = [(f"rm:{m.pk}", f"{m.name} (reward model)") for m in judges] + [(g, g) for g in known_golds()]
+        self.fields["gold"].choices = [("", "the prompt dataset's gold"), *golds]
+        self.fields["eval_gold"].choices = [("", "the labelling gold"), *golds]
         for name in ("weak_base", "weak_aligned", "strong", "prompts"):
             # Django's own says "Select a valid choice. 7 is not one of ...": an id the user never saw.
             self.fields[name].error_messages["invalid_choice"] = (
@@ -418,6 +438,8 @@ class JobForm(forms.Form):
             "methods": list(d.get("methods") or []) if kind == Job.Kind.CONG else None,
             "method": (d.get("method") or None) if kind == Job.Kind.TRAIN else None,
             "params": self.params,
+            "gold": d.get("gold") or None,
+            "eval_gold": (d.get("eval_gold") or None) if kind in EVAL_GOLD_KINDS else None,
             "pairs_from": d.get("pairs_from") if kind == Job.Kind.TRAIN else None,
             "include_pending": {"yes": True, "no": False}.get(d.get("include_pending") or "")
             if kind == Job.Kind.TRAIN and d.get("pairs_from")

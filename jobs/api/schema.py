@@ -166,6 +166,12 @@ class JobConfigSerializer(serializers.Serializer):
         required=False,
         help_text='kind=train on reviewed pairs: {"jobs": [{"id", "kind"}], "include_pending": true|false|null}.',
     )
+    gold = described_json(
+        OPEN_OBJECT,
+        required=False,
+        help_text='The labelling gold as picked: {"name" (what ml resolves), "label", "model" (a reward model)}.',
+    )
+    eval_gold = described_json(OPEN_OBJECT, required=False, help_text="The evaluation gold, the same shape.")
     spec = JobSpecSerializer(required=False)
 
 
@@ -196,7 +202,15 @@ class MethodResultSerializer(serializers.Serializer):
     valid_rate = serializers.FloatField(required=False, allow_null=True)
     implicit_mean = serializers.FloatField(required=False, allow_null=True, help_text="Mean implicit reward.")
     win_rate_vs_weak_sft = serializers.FloatField(required=False, allow_null=True)
-    n = serializers.IntegerField(required=False, allow_null=True, help_text="How many prompts were scored.")
+    n = serializers.IntegerField(required=False, allow_null=True, help_text="How many answers were scored.")
+    pgr = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        help_text="Performance gap recovered: (gold - weak_post's) / (ceiling's - weak_post's); null without both.",
+    )
+    truncated_rate = serializers.FloatField(
+        required=False, allow_null=True, help_text="Share of its evaluation answers cut at max_new_tokens."
+    )
 
 
 class ResultsSerializer(serializers.Serializer):
@@ -212,11 +226,29 @@ class ResultsSerializer(serializers.Serializer):
     pairs = described_json(
         {
             "type": "object",
-            "properties": {"stored": {"type": "integer"}, "score_errors": {"type": "integer"}},
+            "properties": {
+                "stored": {"type": "integer"},
+                "score_errors": {"type": "integer"},
+                "with_plain": {"type": "integer"},
+                "with_rejected": {"type": "integer"},
+            },
             "additionalProperties": {},
         },
         required=False,
-        help_text="cd_generate: preference pairs stored, and how many could not be scored.",
+        help_text="Jobs that store pairs: how many, how many could not be scored, and how many have their plain "
+        "pi_post and rejected sides filled.",
+    )
+    gold = serializers.CharField(
+        required=False, help_text="The labelling gold's name (rm:<model name> for a reward model)."
+    )
+    eval_gold = serializers.CharField(required=False, help_text="The gold that scored the evaluations.")
+    train_examples = serializers.IntegerField(
+        required=False, help_text="train with pairs_from: the reviewed pairs trained on."
+    )
+    review = described_json(
+        OPEN_OBJECT,
+        required=False,
+        help_text="train with pairs_from: per source job id, its review counts and whether pending pairs counted.",
     )
     gold_mean = serializers.FloatField(required=False, allow_null=True, help_text="evaluate: mean gold reward.")
     gold_ci = serializers.ListField(child=serializers.FloatField(allow_null=True), required=False)

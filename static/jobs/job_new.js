@@ -23,19 +23,20 @@
 
   // Which fields each kind uses (display only; jobs.services.job_create decides what is valid).
   const USES = {
-    cong: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods"],
-    cd_generate: ["weak_base", "weak_aligned", "prompts", "alpha"],
-    alpha_sweep: ["weak_base", "weak_aligned", "prompts"],
-    preflight: ["weak_base", "weak_aligned", "prompts"],
-    weak_align: ["weak_base", "prompts"],
-    train: ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "method", "pairs_from", "include_pending"],
-    evaluate: ["strong", "prompts"],
+    cong: ["weak_base", "weak_aligned", "strong", "prompts", "gold", "eval_gold", "alpha", "methods"],
+    cd_generate: ["weak_base", "weak_aligned", "prompts", "gold", "alpha"],
+    alpha_sweep: ["weak_base", "weak_aligned", "prompts", "gold", "eval_gold"],
+    preflight: ["weak_base", "weak_aligned", "prompts", "gold"],
+    weak_align: ["weak_base", "prompts", "gold"],
+    train: ["weak_base", "weak_aligned", "strong", "prompts", "gold", "eval_gold", "alpha", "method", "pairs_from",
+      "include_pending"],
+    evaluate: ["strong", "prompts", "gold", "eval_gold"],
   };
   const kind = document.getElementById("id_kind");
   function toggle() {
     const uses = USES[kind.value] || [];
-    const names = ["weak_base", "weak_aligned", "strong", "prompts", "alpha", "methods", "method", "pairs_from",
-      "include_pending"];
+    const names = ["weak_base", "weak_aligned", "strong", "prompts", "gold", "eval_gold", "alpha", "methods", "method",
+      "pairs_from", "include_pending"];
     for (const name of names) {
       const box = document.getElementById(`field-${name}`);
       if (!box) continue;

@@ -150,3 +150,27 @@ def test_train_on_reviewed_pairs_opens_filled_and_reads_its_job_numbers(client, 
     r = client.post("/jobs/new/", {**train, "pairs_from": "999999"})  # parsed, then judged by the service
     assert "job 999999 does not exist or is not yours" in _errors(r.content.decode(), "pairs_from")
     assert not Job.objects.exists()
+
+
+def test_golds_are_picked_by_name_and_reward_models_only_judge(client, user, cong_post, model_root):
+    """A reward model is offered as a gold (labelling or evaluation), never as a model to generate with or train;
+    the picked golds reach the job's config."""
+    from jobs import services
+    from tests.ml._reward_fixtures import save_reward_model
+
+    from .conftest import WORDS
+
+    rm = services.model_register(
+        name="judge", path=str(save_reward_model(model_root / "rm", WORDS, {"good": 1.0})), kind="reward", owner=user
+    )
+    client.force_login(user)
+    html = client.get("/jobs/new/").content.decode()
+    for field in ("weak_base", "weak_aligned", "strong"):
+        assert f'value="{rm.pk}"' not in _field_box(html, field)
+    for field in ("gold", "eval_gold"):
+        box = _field_box(html, field)
+        assert f'value="rm:{rm.pk}"' in box and "judge (reward model)" in box and 'value="toy:review"' in box
+    r = client.post("/jobs/new/", {**cong_post, "eval_gold": f"rm:{rm.pk}"})
+    assert r.status_code == 302, r.content.decode()[-2000:]
+    job = Job.objects.get()
+    assert job.config["eval_gold"]["label"] == "rm:judge" and job.config["gold"]["name"] == "toy:review"
