@@ -112,6 +112,17 @@ def offline_install_task(size: str = "cpu") -> str:
     return ", ".join(m.name for m in out["models"].values())
 
 
+@shared_task(name="jobs.tasks.playground_task", bind=True, acks_late=False)
+def playground_task(self, session_id: str) -> str:
+    # Sent to the generation queue by jobs.services.playground, with its own time limits. Acked on receipt: a chat
+    # reply is not worth running twice after a lost worker.
+    from jobs.playground_runner import run_session
+    from jobs.workers import apply_torch_threads
+
+    apply_torch_threads(self.request.hostname or "")
+    return run_session(session_id)
+
+
 @shared_task(name="jobs.tasks.webhook_deliver_task", acks_late=False)
 def webhook_deliver_task(delivery_id: int) -> str:
     # Default queue. One attempt of one webhook delivery; the service records it and schedules the next attempt

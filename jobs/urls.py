@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import dataset_views, memory_views, notification_views, review_views, views
+from . import dataset_views, memory_views, notification_views, playground_views, review_views, views
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -14,6 +14,8 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel_page"),
     path("jobs/<int:job_id>/retry/", views.job_retry, name="job_retry_page"),
+    path("jobs/<int:job_id>/playground/", playground_views.playground_page, name="playground"),
+    path("jobs/<int:job_id>/playground/start/", playground_views.playground_start, name="playground_start"),
     path("jobs/<int:job_id>/review/", review_views.review_desk, name="review_desk"),
     path("jobs/<int:job_id>/review/state/", review_views.review_state, name="review_state"),
     path("jobs/<int:job_id>/review/act/", review_views.review_act, name="review_act"),

@@ -133,32 +133,36 @@ def _decode_loop(
     feed it to every model's cache, emit its text; a Finish at EOS or max_new_tokens."""
     device = next(steppers[0].model.parameters()).device
     P, T = len(ids), config.max_new_tokens
-    seen = torch.empty((1, P + T), dtype=torch.long, device=device)
-    seen[0, :P] = torch.tensor(ids, dtype=torch.long)
-    attn = torch.ones((1, P + T), dtype=torch.long, device=device)
     rep_from = P if config.repetition_penalty_scope == "generated" else 0
     text = IncrementalText(tokenizer)
     out: list[int] = []
     reason = "length"
+    # Inference mode is entered per step, never held across a yield: it is thread-local state, and a generator
+    # suspended inside it would leave it on for the caller, or (two interleaved streams) switch it off under the
+    # other stream's feet when one of them ends.
     with torch.inference_mode():
-        x = seen[:, :P]
+        seen = torch.empty((1, P + T), dtype=torch.long, device=device)
+        seen[0, :P] = torch.tensor(ids, dtype=torch.long)
+        attn = torch.ones((1, P + T), dtype=torch.long, device=device)
         pos = torch.arange(P, device=device).unsqueeze(0)
-        logits = [s.prefill(x, attn[:, :P], pos) for s in steppers]
-        for t in range(T):
+        logits = [s.prefill(seen[:, :P], attn[:, :P], pos) for s in steppers]
+    for t in range(T):
+        with torch.inference_mode():
             rep_ids = seen[:, rep_from : P + t] if P + t > rep_from else None
             tok = int(pick(logits, rep_ids, seen[:, : P + t]))
             seen[0, P + t] = tok
-            out.append(tok)
-            piece = text.push(tok)
-            if piece:
-                yield Delta(name, piece)
-            if tok in eos:
-                reason = "eos"
-                break
-            if config.stop_strings and _has_stop(tokenizer, out, config.stop_strings):
-                break
-            if t + 1 == T:
-                break
+        out.append(tok)
+        piece = text.push(tok)
+        if piece:
+            yield Delta(name, piece)
+        if tok in eos:
+            reason = "eos"
+            break
+        if config.stop_strings and _has_stop(tokenizer, out, config.stop_strings):
+            break
+        if t + 1 == T:
+            break
+        with torch.inference_mode():
             tk = seen[:, P + t : P + t + 1]
             npos = torch.tensor([[P + t]], device=device)
             logits = [s.step(tk, attn[:, : P + t + 1], npos) for s in steppers]

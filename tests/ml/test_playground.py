@@ -123,6 +123,37 @@ def test_side_by_side_interleaves_cd_and_plain(tiny_pair):
         assert len(mine[-1].token_ids) == 8 and mine[-1].finish_reason == "length"
 
 
+def test_side_by_side_streams_that_end_apart_equal_their_single_streams(tiny_pair):
+    # Greedy with EOS: the two sides end after different numbers of tokens (one runs on alone), and nothing the
+    # other did (grad mode, caches) leaks into it.
+    import torch
+
+    cfg = _cfg(max_new_tokens=20)
+    lengths = set()
+    for prompt in TINY_PROMPTS:
+        events = list(
+            side_by_side(
+                aligned=tiny_pair.aligned, base=tiny_pair.base, tokenizer=tiny_pair.tokenizer, prompt=prompt, config=cfg
+            )
+        )
+        for name in ("cd", "plain"):
+            alone = list(
+                stream(
+                    model=tiny_pair.aligned,
+                    base=tiny_pair.base,
+                    tokenizer=tiny_pair.tokenizer,
+                    prompt=prompt,
+                    config=cfg,
+                    mode=name,  # type: ignore[arg-type]
+                )
+            )
+            assert [e for e in events if e.stream == name] == alone
+        fins = {e.stream: len(e.token_ids) for e in events if isinstance(e, Finish)}
+        lengths.add(fins["cd"] != fins["plain"])
+    assert True in lengths  # some prompt's sides ended apart
+    assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+
+
 def test_multibyte_characters_arrive_whole():
     from tokenizers import ByteLevelBPETokenizer
     from transformers import PreTrainedTokenizerFast
