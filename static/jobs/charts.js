@@ -24,6 +24,18 @@
   const available = typeof window.uPlot === "function";
   const LINEAR = available ? window.uPlot.paths.linear() : null;
 
+  // Axis text, grid and point labels from the page's palette (style.css: --chart-*, light or dark with the system's
+  // setting), read when a chart is built: a canvas does not follow CSS by itself.
+  function theme() {
+    const css = getComputedStyle(document.documentElement);
+    const pick = (name, fallback) => css.getPropertyValue(name).trim() || fallback;
+    return {axis: pick("--chart-axis", "#000"), grid: pick("--chart-grid", "rgba(0,0,0,0.07)"), label: pick("--chart-label", "#344054")};
+  }
+
+  function axisColors(axis, t) {  // uPlot deep-merges these into its axis defaults (width, size, filter stay)
+    return Object.assign(axis, {stroke: t.axis, grid: {stroke: t.grid}, ticks: {stroke: t.grid}});
+  }
+
   function rgba(hex, a) {
     const n = parseInt(hex.slice(1), 16);
     return `rgba(${n >> 16 & 255},${n >> 8 & 255},${n & 255},${a})`;
@@ -136,11 +148,12 @@
     }
     clear(el);
     st = {key, counts, smoothing};
-    const colors = series.map((s, i) => s.color || COLORS[i % COLORS.length]);
+    const colors = series.map((s, i) => s.color || COLORS[i % COLORS.length]), t = theme();
     u = new window.uPlot({
       title: opts.title, width: W, height: H,
       scales: {x: {time: false, range: xRange(opts)}},
-      axes: [xAxis(el, opts), {label: opts.yLabel || "", labelSize: opts.yLabel ? 18 : 0, size: 52, values: (u, s) => s.map(fmt)}],
+      axes: [axisColors(xAxis(el, opts), t),
+             axisColors({label: opts.yLabel || "", labelSize: opts.yLabel ? 18 : 0, size: 52, values: (u, s) => s.map(fmt)}, t)],
       legend: {live: true},
       series: [
         {label: opts.xLabel || "x", value: (u, v) => fmt(v)},
@@ -165,14 +178,14 @@
     const pts = (opts.points || []).filter(p => isFinite(p[0]) && isFinite(p[1])).sort((a, b) => a[0] - b[0]);
     if (!pts.length) { notice(el, opts.title, "no data"); return; }
     clear(el);
-    const color = COLORS[0], labels = pts.map(p => p[2] || "");
+    const color = COLORS[0], labels = pts.map(p => p[2] || ""), t = theme();
     el.dataset.series = JSON.stringify([{name: opts.unit || "points", points: pts.length}]);
     const drawLabels = u => {  // a label beside each point (alphas, methods); on the left near the right edge
       if (pts.length > LABELS_UP_TO || !labels.some(Boolean)) return;
       const ctx = u.ctx, r = devicePixelRatio;
       ctx.save();
       ctx.font = `${11 * r}px sans-serif`;
-      ctx.fillStyle = "#344054";
+      ctx.fillStyle = t.label;
       pts.forEach((p, i) => {
         const x = u.valToPos(p[0], "x", true), y = u.valToPos(p[1], "y", true);
         const right = x > u.bbox.left + u.bbox.width - 70 * r;
@@ -184,7 +197,8 @@
     const u = new window.uPlot({
       title: opts.title, width: W, height: H,
       scales: {x: {time: false, range: xRange({})}},
-      axes: [xAxis(el, opts), {label: opts.yLabel || "", labelSize: opts.yLabel ? 18 : 0, size: 52, values: (u, s) => s.map(fmt)}],
+      axes: [axisColors(xAxis(el, opts), t),
+             axisColors({label: opts.yLabel || "", labelSize: opts.yLabel ? 18 : 0, size: 52, values: (u, s) => s.map(fmt)}, t)],
       series: [
         {label: opts.xLabel || "x", value: (u, v, si, i) => (i === null || i === undefined ? "-" : fmt(v) + (labels[i] ? ` (${labels[i]})` : ""))},
         {label: opts.yLabel || "y", stroke: color, paths: () => null, value: (u, v) => fmt(v),
