@@ -178,7 +178,7 @@ def run(
         "results_version": RESULTS_VERSION,  # the layout ml.results reads (results.json and the job's results)
         "config": c.to_dict(),
         "weak_aligned": weak_aligned,
-        "methods": _with_pgr({m: _method_row(m, metrics[m], models[m]) for m in c.methods}),
+        "methods": _with_pgr({m: _method_row(m, metrics[m], models[m], bool(c.judge)) for m in c.methods}),
         "stages": R.timings,
         "seconds": round(time.time() - t_start, 3),
     }
@@ -339,6 +339,7 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
                 "weak_base": c.weak_base,
                 "reference": reference if m != "weak_sft" else "",
                 "reference_name": "weak_sft",
+                "judge": c.judge,  # used where there is a reference: every method but weak_sft
                 **c.evaluate,
             }
         )
@@ -380,7 +381,7 @@ def _with_pgr(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {m: {**r, "pgr": gaps[m]} for m, r in rows.items()}
 
 
-def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
+def _method_row(name: str, m: dict[str, Any], model: str, judged: bool = False) -> dict[str, Any]:
     row: dict[str, Any] = {
         "label": LABELS[name],
         "gold_mean": m["gold_mean"],
@@ -392,4 +393,7 @@ def _method_row(name: str, m: dict[str, Any], model: str) -> dict[str, Any]:
         "model": model,
     }
     row["win_rate_vs_weak_sft"] = 0.5 if name == "weak_sft" else m.get("win_rate_vs_weak_sft")
+    if judged:  # the pairwise judge's verdicts against weak_sft (its own: 0.5, both orders on identical answers)
+        for k in ("judge_win_rate", "judge_lc_win_rate"):
+            row[k], row[f"{k[:-5]}_ci"] = (0.5, [0.5, 0.5]) if name == "weak_sft" else (m.get(k), m.get(f"{k[:-5]}_ci"))
     return row

@@ -33,7 +33,20 @@ LABELS = {
     "ceiling": "Ceiling (gold best-of-k)",
     "weak_sft_1ep": "WeakSFT (1 epoch)",
 }
-_PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir")
+_PATH_FIELDS = ("weak_base", "weak_aligned", "strong", "train_prompts", "eval_prompts", "output_dir", "judge")
+JUDGE_REFERENCE = "weak_sft"  # the method a pairwise judge compares every other method with (its evaluation samples)
+
+
+def judge_problem(methods: list[str]) -> str | None:
+    """Why a pairwise judge (PipelineConfig.judge) has nothing to compare in these methods, or None."""
+    if JUDGE_REFERENCE not in methods or len(methods) < 2:
+        return (
+            f"the judge compares each method's answers with {JUDGE_REFERENCE}'s: run {JUDGE_REFERENCE} and at least "
+            "one other method (kind=cong's methods)"
+        )
+    return None
+
+
 _STAGE_FIELDS = ("weak_align", "generate", "sft", "self_sample", "dpo", "wspo", "auxconf", "evaluate")
 
 
@@ -101,6 +114,14 @@ class PipelineConfig:
             "ConG-S is SFT on its chosen side, ConG then DPO on its pairs (a train job's pairs_from).",
         },
     )
+    judge: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": f"Folder of a causal LM that judges each method's evaluation answers against {JUDGE_REFERENCE}'s, "
+            "both orders (ml.judge.pairwise); empty = no judge.",
+        },
+    )
     device: str | None = field(
         default=None, metadata={"internal": True, "help": "'cpu', 'cuda'...; None = CUDA when present."}
     )
@@ -156,6 +177,8 @@ class PipelineConfig:
                 f"side, then DPO on the pairs); {', '.join(sorted(set(self.methods) - PAIRS_METHODS))} sample the "
                 "weak pair instead"
             )
+        if self.judge and (why := judge_problem(self.methods)):
+            raise ValueError(why)
         self._check_stage_keys()
 
     def _check_stage_keys(self) -> None:

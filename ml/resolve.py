@@ -290,10 +290,10 @@ def resolve(
 
 
 # Internal fields that stay unset unless the caller sets them: 'samples' and 'reference' are alternatives to 'model'
-# in EvaluateConfig, device and dtype are picked per machine, a generation stage runs whole unless a runner
-# gives it a shard (ml.shards), and a training stage in DDP unless the training runner launches it in the job's
-# mode (ml.distributed).
-_OPTIONAL_INTERNAL = ("samples", "reference", "device", "dtype", "shard", "distributed")
+# in EvaluateConfig and 'judge' an option of it, device and dtype are picked per machine, a generation stage runs
+# whole unless a runner gives it a shard (ml.shards), and a training stage in DDP unless the training runner launches
+# it in the job's mode (ml.distributed).
+_OPTIONAL_INTERNAL = ("samples", "reference", "judge", "device", "dtype", "shard", "distributed")
 
 
 def placeholders(cls: type) -> dict[str, Any]:
@@ -345,6 +345,7 @@ class JobInputs:
     gold: str = ""  # labels: weak alignment's best-vs-worst and the pairs' scores (a name, or rm:<folder>)
     eval_gold: str = ""  # scores the evaluations; empty = gold
     pairs: str = ""  # reviewed preference JSONL replacing generation (ml.pipeline.PipelineConfig.pairs)
+    judge: str = ""  # a causal LM folder judging each method against WeakSFT (ml.judge.pairwise); empty = none
 
 
 def _eval_gold(inputs: JobInputs) -> str:
@@ -387,6 +388,7 @@ def build(spec: dict[str, Any], inputs: JobInputs) -> dict[str, Any]:
                 methods=list(spec["methods"]),
                 distributed=_mode(spec),
                 pairs=inputs.pairs,
+                judge=inputs.judge,
                 **spec["top"],
                 **stage_dicts,
             )

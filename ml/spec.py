@@ -49,6 +49,7 @@ LIMIT_OF = {
     "per_device_train_batch_size": "batch_size",
     "sample_batch_size": "batch_size",
     "score_batch_size": "batch_size",
+    "judge_batch_size": "batch_size",
     "max_prompts": "max_prompts",
     "max_eval_prompts": "max_prompts",
     "max_examples": "max_prompts",

@@ -5,7 +5,8 @@ JSONL (``prompt``, ``response``; e.g. pi_post's plain samples). Output: output_d
 row per response with its gold score and validity) and output_dir/metrics.json (= DONE.json):
 mean gold with a 95% interval, valid rate, paired win rate against a reference method's samples
 (same prompt and sample number; ties count half), and, when a weak pair is given, the implicit reward
-log pi_post(y|x) - log pi_pre(y|x) of the responses (sum over tokens, and per token).
+log pi_post(y|x) - log pi_pre(y|x) of the responses (sum over tokens, and per token); with a ``judge`` too, a local
+LLM's pairwise verdicts against the reference (ml.judge.pairwise: win rate and length-controlled win rate).
 Generation appends per batch, so a stopped or crashed evaluation resumes where it was.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
 from ml.io import SAMPLES, mark_done, read_jsonl, read_prompts, write_json, write_jsonl
+from ml.judge.pairwise import DEFAULT_BATCH_SIZE as JUDGE_BATCH_SIZE
+from ml.judge.pairwise import DEFAULT_BOOTSTRAP, MAX_BOOTSTRAP, judge_against
 from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, join_sample_shards
@@ -80,6 +83,24 @@ class EvaluateConfig(Shardable):
             "help": "Name of the reference method; the metric is called win_rate_vs_<reference_name>.",
         },
     )
+    judge: str = field(
+        default="",
+        metadata={
+            "internal": True,
+            "help": "Folder of a causal LM that judges each response against the reference's, in both orders "
+            "(ml.judge.pairwise): judge win rate and length-controlled win rate. Empty = no judge; needs reference.",
+        },
+    )
+    judge_batch_size: int = field(
+        default=JUDGE_BATCH_SIZE, metadata={"help": "Judging prompts per forward pass of the pairwise judge."}
+    )
+    judge_bootstrap: int = field(
+        default=DEFAULT_BOOTSTRAP,
+        metadata={
+            "help": f"Bootstrap resamples over prompts for the judge's length-controlled win rate interval (0 = none, "
+            f"at most {MAX_BOOTSTRAP})."
+        },
+    )
     weak_aligned: str = field(
         default="", metadata={"internal": True, "help": "pi_post folder, for implicit-reward statistics."}
     )
@@ -113,6 +134,8 @@ class EvaluateConfig(Shardable):
             raise ValueError("n_samples, batch_size and max_new_tokens must all be >= 1")
         if self.ci_method not in ("t", "bootstrap"):
             raise ValueError(f"ci_method must be 't' or 'bootstrap', not {self.ci_method!r}")
+        if self.judge_batch_size < 1 or not 0 <= self.judge_bootstrap <= MAX_BOOTSTRAP:
+            raise ValueError(f"judge_batch_size must be >= 1 and judge_bootstrap in [0, {MAX_BOOTSTRAP}]")
         if bool(self.weak_aligned) != bool(self.weak_base):
             raise ValueError("implicit-reward statistics need both weak_aligned and weak_base (or neither)")
         if not self.name:
@@ -241,6 +264,11 @@ def evaluate(config: EvaluateConfig, reporter: Reporter | None = None) -> dict[s
         w = win_rate({_key(r): r["gold"] for r in rows}, ref_scores)
         metrics[f"win_rate_vs_{config.reference_name}"] = w["win_rate"]
         metrics["win_detail"] = {**w, "reference": config.reference_name}
+        if config.judge:  # the pairwise LLM judge on the same pairs (ml.judge.pairwise); sets each row's judge_pref
+            judged = judge_against(config, rows, ref, reporter, _key)
+            if judged is None:
+                return {"stage": STAGE, "name": config.name, "stopped": True}
+            metrics.update(judged)
     write_jsonl(out / SAMPLES, rows)
     for r in rows[:3]:
         reporter.sample({"stage": STAGE, "method": config.name, **r})
