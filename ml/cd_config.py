@@ -12,6 +12,8 @@ from typing import Any
 
 REPETITION_PENALTY_SCOPES = ("all", "generated")
 COMPILE_MODES = ("off", "on", "auto")
+# How the CD score is computed (ml.contrastive._cd_step): the paper's equation, or the reference code's numbers.
+SCORE_MODES = ("formula", "reference")
 
 
 @dataclass
@@ -69,6 +71,15 @@ class CDConfig:
         default=None,
         metadata={"help": "Keep only the last N prompt tokens (None = keep all; a too-long prompt then raises)."},
     )
+    score_mode: str = field(
+        default="formula",
+        metadata={
+            "help": "'formula' = the paper's equation, score = log pi_post - (1 - alpha) log pi_pre on the plausible "
+            "set; 'reference' = the reference code's numbers: pi_pre outside the set is set to -1e-3 and "
+            "log-softmaxed again before the difference, which shifts every score by a per-step constant that the "
+            "repetition penalty then amplifies (docs/ML.md)."
+        },
+    )
     compile: str = field(
         default="off",
         metadata={
@@ -111,6 +122,10 @@ class CDConfig:
             (
                 all(isinstance(s, str) and s for s in self.stop_strings),
                 f"stop_strings must be non-empty strings, got {self.stop_strings!r}",
+            ),
+            (
+                self.score_mode in SCORE_MODES,
+                f"score_mode must be one of {', '.join(SCORE_MODES)}, got {self.score_mode!r}",
             ),
             (
                 self.compile in COMPILE_MODES,

@@ -1,12 +1,13 @@
 """Contrastive decoding (CD) between an aligned weak model pi_post and its base pi_pre, batched.
 
-The score at each step follows the ConG reference code (docs/METHOD.md):
+The score at each step is the paper's equation (docs/METHOD.md; ``CDConfig.score_mode`` "formula"):
 
     lp_post = log_softmax(logits_aligned), lp_pre = log_softmax(logits_base)
     V       = {v : lp_post[v] >= max(lp_post) + log(relative_top)}
     score_v = lp_post[v] - (1 - alpha) * lp_pre[v]  for v in V, -inf elsewhere
 
-then transformers' own repetition-penalty / temperature / top-p processors and sampling (or argmax).
+or the reference code's numbers (score_mode "reference": lp_pre outside V set to -1e-3 and log-softmaxed again
+first), then transformers' own repetition-penalty / temperature / top-p processors and sampling (or argmax).
 
 Where the reference decodes one prompt at a time, this module decodes a batch: prompts are sorted by
 length (less padding), LEFT padded, and fed with explicit position ids (GPT-2 style absolute positions
@@ -80,25 +81,37 @@ class Generation:
 
 
 def _cd_step(
-    logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: float, log_rt: float
+    logits_aligned: torch.Tensor, logits_base: torch.Tensor, alpha: float, log_rt: float, mode: str = "formula"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scores plus both log-softmaxes (the latter give the implicit reward for free)."""
+    """Scores plus both log-softmaxes (the latter give the implicit reward for free).
+
+    ``mode`` "formula" is the paper's equation; "reference" reproduces the reference code's numbers, whose
+    plausibility filter sets pi_pre's log-probs outside the set to -1e-3 (not -inf) and log-softmaxes them again:
+    inside the set that subtracts log Z (about log of the vocabulary outside it) from lp_pre, a per-step constant
+    that sampling ignores but the repetition penalty does not."""
     lp_post = torch.log_softmax(logits_aligned.float(), dim=-1)
     lp_pre = torch.log_softmax(logits_base.float(), dim=-1)
     threshold = lp_post.max(dim=-1, keepdim=True).values + log_rt
+    outside = lp_post < threshold  # the argmax of lp_post always passes (log_rt <= 0), so V is never empty
     if alpha == 1.0:
         score = lp_post
+    elif mode == "reference":
+        score = lp_post - (1.0 - alpha) * torch.log_softmax(lp_pre.masked_fill(outside, -1e-3), dim=-1)
     else:
         # A base log-prob of exactly -inf would turn the score into +inf (and sampling into NaN); a huge
         # finite floor keeps such a token the favourite without breaking softmax.
         score = lp_post - (1.0 - alpha) * lp_pre.clamp_min(-1e4)
-    # The argmax of lp_post always passes (log_rt <= 0), so V is never empty.
-    score = score.masked_fill(lp_post < threshold, float("-inf"))
+    score = score.masked_fill(outside, float("-inf"))
     return score, lp_post, lp_pre
 
 
 def cd_scores(
-    logits_aligned: torch.Tensor, logits_base: torch.Tensor, *, alpha: float, relative_top: float
+    logits_aligned: torch.Tensor,
+    logits_base: torch.Tensor,
+    *,
+    alpha: float,
+    relative_top: float,
+    score_mode: str = "formula",
 ) -> torch.Tensor:
     """Per-step CD scores, shape like the logits ([..., vocab]); -inf outside the plausible set."""
     if not 0.0 <= alpha <= 1.0:
@@ -107,7 +120,7 @@ def cd_scores(
         raise ValueError(f"relative_top must be in (0, 1], got {relative_top}")
     if logits_aligned.shape != logits_base.shape:
         raise ValueError(f"logits shapes differ: {tuple(logits_aligned.shape)} vs {tuple(logits_base.shape)}")
-    return _cd_step(logits_aligned, logits_base, alpha, math.log(relative_top))[0]
+    return _cd_step(logits_aligned, logits_base, alpha, math.log(relative_top), score_mode)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -219,7 +232,7 @@ def processed_scores(
     ``rep_ids``: the ids the repetition penalty sees (None: none yet); ids >= vocab are ignored by
     transformers' processor, which is how both loops pad them. ``seen_ids``: what the warpers get (they
     ignore it: temperature and top-p only look at the scores)."""
-    score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt)
+    score, lp_post, lp_pre = _cd_step(la, lb, config.alpha, log_rt, config.score_mode)
     if procs.rep is not None and rep_ids is not None:
         score = procs.rep(rep_ids, score)
     if config.do_sample:

@@ -12,8 +12,8 @@ Sizes:
     smoke  a handful of prompts, 16-24 new tokens, 2 training steps: checks the wiring end to end (minutes)
     cpu    64 training / 32 held-out prompts, 64 new tokens, LoRA on the strong model: the four methods
            (WeakSFT, WSPO, ConG-S, ConG) plus pi_post: measured 41 minutes on 2 shared CPU cores
-    gpu    every prompt, 256 new tokens, full fine-tuning and the reference hyperparameters (CONG.md),
-           every method; minutes on one H100-class GPU
+    gpu    every prompt, 256 new tokens, full fine-tuning, the reference hyperparameters and the reference
+           code's CD arithmetic (score_mode "reference"), every method; minutes on one H100-class GPU
 
 ``real_preset`` returns a ``PipelineConfig``; ``write_preset_yaml`` saves it for ``python -m ml run``.
 The prompt files are the judge's train/held-out splits, written on first use under
@@ -54,7 +54,7 @@ def ensure_prompts(models_dir: str | Path | None = None, n: int = N_PROMPTS, see
 
 
 def _size_settings(size: str, pair: str) -> dict[str, Any]:
-    # Learning rates: the reference values (CONG.md) are for full fine-tuning over thousands of pairs.
+    # Learning rates: the reference values (docs/METHOD.md) are for full fine-tuning over thousands of pairs.
     # The cpu size trains LoRA adapters on 64 examples, where 1e-5 would barely move the model; the
     # usual LoRA rates (1e-4-ish) are used instead. weak_align is a full fine-tune of SmolLM2 on a few
     # dozen pairs, so its rate is raised from 5e-7 to 5e-6 to make pi_post differ measurably from pi_pre
@@ -127,7 +127,8 @@ def _size_settings(size: str, pair: str) -> dict[str, Any]:
         max_new_tokens=256,
         lora_r=0,
         weak_align=dict(k=5, sample_batch_size=64, per_device_train_batch_size=8, max_length=768),
-        generate=dict(batch_size=64),
+        # The reference code's CD numbers (CDConfig.score_mode): this size claims to reproduce the paper's runs.
+        generate=dict(batch_size=64, score_mode="reference"),
         sft=dict(per_device_train_batch_size=8, max_length=768),
         self_sample=dict(batch_size=64),
         dpo=dict(per_device_train_batch_size=8, max_length=768),

@@ -1,6 +1,6 @@
 """DPO with TRL's DPOTrainer: ConG's last stage (and, via ``train_dpo``, weak alignment).
 
-ConG (CONG.md step 5): chosen = the CD response, rejected = the SFT'd strong model's own sample;
+ConG (docs/METHOD.md, the pipeline): chosen = the CD response, rejected = the SFT'd strong model's own sample;
 reference beta 0.5, lr 6e-7, 1 epoch, sigmoid loss. Reference log-probs are precomputed once (TRL's
 ``precompute_ref_log_probs``), so no second copy of the strong model sits in memory while training.
 

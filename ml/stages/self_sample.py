@@ -1,4 +1,4 @@
-"""The strong SFT model's own responses (CONG.md step 5): the 'rejected' side of ConG's DPO pairs.
+"""The strong SFT model's own responses (docs/METHOD.md, the pipeline): the 'rejected' side of ConG's DPO pairs.
 
 One sampled response per prompt (reference temperature 0.8), batched, appended to
 output_dir/samples.jsonl ({"index", "sample", "prompt", "response"}) so a rerun resumes.

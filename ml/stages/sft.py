@@ -3,7 +3,7 @@
 TRL's SFTTrainer with completion-only loss: the loss covers the response tokens (and eos) only.
 We hand it pre-tokenised rows (input_ids + completion_mask) built by ``_train.encode_pair`` so the
 training sequence is token-for-token what generation and scoring use.
-Reference hyperparameters (CONG.md): lr 1e-5, 2 epochs, cosine, warmup 0.1.
+Reference hyperparameters (docs/METHOD.md): lr 1e-5, 2 epochs, cosine, warmup 0.1.
 """
 
 from __future__ import annotations

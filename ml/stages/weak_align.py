@@ -1,4 +1,4 @@
-"""Weak alignment: DPO of pi_pre into pi_post (CONG.md steps 1-2).
+"""Weak alignment: DPO of pi_pre into pi_post (docs/METHOD.md, the pipeline).
 
 Preferences come from a JSONL (``prompt``, ``chosen``, ``rejected``) or are made here the reference
 way: sample k responses per prompt from pi_pre (k=5, temperature 0.8, top-p 0.95), score them with a

@@ -1,4 +1,4 @@
-"""The training losses are on response tokens only (ml/stages/sft.py, ml/stages/dpo.py; CONG.md).
+"""The training losses are on response tokens only (ml/stages/sft.py, ml/stages/dpo.py; docs/METHOD.md).
 
 Each test runs the stage itself up to the point where TRL's trainer is built, then, instead of training,
 pulls every batch the trainer would train on from its own dataloader (TRL's dataset preparation and

@@ -42,6 +42,7 @@ TEXT_SETTINGS = {
     "lora_target_modules",
     "repetition_penalty_scope",
     "compile",
+    "score_mode",
     "ci_method",
     "stop_strings",
 }
