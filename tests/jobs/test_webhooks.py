@@ -429,3 +429,28 @@ def test_email_on_job_end_when_the_owner_asked_for_it(user, broker, django_captu
     # Turned off: the queued task sends nothing.
     assert client.post("/settings/notifications/", {"action": "email"}).status_code == 302
     assert job_email_task(job.pk) is False and len(mail.outbox) == 1
+
+
+# --- the guide's receiver code ---------------------------------------------------------------------------------
+def test_the_guides_verify_function_accepts_a_real_delivery_and_nothing_else(user, receiver, broker):
+    """docs/NOTIFICATIONS.md's Python snippet, run as written on what the receiver got."""
+    from tests.docs.examples import ROOT, fenced_blocks
+
+    (snippet,) = [b.body for b in fenced_blocks("docs/NOTIFICATIONS.md") if b.lang == "python"]
+    scope: dict = {}
+    exec(compile(snippet, str(ROOT / "docs/NOTIFICATIONS.md"), "exec"), scope)
+    verify = scope["verify"]
+    hook = webhooks.webhook_create(owner=user, url=receiver.url)
+    webhook_deliver_task(webhooks.webhook_ping(webhook=hook).pk)
+    (req,) = receiver.requests
+    headers, body = req["headers"], req["body"]
+    assert verify(hook.secret, headers, body)
+    assert not verify(hook.secret, headers, body + b" ")  # a changed body
+    assert not verify("another-secret-of-some-length", headers, body)
+    old = str(int(headers["X-Congweb-Timestamp"]) - 3600)  # a validly signed request, an hour old: a replay
+    assert not verify(
+        hook.secret,
+        {**headers, "X-Congweb-Timestamp": old, "X-Congweb-Signature": _signed(hook.secret, old, body)},
+        body,
+    )
+    assert not verify(hook.secret, {k: v for k, v in headers.items() if k != "X-Congweb-Signature"}, body)
