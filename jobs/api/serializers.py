@@ -184,6 +184,10 @@ class JobCreateSerializer(serializers.Serializer):
         max_length=100,
         help_text="kind=evaluate/alpha_sweep/cong/train: the gold that scores the evaluations, as gold. Default: gold.",
     )
+    judge = _id_field(
+        "kind=cong: model id of a causal LM that compares each method's evaluation answers with weak_sft's, in "
+        "both orders (a pairwise judge); the results gain judge_win_rate and judge_lc_win_rate (length-controlled)."
+    )
 
 
 class JobSerializer(serializers.ModelSerializer):

@@ -198,6 +198,19 @@ def gold_pick(user, gold: str, field: str) -> dict[str, Any]:
     return {"name": f"{RM_PREFIX}{m.path}", "label": f"{RM_PREFIX}{m.name}", "model": _model_ref(m)}
 
 
+def judge_pick(user, ident: Any, field: str = "judge") -> dict[str, Any]:
+    """A pairwise judge as a job stores it (the model's ref, re-checked when the job runs like its other models): a
+    causal LM ``user`` may use whose tokenizer can answer "A" or "B" (ml.judge.pairwise; the tokenizer is read, the
+    model is not loaded)."""
+    from ml.judge.pairwise import check_judge_folder
+
+    m = _pick_model(user, ident, field)
+    why = check_judge_folder(m.path)
+    if why:
+        raise _err(field, f"model {m.name!r} cannot judge: {why}")
+    return _model_ref(m)
+
+
 def _pick_model(user, ident: Any, field: str, *, reward: bool = False) -> ModelEntry:
     """A model ``user`` may use, by id: a reward model when ``reward`` (a gold), else any other kind (a model a job
     samples or trains; a reward model's one-number head cannot generate)."""

@@ -14,7 +14,7 @@ from jobs.models import Dataset, Job, JobEvent, ModelEntry
 from jobs.selectors import visible as _visible
 from jobs.services import dispatch
 from jobs.services._common import S, _err
-from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model, gold_pick
+from jobs.services.catalog import _model_ref, _pick_dataset, _pick_model, gold_pick, judge_pick
 from jobs.services.events import event_append
 from jobs.services.review_loop import REVIEWED_PAIRS, pairs_from_check
 
@@ -39,7 +39,10 @@ NEEDED_ROLES: dict[str, str] = {
     "prompts": "the prompt dataset",
 }
 
-JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong")
+JOB_MODEL_FIELDS = ("weak_base", "weak_aligned", "strong", "judge")  # judge: optional (JUDGE_KINDS)
+# The kinds whose methods a pairwise judge compares with weak_sft's answers (ml.pipeline_config.judge_problem): a train
+# job runs one method, with nothing to compare it with.
+JUDGE_KINDS = (Job.Kind.CONG,)
 
 
 JOB_DATASET_FIELDS = ("prompts", "eval_prompts")
@@ -110,6 +113,7 @@ def job_inputs(config: dict[str, Any], output_dir: str) -> Any:
         eval_gold=str((config.get("eval_gold") or {}).get("name") or ""),
         # Written when the job first runs (jobs.services.review_loop), from the jobs its pairs_from names.
         pairs=f"{output_dir.rstrip('/')}/{REVIEWED_PAIRS}" if config.get("pairs_from") else "",
+        judge=path("judge"),
     )
 
 
@@ -196,6 +200,7 @@ def job_build(
     include_pending: Any = None,
     gold: Any = None,
     eval_gold: Any = None,
+    judge: Any = None,
 ) -> dict[str, Any]:
     """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
     ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it, so
@@ -275,6 +280,7 @@ def job_build(
             f"dataset {ds.name!r} has no gold reward; {kind} needs one to score responses (e.g. toy:review, or "
             "give gold)"
         )
+    judge_ref = collect(_pick_judge, user, kind, judge, spec) if judge not in (None, "") else None
     reviewed = None
     if pairs_from not in (None, []):
         reviewed = collect(
@@ -318,6 +324,8 @@ def job_build(
     if reviewed is not None:
         config["pairs_from"] = reviewed
     config.update(golds)
+    if judge_ref is not None:
+        config["judge"] = judge_ref
     _check_buildable(spec, config)
     config["spec"] = spec
     return config
@@ -350,6 +358,19 @@ def _pick_golds(
         if picked is not None or "gold" in out:
             out["eval_gold"] = picked if picked is not None else out["gold"]
     return out
+
+
+def _pick_judge(user, kind: str, judge: Any, spec: dict[str, Any] | None) -> dict[str, Any]:
+    """The request's pairwise judge (a model id), where the kind compares methods: checked like every model."""
+    from ml.pipeline_config import judge_problem
+
+    if kind not in JUDGE_KINDS:
+        used = " and ".join(f"kind={k}" for k in JUDGE_KINDS)
+        raise _err("judge", f"judge is only used by {used}: it compares each method's answers with weak_sft's")
+    why = judge_problem(list(spec["methods"])) if spec is not None else None
+    if why:
+        raise _err("judge", why)
+    return judge_pick(user, judge, "judge")
 
 
 def _dataset_gold(user, ds: Dataset) -> dict[str, Any]:
