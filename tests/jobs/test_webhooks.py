@@ -454,3 +454,33 @@ def test_the_guides_verify_function_accepts_a_real_delivery_and_nothing_else(use
         body,
     )
     assert not verify(hook.secret, {k: v for k, v in headers.items() if k != "X-Congweb-Signature"}, body)
+
+
+# --- end to end with a real worker -----------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.slow
+def test_a_real_worker_delivers_retries_after_a_500_and_then_delivers(user, worker_env, receiver, tmp_path):
+    """The same path as in production: the job's end commits, the task goes through Redis, a `celery worker`
+    process (consuming gpu,default as make serve's does) posts, gets a 500, queues the retry with its countdown,
+    and posts again; the receiver checks the signature with the secret."""
+    from .conftest import WorkerProc, wait_for
+
+    env = {**worker_env, "WEBHOOK_RETRY_DELAYS": "1,1", "WEBHOOKS_ALLOW_PRIVATE": "1"}
+    worker = WorkerProc(env, tmp_path / "worker.log")
+    worker.start()
+    try:
+        receiver.statuses = [500, 200]
+        hook = webhooks.webhook_create(owner=user, url=receiver.url)
+        job = _job(user, task_id="t")
+        assert services.job_fail(job_id=job.pk, error="boom", task_id="t")  # autocommit: sent at once
+        done = lambda: WebhookDelivery.objects.filter(state=D.DELIVERED).first()  # noqa: E731
+        delivered = wait_for(done, 60, what="the retried delivery")
+        rows = list(WebhookDelivery.objects.order_by("attempt").values_list("attempt", "state", "status_code"))
+        assert rows == [(1, D.RETRYING, 500), (2, D.DELIVERED, 200)], worker.log_text()[-3000:]
+        assert delivered.payload["job"]["error"] == "boom" and delivered.event == "job.failed"
+        assert len(receiver.requests) == 2
+        for req in receiver.requests:
+            h = req["headers"]
+            assert h["X-Congweb-Signature"] == _signed(hook.secret, h["X-Congweb-Timestamp"], req["body"])
+    finally:
+        worker.discard()
