@@ -289,12 +289,14 @@ def _execute(c: PipelineConfig, R: _Runner) -> tuple[str, dict[str, str], dict[s
         s = SFTStageConfig(**R.strong_kw({"model": c.strong, "output_dir": R.dir("sft_weak"), "data": plain, **c.sft}))
         models["weak_sft"] = R.stage("sft_weak", sft, s)["model_dir"]
     if "wspo" in methods:
+        data, field_name = _wspo_data(c, R, weak_aligned, plain)
         w = WSPOConfig(
             **R.strong_kw(
                 {
                     "model": c.strong,
                     "output_dir": R.dir("wspo"),
-                    "data": plain,
+                    "data": data,
+                    "response_field": field_name,
                     "weak_aligned": weak_aligned,
                     "weak_base": c.weak_base,
                     **c.wspo,
@@ -374,6 +376,18 @@ def _train_on_pairs(c: PipelineConfig, R: _Runner, weak_aligned: str) -> dict[st
         )
         models["cong"] = R.stage("dpo_cong", dpo, d)["model_dir"]
     return models
+
+
+def _wspo_data(c: PipelineConfig, R: _Runner, weak_aligned: str, plain: str) -> tuple[str, str]:
+    """(file, response field) WSPO trains on: by default the chosen side of the weak preference data pi_post was
+    aligned on (the reference's choice), found beside pi_post's folder when weak_align made it; else, or with
+    wspo_data "plain", the plain pi_post samples (said in the log, so a run's choice is on record)."""
+    prefs = Path(weak_aligned).parent / "preferences.jsonl"
+    if c.wspo_data == "weak_chosen" and (prefs.exists() or (R.dry and not c.weak_aligned)):
+        return str(prefs), "chosen"
+    if c.wspo_data == "weak_chosen" and not R.dry:
+        R.r.log(f"pipeline: wspo: no weak preference data beside pi_post ({prefs}); training on plain pi_post samples")
+    return plain, "response"
 
 
 def _with_pgr(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,7 @@ REFERENCE_METHODS = ("best_of_n", "ceiling", "weak_sft_1ep")
 METHODS = (*DEFAULT_METHODS, "cong_filtered", *REFERENCE_METHODS)
 PLAIN_METHODS = frozenset({"weak_sft", "wspo", "auxconf", "weak_sft_1ep"})  # trained on plain pi_post samples
 PICKED_METHODS = frozenset({"best_of_n", "ceiling"})  # trained on the best of several pi_post samples
+WSPO_DATA = ("weak_chosen", "plain")  # PipelineConfig.wspo_data
 CD_METHODS = frozenset({"cong_s", "cong", "cong_filtered"})  # trained on CD samples: the job's pairs
 PAIRS_METHODS = frozenset({"cong_s", "cong"})  # what reviewed pairs (PipelineConfig.pairs) can train
 LABELS = {
@@ -96,6 +97,14 @@ class PipelineConfig:
     lora_r: int = field(default=0, metadata={"help": "LoRA rank for strong-model training (0 = full fine-tune)."})
     use_chat_template: bool = field(default=True, metadata={"help": "Use chat templates where tokenizers have one."})
     plain: bool = plain_field()
+    wspo_data: str = field(
+        default="weak_chosen",
+        metadata={
+            "help": "What WSPO trains on: 'weak_chosen' = the chosen side of the weak preference data pi_post was "
+            "aligned on (the reference's; used when pi_post was made by weak_align, else plain samples, logged), "
+            "'plain' = plain pi_post samples."
+        },
+    )
     best_of_n_samples: int = field(
         default=2,
         metadata={
@@ -162,6 +171,8 @@ class PipelineConfig:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        if self.wspo_data not in WSPO_DATA:
+            raise ValueError(f"wspo_data must be one of {', '.join(WSPO_DATA)}, got {self.wspo_data!r}")
         if self.best_of_n_samples < 1 or self.ceiling_samples < 1:
             raise ValueError("best_of_n_samples and ceiling_samples must be >= 1")
         if not 0.0 <= self.alpha <= 1.0:

@@ -82,9 +82,15 @@ class WSPOConfig(EmptyResponses, TrainConfig):
 def wspo_loss(
     policy_logps: torch.Tensor, ref_logps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> torch.Tensor:
-    """Mean over masked tokens of (beta * (policy - ref) - target)^2; all tensors [B, L]."""
-    err = (beta * (policy_logps - ref_logps) - target) ** 2
-    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+    """(beta * (policy - ref) - target)^2 summed over each sequence's response tokens and divided by their count,
+    then averaged over the sequences that have any (the reference's normalisation: a long response weighs no more
+    than a short one); all tensors [B, L]. A batch with no response token gives 0."""
+    err = ((beta * (policy_logps - ref_logps) - target) ** 2 * mask).sum(dim=-1)
+    n = mask.sum(dim=-1)
+    has = n > 0
+    if not bool(has.any()):
+        return err.sum() * 0.0
+    return (err[has] / n[has]).mean()
 
 
 def map_token_values(

@@ -43,6 +43,7 @@ TEXT_SETTINGS = {
     "repetition_penalty_scope",
     "compile",
     "score_mode",
+    "wspo_data",
     "ci_method",
     "stop_strings",
 }

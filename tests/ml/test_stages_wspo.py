@@ -76,3 +76,31 @@ def test_different_tokenizer_maps_to_same_targets_when_splits_agree(models, tmp_
     mapped = weak_targets(WSPOConfig(model=str(path), **kw), rows, load_tokenizer(path))
     assert mapped[0]["target"] == pytest.approx(same[0]["target"], abs=1e-5)
     assert mapped[0]["input_ids"] != same[0]["input_ids"]  # really another tokenisation
+
+
+@pytest.mark.slow  # two tiny pipelines
+def test_the_pipeline_trains_wspo_on_the_weak_preference_data_by_default(tmp_path):
+    """wspo_data "weak_chosen" (the default, the reference's): the chosen side of the preference data pi_post was
+    aligned on; "plain": plain pi_post samples; a given pi_post without that data falls back to plain, logged."""
+    from ml.io import read_json, read_jsonl
+    from ml.pipeline import PipelineConfig, run
+    from ml.reporter import RecordingReporter
+    from tests.ml._stage_fixtures import save_tiny, tiny_config
+
+    cfg = tiny_config(tmp_path / "a", methods=["wspo"])  # no weak_aligned: the pipeline runs weak_align
+    run(PipelineConfig.from_dict(cfg))
+    prefs = read_jsonl(tmp_path / "a" / "run" / "weak_align" / "preferences.jsonl")
+    assert read_json(tmp_path / "a" / "run" / "wspo" / "DONE.json")["n_examples"] == len(prefs)
+    cached = read_jsonl(tmp_path / "a" / "run" / "wspo" / "wspo_data.jsonl")
+    assert len(cached) == len(prefs)
+
+    given = tiny_config(
+        tmp_path / "b", methods=["wspo"], weak_aligned=save_tiny(tmp_path / "b" / "models" / "post", seed=13)
+    )
+    rep = RecordingReporter()
+    run(PipelineConfig.from_dict(given), rep)
+    plain = read_jsonl(tmp_path / "b" / "run" / "plain_generate" / "samples.jsonl")
+    assert read_json(tmp_path / "b" / "run" / "wspo" / "DONE.json")["n_examples"] == len(plain)
+    assert [m for m in rep.of("log") if "no weak preference data beside pi_post" in m]
+    with pytest.raises(ValueError, match="wspo_data must be one of weak_chosen, plain"):
+        PipelineConfig.from_dict({**given, "wspo_data": "chosen"})

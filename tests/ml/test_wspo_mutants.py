@@ -50,6 +50,20 @@ def test_what_lies_past_the_text_goes_to_the_last_token_even_with_several_at_the
     assert map_token_values(text, src, [1.0, 2.0, 4.0], [(0, 2), (2, 2), (2, 2)]) == [3.0, 0.0, 4.0]
 
 
+def test_each_sequence_weighs_the_same_whatever_its_length():
+    """Per-sequence normalisation (the reference's): a 1-token response with error 0.2 and a 3-token one with errors
+    0 weigh equally: (0.04 / 1 + 0 / 3) / 2, not the token mean 0.04 / 4."""
+    policy = torch.zeros(2, 3)
+    ref = torch.zeros(2, 3)
+    target = torch.tensor([[0.2, 9.0, 9.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert wspo_loss(policy, ref, target, mask, 0.5).item() == pytest.approx(0.2**2 / 2)
+    # A sequence without response tokens is left out of the mean, not counted as a zero.
+    mask3 = torch.cat([mask, torch.zeros(1, 3)])
+    policy3, ref3, target3 = torch.zeros(3, 3), torch.zeros(3, 3), torch.cat([target, torch.zeros(1, 3)])
+    assert wspo_loss(policy3, ref3, target3, mask3, 0.5).item() == pytest.approx(0.2**2 / 2)
+
+
 def test_the_loss_of_a_batch_with_one_response_token_is_that_tokens_squared_error():
     """The mean is over the masked tokens however few: one token's squared error is divided by 1, and a batch
     with no response token gives 0, not NaN."""
