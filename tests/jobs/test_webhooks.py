@@ -227,6 +227,16 @@ def test_no_answer_and_429_are_retried_until_the_attempts_run_out(user, receiver
     assert webhook_deliver_task(first.pk) == D.RETRYING and WebhookDelivery.objects.count() == 2
 
 
+def test_https_is_tls_to_the_checked_address(user, receiver, broker):
+    """An https:// URL gets a TLS handshake (here with a plain-HTTP server: it fails, and that is retried)."""
+    hook = webhooks.webhook_create(owner=user, url=receiver.url.replace("http://", "https://"))
+    row = webhooks.webhook_ping(webhook=hook)
+    assert webhook_deliver_task(row.pk) == D.RETRYING
+    row.refresh_from_db()
+    assert row.status_code is None and "SSL" in row.error, row.error
+    assert receiver.requests == []  # the server saw a handshake, never a request
+
+
 @pytest.mark.parametrize("end", ["finish", "fail", "mark_cancelled", "cancel_queued", "reap"])
 def test_every_way_a_job_ends_queues_one_delivery_per_active_webhook(
     user, receiver, broker, settings, end, django_capture_on_commit_callbacks
