@@ -35,6 +35,10 @@ class MethodRow:
     win_rate: float | None
     win_vs: str
     n: int | None
+    pgr: float | None = None  # performance gap recovered (ml.pipeline_refs)
+    truncated_rate: float | None = None  # share of its evaluation answers cut at max_new_tokens
+    judge_win_rate: float | None = None  # the pairwise LLM judge's win rate against the reference (ml.judge.pairwise)
+    judge_lc_win_rate: float | None = None  # ... length-controlled
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,10 @@ def _row(method: str, m: dict[str, Any], *, win_key: str = "") -> MethodRow:
         win_rate=finite_number(m.get(win_key)) if win_key else None,
         win_vs=win_key.removeprefix("win_rate_vs_") if win_key else "",
         n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+        pgr=finite_number(m.get("pgr")),
+        truncated_rate=finite_number(m.get("truncated_rate")),
+        judge_win_rate=finite_number(m.get("judge_win_rate")),
+        judge_lc_win_rate=finite_number(m.get("judge_lc_win_rate")),
     )
 
 

@@ -172,6 +172,9 @@ class JobConfigSerializer(serializers.Serializer):
         help_text='The labelling gold as picked: {"name" (what ml resolves), "label", "model" (a reward model)}.',
     )
     eval_gold = described_json(OPEN_OBJECT, required=False, help_text="The evaluation gold, the same shape.")
+    judge = described_json(
+        OPEN_OBJECT, required=False, help_text="cong: the pairwise judge model as picked (name, id, path)."
+    )
     spec = JobSpecSerializer(required=False)
 
 
@@ -210,6 +213,12 @@ class MethodResultSerializer(serializers.Serializer):
     )
     truncated_rate = serializers.FloatField(
         required=False, allow_null=True, help_text="Share of its evaluation answers cut at max_new_tokens."
+    )
+    judge_win_rate = serializers.FloatField(
+        required=False, allow_null=True, help_text="With a job-level judge: the pairwise judge's win rate vs WeakSFT."
+    )
+    judge_lc_win_rate = serializers.FloatField(
+        required=False, allow_null=True, help_text="... length-controlled (AlpacaEval 2's formula)."
     )
 
 

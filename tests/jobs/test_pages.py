@@ -331,6 +331,15 @@ def test_job_detail_results_table_and_plots(client, user, weak_pair, prompts_ds)
     table = re.search(r'<table class="grid" id="results">(.*?)</table>', html, re.S).group(1)
     assert "ConG" in table and "WeakSFT" in table and "0.610" in table and "[0.550, 0.670]" in table
     assert "80%" in table and "2.250" in table
+    # The gap recovered, the share of answers cut at the limit and the judge's LC win rate, when results have them.
+    rows = json.loads(json.dumps(PIPELINE_RESULTS))
+    rows["methods"]["cong"].update(pgr=0.4567, truncated_rate=0.125, judge_lc_win_rate=0.61)
+    Job.objects.filter(pk=job.pk).update(results=rows)
+    table = re.search(
+        r'<table class="grid" id="results">(.*?)</table>', client.get(f"/jobs/{job.pk}/").content.decode(), re.S
+    ).group(1)
+    cong = re.search(r"<tr><td>ConG</td>(.*?)</tr>", table, re.S).group(1)
+    assert "0.46" in cong and "12%" in cong and "61%" in cong and "PGR" in table
     live = json.loads(
         re.search(r'<script id="live-config" type="application/json">(.*?)</script>', html, re.S).group(1)
     )
