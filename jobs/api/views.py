@@ -29,7 +29,7 @@ from rest_framework.views import APIView
 from jobs import selectors, services
 from jobs.api import job_rows, login_guard
 from jobs.api import serializers as s
-from jobs.api.parsers import SafeJSONParser, SafeMultiPartParser, too_large
+from jobs.api.parsers import SafeJSONParser, too_large
 from jobs.api.renderers import EXPORT_TYPES, JsonlRenderer, OctetStreamRenderer
 from jobs.api.schema import TOO_MANY_REQUESTS, ApiSchema, KindSerializer
 from jobs.models import GeneratedPair, Job
@@ -192,37 +192,6 @@ class ModelListView(ServiceAPIView):
         ser.is_valid(raise_exception=True)
         m = services.model_register(owner=request.user, **ser.validated_data)
         return Response(s.ModelEntrySerializer(m).data, status=status.HTTP_201_CREATED)
-
-
-class DatasetListView(ServiceAPIView):
-    pagination_class = api_settings.DEFAULT_PAGINATION_CLASS
-    # The one form body: a file upload. Form fields are checked like JSON bodies (jobs.api.parsers).
-    parser_classes = [SafeMultiPartParser]
-
-    @extend_schema(
-        summary="List datasets",
-        description="The prompt and preference datasets you can use in jobs: yours and the shared ones.",
-        responses=s.DatasetSerializer(many=True),
-    )
-    def get(self, request):
-        return self.paginate(request, selectors.datasets_visible(user=request.user), s.DatasetSerializer)
-
-    @extend_schema(
-        summary="Upload a dataset",
-        description="A multipart form with the JSONL file: UTF-8, one object per line with a non-empty "
-        "string prompt (preferences: prompt, chosen, rejected), each line at most 1 MB, the file at most "
-        "UPLOAD_MAX_BYTES. Errors name the line.",
-        request={"multipart/form-data": s.DatasetUploadSerializer},
-        responses={201: s.DatasetSerializer},
-    )
-    def post(self, request):
-        ser = s.DatasetUploadSerializer(data=request.data)
-        ser.is_valid(raise_exception=True)
-        d = ser.validated_data
-        ds = services.dataset_create(
-            name=d["name"], kind=d["kind"], gold=d.get("gold", ""), chunks=d["file"].chunks(), owner=request.user
-        )
-        return Response(s.DatasetSerializer(ds).data, status=status.HTTP_201_CREATED)
 
 
 class JobListView(ServiceAPIView):
