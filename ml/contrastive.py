@@ -195,28 +195,6 @@ class _Processors:
                 self.warpers.append(TopPLogitsWarper(float(config.top_p), min_tokens_to_keep=1))
 
 
-class GeneratedOnlyRepetitionPenalty:
-    """transformers' RepetitionPenaltyLogitsProcessor applied to the generated ids only.
-
-    For ``model.generate`` (which hands processors prompt + generated ids): with left padding every row's
-    prompt ends at ``prompt_len`` (the padded prompt width), so ``input_ids[:, prompt_len:]`` is exactly
-    what each row generated so far. Pass it in a LogitsProcessorList, with generate's own
-    repetition_penalty left at 1.0."""
-
-    def __init__(self, penalty: float, prompt_len: int) -> None:
-        from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
-
-        self.inner = RepetitionPenaltyLogitsProcessor(penalty=float(penalty))
-        self.prompt_len = int(prompt_len)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-        generated = input_ids[:, self.prompt_len :]
-        if generated.shape[1] == 0:
-            return scores
-        penalised: torch.Tensor = self.inner(generated, scores)
-        return penalised
-
-
 def processed_scores(
     la: torch.Tensor,
     lb: torch.Tensor,

@@ -24,7 +24,8 @@ from typing import Any
 
 from ml.gold import GoldReward, resolve_gold
 from ml.reporter import Reporter, or_null
-from ml.stats import clustered_mean_ci, fisher_z_mean_ci, mean_ci, pearson_ci
+from ml.stages._responses import truncated_rate
+from ml.stats import clustered_mean_ci, fisher_z_mean_ci, mean_ci, pearson, pearson_ci
 
 SWEEP_STAGE = "diagnose/sweep"
 
@@ -32,17 +33,6 @@ SWEEP_STAGE = "diagnose/sweep"
 # Sampling and scoring: pi_pre samples, plain pi_post samples and CD samples at several alphas, each
 # scored by the gold reward, the validity check and the implicit reward log pi_post(y|x) - log pi_pre(y|x)
 # (summed over response tokens, eos included).
-
-
-def pearson(xs: list[float], ys: list[float]) -> float:
-    n = len(xs)
-    if n < 3:
-        return float("nan")
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -56,13 +46,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "n": len(rows),
         "valid_rate": sum(bool(r["valid"]) for r in rows) / len(rows) if rows else float("nan"),
         "implicit_mean": sum(imp) / len(imp) if imp else None,
+        "truncated_rate": truncated_rate(rows),
     }
 
 
-def _score(gold: GoldReward, prompts: list[str], texts: list[str], implicit: list[float]) -> list[dict[str, Any]]:
+def _score(
+    gold: GoldReward, prompts: list[str], texts: list[str], implicit: list[float], finish: list[str]
+) -> list[dict[str, Any]]:
     return [
-        {"prompt": p, "response": t, "gold": gold(p, t), "valid": gold.is_valid(p, t), "implicit": i}
-        for p, t, i in zip(prompts, texts, implicit)
+        {
+            "prompt": p,
+            "response": t,
+            "gold": gold(p, t),
+            "valid": gold.is_valid(p, t),
+            "implicit": i,
+            "finish_reason": f,
+        }
+        for p, t, i, f in zip(prompts, texts, implicit, finish)
     ]
 
 
@@ -77,44 +77,45 @@ def plain_samples(
     n: int,
     seed: int,
     max_new_tokens: int,
-    temperature: float = 0.8,
-    top_p: float = 0.95,
     batch_size: int = 128,
     use_chat_template: bool = True,
+    cd_overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """n plain samples per prompt from ``model`` (pi_pre or pi_post), with implicit rewards."""
+    """n plain samples per prompt from ``model`` (pi_pre or pi_post), with implicit rewards: sampled by the one
+    definition of plain sampling (ml.plain_sampling: CD at alpha 1) with the CD runs' own settings, so the sweep
+    compares CD with plain sampling under the same processors."""
+    from ml.contrastive import CDConfig, batch_seed
+    from ml.plain_sampling import sample_plain
     from ml.scoring import implicit_rewards
-    from ml.stages._train import sample_responses
 
+    cfg = CDConfig(
+        **{
+            "seed": seed,
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "use_chat_template": use_chat_template,
+            **(cd_overrides or {}),
+            "alpha": 1.0,
+        }
+    )
+    flat = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
-    flat_prompts: list[str] = []
-    for s in range(0, len(prompts), batch_size):
-        batch = prompts[s : s + batch_size]
-        outs = sample_responses(
-            model,
-            tokenizer,
-            batch,
-            n=n,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            use_chat_template=use_chat_template,
-            seed=seed + s,
-        )
-        for p, rs in zip(batch, outs):
-            flat_prompts += [p] * len(rs)
-            texts += rs
+    finish: list[str] = []
+    for k, s in enumerate(range(0, len(flat), batch_size)):
+        results, _ = sample_plain(model, tokenizer, flat[s : s + batch_size], cfg, seed=batch_seed(seed, k))
+        texts += [text for _, text, _ in results]
+        finish += [why for _, _, why in results]
     imp = implicit_rewards(
         aligned=aligned,
         base=base,
         tokenizer=tokenizer,
-        prompts=flat_prompts,
+        prompts=flat,
         responses=texts,
         batch_size=128,
         append_eos=True,
         use_chat_template=use_chat_template,
     )
-    return _score(gold, flat_prompts, texts, [float(d["sum"]) for d in imp])
+    return _score(gold, flat, texts, [float(d["sum"]) for d in imp], finish)
 
 
 def cd_samples(
@@ -150,7 +151,13 @@ def cd_samples(
     gens = contrastive_generate(
         aligned=aligned, base=base, tokenizer=tokenizer, prompts=flat, config=cfg, reporter=or_null(reporter)
     )
-    return _score(gold, [g.prompt for g in gens], [g.text for g in gens], [float(g.implicit_reward.sum) for g in gens])
+    return _score(
+        gold,
+        [g.prompt for g in gens],
+        [g.text for g in gens],
+        [float(g.implicit_reward.sum) for g in gens],
+        [g.finish_reason for g in gens],
+    )
 
 
 def run_sweep(
@@ -184,6 +191,7 @@ def run_sweep(
         seed=seed,
         max_new_tokens=max_new_tokens,
         use_chat_template=use_chat_template,
+        cd_overrides=cd_overrides,
     )
     post = plain_samples(
         aligned,
@@ -196,6 +204,7 @@ def run_sweep(
         seed=seed,
         max_new_tokens=max_new_tokens,
         use_chat_template=use_chat_template,
+        cd_overrides=cd_overrides,
     )
     out: dict[str, Any] = {
         "pre": summarize(pre),

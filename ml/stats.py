@@ -157,3 +157,15 @@ def fisher_z_mean_ci(rs: Sequence[float]) -> MeanCI:
     zs = [_atanh(float(r)) for r in rs if r is not None and math.isfinite(r)]
     s = mean_ci(zs)
     return MeanCI(math.tanh(s.mean), math.tanh(s.lo), math.tanh(s.hi), s.n) if zs else s
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's r of paired values; NaN with fewer than 3 pairs or no spread."""
+    n = len(xs)
+    if n < 3:
+        return float("nan")
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else float("nan")

@@ -33,9 +33,7 @@ from ml.contrastive import (
     CDConfig,
     batch_seed,
     check_weak_pair,
-    context_limit,
     contrastive_generate,
-    decode_response,
     encode_prompt,
     eos_ids_of,
 )
@@ -48,6 +46,7 @@ from ml.io import (
     write_json,
     write_jsonl,
 )
+from ml.plain_sampling import sample_plain
 from ml.reporter import Reporter, or_null
 from ml.shards import SHARD_HELP, Shardable, merge_shards
 from ml.stages._responses import truncated_rate
@@ -366,84 +365,24 @@ def cd_generate(config: CDGenerateConfig, reporter: Reporter | None = None) -> d
     )
 
 
-def _generated_scope_processors(sp: CDConfig, prompt_len: int) -> dict[str, Any]:
-    """generate() kwargs for repetition_penalty_scope="generated": generate cannot scope its own penalty,
-    and it appends custom processors after its own warpers, so the whole chain is passed here in CD's order
-    (penalty on the generated ids only, then temperature, then top-p) and generate's own are switched off."""
-    from transformers import LogitsProcessorList
-
-    from ml.contrastive import GeneratedOnlyRepetitionPenalty, _Processors
-
-    chain = [GeneratedOnlyRepetitionPenalty(sp.repetition_penalty, prompt_len), *_Processors(sp).warpers]
-    off = dict(repetition_penalty=1.0)
-    if sp.do_sample:
-        off.update(temperature=1.0, top_p=1.0, top_k=0)
-    return {**off, "logits_processor": LogitsProcessorList(chain)}
-
-
 def plain_generate(config: PlainGenerateConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Plain samples from one model through ``model.generate`` (same processors and settings as CD)."""
+    """Plain samples from one model: CD at alpha 1 (ml.plain_sampling), with the implicit reward when ``base`` is
+    given."""
     done = config.finished()
     if done is not None:
         return done
     from ml.scoring import implicit_rewards_from_ids
 
-    tok, model, base, dev = _load_pair(config.model, config.base, config.device, config.dtype)
+    tok, model, base, _ = _load_pair(config.model, config.base, config.device, config.dtype)
     if base is not None:
         check_weak_pair(model, base, tok)
     sp = config.sampling
-    eos = eos_ids_of(model, tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-    limit = context_limit(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos_ids_of(model, tok)[0]
 
     def chunk_fn(prompts: list[str], k: int) -> list[dict[str, Any]]:
-        ids_list = []
-        for p in prompts:
-            ids = encode_prompt(tok, p, use_chat_template=sp.use_chat_template)
-            if sp.max_prompt_tokens is not None:
-                ids = ids[-sp.max_prompt_tokens :]
-            if limit is not None and len(ids) + sp.max_new_tokens > limit:
-                raise ValueError(
-                    f"a prompt of {len(ids)} tokens plus max_new_tokens={sp.max_new_tokens} exceeds "
-                    f"the model's {limit} positions; lower max_new_tokens or set max_prompt_tokens"
-                )
-            ids_list.append(ids)
-        P = max(len(x) for x in ids_list)
-        input_ids = torch.full((len(prompts), P), pad, dtype=torch.long)
-        mask = torch.zeros_like(input_ids)
-        for j, ids in enumerate(ids_list):
-            input_ids[j, P - len(ids) :] = torch.tensor(ids)
-            mask[j, P - len(ids) :] = 1
-        kw: dict[str, Any] = dict(
-            max_new_tokens=sp.max_new_tokens,
-            do_sample=sp.do_sample,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            repetition_penalty=sp.repetition_penalty,
-        )
-        if sp.do_sample:
-            kw.update(temperature=sp.temperature, top_p=sp.top_p, top_k=0)
-        if sp.repetition_penalty_scope == "generated" and sp.repetition_penalty != 1.0:
-            kw.update(_generated_scope_processors(sp, P))
-        if sp.ignore_eos:
-            kw["min_new_tokens"] = sp.max_new_tokens
-        # generate samples from the global RNG: fork it, so this chunk is reproducible from (seed, k) and
-        # nobody else's random stream moves.
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
-            torch.manual_seed(batch_seed(sp.seed, k))
-            with torch.inference_mode():
-                out = model.generate(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), **kw)
-        results, pairs = [], []
-        for j, ids in enumerate(out[:, P:].tolist()):
-            finish = "length"
-            if not sp.ignore_eos:
-                for n, t in enumerate(ids):
-                    if t in eos:
-                        ids, finish = ids[: n + 1], "eos"
-                        break
-            ids, text, stopped = decode_response(tok, ids, sp.stop_strings)
-            results.append((ids, text, "stop_string" if stopped else finish))
-            pairs.append((ids_list[j], ids))
+        # One definition of plain sampling for every stage and the diagnostic (ml.plain_sampling: CD at alpha 1).
+        results, ids_list = sample_plain(model, tok, prompts, sp, seed=batch_seed(sp.seed, k))
+        pairs = [(prompt_ids, ids) for prompt_ids, (ids, _, _) in zip(ids_list, results)]
         rewards = (
             implicit_rewards_from_ids(aligned=model, base=base, pairs=pairs, batch_size=len(pairs), pad_id=int(pad))
             if base is not None

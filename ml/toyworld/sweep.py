@@ -7,6 +7,7 @@ from there. Its prompts need no chat template (the toy tokenizers have none), so
 
 from __future__ import annotations
 
-from ml.diagnose import cd_samples, pearson, plain_samples, run_sweep, summarize
+from ml.diagnose import cd_samples, plain_samples, run_sweep, summarize
+from ml.stats import pearson
 
 __all__ = ["cd_samples", "pearson", "plain_samples", "run_sweep", "summarize"]

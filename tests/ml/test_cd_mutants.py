@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from ml.contrastive import GeneratedOnlyRepetitionPenalty, batch_seed, cd_scores
+from ml.contrastive import batch_seed, cd_scores
 
 
 def test_alpha_one_ignores_the_base_model_entirely():
@@ -55,29 +55,3 @@ def test_batch_seed_is_a_fixed_function_of_seed_and_batch():
     for (seed, k), want in golden.items():
         assert batch_seed(seed, k) == want
     assert all(0 <= batch_seed(s, k) < 2**63 for s in range(5) for k in range(5))
-
-
-def _penalised(scores: torch.Tensor, token: int, penalty: float) -> torch.Tensor:
-    out = scores.clone()
-    out[:, token] = torch.where(out[:, token] > 0, out[:, token] / penalty, out[:, token] * penalty)
-    return out
-
-
-def test_repetition_penalty_hits_generated_tokens_only():
-    """The generated-only penalty divides (or multiplies, if negative) the score of tokens the row has
-    GENERATED (ids from prompt_len on), and leaves tokens that only occur in the prompt alone."""
-    scores = torch.tensor([[1.0, 2.0, -3.0, 4.0, 5.0]])
-    ids = torch.tensor([[0, 1, 2]])  # prompt = [0, 1] (prompt_len 2), generated = [2]
-    proc = GeneratedOnlyRepetitionPenalty(2, prompt_len=2)
-    out = proc(ids, scores.clone())
-    assert torch.equal(out, _penalised(scores, 2, 2.0))
-    # two generated tokens, one of them also in the prompt
-    ids = torch.tensor([[0, 1, 1, 4]])
-    out = proc(ids, scores.clone())
-    assert torch.equal(out, _penalised(_penalised(scores, 1, 2.0), 4, 2.0))
-
-
-def test_repetition_penalty_with_nothing_generated_returns_the_scores_unchanged():
-    scores = torch.tensor([[1.0, 2.0, 3.0]])
-    out = GeneratedOnlyRepetitionPenalty(1.5, prompt_len=2)(torch.tensor([[0, 1]]), scores.clone())
-    assert torch.equal(out, scores)

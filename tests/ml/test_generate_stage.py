@@ -192,7 +192,8 @@ def _plain_greedy_reference(model, tok, prompt, *, penalty, scope, max_new, eos=
     with torch.no_grad():
         for _ in range(max_new):
             x = torch.tensor([seq])
-            score = model(input_ids=x).logits[0, -1:].float()  # generate penalises the raw logits
+            # Plain sampling is CD at alpha 1 (ml.plain_sampling): the penalty acts on log pi_post, not raw logits.
+            score = model(input_ids=x).logits[0, -1:].float().log_softmax(-1)
             if x.shape[1] > start:
                 score = rep(x[:, start:], score)
             t = int(score[0].argmax())
@@ -208,7 +209,7 @@ def test_plain_generate_repetition_penalty_scope_matches_reference(
     tiny_pair, tiny_pair_dirs, tiny_prompts_file, tmp_path, scope
 ):
     """Left-padded batches through model.generate: scope "generated" penalises only what each row generated
-    (the padded prompt width is cut off), scope "all" is generate's own penalty."""
+    (the padded prompt width is cut off), scope "all" each row's prompt and generated ids, never its padding."""
     sampling = dict(
         do_sample=False,
         max_new_tokens=10,
