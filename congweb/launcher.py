@@ -1,8 +1,9 @@
 """`make serve` and `make demo`: one foreground command that owns every process it starts.
 
-serve: embedded Redis (unless REDIS_URL is set) -> migrate -> ASGI server (daphne), one Celery
-worker and celery beat, until Ctrl-C. demo: the same, plus the toy world, a demo user, one ConG job
-submitted over the REST API and followed in the terminal from the job's events, then the results table.
+serve: embedded Redis (unless REDIS_URL is set) -> migrate -> the web tier (congweb.web: WEB_CONCURRENCY
+ASGI processes), one Celery worker and celery beat, until Ctrl-C. demo: the same, plus the toy world, a demo
+user, one ConG job submitted over the REST API and followed in the terminal from the job's events, then the
+results table.
 
 Every child is supervised (congweb.supervisor): one that dies is restarted with backoff and the
 rest keep running; none outlives the launcher, even one killed with SIGKILL.

@@ -75,6 +75,10 @@ def argv(bind: str, workers: int | None = None) -> list[str]:
         str(workers or web_concurrency()),
         "--bind",
         bind,
+        # The master imports the app once (congweb.asgi: Django, every view, torch through the API's schema) and
+        # forks the workers from it: they share those pages instead of each importing ~350 MB again, and a
+        # worker restart is a fork, not a 5-second import.
+        "--preload",
         "--graceful-timeout",
         str(GRACEFUL_TIMEOUT_S),
         # gunicorn's control socket sits at one path per user (~/.gunicorn): two servers (tests, the bench,

@@ -111,8 +111,8 @@ MIDDLEWARE = [
     # every response gets a Content-Security-Policy header.
     "jobs.api.middleware.RequestLimitsMiddleware",
     "jobs.api.middleware.ContentSecurityPolicyMiddleware",
-    # daphne serves no files: WhiteNoise serves /static/ from the finders in DEBUG and from
-    # STATIC_ROOT (collectstatic) in production, with far-future caching of hashed names.
+    # The ASGI servers (uvicorn, daphne) serve no files: WhiteNoise serves /static/ from the finders in DEBUG
+    # and from STATIC_ROOT (collectstatic) in production, with far-future caching of hashed names.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -263,6 +263,19 @@ if "EMAIL_URL" in os.environ:
     globals().update(env.email_url("EMAIL_URL"))
 EMAIL_TIMEOUT = env.int("EMAIL_TIMEOUT", default=10)
 DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="congweb <congweb@localhost>")
+
+# --- experiment tracking: every job an MLflow run (jobs.tracking, docs/TRACKING.md) ------------------------------
+TRACKING_ENABLED = env.bool("TRACKING_ENABLED", default=True)
+# Embedded default: a SQLite store under VAR_DIR (its artifacts in mlflow-artifacts/ beside it), no server needed.
+# http(s)://host:port is a real MLflow server (`mlflow server`), which keeps the artifacts itself.
+MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"sqlite:///{VAR_DIR / 'mlflow.db'}")
+MLFLOW_EXPERIMENT = env.str("MLFLOW_EXPERIMENT", default="congweb")
+# The MLflow UI in front of that store (e.g. http://127.0.0.1:5000): job pages and the API link their run there.
+MLFLOW_UI_URL = env.str("MLFLOW_UI_URL", default="").rstrip("/")
+# Also write TensorBoard event files into the job's run folder (needs the tensorboard package, not a requirement).
+TRACKING_TENSORBOARD = env.bool("TRACKING_TENSORBOARD", default=False)
+# At most this often (seconds) a job's buffered metrics go to MLflow in one batch (and at each stage's end).
+TRACKING_FLUSH_SECONDS = env.float("TRACKING_FLUSH_SECONDS", default=5.0)
 
 # --- REST ---------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

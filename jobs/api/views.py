@@ -214,6 +214,8 @@ class JobListView(ServiceAPIView):
             status=choice_list(q, "status", Job.Status.values),
             kind=choice_list(q, "kind", Job.Kind.values),
         )
+        if not job_rows.available():  # a summary field that needs the model: the serializer, per job
+            return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
         # Plain rows of the columns the list shows (config and results, large JSON, are not among them), turned
         # into JSON by JobSummarySerializer's own fields without a model and a serializer per job (job_rows).
         paginator = self.pagination_class()
