@@ -172,6 +172,17 @@ class Job(models.Model):
         default="",
         help_text="What reviewers of its pairs should approve, reject or edit; shown on its review desk.",
     )
+    # Labels to tell jobs apart (jobs.services.creation.job_labels checks them): a free name, short tags.
+    name = models.CharField(max_length=200, blank=True, default="")
+    tags = models.JSONField(default=list, blank=True, help_text="Short lowercase labels (at most 10).")
+    experiment = models.ForeignKey(
+        "Experiment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+        help_text="The experiment whose grid cell this job is (jobs.services.experiments).",
+    )
 
     class Meta:
         ordering = ["-created", "-id"]
@@ -182,6 +193,26 @@ class Job(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+
+class Experiment(models.Model):
+    """A grid of jobs made from one job request (jobs.services.experiments; docs/EXPERIMENTS.md): one job per cell of
+    the grid's cartesian product; the cells that differ only in params.seed are one setting's replicates."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="experiments")
+    name = models.CharField(max_length=200)
+    request = models.JSONField(default=dict, help_text="The job request every cell starts from.")
+    grid = models.JSONField(default=dict, help_text="Job-request path -> the values it takes, e.g. params.seed.")
+    baseline = models.CharField(
+        max_length=50, blank=True, default="", help_text="The method the others' paired differences are against."
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"experiment {self.pk} ({self.name})"
 
 
 class JobEvent(models.Model):

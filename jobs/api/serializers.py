@@ -8,6 +8,7 @@ from rest_framework import serializers
 from jobs.api import schema as shapes
 from jobs.api.json_checks import UnsafeJSON, check_jsonl
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
+from jobs.services.creation import TAG_MAX_CHARS, TAGS_MAX
 from jobs.services.review_loop import PAIRS_FROM_MAX
 from ml.pipeline import METHODS as CONG_METHODS
 from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
@@ -188,10 +189,22 @@ class JobCreateSerializer(serializers.Serializer):
         "kind=cong: model id of a causal LM that compares each method's evaluation answers with weak_sft's, in "
         "both orders (a pairwise judge); the results gain judge_win_rate and judge_lc_win_rate (length-controlled)."
     )
+    # Lengths and the tags' characters are jobs.services.creation.job_labels' to check (one place, also the form's).
+    name = serializers.CharField(required=False, allow_null=True, allow_blank=True, help_text="A name to tell it by.")
+    tags = StringListField(
+        required=False,
+        allow_null=True,
+        help_text=f"At most {TAGS_MAX} short labels (up to {TAG_MAX_CHARS} characters: letters, digits, _ . : + / -); "
+        "stored lowercase. GET /api/v1/jobs/?tag= filters by one.",
+    )
 
 
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
+    tags = serializers.ListField(child=serializers.CharField(), read_only=True)
+    experiment = serializers.IntegerField(
+        source="experiment_id", read_only=True, allow_null=True, help_text="The experiment it is a cell of, if any."
+    )
     pair_count = serializers.SerializerMethodField()
     config = shapes.described_json(shapes.JobConfigSerializer, read_only=True)
     spec = serializers.SerializerMethodField(
@@ -206,6 +219,9 @@ class JobSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "owner",
+            "name",
+            "tags",
+            "experiment",
             "kind",
             "status",
             "stage",

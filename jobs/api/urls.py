@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs.api import artifacts, datasets, views, webhooks
+from jobs.api import artifacts, datasets, experiments, views, webhooks
 
 app_name = "api"
 
@@ -27,6 +27,12 @@ urlpatterns = [
         artifacts.ArtifactDownloadView.as_view(),
         name="job-artifact-download",
     ),
+    path("experiments/", experiments.ExperimentListView.as_view(), name="experiments"),
+    path("experiments/<int:experiment_id>/", experiments.ExperimentDetailView.as_view(), name="experiment-detail"),
+    path(
+        "experiments/<int:experiment_id>/cancel/", experiments.ExperimentCancelView.as_view(), name="experiment-cancel"
+    ),
+    path("experiments/<int:experiment_id>/retry/", experiments.ExperimentRetryView.as_view(), name="experiment-retry"),
     path("webhooks/", webhooks.WebhookListView.as_view(), name="webhooks"),
     path("webhooks/<int:pk>/", webhooks.WebhookDetailView.as_view(), name="webhook-detail"),
     path("webhooks/<int:pk>/deliveries/", webhooks.WebhookDeliveriesView.as_view(), name="webhook-deliveries"),

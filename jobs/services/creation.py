@@ -3,6 +3,7 @@ config the worker will run built once, the per-user cap; and the worker's re-che
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,37 @@ def job_check_access(*, job: Job) -> None:
         )
 
 
+# A job's labels, to tell jobs apart (docs/API.md "Names and tags"): a free name and a few short tags, lowercase
+# ASCII so that a tag filter can match the stored JSON list's text exactly (jobs.job_table.filter_labels).
+TAGS_MAX, TAG_MAX_CHARS = 10, 40
+TAG_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.:+/-]*")
+
+
+def job_labels(name: Any, tags: Any) -> tuple[str, list[str]]:
+    """(name, tags) as stored: trimmed, tags lowercased without repeats; a ValidationError on name/tags otherwise."""
+    errors: dict[str, list[str]] = {}
+    name_max = Job._meta.get_field("name").max_length or 0
+    name = "" if name is None else name
+    if not isinstance(name, str) or len(name.strip()) > name_max:
+        errors["name"] = [f"name must be a string of at most {name_max} characters"]
+    tags = [] if tags is None else tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        errors["tags"] = ["tags must be a list of strings"]
+        tags = []
+    clean = list(dict.fromkeys(t.strip().lower() for t in tags if t.strip()))
+    bad = [t for t in clean if len(t) > TAG_MAX_CHARS or not TAG_PATTERN.fullmatch(t)]
+    if bad:
+        errors.setdefault("tags", []).append(
+            f"tag {bad[0][:50]!r}: at most {TAG_MAX_CHARS} characters, letters, digits and _ . : + / - (starting "
+            "with a letter or digit)"
+        )
+    if len(clean) > TAGS_MAX:
+        errors.setdefault("tags", []).append(f"at most {TAGS_MAX} tags, got {len(clean)}")
+    if errors:
+        raise ValidationError(errors)
+    return str(name).strip(), clean
+
+
 class JobQuotaExceeded(Exception):
     """The user already has JOB_MAX_ACTIVE_PER_USER jobs queued or running (the API answers 429)."""
 
@@ -155,12 +187,17 @@ def _resolve_spec(
         raise ValidationError(exc.errors) from None
 
 
-def _check_quota(user) -> None:
+def active_jobs(user) -> tuple[int, int]:
+    """(the user's jobs queued or running, the cap on them: 0 = no cap)."""
     cap = int(getattr(settings, "JOB_MAX_ACTIVE_PER_USER", 20))
     if user is None or cap <= 0:
-        return
-    active = Job.objects.filter(owner=user, status__in=Job.ACTIVE).count()
-    if active >= cap:
+        return 0, 0
+    return Job.objects.filter(owner=user, status__in=Job.ACTIVE).count(), cap
+
+
+def _check_quota(user) -> None:
+    active, cap = active_jobs(user)
+    if cap and active >= cap:
         raise JobQuotaExceeded(
             f"you have {active} jobs queued or running (the limit is {cap}); wait for some to "
             "finish or cancel some, then submit again"
@@ -174,9 +211,32 @@ def job_create(*, user, max_attempts: int | None = None, **request: Any) -> Job:
         _check_quota(user)
     config = job_build(user=user, **request)
     _check_deployment(config["spec"])
+    name, tags = job_labels(request.get("name"), request.get("tags"))
+    return job_store(user=user, config=config, name=name, tags=tags, max_attempts=max_attempts)
+
+
+def job_store(
+    *,
+    user,
+    config: dict[str, Any],
+    name: str = "",
+    tags: list[str] | None = None,
+    experiment: Any = None,
+    max_attempts: int | None = None,
+) -> Job:
+    """Store a config job_build made (and _check_deployment passed) as a queued job, sent on commit. job_create's
+    last step, and an experiment's for each of its cells (jobs.services.experiments: every cell built first)."""
     attempts: int = max_attempts or int(getattr(settings, "JOB_MAX_ATTEMPTS", 3))
     with transaction.atomic():
-        job = Job.objects.create(owner=user, kind=config["kind"], config=config, max_attempts=attempts)
+        job = Job.objects.create(
+            owner=user,
+            kind=config["kind"],
+            config=config,
+            max_attempts=attempts,
+            name=name,
+            tags=list(tags or []),
+            experiment=experiment,
+        )
         event_append(job_id=job.pk, type=JobEvent.Type.STATUS, data={"status": S.QUEUED, "message": "job queued"})
         job_id = job.pk
         transaction.on_commit(lambda: dispatch.send(job_id))
@@ -201,6 +261,8 @@ def job_build(
     gold: Any = None,
     eval_gold: Any = None,
     judge: Any = None,
+    name: Any = None,
+    tags: Any = None,
 ) -> dict[str, Any]:
     """The config a job request would be stored with (models and datasets as picked, the resolved spec), or a
     ValidationError naming every problem; nothing is stored (the new-job page's memory estimate builds with it, so
@@ -222,6 +284,7 @@ def job_build(
 
     if kind not in Job.Kind.values:
         raise _err("kind", f"unknown job kind {kind!r}; use one of {', '.join(Job.Kind.values)}")
+    collect(job_labels, name, tags)  # stored by job_create, not in the config
     needs = list(KIND_NEEDS[kind])
     if kind == Job.Kind.TRAIN and method in WEAK_PAIR_TRAIN_METHODS:
         needs = ["weak_base", "weak_aligned", *needs]

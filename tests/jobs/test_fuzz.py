@@ -27,6 +27,7 @@ from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from jobs import services
 from jobs.models import Job
+from jobs.services.experiments import experiment_create
 
 from .conftest import point_celery_at
 
@@ -83,7 +84,13 @@ def seeded(user, weak_pair, prompts_ds, redis_url, settings, tmp_path):
     samples.write_text('{"index": 0, "prompt": "the movie was", "response": "good"}\n')
     art = services.artifact_record(job_id=job.pk, stage="cd_generate", kind="samples", path=str(samples))
     token, _ = Token.objects.get_or_create(user=user)
-    yield {"token": token.key, "job": job, "pair": job.pairs.get(), "artifact": art}
+    exp = experiment_create(
+        user=user,
+        name="e",
+        request={"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk},
+        grid={"params.seed": [0]},
+    )
+    yield {"token": token.key, "job": job, "pair": job.pairs.get(), "artifact": art, "experiment": exp}
     channel_layers.backends.clear()
 
 
@@ -138,7 +145,12 @@ def wsgi_app():
 def test_no_input_makes_the_api_answer_5xx(seeded, wsgi_app):
     schema = schemathesis.openapi.from_wsgi(SCHEMA_PATH, wsgi_app)
     auth = {"Authorization": f"Token {seeded['token']}"}
-    real_ids = {"id": seeded["job"].pk, "pair_id": seeded["pair"].pk, "artifact_id": seeded["artifact"].pk}
+    real_ids = {
+        "id": seeded["job"].pk,
+        "pair_id": seeded["pair"].pk,
+        "artifact_id": seeded["artifact"].pk,
+        "experiment_id": seeded["experiment"].pk,
+    }
     failures: list[str] = []
     labels: list[str] = []
     started = time.monotonic()

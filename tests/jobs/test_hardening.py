@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from jobs import services
 from jobs.models import Dataset, GeneratedPair, Job, JobEvent, ModelEntry
+from jobs.services.experiments import experiment_create
 
 from .conftest import ROOT, make_prompts, wait_for
 
@@ -61,10 +62,17 @@ def world(user, weak_pair, prompts_ds):
     art = services.artifact_record(
         job_id=job.pk, stage="cd_generate", kind="samples", path="/nonexistent/samples.jsonl"
     )
+    exp = experiment_create(
+        user=user,
+        name="e",
+        request={"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk},
+        grid={"params.seed": [0]},
+    )
     return {
         "pk": job.pk,
         "pair_id": job.pairs.get().pk,
         "artifact_id": art.pk,
+        "experiment_id": exp.pk,
         "job": job,
         "weak_pair": weak_pair,
         "prompts": prompts_ds,
@@ -158,6 +166,7 @@ def test_the_job_endpoint_answers_400_with_where_and_what(world, user):
     client = APIClient()
     client.force_authenticate(user)
     base = valid_fields(world)
+    jobs = Job.objects.count()
     cases = {
         "surrogate": ('{"a": {"b": "x\\ud800"}}', "$.params.a.b"),
         "deep": ("[" * DEEP + "]" * DEEP, "nested deeper than 32"),
@@ -171,7 +180,7 @@ def test_the_job_endpoint_answers_400_with_where_and_what(world, user):
         assert res.status_code == 400 and expected in json.dumps(res.json()), (name, res.content[:300])
         if name != "deep":  # keyed by the field at fault, like every other 400 (too deep: the whole body)
             assert list(res.json()) == ["params"], res.json()
-    assert Job.objects.count() == 1
+    assert Job.objects.count() == jobs
 
 
 def test_form_bodies_to_json_endpoints_are_refused_and_create_nothing(world, user):

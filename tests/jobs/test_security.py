@@ -23,6 +23,7 @@ from rest_framework.test import APIClient
 from jobs import services
 from jobs.api.urls import urlpatterns as api_urlpatterns
 from jobs.models import Job
+from jobs.services.experiments import experiment_create
 
 from .conftest import ROOT, save_tiny_model
 
@@ -41,7 +42,13 @@ def real_ids(user, weak_pair, prompts_ds):
     art = services.artifact_record(
         job_id=job.pk, stage="cd_generate", kind="samples", path="/nonexistent/samples.jsonl"
     )
-    return {"pk": job.pk, "pair_id": job.pairs.get().pk, "artifact_id": art.pk}
+    exp = experiment_create(
+        user=user,
+        name="e",
+        request={"kind": "cd_generate", "weak_base": wb.pk, "weak_aligned": wa.pk, "prompts": prompts_ds.pk},
+        grid={"params.seed": [0]},
+    )
+    return {"pk": job.pk, "pair_id": job.pairs.get().pk, "artifact_id": art.pk, "experiment_id": exp.pk}
 
 
 def _api_urls(ids) -> list[tuple[str, str]]:
