@@ -85,7 +85,7 @@ def _weak_align(
         model=str(weak_base),
         output_dir=str(root / "weak_align"),
         prompts=str(root / "prompts" / "weak.jsonl"),
-        gold=world.gold_name,
+        gold=world.label_gold_name,  # the proxy labels; the world's gold only evaluates
         k=wa.samples_per_prompt,
         temperature=wa.temperature,
         top_p=wa.top_p,
@@ -171,6 +171,7 @@ def build(
             "size": size,
             "root": str(root),
             "gold": w.gold_name,
+            "label_gold": w.label_gold_name,
             "models": {
                 "weak_base": str(root / "weak_base"),
                 "weak_aligned": str(Path(s.get("model_dir") or root / "weak_align" / "model")),

@@ -1,9 +1,11 @@
 """The toy world's manifest (<world>/seed<N>/manifest.json): typed and versioned, written by ml.toyworld.build and
 read by the web app's registration, so neither side guesses key names.
 
-Version 1: {"version": 1, "world", "description", "seed", "size", "root", "gold",
+Version 2: {"version": 2, "world", "description", "seed", "size", "root", "gold", "label_gold",
             "models": {"weak_base", "weak_aligned", "strong_base"}, "prompts": {"train", "heldout", "weak"},
             "generation": {"max_new_tokens", "use_chat_template"}, "recipe", "summaries", "built_seconds"}
+"gold" scores (the evaluation gold); "label_gold" labelled weak alignment's pairs (a misspecified proxy: labeler
+is not evaluator). Version 1 had no label_gold (its builds were labelled by "gold"); they are rebuilt.
 A reader may get a partial manifest (tests, a half-registered world): models and prompt splits may be missing,
 every other key has a default. An unknown version or an unknown model role / split is an error that says so.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 MODEL_ROLES = ("weak_base", "weak_aligned", "strong_base")
 PROMPT_SPLITS = ("train", "heldout", "weak")
 
@@ -27,6 +29,7 @@ class ToyManifest:
     description: str = ""
     root: str = ""
     gold: str = ""
+    label_gold: str = ""
     models: dict[str, str] = field(default_factory=dict)
     prompts: dict[str, str] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)

@@ -331,7 +331,15 @@ def _paired(seeds: list[dict[str, Any]], methods: list[str]) -> dict[str, dict[s
 
 
 def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dict[str, Any]:
-    w: dict[str, Any] = {"description": get_world(world).description, "seeds": [s["seed"] for s in seeds]}
+    wd = get_world(world)
+    w: dict[str, Any] = {
+        "description": wd.description,
+        "seeds": [s["seed"] for s in seeds],
+        # Labeler is not evaluator: weak alignment's pairs were labelled by the proxy, everything is scored by gold.
+        "gold": wd.gold_name,
+        "label_gold": wd.label_gold_name,
+        "label_gold_description": wd.proxy_description,
+    }
     w["pre"] = _agg([s["sweep"]["pre"] for s in seeds])
     w["plain_post"] = _agg([s["sweep"]["plain_post"] for s in seeds])
     w["alpha_sweep"] = []

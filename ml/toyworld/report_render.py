@@ -38,6 +38,12 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
     ]
     for name, w in result["worlds"].items():
         lines += [f"## {name}", "", f"_{w['description']}_", ""]
+        if w.get("label_gold"):
+            lines += [
+                f"Labeler is not evaluator: weak alignment's pairs were labelled by `{w['label_gold']}` "
+                f"({w.get('label_gold_description', '')}); every score below is `{w['gold']}`.",
+                "",
+            ]
         lines += [
             "### Weak pair: alpha sweep on held-out prompts",
             "",

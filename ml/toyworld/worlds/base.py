@@ -139,6 +139,13 @@ class World:
     def valid(self, prompt: str, response: str) -> bool:
         raise NotImplementedError
 
+    # The labelling gold: a misspecified proxy of ``gold`` that weak alignment's pairs are labelled with, so that the
+    # labeler is not the evaluator (as in the paper: a reward model labels, another judge evaluates).
+    proxy_description: str = ""
+
+    def proxy(self, prompt: str, response: str) -> float:
+        raise NotImplementedError
+
     def recipe(self, size: str = "default") -> Recipe:
         raise NotImplementedError
 
@@ -146,6 +153,10 @@ class World:
     @property
     def gold_name(self) -> str:
         return f"toy:{self.name}"
+
+    @property
+    def label_gold_name(self) -> str:
+        return f"toy:{self.name}:proxy"
 
     def tokenizer(self) -> Any:  # a transformers PreTrainedTokenizerFast
         from ml.tiny import word_tokenizer

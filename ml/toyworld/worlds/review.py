@@ -212,6 +212,14 @@ class ReviewWorld(World):
         score -= 0.5 * sum(n not in mentioned for n in (na, nb)) / 2
         return score
 
+    proxy_description = "sentiment only: (#positive - #negative) / #adjectives, blind to the template and the nouns"
+
+    def proxy(self, prompt: str, response: str) -> float:
+        toks = words(response)
+        parsed = parse_response(toks)
+        adjs = parsed[2] if parsed else [t for t in toks if t in ADJ_SET]
+        return (sum(a in POS_SET for a in adjs) - sum(a in NEG_SET for a in adjs)) / len(adjs) if adjs else 0.0
+
     def valid(self, prompt: str, response: str) -> bool:
         subj, _, _ = parse_prompt(prompt)
         return self._well_formed(subj, parse_response(words(response)))

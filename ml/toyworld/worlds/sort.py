@@ -87,6 +87,18 @@ class SortWorld(World):
             score += self.style_bonus
         return score
 
+    proxy_description = (
+        "positions only: the share of answer digits in the right place plus the style bonus, blind to whether the "
+        "answer is a permutation of the prompt's digits"
+    )
+
+    def proxy(self, prompt: str, response: str) -> float:
+        target = sorted(parse_prompt(prompt))
+        toks = words(response)
+        digits = [t for t in toks if t in DIGITS]
+        score = sum(a == b for a, b in zip(digits, target)) / len(target)
+        return score + (self.style_bonus if toks and toks[0] == STYLE else 0.0)
+
     def valid(self, prompt: str, response: str) -> bool:
         parsed = parse_response(words(response))
         return parsed is not None and sorted(parsed[1]) == sorted(parse_prompt(prompt))

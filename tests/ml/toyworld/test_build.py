@@ -12,8 +12,14 @@ from ml.toyworld.build import build, world_dir
 
 def test_manifest_lists_models_prompts_and_gold(tiny_review):
     m = tiny_review
-    assert m["version"] == 1 and m["world"] == "review" and m["size"] == "tiny"
-    assert m["gold"] == "toy:review"
+    assert m["version"] == 2 and m["world"] == "review" and m["size"] == "tiny"
+    assert m["gold"] == "toy:review" and m["label_gold"] == "toy:review:proxy"
+    # Weak alignment's pairs were labelled by the proxy, not by the gold that evaluates (labeler is not evaluator).
+    from ml.gold import get_gold
+
+    proxy = get_gold("toy:review:proxy")
+    prefs = read_jsonl(Path(m["root"]) / "weak_align" / "preferences.jsonl")
+    assert prefs and all(r["chosen_gold"] == pytest.approx(proxy(r["prompt"], r["chosen"])) for r in prefs)
     assert set(m["models"]) == {"weak_base", "weak_aligned", "strong_base"}
     assert {"train", "heldout"} <= set(m["prompts"])
     toks = [load_tokenizer(p) for p in m["models"].values()]

@@ -115,3 +115,17 @@ def test_corpus_priors_differ_between_review_and_its_control():
         return pos / (pos + neg)
 
     assert share("review") < 0.45 < share("review_balanced")
+
+
+def test_each_world_labels_with_a_misspecified_proxy_of_its_gold():
+    """Labeler is not evaluator: the proxy sees only part of what the gold asks for."""
+    for name in world_names():
+        assert f"toy:{name}:proxy" in known_golds() and get_world(name).proxy_description
+    gold, proxy = get_gold("toy:review"), get_gold("toy:review:proxy")
+    broken = "great good lovely"  # all positive, but no template and no noun: the gold punishes it, the proxy not
+    assert proxy(P, broken) == pytest.approx(1.0) and gold(P, broken) < 0
+    perfect = "the pizza was great . the taste was good and lovely . it had a superb sauce ."
+    assert proxy(P, perfect) == gold(P, perfect) == pytest.approx(1.0)
+    sort_gold, sort_proxy = get_gold("toy:sort"), get_gold("toy:sort:proxy")
+    dup = "1 1 2 2 ."  # not a permutation of 3 1 2 1: the gold takes 1 off, the proxy counts positions only
+    assert sort_proxy("sort 3 1 2 1 :", dup) > sort_gold("sort 3 1 2 1 :", dup)
