@@ -15,12 +15,11 @@ from typing import Any
 
 from django import forms
 from django.conf import settings
-from django.contrib.admin.forms import AdminAuthenticationForm
-from django.contrib.auth.forms import AuthenticationForm
 from django.core.exceptions import ValidationError
 
 from jobs import selectors
-from jobs.api import json_checks, login_guard
+from jobs.api import json_checks
+from jobs.login_forms import ThrottledAdminAuthenticationForm, ThrottledAuthenticationForm  # noqa: F401 (re-exported)
 from jobs.models import Job, ModelEntry
 from jobs.page_selectors import show_value
 from jobs.services.creation import EVAL_GOLD_KINDS
@@ -314,6 +313,13 @@ class JobForm(forms.Form):
         ],
     )
 
+    name = forms.CharField(required=False, label="Name", help_text="To tell this job apart on the dashboard.")
+    tags = forms.CharField(
+        required=False,
+        label="Tags",
+        help_text="Comma-separated short labels (letters, digits, _ . : + / -) to filter the dashboard by.",
+    )
+
     METHODS_NONE = "choose at least one method to train and evaluate"
 
     def __init__(self, *args, user, **kwargs):
@@ -444,6 +450,8 @@ class JobForm(forms.Form):
             "include_pending": {"yes": True, "no": False}.get(d.get("include_pending") or "")
             if kind == Job.Kind.TRAIN and d.get("pairs_from")
             else None,
+            "name": d.get("name") or "",  # the service checks both (jobs.services.creation.job_labels)
+            "tags": [t for t in str(d.get("tags") or "").split(",") if t.strip()],
         }
 
     def add_service_errors(self, exc: ValidationError) -> None:
@@ -465,25 +473,3 @@ class JobForm(forms.Form):
                         self.add_error(key, msg)
                 else:
                     self.add_error(None, msg if key == "__all__" else f"{key}: {msg}")
-
-
-class LockoutMixin:
-    """The log-in throttle's message (jobs.api.login_guard) instead of "wrong password" while the
-    username or the client's address is locked; the backend refuses such attempts either way."""
-
-    throttled = False  # the view answers 429 when set
-
-    def clean(self):
-        wait = login_guard.lock_wait(self.data.get("username") or None, login_guard.client_address(self.request))
-        if wait is not None:
-            self.throttled = True
-            raise ValidationError(login_guard.lock_message(wait), code="throttled")
-        return super().clean()
-
-
-class ThrottledAuthenticationForm(LockoutMixin, AuthenticationForm):
-    """The log-in page's form (jobs.views.ThrottledLoginView)."""
-
-
-class ThrottledAdminAuthenticationForm(LockoutMixin, AdminAuthenticationForm):
-    """The admin's log-in form (set on admin.site in congweb.urls)."""

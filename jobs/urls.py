@@ -1,6 +1,14 @@
 from django.urls import path
 
-from . import dataset_views, memory_views, notification_views, playground_views, review_views, views
+from . import (
+    dataset_views,
+    experiment_views,
+    memory_views,
+    notification_views,
+    playground_views,
+    review_views,
+    views,
+)
 
 urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
@@ -8,6 +16,10 @@ urlpatterns = [
     path("jobs/new/", views.job_new, name="job_new"),
     path("jobs/new/memory/", memory_views.job_memory_estimate, name="job_memory_estimate"),
     path("jobs/compare/", views.compare, name="compare"),
+    path("experiments/", experiment_views.experiments, name="experiments"),
+    path("experiments/<int:experiment_id>/", experiment_views.experiment_detail, name="experiment_detail"),
+    path("experiments/<int:experiment_id>/cancel/", experiment_views.experiment_cancel, name="experiment_cancel"),
+    path("experiments/<int:experiment_id>/retry/", experiment_views.experiment_retry, name="experiment_retry"),
     path("datasets/new/", dataset_views.dataset_new, name="dataset_new"),
     path("settings/notifications/", notification_views.notifications, name="notifications"),
     path("models/offline/install/", views.offline_install, name="offline_install"),

@@ -3,6 +3,8 @@ jobs.services; a job the user may not see is a 404, exactly as in the API."""
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import LoginView
@@ -14,8 +16,9 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from jobs import page_selectors, selectors, services
-from jobs.forms import JobForm, ThrottledAuthenticationForm, stages_by_method
+from jobs import compare_data, job_table, page_selectors, selectors, services
+from jobs.forms import JobForm, stages_by_method
+from jobs.login_forms import ThrottledAuthenticationForm
 from jobs.models import GeneratedPair, Job
 
 # Events embedded in the job page; the page fetches the rest from the API (events?after=).
@@ -47,25 +50,43 @@ KIND_LABELS = dict(Job.Kind.choices)
 
 @login_required
 def dashboard(request):
-    status = request.GET.get("status") or None
-    jobs = list(selectors.job_list(user=request.user, status=status).values(*DASHBOARD_COLUMNS)[:DASHBOARD_ROWS])
+    q = request.GET
+    status = q.get("status") or None
+    kind = q.get("kind") if q.get("kind") in Job.Kind.values else None
+    qs = job_table.filter_labels(
+        selectors.job_list(user=request.user, status=status, kind=kind), tag=q.get("tag"), search=q.get("q")
+    )
+    jobs = list(qs.values(*DASHBOARD_COLUMNS, *job_table.table_lookups())[:DASHBOARD_ROWS])
     # One reverse() for the page, not two {% url %} per row; the id in the middle is what changes.
     url_head, url_tail = reverse("job_detail", args=[0]).rsplit("/0/", 1)
     for j in jobs:
+        job_table.table_row(j)  # name, alpha, methods, size, duration, headline score (jobs.job_table)
         # Strings where the template would otherwise localize numbers one by one.
         j["pk"] = str(j["id"])
         j["url"] = f"{url_head}/{j['id']}/{url_tail}"
         j["kind_label"] = KIND_LABELS.get(j["kind"], j["kind"])
         j["pct"] = "100" if j["status"] == Job.Status.SUCCEEDED else str(round(j["progress"] * 100))
         j["created_iso"] = timezone.localtime(j["created"]).isoformat()  # what |date:'c' gave, at a tenth the cost
+    sort = q.get("sort", "")
+    jobs = job_table.sort_rows(jobs, sort)
+    # Each column header links to its sort (again: the other way), keeping the filters.
+    keep = {k: v for k, v in q.items() if k in ("status", "kind", "tag", "q") and v}
+    sorts = {key: "?" + urlencode({**keep, "sort": f"-{key}" if sort == key else key}) for key in job_table.SORTS}
     return render(
         request,
         "jobs/dashboard.html",
         {
             "jobs": jobs,
             "active": any(j["status"] in Job.ACTIVE for j in jobs),
-            "status_filter": request.GET.get("status", ""),
+            "status_filter": q.get("status", ""),
             "statuses": Job.Status.choices,
+            "kind_filter": kind or "",
+            "kinds": Job.Kind.choices,
+            "tag_filter": q.get("tag", ""),
+            "search": q.get("q", ""),
+            "sort": sort,
+            "sorts": sorts,
+            "truncated": len(jobs) == DASHBOARD_ROWS,
         },
     )
 
@@ -114,6 +135,8 @@ def job_new(request):
             }
         if request.GET.get("pairs_from"):  # "Train on reviewed pairs" (job page, review desk, admin)
             initial = {"kind": Job.Kind.TRAIN, "method": "dpo", "pairs_from": request.GET["pairs_from"]}
+        if request.GET.get("clone"):  # "Clone with changes" (job page): the form filled from that job's request
+            initial = _clone_initial(_job_or_404(request.user, request.GET["clone"]))
         form = JobForm(user=request.user, initial=initial or None)
     offline = None
     if request.user.is_staff:  # the install button and its state (jobs.services.offline_install_request)
@@ -129,6 +152,26 @@ def job_new(request):
         {"form": form, "presets": presets, "offline": offline, "stages_by_method": stages_by_method()},
         status=400 if request.method == "POST" else 200,
     )
+
+
+def _clone_initial(job: Job) -> dict:
+    """The new-job form's values for a copy of ``job``: its request as stored (models and datasets by id, its own
+    params, golds by the names the form offers), named after it."""
+    cfg = job.config or {}
+    initial = {"kind": job.kind, "params": cfg.get("params") or {}}
+    for key in ("weak_base", "weak_aligned", "strong", "prompts"):
+        if isinstance(cfg.get(key), dict):
+            initial[key] = str(cfg[key].get("id"))
+    for key in ("alpha", "methods", "method"):
+        if cfg.get(key) not in (None, ""):
+            initial[key] = cfg[key]
+    for key in ("gold", "eval_gold"):
+        gold = cfg.get(key)
+        if isinstance(gold, dict):  # a reward model as the form's choice rm:<id>, else the gold's name
+            initial[key] = f"rm:{gold['model']['id']}" if isinstance(gold.get("model"), dict) else gold.get("name")
+    initial["name"] = f"{job.name or f'job {job.pk}'} (changed)"
+    initial["tags"] = ", ".join(job.tags or [])
+    return initial
 
 
 @login_required
@@ -228,41 +271,59 @@ def job_retry(request, job_id: int):
     return _job_action(request, job_id, services.job_retry, "Job queued again.")
 
 
+COMPARE_MAX = 20  # jobs on one compare page
+
+
+def _compare_ids(request) -> list[str]:
+    """?ids=1,2,3 (or ids=1&ids=2: the dashboard's check boxes), else the two-job form's ?a=&b=."""
+    ids = [p for raw in request.GET.getlist("ids") for p in raw.replace(" ", ",").split(",") if p]
+    return ids or [x for x in (request.GET.get("a"), request.GET.get("b")) if x]
+
+
 @login_required
 def compare(request):
-    a_id, b_id = request.GET.get("a"), request.GET.get("b")
+    ids = _compare_ids(request)
+    a_id, b_id = request.GET.get("a", ""), request.GET.get("b", "")
     choices = selectors.job_list(user=request.user)[:200]
-    if not a_id or not b_id:
-        return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id or "", "b_id": b_id or ""})
-    sides = []
-    for job in (_job_or_404(request.user, a_id), _job_or_404(request.user, b_id)):
-        sides.append(
-            {
-                "job": job,
-                "models": page_selectors.job_models(job),
-                "results": page_selectors.results_table(job.kind, job.results),
-                "url": reverse("job_detail", args=[job.pk]),
-            }
-        )
-    # One merged table: each method once, both jobs' gold mean side by side.
+    if len(ids) < 2:
+        return render(request, "jobs/compare.html", {"choices": choices, "a_id": a_id, "b_id": b_id})
+    if len(ids) > COMPARE_MAX:
+        messages.warning(request, f"Showing the first {COMPARE_MAX} of the {len(ids)} jobs asked for.")
+        ids = ids[:COMPARE_MAX]
+    jobs = [_job_or_404(request.user, pk) for pk in ids]
+    sides = [
+        {
+            "job": job,
+            "key": chr(ord("a") + i) if i < 26 else f"s{i}",  # a, b: the two-job page's names, kept
+            "label": compare_data.job_label(job),
+            "models": page_selectors.job_models(job),
+            "results": page_selectors.results_table(job.kind, job.results),
+            "url": reverse("job_detail", args=[job.pk]),
+        }
+        for i, job in enumerate(jobs)
+    ]
+    # One merged table: each method once, every job's gold mean side by side (B - A when there are two).
     methods = list(dict.fromkeys(r["method"] for s in sides for r in s["results"]))
     merged = []
     for m in methods:
-        a = next((r for r in sides[0]["results"] if r["method"] == m), None)
-        b = next((r for r in sides[1]["results"] if r["method"] == m), None)
-        diff = (
-            (b["gold_mean"] - a["gold_mean"])
-            if a and b and a["gold_mean"] is not None and b["gold_mean"] is not None
-            else None
-        )
-        merged.append({"method": m, "a": a, "b": b, "diff": diff})
-    sweeps = {
-        key: page_selectors.alpha_sweep(side["job"].kind, side["job"].results) for key, side in zip(("a", "b"), sides)
-    }
+        cells = [next((r for r in s["results"] if r["method"] == m), None) for s in sides]
+        golds = [c["gold_mean"] if c else None for c in cells]
+        diff = golds[1] - golds[0] if len(golds) == 2 and None not in golds else None
+        merged.append({"method": m, "cells": cells, "diff": diff})
     return render(
         request,
         "jobs/compare.html",
-        {"choices": choices, "a_id": a_id, "b_id": b_id, "sides": sides, "merged": merged, "sweeps": sweeps},
+        {
+            "choices": choices,
+            "a_id": a_id,
+            "b_id": b_id,
+            "ids": ",".join(ids),
+            "sides": sides,
+            "merged": merged,
+            "config_diff": compare_data.config_diff(jobs),
+            "sweeps": {s["key"]: page_selectors.alpha_sweep(s["job"].kind, s["job"].results) for s in sides},
+            "metrics": compare_data.metric_series(jobs),
+        },
     )
 
 

@@ -32,6 +32,7 @@ from jobs.api import serializers as s
 from jobs.api.parsers import SafeJSONParser, too_large
 from jobs.api.renderers import EXPORT_TYPES, JsonlRenderer, OctetStreamRenderer
 from jobs.api.schema import TOO_MANY_REQUESTS, ApiSchema, KindSerializer
+from jobs.job_table import filter_labels
 from jobs.models import GeneratedPair, Job
 
 EVENTS_LIMIT = (1, 5000)  # GET /jobs/<id>/events/?limit=: the bounds ...
@@ -204,6 +205,8 @@ class JobListView(ServiceAPIView):
         parameters=[
             OpenApiParameter("status", str, description="Only these statuses, comma-separated."),
             OpenApiParameter("kind", str, description="Only these kinds, comma-separated."),
+            OpenApiParameter("tag", str, description="Only jobs with this tag."),
+            OpenApiParameter("search", str, description="Only jobs with this text in their name or a tag."),
         ],
         responses=s.JobSummarySerializer(many=True),
     )
@@ -214,6 +217,7 @@ class JobListView(ServiceAPIView):
             status=choice_list(q, "status", Job.Status.values),
             kind=choice_list(q, "kind", Job.Kind.values),
         )
+        qs = filter_labels(qs, tag=q.get("tag"), search=q.get("search"))  # name and tags (jobs.job_table)
         if not job_rows.available():  # a summary field that needs the model: the serializer, per job
             return self.paginate(request, qs.defer("config", "results"), s.JobSummarySerializer)
         # Plain rows of the columns the list shows (config and results, large JSON, are not among them), turned

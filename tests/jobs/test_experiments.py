@@ -247,3 +247,16 @@ def test_only_the_owner_and_staff_see_an_experiment(user, other_user, staff_user
     assert _api(staff_user).get(f"/api/v1/experiments/{exp['id']}/").status_code == 200
     rows = _api(user).get("/api/v1/experiments/").json()["results"]
     assert [(r["name"], r["jobs"], r["status_counts"]) for r in rows] == [("mine", exp["jobs"], {"queued": 1})]
+
+
+def test_the_experiment_pages_show_the_aggregate_and_the_cells(client, user, other_user, cd_request):
+    exp = experiment_create(user=user, name="page", request=cd_request, grid={"params.seed": [0, 1]})
+    client.force_login(user)
+    html = client.get("/experiments/").content.decode()
+    assert f'href="/experiments/{exp.pk}/"' in html and "page" in html
+    html = client.get(f"/experiments/{exp.pk}/").content.decode()
+    for job in exp.jobs.all():
+        assert f'href="/jobs/{job.pk}/"' in html
+    assert "0 of 2 seeds" in html and 'id="experiment-data"' in html
+    client.force_login(other_user)
+    assert client.get(f"/experiments/{exp.pk}/").status_code == 404
