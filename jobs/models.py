@@ -157,6 +157,11 @@ class Job(models.Model):
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
     results = models.JSONField(null=True, blank=True)
+    tracking = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Its MLflow run (jobs.tracking): uri, experiment, experiment_id, run_id; empty when none.",
+    )
     partial = models.BooleanField(default=False, help_text="Stopped before the end; artifacts are partial.")
     send_pending = models.BooleanField(
         default=False, help_text="Its task could not be sent (broker down); the reaper sends it again."

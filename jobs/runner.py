@@ -17,8 +17,10 @@ from django.conf import settings
 from jobs import selectors, services
 from jobs.models import Artifact, GeneratedPair, Job
 from jobs.progress import ProgressReporter
+from jobs.tracking import TrackingReporter
 from jobs.worker_io import Heartbeat, PairMirror, job_gold
 from ml.io import jsonable
+from ml.reporter import Reporter
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +29,7 @@ def run_dir(job: Job) -> Path:
     return Path(settings.RUNS_DIR) / str(job.pk)
 
 
-def run_spec(
-    job: Job, rep: ProgressReporter, mirrors: list[PairMirror], *, task_id: str = "", worker: str = ""
-) -> dict:
+def run_spec(job: Job, rep: Reporter, mirrors: list[PairMirror], *, task_id: str = "", worker: str = "") -> dict:
     """Run the job's spec through ml (ml.execute: the same path as `python -m ml job`), mirroring every
     generation stage's rows as they appear, then record what it made. Generation stages go through the
     Coordinator: whole on this worker, or in shards spread over the live workers (jobs.sharding)."""
@@ -86,7 +86,7 @@ def _gold_labels(job: Job) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
-def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
+def _register_aligned(job: Job, rep: Reporter, model_dir: str) -> dict:
     """Register pi_post as a weak ModelEntry (same family as pi_pre, owned by the job's owner) so a ConG job
     or preset can pick it. Idempotent across attempts (the name carries the job id). A folder outside
     MODEL_ROOTS is reported, not fatal: the job's own work is done and kept."""
@@ -125,7 +125,7 @@ def _register_aligned(job: Job, rep: ProgressReporter, model_dir: str) -> dict:
     return {"registered_model": {"id": entry.pk, "name": entry.name, "path": entry.path}}
 
 
-def _pair_counts(job: Job, rep: ProgressReporter) -> dict[str, int]:
+def _pair_counts(job: Job, rep: Reporter) -> dict[str, int]:
     """How many pairs the job stored and how many its gold could not score (counted from the rows, so a
     resumed attempt counts the first attempt's too); the unscored ones are said in the job's log."""
     pairs = GeneratedPair.objects.filter(job_id=job.pk)
@@ -161,7 +161,8 @@ def run_job(*, job_id: int, task_id: str = "", worker: str = "") -> str:
         for m in mirrors:
             m.sync()
 
-    rep = ProgressReporter(job.pk, on_progress=on_progress)
+    # The job's MLflow run (jobs.tracking) hears every report too; tracking never fails the job.
+    rep = TrackingReporter(job, ProgressReporter(job.pk, on_progress=on_progress))
     try:
         services.job_check_access(job=job)  # the owner may still use all it names (docs/SECURITY.md section 2)
         result = run_spec(job, rep, mirrors, task_id=task_id, worker=worker or services.worker_name())
@@ -196,4 +197,5 @@ def run_job(*, job_id: int, task_id: str = "", worker: str = "") -> str:
         return "failed"
     finally:
         beat.stop()
+        rep.end()  # after the job's end is recorded: the run gets its results, artifacts and status
         Artifact.objects.filter(job_id=job.pk, job__status=Job.Status.CANCELLED).update(partial=True)

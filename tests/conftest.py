@@ -14,6 +14,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# MLflow tracking (jobs.tracking) is off in tests unless a test turns it on (tests/jobs/test_tracking.py): each job
+# would make a fresh store in its test's VAR_DIR (seconds each). Subprocesses (workers, servers) inherit this.
+os.environ["TRACKING_ENABLED"] = "0"
 
 import pytest  # noqa: E402
 
@@ -93,6 +96,18 @@ def fast_password_hasher():
     configured = [h for h in settings.PASSWORD_HASHERS if h != FAST_HASHER]
     with override_settings(PASSWORD_HASHERS=[FAST_HASHER, *configured]):  # setting_changed resets the cache
         yield configured
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tracking_off():
+    """TRACKING_ENABLED off in this process too (its settings were read before this file); see above."""
+    try:
+        from django.test.utils import override_settings
+    except ImportError:  # ml's tests without Django
+        yield
+        return
+    with override_settings(TRACKING_ENABLED=False):
+        yield
 
 
 @pytest.fixture

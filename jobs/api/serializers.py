@@ -199,6 +199,16 @@ class JobCreateSerializer(serializers.Serializer):
     )
 
 
+class TrackingSerializer(serializers.Serializer):
+    """A job's MLflow run (jobs.tracking.api_view; docs/TRACKING.md)."""
+
+    uri = serializers.CharField(help_text="The tracking store (no credentials; a local one as $VAR_DIR/...).")
+    experiment = serializers.CharField(help_text="The MLflow experiment's name.")
+    experiment_id = serializers.CharField()
+    run_id = serializers.CharField()
+    url = serializers.CharField(allow_null=True, help_text="The run in the MLflow UI; null when MLFLOW_UI_URL is unset")
+
+
 class JobSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     tags = serializers.ListField(child=serializers.CharField(), read_only=True)
@@ -206,6 +216,7 @@ class JobSerializer(serializers.ModelSerializer):
         source="experiment_id", read_only=True, allow_null=True, help_text="The experiment it is a cell of, if any."
     )
     pair_count = serializers.SerializerMethodField()
+    tracking = serializers.SerializerMethodField(help_text="Its MLflow run; null when it has none (tracking off).")
     config = shapes.described_json(shapes.JobConfigSerializer, read_only=True)
     spec = serializers.SerializerMethodField(
         help_text=(
@@ -239,8 +250,15 @@ class JobSerializer(serializers.ModelSerializer):
             "config",
             "spec",
             "pair_count",
+            "tracking",
         ]
         read_only_fields = fields
+
+    @extend_schema_field(TrackingSerializer(allow_null=True))
+    def get_tracking(self, obj) -> dict | None:
+        from jobs.tracking import api_view
+
+        return api_view(obj)
 
     @extend_schema_field(shapes.JobSpecSerializer(allow_null=True))
     def get_spec(self, obj) -> dict | None:
@@ -258,7 +276,8 @@ class JobSummarySerializer(JobSerializer):
     """The list view's row: what a dashboard or a poller needs; the full config is on GET /jobs/{id}/."""
 
     class Meta(JobSerializer.Meta):
-        fields = [f for f in JobSerializer.Meta.fields if f not in ("config", "spec")]
+        # tracking: a method field (jobs.tracking), which would send the list off job_rows' values() fast path.
+        fields = [f for f in JobSerializer.Meta.fields if f not in ("config", "spec", "tracking")]
         read_only_fields = fields
 
 
