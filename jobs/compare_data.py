@@ -48,7 +48,8 @@ def metric_series(jobs: list[Job], labels: dict[int, str] | None = None) -> dict
         pts = found.setdefault((name, job_id), {}).setdefault(stage.get(job_id, ""), {})
         pts[step if isinstance(step, (int, float)) and not isinstance(step, bool) else len(pts)] = value
     out: dict[str, list[dict[str, Any]]] = {}
-    for (name, job_id), by_stage in found.items():
+    order = {j.pk: i for i, j in enumerate(jobs)}  # series in the page's order of the jobs, like its columns
+    for (name, job_id), by_stage in sorted(found.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
         for st, pts in by_stage.items():
             label = names[job_id] + (f" {st}" if st and len(by_stage) > 1 else "")
             out.setdefault(name, []).append({"name": label, "job": job_id, "points": sorted(pts.items())})
