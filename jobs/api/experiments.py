@@ -64,7 +64,7 @@ class CellSerializer(serializers.Serializer):
     job = serializers.IntegerField(allow_null=True, help_text="null when the cell's job was deleted.")
     status = serializers.CharField()
     values = serializers.DictField(child=serializers.JSONField(), help_text="The cell's grid values.")
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field (DRF takes it off the class)
 
 
 class IntervalSerializer(serializers.Serializer):
@@ -75,7 +75,7 @@ class IntervalSerializer(serializers.Serializer):
 
 class MethodAggregateSerializer(IntervalSerializer):
     method = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field (DRF takes it off the class)
     seeds = serializers.ListField(child=serializers.JSONField(), help_text="The seeds of the finished cells.")
     diff = IntervalSerializer(
         allow_null=True, help_text="This method minus the baseline, paired by seed (null for the baseline itself)."
@@ -90,11 +90,11 @@ class SettingJobSerializer(serializers.Serializer):
 
 class AggregateSerializer(serializers.Serializer):
     values = serializers.DictField(child=serializers.JSONField(), help_text="The grid values but the seed.")
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field (DRF takes it off the class)
     jobs = SettingJobSerializer(many=True)
     done = serializers.IntegerField(help_text="Cells that succeeded: the seeds the numbers cover.")
     total = serializers.IntegerField()
-    partial = serializers.BooleanField(help_text="Some of its cells have not succeeded (yet).")
+    partial = serializers.BooleanField(help_text="Some of its cells have not succeeded (yet).")  # type: ignore[assignment]
     methods = MethodAggregateSerializer(many=True)
 
 
@@ -111,7 +111,7 @@ class AlphaSeriesSerializer(serializers.Serializer):
 class MethodPointSerializer(IntervalSerializer):
     setting = serializers.CharField()
     method = serializers.CharField()
-    label = serializers.CharField()
+    label = serializers.CharField()  # type: ignore[assignment]  # a field (DRF takes it off the class)
 
 
 class PlotsSerializer(serializers.Serializer):

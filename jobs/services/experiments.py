@@ -86,13 +86,13 @@ def cell_request(request: dict[str, Any], cell: dict[str, Any]) -> dict[str, Any
         if m is None:
             out[key] = value
             continue
-        params = out.get("params") if isinstance(out.get("params"), dict) else {}
+        params: dict[str, Any] = out["params"] if isinstance(out.get("params"), dict) else {}
         out["params"] = params
         first, second = m.groups()
         if second is None:
             params[first] = value
         else:
-            stage = params.get(first) if isinstance(params.get(first), dict) else {}
+            stage: dict[str, Any] = params[first] if isinstance(params.get(first), dict) else {}
             params[first] = {**stage, second: value}
     return out
 
@@ -268,7 +268,8 @@ def experiment_summary(exp: Experiment) -> dict[str, Any]:
     the finished seeds with its 95% interval, n, and the paired difference against the baseline; the plots' data."""
     cells = grid_cells(exp.grid)
     jobs = experiment_jobs(exp)
-    out_cells, settings_ = [], {}
+    out_cells: list[dict[str, Any]] = []
+    settings_: dict[str, dict[str, Any]] = {}
     for i, (cell, job) in enumerate(zip(cells, _cell_jobs(cells, jobs))):
         seed = cell.get(SEED_KEY, i)
         setting = {k: v for k, v in cell.items() if k != SEED_KEY}
