@@ -66,7 +66,7 @@ class ModelEntry(models.Model):
 
 
 class Dataset(models.Model):
-    """A validated JSONL file stored under VAR_DIR/datasets/ (converted from the uploaded format, see ml.data_formats)."""
+    """A validated JSONL file stored under VAR_DIR/datasets/ (converted from the uploaded format: ml.data_formats)."""
 
     class Kind(models.TextChoices):
         PROMPTS = "prompts", "prompts"

@@ -71,9 +71,8 @@ def _run(
     if kind == "alpha_sweep":
         return _sweep(built["alphas"], inputs, rep, hook, generation)
     if kind == "weak_align":
-        from ml.stages.weak_align import weak_align
-
         from ml.model_card import write_model_cards
+        from ml.stages.weak_align import weak_align
 
         out = training("weak_align", weak_align, built["weak_align"], rep)
         write_model_cards({"weak_align": built["weak_align"]})  # pi_post's README.md, once it is trained
