@@ -28,8 +28,11 @@
     el.dataset.intervals = JSON.stringify(sets);
     if (!u) return;
     const draw = uu => {
-      const ctx = uu.ctx, r = devicePixelRatio;
+      const ctx = uu.ctx, r = devicePixelRatio, box = uu.bbox;
       ctx.save();
+      ctx.beginPath();
+      ctx.rect(box.left, box.top, box.width, box.height);
+      ctx.clip();  // a zoomed-in chart's intervals stay inside the plot
       sets.forEach((pts, i) => {
         const ok = pts.filter(p => p[1] !== null && p[2] !== null && isFinite(p[1]) && isFinite(p[2]));
         if (!ok.length) return;
@@ -56,6 +59,13 @@
       ctx.restore();
     };
     (u.hooks.draw = u.hooks.draw || []).push(draw);
+    // The y range covers the intervals too, not only the means uPlot was given (two seeds: a wide t interval).
+    const ys = [...sets.flatMap(pts => pts.flatMap(p => [p[1], p[2]])), ...u.data.slice(1).flat()]
+      .filter(v => v !== null && isFinite(v));
+    if (ys.length) {
+      const lo = Math.min(...ys), hi = Math.max(...ys), pad = (hi - lo) * 0.05 || 0.05;
+      u.setScale("y", {min: lo - pad, max: hi + pad});
+    }
     u.redraw();
   }
 

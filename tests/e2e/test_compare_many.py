@@ -102,3 +102,55 @@ def test_three_jobs_compare_on_one_page(web_stack, browser_page, screenshot, dja
     assert _chart(page, "sft/loss")["legend"] == labels
     screenshot(page, "compare_many_3_smoothed")
     assert page.console_errors == [], page.console_errors
+
+
+def test_an_experiment_page_draws_bands_error_bars_and_every_cells_metrics(
+    web_stack, browser_page, screenshot, django_user_model, monkeypatch
+):
+    """Two alphas x two seeds, finished (results written as a cong job writes them): the page's gold-vs-alpha chart
+    has a series per method with a band per alpha, the methods chart an error bar per setting, and each metric one
+    series per cell."""
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    from jobs.models import Experiment, Job
+    from jobs.services import event_append
+
+    user = django_user_model.objects.create_user(username="exa", password=PASSWORD)
+    exp = Experiment.objects.create(
+        owner=user, name="grid", grid={"alpha": [0.2, 0.6], "params.seed": [0, 1]}, baseline="weak_sft"
+    )
+    for alpha in (0.2, 0.6):
+        for seed in (0, 1):
+            gold = {"weak_sft": 0.3 + 0.05 * seed, "cong": 0.4 + alpha / 2 + 0.1 * seed}
+            job = Job.objects.create(
+                owner=user,
+                kind="cong",
+                status="succeeded",
+                experiment=exp,
+                name=f"grid [alpha={alpha}, seed={seed}]",
+                config={"alpha": alpha, "params": {"seed": seed}},
+                results={"methods": {m: {"label": m, "gold_mean": g} for m, g in gold.items()}, "kind": "cong"},
+            )
+            for step in range(1, 6):
+                event_append(
+                    job_id=job.pk, type="metric", data={"name": "sft/loss", "value": 2 - step * alpha, "step": step}
+                )
+
+    page, base = browser_page, web_stack.base_url
+    login(page, base, "exa", PASSWORD)
+    page.goto(f"{base}/experiments/{exp.pk}/")
+    expect(page.locator("#gold-vs-alpha canvas").first).to_be_visible()
+    bands = page.locator("#gold-vs-alpha").evaluate("el => JSON.parse(el.dataset.intervals)")
+    # weak_sft at alpha 0.2 over seeds 0, 1: mean 0.325, t(1) interval 0.325 +- 12.706 * 0.025.
+    assert len(bands) == 2 and [p[0] for p in bands[0]] == [0.2, 0.6]
+    assert bands[0][0][1] == pytest.approx(0.325 - 12.706 * 0.025) and bands[0][0][2] == pytest.approx(
+        0.325 + 12.706 * 0.025
+    )
+    bars = page.locator("#methods-intervals").evaluate("el => JSON.parse(el.dataset.intervals)")
+    assert [len(b) for b in bars] == [2, 2]  # a bar per setting, for each of the two methods
+    loss = page.locator('#experiment-metrics [data-metric="sft/loss"]')
+    expect(loss.locator("canvas").first).to_be_visible()
+    legend = loss.locator(".u-legend .u-series .u-label").all_text_contents()[1:]
+    assert len(legend) == 4 and all(label.startswith("job ") and "alpha=" in label for label in legend), legend
+    assert page.locator("#aggregate tbody tr").count() == 4  # 2 settings x 2 methods
+    screenshot(page, "experiment_page")
+    assert page.console_errors == [], page.console_errors
