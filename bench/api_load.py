@@ -154,9 +154,19 @@ class Conn:
         self.writer: asyncio.StreamWriter | None = None
 
     async def request(self, method: str, path: str, body: bytes = b"") -> int:
+        if self.writer is not None:
+            try:
+                return await self._request(method, path, body)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                # The server closed the idle connection (keep-alive timeout) before it read this request: it
+                # was not served, so sending it again on a new connection is the same request, not a retry.
+                self.close()
+        return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes) -> int:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        assert self.reader is not None
+        assert self.reader is not None and self.writer is not None
         length = f"Content-Length: {len(body)}\r\nContent-Type: application/json\r\n" if body else ""
         self.writer.write(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.head}{length}\r\n".encode() + body)
         head = await self.reader.readuntil(b"\r\n\r\n")
