@@ -10,9 +10,9 @@ Why several processes: Django runs sync views on one thread per ASGI process, so
 request at a time (~100/s for the job list); N processes serve N at once. Websockets work on any of them
 because the channel layer is Redis (settings.CHANNEL_LAYERS), shared by every process and the workers.
 
-The gunicorn master only forks and watches workers; it never imports Django's app. Before it starts, this
-module starts the embedded Redis when settings say there is no other (as the asgi module would), so the
-N workers find it running instead of racing to start one each.
+The gunicorn master imports the app once (--preload) and forks the workers from it; it serves no request
+itself, only watches and restarts them. Before gunicorn starts, this module starts the embedded Redis when
+settings say there is no other (as the asgi module would), before anything could race to start one.
 """
 
 from __future__ import annotations
