@@ -93,6 +93,43 @@ def make_prompts(n: int, start: int = 0) -> bytes:
     return "".join(json.dumps({"prompt": f"the movie {i} was"}) + "\n" for i in range(start, start + n)).encode()
 
 
+def tiny_cong_request(user, weak_pair, methods: list[str], **params) -> dict:
+    """A job request for a ConG pipeline on the tiny models that runs in seconds in-process (jobs.runner.run_job):
+    3 prompts with a gold they can score, 3 new tokens, one training step per stage, the weak base as the strong
+    model. The tiny models never stop by themselves within 3 tokens, so the stages train on cut answers
+    (drop_truncated off; tests/ml/test_truncation.py checks the default). ``params`` are merged in."""
+    from jobs import services
+
+    from .test_runner import _register_tiny_gold
+
+    _register_tiny_gold()
+    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
+    wb, wa = weak_pair
+    keep_cut = {"drop_truncated": False}
+    stages = {"sft": dict(keep_cut), "dpo": dict(keep_cut)}
+    for key, value in params.items():
+        if key in stages and isinstance(value, dict):
+            stages[key] = {**stages[key], **value}
+    merged = {
+        "max_new_tokens": 3,
+        "train_max_steps": 1,
+        "max_eval_prompts": 2,
+        **{k: v for k, v in params.items() if k not in stages},
+        **stages,
+    }
+    if not {"cong", "cong_filtered"} & set(methods):
+        merged.pop("dpo")  # the DPO stage does not run: its settings would be refused
+    return {
+        "kind": "cong",
+        "methods": methods,
+        "weak_base": wb.pk,
+        "weak_aligned": wa.pk,
+        "strong": wb.pk,
+        "prompts": ds.pk,
+        "params": merged,
+    }
+
+
 @pytest.fixture
 def weak_pair(model_root, user):
     from jobs.services import model_register

@@ -20,8 +20,7 @@ from jobs.models import Artifact, Job
 from jobs.runner import run_dir, run_job
 from jobs.services.artifacts import CHUNK
 
-from .conftest import make_prompts, save_tiny_model
-from .test_runner import _register_tiny_gold
+from .conftest import save_tiny_model, tiny_cong_request
 
 pytestmark = pytest.mark.django_db
 
@@ -289,28 +288,10 @@ def _no_broker(monkeypatch):
 def test_a_cong_job_s_trained_model_downloads_with_its_model_card(model_root, user, weak_pair, _no_broker, tmp_path):
     """The whole way: a ConG-S job run by the worker's own code records its model; the download unpacks into a
     folder that loads, holding the README.md model card the pipeline wrote."""
-    from dataclasses import fields
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ml.stages.sft import SFTStageConfig
-
-    _register_tiny_gold()
-    sft = {"learning_rate": 0.0002}
-    if "drop_truncated" in {f.name for f in fields(SFTStageConfig)}:  # the tiny models' 3-token answers are all cut
-        sft["drop_truncated"] = False
-    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
-    wb, wa = weak_pair
-    job = services.job_create(
-        user=user,
-        kind="cong",
-        methods=["cong_s"],
-        weak_base=wb.pk,
-        weak_aligned=wa.pk,
-        strong=wb.pk,
-        prompts=ds.pk,
-        params={"max_new_tokens": 3, "train_max_steps": 1, "max_eval_prompts": 1, "sft": sft},
-    )
+    request = tiny_cong_request(user, weak_pair, ["cong_s"], max_eval_prompts=1, sft={"learning_rate": 0.0002})
+    job = services.job_create(user=user, **request)
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     rows = api(user).get(url(job)).json()
     (model,) = [r for r in rows if r["kind"] == "model"]

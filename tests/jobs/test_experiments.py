@@ -14,8 +14,7 @@ from jobs.runner import run_job
 from jobs.services.experiments import experiment_create
 from ml.stats import t_quantile_975
 
-from .conftest import make_prompts
-from .test_runner import _register_tiny_gold
+from .conftest import tiny_cong_request
 
 pytestmark = pytest.mark.django_db
 
@@ -35,24 +34,7 @@ def _no_broker(monkeypatch):
 @pytest.fixture
 def cong_request(user, weak_pair):
     """A tiny ConG job evaluating two methods (test_judge's, without the judge): seconds on a CPU."""
-    _register_tiny_gold()
-    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
-    wb, wa = weak_pair
-    return {
-        "kind": "cong",
-        "methods": ["weak_sft", "cong_s"],
-        "weak_base": wb.pk,
-        "weak_aligned": wa.pk,
-        "strong": wb.pk,
-        "prompts": ds.pk,
-        "params": {
-            "max_new_tokens": 3,
-            "train_max_steps": 1,
-            "max_eval_prompts": 2,
-            "evaluate": {"n_samples": 2},
-            "sft": {"drop_truncated": False},
-        },
-    }
+    return tiny_cong_request(user, weak_pair, ["weak_sft", "cong_s"], evaluate={"n_samples": 2})
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from jobs.models import Job, ModelEntry
 from jobs.runner import run_job
 from ml.io import SAMPLES, read_json, read_jsonl
 
-from .conftest import WORDS, make_prompts, save_tiny_model
-from .test_runner import _register_tiny_gold
+from .conftest import WORDS, save_tiny_model, tiny_cong_request
 
 JUDGE_KEYS = ("judge_win_rate", "judge_lc_win_rate", "judge_win_ci", "judge_lc_win_ci")
 
@@ -40,25 +39,12 @@ def _register(user, path, name: str) -> int:
 
 @pytest.fixture
 def cong_request(user, weak_pair):
-    _register_tiny_gold()
-    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
-    wb, wa = weak_pair
-    return {
-        "kind": "cong",
-        "methods": ["weak_sft", "cong_s"],
-        "weak_base": wb.pk,
-        "weak_aligned": wa.pk,
-        "strong": wb.pk,
-        "prompts": ds.pk,
-        "params": {
-            "max_new_tokens": 3,
-            "train_max_steps": 1,
-            "max_eval_prompts": 2,
-            "evaluate": {"n_samples": 2, "judge_batch_size": 3, "judge_bootstrap": 20},
-            # The tiny models never stop by themselves: keep the cut answers, or there is nothing to train on.
-            "sft": {"drop_truncated": False},
-        },
-    }
+    return tiny_cong_request(
+        user,
+        weak_pair,
+        ["weak_sft", "cong_s"],
+        evaluate={"n_samples": 2, "judge_batch_size": 3, "judge_bootstrap": 20},
+    )
 
 
 @pytest.mark.django_db

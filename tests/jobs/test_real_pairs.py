@@ -15,7 +15,7 @@ from jobs.models import GeneratedPair, Job
 from jobs.runner import run_job
 from ml.io import SAMPLES, read_jsonl
 
-from .conftest import make_prompts
+from .conftest import make_prompts, tiny_cong_request
 from .test_runner import _register_tiny_gold
 
 pytestmark = pytest.mark.django_db
@@ -101,26 +101,7 @@ def test_plain_false_makes_no_plain_side_and_nothing_to_export(user, weak_pair):
 def test_a_cong_job_stores_the_dpo_pairs_as_trained(user, weak_pair):
     """chosen = the CD sample, rejected = ConG-S's own sample for the same prompt (what dpo_cong trained on), plain
     = the plain pi_post sample; the export's rejected side is the DPO one."""
-    _register_tiny_gold()
-    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
-    wb, wa = weak_pair
-    job = services.job_create(
-        user=user,
-        kind="cong",
-        methods=["cong"],
-        weak_base=wb.pk,
-        weak_aligned=wa.pk,
-        strong=wb.pk,
-        prompts=ds.pk,
-        params={
-            "max_new_tokens": 3,
-            "train_max_steps": 1,
-            "max_eval_prompts": 1,
-            # 3 tokens cut every tiny-model sample; trained on anyway here (tests/ml/test_truncation.py: the default)
-            "sft": {"drop_truncated": False},
-            "dpo": {"drop_truncated": False},
-        },
-    )
+    job = services.job_create(user=user, **tiny_cong_request(user, weak_pair, ["cong"], max_eval_prompts=1))
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     job.refresh_from_db()
     own, plain, cd = (_responses(job, s) for s in ("self_sample", "plain_generate", "cd_generate"))

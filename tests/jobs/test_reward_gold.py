@@ -20,8 +20,7 @@ from ml.io import SAMPLES, read_jsonl
 from ml.judge.reward_model import CACHE_FILE
 
 from ..ml._reward_fixtures import save_reward_model
-from .conftest import WORDS, finished_job, make_prompts, wait_for
-from .test_runner import _register_tiny_gold
+from .conftest import WORDS, finished_job, make_prompts, tiny_cong_request, wait_for
 
 # The judge's taste: a response ending in "great" beats one ending in "good", and so on down to "awful".
 WORD_SCORES = {"great": 2.0, "good": 1.0, "bad": -1.0, "awful": -2.0}
@@ -181,43 +180,12 @@ def test_a_reward_model_scores_an_evaluate_job_and_labels_weak_alignment_on_a_re
     assert wa.results["gold"] == "rm:judge" and "eval_gold" not in wa.results
 
 
-def _keep_cut_responses() -> dict:
-    # The tiny models never stop by themselves: every response is cut at max_new_tokens. Where the training stages
-    # leave cut responses out (drop_truncated), this job keeps them, or ConG-S would have nothing to train on.
-    from dataclasses import fields
-
-    from ml.stages.sft import SFTStageConfig
-
-    return {"sft": {"drop_truncated": False}} if any(f.name == "drop_truncated" for f in fields(SFTStageConfig)) else {}
-
-
-_KEEP_CUT_RESPONSES = _keep_cut_responses()
-
-
 @pytest.mark.django_db
 def test_a_cong_job_with_an_eval_gold_apart_from_its_gold_reports_both(user, weak_pair, rm_folders, monkeypatch):
     _no_broker(monkeypatch)
-    _register_tiny_gold()
     rm_id = _register_rm(user, rm_folders["judge"])
-    ds = services.dataset_create(name="c", chunks=[make_prompts(3)], gold="test:positive_words", owner=user)
-    wb, wa = weak_pair
-    job = services.job_create(
-        user=user,
-        kind="cong",
-        methods=["cong_s"],
-        weak_base=wb.pk,
-        weak_aligned=wa.pk,
-        strong=wb.pk,
-        prompts=ds.pk,
-        eval_gold=f"rm:{rm_id}",
-        params={
-            "max_new_tokens": 3,
-            "train_max_steps": 1,
-            "max_eval_prompts": 2,
-            "evaluate": {"n_samples": 2},
-            **_KEEP_CUT_RESPONSES,
-        },
-    )
+    request = tiny_cong_request(user, weak_pair, ["cong_s"], evaluate={"n_samples": 2})
+    job = services.job_create(user=user, eval_gold=f"rm:{rm_id}", **request)
     assert run_job(job_id=job.pk) == "succeeded", Job.objects.get(pk=job.pk).error
     job.refresh_from_db()
     assert job.results["gold"] == "test:positive_words" and job.results["eval_gold"] == "rm:judge"
