@@ -14,6 +14,7 @@ from typing import Any
 from django.contrib.auth import authenticate
 from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -412,7 +413,10 @@ class PairsExportView(ServiceAPIView):
         include_empty = bool(bool_param(request.query_params, "include_empty"))  # checked before streaming starts
         include_pending = bool_param(request.query_params, "include_pending")
         media = request.get_preferred_type(EXPORT_TYPES) or EXPORT_TYPES[0]
-        rows = services.pairs_export(job=job, include_empty=include_empty, include_pending=include_pending)
+        choice = {"job": job, "include_empty": include_empty, "include_pending": include_pending}
+        # Under ASGI an async iterator, sent page by page (Django reads a synchronous one into a list first).
+        asgi = isinstance(request._request, ASGIRequest)
+        rows = services.pairs_export_async(**choice) if asgi else services.pairs_export(**choice)
         resp = StreamingHttpResponse(rows, content_type=media)
         resp["Content-Disposition"] = f'attachment; filename="job-{job.pk}-pairs.jsonl"'
         return resp

@@ -62,7 +62,14 @@ from jobs.services.offline import (
     offline_params,
     offline_register,
 )
-from jobs.services.pairs import artifact_record, pair_review, pair_side_store, pair_store, pairs_export
+from jobs.services.pairs import (
+    artifact_record,
+    pair_review,
+    pair_side_store,
+    pair_store,
+    pairs_export,
+    pairs_export_async,
+)
 from jobs.services.review_loop import pairs_training_file
 from jobs.services.shards import (
     shard_claim,
@@ -113,6 +120,7 @@ __all__ = [
     "pair_side_store",
     "pair_store",
     "pairs_export",
+    "pairs_export_async",
     "pairs_training_file",
     "shard_claim",
     "shard_end",

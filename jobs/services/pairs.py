@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.utils import timezone
 
 from jobs.models import Artifact, GeneratedPair, Job
@@ -108,6 +109,19 @@ def pending_included(*, job: Job, include_pending: bool | None = None) -> bool:
     return not GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.PENDING).exists()
 
 
+def _as_row(p: GeneratedPair, include_empty: bool) -> dict[str, str] | None:
+    chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
+    rejected = p.rejected if p.rejected is not None else p.plain
+    if rejected is None or (not include_empty and pair_is_empty(chosen, rejected)):
+        return None
+    return {"prompt": p.prompt, "chosen": chosen, "rejected": rejected}
+
+
+def _reviewed(job: Job, pending: bool) -> Any:
+    pairs = GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.REJECTED)
+    return (pairs if pending else pairs.exclude(review_status=GeneratedPair.Review.PENDING)).order_by("prompt_index")
+
+
 def preference_rows(
     *, job: Job, include_empty: bool = False, include_pending: bool | None = None
 ) -> Iterator[dict[str, str]]:
@@ -120,15 +134,34 @@ def preference_rows(
     Rows with an empty side are left out unless ``include_empty`` (they teach nothing but "stop now"); the rule
     reads the texts written, so a reviewer's edit that gives an empty chosen response text brings its pair back.
     """
-    pairs = GeneratedPair.objects.filter(job=job).exclude(review_status=GeneratedPair.Review.REJECTED)
-    if not pending_included(job=job, include_pending=include_pending):
-        pairs = pairs.exclude(review_status=GeneratedPair.Review.PENDING)
-    for p in pairs.order_by("prompt_index").iterator():
-        chosen = p.edited_text if p.review_status == GeneratedPair.Review.EDITED and p.edited_text else p.chosen
-        rejected = p.rejected if p.rejected is not None else p.plain
-        if rejected is None or (not include_empty and pair_is_empty(chosen, rejected)):
-            continue
-        yield {"prompt": p.prompt, "chosen": chosen, "rejected": rejected}
+    for p in _reviewed(job, pending_included(job=job, include_pending=include_pending)).iterator():
+        row = _as_row(p, include_empty)
+        if row is not None:
+            yield row
+
+
+EXPORT_PAGE = 1000  # pairs read per step of an ASGI export
+
+
+async def pairs_export_async(
+    *, job: Job, include_empty: bool = False, include_pending: bool | None = None
+) -> AsyncIterator[bytes]:
+    """``pairs_export`` for an ASGI server: the same lines, read a page of pairs at a time (on the thread Django's
+    database connection lives on) and sent as each page is ready, where Django would read a synchronous iterator
+    into one list first."""
+    pending = await sync_to_async(pending_included)(job=job, include_pending=include_pending)
+
+    def page(after: int) -> tuple[bytes, int | None]:
+        pairs = list(_reviewed(job, pending).filter(prompt_index__gt=after)[:EXPORT_PAGE])
+        rows = (_as_row(p, include_empty) for p in pairs)
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows if r is not None).encode()
+        return body, (pairs[-1].prompt_index if pairs else None)
+
+    after: int | None = -1
+    while after is not None:
+        body, after = await sync_to_async(page)(after)
+        if body:
+            yield body
 
 
 def pairs_export(*, job: Job, include_empty: bool = False, include_pending: bool | None = None) -> Iterable[str]:

@@ -113,3 +113,53 @@ def test_a_cong_job_stores_the_dpo_pairs_as_trained(user, weak_pair):
     trained = read_jsonl(dj.RUNS_DIR / str(job.pk) / "dpo_cong" / "pairs.jsonl")
     exported = _export(user, job)
     assert {(r["chosen"], r["rejected"]) for r in exported} <= {(r["chosen"], r["rejected"]) for r in trained}
+
+
+@pytest.mark.django_db(transaction=True)  # the ASGI handler runs the view in another thread
+def test_under_asgi_the_export_is_sent_page_by_page_with_the_same_bytes(user, monkeypatch):
+    """Through Django's ASGI handler (what the web processes serve) the export goes out a page of pairs at a time,
+    where a synchronous iterator would be read into one list first; the bytes equal the synchronous path's."""
+    from asgiref.sync import async_to_sync
+    from asgiref.testing import ApplicationCommunicator
+    from django.core.handlers.asgi import ASGIHandler
+    from rest_framework.authtoken.models import Token
+
+    from jobs.services import pairs as pair_services
+
+    monkeypatch.setattr(pair_services, "EXPORT_PAGE", 2)
+    job = Job.objects.create(owner=user, kind="cd_generate", status="succeeded", config={})
+    for i in range(7):
+        services.pair_store(job_id=job.pk, row={"index": i, "prompt": f"p{i}", "response": f"good {i}"})
+        services.pair_side_store(job_id=job.pk, prompt_index=i, side="plain", text=f"plain {i}")
+    services.pair_review(pair=GeneratedPair.objects.get(job=job, prompt_index=3), user=user, action="reject")
+    want = b"".join(s.encode() for s in services.pairs_export(job=job, include_pending=True))
+    token = Token.objects.create(user=user)
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"/api/v1/jobs/{job.pk}/pairs/export/",
+        "query_string": b"include_pending=1",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Token {token.key}".encode())],
+        "server": ("testserver", 80),
+        "client": ("127.0.0.1", 5000),
+    }
+
+    async def go() -> tuple[int, list[bytes]]:
+        comm = ApplicationCommunicator(ASGIHandler(), scope)
+        await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
+        start = await comm.receive_output(timeout=30)
+        parts = []
+        while True:
+            msg = await comm.receive_output(timeout=30)
+            parts.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        await comm.wait(timeout=30)
+        return start["status"], parts
+
+    status, parts = async_to_sync(go)()
+    assert status == 200 and b"".join(parts) == want and want.count(b"\n") == 6
+    assert len([p for p in parts if p]) >= 3  # four pages of two pairs: sent as they were read
