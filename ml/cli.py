@@ -273,7 +273,15 @@ def _spec_of(kind: str | None) -> dict[str, Any]:
 
 def _add_golds(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("golds", help="list the gold rewards that configs can name")
-    p.set_defaults(func=lambda args: (print("\n".join(__import__("ml.gold", fromlist=["x"]).known_golds())), 0)[1])
+    p.set_defaults(func=_golds)
+
+
+def _golds(args: argparse.Namespace) -> int:
+    from ml.gold import known_golds
+
+    print("\n".join(known_golds()))
+    print("rm:<folder>   a reward model: a local AutoModelForSequenceClassification folder with one label")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- diagnose

@@ -136,3 +136,9 @@ def test_bad_stage_config_is_one_clear_error(tmp_path, capsys):
 def test_stage_config_resolves_paths(tmp_path):
     cfg = stage_config("evaluate", {"output_dir": "ev", "gold": "g", "samples": "s.jsonl"}, base_dir=tmp_path)
     assert cfg.samples == str((tmp_path / "s.jsonl").resolve())
+
+
+def test_golds_lists_the_registered_ones_and_says_how_to_name_a_reward_model(capsys):
+    assert main(["golds"]) == 0
+    out = capsys.readouterr().out
+    assert "toy:review" in out and "toy:review:proxy" in out and "rm:<folder>" in out
