@@ -182,8 +182,9 @@ def _single(model: Any, tokenizer: Any, prompt: str, config: CDConfig, name: str
     gen = _generator(config, next(model.parameters()).device)
 
     def pick(logits: list[torch.Tensor], rep_ids: torch.Tensor | None, seen: torch.Tensor) -> int:
-        # model.generate's order on the raw logits: repetition penalty, then the warpers, then sample or argmax.
-        score = logits[0].float()
+        # Plain sampling's one definition (ml.plain_sampling: CD at alpha 1): log-probs, the repetition penalty, then
+        # the warpers, then sample or argmax.
+        score = torch.log_softmax(logits[0].float(), dim=-1)
         if procs.rep is not None and rep_ids is not None:
             score = procs.rep(rep_ids, score)
         if not config.do_sample:

@@ -42,7 +42,7 @@ def _succeeded(job, timeout: float = 90.0) -> None:
 
 
 def _expected(stack) -> dict[str, str]:
-    """CD (contrastive_generate) and plain pi_post (model.generate), greedy, not streamed."""
+    """CD (contrastive_generate) and plain pi_post (ml.plain_sampling), greedy, not streamed."""
     from ml.contrastive import CDConfig, contrastive_generate
     from ml.modeling import load_causal_lm, load_tokenizer
 
@@ -52,16 +52,11 @@ def _expected(stack) -> dict[str, str]:
     aligned, base = load_causal_lm(aligned_path, device="cpu"), load_causal_lm(base_path, device="cpu")
     cfg = CDConfig(do_sample=False, max_new_tokens=MAX_NEW)
     [cd] = contrastive_generate(aligned=aligned, base=base, tokenizer=tok, prompts=[PROMPT], config=cfg)
-    ids = tok(PROMPT, return_tensors="pt")
-    out = aligned.generate(
-        **ids,
-        max_new_tokens=MAX_NEW,
-        do_sample=False,
-        repetition_penalty=cfg.repetition_penalty,
-        eos_token_id=[tok.eos_token_id],
-        pad_token_id=tok.pad_token_id,
-    )
-    return {"cd": cd.text, "plain": tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)}
+    from ml.plain_sampling import sample_plain
+
+    # Plain pi_post by its one definition (ml.plain_sampling: CD at alpha 1), as plain_generate samples it.
+    [(_, plain, _)], _ = sample_plain(aligned, tok, [PROMPT], cfg, seed=0)
+    return {"cd": cd.text, "plain": plain}
 
 
 def test_playground_streams_cd_and_plain_side_by_side(

@@ -23,8 +23,9 @@ def _job(user, weak_pair, n, **params):
     )
 
 
-def _shards(job) -> list[JobShard]:
-    return list(JobShard.objects.filter(job=job).order_by("index"))
+def _shards(job, stage: str = "cd_generate") -> list[JobShard]:
+    # A CD job's second stage, its pairs' plain side (plain_generate), is sharded the same way.
+    return list(JobShard.objects.filter(job=job, stage=stage).order_by("index"))
 
 
 def _done(job, timeout, *workers):
@@ -46,6 +47,8 @@ def test_two_workers_share_a_job_and_it_ends_with_exactly_n_pairs(celery_worker_
     assert set(pairs.values_list("worker", flat=True)) == {w1.node, w2.node}  # both workers generated
     assert [(s.status, s.attempts) for s in _shards(job)] == [("succeeded", 1)] * 2
     assert {s.worker for s in _shards(job)} == {w1.node, w2.node}
+    assert [s.status for s in _shards(job, "plain_generate")] == ["succeeded"] * 2
+    assert not pairs.filter(plain__isnull=True).exists()  # every pair got its plain side from the shards
 
 
 def test_kill9_of_a_shard_worker_reruns_that_shard_alone_with_exactly_n_pairs(celery_worker_proc, user, weak_pair):
@@ -74,6 +77,7 @@ def test_kill9_of_a_shard_worker_reruns_that_shard_alone_with_exactly_n_pairs(ce
     assert shards[1].worker == survivor.node
     pairs = GeneratedPair.objects.filter(job=job)
     assert sorted(pairs.values_list("prompt_index", flat=True)) == list(range(n))
+    assert not pairs.filter(plain__isnull=True).exists()
     # The rows the killed worker had written were kept (resumed from its file), the rest came from the survivor.
     by_worker = dict(pairs.filter(shard=1).values_list("prompt_index", "worker"))
     assert {by_worker[i] for i in before} == {victim.node}

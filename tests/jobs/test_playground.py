@@ -141,7 +141,7 @@ def _by_stream(events: list[dict]) -> dict[str, dict]:
 
 
 def _reference(model_root: Path, prompt: str) -> dict[str, list[int]]:
-    """The same prompt, not streamed: contrastive_generate (CD) and model.generate (plain), greedy."""
+    """The same prompt, not streamed: contrastive_generate (CD) and ml.plain_sampling (plain), greedy."""
     from ml.contrastive import CDConfig, contrastive_generate
     from ml.modeling import load_causal_lm, load_tokenizer
 
@@ -150,18 +150,10 @@ def _reference(model_root: Path, prompt: str) -> dict[str, list[int]]:
     base = load_causal_lm(model_root / "weak_base", device="cpu")
     cfg = CDConfig(**GREEDY)
     [cd] = contrastive_generate(aligned=aligned, base=base, tokenizer=tok, prompts=[prompt], config=cfg)
-    ids = tok(prompt, return_tensors="pt")
-    out = aligned.generate(
-        **ids,
-        max_new_tokens=cfg.max_new_tokens,
-        do_sample=False,
-        repetition_penalty=cfg.repetition_penalty,
-        eos_token_id=[tok.eos_token_id],
-        pad_token_id=tok.pad_token_id,
-    )
-    plain = out[0, ids["input_ids"].shape[1] :].tolist()
-    if tok.eos_token_id in plain:
-        plain = plain[: plain.index(tok.eos_token_id) + 1]
+    from ml.plain_sampling import sample_plain
+
+    # Plain pi_post by its one definition (ml.plain_sampling: CD at alpha 1), as plain_generate samples it.
+    [(plain, _, _)], _ = sample_plain(aligned, tok, [prompt], cfg, seed=0)
     return {
         "cd": cd.token_ids,
         "plain": plain,

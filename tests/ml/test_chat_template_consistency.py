@@ -106,7 +106,7 @@ def test_plain_generation_samples_after_the_templated_prompt(chat_pair, loaded, 
     tok, models = loaded
     cfg = PlainGenerateConfig(
         model=chat_pair["aligned"], prompts=_prompts(tmp_path), output_dir=str(tmp_path / "plain"), device="cpu",
-        sampling=CDConfig(**DECODING),
+        sampling=CDConfig(**DECODING, repetition_penalty=1.0),  # the reference below is generate's, with no penalty
     )  # fmt: skip
     plain_generate(cfg, RecordingReporter())
     (row,) = read_jsonl(tmp_path / "plain" / "samples.jsonl")
