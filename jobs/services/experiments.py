@@ -33,6 +33,7 @@ from jobs.services.creation import (
     job_store,
 )
 from jobs.services.lifecycle import job_cancel, job_retry
+from ml.pipeline import METHODS
 from ml.results import method_rows
 from ml.stats import mean_ci, paired_diff
 
@@ -228,7 +229,10 @@ def job_gold_rows(kind: str, results: Any) -> list[tuple[str, str, float | None]
     names one), the other kinds by ml.results' row label."""
     rows = method_rows(kind, results if isinstance(results, dict) else None)
     keys = list(((results or {}).get("methods") or {}).keys()) if kind in ("cong", "train") else []
-    return [(keys[i] if i < len(keys) else r.method, r.method, r.gold_mean) for i, r in enumerate(rows)]
+    out = [(keys[i] if i < len(keys) else r.method, r.method, r.gold_mean) for i, r in enumerate(rows)]
+    # In the pipeline's method order, not the stored JSON's: PostgreSQL's jsonb does not keep key order.
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(out, key=lambda row: order.get(row[0], len(order)))
 
 
 def _finite(x: Any) -> Any:
