@@ -32,6 +32,7 @@ from .diagnose import verdict, verdict_over_seeds
 # REPORT.md and the plots are made in report_render (presentation only, apart from the measuring
 # here); re-exported so ml.toyworld.report.markdown and .make_plots keep working.
 from .report_render import make_plots, markdown
+from .sweep import ABLATIONS
 from .worlds import WORLDS, get_world
 
 __all__ = [
@@ -66,11 +67,11 @@ class ReportConfig:
     cd_alpha: float = field(default=0.4, metadata={"help": "CD alpha of ConG's training data (reference 0.4)."})
     filtered: bool = field(default=True, metadata={"help": "Also run ConG with the implicit-reward DPO filter."})
     strong: bool = field(default=True, metadata={"help": "Run the strong-model table (the pipeline)."})
-    ablate_repetition_penalty: bool = field(
-        default=True,
+    ablations: list[str] = field(
+        default_factory=lambda: list(ABLATIONS),
         metadata={
-            "help": "Also sweep CD with repetition_penalty 1.0 (the reference uses 1.2), to show how much of CD's "
-            "effect is the log-ratio and how much its decoding settings."
+            "help": "The CD sweep again with one setting changed, per name in ABLATIONS: how much of CD's effect is "
+            "the log-ratio and how much its decoding settings, and how the two score modes compare."
         },
     )
     device: str | None = field(default=None, metadata={"help": "'cpu', 'cuda'; None = CUDA when present."})
@@ -96,6 +97,9 @@ class ReportConfig:
             raise ValueError(f"cd_alpha {self.cd_alpha} must be one of the sweep's alphas {self.alphas}")
         if self.n_samples < 1:
             raise ValueError("n_samples must be >= 1")
+        unknown = [a for a in self.ablations if a not in ABLATIONS]
+        if unknown:
+            raise ValueError(f"unknown ablation(s) {unknown}; choose from {', '.join(ABLATIONS)}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,18 +183,19 @@ def _pipeline(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, re
     return run(pc, reporter)
 
 
-def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> dict[str, Any]:
-    """The CD sweep again with repetition_penalty 1.0; cached in sweep_no_rep_penalty.json."""
+def _ablation(cfg: ReportConfig, world: str, seed: int, name: str, reporter: Reporter) -> dict[str, Any]:
+    """The CD sweep again with ABLATIONS[name]'s overrides; cached in sweep_<name>.json."""
     from ml.gold import get_gold
 
     from .sweep import run_sweep
 
-    path = Path(cfg.out) / "runs" / world / f"seed{seed}" / "sweep_no_rep_penalty.json"
+    path = Path(cfg.out) / "runs" / world / f"seed{seed}" / f"sweep_{name}.json"
     if path.exists():
         cached: dict[str, Any] = read_json(path)
         return cached
     m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
     aligned, base, tok = _load_pair(m, cfg.device)
+    t0 = time.time()
     s = run_sweep(
         aligned=aligned,
         base=base,
@@ -203,11 +208,23 @@ def _ablation(cfg: ReportConfig, world: str, seed: int, reporter: Reporter) -> d
         max_new_tokens=m["generation"]["max_new_tokens"],
         reporter=reporter,
         use_chat_template=False,
-        cd_overrides={"repetition_penalty": 1.0},
+        cd_overrides=ABLATIONS[name][0],
     )
     if not s.get("stopped"):
+        s["seconds"] = round(time.time() - t0, 1)
         write_json(path, s)
     return s
+
+
+def _with_ablations(cfg: ReportConfig, world: str, seed: int, s: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """run_seed's result with each configured ablation's sweep under "ablations" ({"stopped": True} if stopped)."""
+    abl: dict[str, Any] = {}
+    for name in cfg.ablations:
+        ab = _ablation(cfg, world, seed, name, reporter)
+        if ab.get("stopped"):
+            return {"stopped": True}
+        abl[name] = ab
+    return {**s, "ablations": abl}
 
 
 def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict[str, Any]:
@@ -345,10 +362,22 @@ def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dic
     w["alpha_sweep"] = []
     for i, a in enumerate(cfg.alphas):
         w["alpha_sweep"].append({"alpha": a, **_agg([s["sweep"]["cd"][i] for s in seeds])})
-    if all("ablation" in s for s in seeds):
-        w["alpha_sweep_no_repetition_penalty"] = [
-            {"alpha": a, **_agg([s["ablation"]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)
-        ]
+    for name in cfg.ablations:
+        if all(name in s.get("ablations", {}) for s in seeds):
+            w[f"alpha_sweep_{name}"] = [
+                {"alpha": a, **_agg([s["ablations"][name]["cd"][i] for s in seeds])} for i, a in enumerate(cfg.alphas)
+            ]
+            # Paired by seed: each seed's ablated CD and its default CD share prompts, sampling seed and models.
+            w[f"alpha_sweep_{name}_minus_default"] = [
+                {
+                    "alpha": a,
+                    **paired_diff(
+                        {s["seed"]: s["ablations"][name]["cd"][i]["gold_mean"] for s in seeds},
+                        {s["seed"]: s["sweep"]["cd"][i]["gold_mean"] for s in seeds},
+                    ),
+                }
+                for i, a in enumerate(cfg.alphas)
+            ]
     rs = [s["sweep"]["implicit_gold_pearson"] for s in seeds]
     if len(seeds) > 1:  # over seeds, averaged as Fisher z (correlations are not averaged as they are)
         z = fisher_z_mean_ci([r for r in rs if r is not None])
@@ -372,12 +401,15 @@ def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dic
     # Gains paired by seed (each seed's CD vs its own plain pi_post), Student-t over seeds.
     w["verdict"] = verdict_over_seeds([s["sweep"] for s in seeds], cfg.cd_alpha)
     w["verdict_per_seed"] = [verdict(s["sweep"], cfg.cd_alpha)["verdict"] for s in seeds]
-    w["seconds_per_seed"] = [s.get("seconds", {}) for s in seeds]
+    w["seconds_per_seed"] = [
+        {**s.get("seconds", {}), **{f"ablation_{k}": v.get("seconds", 0.0) for k, v in s.get("ablations", {}).items()}}
+        for s in seeds
+    ]
     return w
 
 
 def _run_unit(cfg: ReportConfig, world: str, seed: int) -> bool:
-    """One world and seed in a worker process: run_seed and the ablation, cached on disk like the
+    """One world and seed in a worker process: run_seed and the ablations, cached on disk like the
     sequential path, which then reads them back. Returns False when stopped."""
     import torch
 
@@ -385,7 +417,7 @@ def _run_unit(cfg: ReportConfig, world: str, seed: int) -> bool:
     s = run_seed(cfg, world, seed)
     if s.get("stopped"):
         return False
-    return not (cfg.ablate_repetition_penalty and _ablation(cfg, world, seed, or_null(None)).get("stopped"))
+    return not _with_ablations(cfg, world, seed, s, or_null(None)).get("stopped")
 
 
 def _run_parallel(cfg: ReportConfig, rep: Reporter) -> None:
@@ -397,7 +429,10 @@ def _run_parallel(cfg: ReportConfig, rep: Reporter) -> None:
         (w, s)
         for w in cfg.worlds
         for s in range(cfg.seeds)
-        if not (Path(cfg.out) / "runs" / w / f"seed{s}" / "seed.json").exists()
+        if not all(
+            (Path(cfg.out) / "runs" / w / f"seed{s}" / f).exists()
+            for f in ("seed.json", *(f"sweep_{a}.json" for a in cfg.ablations))
+        )
     ]
     if not units:
         return
@@ -424,11 +459,9 @@ def report(cfg: ReportConfig, reporter: Reporter | None = None, command: str = "
             s = run_seed(cfg, world, seed, rep)
             if s.get("stopped"):
                 return {"stopped": True, "world": world, "seed": seed}
-            if cfg.ablate_repetition_penalty:
-                ab = _ablation(cfg, world, seed, rep)
-                if ab.get("stopped"):
-                    return {"stopped": True, "world": world, "seed": seed}
-                s = {**s, "ablation": ab}
+            s = _with_ablations(cfg, world, seed, s, rep)
+            if s.get("stopped"):
+                return {"stopped": True, "world": world, "seed": seed}
             seeds.append(s)
         result["worlds"][world] = aggregate(world, seeds, cfg)
     result["seconds"] = round(time.time() - t0, 1)

@@ -13,6 +13,8 @@ from typing import Any
 
 from ml.pipeline import LABELS
 
+from .sweep import ABLATIONS
+
 
 def _f(x: Any, d: int = 3) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
@@ -60,18 +62,23 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                 f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
                 f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
             )
-        if w.get("alpha_sweep_no_repetition_penalty"):
+        for abl, (_, what) in ABLATIONS.items():
+            rows = w.get(f"alpha_sweep_{abl}")
+            if not rows:
+                continue
+            diffs = w.get(f"alpha_sweep_{abl}_minus_default") or [{} for _ in rows]
             lines += [
                 "",
-                "Ablation, CD with repetition penalty 1.0 instead of the reference 1.2 (same prompts and seeds):",
+                f"Ablation `{abl}`: {what} (same prompts, seeds and models; the difference is paired by seed):",
                 "",
-                "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
-                "|---|---:|---|---:|---:|",
+                "| Samples | Gold mean | 95% CI | Valid | Implicit reward | minus default [95% CI] |",
+                "|---|---:|---|---:|---:|---|",
             ]
-            for row in w["alpha_sweep_no_repetition_penalty"]:
+            for row, d in zip(rows, diffs, strict=True):
+                diff = f"{_f(d.get('mean'))} {_ci([d.get('lo'), d.get('hi')])}" if d else "n/a"
                 lines.append(
-                    f"| CD alpha={row['alpha']:g}, no rep. penalty | {_f(row['gold_mean'])} | "
-                    f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
+                    f"| CD alpha={row['alpha']:g}, {abl} | {_f(row['gold_mean'])} | "
+                    f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} | {diff} |"
                 )
         lines += [
             "",
@@ -168,14 +175,15 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, list[str]]:
             ax[i].plot(xs, ys, "o-", label="CD")
             ax[i].set_xlabel("alpha")
             ax[i].set_title(f"{name}: {title}")
-            if key == "gold" and w.get("alpha_sweep_no_repetition_penalty"):
-                ax[i].plot(
-                    xs,
-                    [r["gold_mean"] for r in w["alpha_sweep_no_repetition_penalty"]],
-                    "s--",
-                    color="C3",
-                    label="CD, repetition penalty 1.0",
-                )
+            for j, abl in enumerate(ABLATIONS):
+                if key == "gold" and w.get(f"alpha_sweep_{abl}"):
+                    ax[i].plot(
+                        xs,
+                        [r["gold_mean"] for r in w[f"alpha_sweep_{abl}"]],
+                        "s--",
+                        color=f"C{3 + j}",
+                        label=f"CD, {abl}",
+                    )
             ax[i].legend(fontsize=7)
         fig.tight_layout()
         files.append(_save(fig, out / f"{name}_alpha.png", out))

@@ -77,7 +77,10 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     on_disk = json.loads((tmp_path / "rep" / "report.json").read_text())
     w = on_disk["worlds"]["review"]
     assert [r["alpha"] for r in w["alpha_sweep"]] == [0.0, 0.4, 1.0]
-    assert [r["alpha"] for r in w["alpha_sweep_no_repetition_penalty"]] == [0.0, 0.4, 1.0]
+    for name in ("no_repetition_penalty", "score_reference"):  # every ablation, with its paired difference
+        assert [r["alpha"] for r in w[f"alpha_sweep_{name}"]] == [0.0, 0.4, 1.0]
+        for row, diff, main in zip(w[f"alpha_sweep_{name}"], w[f"alpha_sweep_{name}_minus_default"], w["alpha_sweep"]):
+            assert diff["mean"] == pytest.approx(row["gold_mean"] - main["gold_mean"])  # one seed: the difference
     for row in [*w["alpha_sweep"], w["plain_post"], w["pre"]]:
         assert {"gold_mean", "gold_ci", "implicit_mean", "valid_rate"} <= set(row)
         assert math.isfinite(row["gold_mean"])
@@ -86,8 +89,10 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
     seed_run = json.loads((tmp_path / "rep" / "runs" / "review" / "seed0" / "seed.json").read_text())
     assert seed_run["strong"]["cong_filtered"]["n_pairs_kept"] >= 1
     assert (tmp_path / "rep" / "runs" / "review" / "seed0" / "pipeline" / "dpo_cong_filtered" / "DONE.json").exists()
+    assert {"best_of_n", "ceiling"} <= set(w["strong"])  # the reference methods are strong methods
     for row in w["strong"].values():
-        assert {"gold_mean", "gold_ci", "valid_rate"} <= set(row)
+        assert {"gold_mean", "gold_ci", "valid_rate", "pgr", "truncated_rate"} <= set(row)
+        assert 0.0 <= row["truncated_rate"] <= 1.0
     assert isinstance(w["implicit_gold_pearson"], float)
     assert w["verdict"]["verdict"] in (RAISES, NO_GAIN, LOWERS)
     md = (tmp_path / "rep" / "REPORT.md").read_text()
@@ -120,7 +125,7 @@ def test_parallel_report_equals_the_sequential_one(tiny_review, tmp_path):
         alphas=[0.0, 0.4],
         n_samples=1,
         filtered=False,
-        ablate_repetition_penalty=False,
+        ablations=[],
     )
     seq = report(ReportConfig(out=str(tmp_path / "seq"), **kw))
     par = report(ReportConfig(out=str(tmp_path / "par"), jobs=2, **kw))
