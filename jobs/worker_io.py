@@ -147,15 +147,8 @@ class PairMirror:
 
     def _store_side(self, rows: list[dict]) -> int:
         # A row whose pair was never made is skipped; the job's results count the pairs with each side filled.
-        return sum(
-            services.pair_side_store(
-                job_id=self.job_id,
-                prompt_index=int(row["index"]) + self.index_offset,
-                side=self.side,
-                text=row.get("response", ""),
-            )
-            for row in rows
-        )
+        texts = {int(row["index"]) + self.index_offset: row.get("response", "") for row in rows}
+        return services.pair_sides_store(job_id=self.job_id, side=self.side, texts=texts)
 
 
 def job_gold(job: Job) -> str:

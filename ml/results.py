@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml.io import finite_number
+from ml.pipeline_config import METHODS
 
 RESULTS_VERSION = 1
 
@@ -39,6 +40,7 @@ class MethodRow:
     truncated_rate: float | None = None  # share of its evaluation answers cut at max_new_tokens
     judge_win_rate: float | None = None  # the pairwise LLM judge's win rate against the reference (ml.judge.pairwise)
     judge_lc_win_rate: float | None = None  # ... length-controlled
+    key: str = ""  # the pipeline's method name (cong, train); "" for the other kinds
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def stamp(kind: str, result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "results_version": RESULTS_VERSION, "kind": kind}
 
 
-def _row(method: str, m: dict[str, Any], *, win_key: str = "") -> MethodRow:
+def _row(method: str, m: dict[str, Any], *, win_key: str = "", key: str = "") -> MethodRow:
     ci = m.get("gold_ci")
     lo, hi = (ci[0], ci[1]) if isinstance(ci, list) and len(ci) == 2 else (None, None)
     n = m.get("n")
@@ -71,6 +73,7 @@ def _row(method: str, m: dict[str, Any], *, win_key: str = "") -> MethodRow:
         truncated_rate=finite_number(m.get("truncated_rate")),
         judge_win_rate=finite_number(m.get("judge_win_rate")),
         judge_lc_win_rate=finite_number(m.get("judge_lc_win_rate")),
+        key=key,
     )
 
 
@@ -79,7 +82,14 @@ def method_rows(kind: str, results: dict[str, Any] | None) -> list[MethodRow]:
     r = results or {}
     if kind in ("cong", "train"):
         methods = r.get("methods") or {}
-        return [_row(str(m.get("label") or name), m, win_key="win_rate_vs_weak_sft") for name, m in methods.items()]
+        # In the pipeline's method order, not the stored JSON's: PostgreSQL's jsonb does not keep key order, so
+        # pages, exports and experiments would list the same results differently on each database.
+        order = {name: i for i, name in enumerate(METHODS)}
+        names = sorted(methods, key=lambda name: order.get(name, len(order)))
+        return [
+            _row(str(methods[name].get("label") or name), methods[name], win_key="win_rate_vs_weak_sft", key=name)
+            for name in names
+        ]
     if kind == "evaluate" and "gold_mean" in r:
         win = next((k for k in r if k.startswith("win_rate_vs_")), "")
         return [_row(str(r.get("name") or "model"), r, win_key=win)]

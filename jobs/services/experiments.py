@@ -33,7 +33,6 @@ from jobs.services.creation import (
     job_store,
 )
 from jobs.services.lifecycle import job_cancel, job_retry
-from ml.pipeline import METHODS
 from ml.results import method_rows
 from ml.stats import mean_ci, paired_diff
 
@@ -227,12 +226,9 @@ def _act(exp: Experiment, user, service, statuses) -> dict[str, Any]:
 def job_gold_rows(kind: str, results: Any) -> list[tuple[str, str, float | None]]:
     """(method key, label, gold mean) of each evaluated row: cong/train results keyed by method name (a baseline
     names one), the other kinds by ml.results' row label."""
+    # method_rows lists pipeline methods in the pipeline's order whatever the database kept of the JSON's.
     rows = method_rows(kind, results if isinstance(results, dict) else None)
-    keys = list(((results or {}).get("methods") or {}).keys()) if kind in ("cong", "train") else []
-    out = [(keys[i] if i < len(keys) else r.method, r.method, r.gold_mean) for i, r in enumerate(rows)]
-    # In the pipeline's method order, not the stored JSON's: PostgreSQL's jsonb does not keep key order.
-    order = {m: i for i, m in enumerate(METHODS)}
-    return sorted(out, key=lambda row: order.get(row[0], len(order)))
+    return [(r.key or r.method, r.method, r.gold_mean) for r in rows]
 
 
 def _finite(x: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -72,19 +72,24 @@ REVIEW_ACTIONS = {
 
 
 def pair_side_store(*, job_id: int, prompt_index: int, side: str, text: Any) -> bool:
-    """Fill one side of a stored pair from a later stage (ml.io.PAIR_SIDES): ``plain`` (a plain pi_post sample
-    for the same prompt) or ``rejected`` (the strong model's own sample: ConG's DPO pair as trained). False when
-    the job has no pair for that prompt (its CD row was never made), so the caller can count it."""
+    """Fill one side of one stored pair (pair_sides_store for one row); False when the job has no such pair."""
+    return pair_sides_store(job_id=job_id, side=side, texts={prompt_index: text}) == 1
+
+
+def pair_sides_store(*, job_id: int, side: str, texts: Mapping[int, Any]) -> int:
+    """Fill one side of stored pairs from a later stage (ml.io.PAIR_SIDES), {prompt index: text}: ``plain`` (a plain
+    pi_post sample for the same prompt) or ``rejected`` (the strong model's own sample: ConG's DPO pair as trained).
+    Two queries for any number of rows (a select and a bulk update). Returns how many pairs were filled: an index
+    whose pair was never made (its CD row) is skipped, so the caller can count it."""
     if side not in ("plain", "rejected"):
         raise ValueError(f"side must be plain or rejected, not {side!r}")
-    pair = GeneratedPair.objects.filter(job_id=job_id, prompt_index=prompt_index).first()
-    if pair is None:
-        return False
-    setattr(pair, side, str(text))
-    # The empty rule reads the side the export pairs the chosen response with (rejected first, else plain).
-    pair.empty_response = pair_is_empty(pair.chosen, pair.rejected if pair.rejected is not None else pair.plain)
-    pair.save(update_fields=[side, "empty_response"])
-    return True
+    pairs = list(GeneratedPair.objects.filter(job_id=job_id, prompt_index__in=list(texts)))
+    for pair in pairs:
+        setattr(pair, side, str(texts[pair.prompt_index]))
+        # The empty rule reads the side the export pairs the chosen response with (rejected first, else plain).
+        pair.empty_response = pair_is_empty(pair.chosen, pair.rejected if pair.rejected is not None else pair.plain)
+    GeneratedPair.objects.bulk_update(pairs, [side, "empty_response"], batch_size=500)
+    return len(pairs)
 
 
 def pair_review(*, pair: GeneratedPair, user, action: str, edited_text: str = "") -> GeneratedPair:

@@ -18,7 +18,7 @@ from django.db.migrations.executor import MigrationExecutor
 from rest_framework.test import APIClient
 
 from jobs import services
-from jobs.models import Job
+from jobs.models import GeneratedPair, Job
 from jobs.runner import PairMirror
 
 pytestmark = pytest.mark.django_db
@@ -129,3 +129,19 @@ def test_migration_0011_keeps_stored_rewards_as_the_mean_and_flags_empty_respons
         ]
     finally:
         MigrationExecutor(connection).migrate(latest)
+
+
+def test_a_later_stage_fills_a_side_of_many_pairs_in_two_queries(user, django_assert_num_queries):
+    """The mirror fills the plain / rejected side of every row a sync reads at once: one select and one bulk
+    update, however many rows (it was two queries per row)."""
+    job = Job.objects.create(owner=user, kind="cong", status="running", config={})
+    for i in range(30):
+        services.pair_store(job_id=job.pk, row={"index": i, "prompt": f"p{i}", "response": f"cd {i}"})
+    texts = {i: ("" if i == 3 else f"self {i}") for i in range(35)}  # 30..34 have no pair: skipped and not counted
+    with django_assert_num_queries(2):
+        assert services.pair_sides_store(job_id=job.pk, side="rejected", texts=texts) == 30
+    pairs = {p.prompt_index: p for p in GeneratedPair.objects.filter(job=job)}
+    assert pairs[7].rejected == "self 7" and pairs[7].plain is None and not pairs[7].empty_response
+    assert pairs[3].rejected == "" and pairs[3].empty_response  # the side the export pairs with is empty
+    with pytest.raises(ValueError, match="plain or rejected"):
+        services.pair_sides_store(job_id=job.pk, side="chosen", texts={0: "x"})

@@ -36,6 +36,10 @@ def test_pipeline_rows_come_from_methods_in_order_with_the_win_rate_vs_weak_sft(
     assert results["results_version"] == RESULTS_VERSION and results["kind"] == "cong"
     rows = method_rows("cong", results)
     assert [r.method for r in rows] == ["WeakSFT", "ConG"]
+    assert [r.key for r in rows] == ["weak_sft", "cong"]
+    # The pipeline's method order, whatever order the stored JSON kept (PostgreSQL's jsonb sorts keys its own way).
+    backwards = {**results, "methods": dict(reversed(list(results["methods"].items())))}
+    assert [r.key for r in method_rows("cong", backwards)] == ["weak_sft", "cong"]
     assert (rows[1].gold_lo, rows[1].gold_hi, rows[1].win_rate, rows[1].win_vs, rows[1].n) == (
         0.2,
         0.4,
