@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ml.offline.presets import PAIRS, SIZES, ensure_prompts, real_preset, write_preset_yaml
+from ml.pipeline_config import REFERENCE_METHODS
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -16,6 +17,8 @@ def test_every_preset_builds(tmp_path, size, pair):
     assert cfg.strong.endswith("gemma3_270m_base" if pair == "cross" else "smollm2_135m_instruct")
     assert {"weak_sft", "wspo", "cong_s", "cong"} <= set(cfg.methods)
     assert cfg.weak_aligned == ""  # pi_post is made by weak_align
+    if size != "smoke":  # the reference methods, so that every row has a performance gap recovered
+        assert set(REFERENCE_METHODS) <= set(cfg.methods)
     if size == "cpu":
         assert cfg.lora_r > 0 and cfg.max_prompts == 64 and cfg.max_new_tokens == 64
     if size == "gpu":
