@@ -75,7 +75,7 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                 "|---|---:|---|---:|---:|---|",
             ]
             for row, d in zip(rows, diffs, strict=True):
-                diff = f"{_f(d.get('mean'))} {_ci([d.get('lo'), d.get('hi')])}" if d else "n/a"
+                diff = f"{_f(d.get('mean'))} {_ci(d['ci'])}" if d else "n/a"
                 lines.append(
                     f"| CD alpha={row['alpha']:g}, {abl} | {_f(row['gold_mean'])} | "
                     f"{_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} | {diff} |"

@@ -81,6 +81,7 @@ def test_report_tiny_end_to_end(tiny_review, tmp_path):
         assert [r["alpha"] for r in w[f"alpha_sweep_{name}"]] == [0.0, 0.4, 1.0]
         for row, diff, main in zip(w[f"alpha_sweep_{name}"], w[f"alpha_sweep_{name}_minus_default"], w["alpha_sweep"]):
             assert diff["mean"] == pytest.approx(row["gold_mean"] - main["gold_mean"])  # one seed: the difference
+            assert diff["n"] == 1 and len(diff["ci"]) == 2
     for row in [*w["alpha_sweep"], w["plain_post"], w["pre"]]:
         assert {"gold_mean", "gold_ci", "implicit_mean", "valid_rate"} <= set(row)
         assert math.isfinite(row["gold_mean"])
