@@ -23,6 +23,7 @@ from typing import Any
 from ml.io import read_json, read_prompts, write_json
 from ml.pipeline import DEFAULT_METHODS, METHODS
 from ml.pipeline_config import REFERENCE_METHODS
+from ml.pipeline_refs import pgr
 from ml.reporter import Reporter, or_null
 from ml.stats import fisher_z_mean_ci, mean_ci, paired_diff
 
@@ -324,8 +325,8 @@ def _agg(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "valid_rate": sum(r["valid_rate"] for r in rows) / len(rows),
         "implicit_mean": sum(imp) / len(imp) if imp else None,
         "per_seed": [r["gold_mean"] for r in rows],
-        # Means over seeds of what each seed's row has (None where a seed has none: a sample set has no pgr).
-        **{k: _mean_of(rows, k) for k in ("pgr", "truncated_rate")},
+        # The mean over seeds of each seed's share of cut answers (None where no seed says).
+        "truncated_rate": _mean_of(rows, "truncated_rate"),
     }
 
 
@@ -392,6 +393,11 @@ def aggregate(world: str, seeds: list[dict[str, Any]], cfg: ReportConfig) -> dic
             for k in (*STRONG_METHODS, *EXTRA_METHODS)
             if all(k in s["strong"] for s in seeds)
         }
+        # PGR over seeds is the gap recovered by the mean gold (a ratio of means): a mean of per-seed ratios blows up
+        # in a seed whose ceiling barely beats pi_post. The per-seed values stay beside it.
+        for k, g in pgr(w["strong"]).items():
+            w["strong"][k]["pgr_per_seed"] = [s["strong"][k].get("pgr") for s in seeds]
+            w["strong"][k]["pgr"] = g
         w["paired"] = _paired(seeds, list(w["strong"]))
         cw: list[float] = [s["cd_chosen_win_rate"] for s in seeds if s.get("cd_chosen_win_rate") is not None]
         w["cong_dpo_chosen_win_rate"] = sum(cw) / len(cw) if cw else None

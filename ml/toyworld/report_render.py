@@ -94,13 +94,18 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
             lines += [
                 "### Strong model on held-out prompts",
                 "",
-                "| Method | Gold mean | 95% CI | Valid | per seed |",
-                "|---|---:|---|---:|---|",
+                "PGR = performance gap recovered, (method - pi_post) / (ceiling - pi_post) on the mean gold;"
+                " Cut = share of its answers cut at the token cap.",
+                "",
+                "| Method | Gold mean | 95% CI | Valid | PGR | Cut | per seed |",
+                "|---|---:|---|---:|---:|---:|---|",
             ]
             for k, row in w["strong"].items():
+                cut = row.get("truncated_rate")
                 lines.append(
                     f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                    f"{row['valid_rate']:.3f} | {', '.join(_f(x) for x in row['per_seed'])} |"
+                    f"{row['valid_rate']:.3f} | {_f(row.get('pgr'), 2)} | {'–' if cut is None else f'{cut:.2f}'} | "
+                    f"{', '.join(_f(x) for x in row['per_seed'])} |"
                 )
             paired = w.get("paired") or {}
             cols = [b for b in ("weak_sft", "cong_s") if any(f"minus_{b}" in d for d in paired.values())]
