@@ -148,7 +148,7 @@ def _sweep(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, repor
     write_jsonl(
         run_dir / "sweep_samples.jsonl",
         [
-            {"set": k, **{f: r[f] for f in ("prompt", "response", "gold", "valid", "implicit")}}
+            {"set": k, **{f: r[f] for f in ("prompt", "response", "gold", "valid", "implicit", "finish_reason")}}
             for k in ("pre", "plain_post", f"cd_{cfg.cd_alpha:g}")
             for r in rows[k]
         ],

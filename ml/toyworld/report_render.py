@@ -22,6 +22,10 @@ def _f(x: Any, d: int = 3) -> str:
     return f"{x:+.{d}f}" if isinstance(x, float) else str(x)
 
 
+def _share(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
 def _ci(c: list[float]) -> str:
     return f"[{_f(c[0])}, {_f(c[1])}]"
 
@@ -49,18 +53,14 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
         lines += [
             "### Weak pair: alpha sweep on held-out prompts",
             "",
-            "| Samples | Gold mean | 95% CI | Valid | Implicit reward |",
-            "|---|---:|---|---:|---:|",
+            "| Samples | Gold mean | 95% CI | Valid | Implicit reward | Cut |",
+            "|---|---:|---|---:|---:|---:|",
         ]
-        for label, row in (("pi_pre", w["pre"]), ("plain pi_post", w["plain_post"])):
+        sets = [("pi_pre", w["pre"]), ("plain pi_post", w["plain_post"])]
+        for label, row in [*sets, *((f"CD alpha={r['alpha']:g}", r) for r in w["alpha_sweep"])]:
             lines.append(
                 f"| {label} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | {row['valid_rate']:.3f} | "
-                f"{_f(row['implicit_mean'], 2)} |"
-            )
-        for row in w["alpha_sweep"]:
-            lines.append(
-                f"| CD alpha={row['alpha']:g} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                f"{row['valid_rate']:.3f} | {_f(row['implicit_mean'], 2)} |"
+                f"{_f(row['implicit_mean'], 2)} | {_share(row.get('truncated_rate'))} |"
             )
         for abl, (_, what) in ABLATIONS.items():
             rows = w.get(f"alpha_sweep_{abl}")
@@ -101,10 +101,9 @@ def markdown(result: dict[str, Any], plots: dict[str, list[str]] | None = None) 
                 "|---|---:|---|---:|---:|---:|---|",
             ]
             for k, row in w["strong"].items():
-                cut = row.get("truncated_rate")
                 lines.append(
                     f"| {LABELS.get(k, k)} | {_f(row['gold_mean'])} | {_ci(row['gold_ci'])} | "
-                    f"{row['valid_rate']:.3f} | {_f(row.get('pgr'), 2)} | {'–' if cut is None else f'{cut:.2f}'} | "
+                    f"{row['valid_rate']:.3f} | {_f(row.get('pgr'), 2)} | {_share(row.get('truncated_rate'))} | "
                     f"{', '.join(_f(x) for x in row['per_seed'])} |"
                 )
             paired = w.get("paired") or {}
