@@ -147,3 +147,16 @@ def test_serve_runs_web_concurrency_processes_and_websockets_reach_each(tmp_path
         for ws in conns:
             ws.close()
         lr.stop()
+
+
+def test_the_web_app_loads_without_torch():
+    """A web process imports its URLs and ASGI app without torch or transformers (each costs seconds and hundreds of
+    MB per process): the params schema that names ml's stage configs is built when the OpenAPI document is."""
+    code = (
+        "import sys, django; django.setup(); import congweb.urls, congweb.asgi; "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl') if m in sys.modules))"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "congweb.settings"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

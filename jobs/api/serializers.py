@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -10,7 +11,7 @@ from jobs.api.json_checks import UnsafeJSON, check_jsonl
 from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
 from jobs.services.creation import TAG_MAX_CHARS, TAGS_MAX
 from jobs.services.review_loop import PAIRS_FROM_MAX
-from ml.pipeline import METHODS as CONG_METHODS
+from ml.pipeline_config import METHODS as CONG_METHODS
 from ml.spec import DEFAULT_ALPHA, TRAIN_METHODS
 
 
@@ -117,9 +118,17 @@ def _params_schema() -> dict:
     }
 
 
-@extend_schema_field(_params_schema())
 class ParamsField(serializers.JSONField):
-    """params, described per job kind in the OpenAPI schema (the JSON body's parser has checked it)."""
+    """params, described per job kind in the OpenAPI schema (the JSON body's parser has checked it). The schema is
+    built when the OpenAPI document is (ParamsFieldExtension), not at import: ml's registry imports the stage modules
+    and with them torch, which a web process that only lists jobs never needs."""
+
+
+class ParamsFieldExtension(OpenApiSerializerFieldExtension):
+    target_class = ParamsField
+
+    def map_serializer_field(self, auto_schema, direction):
+        return _params_schema()
 
 
 def _id_field(what: str, **kwargs) -> StrictIntegerField:
