@@ -17,7 +17,18 @@ from django.utils.html import format_html
 from django.utils.text import Truncator
 
 from jobs import services
-from jobs.models import Artifact, Dataset, GeneratedPair, Job, JobEvent, JobShard, ModelEntry
+from jobs.models import (
+    Artifact,
+    Dataset,
+    Experiment,
+    GeneratedPair,
+    Job,
+    JobEvent,
+    JobShard,
+    ModelEntry,
+    Webhook,
+    WebhookDelivery,
+)
 
 LIST_CHARS = 160  # how much of each text the pair list shows
 # Reviewing is reading side-by-side columns: give the page's width to them, not to the app sidebar.
@@ -408,3 +419,53 @@ class ArtifactAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+class WebhookDeliveryInline(admin.TabularInline):
+    model = WebhookDelivery
+    fields = ("event", "job", "attempt", "state", "status_code", "error", "attempted_at", "next_retry_at")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0  # the last deliveries, read only: a delivery is made by jobs.services.webhooks, never by hand
+    ordering = ("-created", "-id")
+    show_change_link = True
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    """Staff can see a user's webhooks and their deliveries, pause one (active) or delete it. The URL is read only
+    (jobs.services.webhook_create checks where it points) and the signing secret is never shown."""
+
+    list_display = ("id", "owner", "url", "events", "active", "created")
+    list_filter = ("active",)
+    list_editable = ("active",)
+    search_fields = ("url", "owner__username")
+    fields = ("owner", "url", "events", "active", "created")
+    readonly_fields = ("owner", "url", "events", "created")
+    inlines = (WebhookDeliveryInline,)
+
+    def has_add_permission(self, request):
+        return False  # through the API / jobs.services.webhook_create (URL checks, secret shown once)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("delivery_id", "webhook", "event", "job", "attempt", "state", "status_code", "attempted_at")
+    list_filter = ("state", "event")
+    search_fields = ("delivery_id",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # the log of what was sent and answered
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "owner", "baseline", "created")
+    search_fields = ("name", "owner__username")
+    readonly_fields = ("owner", "request", "grid", "baseline", "created")
+
+    def has_add_permission(self, request):
+        return False  # through the API / jobs.services.experiments (one job per grid cell)

@@ -197,3 +197,54 @@ def test_other_admin_pages_load_for_superuser(client, django_user_model, pairs):
     assert client.get("/admin/jobs/job/add/").status_code == 403  # jobs come from job_create
     html = client.get(f"/admin/jobs/job/{job.pk}/change/").content.decode()
     assert f"/jobs/{job.pk}/" in html and f"jobevent/?job__id__exact={job.pk}" in html
+
+
+def test_webhooks_deliveries_and_experiments_in_the_admin(client, django_user_model, user):
+    """Staff see a user's webhooks with their last deliveries and can pause one; the signing secret never appears,
+    and nothing is added by hand (webhooks and experiments come through their services' checks)."""
+    import uuid
+
+    from jobs.models import Experiment, Webhook, WebhookDelivery
+
+    su = django_user_model.objects.create_superuser(username="su", password="pw-su-123")
+    client.force_login(su)
+    hook = Webhook.objects.create(
+        owner=user, url="https://hooks.example.org/congweb", secret="s3cret-value-never-shown", events=["job.failed"]
+    )
+    job = Job.objects.create(owner=user, kind="cd_generate", config={}, status="failed")
+    WebhookDelivery.objects.create(
+        webhook=hook, job=job, event="job.failed", delivery_id=uuid.uuid4(), state="failed", status_code=410
+    )
+    exp = Experiment.objects.create(owner=user, name="alpha grid", grid={"alpha": [0.2, 0.4]}, baseline="weak_sft")
+    pages = {
+        "/admin/jobs/webhook/": "hooks.example.org",
+        f"/admin/jobs/webhook/{hook.pk}/change/": "410",  # its deliveries, inline
+        "/admin/jobs/webhookdelivery/": "job.failed",
+        "/admin/jobs/experiment/": "alpha grid",
+        f"/admin/jobs/experiment/{exp.pk}/change/": "weak_sft",
+    }
+    for url, shown in pages.items():
+        res = client.get(url)
+        html = res.content.decode()
+        assert res.status_code == 200 and shown in html, url
+        assert "s3cret-value-never-shown" not in html, url
+    for model in ("webhook", "webhookdelivery", "experiment"):
+        assert client.get(f"/admin/jobs/{model}/add/").status_code == 403, model
+    res = client.post(f"/admin/jobs/webhook/{hook.pk}/change/", {"active": "", **_inline_management(hook)})
+    assert res.status_code == 302, res.content.decode()[:2000]
+    hook.refresh_from_db()
+    assert hook.active is False and hook.url == "https://hooks.example.org/congweb"
+
+
+def _inline_management(hook) -> dict[str, str]:
+    """The delivery inline's management form, as the change page posts it back."""
+    n = str(hook.deliveries.count())
+    prefix = "deliveries"
+    return {
+        f"{prefix}-TOTAL_FORMS": n,
+        f"{prefix}-INITIAL_FORMS": n,
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "0",
+        **{f"{prefix}-{i}-id": str(d.pk) for i, d in enumerate(hook.deliveries.order_by("-created", "-id"))},
+        **{f"{prefix}-{i}-webhook": str(hook.pk) for i in range(int(n))},
+    }
