@@ -20,6 +20,17 @@ def test_loss_zero_when_strong_ratio_matches_target_and_positive_otherwise():
     assert wspo_loss(policy, ref, off, mask, beta).item() == pytest.approx(0.2**2 / 2)
 
 
+def test_loss_averages_each_sequence_over_its_own_length_then_over_sequences():
+    """The reference's normalisation: a 1-token response weighs as much as a 3-token one (a token average over the
+    batch would give the long one three quarters of the weight), and a row with no response token is left out."""
+    zero = torch.zeros(3, 4)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    target = torch.tensor([[2.0, 9.0, 9.0, 9.0], [1.0, 1.0, 1.0, 9.0], [7.0, 7.0, 7.0, 7.0]])
+    # squared errors: row 0 -> 4 over 1 token; row 1 -> 1 + 1 + 1 over 3 tokens; row 2 has none
+    assert wspo_loss(zero, zero, target, mask, 0.1).item() == pytest.approx((4.0 / 1 + 3.0 / 3) / 2)
+    assert wspo_loss(zero, zero, target, torch.zeros(3, 4), 0.1).item() == 0.0
+
+
 def test_map_token_values_identity_and_conservation():
     text = "ab cd"
     offs = [(0, 2), (3, 5)]
