@@ -21,7 +21,7 @@ from ml.io import append_jsonl, read_json, read_prompts, repair_jsonl, stage_don
 from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter
 from ml.stages._scale import check_runnable, prepare_once
-from ml.stages._train import sample_responses
+from ml.stages._train import sample_finished
 from ml.stages.callbacks import for_rank
 from ml.stages.dpo import DPOStageConfig, train_dpo
 
@@ -70,16 +70,32 @@ class WeakAlignConfig(DPOStageConfig):
 
 
 def best_worst(
-    prompt: str, responses: list[str], gold: GoldReward, scores: list[float] | None = None
+    prompt: str,
+    responses: list[str],
+    gold: GoldReward,
+    scores: list[float] | None = None,
+    finish: list[str] | None = None,
 ) -> dict[str, Any] | None:
     """The preference row for one prompt, or None when every sample scores the same. ``scores``: the responses'
-    gold scores when the caller scored them already (a batch at once)."""
-    scored = list(zip(scores if scores is not None else gold.score_many([(prompt, r) for r in responses]), responses))
-    hi = max(scored, key=lambda s: s[0])
-    lo = min(scored, key=lambda s: s[0])
-    if hi[0] == lo[0]:
+    gold scores when the caller scored them already (a batch at once). ``finish``: how each response ended, kept as
+    chosen_finish_reason / rejected_finish_reason, so that training gives a response cut at the length limit no EOS
+    and drop_truncated can leave it out (WSPO trains on the chosen side; ml.stages._responses)."""
+    scores = scores if scores is not None else gold.score_many([(prompt, r) for r in responses])
+    order = range(len(responses))
+    hi = max(order, key=lambda i: scores[i])
+    lo = min(order, key=lambda i: scores[i])
+    if scores[hi] == scores[lo]:
         return None
-    return {"prompt": prompt, "chosen": hi[1], "rejected": lo[1], "chosen_gold": hi[0], "rejected_gold": lo[0]}
+    row: dict[str, Any] = {
+        "prompt": prompt,
+        "chosen": responses[hi],
+        "rejected": responses[lo],
+        "chosen_gold": scores[hi],
+        "rejected_gold": scores[lo],
+    }
+    if finish is not None:
+        row["chosen_finish_reason"], row["rejected_finish_reason"] = finish[hi], finish[lo]
+    return row
 
 
 def _labelled(config: WeakAlignConfig) -> int:
@@ -114,7 +130,7 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
         if reporter.should_stop():
             return path, False
         batch = prompts[done : done + bs]
-        samples = sample_responses(
+        samples = sample_finished(
             model,
             tok,
             batch,
@@ -126,11 +142,12 @@ def label_preferences(config: WeakAlignConfig, reporter: Reporter) -> tuple[Path
             seed=config.seed + done,
         )
         # The batch's k samples per prompt scored in one call (batched for a reward model), then split per prompt.
-        flat = iter(gold.score_many([(p, r) for p, rs in zip(batch, samples) for r in rs]))
+        flat = iter(gold.score_many([(p, text) for p, rs in zip(batch, samples) for text, _ in rs]))
         rows = [
             row
             for p, rs in zip(batch, samples)
-            if (row := best_worst(p, rs, gold, [next(flat) for _ in rs])) is not None
+            if (row := best_worst(p, [text for text, _ in rs], gold, [next(flat) for _ in rs], [why for _, why in rs]))
+            is not None
         ]
         append_jsonl(path, rows)
         done += len(batch)

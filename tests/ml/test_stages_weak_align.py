@@ -20,6 +20,9 @@ def test_best_worst_picks_extremes_and_skips_ties():
     row = best_worst("p", ["a b", "a a a", "b b"], gold)
     assert row["chosen"] == "a a a" and row["rejected"] == "b b" and row["chosen_gold"] == 3.0
     assert best_worst("p", ["b", "c"], gold) is None
+    # How each side ended travels with it, under the names the DPO stage reads.
+    row = best_worst("p", ["a b", "a a a", "b b"], gold, finish=["eos", "length", "eos"])
+    assert (row["chosen_finish_reason"], row["rejected_finish_reason"]) == ("length", "eos")
 
 
 def test_weak_align_from_gold_labels(pre, tmp_path):
@@ -39,6 +42,8 @@ def test_weak_align_from_gold_labels(pre, tmp_path):
     out = weak_align(cfg, rep)
     prefs = read_jsonl(tmp_path / "wa" / "preferences.jsonl")
     assert prefs and all(r["chosen_gold"] > r["rejected_gold"] for r in prefs)
+    # Every pair says how its sides ended, so training appends no EOS to a cut one and WSPO can leave it out.
+    assert all(r[f"{side}_finish_reason"] in ("eos", "length") for r in prefs for side in ("chosen", "rejected"))
     assert out["n_pairs"] == len(prefs) and out["steps"] == 2
     load_causal_lm(tmp_path / "wa" / "model", device="cpu")
     assert ("weak_align/label", len(PROMPTS), len(PROMPTS)) in rep.of("progress")

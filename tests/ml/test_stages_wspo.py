@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -70,6 +72,31 @@ def test_wspo_trains_and_caches_targets(models, tmp_path):
     assert all(len(d["target"]) == len(d["input_ids"]) - d["prompt_len"] == len(d["ref"]) for d in cached)
     load_causal_lm(tmp_path / "wspo" / "model", device="cpu")
     assert wspo(cfg) == out
+
+
+def test_on_preference_data_a_cut_chosen_response_is_left_out(models, tmp_path):
+    """WSPO on weak_align's preferences.jsonl reads how the chosen side ended from chosen_finish_reason: a cut one is
+    dropped (drop_truncated, the default) and counted."""
+    rows = [
+        {"prompt": "a b", "chosen": "a a", "rejected": "b", "chosen_finish_reason": "eos"},
+        {"prompt": "b a", "chosen": "a b a", "rejected": "b b", "chosen_finish_reason": "length"},
+        {"prompt": "a a", "chosen": "a", "rejected": "b a", "chosen_finish_reason": "eos"},
+    ]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = WSPOConfig(
+        model=models["strong"],
+        output_dir=str(tmp_path / "wspo"),
+        data=str(data),
+        response_field="chosen",
+        weak_aligned=models["aligned"],
+        weak_base=models["base"],
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+    )
+    out = wspo(cfg)
+    assert out["n_truncated_dropped"] == 1 and out["n_examples"] == 2
 
 
 def test_different_tokenizer_maps_to_same_targets_when_splits_agree(models, tmp_path):
