@@ -95,10 +95,11 @@ def reference_models(c: PipelineConfig, R: _Runner, weak_aligned: str, common: d
 
 def pgr(rows: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     """Performance gap recovered per method: (gold - weak_post's) / (ceiling's - weak_post's); None without both
-    references, or when they are equal (no gap to recover)."""
+    references, or when the ceiling is not above weak_post (no gap to recover: a ratio over a negative gap would
+    rank the methods backwards)."""
     low = (rows.get("weak_post") or {}).get("gold_mean")
     high = (rows.get("ceiling") or {}).get("gold_mean")
-    if low is None or high is None or high == low:
+    if low is None or high is None or high <= low:
         return dict.fromkeys(rows)
     return {
         m: (r["gold_mean"] - low) / (high - low) if r.get("gold_mean") is not None else None for m, r in rows.items()

@@ -33,6 +33,9 @@ def test_pgr_is_the_share_of_the_gap_between_weak_post_and_the_ceiling():
     assert pgr(rows) == {"weak_post": 0.0, "ceiling": 1.0, "cong": 0.75}
     assert pgr({"cong": {"gold_mean": 2.5}, "weak_post": {"gold_mean": 1.0}}) == {"cong": None, "weak_post": None}
     assert pgr({"weak_post": {"gold_mean": 1.0}, "ceiling": {"gold_mean": 1.0}})["ceiling"] is None  # no gap
+    # A ceiling below weak_post (an oracle's picks that trained worse than the weak teacher) has no gap either.
+    below = {"weak_post": {"gold_mean": 0.42}, "ceiling": {"gold_mean": 0.29}, "wspo": {"gold_mean": 0.22}}
+    assert set(pgr(below).values()) == {None}
 
 
 @pytest.mark.slow  # a whole tiny pipeline
