@@ -97,10 +97,12 @@ def spearman(xs: list[float], ys: list[float]) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict[str, Any]], ci_seed: int = 0) -> dict[str, Any]:
-    """Means with 95% intervals of gold, strict, implicit (sum, per token) and length for one method."""
+    """Means with 95% intervals of gold, strict, implicit (sum, per token) and length for one method, and the share
+    of its responses cut at the token cap (truncated_rate)."""
+    from ml.stages._responses import truncated_rate
     from ml.stats import mean_ci
 
-    out: dict[str, Any] = {"n": len(rows)}
+    out: dict[str, Any] = {"n": len(rows), "truncated_rate": truncated_rate(rows)}
     for key in ("gold", "strict", "implicit_reward_sum", "implicit_reward_mean", "n_tokens"):
         vals = [float(r[key]) for r in rows if r.get(key) is not None]
         if vals:
@@ -263,8 +265,8 @@ def claim_markdown(s: dict[str, Any]) -> str:
         f"{s['samples_per_prompt']} sample(s), up to {s['max_new_tokens']} new tokens",
         "",
         "| Samples | Gold (constraint fraction) | Strict accuracy | Implicit reward (sum) | Implicit / token "
-        "| Tokens | Gold - plain (paired) | W/T/L vs plain |",
-        "|---|---|---|---|---|---|---|---|",
+        "| Tokens | Cut | Gold - plain (paired) | W/T/L vs plain |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in s["methods"].items():
         d = s["gold_minus_plain"].get(name)
@@ -272,7 +274,7 @@ def claim_markdown(s: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {_ci(m.get('gold'))} | {_ci(m.get('strict'))} | {_ci(m.get('implicit_reward_sum'), 2)} "
             f"| {_ci(m.get('implicit_reward_mean'))} | {_f(m.get('n_tokens', {}).get('mean'), 1)} "
-            f"| {_ci(d) if d else '–'} | {wtl} |"
+            f"| {_f(m.get('truncated_rate'), 2)} | {_ci(d) if d else '–'} | {wtl} |"
         )
     c = s["implicit_vs_gold"]
     lines += [

@@ -46,6 +46,7 @@ def test_claim_on_a_tiny_pair(tmp_path, tiny_pair_dirs):
     assert set(res["methods"]) == {"cd_alpha0", "cd_alpha1", "plain"}
     for m in res["methods"].values():
         assert m["n"] == 4 and 0.0 <= m["gold"]["mean"] <= 1.0 and "implicit_reward_sum" in m
+        assert 0.0 <= m["truncated_rate"] <= 1.0  # every sample set says how many answers the cap cut
     # alpha = 0 maximises the log ratio: its implicit reward beats plain pi_post sampling on average
     assert (
         res["methods"]["cd_alpha0"]["implicit_reward_mean"]["mean"]
