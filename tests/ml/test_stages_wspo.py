@@ -55,17 +55,22 @@ def models(tmp_path_factory):
     }
 
 
-def test_wspo_trains_and_caches_targets(models, tmp_path):
-    cfg = WSPOConfig(
+def _config(models, tmp_path, data: str, **kw) -> WSPOConfig:
+    """A short WSPO run of the tiny strong model on ``data`` against the tiny weak pair."""
+    return WSPOConfig(
         model=models["strong"],
         output_dir=str(tmp_path / "wspo"),
-        data=write_pairs(tmp_path / "d.jsonl"),
+        data=data,
         weak_aligned=models["aligned"],
         weak_base=models["base"],
-        max_steps=2,
         per_device_train_batch_size=2,
         learning_rate=1e-3,
+        **kw,
     )
+
+
+def test_wspo_trains_and_caches_targets(models, tmp_path):
+    cfg = _config(models, tmp_path, write_pairs(tmp_path / "d.jsonl"), max_steps=2)
     out = wspo(cfg)
     assert out["steps"] == 2 and out["final_loss"] is not None and out["final_loss"] > 0
     cached = read_jsonl(tmp_path / "wspo" / "wspo_data.jsonl")
@@ -84,18 +89,7 @@ def test_on_preference_data_a_cut_chosen_response_is_left_out(models, tmp_path):
     ]
     data = tmp_path / "prefs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = WSPOConfig(
-        model=models["strong"],
-        output_dir=str(tmp_path / "wspo"),
-        data=str(data),
-        response_field="chosen",
-        weak_aligned=models["aligned"],
-        weak_base=models["base"],
-        max_steps=1,
-        per_device_train_batch_size=2,
-        learning_rate=1e-3,
-    )
-    out = wspo(cfg)
+    out = wspo(_config(models, tmp_path, str(data), response_field="chosen", max_steps=1))
     assert out["n_truncated_dropped"] == 1 and out["n_examples"] == 2
 
 
