@@ -47,6 +47,12 @@ class EmptyResponses:
 TRUNCATED = "length"  # the finish_reason of a response cut at max_new_tokens (ml.contrastive, ml.stages._train)
 
 
+def finish_key(response_field: str = "response") -> str:
+    """Where a row says how its ``response_field`` ended: ``finish_reason`` in a samples file, ``chosen_finish_reason``
+    / ``rejected_finish_reason`` for the sides of a preference row (weak_align writes them, DPO and WSPO read them)."""
+    return "finish_reason" if response_field == "response" else f"{response_field}_finish_reason"
+
+
 def ends_complete(row: dict[str, Any], finish_field: str = "finish_reason") -> bool:
     """Whether a response ended by itself (EOS or a stop string): only those get an EOS appended in training."""
     return row.get(finish_field) != TRUNCATED

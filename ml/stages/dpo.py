@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter
-from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete
+from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete, finish_key
 from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import TrainConfig, encode_pair, load_for_training, run_training, training_kwargs
 from ml.stages.callbacks import ReporterCallback, for_rank
@@ -115,8 +115,8 @@ def join_pairs(
         if "index" in c:
             row["index"] = c["index"]
         for side, src in (("chosen", c), ("rejected", r)):  # whether each side was cut (ml.stages._responses)
-            if "finish_reason" in src:
-                row[f"{side}_finish_reason"] = src["finish_reason"]
+            if finish_key() in src:
+                row[finish_key(side)] = src[finish_key()]
         out.append(row)
     return out
 
@@ -172,7 +172,7 @@ def load_preferences(
     )
     rows, n_cut = drop_truncated(
         rows,
-        ("chosen_finish_reason", "rejected_finish_reason"),
+        (finish_key("chosen"), finish_key("rejected")),
         drop=cfg.drop_truncated,
         stage=STAGE,
         reporter=for_rank(reporter),
@@ -223,7 +223,7 @@ def train_dpo(
             str(r["chosen"]),
             use_chat_template=cfg.use_chat_template,
             max_length=cfg.max_length,
-            eos=ends_complete(r, "chosen_finish_reason"),
+            eos=ends_complete(r, finish_key("chosen")),
         )
         _, j = encode_pair(
             tok,
@@ -231,7 +231,7 @@ def train_dpo(
             str(r["rejected"]),
             use_chat_template=cfg.use_chat_template,
             max_length=cfg.max_length,
-            eos=ends_complete(r, "rejected_finish_reason"),
+            eos=ends_complete(r, finish_key("rejected")),
         )
         data.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": j})
     args = DPOConfig(

@@ -20,6 +20,7 @@ from ml.gold import GoldReward, release_gold_models, resolve_gold
 from ml.io import append_jsonl, read_json, read_prompts, repair_jsonl, stage_done, write_json
 from ml.judge.reward_model import CACHE_FILE as GOLD_CACHE
 from ml.reporter import Reporter
+from ml.stages._responses import finish_key
 from ml.stages._scale import check_runnable, prepare_once
 from ml.stages._train import sample_finished
 from ml.stages.callbacks import for_rank
@@ -94,7 +95,7 @@ def best_worst(
         "rejected_gold": scores[lo],
     }
     if finish is not None:
-        row["chosen_finish_reason"], row["rejected_finish_reason"] = finish[hi], finish[lo]
+        row[finish_key("chosen")], row[finish_key("rejected")] = finish[hi], finish[lo]
     return row
 
 

@@ -29,7 +29,7 @@ import torch
 
 from ml.io import read_jsonl, stage_done, write_jsonl
 from ml.reporter import Reporter
-from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete
+from ml.stages._responses import EmptyResponses, drop_empty, drop_truncated, ends_complete, finish_key
 from ml.stages._scale import check_runnable, load_base, prepare_once
 from ml.stages._train import (
     TrainConfig,
@@ -46,12 +46,6 @@ from ml.stages._train import (
 from ml.stages.callbacks import ReporterCallback, for_rank
 
 STAGE = "wspo"
-
-
-def finish_field(response_field: str) -> str:
-    """Where a row says how its response ended: ``finish_reason`` in a samples file, ``chosen_finish_reason`` for
-    the chosen side of a preference file (the names ml.stages.dpo and weak_align's preferences.jsonl use)."""
-    return "finish_reason" if response_field == "response" else f"{response_field}_finish_reason"
 
 
 @dataclass(kw_only=True)
@@ -149,7 +143,7 @@ def weak_targets(cfg: WSPOConfig, rows: list[dict[str, Any]], strong_tok: Any) -
     prompts = [str(r["prompt"]) for r in rows]
     responses = [str(r[cfg.response_field]) for r in rows]
     # A response cut at the length limit gets no EOS (ml.stages._responses).
-    ends = [ends_complete(r, finish_field(cfg.response_field)) for r in rows]
+    ends = [ends_complete(r, finish_key(cfg.response_field)) for r in rows]
     wp = [encode_prompt(weak_tok, p, cfg.use_chat_template) for p in prompts]
     wr = [encode_response(weak_tok, r, cfg.use_chat_template, add_eos=e) for r, e in zip(responses, ends)]
     seqs = [p + r for p, r in zip(wp, wr)]
@@ -226,7 +220,7 @@ def wspo(config: WSPOConfig, reporter: Reporter | None = None) -> dict[str, Any]
         rows, (config.response_field,), keep=config.keep_empty_responses, stage=STAGE, reporter=reporter
     )
     rows, n_cut = drop_truncated(
-        rows, (finish_field(config.response_field),), drop=config.drop_truncated, stage=STAGE, reporter=reporter
+        rows, (finish_key(config.response_field),), drop=config.drop_truncated, stage=STAGE, reporter=reporter
     )
     rows = rows[: config.max_examples or None]
 

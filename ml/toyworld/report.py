@@ -116,18 +116,22 @@ def _load_pair(m: dict[str, Any], device: str | None) -> tuple[Any, Any, Any]:
     return aligned, base, load_tokenizer(m["models"]["weak_aligned"])
 
 
-def _sweep(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
+def _seed_dir(cfg: ReportConfig, world: str, seed: int) -> Path:
+    """Where one world and seed's results are cached (seed.json, sweep.json, sweep_<ablation>.json, pipeline/)."""
+    return Path(cfg.out) / "runs" / world / f"seed{seed}"
+
+
+def _run_sweep(
+    cfg: ReportConfig, m: dict[str, Any], pair: tuple[Any, Any, Any], seed: int, reporter: Reporter, **kw: Any
+) -> dict[str, Any]:
+    """The report's alpha sweep of the weak pair ``pair`` (_load_pair) on the world's held-out prompts; ``kw``:
+    run_sweep's options (keep_rows, cd_overrides)."""
     from ml.gold import get_gold
-    from ml.io import write_jsonl
 
     from .sweep import run_sweep
 
-    path = run_dir / "sweep.json"
-    if path.exists():
-        cached: dict[str, Any] = read_json(path)
-        return cached
-    aligned, base, tok = _load_pair(m, cfg.device)
-    s = run_sweep(
+    aligned, base, tok = pair
+    return run_sweep(
         aligned=aligned,
         base=base,
         tokenizer=tok,
@@ -139,8 +143,18 @@ def _sweep(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, repor
         max_new_tokens=m["generation"]["max_new_tokens"],
         reporter=reporter,
         use_chat_template=False,
-        keep_rows=True,
+        **kw,
     )
+
+
+def _sweep(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, reporter: Reporter) -> dict[str, Any]:
+    from ml.io import write_jsonl
+
+    path = run_dir / "sweep.json"
+    if path.exists():
+        cached: dict[str, Any] = read_json(path)
+        return cached
+    s = _run_sweep(cfg, m, _load_pair(m, cfg.device), seed, reporter, keep_rows=True)
     if s.get("stopped"):
         return s
     rows = s.pop("rows")
@@ -184,46 +198,26 @@ def _pipeline(cfg: ReportConfig, m: dict[str, Any], seed: int, run_dir: Path, re
     return run(pc, reporter)
 
 
-def _ablation(cfg: ReportConfig, world: str, seed: int, name: str, reporter: Reporter) -> dict[str, Any]:
-    """The CD sweep again with ABLATIONS[name]'s overrides; cached in sweep_<name>.json."""
-    from ml.gold import get_gold
-
-    from .sweep import run_sweep
-
-    path = Path(cfg.out) / "runs" / world / f"seed{seed}" / f"sweep_{name}.json"
-    if path.exists():
-        cached: dict[str, Any] = read_json(path)
-        return cached
-    m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
-    aligned, base, tok = _load_pair(m, cfg.device)
-    t0 = time.time()
-    s = run_sweep(
-        aligned=aligned,
-        base=base,
-        tokenizer=tok,
-        prompts=read_prompts(m["prompts"]["heldout"]),
-        gold=get_gold(m["gold"]),
-        alphas=cfg.alphas,
-        n=cfg.n_samples,
-        seed=seed,
-        max_new_tokens=m["generation"]["max_new_tokens"],
-        reporter=reporter,
-        use_chat_template=False,
-        cd_overrides=ABLATIONS[name][0],
-    )
-    if not s.get("stopped"):
-        s["seconds"] = round(time.time() - t0, 1)
-        write_json(path, s)
-    return s
-
-
 def _with_ablations(cfg: ReportConfig, world: str, seed: int, s: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """run_seed's result with each configured ablation's sweep under "ablations" ({"stopped": True} if stopped)."""
+    """run_seed's result with each configured ablation's sweep under "ablations" ({"stopped": True} if stopped):
+    the CD sweep again with ABLATIONS[name]'s overrides, cached in sweep_<name>.json. The weak pair is loaded once,
+    and only when some ablation is not cached yet."""
     abl: dict[str, Any] = {}
+    loaded: tuple[dict[str, Any], tuple[Any, Any, Any]] | None = None
     for name in cfg.ablations:
-        ab = _ablation(cfg, world, seed, name, reporter)
+        path = _seed_dir(cfg, world, seed) / f"sweep_{name}.json"
+        if path.exists():
+            abl[name] = read_json(path)
+            continue
+        if loaded is None:
+            m = build(world, seed, cfg.data_dir, reporter=reporter, size=cfg.size, device=cfg.device)
+            loaded = m, _load_pair(m, cfg.device)
+        t0 = time.time()
+        ab = _run_sweep(cfg, loaded[0], loaded[1], seed, reporter, cd_overrides=ABLATIONS[name][0])
         if ab.get("stopped"):
             return {"stopped": True}
+        ab["seconds"] = round(time.time() - t0, 1)
+        write_json(path, ab)
         abl[name] = ab
     return {**s, "ablations": abl}
 
@@ -231,7 +225,7 @@ def _with_ablations(cfg: ReportConfig, world: str, seed: int, s: dict[str, Any],
 def run_seed(cfg: ReportConfig, world: str, seed: int, reporter: Reporter | None = None) -> dict[str, Any]:
     """Build, sweep, pipeline and filtered ConG for one world and seed; cached in seed.json."""
     rep = or_null(reporter)
-    run_dir = Path(cfg.out) / "runs" / world / f"seed{seed}"
+    run_dir = _seed_dir(cfg, world, seed)
     done_path = run_dir / "seed.json"
     if done_path.exists():
         cached: dict[str, Any] = read_json(done_path)
@@ -436,8 +430,7 @@ def _run_parallel(cfg: ReportConfig, rep: Reporter) -> None:
         for w in cfg.worlds
         for s in range(cfg.seeds)
         if not all(
-            (Path(cfg.out) / "runs" / w / f"seed{s}" / f).exists()
-            for f in ("seed.json", *(f"sweep_{a}.json" for a in cfg.ablations))
+            (_seed_dir(cfg, w, s) / f).exists() for f in ("seed.json", *(f"sweep_{a}.json" for a in cfg.ablations))
         )
     ]
     if not units:

@@ -179,8 +179,8 @@ def make_plots(result: dict[str, Any], out: Path) -> dict[str, list[str]]:
             ax[i].plot(xs, ys, "o-", label="CD")
             ax[i].set_xlabel("alpha")
             ax[i].set_title(f"{name}: {title}")
-            for j, abl in enumerate(ABLATIONS):
-                if key == "gold" and w.get(f"alpha_sweep_{abl}"):
+            for j, abl in enumerate(ABLATIONS if key == "gold" else ()):
+                if w.get(f"alpha_sweep_{abl}"):
                     ax[i].plot(
                         xs,
                         [r["gold_mean"] for r in w[f"alpha_sweep_{abl}"]],
